@@ -1,0 +1,767 @@
+//! The record batch: Herald's unit of storage and of the producer fast path.
+//!
+//! A batch is written to the log exactly as the producer encoded it, except for the base
+//! offset, which the partition's writer stamps in place. The CRC therefore covers everything
+//! *after* the CRC field and leaves the base offset out: stamping it costs 8 bytes of writes,
+//! not a re-hash of the batch.
+//!
+//! # Format, version 1 (all integers little-endian)
+//!
+//! Header, [`HEADER_BYTES`] = 40 bytes:
+//!
+//! | at | size | field | meaning |
+//! |---:|---:|---|---|
+//! | 0 | 8 | `base_offset` u64 | offset of the first record; stamped by the broker (producers write 0); not covered by the CRC |
+//! | 8 | 4 | `batch_len` u32 | length of the whole batch in bytes, header included |
+//! | 12 | 4 | `crc` u32 | CRC-32C (Castagnoli) of bytes `16..batch_len` |
+//! | 16 | 2 | `magic` u16 | `0x4852` (bytes `52 48`, "RH") |
+//! | 18 | 1 | `version` u8 | `1` |
+//! | 19 | 1 | `flags` u8 | `0`; reserved (compression) |
+//! | 20 | 4 | `record_count` u32 | number of records, at least 1 |
+//! | 24 | 8 | `first_timestamp` i64 | timestamp of the first record, ms since the Unix epoch |
+//! | 32 | 8 | `max_timestamp` i64 | largest record timestamp in the batch |
+//!
+//! Records follow the header back to back. Each record is:
+//!
+//! | field | encoding |
+//! |---|---|
+//! | `length` | varint: bytes of the record after this field |
+//! | `timestamp_delta` | zigzag varint: record timestamp − `first_timestamp` |
+//! | `offset_delta` | varint: record offset − `base_offset`; equals the record's index in the batch |
+//! | `key_length` | zigzag varint; −1 means "no key" (distinct from an empty key) |
+//! | `key` | `key_length` bytes |
+//! | `value_length` | varint |
+//! | `value` | `value_length` bytes |
+//! | `header_count` | varint |
+//! | per header | varint name length, name (UTF-8), varint value length, value |
+//!
+//! Varints are unsigned LEB128 (7 bits per byte, low bits first, at most 10 bytes); zigzag maps
+//! signed `n` to `(n << 1) ^ (n >> 63)`.
+//!
+//! A batch is accepted only if every field agrees: the length matches the bytes given, the CRC
+//! matches, the records parse exactly to the end, offset deltas are `0..record_count`, the first
+//! record's timestamp is `first_timestamp` and the largest is `max_timestamp`. Anything else is
+//! refused before it reaches the log, so readers never meet a batch they cannot decode.
+
+use thiserror::Error;
+
+/// Bytes in a batch header.
+pub const HEADER_BYTES: usize = 40;
+/// Identifies a batch header; also what recovery searches for when it looks for valid
+/// batches beyond damage.
+pub const MAGIC: u16 = 0x4852;
+/// The only format version this build reads and writes.
+pub const VERSION: u8 = 1;
+
+pub(crate) const BASE_OFFSET_AT: usize = 0;
+const BATCH_LEN_AT: usize = 8;
+const CRC_AT: usize = 12;
+/// The CRC covers the batch from here to its end.
+const CRC_FROM: usize = 16;
+const MAGIC_AT: usize = 16;
+const VERSION_AT: usize = 18;
+const FLAGS_AT: usize = 19;
+const COUNT_AT: usize = 20;
+const FIRST_TS_AT: usize = 24;
+const MAX_TS_AT: usize = 32;
+
+/// The bytes at [`MAGIC_AT`] of every version-1 header: magic then version. Recovery looks
+/// for this pattern when it checks whether valid batches follow a damaged region.
+pub(crate) const MAGIC_PATTERN: [u8; 3] = [0x52, 0x48, VERSION];
+pub(crate) const MAGIC_PATTERN_AT: usize = MAGIC_AT;
+
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BatchError {
+    #[error("batch is {len} bytes, shorter than the {HEADER_BYTES}-byte header")]
+    TooShort { len: usize },
+    #[error("batch header says {declared} bytes but {actual} bytes were given")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("bad magic {found:#06x} (expected {MAGIC:#06x}): not a Herald batch")]
+    BadMagic { found: u16 },
+    #[error("unsupported batch format version {found} (this broker reads version {VERSION})")]
+    UnsupportedVersion { found: u8 },
+    #[error("unsupported batch flags {found:#04x} (compression is not supported)")]
+    UnsupportedFlags { found: u8 },
+    #[error("CRC mismatch: header says {expected:#010x}, body hashes to {actual:#010x}")]
+    CrcMismatch { expected: u32, actual: u32 },
+    #[error("batch has no records")]
+    Empty,
+    #[error("record {index} is malformed: {reason}")]
+    MalformedRecord { index: u32, reason: &'static str },
+    #[error("header says {declared} records but the body holds {actual}")]
+    CountMismatch { declared: u32, actual: u32 },
+    #[error(
+        "header timestamps ({first}, max {max}) disagree with the records ({actual_first}, max {actual_max})"
+    )]
+    TimestampMismatch {
+        first: i64,
+        max: i64,
+        actual_first: i64,
+        actual_max: i64,
+    },
+    #[error("batch of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// A decoded batch header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub batch_len: u32,
+    pub crc: u32,
+    pub magic: u16,
+    pub version: u8,
+    pub flags: u8,
+    pub record_count: u32,
+    pub first_timestamp: i64,
+    pub max_timestamp: i64,
+}
+
+impl BatchHeader {
+    /// Reads a header from the first [`HEADER_BYTES`] of `bytes`, without checking it.
+    pub fn read(bytes: &[u8]) -> Option<BatchHeader> {
+        let h = bytes.get(..HEADER_BYTES)?;
+        Some(BatchHeader {
+            base_offset: u64_at(h, BASE_OFFSET_AT),
+            batch_len: u32_at(h, BATCH_LEN_AT),
+            crc: u32_at(h, CRC_AT),
+            magic: u16::from_le_bytes([h[MAGIC_AT], h[MAGIC_AT + 1]]),
+            version: h[VERSION_AT],
+            flags: h[FLAGS_AT],
+            record_count: u32_at(h, COUNT_AT),
+            first_timestamp: u64_at(h, FIRST_TS_AT) as i64,
+            max_timestamp: u64_at(h, MAX_TS_AT) as i64,
+        })
+    }
+
+    /// The offset of the batch's last record.
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count.saturating_sub(1))
+    }
+
+    /// The offset that follows the batch.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+
+    /// Checks the fields that can be checked without the body: magic, version, flags, a
+    /// length that fits the header and `max_len`, and a non-zero record count.
+    pub fn check_frame(&self, max_len: usize) -> Result<(), BatchError> {
+        if self.magic != MAGIC {
+            return Err(BatchError::BadMagic { found: self.magic });
+        }
+        if self.version != VERSION {
+            return Err(BatchError::UnsupportedVersion {
+                found: self.version,
+            });
+        }
+        if self.flags != 0 {
+            return Err(BatchError::UnsupportedFlags { found: self.flags });
+        }
+        let len = self.batch_len as usize;
+        if len < HEADER_BYTES {
+            return Err(BatchError::TooShort { len });
+        }
+        if len > max_len {
+            return Err(BatchError::TooLarge { len, max: max_len });
+        }
+        if self.record_count == 0 {
+            return Err(BatchError::Empty);
+        }
+        Ok(())
+    }
+}
+
+/// Computes the CRC a batch's header must carry.
+pub(crate) fn crc_of(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[CRC_FROM..])
+}
+
+/// Writes `base_offset` into an encoded batch. The CRC does not cover it, so nothing else
+/// changes.
+pub fn stamp_base_offset(batch: &mut [u8], base_offset: u64) {
+    batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
+}
+
+/// A batch that passed [`validate`]: safe to append.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidBatch<'a> {
+    bytes: &'a [u8],
+    header: BatchHeader,
+}
+
+impl<'a> ValidBatch<'a> {
+    /// Re-wraps bytes that [`validate`] accepted earlier (e.g. before they crossed a channel).
+    pub(crate) fn assume_valid(bytes: &'a [u8], header: BatchHeader) -> Self {
+        ValidBatch { bytes, header }
+    }
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+}
+
+/// Checks a whole encoded batch: frame, CRC, and every record (see the module docs).
+/// Costs one CRC pass and one walk over the record framing; it allocates nothing.
+pub fn validate(bytes: &[u8], max_len: usize) -> Result<ValidBatch<'_>, BatchError> {
+    let header = BatchHeader::read(bytes).ok_or(BatchError::TooShort { len: bytes.len() })?;
+    header.check_frame(max_len)?;
+    if header.batch_len as usize != bytes.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: header.batch_len as usize,
+            actual: bytes.len(),
+        });
+    }
+    let actual = crc_of(bytes);
+    if actual != header.crc {
+        return Err(BatchError::CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
+    }
+    check_records(&header, &bytes[HEADER_BYTES..])?;
+    Ok(ValidBatch { bytes, header })
+}
+
+/// Walks the records of a body and checks that they agree with the header.
+fn check_records(header: &BatchHeader, body: &[u8]) -> Result<(), BatchError> {
+    let mut records = Records::new(header, body);
+    let mut count = 0u32;
+    let mut actual_max = i64::MIN;
+    let mut actual_first = header.first_timestamp;
+    while let Some(record) = records.next_record()? {
+        if count == 0 {
+            actual_first = record.timestamp;
+        }
+        actual_max = actual_max.max(record.timestamp);
+        count += 1;
+    }
+    if count != header.record_count {
+        return Err(BatchError::CountMismatch {
+            declared: header.record_count,
+            actual: count,
+        });
+    }
+    if actual_first != header.first_timestamp || actual_max != header.max_timestamp {
+        return Err(BatchError::TimestampMismatch {
+            first: header.first_timestamp,
+            max: header.max_timestamp,
+            actual_first,
+            actual_max,
+        });
+    }
+    Ok(())
+}
+
+/// A record to encode.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record<'a> {
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+/// Encodes records into one batch.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(4096)
+    }
+}
+
+impl BatchBuilder {
+    /// A builder whose buffer starts with room for `bytes` of batch.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes.max(HEADER_BYTES));
+        buf.resize(HEADER_BYTES, 0);
+        BatchBuilder {
+            buf,
+            count: 0,
+            first_timestamp: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes the batch would have if finished now.
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, record: &Record<'_>) {
+        if self.count == 0 {
+            self.first_timestamp = record.timestamp;
+        }
+        self.max_timestamp = self.max_timestamp.max(record.timestamp);
+        let ts_delta = record.timestamp.wrapping_sub(self.first_timestamp);
+        let key_len = record.key.map_or(-1, |k| k.len() as i64);
+        let mut len = varint_len(zigzag(ts_delta))
+            + varint_len(u64::from(self.count))
+            + varint_len(zigzag(key_len))
+            + record.key.map_or(0, <[u8]>::len)
+            + varint_len(record.value.len() as u64)
+            + record.value.len()
+            + varint_len(record.headers.len() as u64);
+        for (name, value) in record.headers {
+            len += varint_len(name.len() as u64) + name.len();
+            len += varint_len(value.len() as u64) + value.len();
+        }
+        let buf = &mut self.buf;
+        buf.reserve(len + 10);
+        put_varint(buf, len as u64);
+        put_varint(buf, zigzag(ts_delta));
+        put_varint(buf, u64::from(self.count));
+        put_varint(buf, zigzag(key_len));
+        if let Some(key) = record.key {
+            buf.extend_from_slice(key);
+        }
+        put_varint(buf, record.value.len() as u64);
+        buf.extend_from_slice(record.value);
+        put_varint(buf, record.headers.len() as u64);
+        for (name, value) in record.headers {
+            put_varint(buf, name.len() as u64);
+            buf.extend_from_slice(name.as_bytes());
+            put_varint(buf, value.len() as u64);
+            buf.extend_from_slice(value);
+        }
+        self.count += 1;
+    }
+
+    /// Fills in the header and returns the encoded batch (base offset 0). Panics if no
+    /// record was pushed or the batch outgrew `u32::MAX` bytes: both are caller bugs.
+    pub fn finish(mut self) -> Vec<u8> {
+        assert!(self.count > 0, "a batch needs at least one record");
+        let len = u32::try_from(self.buf.len()).expect("batch larger than 4 GiB");
+        let h = &mut self.buf[..HEADER_BYTES];
+        h[BATCH_LEN_AT..BATCH_LEN_AT + 4].copy_from_slice(&len.to_le_bytes());
+        h[MAGIC_AT..MAGIC_AT + 2].copy_from_slice(&MAGIC.to_le_bytes());
+        h[VERSION_AT] = VERSION;
+        h[FLAGS_AT] = 0;
+        h[COUNT_AT..COUNT_AT + 4].copy_from_slice(&self.count.to_le_bytes());
+        h[FIRST_TS_AT..FIRST_TS_AT + 8].copy_from_slice(&self.first_timestamp.to_le_bytes());
+        h[MAX_TS_AT..MAX_TS_AT + 8].copy_from_slice(&self.max_timestamp.to_le_bytes());
+        let crc = crc_of(&self.buf);
+        self.buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        self.buf
+    }
+}
+
+/// A decoded record, borrowing from the batch bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    headers: &'a [u8],
+    header_count: u64,
+}
+
+impl<'a> RecordView<'a> {
+    /// The record's headers in the order they were written.
+    pub fn headers(&self) -> HeaderIter<'a> {
+        HeaderIter {
+            bytes: self.headers,
+            left: self.header_count,
+        }
+    }
+}
+
+/// Iterates a record's headers; names that are not UTF-8 were refused at append.
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    bytes: &'a [u8],
+    left: u64,
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a str, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut cur = Cursor(self.bytes);
+        let (name, value) = read_header(&mut cur).ok()?;
+        self.bytes = cur.0;
+        Some((name, value))
+    }
+}
+
+/// A stored batch: a validated header and its record bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchView<'a> {
+    pub header: BatchHeader,
+    body: &'a [u8],
+}
+
+impl<'a> BatchView<'a> {
+    /// Splits `bytes` (one whole batch) into header and body; checks the frame, not the CRC.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        let header = BatchHeader::read(bytes).ok_or(BatchError::TooShort { len: bytes.len() })?;
+        header.check_frame(usize::MAX)?;
+        let body = bytes.get(HEADER_BYTES..header.batch_len as usize).ok_or(
+            BatchError::LengthMismatch {
+                declared: header.batch_len as usize,
+                actual: bytes.len(),
+            },
+        )?;
+        Ok(BatchView { header, body })
+    }
+
+    /// Decodes the records one by one.
+    pub fn records(&self) -> Records<'a> {
+        Records::new(&self.header, self.body)
+    }
+}
+
+/// Iterates whole batches laid back to back in `bytes` (what a log read returns).
+pub fn batches(bytes: &[u8]) -> impl Iterator<Item = Result<BatchView<'_>, BatchError>> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match BatchView::new(rest) {
+            Ok(view) => {
+                rest = &rest[view.header.batch_len as usize..];
+                Some(Ok(view))
+            }
+            Err(e) => {
+                rest = &[];
+                Some(Err(e))
+            }
+        }
+    })
+}
+
+/// Decodes records from a batch body.
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    cur: Cursor<'a>,
+    base_offset: u64,
+    first_timestamp: i64,
+    index: u32,
+}
+
+impl<'a> Records<'a> {
+    fn new(header: &BatchHeader, body: &'a [u8]) -> Self {
+        Records {
+            cur: Cursor(body),
+            base_offset: header.base_offset,
+            first_timestamp: header.first_timestamp,
+            index: 0,
+        }
+    }
+
+    fn next_record(&mut self) -> Result<Option<RecordView<'a>>, BatchError> {
+        if self.cur.0.is_empty() {
+            return Ok(None);
+        }
+        let index = self.index;
+        let bad = |reason| BatchError::MalformedRecord { index, reason };
+        let len = self.cur.varint().ok_or(bad("truncated length"))?;
+        let len = usize::try_from(len).map_err(|_| bad("length overflows"))?;
+        let mut rec = Cursor(
+            self.cur
+                .take(len)
+                .ok_or(bad("length runs past the batch"))?,
+        );
+        let ts_delta = unzigzag(rec.varint().ok_or(bad("truncated timestamp"))?);
+        let timestamp = self
+            .first_timestamp
+            .checked_add(ts_delta)
+            .ok_or(bad("timestamp overflows"))?;
+        let offset_delta = rec.varint().ok_or(bad("truncated offset delta"))?;
+        if offset_delta != u64::from(index) {
+            return Err(bad("offset delta is not the record's index"));
+        }
+        let key_len = unzigzag(rec.varint().ok_or(bad("truncated key length"))?);
+        let key = match key_len {
+            -1 => None,
+            n if n >= 0 => Some(
+                rec.take(n as usize)
+                    .ok_or(bad("key runs past the record"))?,
+            ),
+            _ => return Err(bad("negative key length")),
+        };
+        let value_len = rec.varint().ok_or(bad("truncated value length"))?;
+        let value = rec
+            .take(usize::try_from(value_len).map_err(|_| bad("value length overflows"))?)
+            .ok_or(bad("value runs past the record"))?;
+        let header_count = rec.varint().ok_or(bad("truncated header count"))?;
+        let headers = rec.0;
+        for _ in 0..header_count {
+            read_header(&mut rec).map_err(bad)?;
+        }
+        if !rec.0.is_empty() {
+            return Err(bad("trailing bytes after the headers"));
+        }
+        self.index += 1;
+        Ok(Some(RecordView {
+            offset: self.base_offset + u64::from(index),
+            timestamp,
+            key,
+            value,
+            headers,
+            header_count,
+        }))
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<RecordView<'a>, BatchError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_record() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => None,
+            Err(e) => {
+                self.cur = Cursor(&[]);
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn read_header<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, &'a [u8]), &'static str> {
+    let name_len = cur.varint().ok_or("truncated header name length")?;
+    let name = cur
+        .take(usize::try_from(name_len).map_err(|_| "header name length overflows")?)
+        .ok_or("header name runs past the record")?;
+    let name = std::str::from_utf8(name).map_err(|_| "header name is not UTF-8")?;
+    let value_len = cur.varint().ok_or("truncated header value length")?;
+    let value = cur
+        .take(usize::try_from(value_len).map_err(|_| "header value length overflows")?)
+        .ok_or("header value runs past the record")?;
+    Ok((name, value))
+}
+
+#[derive(Debug, Clone)]
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    /// Reads an unsigned LEB128 varint of at most 10 bytes.
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for (i, &byte) in self.0.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    // 1 byte per started group of 7 significant bits; zero still takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<u8> {
+        let mut b = BatchBuilder::default();
+        b.push(&Record {
+            timestamp: 1_700_000_000_000,
+            key: Some(b"order-1"),
+            value: b"created",
+            headers: &[("source", b"web")],
+        });
+        b.push(&Record {
+            timestamp: 1_699_999_999_000,
+            key: None,
+            value: b"",
+            headers: &[],
+        });
+        b.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut bytes = sample();
+        stamp_base_offset(&mut bytes, 42);
+        let valid = validate(&bytes, usize::MAX).unwrap();
+        assert_eq!(valid.header().base_offset, 42);
+        assert_eq!(valid.header().record_count, 2);
+        assert_eq!(valid.header().max_timestamp, 1_700_000_000_000);
+        let view = BatchView::new(&bytes).unwrap();
+        let recs: Vec<_> = view.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(recs[0].offset, 42);
+        assert_eq!(recs[0].key, Some(&b"order-1"[..]));
+        assert_eq!(
+            recs[0].headers().collect::<Vec<_>>(),
+            [("source", &b"web"[..])]
+        );
+        assert_eq!(recs[1].offset, 43);
+        assert_eq!(recs[1].key, None);
+        assert_eq!(recs[1].timestamp, 1_699_999_999_000);
+    }
+
+    #[test]
+    fn empty_key_differs_from_no_key() {
+        let mut b = BatchBuilder::default();
+        b.push(&Record {
+            key: Some(b""),
+            value: b"v",
+            ..Record::default()
+        });
+        let bytes = b.finish();
+        let view = BatchView::new(&bytes).unwrap();
+        assert_eq!(view.records().next().unwrap().unwrap().key, Some(&b""[..]));
+    }
+
+    #[test]
+    fn refuses_each_kind_of_damage() {
+        let good = sample();
+        let mut crc = good.clone();
+        *crc.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            validate(&crc, usize::MAX),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        assert!(matches!(
+            validate(&good[..good.len() - 1], usize::MAX),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            validate(&good[..10], usize::MAX),
+            Err(BatchError::TooShort { .. })
+        ));
+        assert!(matches!(
+            validate(&good, 50),
+            Err(BatchError::TooLarge { .. })
+        ));
+        let mut magic = good.clone();
+        magic[MAGIC_AT] = 0;
+        assert!(matches!(
+            validate(&magic, usize::MAX),
+            Err(BatchError::BadMagic { .. })
+        ));
+        // A header that lies about the count, with a CRC recomputed to match.
+        let mut count = good.clone();
+        count[COUNT_AT] = 3;
+        let c = crc_of(&count);
+        count[CRC_AT..CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
+        assert_eq!(
+            validate(&count, usize::MAX).unwrap_err(),
+            BatchError::CountMismatch {
+                declared: 3,
+                actual: 2
+            }
+        );
+        // A header that lies about the max timestamp.
+        let mut ts = good.clone();
+        ts[MAX_TS_AT] ^= 1;
+        let c = crc_of(&ts);
+        ts[CRC_AT..CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
+        assert!(matches!(
+            validate(&ts, usize::MAX),
+            Err(BatchError::TimestampMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn varint_lengths_match_encoding() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX / 2, u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            assert_eq!(buf.len(), varint_len(v), "{v}");
+            assert_eq!(Cursor(&buf).varint(), Some(v));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode(records in proptest::collection::vec(
+            (any::<i64>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+             proptest::collection::vec(any::<u8>(), 0..200),
+             proptest::collection::vec(("[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..16)), 0..3)),
+            1..20), base in any::<u32>()) {
+            // Timestamps within a batch stay within ±2^60 of each other so deltas fit.
+            let records: Vec<_> = records.into_iter().map(|(t, k, v, h)| (t >> 4, k, v, h)).collect();
+            let mut b = BatchBuilder::default();
+            for (t, k, v, h) in &records {
+                let headers: Vec<(&str, &[u8])> = h.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+                b.push(&Record { timestamp: *t, key: k.as_deref(), value: v, headers: &headers });
+            }
+            let mut bytes = b.finish();
+            stamp_base_offset(&mut bytes, u64::from(base));
+            prop_assert!(validate(&bytes, usize::MAX).is_ok());
+            let view = BatchView::new(&bytes).unwrap();
+            let decoded: Vec<_> = view.records().collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(decoded.len(), records.len());
+            for (i, (r, (t, k, v, h))) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(r.offset, u64::from(base) + i as u64);
+                prop_assert_eq!(r.timestamp, *t);
+                prop_assert_eq!(r.key, k.as_deref());
+                prop_assert_eq!(r.value, v.as_slice());
+                let hs: Vec<_> = r.headers().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+                prop_assert_eq!(&hs, h);
+            }
+        }
+
+        #[test]
+        fn validate_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = validate(&bytes, usize::MAX);
+            let _ = BatchView::new(&bytes).map(|v| v.records().count());
+        }
+    }
+}

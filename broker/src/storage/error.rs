@@ -1,0 +1,63 @@
+//! The storage layer's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use super::batch::BatchError;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// What can go wrong in a partition log. Bad input (`InvalidBatch`, `BatchTooLarge`,
+/// `OffsetOutOfRange`) is the caller's to report; the rest are operating errors that name the
+/// file involved.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("disk full while trying to {op} {}", path.display())]
+    DiskFull {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("corrupt log: {} at byte {position}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("batch of {len} bytes does not fit a segment of {segment_bytes} bytes")]
+    BatchTooLarge { len: usize, segment_bytes: u64 },
+    #[error("offset {offset} is out of range: the log holds offsets {start}..{end}")]
+    OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+    /// A flush failed earlier. The bytes the kernel dropped cannot be known, so the partition
+    /// refuses writes for good instead of retrying an fsync that may falsely succeed.
+    #[error("partition log is poisoned and refuses writes: {reason}")]
+    Poisoned { reason: String },
+}
+
+impl StorageError {
+    /// Wraps an I/O error with the operation and file, telling a full disk apart.
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+            StorageError::DiskFull { op, path, source }
+        } else {
+            StorageError::Io { op, path, source }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Sparse, memory-mapped indexes of a segment: offset → position and timestamp → position.
+//!
+//! An index file is preallocated like its segment and holds fixed-size little-endian entries.
+//! The writer adds an entry every `index_interval_bytes` of log and publishes the entry count
+//! with a Release store; readers binary-search the entries below the count they load. Slots
+//! past the count are zero, which is how a reopened file tells where its entries end.
+//!
+//! Entry formats:
+//! - offset index, 8 bytes: `relative_offset` u32 (offset − segment base), `position` u32
+//!   (byte position of a batch in the segment). Entry 0 is always `(0, 0)`; later entries have
+//!   strictly growing positions, so a zero position marks the end.
+//! - time index, 16 bytes: `max_timestamp` i64 (largest record timestamp in the segment up to
+//!   and including the batch), `relative_offset` u32 and `position` u32 of that batch. Entry 0
+//!   belongs to the first batch; later entries have strictly growing timestamps and relative
+//!   offsets, so a zero relative offset marks the end. A sealed (or cleanly closed) segment
+//!   ends with an entry carrying its exact largest timestamp.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use memmap2::MmapRaw;
+
+use super::error::{Result, StorageError};
+use super::segment::{create_mapped, map_existing};
+
+/// A fixed-size index entry.
+pub(crate) trait Entry: Copy + std::fmt::Debug {
+    const BYTES: usize;
+    fn encode(&self, out: &mut [u8]);
+    fn decode(bytes: &[u8]) -> Self;
+    /// Whether the slot at `index` holds an entry rather than trailing zeros.
+    fn present(&self, index: usize) -> bool;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+impl Entry for OffsetEntry {
+    const BYTES: usize = 8;
+    fn encode(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&self.relative_offset.to_le_bytes());
+        out[4..8].copy_from_slice(&self.position.to_le_bytes());
+    }
+    fn decode(b: &[u8]) -> Self {
+        OffsetEntry {
+            relative_offset: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
+            position: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
+        }
+    }
+    fn present(&self, index: usize) -> bool {
+        index == 0 || self.position != 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeEntry {
+    pub max_timestamp: i64,
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+impl Entry for TimeEntry {
+    const BYTES: usize = 16;
+    fn encode(&self, out: &mut [u8]) {
+        out[0..8].copy_from_slice(&self.max_timestamp.to_le_bytes());
+        out[8..12].copy_from_slice(&self.relative_offset.to_le_bytes());
+        out[12..16].copy_from_slice(&self.position.to_le_bytes());
+    }
+    fn decode(b: &[u8]) -> Self {
+        TimeEntry {
+            max_timestamp: i64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+            relative_offset: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+            position: u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")),
+        }
+    }
+    fn present(&self, index: usize) -> bool {
+        index == 0 || self.relative_offset != 0
+    }
+}
+
+/// One memory-mapped index file. Only the partition's writer calls the `&self` methods that
+/// change it (`push`, `truncate`); the log's single-writer design guarantees that.
+pub(crate) struct IndexFile<E> {
+    path: PathBuf,
+    // Kept open so the mapping's file stays the one we created, and for fsync.
+    _file: File,
+    map: MmapRaw,
+    capacity: usize,
+    len: AtomicUsize,
+    _entry: std::marker::PhantomData<E>,
+}
+
+impl<E: Entry> IndexFile<E> {
+    /// Creates a zeroed, preallocated index with room for `capacity` entries.
+    pub(crate) fn create(path: &Path, capacity: usize, sync: bool) -> Result<Self> {
+        let (file, map) = create_mapped(path, (capacity * E::BYTES) as u64, sync)?;
+        Ok(Self::from_parts(path.to_owned(), file, map, 0))
+    }
+
+    /// Maps an existing index and counts its entries.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let (file, map) = map_existing(path)?;
+        let index = Self::from_parts(path.to_owned(), file, map, 0);
+        let len = (0..index.capacity)
+            .take_while(|&i| index.get(i).present(i))
+            .count();
+        index.len.store(len, Ordering::Release);
+        Ok(index)
+    }
+
+    fn from_parts(path: PathBuf, file: File, map: MmapRaw, len: usize) -> Self {
+        let capacity = map.len() / E::BYTES;
+        IndexFile {
+            path,
+            _file: file,
+            map,
+            capacity,
+            len: AtomicUsize::new(len),
+            _entry: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn set_path(&mut self, path: PathBuf) {
+        self.path = path;
+    }
+
+    /// Entries published so far.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn get(&self, i: usize) -> E {
+        assert!(i < self.capacity);
+        // Safety: `i` is within the mapping, and entries below the published count are never
+        // written again; a slot at or above it is read only by the writer or by `open`.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(i * E::BYTES), E::BYTES) };
+        E::decode(bytes)
+    }
+
+    pub(crate) fn last(&self) -> Option<E> {
+        self.len().checked_sub(1).map(|i| self.get(i))
+    }
+
+    /// Writer only: appends an entry. A full index drops it: the index only gets sparser and
+    /// reads stay correct, they just scan further.
+    pub(crate) fn push(&self, entry: E) {
+        let len = self.len.load(Ordering::Relaxed);
+        if len == self.capacity {
+            return;
+        }
+        let mut bytes = [0u8; 16];
+        entry.encode(&mut bytes[..E::BYTES]);
+        // Safety: slot `len` is within the mapping and not yet published, so no reader
+        // looks at it; only the single writer calls `push`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(len * E::BYTES),
+                E::BYTES,
+            );
+        }
+        self.len.store(len + 1, Ordering::Release);
+    }
+
+    /// Writer only (recovery): forgets entries from `keep` on and zeroes every slot after
+    /// them, so that stray bytes left by a crash can never be counted as entries later.
+    pub(crate) fn truncate(&self, keep: usize) {
+        let end = self.capacity * E::BYTES;
+        let from = keep.min(self.capacity) * E::BYTES;
+        if from < end {
+            // Safety: recovery runs before any reader exists; the range is within the map.
+            unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(from), 0, end - from) };
+        }
+        self.len.store(keep.min(self.capacity), Ordering::Release);
+    }
+
+    /// Number of leading entries for which `pred` holds (entries must be sorted by it).
+    pub(crate) fn partition_point(&self, pred: impl Fn(&E) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(&self.get(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Flushes the published entries to disk.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let bytes = self.len() * E::BYTES;
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.map
+            .flush_range(0, bytes)
+            .map_err(|e| StorageError::io("flush index", &self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopen_and_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.index");
+        let index = IndexFile::<OffsetEntry>::create(&path, 8, false).unwrap();
+        for i in 0..5u32 {
+            index.push(OffsetEntry {
+                relative_offset: i * 10,
+                position: i * 4096,
+            });
+        }
+        assert_eq!(index.partition_point(|e| e.relative_offset <= 25), 3);
+        index.flush().unwrap();
+        drop(index);
+        let index = IndexFile::<OffsetEntry>::open(&path).unwrap();
+        assert_eq!(index.len(), 5);
+        index.truncate(2);
+        assert_eq!(index.len(), 2);
+        drop(index);
+        let index = IndexFile::<OffsetEntry>::open(&path).unwrap();
+        assert_eq!(index.len(), 2);
+        assert_eq!(
+            index.last(),
+            Some(OffsetEntry {
+                relative_offset: 10,
+                position: 4096
+            })
+        );
+        // A full index drops entries instead of failing.
+        for i in 0..20u32 {
+            index.push(OffsetEntry {
+                relative_offset: 100 + i,
+                position: 100_000 + i,
+            });
+        }
+        assert_eq!(index.len(), 8);
+    }
+}

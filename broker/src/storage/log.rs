@@ -1,0 +1,822 @@
+//! The partition log: one writer that appends, commits and rolls; lock-free readers.
+//!
+//! The writer's path for a batch is: copy into the active segment's mapping and stamp its
+//! base offset (`append`) → flush per the fsync policy (`commit`) → publish the committed
+//! length and the high watermark (`handoff`) → return. Appends between two commits share
+//! one flush, which is all group commit needs: whoever drives the writer appends everything
+//! that is queued, then commits once (see `committer`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::batch::{BASE_OFFSET_AT, BatchHeader, BatchView, ValidBatch};
+use super::error::{Result, StorageError};
+use super::handoff::{Arc, Handoff, Located, Published};
+use super::index::{OffsetEntry, TimeEntry};
+use super::recovery::{self, Checkpoint};
+use super::segment::{Preparer, Segment, SegmentShape};
+use super::{FsyncPolicy, LogConfig};
+
+/// Offsets a committed append was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// Counters a writer keeps; shared so a metrics exporter can read them while it runs.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Batches appended.
+    pub batches: StdAtomicU64,
+    /// Records appended.
+    pub records: StdAtomicU64,
+    /// Bytes appended.
+    pub bytes: StdAtomicU64,
+    /// Flushes of log data (msync); with group commit, fewer than commits under load.
+    pub flushes: StdAtomicU64,
+    /// Total time spent in those flushes.
+    pub flush_nanos: StdAtomicU64,
+    /// Segments rolled.
+    pub rolls: StdAtomicU64,
+}
+
+impl WriterStats {
+    fn add(counter: &StdAtomicU64, n: u64) {
+        counter.fetch_add(n, StdOrdering::Relaxed);
+    }
+    pub fn get(counter: &StdAtomicU64) -> u64 {
+        counter.load(StdOrdering::Relaxed)
+    }
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    /// The log's first offset afterwards.
+    pub start_offset: u64,
+}
+
+/// Where the next sparse index entries go; shared by appends and by recovery's scan so the
+/// two build identical indexes.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexCursor {
+    interval: u64,
+    last_offset_entry: Option<u64>,
+    last_time_entry: Option<TimeEntry>,
+    last_batch: Option<(u32, u64)>,
+    /// Largest record timestamp in the segment so far.
+    pub(crate) max_timestamp: i64,
+}
+
+impl IndexCursor {
+    pub(crate) fn new(interval: u64) -> Self {
+        IndexCursor {
+            interval,
+            last_offset_entry: None,
+            last_time_entry: None,
+            last_batch: None,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    /// Keeps the index entries of `segment` below `position` (written and flushed before a
+    /// checkpoint vouched for them) and forgets the rest.
+    pub(crate) fn resume(segment: &Segment, position: u64, interval: u64) -> Self {
+        let keep = segment
+            .offsets
+            .partition_point(|e| u64::from(e.position) < position);
+        segment.offsets.truncate(keep);
+        let keep = segment
+            .times
+            .partition_point(|e| u64::from(e.position) < position);
+        segment.times.truncate(keep);
+        let last_time_entry = segment.times.last();
+        IndexCursor {
+            interval,
+            last_offset_entry: segment.offsets.last().map(|e| u64::from(e.position)),
+            last_time_entry,
+            last_batch: None,
+            max_timestamp: last_time_entry.map_or(i64::MIN, |e| e.max_timestamp),
+        }
+    }
+
+    /// Indexes the batch just placed at `position`.
+    pub(crate) fn on_batch(&mut self, segment: &Segment, position: u64, header: &BatchHeader) {
+        let relative_offset = (header.base_offset - segment.base_offset()) as u32;
+        let pos32 = position as u32;
+        if self
+            .last_offset_entry
+            .is_none_or(|p| position - p >= self.interval)
+        {
+            segment.offsets.push(OffsetEntry {
+                relative_offset,
+                position: pos32,
+            });
+            self.last_offset_entry = Some(position);
+        }
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        let due = match self.last_time_entry {
+            None => true,
+            Some(e) => {
+                self.max_timestamp > e.max_timestamp
+                    && position - u64::from(e.position) >= self.interval
+            }
+        };
+        if due {
+            let entry = TimeEntry {
+                max_timestamp: self.max_timestamp,
+                relative_offset,
+                position: pos32,
+            };
+            segment.times.push(entry);
+            self.last_time_entry = Some(entry);
+        }
+        self.last_batch = Some((relative_offset, position));
+    }
+
+    /// Adds the entry that records the segment's exact largest timestamp, so a reopened
+    /// segment knows it without a scan.
+    pub(crate) fn close(&mut self, segment: &Segment) {
+        if let (Some((relative_offset, position)), Some(last)) =
+            (self.last_batch, self.last_time_entry)
+            && self.max_timestamp > last.max_timestamp
+        {
+            let entry = TimeEntry {
+                max_timestamp: self.max_timestamp,
+                relative_offset,
+                position: position as u32,
+            };
+            segment.times.push(entry);
+            self.last_time_entry = Some(entry);
+        }
+    }
+}
+
+/// The single writer of one partition log. Not `Clone`: holding it is the right to write.
+pub struct LogWriter {
+    config: LogConfig,
+    dir: PathBuf,
+    handoff: Arc<Handoff<Segment>>,
+    /// The writer's copy of the published table; the last segment is the active one.
+    segments: Vec<Arc<Segment>>,
+    /// Bytes written into the active segment, committed or not.
+    write_pos: u64,
+    /// Bytes of the active segment known to be durable.
+    flushed_pos: u64,
+    /// The offset the next appended record gets.
+    next_offset: u64,
+    /// The published high watermark.
+    committed_offset: u64,
+    indexer: IndexCursor,
+    last_flush: Instant,
+    preparer: Preparer,
+    /// Set by a failed flush; every later write is refused with this reason.
+    poisoned: Option<String>,
+    stats: std::sync::Arc<WriterStats>,
+    // Held for the writer's life: an exclusive `flock` on the directory's lock file.
+    _lock: File,
+}
+
+/// A run of whole batches read from one segment. `bytes` points into the segment's mapping
+/// (no copy); it keeps the segment alive, even past retention, until dropped.
+#[derive(Debug, Clone)]
+pub struct ReadChunk {
+    pub bytes: Bytes,
+    /// Base offset of the first batch; it may be below the offset asked for, because reads
+    /// return whole batches: skip records below it.
+    pub base_offset: u64,
+    /// The offset after the last batch returned: where the next read starts.
+    pub next_offset: u64,
+    /// The high watermark when the read was made.
+    pub high_watermark: u64,
+}
+
+/// A cheap, cloneable, lock-free view of a partition log.
+#[derive(Clone)]
+pub struct LogReader {
+    handoff: Arc<Handoff<Segment>>,
+}
+
+struct MappedRange {
+    segment: Arc<Segment>,
+    from: u64,
+    to: u64,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        self.segment.bytes(self.from, self.to)
+    }
+}
+
+impl LogWriter {
+    /// Opens (creating if needed) the partition log in `dir`, recovering it (see `recovery`).
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<LogWriter> {
+        config.validate()?;
+        let dir = dir.as_ref().to_owned();
+        let shape = SegmentShape {
+            dir: dir.clone(),
+            segment_bytes: config.segment_bytes,
+            index_entries: config.index_entries(),
+            sync: config.fsync != FsyncPolicy::Never,
+        };
+        let lock = recovery::lock_dir(&dir)?;
+        let rec = recovery::recover(&config, &shape)?;
+        let mut preparer = Preparer::new(shape);
+        preparer.start();
+        let next_offset = rec.next_offset;
+        let active = rec
+            .segments
+            .last()
+            .expect("recovery leaves an active segment");
+        let handoff = Arc::new(Handoff::new(rec.segments.clone(), 0));
+        handoff.publish_commit(active, rec.write_pos, next_offset);
+        Ok(LogWriter {
+            config,
+            dir,
+            handoff,
+            segments: rec.segments,
+            write_pos: rec.write_pos,
+            flushed_pos: rec.write_pos,
+            next_offset,
+            committed_offset: next_offset,
+            indexer: rec.indexer,
+            last_flush: Instant::now(),
+            preparer,
+            poisoned: None,
+            stats: Default::default(),
+            _lock: lock,
+        })
+    }
+
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            handoff: self.handoff.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> std::sync::Arc<WriterStats> {
+        self.stats.clone()
+    }
+
+    /// The offset the next record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// The published high watermark: offsets below it are readable.
+    pub fn high_watermark(&self) -> u64 {
+        self.committed_offset
+    }
+
+    fn active(&self) -> &Arc<Segment> {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a flush; a failure poisons the log, because after a failed fsync the kernel may
+    /// have dropped dirty pages and a retry could report success for data that is gone.
+    fn guard<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result {
+            tracing::error!(dir = %self.dir.display(), %error, "flush failed; partition log poisoned");
+            self.poisoned = Some(error.to_string());
+        }
+        result
+    }
+
+    /// Copies a validated batch into the log and assigns its offsets. Not readable, and not
+    /// durable, until [`commit`](Self::commit).
+    pub fn append(&mut self, batch: ValidBatch<'_>) -> Result<Appended> {
+        self.check_poisoned()?;
+        let bytes = batch.bytes();
+        let len = bytes.len() as u64;
+        if len > self.config.segment_bytes {
+            return Err(StorageError::BatchTooLarge {
+                len: bytes.len(),
+                segment_bytes: self.config.segment_bytes,
+            });
+        }
+        if self.write_pos + len > self.active().capacity() {
+            if self.write_pos == 0 {
+                // The active segment is empty yet too small (it was made under a smaller
+                // configured size); rolling would make a second segment with the same base.
+                return Err(StorageError::BatchTooLarge {
+                    len: bytes.len(),
+                    segment_bytes: self.active().capacity(),
+                });
+            }
+            self.roll()?;
+        }
+        let segment = self.active().clone();
+        let position = self.write_pos;
+        segment.write(position, bytes);
+        // The CRC leaves the base offset out, so stamping it is the only change to the bytes.
+        segment.write(
+            position + BASE_OFFSET_AT as u64,
+            &self.next_offset.to_le_bytes(),
+        );
+        let mut header = *batch.header();
+        header.base_offset = self.next_offset;
+        self.indexer.on_batch(&segment, position, &header);
+        self.write_pos += len;
+        self.next_offset = header.next_offset();
+        WriterStats::add(&self.stats.batches, 1);
+        WriterStats::add(&self.stats.records, u64::from(header.record_count));
+        WriterStats::add(&self.stats.bytes, len);
+        Ok(Appended {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+        })
+    }
+
+    /// Makes every appended batch durable per the fsync policy, then readable. Returns the
+    /// new high watermark. With `Always`, everything appended since the last commit shares
+    /// this one flush.
+    pub fn commit(&mut self) -> Result<u64> {
+        self.check_poisoned()?;
+        if self.next_offset == self.committed_offset {
+            return Ok(self.committed_offset);
+        }
+        match self.config.fsync {
+            FsyncPolicy::Always => self.flush_active()?,
+            FsyncPolicy::Interval(every) if self.last_flush.elapsed() >= every => {
+                self.flush_active()?
+            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {}
+        }
+        self.publish();
+        Ok(self.committed_offset)
+    }
+
+    /// Appends one batch and commits it.
+    pub fn append_and_commit(&mut self, batch: ValidBatch<'_>) -> Result<Appended> {
+        let appended = self.append(batch)?;
+        self.commit()?;
+        Ok(appended)
+    }
+
+    /// For `Interval`: flushes if the interval has passed and something is unflushed. Call
+    /// it periodically so an idle partition does not keep unflushed data forever.
+    pub fn tick(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        if let FsyncPolicy::Interval(every) = self.config.fsync
+            && self.flushed_pos < self.write_pos
+            && self.last_flush.elapsed() >= every
+        {
+            self.flush_active()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything written so far, whatever the policy, and publishes it.
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        self.flush_active()?;
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let segment = self.active().clone();
+        segment.set_max_timestamp(self.indexer.max_timestamp);
+        self.handoff
+            .publish_commit(&segment, self.write_pos, self.next_offset);
+        self.committed_offset = self.next_offset;
+    }
+
+    fn flush_active(&mut self) -> Result<()> {
+        if self.flushed_pos == self.write_pos {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let segment = self.active().clone();
+        let result = segment.flush_range(self.flushed_pos, self.write_pos);
+        self.guard(result)?;
+        WriterStats::add(&self.stats.flushes, 1);
+        WriterStats::add(&self.stats.flush_nanos, started.elapsed().as_nanos() as u64);
+        self.flushed_pos = self.write_pos;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the active segment and makes the prepared one active.
+    fn roll(&mut self) -> Result<()> {
+        let old = self.active().clone();
+        let sync = self.preparer.shape().sync;
+        if sync {
+            self.flush_active()?;
+        }
+        self.indexer.close(&old);
+        if sync {
+            let result = old.offsets.flush().and_then(|()| old.times.flush());
+            self.guard(result)?;
+        }
+        old.set_max_timestamp(self.indexer.max_timestamp);
+        // Readers stop at the watermark, so publishing the sealed length early is harmless.
+        self.handoff
+            .publish_commit(&old, self.write_pos, self.committed_offset);
+
+        let prepared = self.preparer.take()?;
+        let segment = Arc::new(prepared.activate(self.preparer.shape(), self.next_offset)?);
+        self.segments.push(segment.clone());
+        self.handoff.publish_segments(self.segments.clone());
+        self.write_pos = 0;
+        self.flushed_pos = 0;
+        self.indexer = IndexCursor::new(self.config.index_interval_bytes);
+        self.preparer.start();
+        WriterStats::add(&self.stats.rolls, 1);
+        let checkpoint = Checkpoint {
+            segment_base: segment.base_offset(),
+            position: 0,
+            next_offset: self.next_offset,
+            clean: false,
+        };
+        checkpoint.write(&self.dir, sync)
+    }
+
+    /// Deletes closed segments past the retention limits, oldest first. The active segment
+    /// is never deleted. `now_ms` is the wall clock in ms since the Unix epoch.
+    pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome> {
+        let mut total: u64 = self.segments.iter().map(|s| s.committed_len()).sum();
+        let sealed = self.segments.len() - 1;
+        let mut doomed = 0;
+        for segment in &self.segments[..sealed] {
+            let too_old = self.config.retention_ms.is_some_and(|ms| {
+                segment.max_timestamp() < now_ms.saturating_sub(ms.min(i64::MAX as u64) as i64)
+            });
+            let too_big = self.config.retention_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= segment.committed_len();
+            doomed += 1;
+        }
+        let mut outcome = RetentionOutcome {
+            start_offset: self.segments[doomed].base_offset(),
+            ..Default::default()
+        };
+        if doomed == 0 {
+            return Ok(outcome);
+        }
+        let removed: Vec<_> = self.segments.drain(..doomed).collect();
+        // Publish first: from here no new reader can find the removed segments, and those
+        // that already hold one keep its mapping, which outlives the unlink.
+        self.handoff.publish_segments(self.segments.clone());
+        for segment in &removed {
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += segment.committed_len();
+            segment.delete_files()?;
+        }
+        tracing::info!(dir = %self.dir.display(), segments = outcome.segments_deleted,
+            bytes = outcome.bytes_deleted, start_offset = outcome.start_offset, "retention deleted segments");
+        Ok(outcome)
+    }
+
+    /// Flushes everything, records a clean checkpoint so the next open needs no scan, and
+    /// releases the directory.
+    pub fn close(mut self) -> Result<()> {
+        self.check_poisoned()?;
+        self.flush_active()?;
+        let active = self.active().clone();
+        self.indexer.close(&active);
+        let result = active.offsets.flush().and_then(|()| active.times.flush());
+        self.guard(result)?;
+        self.publish();
+        Checkpoint {
+            segment_base: active.base_offset(),
+            position: self.write_pos,
+            next_offset: self.next_offset,
+            clean: true,
+        }
+        .write(&self.dir, true)
+    }
+}
+
+impl LogReader {
+    /// The first offset still in the log.
+    pub fn start_offset(&self) -> u64 {
+        self.handoff.start_offset()
+    }
+
+    /// The offset after the last committed record.
+    pub fn high_watermark(&self) -> u64 {
+        self.handoff.high_watermark()
+    }
+
+    /// Committed bytes across all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.handoff
+            .segments()
+            .iter()
+            .map(|s| s.committed_len())
+            .sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.handoff.segments().len()
+    }
+
+    /// Reads whole batches from the one that holds `offset`, up to `max_bytes` (but always
+    /// at least one batch, so a batch larger than the budget can still be read). Returns
+    /// `None` when `offset` is the high watermark. Never blocks the writer.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<ReadChunk>> {
+        let (segment, high_watermark) = match self.handoff.locate(offset) {
+            Located::Found {
+                segment,
+                high_watermark,
+            } => (segment, high_watermark),
+            Located::AtEnd => return Ok(None),
+            Located::BelowStart { start } => {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    start,
+                    end: self.high_watermark(),
+                });
+            }
+            Located::BeyondEnd { high_watermark } => {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    start: self.start_offset(),
+                    end: high_watermark,
+                });
+            }
+        };
+        let committed = segment.committed_len();
+        let relative = offset - segment.base_offset();
+        let i = segment
+            .offsets
+            .partition_point(|e| u64::from(e.relative_offset) <= relative);
+        let mut from = match i {
+            0 => 0,
+            i => u64::from(segment.offsets.get(i - 1).position).min(committed),
+        };
+        // Hop batch headers to the batch holding `offset`.
+        let first = loop {
+            let header = checked_header(&segment, from, committed)?;
+            if header.next_offset() > offset {
+                break header;
+            }
+            from += u64::from(header.batch_len);
+        };
+        let mut to = from + u64::from(first.batch_len);
+        let mut next_offset = first.next_offset();
+        let budget = max_bytes as u64;
+        while to < committed {
+            let header = checked_header(&segment, to, committed)?;
+            if header.base_offset >= high_watermark
+                || to + u64::from(header.batch_len) - from > budget
+            {
+                break;
+            }
+            to += u64::from(header.batch_len);
+            next_offset = header.next_offset();
+        }
+        Ok(Some(ReadChunk {
+            bytes: Bytes::from_owner(MappedRange { segment, from, to }),
+            base_offset: first.base_offset,
+            next_offset,
+            high_watermark,
+        }))
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` if
+    /// no committed record is that new.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let high_watermark = self.handoff.high_watermark();
+        for segment in self.handoff.segments() {
+            if segment.max_timestamp() < timestamp_ms {
+                continue;
+            }
+            let committed = segment.committed_len();
+            let i = segment
+                .times
+                .partition_point(|e| e.max_timestamp < timestamp_ms);
+            let mut at = match i {
+                0 => 0,
+                i => u64::from(segment.times.get(i - 1).position).min(committed),
+            };
+            while at < committed {
+                let header = checked_header(&segment, at, committed)?;
+                if header.base_offset >= high_watermark {
+                    return Ok(None);
+                }
+                let end = at + u64::from(header.batch_len);
+                if header.max_timestamp >= timestamp_ms {
+                    let view = BatchView::new(segment.bytes(at, end))
+                        .map_err(|e| corrupt(&segment, at, e.to_string()))?;
+                    for record in view.records() {
+                        let record = record.map_err(|e| corrupt(&segment, at, e.to_string()))?;
+                        if record.timestamp >= timestamp_ms {
+                            return Ok(Some(record.offset));
+                        }
+                    }
+                }
+                at = end;
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn corrupt(segment: &Segment, position: u64, reason: String) -> StorageError {
+    StorageError::Corrupt {
+        path: segment.path().to_owned(),
+        position,
+        reason,
+    }
+}
+
+/// The header at `at`, which must be a whole, well-framed batch below `committed`. Committed
+/// bytes were validated before they were written, so a failure here means the file changed
+/// under us; say where instead of panicking.
+fn checked_header(segment: &Segment, at: u64, committed: u64) -> Result<BatchHeader> {
+    let header = segment.header_at(at, committed).ok_or_else(|| {
+        corrupt(
+            segment,
+            at,
+            "expected a batch header below the committed length".into(),
+        )
+    })?;
+    header
+        .check_frame((committed - at) as usize)
+        .map_err(|e| corrupt(segment, at, e.to_string()))?;
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::{self, BatchBuilder, Record};
+    use super::*;
+
+    fn batch(first: i64, n: usize, value: &[u8]) -> Vec<u8> {
+        let mut b = BatchBuilder::default();
+        for i in 0..n {
+            b.push(&Record {
+                timestamp: first + i as i64,
+                key: Some(b"k"),
+                value,
+                headers: &[],
+            });
+        }
+        b.finish()
+    }
+
+    fn config(segment_bytes: u64, fsync: FsyncPolicy) -> LogConfig {
+        LogConfig {
+            segment_bytes,
+            index_interval_bytes: 256,
+            fsync,
+            ..LogConfig::default()
+        }
+    }
+
+    fn append(w: &mut LogWriter, bytes: &[u8]) -> Appended {
+        w.append_and_commit(batch::validate(bytes, usize::MAX).unwrap())
+            .unwrap()
+    }
+
+    fn read_all(r: &LogReader, from: u64) -> Vec<(u64, i64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while let Some(chunk) = r.read(at, 1000).unwrap() {
+            for b in batch::batches(&chunk.bytes) {
+                for rec in b.unwrap().records() {
+                    let rec = rec.unwrap();
+                    if rec.offset >= at {
+                        out.push((rec.offset, rec.timestamp, rec.value.to_vec()));
+                    }
+                }
+            }
+            at = chunk.next_offset;
+        }
+        out
+    }
+
+    #[test]
+    fn append_read_roll_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(dir.path(), config(4096, FsyncPolicy::Always)).unwrap();
+        let r = w.reader();
+        assert_eq!(r.read(0, 100).unwrap().map(|c| c.next_offset), None);
+        for i in 0..100 {
+            let a = append(&mut w, &batch(i * 10, 3, &[i as u8; 100]));
+            assert_eq!(a.base_offset, i as u64 * 3);
+            assert_eq!(a.last_offset, i as u64 * 3 + 2);
+        }
+        assert!(
+            r.segment_count() > 5,
+            "rolled into {} segments",
+            r.segment_count()
+        );
+        assert_eq!(r.high_watermark(), 300);
+        let all = read_all(&r, 0);
+        assert_eq!(all.len(), 300);
+        assert!(all.iter().enumerate().all(|(i, rec)| rec.0 == i as u64));
+        assert_eq!(read_all(&r, 151)[0].0, 151);
+        assert_eq!(r.offset_for_timestamp(500).unwrap(), Some(150));
+        assert_eq!(r.offset_for_timestamp(502).unwrap(), Some(152));
+        assert_eq!(r.offset_for_timestamp(5000).unwrap(), None);
+        assert!(matches!(
+            r.read(301, 10),
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        w.close().unwrap();
+        assert_eq!(read_all(&r, 0).len(), 300, "a reader outlives its writer");
+
+        let mut w = LogWriter::open(dir.path(), config(4096, FsyncPolicy::Always)).unwrap();
+        assert_eq!(w.next_offset(), 300);
+        let r = w.reader();
+        assert_eq!(read_all(&r, 0).len(), 300);
+        assert_eq!(r.offset_for_timestamp(502).unwrap(), Some(152));
+        append(&mut w, &batch(2000, 2, b"x"));
+        assert_eq!(r.high_watermark(), 302);
+        drop(w); // no clean close: the next open scans
+        let w = LogWriter::open(dir.path(), config(4096, FsyncPolicy::Always)).unwrap();
+        assert_eq!(w.next_offset(), 302);
+        assert_eq!(read_all(&w.reader(), 0).len(), 302);
+    }
+
+    #[test]
+    fn second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _w = LogWriter::open(dir.path(), config(4096, FsyncPolicy::Never)).unwrap();
+        let e = LogWriter::open(dir.path(), config(4096, FsyncPolicy::Never))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("another writer"), "{e}");
+    }
+
+    #[test]
+    fn retention_by_bytes_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(4096, FsyncPolicy::Never);
+        cfg.retention_bytes = Some(3 * 4096);
+        let mut w = LogWriter::open(dir.path(), cfg).unwrap();
+        let r = w.reader();
+        for i in 0..100 {
+            append(&mut w, &batch(i, 1, &[0; 500]));
+        }
+        let held = r.read(0, 10).unwrap().unwrap();
+        let before = r.segment_count();
+        let out = w.enforce_retention(0).unwrap();
+        assert!(out.segments_deleted > 0);
+        assert_eq!(r.segment_count(), before - out.segments_deleted);
+        assert!(r.size_bytes() <= 3 * 4096);
+        assert_eq!(r.start_offset(), out.start_offset);
+        assert!(matches!(
+            r.read(0, 10),
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        // A chunk read before retention still reads, though its file is gone.
+        assert_eq!(batch::batches(&held.bytes).count(), 1);
+        assert_eq!(
+            read_all(&r, out.start_offset).len() as u64,
+            100 - out.start_offset
+        );
+
+        let mut cfg = config(4096, FsyncPolicy::Never);
+        cfg.retention_ms = Some(1000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(dir.path(), cfg).unwrap();
+        for i in 0..40 {
+            append(&mut w, &batch(i * 100, 1, &[0; 500]));
+        }
+        // Records are stamped 0..3900 ms; at "now" = 3000, segments whose newest record is
+        // older than 2000 go.
+        let out = w.enforce_retention(3000).unwrap();
+        assert!(out.segments_deleted > 0);
+        let r = w.reader();
+        let first = read_all(&r, r.start_offset());
+        assert!(
+            first[0].1 <= 2000 + 700,
+            "kept too little: starts at ts {}",
+            first[0].1
+        );
+        assert!(r.start_offset() > 0);
+    }
+}

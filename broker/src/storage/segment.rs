@@ -1,0 +1,419 @@
+//! A segment: one preallocated, memory-mapped log file and its two index files.
+//!
+//! Files of the segment whose first offset is `B` are `{B:020}.log`, `{B:020}.index` and
+//! `{B:020}.timeindex`. A segment file is created at its full size with `fallocate` (never a
+//! sparse `set_len`), so writes through the mapping never meet a hole and never fault with
+//! SIGBUS; the mapping never extends past the file's allocated length.
+//!
+//! Fresh pages are expensive to fault in from the append path, so the *next* segment is
+//! created, allocated, synced, mapped and populated (`MADV_POPULATE_WRITE`) on a background
+//! thread (the [`Preparer`]) under a temporary name while the active one fills; a roll only
+//! renames it.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicI64;
+use std::thread::JoinHandle;
+
+use memmap2::{Advice, MmapRaw};
+use rustix::fs::FallocateFlags;
+
+use super::batch::{BatchHeader, HEADER_BYTES};
+use super::error::{Result, StorageError};
+use super::handoff::{AtomicU64, Ordering, Published};
+use super::index::{Entry, IndexFile, OffsetEntry, TimeEntry};
+
+pub(crate) const LOG_SUFFIX: &str = "log";
+pub(crate) const OFFSET_INDEX_SUFFIX: &str = "index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// Files being prepared carry this stem until a roll names them; recovery deletes them.
+pub(crate) const PREPARED_STEM: &str = "next.prepared";
+
+/// `dir/{base:020}.{suffix}`.
+pub(crate) fn segment_path(dir: &Path, base_offset: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+/// Parses a segment's base offset from a `{base:020}.log` file name.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".log")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+/// Creates (or truncates) `path`, allocates `bytes` for it, optionally syncs it, maps it and
+/// asks the kernel to populate the pages for writing.
+pub(crate) fn create_mapped(path: &Path, bytes: u64, sync: bool) -> Result<(File, MmapRaw)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| StorageError::io("create", path, e))?;
+    rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, bytes)
+        .map_err(|e| StorageError::io("allocate", path, e.into()))?;
+    if sync {
+        file.sync_all()
+            .map_err(|e| StorageError::io("sync", path, e))?;
+    }
+    let map = MmapRaw::map_raw(&file).map_err(|e| StorageError::io("map", path, e))?;
+    // Populating is an optimisation: kernels before 5.14 refuse it and writes then fault the
+    // pages in one by one, which is slower but correct.
+    if let Err(error) = map.advise(Advice::PopulateWrite) {
+        tracing::debug!(path = %path.display(), %error, "MADV_POPULATE_WRITE refused");
+    }
+    Ok((file, map))
+}
+
+/// Maps an existing file read-write at its current length.
+pub(crate) fn map_existing(path: &Path) -> Result<(File, MmapRaw)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StorageError::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len();
+    if len == 0 {
+        return Err(StorageError::Corrupt {
+            path: path.to_owned(),
+            position: 0,
+            reason: "file is empty".into(),
+        });
+    }
+    let map = MmapRaw::map_raw(&file).map_err(|e| StorageError::io("map", path, e))?;
+    Ok((file, map))
+}
+
+/// Makes the directory entries in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("sync directory", dir, e))
+}
+
+fn open_or_create_index<E: Entry>(path: &Path, entries: usize) -> Result<IndexFile<E>> {
+    if path.exists() {
+        IndexFile::open(path)
+    } else {
+        IndexFile::create(path, entries, false)
+    }
+}
+
+/// One segment. Shared between the writer and readers through `Arc`; the writer is the only
+/// one that writes, and only above the committed length.
+pub(crate) struct Segment {
+    base_offset: u64,
+    path: PathBuf,
+    // Kept open for the life of the mapping.
+    _file: File,
+    map: MmapRaw,
+    /// Bytes holding committed batches; see `handoff`.
+    committed: AtomicU64,
+    /// Largest record timestamp committed in this segment (`i64::MIN` while empty). Stored
+    /// before the commit is published, so readers may skip segments by it.
+    max_timestamp: AtomicI64,
+    pub(crate) offsets: IndexFile<OffsetEntry>,
+    pub(crate) times: IndexFile<TimeEntry>,
+}
+
+impl Published for Segment {
+    fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+    fn committed(&self) -> &AtomicU64 {
+        &self.committed
+    }
+}
+
+impl Segment {
+    /// Opens an existing segment's files. Missing index files are created empty; the caller
+    /// then rebuilds them by scanning.
+    pub(crate) fn open(dir: &Path, base_offset: u64, index_entries: usize) -> Result<Segment> {
+        let path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let (file, map) = map_existing(&path)?;
+        let offsets = open_or_create_index(
+            &segment_path(dir, base_offset, OFFSET_INDEX_SUFFIX),
+            index_entries,
+        )?;
+        let times = open_or_create_index(
+            &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
+            index_entries,
+        )?;
+        Ok(Segment {
+            base_offset,
+            path,
+            _file: file,
+            map,
+            committed: AtomicU64::new(0),
+            max_timestamp: AtomicI64::new(i64::MIN),
+            offsets,
+            times,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub(crate) fn committed_len(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_max_timestamp(&self, ts: i64) {
+        self.max_timestamp
+            .store(ts, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Bytes `[from, to)` of the mapping. Callers only ask for committed bytes, or (the
+    /// writer and recovery) for bytes no reader can see yet.
+    pub(crate) fn bytes(&self, from: u64, to: u64) -> &[u8] {
+        assert!(from <= to && to <= self.capacity());
+        // Safety: in bounds of the mapping; bytes below the committed length never change
+        // while the segment exists, and bytes above it are touched by the writer alone.
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(from as usize), (to - from) as usize)
+        }
+    }
+
+    /// The batch header at `position`, if a whole header fits below `limit`.
+    pub(crate) fn header_at(&self, position: u64, limit: u64) -> Option<BatchHeader> {
+        let end = position.checked_add(HEADER_BYTES as u64)?;
+        (end <= limit)
+            .then(|| BatchHeader::read(self.bytes(position, end)))
+            .flatten()
+    }
+
+    /// Writer only: copies `bytes` to `position`. The range must be above everything published.
+    pub(crate) fn write(&self, position: u64, bytes: &[u8]) {
+        assert!(position + bytes.len() as u64 <= self.capacity());
+        // Safety: in bounds; above the committed length, so no reader looks at it, and the
+        // single writer is the only caller.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(position as usize),
+                bytes.len(),
+            );
+        }
+    }
+
+    /// Writer only (recovery): zeroes `[from, to)` and makes it durable.
+    pub(crate) fn zero(&self, from: u64, to: u64) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        // Safety: recovery runs before any reader can see these bytes.
+        unsafe {
+            std::ptr::write_bytes(
+                self.map.as_mut_ptr().add(from as usize),
+                0,
+                (to - from) as usize,
+            )
+        };
+        self.flush_range(from, to)
+    }
+
+    /// Makes bytes `[from, to)` durable (msync).
+    pub(crate) fn flush_range(&self, from: u64, to: u64) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        self.map
+            .flush_range(from as usize, (to - from) as usize)
+            .map_err(|e| StorageError::io("flush", &self.path, e))
+    }
+
+    /// Deletes the segment's files. Readers holding the segment keep reading their mapping.
+    pub(crate) fn delete_files(&self) -> Result<()> {
+        for path in [self.path.as_path(), self.offsets.path(), self.times.path()] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("delete", path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A segment's files, made ready under temporary names before their base offset is known.
+pub(crate) struct PreparedSegment {
+    file: File,
+    map: MmapRaw,
+    offsets: IndexFile<OffsetEntry>,
+    times: IndexFile<TimeEntry>,
+}
+
+/// How big to make a new segment and whether to sync what gets created.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentShape {
+    pub(crate) dir: PathBuf,
+    pub(crate) segment_bytes: u64,
+    pub(crate) index_entries: usize,
+    /// Whether creation syncs files and the directory (false for fsync policy `never`).
+    pub(crate) sync: bool,
+}
+
+impl PreparedSegment {
+    pub(crate) fn create(shape: &SegmentShape) -> Result<PreparedSegment> {
+        let path = |suffix| shape.dir.join(format!("{PREPARED_STEM}.{suffix}"));
+        let (file, map) = create_mapped(&path(LOG_SUFFIX), shape.segment_bytes, shape.sync)?;
+        let offsets =
+            IndexFile::create(&path(OFFSET_INDEX_SUFFIX), shape.index_entries, shape.sync)?;
+        let times = IndexFile::create(&path(TIME_INDEX_SUFFIX), shape.index_entries, shape.sync)?;
+        Ok(PreparedSegment {
+            file,
+            map,
+            offsets,
+            times,
+        })
+    }
+
+    /// Names the prepared files for `base_offset` and returns the segment. The directory is
+    /// synced (when `shape.sync`) so the names are durable before any data lands in them.
+    pub(crate) fn activate(self, shape: &SegmentShape, base_offset: u64) -> Result<Segment> {
+        let PreparedSegment {
+            file,
+            map,
+            mut offsets,
+            mut times,
+        } = self;
+        let from = |suffix| shape.dir.join(format!("{PREPARED_STEM}.{suffix}"));
+        let rename = |suffix| -> Result<PathBuf> {
+            let to = segment_path(&shape.dir, base_offset, suffix);
+            fs::rename(from(suffix), &to).map_err(|e| StorageError::io("rename", &to, e))?;
+            Ok(to)
+        };
+        let path = rename(LOG_SUFFIX)?;
+        offsets.set_path(rename(OFFSET_INDEX_SUFFIX)?);
+        times.set_path(rename(TIME_INDEX_SUFFIX)?);
+        if shape.sync {
+            sync_dir(&shape.dir)?;
+        }
+        Ok(Segment {
+            base_offset,
+            path,
+            _file: file,
+            map,
+            committed: AtomicU64::new(0),
+            max_timestamp: AtomicI64::new(i64::MIN),
+            offsets,
+            times,
+        })
+    }
+}
+
+/// Prepares the next segment on a background thread so a roll never waits for file
+/// creation, allocation and page population unless the writer outruns it.
+pub(crate) struct Preparer {
+    shape: SegmentShape,
+    pending: Option<JoinHandle<Result<PreparedSegment>>>,
+}
+
+impl Preparer {
+    pub(crate) fn new(shape: SegmentShape) -> Self {
+        Preparer {
+            shape,
+            pending: None,
+        }
+    }
+
+    pub(crate) fn shape(&self) -> &SegmentShape {
+        &self.shape
+    }
+
+    /// Starts preparing the next segment, unless that is already under way.
+    pub(crate) fn start(&mut self) {
+        if self.pending.is_some() {
+            return;
+        }
+        let shape = self.shape.clone();
+        let spawned = std::thread::Builder::new()
+            .name("herald-segment-preparer".into())
+            .spawn(move || PreparedSegment::create(&shape));
+        match spawned {
+            Ok(handle) => self.pending = Some(handle),
+            // No thread: `take` prepares in place instead.
+            Err(error) => tracing::warn!(%error, "could not start the segment preparer"),
+        }
+    }
+
+    /// The prepared segment, waiting for the background work if needed; prepares in place if
+    /// none was started or the background attempt failed.
+    pub(crate) fn take(&mut self) -> Result<PreparedSegment> {
+        if let Some(handle) = self.pending.take() {
+            match handle.join() {
+                Ok(Ok(prepared)) => return Ok(prepared),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "background segment preparation failed; retrying in place")
+                }
+                Err(_) => tracing::warn!("segment preparer panicked; preparing in place"),
+            }
+        }
+        PreparedSegment::create(&self.shape)
+    }
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        // Wait so the prepared files are not half-made when the directory is reopened.
+        if let Some(handle) = self.pending.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let dir = Path::new("/x");
+        let p = segment_path(dir, 42, LOG_SUFFIX);
+        assert_eq!(p, Path::new("/x/00000000000000000042.log"));
+        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.index"), None);
+    }
+
+    #[test]
+    fn prepared_segment_is_allocated_not_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = SegmentShape {
+            dir: dir.path().to_owned(),
+            segment_bytes: 1 << 20,
+            index_entries: 16,
+            sync: true,
+        };
+        let seg = PreparedSegment::create(&shape)
+            .unwrap()
+            .activate(&shape, 7)
+            .unwrap();
+        let meta = fs::metadata(seg.path()).unwrap();
+        assert_eq!(meta.len(), 1 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 >= 1 << 20,
+            "file is sparse: {} blocks",
+            meta.blocks()
+        );
+        assert!(segment_path(dir.path(), 7, TIME_INDEX_SUFFIX).exists());
+        assert!(!dir.path().join(format!("{PREPARED_STEM}.log")).exists());
+    }
+}

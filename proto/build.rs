@@ -1,0 +1,41 @@
+//! Generates the `herald.v1` messages, client and server from `proto/herald/v1/*.proto`,
+//! plus the encoded file descriptor set that gRPC server reflection serves.
+
+use std::path::PathBuf;
+
+/// Every file of the API. `herald.proto` imports the others, but listing them all keeps
+/// each in the descriptor set even if an import is removed.
+const PROTOS: &[&str] = &[
+    "proto/herald/v1/common.proto",
+    "proto/herald/v1/topics.proto",
+    "proto/herald/v1/publish.proto",
+    "proto/herald/v1/fetch.proto",
+    "proto/herald/v1/groups.proto",
+    "proto/herald/v1/subscribe.proto",
+    "proto/herald/v1/herald.proto",
+];
+
+/// Import root: files import each other as `herald/v1/<name>.proto`.
+const INCLUDE_DIR: &str = "proto";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Use the protoc shipped inside `protoc-bin-vendored`, so a fresh machine needs no
+    // system package.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: a build script is a single-threaded process and nothing else reads or writes
+    // the environment concurrently.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Every `bytes` field becomes `bytes::Bytes`: decoding slices the received buffer
+        // instead of copying, and a reply can hand out a `Bytes` that owns mapped storage.
+        .bytes(".")
+        .file_descriptor_set_path(out_dir.join("herald_v1_descriptor.bin"))
+        .compile_protos(PROTOS, &[INCLUDE_DIR])?;
+
+    println!("cargo:rerun-if-changed={INCLUDE_DIR}");
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Herald root package: integration tests, benchmarks and tools.
