@@ -1,5 +1,15 @@
 //! The Herald broker.
 //!
 //! - [`storage`] — the partitioned, memory-mapped, append-only log (no async, no gRPC).
+//! - [`topic`], [`partition`], [`registry`] — topics and their partitions, on disk and live.
+//! - [`server`] — the gRPC service, the metrics endpoint, start and graceful shutdown: the
+//!   only place that knows tonic and the proto types.
+//! - [`config`] — configuration with defaults, TOML, env and flags.
 
+pub mod config;
+pub mod error;
+pub mod partition;
+pub mod registry;
+pub mod server;
 pub mod storage;
+pub mod topic;

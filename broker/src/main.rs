@@ -1,1 +1,215 @@
-fn main() {}
+//! The `herald` binary: thin argument parsing over the broker library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+use herald_broker::config::{Config, FsyncSetting};
+use herald_broker::server::Broker;
+use herald_broker::storage::{LogConfig, LogWriter, batch};
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a partitioned, durable event broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker. Settings: defaults < config file < HERALD_* environment < flags.
+    Serve(ServeArgs),
+    /// Inspect a partition log directory directly (offline: no broker may be using it).
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (every key optional; see README "Configuration").
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./herald-data].
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "HERALD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Prometheus metrics listen address [default: 127.0.0.1:9464].
+    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Default fsync policy for topics [default: always].
+    #[arg(long, env = "HERALD_FSYNC")]
+    fsync: Option<FsyncSetting>,
+    /// Flush period for --fsync interval [default: 100].
+    #[arg(long, env = "HERALD_FSYNC_INTERVAL_MS")]
+    fsync_interval_ms: Option<u64>,
+    /// Default segment size for new topics [default: 268435456].
+    #[arg(long, env = "HERALD_SEGMENT_BYTES")]
+    segment_bytes: Option<u64>,
+    /// Largest record accepted [default: 1048576].
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "HERALD_LOG_JSON")]
+    log_json: bool,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = self.$field.clone() {
+                    config.$field = v;
+                }
+            )*};
+        }
+        set!(
+            data_dir,
+            listen,
+            metrics_listen,
+            fsync,
+            fsync_interval_ms,
+            segment_bytes,
+            max_message_bytes
+        );
+        config.log_json |= self.log_json;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Open the log as the broker would (recovering it: a torn tail is cut) and print its
+    /// offsets, size and segment count.
+    Check {
+        /// The partition directory.
+        dir: PathBuf,
+    },
+    /// Print the records of a partition log, one per line.
+    Dump {
+        /// The partition directory.
+        dir: PathBuf,
+        /// First offset to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most records to print.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            init_logging(config.log_json);
+            serve(config)
+        }
+        Command::Log(command) => {
+            init_logging(false);
+            log_command(command)
+        }
+    }
+}
+
+fn log_command(command: LogCommand) -> anyhow::Result<()> {
+    match command {
+        LogCommand::Check { dir } => {
+            let writer = open_existing(&dir)?;
+            let reader = writer.reader();
+            println!(
+                "{}: offsets {}..{}, {} bytes in {} segments",
+                dir.display(),
+                reader.start_offset(),
+                reader.high_watermark(),
+                reader.size_bytes(),
+                reader.segment_count()
+            );
+            writer.close()?;
+        }
+        LogCommand::Dump { dir, from, limit } => {
+            let writer = open_existing(&dir)?;
+            let reader = writer.reader();
+            let mut at = from.max(reader.start_offset());
+            let end = at.saturating_add(limit).min(reader.high_watermark());
+            while at < end {
+                let Some(chunk) = reader.read(at, 1 << 20)? else {
+                    break;
+                };
+                for batch in batch::batches(&chunk.bytes) {
+                    for record in batch?.records() {
+                        let record = record?;
+                        if record.offset < at || record.offset >= end {
+                            continue;
+                        }
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            record.offset,
+                            record.timestamp,
+                            record.key.map_or("-".into(), String::from_utf8_lossy),
+                            String::from_utf8_lossy(record.value)
+                        );
+                    }
+                }
+                at = chunk.next_offset;
+            }
+            writer.close()?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the broker until SIGTERM or SIGINT, then shuts down gracefully.
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let broker = Broker::start(config, true).await?;
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+        }
+        broker.shutdown().await?;
+        tracing::info!("stopped cleanly");
+        anyhow::Ok(())
+    })
+}
+
+/// Opens a partition directory that must already exist (never creates one by mistake).
+fn open_existing(dir: &std::path::Path) -> anyhow::Result<LogWriter> {
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} is not a partition directory",
+        dir.display()
+    );
+    LogWriter::open(dir, LogConfig::default())
+        .with_context(|| format!("opening the partition log in {}", dir.display()))
+}

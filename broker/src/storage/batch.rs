@@ -184,18 +184,68 @@ pub fn stamp_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
+/// What validation learned about a batch's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// Encoded size of the largest record (its `length` field).
+    pub largest_record_bytes: usize,
+    /// Where the first record's key lies in the batch, if it has one.
+    first_key: Option<(usize, usize)>,
+}
+
 /// A batch that passed [`validate`]: safe to append.
 #[derive(Debug, Clone, Copy)]
 pub struct ValidBatch<'a> {
     bytes: &'a [u8],
     header: BatchHeader,
+    facts: RecordFacts,
+}
+
+/// An owned batch that passed validation; what crosses threads on its way to the writer.
+#[derive(Debug, Clone)]
+pub struct ValidatedBatch {
+    bytes: bytes::Bytes,
+    header: BatchHeader,
+    facts: RecordFacts,
+}
+
+impl ValidatedBatch {
+    /// Validates `bytes` (see [`validate`]) and keeps them.
+    pub fn new(bytes: bytes::Bytes, max_len: usize) -> Result<Self, BatchError> {
+        let valid = validate(&bytes, max_len)?;
+        let (header, facts) = (valid.header, valid.facts);
+        Ok(ValidatedBatch {
+            bytes,
+            header,
+            facts,
+        })
+    }
+    pub fn as_valid(&self) -> ValidBatch<'_> {
+        ValidBatch {
+            bytes: &self.bytes,
+            header: self.header,
+            facts: self.facts,
+        }
+    }
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    pub fn largest_record_bytes(&self) -> usize {
+        self.facts.largest_record_bytes
+    }
+    /// The first record's key: what picks the partition when the publisher names none.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        self.facts.first_key.map(|(from, to)| &self.bytes[from..to])
+    }
 }
 
 impl<'a> ValidBatch<'a> {
-    /// Re-wraps bytes that [`validate`] accepted earlier (e.g. before they crossed a channel).
-    pub(crate) fn assume_valid(bytes: &'a [u8], header: BatchHeader) -> Self {
-        ValidBatch { bytes, header }
-    }
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -222,20 +272,30 @@ pub fn validate(bytes: &[u8], max_len: usize) -> Result<ValidBatch<'_>, BatchErr
             actual,
         });
     }
-    check_records(&header, &bytes[HEADER_BYTES..])?;
-    Ok(ValidBatch { bytes, header })
+    let facts = check_records(&header, bytes)?;
+    Ok(ValidBatch {
+        bytes,
+        header,
+        facts,
+    })
 }
 
 /// Walks the records of a body and checks that they agree with the header.
-fn check_records(header: &BatchHeader, body: &[u8]) -> Result<(), BatchError> {
-    let mut records = Records::new(header, body);
+fn check_records(header: &BatchHeader, batch: &[u8]) -> Result<RecordFacts, BatchError> {
+    let mut records = Records::new(header, &batch[HEADER_BYTES..]);
+    let mut facts = RecordFacts::default();
     let mut count = 0u32;
     let mut actual_max = i64::MIN;
     let mut actual_first = header.first_timestamp;
     while let Some(record) = records.next_record()? {
         if count == 0 {
             actual_first = record.timestamp;
+            facts.first_key = record.key.map(|key| {
+                let from = key.as_ptr() as usize - batch.as_ptr() as usize;
+                (from, from + key.len())
+            });
         }
+        facts.largest_record_bytes = facts.largest_record_bytes.max(records.last_len);
         actual_max = actual_max.max(record.timestamp);
         count += 1;
     }
@@ -253,7 +313,7 @@ fn check_records(header: &BatchHeader, body: &[u8]) -> Result<(), BatchError> {
             actual_max,
         });
     }
-    Ok(())
+    Ok(facts)
 }
 
 /// A record to encode.
@@ -462,6 +522,8 @@ pub struct Records<'a> {
     base_offset: u64,
     first_timestamp: i64,
     index: u32,
+    /// Encoded length of the record returned last.
+    last_len: usize,
 }
 
 impl<'a> Records<'a> {
@@ -471,6 +533,7 @@ impl<'a> Records<'a> {
             base_offset: header.base_offset,
             first_timestamp: header.first_timestamp,
             index: 0,
+            last_len: 0,
         }
     }
 
@@ -482,6 +545,7 @@ impl<'a> Records<'a> {
         let bad = |reason| BatchError::MalformedRecord { index, reason };
         let len = self.cur.varint().ok_or(bad("truncated length"))?;
         let len = usize::try_from(len).map_err(|_| bad("length overflows"))?;
+        self.last_len = len;
         let mut rec = Cursor(
             self.cur
                 .take(len)

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::FsyncPolicy;
-use super::batch::{self, BatchHeader, ValidBatch};
+use super::batch::ValidatedBatch;
 use super::error::{Result, StorageError};
 use super::log::{Appended, LogReader, LogWriter, WriterStats};
 
@@ -31,11 +31,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(10);
 type Reply = Box<dyn FnOnce(Result<Appended>) + Send>;
 
 enum Request {
-    Append {
-        bytes: Bytes,
-        header: BatchHeader,
-        reply: Reply,
-    },
+    Append { batch: ValidatedBatch, reply: Reply },
     Close(Box<dyn FnOnce(Result<()>) + Send>),
 }
 
@@ -59,13 +55,23 @@ impl Committer {
     /// Moves `writer` onto its own thread. Batches larger than `max_batch_bytes` are refused
     /// before they are queued.
     pub fn start(writer: LogWriter, max_batch_bytes: usize) -> Result<Committer> {
+        Self::start_with_hook(writer, max_batch_bytes, |_| {})
+    }
+
+    /// Like [`start`](Self::start); `on_commit` runs on the writer thread with the new high
+    /// watermark after every commit that published something (e.g. to wake tailing readers).
+    pub fn start_with_hook(
+        writer: LogWriter,
+        max_batch_bytes: usize,
+        on_commit: impl Fn(u64) + Send + 'static,
+    ) -> Result<Committer> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
         let reader = writer.reader();
         let stats = writer.stats();
         let name = format!("herald-writer-{}", writer.dir().display());
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(writer, rx))
+            .spawn(move || run(writer, rx, on_commit))
             .map_err(|e| StorageError::Io {
                 op: "spawn writer thread",
                 path: Default::default(),
@@ -86,8 +92,8 @@ impl Committer {
         self.handle.clone()
     }
 
-    pub fn stats(&self) -> &WriterStats {
-        &self.stats
+    pub fn stats(&self) -> std::sync::Arc<WriterStats> {
+        self.stats.clone()
     }
 
     /// Appends nothing more, answers everything queued, flushes and closes the log.
@@ -112,33 +118,60 @@ impl CommitterHandle {
         &self.reader
     }
 
-    /// Validates `bytes` here, then queues it; `reply` runs on the writer thread once the
-    /// batch is committed (or failed). Blocks while the queue is full: that is the
-    /// backpressure.
-    pub fn append_with(&self, bytes: Bytes, reply: impl FnOnce(Result<Appended>) + Send + 'static) {
-        let header = match batch::validate(&bytes, self.max_batch_bytes) {
-            Ok(valid) => *valid.header(),
-            Err(e) => return reply(Err(e.into())),
-        };
+    /// Queues a validated batch; `reply` runs on the writer thread once the batch is
+    /// committed (or failed). Blocks while the queue is full: that is the backpressure.
+    pub fn append_with(
+        &self,
+        batch: ValidatedBatch,
+        reply: impl FnOnce(Result<Appended>) + Send + 'static,
+    ) {
         let request = Request::Append {
-            bytes,
-            header,
+            batch,
             reply: Box::new(reply),
         };
-        if let Err(crossbeam_channel::SendError(request)) = self.tx.send(request)
-            && let Request::Append { reply, .. } = request
+        if let Err(crossbeam_channel::SendError(Request::Append { reply, .. })) =
+            self.tx.send(request)
         {
             reply(Err(closed()));
         }
     }
 
-    /// Appends one batch and waits for its commit.
+    /// Like [`append_with`](Self::append_with) but never blocks: when the queue is full,
+    /// `reply` gets [`StorageError::QueueFull`] at once.
+    pub fn try_append_with(
+        &self,
+        batch: ValidatedBatch,
+        reply: impl FnOnce(Result<Appended>) + Send + 'static,
+    ) {
+        let request = Request::Append {
+            batch,
+            reply: Box::new(reply),
+        };
+        if let Err(e) = self.tx.try_send(request) {
+            let error = if e.is_full() {
+                StorageError::QueueFull
+            } else {
+                closed()
+            };
+            if let Request::Append { reply, .. } = e.into_inner() {
+                reply(Err(error));
+            }
+        }
+    }
+
+    /// Validates `bytes` (on the calling thread, so the validation of many appenders runs
+    /// in parallel), appends it and waits for its commit.
     pub fn append(&self, bytes: Bytes) -> Result<Appended> {
+        let batch = ValidatedBatch::new(bytes, self.max_batch_bytes)?;
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.append_with(bytes, move |r| {
+        self.append_with(batch, move |r| {
             let _ = tx.send(r);
         });
         rx.recv().unwrap_or_else(|_| Err(closed()))
+    }
+
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
     }
 }
 
@@ -154,7 +187,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn run(mut writer: LogWriter, rx: Receiver<Request>) {
+fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {
     let mut group: Vec<(Result<Appended>, Reply)> = Vec::with_capacity(MAX_GROUP_BATCHES);
     let mut last_retention = std::time::Instant::now();
     let mut close: Option<Box<dyn FnOnce(Result<()>) + Send>> = None;
@@ -167,12 +200,8 @@ fn run(mut writer: LogWriter, rx: Receiver<Request>) {
         let mut next = first;
         while let Some(request) = next.take() {
             match request {
-                Request::Append {
-                    bytes,
-                    header,
-                    reply,
-                } => {
-                    let result = writer.append(ValidBatch::assume_valid(&bytes, header));
+                Request::Append { batch, reply } => {
+                    let result = writer.append(batch.as_valid());
                     group.push((result, reply));
                 }
                 Request::Close(reply) => close = Some(reply),
@@ -183,6 +212,9 @@ fn run(mut writer: LogWriter, rx: Receiver<Request>) {
         }
         if !group.is_empty() {
             let committed = writer.commit();
+            if let Ok(high_watermark) = committed {
+                on_commit(high_watermark);
+            }
             for (result, reply) in group.drain(..) {
                 reply(match (&committed, result) {
                     (Ok(_), result) => result,

@@ -42,6 +42,8 @@ pub enum StorageError {
     BatchTooLarge { len: usize, segment_bytes: u64 },
     #[error("offset {offset} is out of range: the log holds offsets {start}..{end}")]
     OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    #[error("the partition's write queue is full; retry later")]
+    QueueFull,
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
     /// A flush failed earlier. The bytes the kernel dropped cannot be known, so the partition

@@ -229,8 +229,7 @@ impl LogWriter {
         };
         let lock = recovery::lock_dir(&dir)?;
         let rec = recovery::recover(&config, &shape)?;
-        let mut preparer = Preparer::new(shape);
-        preparer.start();
+        let preparer = Preparer::new(shape);
         let next_offset = rec.next_offset;
         let active = rec
             .segments
@@ -345,6 +344,11 @@ impl LogWriter {
         self.indexer.on_batch(&segment, position, &header);
         self.write_pos += len;
         self.next_offset = header.next_offset();
+        // Half full: time to get the next segment ready. Not earlier, so that a broker with
+        // many quiet partitions does not hold two allocated segments for each.
+        if self.write_pos * 2 >= segment.capacity() {
+            self.preparer.start();
+        }
         WriterStats::add(&self.stats.batches, 1);
         WriterStats::add(&self.stats.records, u64::from(header.record_count));
         WriterStats::add(&self.stats.bytes, len);
@@ -448,7 +452,6 @@ impl LogWriter {
         self.write_pos = 0;
         self.flushed_pos = 0;
         self.indexer = IndexCursor::new(self.config.index_interval_bytes);
-        self.preparer.start();
         WriterStats::add(&self.stats.rolls, 1);
         let checkpoint = Checkpoint {
             segment_base: segment.base_offset(),

@@ -24,10 +24,14 @@ mod segment;
 
 use std::time::Duration;
 
-pub use batch::{BatchBuilder, BatchError, BatchHeader, BatchView, Record, RecordView, ValidBatch};
+pub use batch::{
+    BatchBuilder, BatchError, BatchHeader, BatchView, Record, RecordView, ValidBatch,
+    ValidatedBatch,
+};
 pub use committer::{Committer, CommitterHandle};
 pub use error::{Result, StorageError};
 pub use log::{Appended, LogReader, LogWriter, ReadChunk, RetentionOutcome, WriterStats};
+pub use segment::sync_dir;
 
 /// Default segment size: big enough that rolls (and their fsyncs) are rare.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 256 * 1024 * 1024;

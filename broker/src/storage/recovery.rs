@@ -461,7 +461,7 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         }
     }
 
-    let (write_pos, indexer) = match active {
+    let (write_pos, mut indexer) = match active {
         Some((end, indexer)) => (end, indexer),
         None => {
             let segment = PreparedSegment::create(shape)?.activate(shape, next_offset)?;
@@ -473,6 +473,10 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         .last()
         .expect("recovery leaves an active segment")
         .clone();
+    // As a clean close does, record the exact largest timestamp below `write_pos` in the time
+    // index: the next open resumes from the checkpoint and takes the maximum from there.
+    indexer.close(&last);
+    last.times.flush()?;
     // A new checkpoint: everything up to here is verified and flushed. Not `clean`, so a
     // crash after this open scans what gets appended next.
     Checkpoint {

@@ -90,7 +90,7 @@ pub(crate) fn map_existing(path: &Path) -> Result<(File, MmapRaw)> {
 }
 
 /// Makes the directory entries in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("sync directory", dir, e))

@@ -1,0 +1,195 @@
+//! Broker configuration: defaults that run with no configuration at all, overridden by a
+//! TOML file, then by `HERALD_*` environment variables and flags (see `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{self, FsyncPolicy};
+
+/// Largest record value + key + headers accepted by default. Bigger events belong in an
+/// object store with a pointer in the event.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest batch (one publish request) accepted by default.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most records in one batch by default.
+pub const DEFAULT_MAX_BATCH_RECORDS: usize = 100_000;
+/// Most topics a broker holds by default.
+pub const DEFAULT_MAX_TOPICS: usize = 10_000;
+/// Most partitions of one topic (the brief's limit).
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
+/// Most partitions across all topics by default: each has a writer thread and mapped files.
+pub const DEFAULT_MAX_PARTITIONS: usize = 8192;
+/// HTTP/2 streams one connection may have open at once by default.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// A streaming RPC that sends nothing for this long is closed by default.
+pub const DEFAULT_IDLE_STREAM_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// Default size of one fetch response.
+pub const DEFAULT_FETCH_MAX_BYTES: usize = 1024 * 1024;
+
+/// The whole broker configuration. Every field has a default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where topics and their partition logs live.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: SocketAddr,
+    /// Default fsync policy for topics that set none: `always`, `interval` or `never`.
+    pub fsync: FsyncSetting,
+    /// Flush period for `fsync = "interval"`.
+    pub fsync_interval_ms: u64,
+    /// Default segment size for new topics.
+    pub segment_bytes: u64,
+    /// Default retention by age for new topics (0 = keep forever).
+    pub retention_ms: u64,
+    /// Default retention by size per partition for new topics (0 = no limit).
+    pub retention_bytes: u64,
+    pub max_message_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_records: usize,
+    pub max_topics: usize,
+    pub max_partitions: usize,
+    pub max_streams_per_connection: u32,
+    pub idle_stream_timeout_ms: u64,
+    /// Log as JSON lines instead of human-readable text.
+    pub log_json: bool,
+}
+
+/// The fsync policy as written in configuration.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncSetting {
+    Always,
+    Interval,
+    Never,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./herald-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            fsync: FsyncSetting::Always,
+            fsync_interval_ms: 100,
+            segment_bytes: storage::DEFAULT_SEGMENT_BYTES,
+            retention_ms: 0,
+            retention_bytes: 0,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
+            max_topics: DEFAULT_MAX_TOPICS,
+            max_partitions: DEFAULT_MAX_PARTITIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            idle_stream_timeout_ms: DEFAULT_IDLE_STREAM_TIMEOUT_MS,
+            log_json: false,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.fsync == FsyncSetting::Interval && self.fsync_interval_ms == 0 {
+            return invalid(
+                "fsync_interval_ms must be at least 1 with fsync = \"interval\"".into(),
+            );
+        }
+        if !(storage::MIN_SEGMENT_BYTES..=storage::MAX_SEGMENT_BYTES).contains(&self.segment_bytes)
+        {
+            return invalid(format!(
+                "segment_bytes must be within {}..={}",
+                storage::MIN_SEGMENT_BYTES,
+                storage::MAX_SEGMENT_BYTES
+            ));
+        }
+        if self.max_batch_bytes as u64 > self.segment_bytes {
+            return invalid("max_batch_bytes must not exceed segment_bytes".into());
+        }
+        if self.max_message_bytes == 0 || self.max_batch_bytes == 0 || self.max_batch_records == 0 {
+            return invalid("message and batch limits must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The storage fsync policy this configuration names.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.fsync.policy(self.fsync_interval_ms)
+    }
+
+    pub fn idle_stream_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_stream_timeout_ms)
+    }
+}
+
+impl FsyncSetting {
+    pub fn policy(self, interval_ms: u64) -> FsyncPolicy {
+        match self {
+            FsyncSetting::Always => FsyncPolicy::Always,
+            FsyncSetting::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(interval_ms.max(1)))
+            }
+            FsyncSetting::Never => FsyncPolicy::Never,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file_and_a_file_overrides_some() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.data_dir, PathBuf::from("./herald-data"));
+        c.validate().unwrap();
+        let c: Config =
+            toml::from_str("fsync = \"never\"\nsegment_bytes = 65536\nmax_batch_bytes = 65536")
+                .unwrap();
+        assert_eq!(c.fsync_policy(), FsyncPolicy::Never);
+        assert_eq!(c.segment_bytes, 65536);
+        assert_eq!(c.listen, Config::default().listen);
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+        let bad: Config = toml::from_str("segment_bytes = 10").unwrap();
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! The broker layer's error type. Each variant says which gRPC status it becomes; the
+//! conversion itself lives in `server::status`, the only place that knows tonic.
+
+use thiserror::Error;
+
+use crate::storage::StorageError;
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// Malformed input: a bad name, bad settings, a malformed batch.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A topic or partition that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// An offset outside the log.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A size or count limit, or backpressure.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The broker is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BrokerError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        BrokerError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,264 @@
+//! The topic registry: every topic of the broker, persisted under `<data_dir>/topics/`.
+//!
+//! Layout: `<data_dir>/topics/<topic>/topic.toml` and `<data_dir>/topics/<topic>/<partition>/`
+//! (a partition log directory). `topic.toml` is written last when a topic is created, so a
+//! directory without it is an interrupted create and is removed at start. A topic is deleted
+//! by moving it into `<data_dir>/staging/` first, whose contents are removed at start, so a
+//! crash never leaves a half-deleted topic in `topics/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
+use crate::error::{BrokerError, Result};
+use crate::partition::Partition;
+use crate::storage::sync_dir;
+use crate::topic::{Topic, TopicMeta, TopicSettings, validate_name};
+
+const TOPICS_DIR: &str = "topics";
+const STAGING_DIR: &str = "staging";
+
+pub struct Registry {
+    config: Config,
+    topics_dir: PathBuf,
+    staging_dir: PathBuf,
+    topics: DashMap<String, Arc<Topic>>,
+    partitions_total: AtomicUsize,
+    /// Unique names for staging directories.
+    staging_seq: AtomicU64,
+    /// Creates and deletes run one at a time; publishes and fetches never take this.
+    admin: std::sync::Mutex<()>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Registry {
+    /// Opens the data directory, creating it if needed, and every topic in it. Blocking.
+    pub fn open(config: Config) -> Result<Registry> {
+        let topics_dir = config.data_dir.join(TOPICS_DIR);
+        let staging_dir = config.data_dir.join(STAGING_DIR);
+        for dir in [&topics_dir, &staging_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BrokerError::io(format!("creating {}", dir.display()), e))?;
+        }
+        // Leftovers of an interrupted create or delete.
+        let leftovers = std::fs::read_dir(&staging_dir)
+            .map_err(|e| BrokerError::io(format!("listing {}", staging_dir.display()), e))?;
+        for entry in leftovers.flatten() {
+            tracing::info!(path = %entry.path().display(), "removing an interrupted topic create or delete");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+        let registry = Registry {
+            topics_dir,
+            staging_dir,
+            topics: DashMap::new(),
+            partitions_total: AtomicUsize::new(0),
+            staging_seq: AtomicU64::new(0),
+            admin: std::sync::Mutex::new(()),
+            config,
+        };
+        let entries = std::fs::read_dir(&registry.topics_dir).map_err(|e| {
+            BrokerError::io(format!("listing {}", registry.topics_dir.display()), e)
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| BrokerError::io("listing topics", e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if validate_name("topic", &name).is_err() {
+                tracing::warn!(path = %entry.path().display(), "ignoring a directory that is not a topic");
+                continue;
+            }
+            if !entry.path().join(crate::topic::META_FILE).exists() {
+                tracing::warn!(path = %entry.path().display(), "removing a topic whose creation was interrupted");
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
+            let meta = TopicMeta::read(&entry.path())?;
+            let topic = registry.open_topic(&entry.path(), meta)?;
+            registry
+                .partitions_total
+                .fetch_add(topic.partitions.len(), Ordering::Relaxed);
+            tracing::info!(topic = %name, partitions = topic.partitions.len(), "opened topic");
+            registry.topics.insert(name, Arc::new(topic));
+        }
+        Ok(registry)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn open_topic(&self, dir: &Path, meta: TopicMeta) -> Result<Topic> {
+        let settings = meta.settings.effective(&self.config);
+        let mut partitions = Vec::with_capacity(meta.partitions as usize);
+        for id in 0..meta.partitions {
+            let partition = Partition::open(
+                &dir.join(id.to_string()),
+                id,
+                settings.log_config(),
+                self.config.max_batch_bytes,
+            );
+            match partition {
+                Ok(p) => partitions.push(p),
+                Err(e) => {
+                    close_partitions(&partitions);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Topic::new(meta, settings, partitions))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .get(name)
+            .map(|t| t.clone())
+            .ok_or_else(|| BrokerError::NotFound(format!("topic {name:?} does not exist")))
+    }
+
+    /// Every topic, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        let mut topics: Vec<_> = self.topics.iter().map(|t| t.clone()).collect();
+        topics.sort_by(|a, b| a.name().cmp(b.name()));
+        topics
+    }
+
+    pub fn partitions_total(&self) -> usize {
+        self.partitions_total.load(Ordering::Relaxed)
+    }
+
+    /// Creates a topic with `partitions` partitions. Blocking: it creates and syncs files.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+    ) -> Result<Arc<Topic>> {
+        validate_name("topic", name)?;
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
+            return Err(BrokerError::InvalidArgument(format!(
+                "partitions must be within 1..={MAX_PARTITIONS_PER_TOPIC}, got {partitions}"
+            )));
+        }
+        let effective = settings.effective(&self.config);
+        effective.validate(&self.config)?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if self.topics.contains_key(name) {
+            return Err(BrokerError::AlreadyExists(format!(
+                "topic {name:?} already exists"
+            )));
+        }
+        if self.topics.len() >= self.config.max_topics {
+            return Err(BrokerError::ResourceExhausted(format!(
+                "the broker already holds its maximum of {} topics",
+                self.config.max_topics
+            )));
+        }
+        let total = self.partitions_total() + partitions as usize;
+        if total > self.config.max_partitions {
+            return Err(BrokerError::ResourceExhausted(format!(
+                "{partitions} more partitions would exceed the broker's maximum of {} (it has {})",
+                self.config.max_partitions,
+                self.partitions_total()
+            )));
+        }
+        let meta = TopicMeta {
+            name: name.to_owned(),
+            partitions,
+            created_ms: now_ms(),
+            settings,
+        };
+        // The partitions are created in place; `topic.toml`, written last, is what makes
+        // the directory a topic. A crash before it leaves a directory that `open` removes.
+        let dir = self.topics_dir.join(name);
+        let build = || -> Result<Topic> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| BrokerError::io(format!("creating {}", dir.display()), e))?;
+            let topic = self.open_topic(&dir, meta.clone())?;
+            let written = meta
+                .write(&dir)
+                .and_then(|()| Ok(sync_dir(&dir)?))
+                .and_then(|()| Ok(sync_dir(&self.topics_dir)?));
+            if let Err(e) = written {
+                close_partitions(&topic.partitions);
+                return Err(e);
+            }
+            Ok(topic)
+        };
+        let topic = match build() {
+            Ok(topic) => Arc::new(topic),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        self.partitions_total
+            .fetch_add(partitions as usize, Ordering::Relaxed);
+        self.topics.insert(name.to_owned(), topic.clone());
+        tracing::info!(topic = %name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data. Blocking. Publishes already in flight to it fail;
+    /// fetches already reading keep their mapped bytes until they finish.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        validate_name("topic", name)?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, topic) = self
+            .topics
+            .remove(name)
+            .ok_or_else(|| BrokerError::NotFound(format!("topic {name:?} does not exist")))?;
+        close_partitions(&topic.partitions);
+        self.partitions_total
+            .fetch_sub(topic.partitions.len(), Ordering::Relaxed);
+        let dir = self.topics_dir.join(name);
+        let doomed = self.staging_path(name);
+        std::fs::rename(&dir, &doomed)
+            .map_err(|e| BrokerError::io(format!("moving {} out", dir.display()), e))?;
+        sync_dir(&self.topics_dir)?;
+        std::fs::remove_dir_all(&doomed)
+            .map_err(|e| BrokerError::io(format!("deleting {}", doomed.display()), e))?;
+        tracing::info!(topic = %name, "deleted topic");
+        Ok(())
+    }
+
+    fn staging_path(&self, name: &str) -> PathBuf {
+        let seq = self.staging_seq.fetch_add(1, Ordering::Relaxed);
+        self.staging_dir.join(format!("{}-{seq}-{name}", now_ms()))
+    }
+
+    /// Closes every partition: answers queued publishes, flushes, writes clean checkpoints.
+    /// Blocking.
+    pub fn close(&self) -> Result<()> {
+        let mut first_error = None;
+        for topic in self.list() {
+            for partition in &topic.partitions {
+                if let Err(error) = partition.close() {
+                    tracing::error!(topic = %topic.name(), partition = partition.id, %error, "closing partition failed");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn close_partitions(partitions: &[Partition]) {
+    for partition in partitions {
+        if let Err(error) = partition.close() {
+            tracing::error!(partition = partition.id, %error, "closing partition failed");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Prometheus metrics and the `/metrics` HTTP endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry as PromRegistry, TextEncoder,
+};
+
+use crate::registry::Registry;
+
+/// Latency buckets in seconds: 50 µs to 5 s, roughly ×2 apart, so an fsync (~0.1–0.4 ms)
+/// and a loopback round trip both land in distinct buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+
+/// Every metric the broker exports. Counters on the hot path are plain atomics.
+pub struct Metrics {
+    registry: PromRegistry,
+    pub publish_requests: IntCounterVec,
+    pub publish_records: IntCounter,
+    pub publish_bytes: IntCounter,
+    pub publish_latency: Histogram,
+    pub fetch_records: IntCounter,
+    pub fetch_bytes: IntCounter,
+    pub open_streams: IntGauge,
+    topics: IntGauge,
+    partitions: IntGauge,
+    fsyncs: IntGauge,
+    fsync_seconds: prometheus::Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = PromRegistry::new_custom(Some("herald".into()), None).expect("valid prefix");
+        let m = Metrics {
+            publish_requests: IntCounterVec::new(
+                Opts::new(
+                    "publish_requests_total",
+                    "Publish requests (batches) by result",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            publish_records: IntCounter::new("publish_records_total", "Records published")
+                .expect("valid metric"),
+            publish_bytes: IntCounter::new("publish_bytes_total", "Batch bytes published")
+                .expect("valid metric"),
+            publish_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "publish_latency_seconds",
+                    "Time from receiving a publish to acknowledging it (includes the fsync policy)",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            fetch_records: IntCounter::new("fetch_records_total", "Records sent by Fetch")
+                .expect("valid metric"),
+            fetch_bytes: IntCounter::new("fetch_bytes_total", "Batch bytes sent by Fetch")
+                .expect("valid metric"),
+            open_streams: IntGauge::new("open_streams", "Streaming RPCs open now")
+                .expect("valid metric"),
+            topics: IntGauge::new("topics", "Topics").expect("valid metric"),
+            partitions: IntGauge::new("partitions", "Partitions across all topics")
+                .expect("valid metric"),
+            fsyncs: IntGauge::new(
+                "fsync_total",
+                "Log flushes (msync/fsync) since start, all partitions",
+            )
+            .expect("valid metric"),
+            fsync_seconds: prometheus::Gauge::new(
+                "fsync_seconds_total",
+                "Time spent in log flushes since start, all partitions",
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.publish_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.publish_records.clone()),
+            Box::new(m.publish_bytes.clone()),
+            Box::new(m.publish_latency.clone()),
+            Box::new(m.fetch_records.clone()),
+            Box::new(m.fetch_bytes.clone()),
+            Box::new(m.open_streams.clone()),
+            Box::new(m.topics.clone()),
+            Box::new(m.partitions.clone()),
+            Box::new(m.fsyncs.clone()),
+            Box::new(m.fsync_seconds.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        Arc::new(m)
+    }
+
+    /// The text exposition, after refreshing the values read from the registry.
+    pub fn render(&self, registry: &Registry) -> String {
+        let topics = registry.list();
+        self.topics.set(topics.len() as i64);
+        self.partitions.set(registry.partitions_total() as i64);
+        let (mut flushes, mut seconds) = (0u64, 0f64);
+        for topic in &topics {
+            for p in &topic.partitions {
+                let (f, s) = p.flush_stats();
+                flushes += f;
+                seconds += s;
+            }
+        }
+        self.fsyncs.set(flushes as i64);
+        self.fsync_seconds.set(seconds);
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, registry) = (metrics.clone(), registry.clone());
+            async move { metrics.render(&registry) }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The address a metrics listener is bound to, for logs.
+pub fn describe(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "disabled".into(), |a| format!("http://{a}/metrics"))
+}

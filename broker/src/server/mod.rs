@@ -1,0 +1,160 @@
+//! Starting and stopping the broker: the gRPC server (Herald, health, reflection), the
+//! metrics endpoint, and graceful shutdown. The only module that knows tonic.
+
+mod metrics;
+mod service;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::HeraldServer;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+pub use metrics::Metrics;
+pub use service::{FETCH_MAX_BYTES_CAP, HeraldService};
+
+use crate::config::Config;
+use crate::error::{BrokerError, Result};
+use crate::registry::Registry;
+
+/// Headroom above `max_batch_bytes` for the rest of a publish request (topic, framing).
+const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+/// HTTP/2 keepalive pings find dead peers whose streams would otherwise stay open.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running broker.
+pub struct Broker {
+    /// The gRPC address it listens on (useful when started on port 0).
+    pub addr: SocketAddr,
+    /// The metrics address, if metrics are served.
+    pub metrics_addr: Option<SocketAddr>,
+    pub registry: Arc<Registry>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Broker {
+    /// Opens the data directory (recovering every partition), binds the gRPC and metrics
+    /// listeners and starts serving. `config.listen` / `config.metrics_listen` may use port
+    /// 0; `serve_metrics = false` skips the metrics endpoint.
+    pub async fn start(config: Config, serve_metrics: bool) -> Result<Broker> {
+        config
+            .validate()
+            .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+        let registry_config = config.clone();
+        let registry = tokio::task::spawn_blocking(move || Registry::open(registry_config))
+            .await
+            .map_err(|e| {
+                BrokerError::io("opening the data directory", std::io::Error::other(e))
+            })??;
+        let registry = Arc::new(registry);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| BrokerError::io(format!("binding {}", config.listen), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| BrokerError::io("reading the listen address", e))?;
+        let metrics = Metrics::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let metrics_addr = if serve_metrics {
+            let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+                .await
+                .map_err(|e| BrokerError::io(format!("binding {}", config.metrics_listen), e))?;
+            let metrics_addr = listener.local_addr().ok();
+            let mut stop = stop_rx.clone();
+            let (m, r) = (metrics.clone(), registry.clone());
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(error) = metrics::serve(listener, m, r, shutdown).await {
+                    tracing::error!(%error, "metrics endpoint failed");
+                }
+            });
+            metrics_addr
+        } else {
+            None
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<HeraldServer<HeraldService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| {
+                BrokerError::io("building the reflection service", std::io::Error::other(e))
+            })?;
+        let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
+        let herald = HeraldServer::new(HeraldService::new(
+            registry.clone(),
+            metrics.clone(),
+            stop_rx,
+        ))
+        .max_decoding_message_size(message_max)
+        .max_encoding_message_size(message_max.max(FETCH_MAX_BYTES_CAP + REQUEST_OVERHEAD_BYTES));
+        // `serve_with_incoming` leaves Nagle on unless asked: with it, small acks wait for
+        // the peer's delayed ACK (tens of ms).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server_registry = registry.clone();
+        let task = tokio::spawn(async move {
+            let signal = async move {
+                let _ = shutdown_rx.await;
+                tracing::info!("shutting down: no new connections; finishing in-flight requests");
+                let _ = stop_tx.send(true);
+                health_reporter
+                    .set_not_serving::<HeraldServer<HeraldService>>()
+                    .await;
+            };
+            let served = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .add_service(herald)
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await;
+            if let Err(error) = &served {
+                tracing::error!(%error, "gRPC server failed");
+            }
+            // Every request has been answered: flush and checkpoint every partition.
+            let closed = tokio::task::spawn_blocking(move || server_registry.close())
+                .await
+                .map_err(|e| BrokerError::io("closing partitions", std::io::Error::other(e)))?;
+            served.map_err(|e| BrokerError::io("serving gRPC", std::io::Error::other(e)))?;
+            closed
+        });
+        tracing::info!(%addr, metrics = %metrics::describe(metrics_addr), data_dir = %config.data_dir.display(), "herald is serving");
+        Ok(Broker {
+            addr,
+            metrics_addr,
+            registry,
+            shutdown: Some(shutdown_tx),
+            task,
+        })
+    }
+
+    /// Stops accepting, answers in-flight requests, ends open streams with UNAVAILABLE,
+    /// flushes every partition and returns.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the broker stops (after `shutdown`, or after a fatal error).
+    pub async fn wait(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| BrokerError::io("broker task", std::io::Error::other(e)))?
+    }
+}

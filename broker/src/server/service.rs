@@ -1,0 +1,721 @@
+//! The `herald.v1.Herald` gRPC service: admin, publish and fetch.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use herald_proto::v1::{self, position::Kind as PositionKind, publish_request::Payload};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::metrics::Metrics;
+use crate::config::FsyncSetting;
+use crate::error::BrokerError;
+use crate::registry::{Registry, now_ms};
+use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
+use crate::topic::{Topic, TopicSettings};
+
+/// Responses a stream may have queued for tonic to send: with `FETCH_MAX_BYTES_CAP` per
+/// response, this bounds one fetch stream's memory.
+const STREAM_QUEUE: usize = 4;
+/// Largest fetch response the broker builds, whatever the client asks: below the 4 MiB
+/// default receive limit of gRPC clients, so a generated client needs no tuning.
+pub const FETCH_MAX_BYTES_CAP: usize = 3 * 1024 * 1024;
+/// Publishes of one PublishStream that may be awaiting their commit at once.
+const PUBLISH_STREAM_IN_FLIGHT: usize = 1024;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+type PendingReply =
+    Pin<Box<dyn std::future::Future<Output = (u64, Result<v1::PublishResponse, Status>)> + Send>>;
+
+pub struct HeraldService {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Flips to true when the broker shuts down; open streams end with UNAVAILABLE.
+    shutdown: watch::Receiver<bool>,
+    /// Open streaming RPCs per client connection.
+    streams: Arc<DashMap<SocketAddr, u32>>,
+}
+
+/// Counts a stream against its connection's limit until dropped.
+struct StreamSlot {
+    streams: Arc<DashMap<SocketAddr, u32>>,
+    peer: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            self.streams.remove_if_mut(&peer, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
+        self.metrics.open_streams.dec();
+    }
+}
+
+impl HeraldService {
+    pub fn new(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        HeraldService {
+            registry,
+            metrics,
+            shutdown,
+            streams: Arc::new(DashMap::new()),
+        }
+    }
+
+    fn check_running(&self) -> Result<(), Status> {
+        if *self.shutdown.borrow() {
+            return Err(Status::unavailable("the broker is shutting down"));
+        }
+        Ok(())
+    }
+
+    /// Takes a stream slot for the caller's connection, or RESOURCE_EXHAUSTED.
+    fn open_stream<T>(&self, request: &Request<T>) -> Result<StreamSlot, Status> {
+        self.check_running()?;
+        let peer = request.remote_addr();
+        let max = self.registry.config().max_streams_per_connection;
+        if let Some(peer) = peer {
+            let mut open = self.streams.entry(peer).or_insert(0);
+            if *open >= max {
+                return Err(Status::resource_exhausted(format!(
+                    "this connection already has {max} streams open (max_streams_per_connection)"
+                )));
+            }
+            *open += 1;
+        }
+        self.metrics.open_streams.inc();
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            peer,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Validates a publish, picks its partition and queues it there; the returned future
+    /// resolves with the reply once the batch is committed.
+    async fn publish_enqueue(
+        &self,
+        request: v1::PublishRequest,
+    ) -> Result<
+        impl std::future::Future<Output = Result<v1::PublishResponse, Status>> + Send + use<>,
+        Status,
+    > {
+        let started = Instant::now();
+        let queued = async {
+            let topic = self.registry.get(&request.topic)?;
+            let batch = self.batch_for(&topic, request.payload)?;
+            let partition = topic.pick_partition(request.partition, batch.first_key())?;
+            let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
+            let committed = partition.enqueue(batch).await?;
+            Ok::<_, BrokerError>((id, records, bytes, committed))
+        }
+        .await;
+        let metrics = self.metrics.clone();
+        let count = move |ok: bool| {
+            let label = if ok { "ok" } else { "error" };
+            metrics.publish_requests.with_label_values(&[label]).inc();
+            metrics
+                .publish_latency
+                .observe(started.elapsed().as_secs_f64());
+        };
+        let (partition, records, bytes, committed) = match queued {
+            Ok(q) => q,
+            Err(e) => {
+                count(false);
+                return Err(Status::from(e));
+            }
+        };
+        let metrics = self.metrics.clone();
+        Ok(async move {
+            let appended = committed.await;
+            count(appended.is_ok());
+            let appended = appended?;
+            metrics.publish_records.inc_by(u64::from(records));
+            metrics.publish_bytes.inc_by(bytes as u64);
+            Ok(v1::PublishResponse {
+                partition,
+                base_offset: appended.base_offset,
+                last_offset: appended.last_offset,
+            })
+        })
+    }
+
+    /// The storage batch for a publish payload: the client's pre-encoded batch checked as it
+    /// is, or the plain records encoded into one. Either way every limit is enforced here.
+    fn batch_for(
+        &self,
+        topic: &Topic,
+        payload: Option<Payload>,
+    ) -> Result<ValidatedBatch, BrokerError> {
+        let config = self.registry.config();
+        let max_message = topic.settings.max_message_bytes;
+        let bytes = match payload {
+            None => {
+                return Err(BrokerError::InvalidArgument(
+                    "the publish carries no records: set `records` or `storage_batch`".into(),
+                ));
+            }
+            Some(Payload::StorageBatch(bytes)) => bytes,
+            Some(Payload::Records(records)) => {
+                encode_records(&records.records, max_message, config.max_batch_records)?
+            }
+        };
+        if bytes.len() > config.max_batch_bytes {
+            return Err(BrokerError::ResourceExhausted(format!(
+                "the batch is {} bytes; the limit is {} (max_batch_bytes)",
+                bytes.len(),
+                config.max_batch_bytes
+            )));
+        }
+        let batch = ValidatedBatch::new(bytes, config.max_batch_bytes)
+            .map_err(|e| BrokerError::InvalidArgument(format!("malformed storage batch: {e}")))?;
+        if batch.header().record_count as usize > config.max_batch_records {
+            return Err(BrokerError::ResourceExhausted(format!(
+                "the batch holds {} records; the limit is {} (max_batch_records)",
+                batch.header().record_count,
+                config.max_batch_records
+            )));
+        }
+        if batch.largest_record_bytes() > max_message {
+            return Err(BrokerError::ResourceExhausted(format!(
+                "a record is {} bytes; the topic's limit is {max_message} (max_message_bytes)",
+                batch.largest_record_bytes()
+            )));
+        }
+        Ok(batch)
+    }
+}
+
+/// Encodes proto records into one storage batch, stamping a zero timestamp with now.
+fn encode_records(
+    records: &[v1::Record],
+    max_message: usize,
+    max_records: usize,
+) -> Result<Bytes, BrokerError> {
+    if records.is_empty() {
+        return Err(BrokerError::InvalidArgument(
+            "the publish carries no records".into(),
+        ));
+    }
+    if records.len() > max_records {
+        return Err(BrokerError::ResourceExhausted(format!(
+            "the batch holds {} records; the limit is {max_records} (max_batch_records)",
+            records.len()
+        )));
+    }
+    let now = now_ms();
+    let mut size = 0;
+    for (i, r) in records.iter().enumerate() {
+        let record_bytes = r.key.as_ref().map_or(0, Bytes::len)
+            + r.value.len()
+            + r.headers
+                .iter()
+                .map(|h| h.key.len() + h.value.len())
+                .sum::<usize>();
+        if record_bytes > max_message {
+            return Err(BrokerError::ResourceExhausted(format!(
+                "record {i} is {record_bytes} bytes; the topic's limit is {max_message} (max_message_bytes)"
+            )));
+        }
+        size += record_bytes + 16 + 4 * r.headers.len();
+    }
+    let mut builder = BatchBuilder::with_capacity(batch::HEADER_BYTES + size);
+    let mut headers: Vec<(&str, &[u8])> = Vec::new();
+    for r in records {
+        headers.clear();
+        headers.extend(r.headers.iter().map(|h| (h.key.as_str(), h.value.as_ref())));
+        builder.push(&Record {
+            timestamp: if r.timestamp_ms == 0 {
+                now
+            } else {
+                r.timestamp_ms
+            },
+            key: r.key.as_deref(),
+            value: &r.value,
+            headers: &headers,
+        });
+    }
+    Ok(Bytes::from(builder.finish()))
+}
+
+fn describe(topic: &Topic) -> v1::TopicDescription {
+    let s = &topic.settings;
+    v1::TopicDescription {
+        name: topic.name().to_owned(),
+        partition_count: topic.meta.partitions,
+        config: Some(v1::TopicConfig {
+            retention_ms: Some(s.retention_ms),
+            retention_bytes: Some(s.retention_bytes),
+            segment_bytes: Some(s.segment_bytes),
+            fsync_policy: match s.fsync {
+                FsyncSetting::Always => v1::FsyncPolicy::Always,
+                FsyncSetting::Interval => v1::FsyncPolicy::Interval,
+                FsyncSetting::Never => v1::FsyncPolicy::Never,
+            } as i32,
+            fsync_interval_ms: Some(s.fsync_interval_ms.min(u64::from(u32::MAX)) as u32),
+            max_message_bytes: Some(s.max_message_bytes.min(u32::MAX as usize) as u32),
+        }),
+        partitions: topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let r = p.reader();
+                v1::PartitionDescription {
+                    partition: p.id,
+                    start_offset: r.start_offset(),
+                    end_offset: r.high_watermark(),
+                    size_bytes: r.size_bytes(),
+                    segment_count: r.segment_count() as u32,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn settings_from_proto(config: Option<v1::TopicConfig>) -> Result<TopicSettings, BrokerError> {
+    let Some(c) = config else {
+        return Ok(TopicSettings::default());
+    };
+    let fsync = match v1::FsyncPolicy::try_from(c.fsync_policy) {
+        Ok(v1::FsyncPolicy::Unspecified) => None,
+        Ok(v1::FsyncPolicy::Always) => Some(FsyncSetting::Always),
+        Ok(v1::FsyncPolicy::Interval) => Some(FsyncSetting::Interval),
+        Ok(v1::FsyncPolicy::Never) => Some(FsyncSetting::Never),
+        Err(_) => {
+            return Err(BrokerError::InvalidArgument(format!(
+                "unknown fsync_policy {}",
+                c.fsync_policy
+            )));
+        }
+    };
+    Ok(TopicSettings {
+        retention_ms: c.retention_ms,
+        retention_bytes: c.retention_bytes,
+        segment_bytes: c.segment_bytes,
+        fsync,
+        fsync_interval_ms: c.fsync_interval_ms.map(u64::from),
+        max_message_bytes: c.max_message_bytes.map(|v| v as usize),
+    })
+}
+
+/// Runs blocking admin work (file creation, fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("admin task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+fn unimplemented_groups() -> Status {
+    Status::unimplemented("consumer groups are not available in this version of the broker yet")
+}
+
+#[tonic::async_trait]
+impl v1::herald_server::Herald for HeraldService {
+    async fn create_topic(
+        &self,
+        request: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        self.check_running()?;
+        let r = request.into_inner();
+        let settings = settings_from_proto(r.config)?;
+        let registry = self.registry.clone();
+        let topic = blocking(move || registry.create(&r.name, r.partitions, settings)).await?;
+        Ok(Response::new(v1::CreateTopicResponse {
+            topic: Some(describe(&topic)),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        self.check_running()?;
+        let name = request.into_inner().name;
+        let registry = self.registry.clone();
+        blocking(move || registry.delete(&name)).await?;
+        Ok(Response::new(v1::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        Ok(Response::new(v1::ListTopicsResponse {
+            topics: self
+                .registry
+                .list()
+                .iter()
+                .map(|t| v1::TopicSummary {
+                    name: t.name().to_owned(),
+                    partition_count: t.meta.partitions,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        let topic = self.registry.get(&request.into_inner().name)?;
+        Ok(Response::new(v1::DescribeTopicResponse {
+            topic: Some(describe(&topic)),
+        }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        self.check_running()?;
+        let committed = self.publish_enqueue(request.into_inner()).await?;
+        Ok(Response::new(committed.await?))
+    }
+
+    type PublishStreamStream = BoxStream<v1::PublishStreamResponse>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<v1::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let slot = self.open_stream(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let service = self.clone_for_task();
+        let idle = self.registry.config().idle_stream_timeout();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut pending: FuturesUnordered<PendingReply> = FuturesUnordered::new();
+            let mut inbound_open = true;
+            loop {
+                tokio::select! {
+                    // Requests are taken in order and each is queued to its partition before
+                    // the next is read, so a stream's batches to one partition keep their order.
+                    next = tokio::time::timeout(idle, inbound.next()), if inbound_open && pending.len() < PUBLISH_STREAM_IN_FLIGHT => {
+                        match next {
+                            Err(_) if pending.is_empty() => {
+                                let _ = tx.send(Err(Status::deadline_exceeded(format!(
+                                    "no publish for {} ms (idle_stream_timeout_ms)", idle.as_millis()
+                                )))).await;
+                                break;
+                            }
+                            Err(_) => {}
+                            Ok(None) => inbound_open = false,
+                            Ok(Some(Err(status))) => {
+                                tracing::debug!(%status, "publish stream broke");
+                                break;
+                            }
+                            Ok(Some(Ok(req))) => {
+                                let sequence = req.sequence;
+                                let queued = match req.publish {
+                                    None => Err(Status::invalid_argument("the request carries no `publish`")),
+                                    // Waits here while the partition is full: the stream
+                                    // stops reading, and HTTP/2 flow control pushes back.
+                                    Some(publish) => service.publish_enqueue(publish).await,
+                                };
+                                let reply: PendingReply = match queued {
+                                    Ok(committed) => Box::pin(async move { (sequence, committed.await) }),
+                                    Err(status) => Box::pin(std::future::ready((sequence, Err(status)))),
+                                };
+                                pending.push(reply);
+                            }
+                        }
+                    }
+                    Some((sequence, result)) = pending.next(), if !pending.is_empty() => {
+                        let outcome = match result {
+                            Ok(published) => v1::publish_stream_response::Outcome::Published(published),
+                            Err(status) => v1::publish_stream_response::Outcome::Error(v1::Error {
+                                code: status.code() as i32,
+                                message: status.message().to_owned(),
+                            }),
+                        };
+                        if tx.send(Ok(v1::PublishStreamResponse { sequence, outcome: Some(outcome) })).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if pending.is_empty() => {
+                        let _ = tx.send(Err(Status::unavailable("the broker is shutting down"))).await;
+                        break;
+                    }
+                    else => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type FetchStream = BoxStream<v1::FetchResponse>;
+
+    async fn fetch(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let slot = self.open_stream(&request)?;
+        let r = request.into_inner();
+        let topic = self.registry.get(&r.topic)?;
+        let partition = topic.partition(r.partition)?;
+        let reader = partition.reader().clone();
+        let mut high_watermark = partition.watch_high_watermark();
+        let start = resolve_start(&reader, r.start.and_then(|p| p.kind))?;
+        let max_bytes = match r.max_bytes as usize {
+            0 => crate::config::DEFAULT_FETCH_MAX_BYTES,
+            n => n.min(FETCH_MAX_BYTES_CAP),
+        };
+        let max_wait = Duration::from_millis(u64::from(r.max_wait_ms));
+        let end_at_request = reader.high_watermark();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let metrics = self.metrics.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _topic = topic; // keeps the partition alive while the stream runs
+            let mut at = start;
+            let mut sent_any = false;
+            let mut waited = false;
+            loop {
+                if *shutdown.borrow() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the broker is shutting down")))
+                        .await;
+                    break;
+                }
+                let response = match reader.read(at, max_bytes) {
+                    Ok(Some(chunk)) => {
+                        let wanted = at;
+                        at = chunk.next_offset;
+                        build_fetch_response(
+                            &chunk,
+                            wanted,
+                            r.raw_batches,
+                            &metrics,
+                            reader.start_offset(),
+                        )
+                    }
+                    Ok(None) => {
+                        let done = !r.follow
+                            && (sent_any || waited || max_wait.is_zero() || at < end_at_request);
+                        if done {
+                            if !sent_any {
+                                let _ = tx.send(Ok(empty_response(&reader, at))).await;
+                            }
+                            break;
+                        }
+                        // Wait for the watermark to move past `at`, a heartbeat, or shutdown.
+                        waited = true;
+                        let moved = async { high_watermark.wait_for(|hw| *hw > at).await.is_ok() };
+                        let timed = async {
+                            if max_wait.is_zero() {
+                                std::future::pending::<()>().await
+                            } else {
+                                tokio::time::sleep(max_wait).await
+                            }
+                        };
+                        tokio::select! {
+                            moved = moved => if moved { continue } else { break },
+                            _ = timed => {
+                                if r.follow {
+                                    if tx.send(Ok(empty_response(&reader, at))).await.is_err() {
+                                        break;
+                                    }
+                                    sent_any = true;
+                                }
+                                continue;
+                            }
+                            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => continue,
+                            _ = tx.closed() => break,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(BrokerError::from(e)))).await;
+                        break;
+                    }
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+                sent_any = true;
+                if !r.follow && at >= end_at_request {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn create_group(
+        &self,
+        _request: Request<v1::CreateGroupRequest>,
+    ) -> Result<Response<v1::CreateGroupResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    async fn update_group(
+        &self,
+        _request: Request<v1::UpdateGroupRequest>,
+    ) -> Result<Response<v1::UpdateGroupResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    async fn delete_group(
+        &self,
+        _request: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    async fn describe_group(
+        &self,
+        _request: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    async fn seek(
+        &self,
+        _request: Request<v1::SeekRequest>,
+    ) -> Result<Response<v1::SeekResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    async fn list_pending(
+        &self,
+        _request: Request<v1::ListPendingRequest>,
+    ) -> Result<Response<v1::ListPendingResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    async fn redrive(
+        &self,
+        _request: Request<v1::RedriveRequest>,
+    ) -> Result<Response<v1::RedriveResponse>, Status> {
+        Err(unimplemented_groups())
+    }
+
+    type SubscribeStream = BoxStream<v1::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<Streaming<v1::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(unimplemented_groups())
+    }
+}
+
+impl HeraldService {
+    fn clone_for_task(&self) -> Arc<HeraldService> {
+        Arc::new(HeraldService {
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            streams: self.streams.clone(),
+        })
+    }
+}
+
+fn resolve_start(
+    reader: &crate::storage::LogReader,
+    start: Option<PositionKind>,
+) -> Result<u64, Status> {
+    let (first, end) = (reader.start_offset(), reader.high_watermark());
+    Ok(match start {
+        None | Some(PositionKind::Earliest(_)) => first,
+        Some(PositionKind::Latest(_)) => end,
+        Some(PositionKind::Offset(offset)) => {
+            if offset < first || offset > end {
+                return Err(Status::out_of_range(format!(
+                    "offset {offset} is out of range: the partition holds offsets {first}..{end}"
+                )));
+            }
+            offset
+        }
+        Some(PositionKind::TimestampMs(ts)) => reader
+            .offset_for_timestamp(ts)
+            .map_err(|e| Status::from(BrokerError::from(e)))?
+            .unwrap_or(end),
+    })
+}
+
+fn empty_response(reader: &crate::storage::LogReader, at: u64) -> v1::FetchResponse {
+    v1::FetchResponse {
+        high_watermark: reader.high_watermark(),
+        next_offset: at,
+        log_start_offset: reader.start_offset(),
+        ..Default::default()
+    }
+}
+
+fn build_fetch_response(
+    chunk: &crate::storage::ReadChunk,
+    wanted: u64,
+    raw: bool,
+    metrics: &Metrics,
+    log_start_offset: u64,
+) -> v1::FetchResponse {
+    let mut response = v1::FetchResponse {
+        high_watermark: chunk.high_watermark,
+        next_offset: chunk.next_offset,
+        log_start_offset,
+        ..Default::default()
+    };
+    let mut records = 0u64;
+    let mut at = 0usize;
+    for view in batch::batches(&chunk.bytes) {
+        // Stored batches were validated on append; a decode error here means the file
+        // changed under us, so stop at it rather than send garbage.
+        let Ok(view) = view else { break };
+        let len = view.header.batch_len as usize;
+        if raw {
+            records += u64::from(view.header.record_count);
+            response.batches.push(chunk.bytes.slice(at..at + len));
+        } else {
+            for record in view.records() {
+                let Ok(record) = record else { break };
+                if record.offset < wanted {
+                    continue;
+                }
+                records += 1;
+                response.records.push(v1::FetchedRecord {
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp,
+                    key: record.key.map(|k| chunk.bytes.slice_ref(k)),
+                    value: chunk.bytes.slice_ref(record.value),
+                    headers: record
+                        .headers()
+                        .map(|(k, v)| v1::Header {
+                            key: k.to_owned(),
+                            value: chunk.bytes.slice_ref(v),
+                        })
+                        .collect(),
+                });
+            }
+        }
+        at += len;
+    }
+    metrics.fetch_records.inc_by(records);
+    metrics.fetch_bytes.inc_by(chunk.bytes.len() as u64);
+    response
+}

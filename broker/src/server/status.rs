@@ -1,0 +1,77 @@
+//! The one place where errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::error::BrokerError;
+use crate::storage::StorageError;
+
+impl From<BrokerError> for Status {
+    fn from(error: BrokerError) -> Status {
+        match error {
+            BrokerError::InvalidArgument(m) => Status::invalid_argument(m),
+            BrokerError::NotFound(m) => Status::not_found(m),
+            BrokerError::AlreadyExists(m) => Status::already_exists(m),
+            BrokerError::OutOfRange(m) => Status::out_of_range(m),
+            BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            BrokerError::Unavailable(m) => Status::unavailable(m),
+            BrokerError::Storage(e) => storage_status(e),
+            e @ BrokerError::Io { .. } => {
+                tracing::error!(error = %e, "I/O error serving a request");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+fn storage_status(error: StorageError) -> Status {
+    let message = error.to_string();
+    match error {
+        StorageError::InvalidBatch(_) | StorageError::InvalidConfig(_) => {
+            Status::invalid_argument(message)
+        }
+        StorageError::BatchTooLarge { .. }
+        | StorageError::QueueFull
+        | StorageError::DiskFull { .. } => Status::resource_exhausted(message),
+        StorageError::OffsetOutOfRange { .. } => Status::out_of_range(message),
+        StorageError::Corrupt { .. } => {
+            tracing::error!(%message, "corrupt log");
+            Status::data_loss(message)
+        }
+        StorageError::Poisoned { .. }
+        | StorageError::Io { .. }
+        | StorageError::NotADirectory { .. } => {
+            tracing::error!(%message, "storage error serving a request");
+            Status::internal(message)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn codes() {
+        let cases: Vec<(BrokerError, Code)> = vec![
+            (BrokerError::NotFound("t".into()), Code::NotFound),
+            (StorageError::QueueFull.into(), Code::ResourceExhausted),
+            (
+                StorageError::OffsetOutOfRange {
+                    offset: 9,
+                    start: 0,
+                    end: 1,
+                }
+                .into(),
+                Code::OutOfRange,
+            ),
+            (
+                StorageError::InvalidBatch(crate::storage::BatchError::Empty).into(),
+                Code::InvalidArgument,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+}

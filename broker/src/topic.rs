@@ -1,0 +1,264 @@
+//! Topics: names, per-topic settings, metadata on disk, and how a publish picks a partition.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, FsyncSetting};
+use crate::error::{BrokerError, Result};
+use crate::partition::Partition;
+use crate::storage::LogConfig;
+
+/// Longest topic (and group) name: the brief's limit, which also keeps every path short.
+pub const MAX_NAME_LEN: usize = 249;
+/// File holding a topic's metadata, in the topic's directory.
+pub const META_FILE: &str = "topic.toml";
+
+/// Checks a topic or group name: 1..=249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// Runs before any path is built from the name.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(BrokerError::InvalidArgument(format!(
+            "invalid {kind} name {name:?}: {why}"
+        )))
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad(&format!("it is longer than {MAX_NAME_LEN} characters"));
+    }
+    if name == "." || name == ".." {
+        return bad("\".\" and \"..\" are reserved");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return bad(&format!(
+            "{c:?} is not allowed (use A-Z, a-z, 0-9, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// The partition of a key: `xxh64(key, seed 0) % partitions`. Documented in the README
+/// (with test vectors) so that every client computes the same.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    (xxhash_rust::xxh64::xxh64(key, 0) % u64::from(partitions)) as u32
+}
+
+/// Settings a topic overrides; unset ones follow the broker's configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub fsync: Option<FsyncSetting>,
+    pub fsync_interval_ms: Option<u64>,
+    pub max_message_bytes: Option<usize>,
+}
+
+/// The settings in force for a topic: its overrides over the broker's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveSettings {
+    pub retention_ms: u64,
+    pub retention_bytes: u64,
+    pub segment_bytes: u64,
+    pub fsync: FsyncSetting,
+    pub fsync_interval_ms: u64,
+    pub max_message_bytes: usize,
+}
+
+impl TopicSettings {
+    pub fn effective(&self, config: &Config) -> EffectiveSettings {
+        EffectiveSettings {
+            retention_ms: self.retention_ms.unwrap_or(config.retention_ms),
+            retention_bytes: self.retention_bytes.unwrap_or(config.retention_bytes),
+            segment_bytes: self.segment_bytes.unwrap_or(config.segment_bytes),
+            fsync: self.fsync.unwrap_or(config.fsync),
+            fsync_interval_ms: self.fsync_interval_ms.unwrap_or(config.fsync_interval_ms),
+            max_message_bytes: self.max_message_bytes.unwrap_or(config.max_message_bytes),
+        }
+    }
+}
+
+impl EffectiveSettings {
+    pub fn validate(&self, config: &Config) -> Result<()> {
+        let bad = |m: String| Err(BrokerError::InvalidArgument(m));
+        if !(crate::storage::MIN_SEGMENT_BYTES..=crate::storage::MAX_SEGMENT_BYTES)
+            .contains(&self.segment_bytes)
+        {
+            return bad(format!(
+                "segment_bytes must be within {}..={}, got {}",
+                crate::storage::MIN_SEGMENT_BYTES,
+                crate::storage::MAX_SEGMENT_BYTES,
+                self.segment_bytes
+            ));
+        }
+        if (config.max_batch_bytes as u64) > self.segment_bytes {
+            return bad(format!(
+                "segment_bytes ({}) must hold the broker's largest batch (max_batch_bytes = {})",
+                self.segment_bytes, config.max_batch_bytes
+            ));
+        }
+        if self.fsync == FsyncSetting::Interval && self.fsync_interval_ms == 0 {
+            return bad("fsync_interval_ms must be at least 1 with the interval policy".into());
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > config.max_batch_bytes {
+            return bad(format!(
+                "max_message_bytes must be within 1..={} (the broker's max_batch_bytes)",
+                config.max_batch_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            fsync: self.fsync.policy(self.fsync_interval_ms),
+            retention_ms: (self.retention_ms > 0).then_some(self.retention_ms),
+            retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
+            ..LogConfig::default()
+        }
+    }
+}
+
+/// What is stored in `topic.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMeta {
+    pub name: String,
+    pub partitions: u32,
+    pub created_ms: i64,
+    #[serde(default)]
+    pub settings: TopicSettings,
+}
+
+impl TopicMeta {
+    pub fn read(dir: &Path) -> Result<TopicMeta> {
+        let path = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| BrokerError::io(format!("reading {}", path.display()), e))?;
+        toml::from_str(&text).map_err(|e| {
+            BrokerError::io(
+                format!("parsing {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+
+    /// Writes the metadata and syncs it; the caller renames the directory into place.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        use std::io::Write;
+        let path = dir.join(META_FILE);
+        let text = toml::to_string(self).map_err(|e| {
+            BrokerError::io(
+                format!("encoding {}", path.display()),
+                std::io::Error::other(e),
+            )
+        })?;
+        let mut file = std::fs::File::create(&path)
+            .map_err(|e| BrokerError::io(format!("creating {}", path.display()), e))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| BrokerError::io(format!("writing {}", path.display()), e))
+    }
+}
+
+/// A live topic: its metadata and open partitions.
+pub struct Topic {
+    pub meta: TopicMeta,
+    pub settings: EffectiveSettings,
+    pub partitions: Vec<Partition>,
+    /// Next partition for a keyless publish.
+    round_robin: AtomicU64,
+}
+
+impl Topic {
+    pub fn new(meta: TopicMeta, settings: EffectiveSettings, partitions: Vec<Partition>) -> Topic {
+        Topic {
+            meta,
+            settings,
+            partitions,
+            round_robin: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    pub fn partition(&self, id: u32) -> Result<&Partition> {
+        self.partitions.get(id as usize).ok_or_else(|| {
+            BrokerError::NotFound(format!(
+                "topic {:?} has no partition {id} (it has {})",
+                self.meta.name,
+                self.partitions.len()
+            ))
+        })
+    }
+
+    /// The partition a publish goes to: the explicit one, else the first record's key
+    /// hashed, else round-robin.
+    pub fn pick_partition(
+        &self,
+        explicit: Option<u32>,
+        first_key: Option<&[u8]>,
+    ) -> Result<&Partition> {
+        let id = match (explicit, first_key) {
+            (Some(id), _) => id,
+            (None, Some(key)) => partition_for_key(key, self.meta.partitions),
+            (None, None) => {
+                (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(self.meta.partitions))
+                    as u32
+            }
+        };
+        self.partition(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["orders", "order.created", "a", "A-Z_0.9", &"x".repeat(249)] {
+            validate_name("topic", ok).unwrap();
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "ü",
+            "a\0",
+            &"x".repeat(250),
+            "../etc",
+        ] {
+            assert!(validate_name("topic", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// Test vectors for the documented key hash; the README lists the same.
+    #[test]
+    fn key_hash_vectors() {
+        assert_eq!(xxhash_rust::xxh64::xxh64(b"", 0), 0xef46db3751d8e999);
+        assert_eq!(
+            xxhash_rust::xxh64::xxh64(b"order-1", 0) % 16,
+            u64::from(partition_for_key(b"order-1", 16))
+        );
+        let vectors: Vec<(&[u8], u32)> =
+            vec![(b"", 8), (b"a", 8), (b"order-1", 16), (b"user:42", 3)];
+        for (key, n) in vectors {
+            let p = partition_for_key(key, n);
+            assert!(p < n);
+            println!("{:?} % {n} = {p}", String::from_utf8_lossy(key));
+        }
+    }
+}
