@@ -12,8 +12,9 @@ use crate::storage::{self, FsyncPolicy};
 /// Largest record value + key + headers accepted by default. Bigger events belong in an
 /// object store with a pointer in the event.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-/// Largest batch (one publish request) accepted by default.
-pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Largest batch (one publish request) accepted by default. With the fetch cap below 4 MiB,
+/// any stored batch fits one fetch response that a gRPC client accepts without tuning.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Most records in one batch by default.
 pub const DEFAULT_MAX_BATCH_RECORDS: usize = 100_000;
 /// Most topics a broker holds by default.

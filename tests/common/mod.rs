@@ -101,3 +101,114 @@ pub async fn fetch_all(
     }
     Ok(out)
 }
+
+/// A position of the given kind.
+pub fn position(kind: v1::position::Kind) -> Option<v1::Position> {
+    Some(v1::Position { kind: Some(kind) })
+}
+
+/// A plain (non-follow, decoded) fetch request starting at `start`.
+pub fn fetch_request(topic: &str, partition: u32, start: v1::position::Kind) -> v1::FetchRequest {
+    v1::FetchRequest {
+        topic: topic.into(),
+        partition,
+        start: position(start),
+        max_bytes: 0,
+        follow: false,
+        max_wait_ms: 0,
+        raw_batches: false,
+    }
+}
+
+/// Runs a non-follow fetch and collects every response until the stream ends.
+pub async fn fetch_responses(
+    client: &mut HeraldClient<Channel>,
+    request: v1::FetchRequest,
+) -> Result<Vec<v1::FetchResponse>, tonic::Status> {
+    let mut stream = client.fetch(request).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(response) = stream.message().await? {
+        out.push(response);
+    }
+    Ok(out)
+}
+
+/// The status code of a call that must fail; panics (showing the value) if it succeeded.
+#[track_caller]
+pub fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
+    match result {
+        Ok(value) => panic!("expected an error status, got Ok({value:?})"),
+        Err(status) => status.code(),
+    }
+}
+
+/// Describes a topic, which must exist.
+pub async fn describe_topic(
+    client: &mut HeraldClient<Channel>,
+    name: &str,
+) -> v1::TopicDescription {
+    client
+        .describe_topic(v1::DescribeTopicRequest { name: name.into() })
+        .await
+        .expect("topic described")
+        .into_inner()
+        .topic
+        .expect("a description")
+}
+
+/// A minimal HTTP/1.1 GET over a plain TCP stream: returns the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects to the HTTP endpoint");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).expect("a UTF-8 HTTP response");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("an HTTP response has a header block");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+}
+
+/// The value of the sample `series` (a metric name with its labels exactly as exposed,
+/// e.g. `herald_publish_requests_total{result="ok"}`) in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("a numeric sample"))
+        })
+}

@@ -29,8 +29,8 @@ pub struct Metrics {
     pub open_streams: IntGauge,
     topics: IntGauge,
     partitions: IntGauge,
-    fsyncs: IntGauge,
-    fsync_seconds: prometheus::Gauge,
+    fsyncs: IntCounter,
+    fsync_seconds: prometheus::Counter,
 }
 
 impl Metrics {
@@ -66,12 +66,12 @@ impl Metrics {
             topics: IntGauge::new("topics", "Topics").expect("valid metric"),
             partitions: IntGauge::new("partitions", "Partitions across all topics")
                 .expect("valid metric"),
-            fsyncs: IntGauge::new(
+            fsyncs: IntCounter::new(
                 "fsync_total",
                 "Log flushes (msync/fsync) since start, all partitions",
             )
             .expect("valid metric"),
-            fsync_seconds: prometheus::Gauge::new(
+            fsync_seconds: prometheus::Counter::new(
                 "fsync_seconds_total",
                 "Time spent in log flushes since start, all partitions",
             )
@@ -109,8 +109,12 @@ impl Metrics {
                 seconds += s;
             }
         }
-        self.fsyncs.set(flushes as i64);
-        self.fsync_seconds.set(seconds);
+        // The writers keep the running totals; mirror them into the counters. Totals only
+        // grow, except when a topic is deleted, which a counter reset tells scrapers.
+        self.fsyncs.reset();
+        self.fsyncs.inc_by(flushes);
+        self.fsync_seconds.reset();
+        self.fsync_seconds.inc_by(seconds);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -450,7 +450,7 @@ impl v1::herald_server::Herald for HeraldService {
                             break;
                         }
                     }
-                    _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if pending.is_empty() => {
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if pending.is_empty() && inbound_open => {
                         let _ = tx.send(Err(Status::unavailable("the broker is shutting down"))).await;
                         break;
                     }
@@ -498,15 +498,16 @@ impl v1::herald_server::Herald for HeraldService {
                 }
                 let response = match reader.read(at, max_bytes) {
                     Ok(Some(chunk)) => {
-                        let wanted = at;
-                        at = chunk.next_offset;
-                        build_fetch_response(
+                        let range = wanted_range(at, r.follow, end_at_request);
+                        let response = build_fetch_response(
                             &chunk,
-                            wanted,
+                            range,
                             r.raw_batches,
                             &metrics,
                             reader.start_offset(),
-                        )
+                        );
+                        at = response.next_offset;
+                        response
                     }
                     Ok(None) => {
                         let done = !r.follow
@@ -668,16 +669,26 @@ fn empty_response(reader: &crate::storage::LogReader, at: u64) -> v1::FetchRespo
     }
 }
 
+/// The offsets a fetch response may carry: from `at`, and without `follow` only below the
+/// end offset the request saw.
+fn wanted_range(at: u64, follow: bool, end_at_request: u64) -> std::ops::Range<u64> {
+    at..if follow {
+        u64::MAX
+    } else {
+        end_at_request.max(at)
+    }
+}
+
 fn build_fetch_response(
     chunk: &crate::storage::ReadChunk,
-    wanted: u64,
+    wanted: std::ops::Range<u64>,
     raw: bool,
     metrics: &Metrics,
     log_start_offset: u64,
 ) -> v1::FetchResponse {
     let mut response = v1::FetchResponse {
         high_watermark: chunk.high_watermark,
-        next_offset: chunk.next_offset,
+        next_offset: wanted.start,
         log_start_offset,
         ..Default::default()
     };
@@ -687,14 +698,18 @@ fn build_fetch_response(
         // Stored batches were validated on append; a decode error here means the file
         // changed under us, so stop at it rather than send garbage.
         let Ok(view) = view else { break };
+        if view.header.base_offset >= wanted.end {
+            break;
+        }
         let len = view.header.batch_len as usize;
+        response.next_offset = view.header.next_offset().min(wanted.end);
         if raw {
             records += u64::from(view.header.record_count);
             response.batches.push(chunk.bytes.slice(at..at + len));
         } else {
             for record in view.records() {
                 let Ok(record) = record else { break };
-                if record.offset < wanted {
+                if !wanted.contains(&record.offset) {
                     continue;
                 }
                 records += 1;

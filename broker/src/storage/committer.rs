@@ -23,8 +23,9 @@ use super::log::{Appended, LogReader, LogWriter, WriterStats};
 pub const MAX_GROUP_BATCHES: usize = 1024;
 /// Requests that may wait in the queue before appenders block: the committer's memory bound.
 pub const QUEUE_DEPTH: usize = 4096;
-/// How often an idle writer wakes for interval flushes and retention.
-const IDLE_WAKE: Duration = Duration::from_millis(100);
+/// How often an idle writer wakes for retention (and, under the interval policy, at least
+/// as often as its interval). Long, so that thousands of quiet partitions cost nothing.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
@@ -191,8 +192,12 @@ fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {
     let mut group: Vec<(Result<Appended>, Reply)> = Vec::with_capacity(MAX_GROUP_BATCHES);
     let mut last_retention = std::time::Instant::now();
     let mut close: Option<Box<dyn FnOnce(Result<()>) + Send>> = None;
+    let idle_wake = match writer.config().fsync {
+        FsyncPolicy::Interval(every) => every.min(IDLE_WAKE),
+        FsyncPolicy::Always | FsyncPolicy::Never => IDLE_WAKE,
+    };
     loop {
-        let first = match rx.recv_timeout(IDLE_WAKE) {
+        let first = match rx.recv_timeout(idle_wake) {
             Ok(request) => Some(request),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,

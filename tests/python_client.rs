@@ -1,0 +1,66 @@
+//! The gRPC API from another language, without a Herald SDK: runs
+//! `tests/python/herald_smoke.py` (stubs generated at run time from the .proto files with
+//! grpcio-tools) against a real broker started in-process.
+//!
+//! Needs `python3` with the packages of `tests/python/requirements.txt`, which
+//! `./scripts/test` installs. Without them the test fails (it does not skip).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Exit status of the script when a Python package is missing.
+const EXIT_MISSING_DEPENDENCY: i32 = 3;
+/// Generous: the script takes about a second, but the machine may be busy compiling.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+const SETUP_HINT: &str = "run ./scripts/test, which installs them \
+    (python3 -m pip install -r tests/python/requirements.txt)";
+
+// Multi-threaded so the broker keeps serving while this test waits on the child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_client_publishes_and_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/python/herald_smoke.py");
+    assert!(script.is_file(), "{} is missing", script.display());
+
+    let started = Instant::now();
+    let child = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("127.0.0.1:{}", broker.addr.port()))
+        .current_dir(root)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run python3 ({e}): this test needs python3 with grpcio; {SETUP_HINT}")
+        });
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("herald_smoke.py did not finish within {SCRIPT_TIMEOUT:?}"))
+        .expect("waiting for herald_smoke.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = format!(
+        "herald_smoke.py exited with {} after {:?}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
+        output.status,
+        started.elapsed()
+    );
+    assert_ne!(
+        output.status.code(),
+        Some(EXIT_MISSING_DEPENDENCY),
+        "Python packages for this test are missing; {SETUP_HINT}\n{report}"
+    );
+    assert!(output.status.success(), "{report}");
+    assert!(stdout.contains("herald_smoke: OK"), "{report}");
+    println!("{}", stdout.trim_end());
+    broker.shutdown().await.unwrap();
+}
