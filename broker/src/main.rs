@@ -1,6 +1,10 @@
-//! The `herald` binary: thin argument parsing over the broker library.
+//! The `herald` binary: thin argument parsing over the broker library, plus the gRPC
+//! client commands (`topic`, `publish`, `fetch`) in `cli`.
+
+mod cli;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -28,6 +32,8 @@ enum Command {
     /// Inspect a partition log directory directly (offline: no broker may be using it).
     #[command(subcommand)]
     Log(LogCommand),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -113,8 +119,10 @@ enum LogCommand {
 fn init_logging(json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: redirected logs stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -123,8 +131,31 @@ fn init_logging(json: bool) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", error_text(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line. Many error types already print their source in
+/// their own message, so a cause the text already ends with is not repeated.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let config = args.config()?;
             init_logging(config.log_json);
@@ -134,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(false);
             log_command(command)
         }
+        Command::Client(command) => cli::run(command),
     }
 }
 

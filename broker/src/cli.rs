@@ -1,0 +1,961 @@
+//! The client side of the `herald` binary: `topic create|list|describe|delete`, `publish`
+//! and `fetch`, talking to a broker over gRPC (`herald.v1`).
+//!
+//! Output is for people by default (aligned tables, `offset  key  value` lines); `--json`
+//! prints one JSON object per line instead. A failed call becomes an error naming the gRPC
+//! status code and message, which `main` prints to stderr before exiting with code 1.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, BufRead, Write};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use herald_broker::config::FsyncSetting;
+use herald_proto::HeraldClient;
+use herald_proto::v1;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+/// Most records the CLI puts in one publish request.
+const PUBLISH_BATCH_RECORDS: usize = 1000;
+/// Most record bytes (key, value, headers) the CLI puts in one publish request; a single
+/// larger record still goes alone.
+const PUBLISH_BATCH_BYTES: usize = 256 * 1024;
+/// How long a publish from stdin waits for more lines to send with the first one.
+const PUBLISH_LINGER: Duration = Duration::from_millis(5);
+/// Lines read from stdin ahead of the publishes.
+const STDIN_QUEUE: usize = 4096;
+/// How long to wait for the TCP connection to the broker.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options shared by every client command.
+#[derive(Args, Clone, Debug)]
+pub struct ClientOpts {
+    /// The broker's gRPC address (`http://` is assumed when no scheme is given).
+    #[arg(
+        long,
+        env = "HERALD_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+    /// Print one JSON object per line instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// The client subcommands, flattened into the binary's `Command`.
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Create, list, describe and delete topics.
+    Topic(TopicArgs),
+    /// Publish records: the VALUEs given, or else one record per line of stdin.
+    Publish(PublishArgs),
+    /// Read one partition from a position; with --follow, keep tailing it until Ctrl-C.
+    Fetch(FetchArgs),
+}
+
+#[derive(Args)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    #[command(subcommand)]
+    command: TopicCommand,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic. Settings left out take the broker's defaults.
+    Create {
+        /// The topic's name: 1 to 249 of A-Z a-z 0-9 . _ -
+        name: String,
+        /// Number of partitions (1 to 4096), fixed for the topic's lifetime.
+        #[arg(long)]
+        partitions: u32,
+        /// Remove closed segments older than this (0 = no age limit).
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Per partition: remove the oldest segments above this size (0 = no limit).
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Size of each segment file.
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+        /// When appended records are flushed to disk (and so when a publish is acked).
+        #[arg(long, value_enum)]
+        fsync: Option<FsyncSetting>,
+        /// Flush period for --fsync interval.
+        #[arg(long)]
+        fsync_interval_ms: Option<u32>,
+        /// Largest record accepted.
+        #[arg(long)]
+        max_message_bytes: Option<u32>,
+    },
+    /// List the topics.
+    List,
+    /// Show a topic's settings and the offsets and size of each partition.
+    Describe {
+        /// The topic.
+        name: String,
+    },
+    /// Delete a topic and all its records.
+    Delete {
+        /// The topic.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// The topic to publish to (it must exist).
+    topic: String,
+    /// Record values. With none, each line of stdin is a record (without its line end).
+    values: Vec<OsString>,
+    /// Key of every record; it picks the partition unless --partition is given.
+    #[arg(long)]
+    key: Option<String>,
+    /// A header `name=value` added to every record; repeat for more.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Target partition [default: from the key, else round-robin per request].
+    #[arg(long)]
+    partition: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// The topic to read.
+    topic: String,
+    /// The partition to read.
+    #[arg(long, default_value_t = 0)]
+    partition: u32,
+    /// Where to start: an offset, `earliest`, `latest`, or `ts:MILLIS` (the first record
+    /// at or after that time, in ms since the Unix epoch).
+    #[arg(long, default_value = "earliest", value_name = "POSITION")]
+    from: StartPosition,
+    /// Keep the stream open and print new records as they arrive, until Ctrl-C.
+    #[arg(long)]
+    follow: bool,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    max_records: Option<u64>,
+}
+
+/// A `--from` position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartPosition {
+    Earliest,
+    Latest,
+    Offset(u64),
+    TimestampMs(i64),
+}
+
+impl FromStr for StartPosition {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(StartPosition::Earliest),
+            "latest" => Ok(StartPosition::Latest),
+            _ => {
+                if let Some(ts) = s.strip_prefix("ts:") {
+                    return ts.parse().map(StartPosition::TimestampMs).map_err(|_| {
+                        format!("{ts:?} is not a timestamp in ms since the Unix epoch")
+                    });
+                }
+                s.parse().map(StartPosition::Offset).map_err(|_| {
+                    format!("{s:?} is not an offset, `earliest`, `latest` or `ts:MILLIS`")
+                })
+            }
+        }
+    }
+}
+
+impl StartPosition {
+    fn to_proto(self) -> v1::Position {
+        use v1::position::Kind;
+        let kind = match self {
+            StartPosition::Earliest => Kind::Earliest(v1::Earliest {}),
+            StartPosition::Latest => Kind::Latest(v1::Latest {}),
+            StartPosition::Offset(o) => Kind::Offset(o),
+            StartPosition::TimestampMs(t) => Kind::TimestampMs(t),
+        };
+        v1::Position { kind: Some(kind) }
+    }
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err(format!("header {s:?} has an empty name")),
+        Some((name, value)) => Ok((name.to_owned(), value.to_owned())),
+        None => Err(format!("header {s:?} is not NAME=VALUE")),
+    }
+}
+
+/// A failed RPC, shown as `CODE: message` (e.g. `NOT_FOUND: topic "x" does not exist`).
+#[derive(Debug)]
+pub struct RpcError(pub tonic::Status);
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = code_name(self.0.code());
+        match self.0.message() {
+            "" => f.write_str(name),
+            message => write!(f, "{name}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for RpcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
+}
+
+impl From<tonic::Status> for RpcError {
+    fn from(status: tonic::Status) -> Self {
+        RpcError(status)
+    }
+}
+
+/// The canonical name of a gRPC status code, as in the gRPC specification.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Runs one client command on a single-threaded runtime.
+pub fn run(command: ClientCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        match command {
+            ClientCommand::Topic(args) => topic(args).await,
+            ClientCommand::Publish(args) => publish(args).await,
+            ClientCommand::Fetch(args) => fetch(args).await,
+        }
+    });
+    match result {
+        // `herald fetch ... | head`: the reader went away, which is not an error.
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn connect(opts: &ClientOpts) -> anyhow::Result<HeraldClient<Channel>> {
+    let url = if opts.server.contains("://") {
+        opts.server.clone()
+    } else {
+        format!("http://{}", opts.server)
+    };
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| anyhow::anyhow!("invalid --server {url:?}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        // Pings find a broker that vanished without closing the connection (--follow).
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    // The transport error's own text is terse ("transport error"); `main` prints its
+    // causes too.
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("UNAVAILABLE: cannot connect to the broker at {url}"))?;
+    Ok(HeraldClient::new(channel))
+}
+
+/// Stdout, buffered; flushed at the end of each unit of output so `--follow` is live.
+struct Out {
+    out: io::BufWriter<io::Stdout>,
+}
+
+impl Out {
+    fn new() -> Self {
+        Out {
+            out: io::BufWriter::new(io::stdout()),
+        }
+    }
+
+    fn line(&mut self, line: impl fmt::Display) -> io::Result<()> {
+        writeln!(self.out, "{line}")
+    }
+
+    fn json(&mut self, value: &Value) -> io::Result<()> {
+        writeln!(self.out, "{value}")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// topic
+
+async fn topic(args: TopicArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.opts).await?;
+    let json = args.opts.json;
+    let mut out = Out::new();
+    match args.command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+            fsync,
+            fsync_interval_ms,
+            max_message_bytes,
+        } => {
+            let config = v1::TopicConfig {
+                retention_ms,
+                retention_bytes,
+                segment_bytes,
+                fsync_policy: fsync.map_or(v1::FsyncPolicy::Unspecified, fsync_to_proto) as i32,
+                fsync_interval_ms,
+                max_message_bytes,
+            };
+            let topic = client
+                .create_topic(v1::CreateTopicRequest {
+                    name,
+                    partitions,
+                    config: Some(config),
+                })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .topic
+                .unwrap_or_default();
+            if json {
+                out.json(&topic_json(&topic))?;
+            } else {
+                out.line(format_args!(
+                    "created topic {:?} with {} partition{}",
+                    topic.name,
+                    topic.partition_count,
+                    plural(u64::from(topic.partition_count))
+                ))?;
+            }
+        }
+        TopicCommand::List => {
+            let topics = client
+                .list_topics(v1::ListTopicsRequest {})
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .topics;
+            if json {
+                for t in &topics {
+                    out.json(&json!({"name": t.name, "partition_count": t.partition_count}))?;
+                }
+            } else if topics.is_empty() {
+                out.line("no topics")?;
+            } else {
+                let mut rows = vec![vec!["NAME".to_owned(), "PARTITIONS".to_owned()]];
+                rows.extend(
+                    topics
+                        .iter()
+                        .map(|t| vec![t.name.clone(), t.partition_count.to_string()]),
+                );
+                for line in table(&rows) {
+                    out.line(line)?;
+                }
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let topic = client
+                .describe_topic(v1::DescribeTopicRequest { name })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .topic
+                .unwrap_or_default();
+            if json {
+                out.json(&topic_json(&topic))?;
+            } else {
+                for line in describe_text(&topic) {
+                    out.line(line)?;
+                }
+            }
+        }
+        TopicCommand::Delete { name } => {
+            client
+                .delete_topic(v1::DeleteTopicRequest { name: name.clone() })
+                .await
+                .map_err(RpcError)?;
+            if json {
+                out.json(&json!({"deleted": name}))?;
+            } else {
+                out.line(format_args!("deleted topic {name:?}"))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn fsync_to_proto(fsync: FsyncSetting) -> v1::FsyncPolicy {
+    match fsync {
+        FsyncSetting::Always => v1::FsyncPolicy::Always,
+        FsyncSetting::Interval => v1::FsyncPolicy::Interval,
+        FsyncSetting::Never => v1::FsyncPolicy::Never,
+    }
+}
+
+fn fsync_name(policy: i32) -> String {
+    match v1::FsyncPolicy::try_from(policy) {
+        Ok(v1::FsyncPolicy::Always) => "always".into(),
+        Ok(v1::FsyncPolicy::Interval) => "interval".into(),
+        Ok(v1::FsyncPolicy::Never) => "never".into(),
+        Ok(v1::FsyncPolicy::Unspecified) => "unspecified".into(),
+        Err(_) => format!("unknown ({policy})"),
+    }
+}
+
+fn topic_json(topic: &v1::TopicDescription) -> Value {
+    let c = topic.config.unwrap_or_default();
+    json!({
+        "name": topic.name,
+        "partition_count": topic.partition_count,
+        "config": {
+            "retention_ms": c.retention_ms,
+            "retention_bytes": c.retention_bytes,
+            "segment_bytes": c.segment_bytes,
+            "fsync": fsync_name(c.fsync_policy),
+            "fsync_interval_ms": c.fsync_interval_ms,
+            "max_message_bytes": c.max_message_bytes,
+        },
+        "partitions": topic.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "start_offset": p.start_offset,
+            "end_offset": p.end_offset,
+            "size_bytes": p.size_bytes,
+            "segment_count": p.segment_count,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn describe_text(topic: &v1::TopicDescription) -> Vec<String> {
+    let c = topic.config.unwrap_or_default();
+    let opt = |v: Option<u64>, zero: &str| match v {
+        None => "-".to_owned(),
+        Some(0) if !zero.is_empty() => format!("0 ({zero})"),
+        Some(v) => v.to_string(),
+    };
+    let settings = vec![
+        vec!["topic".to_owned(), topic.name.clone()],
+        vec!["partitions".to_owned(), topic.partition_count.to_string()],
+        vec![
+            "retention_ms".to_owned(),
+            opt(c.retention_ms, "no age limit"),
+        ],
+        vec![
+            "retention_bytes".to_owned(),
+            opt(c.retention_bytes, "no size limit"),
+        ],
+        vec!["segment_bytes".to_owned(), opt(c.segment_bytes, "")],
+        vec!["fsync".to_owned(), fsync_name(c.fsync_policy)],
+        vec![
+            "fsync_interval_ms".to_owned(),
+            opt(c.fsync_interval_ms.map(u64::from), ""),
+        ],
+        vec![
+            "max_message_bytes".to_owned(),
+            opt(c.max_message_bytes.map(u64::from), ""),
+        ],
+    ];
+    let mut lines = table(&settings);
+    lines.push(String::new());
+    let mut rows = vec![
+        [
+            "PARTITION",
+            "START",
+            "END",
+            "RECORDS",
+            "SIZE_BYTES",
+            "SEGMENTS",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    rows.extend(topic.partitions.iter().map(|p| {
+        vec![
+            p.partition.to_string(),
+            p.start_offset.to_string(),
+            p.end_offset.to_string(),
+            p.end_offset.saturating_sub(p.start_offset).to_string(),
+            p.size_bytes.to_string(),
+            p.segment_count.to_string(),
+        ]
+    }));
+    lines.extend(table(&rows));
+    lines
+}
+
+/// Left-aligned columns separated by two spaces, without trailing blanks.
+fn table(rows: &[Vec<String>]) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    let pad = widths[i] - cell.chars().count();
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+// ---------------------------------------------------------------------------------------
+// publish
+
+/// Where record values come from: the command line, or stdin read on its own thread.
+enum Values {
+    Args(std::vec::IntoIter<Vec<u8>>),
+    Stdin(mpsc::Receiver<io::Result<Vec<u8>>>),
+}
+
+impl Values {
+    fn args(values: Vec<OsString>) -> Values {
+        use std::os::unix::ffi::OsStringExt;
+        let values: Vec<Vec<u8>> = values.into_iter().map(OsStringExt::into_vec).collect();
+        Values::Args(values.into_iter())
+    }
+
+    /// Reads stdin lines on a plain thread (not `spawn_blocking`: a read blocked on a
+    /// terminal must not keep the runtime from shutting down on an error).
+    fn stdin() -> Values {
+        let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+        std::thread::spawn(move || {
+            let mut stdin = io::stdin().lock();
+            loop {
+                let mut line = Vec::new();
+                let item = match stdin.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if line.last() == Some(&b'\n') {
+                            line.pop();
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
+                        }
+                        Ok(line)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Values::Stdin(rx)
+    }
+
+    /// The next value, waiting for it until `until` (forever if `None`). `Ok(None)` at the
+    /// end of the values, or when the wait is over.
+    async fn next(&mut self, until: Option<Instant>) -> io::Result<Option<Vec<u8>>> {
+        match (self, until) {
+            (Values::Args(values), _) => Ok(values.next()),
+            (Values::Stdin(rx), None) => rx.recv().await.transpose(),
+            (Values::Stdin(rx), Some(deadline)) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(value) => value.transpose(),
+                    Err(_) => Ok(None),
+                }
+            }
+        }
+    }
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.opts).await?;
+    // Fails early (NOT_FOUND) for a missing topic, and tells the batch limit: a topic's
+    // max_message_bytes also bounds a whole publish (see topics.proto).
+    let topic = client
+        .describe_topic(v1::DescribeTopicRequest {
+            name: args.topic.clone(),
+        })
+        .await
+        .map_err(RpcError)?
+        .into_inner()
+        .topic
+        .unwrap_or_default();
+    let max_message = topic
+        .config
+        .and_then(|c| c.max_message_bytes)
+        .map_or(usize::MAX, |m| m as usize);
+    // Per-record overhead in the storage format, with room to spare.
+    let batch_limit = PUBLISH_BATCH_BYTES.min(max_message.saturating_sub(256).max(1));
+
+    let key = args.key.map(Bytes::from);
+    let headers: Vec<v1::Header> = args
+        .headers
+        .into_iter()
+        .map(|(key, value)| v1::Header {
+            key,
+            value: Bytes::from(value),
+        })
+        .collect();
+    let fixed_bytes = key.as_ref().map_or(0, Bytes::len)
+        + headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len() + 8)
+            .sum::<usize>()
+        + 24;
+    let mut values = if args.values.is_empty() {
+        Values::stdin()
+    } else {
+        Values::args(args.values)
+    };
+
+    let mut out = Out::new();
+    let mut carried: Option<Vec<u8>> = None;
+    let mut total = 0u64;
+    loop {
+        // One batch: the first value (waiting for it), then what arrives within
+        // PUBLISH_LINGER, up to the limits: piped input goes in large requests, and a line
+        // typed at a terminal goes at once.
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut until = None;
+        loop {
+            let value = match carried.take() {
+                Some(v) => v,
+                None => match values.next(until).await? {
+                    Some(v) => v,
+                    None => break,
+                },
+            };
+            let size = fixed_bytes + value.len();
+            if !records.is_empty()
+                && (records.len() >= PUBLISH_BATCH_RECORDS || bytes + size > batch_limit)
+            {
+                carried = Some(value);
+                break;
+            }
+            until.get_or_insert_with(|| Instant::now() + PUBLISH_LINGER);
+            bytes += size;
+            records.push(v1::Record {
+                key: key.clone(),
+                value: Bytes::from(value),
+                headers: headers.clone(),
+                timestamp_ms: 0,
+            });
+        }
+        if records.is_empty() {
+            break;
+        }
+        let count = records.len() as u64;
+        let reply = client
+            .publish(v1::PublishRequest {
+                topic: args.topic.clone(),
+                partition: args.partition,
+                payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                    records,
+                })),
+            })
+            .await
+            .map_err(RpcError)?
+            .into_inner();
+        total += count;
+        if args.opts.json {
+            out.json(&json!({
+                "topic": args.topic,
+                "partition": reply.partition,
+                "base_offset": reply.base_offset,
+                "last_offset": reply.last_offset,
+                "records": count,
+            }))?;
+        } else if count == 1 {
+            out.line(format_args!(
+                "partition {}  offset {}",
+                reply.partition, reply.base_offset
+            ))?;
+        } else {
+            out.line(format_args!(
+                "partition {}  offsets {}-{}  ({count} records)",
+                reply.partition, reply.base_offset, reply.last_offset
+            ))?;
+        }
+        out.flush()?;
+    }
+    if total == 0 {
+        eprintln!("nothing to publish: no values given and stdin was empty");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// fetch
+
+async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.opts).await?;
+    if args.max_records == Some(0) {
+        return Ok(());
+    }
+    let mut stream = client
+        .fetch(v1::FetchRequest {
+            topic: args.topic.clone(),
+            partition: args.partition,
+            start: Some(args.from.to_proto()),
+            max_bytes: 0,
+            follow: args.follow,
+            max_wait_ms: 0,
+            raw_batches: false,
+        })
+        .await
+        .map_err(RpcError)?
+        .into_inner();
+    let mut out = Out::new();
+    let mut printed = 0u64;
+    // Ctrl-C ends a --follow cleanly (exit 0). Without --follow the default action stays.
+    let interrupted = async {
+        if args.follow {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupted);
+    loop {
+        let response = tokio::select! {
+            response = stream.message() => response.map_err(RpcError)?,
+            () = &mut interrupted => break,
+        };
+        let Some(response) = response else { break };
+        for record in &response.records {
+            if args.opts.json {
+                out.json(&record_json(&args.topic, args.partition, record))?;
+            } else {
+                out.line(record_text(record))?;
+            }
+            printed += 1;
+            if args.max_records.is_some_and(|max| printed >= max) {
+                out.flush()?;
+                return Ok(());
+            }
+        }
+        out.flush()?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `offset<TAB>key<TAB>value`, then `<TAB>[name=value, ...]` when the record has headers.
+/// Bytes that are not UTF-8 are shown lossily; line breaks and tabs are escaped so that a
+/// record is always one line. A record without a key shows `-`.
+fn record_text(record: &v1::FetchedRecord) -> String {
+    let mut line = format!(
+        "{}\t{}\t{}",
+        record.offset,
+        record.key.as_ref().map_or("-".into(), |k| printable(k)),
+        printable(&record.value)
+    );
+    if !record.headers.is_empty() {
+        let headers: Vec<String> = record
+            .headers
+            .iter()
+            .map(|h| format!("{}={}", printable(h.key.as_bytes()), printable(&h.value)))
+            .collect();
+        line.push_str(&format!("\t[{}]", headers.join(", ")));
+    }
+    line
+}
+
+fn printable(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if !text.contains(['\n', '\r', '\t']) {
+        return text.into_owned();
+    }
+    text.replace('\n', "\\n")
+        .replace('\r', "\\r")
+        .replace('\t', "\\t")
+}
+
+/// One fetched record as JSON. Keys, values and header values are strings when they are
+/// UTF-8, else `{"base64": "..."}`; a missing key is `null`.
+fn record_json(topic: &str, partition: u32, record: &v1::FetchedRecord) -> Value {
+    json!({
+        "topic": topic,
+        "partition": partition,
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp_ms,
+        "key": record.key.as_ref().map(|k| bytes_json(k)),
+        "value": bytes_json(&record.value),
+        "headers": record.headers.iter().map(|h| json!({
+            "key": h.key,
+            "value": bytes_json(&h.value),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn bytes_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => json!({ "base64": base64(bytes) }),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse() {
+        assert_eq!("earliest".parse(), Ok(StartPosition::Earliest));
+        assert_eq!("latest".parse(), Ok(StartPosition::Latest));
+        assert_eq!("42".parse(), Ok(StartPosition::Offset(42)));
+        assert_eq!(
+            "ts:1700000000000".parse(),
+            Ok(StartPosition::TimestampMs(1_700_000_000_000))
+        );
+        assert!("ts:soon".parse::<StartPosition>().is_err());
+        assert!("-1".parse::<StartPosition>().is_err());
+        assert!("first".parse::<StartPosition>().is_err());
+    }
+
+    #[test]
+    fn headers_parse() {
+        assert_eq!(parse_header("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_header("a="), Ok(("a".into(), String::new())));
+        assert!(parse_header("novalue").is_err());
+        assert!(parse_header("=v").is_err());
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(base64(input.as_bytes()), expected, "{input:?}");
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn status_shows_code_name_and_message() {
+        let e = RpcError(tonic::Status::not_found("topic \"x\" does not exist"));
+        assert_eq!(e.to_string(), "NOT_FOUND: topic \"x\" does not exist");
+        assert_eq!(
+            RpcError(tonic::Status::unavailable("")).to_string(),
+            "UNAVAILABLE"
+        );
+    }
+
+    #[test]
+    fn records_print_on_one_line() {
+        let record = v1::FetchedRecord {
+            offset: 7,
+            timestamp_ms: 1,
+            key: None,
+            value: Bytes::from_static(b"a\nb\t\xffc"),
+            headers: vec![v1::Header {
+                key: "h".into(),
+                value: Bytes::from_static(b"v"),
+            }],
+        };
+        assert_eq!(record_text(&record), "7\t-\ta\\nb\\t\u{fffd}c\t[h=v]");
+        let json = record_json("t", 0, &record);
+        assert_eq!(json["key"], Value::Null);
+        assert_eq!(json["value"]["base64"], base64(b"a\nb\t\xffc"));
+        assert_eq!(json["headers"][0]["value"], "v");
+    }
+
+    #[test]
+    fn tables_align() {
+        let rows = vec![
+            vec!["NAME".to_owned(), "PARTITIONS".to_owned()],
+            vec!["orders-long".to_owned(), "3".to_owned()],
+        ];
+        assert_eq!(
+            table(&rows),
+            vec!["NAME         PARTITIONS", "orders-long  3"]
+        );
+    }
+}

@@ -1,0 +1,581 @@
+//! End-to-end tests of the `herald` command line: a real `herald serve` process, driven by
+//! the `topic`, `publish` and `fetch` subcommands of the same binary.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+/// Longest a broker may take to start or stop, or a CLI command to run.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A `herald serve` child process on ephemeral ports. Killed if dropped while running.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts the broker on `data_dir` and waits for its "herald is serving" log line,
+    /// which names the gRPC address it bound.
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(HERALD)
+            .args(["serve", "--log-json", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .env_remove("HERALD_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("herald serve starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = log.clone();
+        // Drains stderr for the whole life of the process, so the broker never blocks on it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = serving_addr(&line) {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the broker did not report its address within {TIMEOUT:?}; its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        signal(self.child.id(), "TERM");
+        let status = wait_timeout(&mut self.child);
+        (status, self.log.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The gRPC address in the broker's "herald is serving" JSON log line.
+fn serving_addr(line: &str) -> Option<SocketAddr> {
+    let entry: Value = serde_json::from_str(line).ok()?;
+    if entry["fields"]["message"] != "herald is serving" {
+        return None;
+    }
+    entry["fields"]["addr"].as_str()?.parse().ok()
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+fn wait_timeout(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {TIMEOUT:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `herald ARGS` against `server` (through HERALD_SERVER), feeding `stdin`.
+fn herald(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(HERALD)
+        .args(args)
+        .env("HERALD_SERVER", server)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("herald runs");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).unwrap();
+        // Dropping the pipe closes it: the command sees end of input.
+    }
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(output) => output.expect("herald output"),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!(
+                "`herald {}` did not finish within {TIMEOUT:?}",
+                args.join(" ")
+            );
+        }
+    }
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn ok(server: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
+    let output = herald(server, args, stdin);
+    assert!(
+        output.status.success(),
+        "`herald {}` failed with {}: {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("stdout is UTF-8")
+}
+
+/// Runs a command that must fail with exit code 1 and returns its stderr.
+fn fails(server: &str, args: &[&str]) -> String {
+    let output = herald(server, args, None);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "`herald {}` should exit with 1; stdout: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "a failed command prints nothing on stdout"
+    );
+    String::from_utf8(output.stderr).expect("stderr is UTF-8")
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
+}
+
+/// (partition, first offset, last offset) of each line `publish` prints:
+/// `partition P  offset O` or `partition P  offsets A-B  (N records)`.
+fn publish_acks(stdout: &str) -> Vec<(u32, u64, u64)> {
+    let acks: Vec<_> = stdout
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["partition", p, "offset", o] => {
+                    (p.parse().unwrap(), o.parse().unwrap(), o.parse().unwrap())
+                }
+                ["partition", p, "offsets", range, n, "records)"] => {
+                    let (a, b) = range.split_once('-').unwrap();
+                    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+                    assert_eq!(n, format!("({}", b - a + 1), "{line:?}");
+                    (p.parse().unwrap(), a, b)
+                }
+                _ => panic!("unexpected publish output {line:?}"),
+            }
+        })
+        .collect();
+    assert!(!acks.is_empty(), "publish printed nothing");
+    acks
+}
+
+/// The cells of the partition table row of `partition` in `topic describe` output.
+fn partition_row(describe: &str, partition: u32) -> Vec<String> {
+    let mut rows = describe.lines().skip_while(|l| !l.starts_with("PARTITION"));
+    let header: Vec<&str> = rows
+        .next()
+        .expect("a partition table")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "PARTITION",
+            "START",
+            "END",
+            "RECORDS",
+            "SIZE_BYTES",
+            "SEGMENTS"
+        ]
+    );
+    rows.map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|cells| cells[0] == partition.to_string())
+        .unwrap_or_else(|| panic!("no row for partition {partition} in\n{describe}"))
+}
+
+#[test]
+fn topic_publish_fetch_describe_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url();
+    let url = url.as_str();
+
+    // Topics.
+    assert_eq!(ok(url, &["topic", "list"], None), "no topics\n");
+    let created = ok(
+        url,
+        &[
+            "topic",
+            "create",
+            "events",
+            "--partitions",
+            "2",
+            "--retention-ms",
+            "3600000",
+            "--fsync",
+            "never",
+        ],
+        None,
+    );
+    assert_eq!(created, "created topic \"events\" with 2 partitions\n");
+    ok(
+        url,
+        &["topic", "create", "other", "--partitions", "1"],
+        None,
+    );
+    assert_eq!(
+        ok(url, &["topic", "list"], None),
+        "NAME    PARTITIONS\nevents  2\nother   1\n"
+    );
+
+    // Publish from stdin, with a key and headers: one batch, one partition (the key's).
+    let published = ok(
+        url,
+        &[
+            "publish",
+            "events",
+            "--key",
+            "user-1",
+            "--header",
+            "source=cli-test",
+            "--header",
+            "trace=t=1",
+        ],
+        Some(b"one\ntwo with  spaces\r\n\xff\xfebinary\n\nlast line without newline"),
+    );
+    // Lines read from a pipe go in as few requests as they arrive in: one ack line each.
+    let acked = publish_acks(&published);
+    let partition = acked[0].0;
+    assert!(partition < 2);
+    assert!(acked.iter().all(|a| a.0 == partition), "{published:?}");
+    let offsets: Vec<u64> = acked.iter().flat_map(|a| a.1..=a.2).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4], "{published:?}");
+
+    // Values from arguments, to an explicit partition; --json acks.
+    let acks = json_lines(&ok(
+        url,
+        &["publish", "events", "--partition", "1", "--json", "x", "y"],
+        None,
+    ));
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0]["partition"], 1);
+    assert_eq!(acks[0]["records"], 2);
+    let expected_base = if partition == 1 { 5 } else { 0 };
+    assert_eq!(acks[0]["base_offset"], expected_base);
+    assert_eq!(acks[0]["last_offset"], expected_base + 1);
+
+    // Fetch: `offset<TAB>key<TAB>value<TAB>[headers]`, non-UTF-8 shown lossily.
+    let p = partition.to_string();
+    let fetched = ok(url, &["fetch", "events", "--partition", &p], None);
+    let headers = "[source=cli-test, trace=t=1]";
+    let mut expected: Vec<String> = [
+        "one",
+        "two with  spaces",
+        "\u{fffd}\u{fffd}binary",
+        "",
+        "last line without newline",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, v)| format!("{i}\tuser-1\t{v}\t{headers}"))
+    .collect();
+    if partition == 1 {
+        expected.push("5\t-\tx".into());
+        expected.push("6\t-\ty".into());
+    }
+    assert_eq!(fetched.lines().collect::<Vec<_>>(), expected);
+
+    // Positions and limits.
+    assert_eq!(
+        ok(
+            url,
+            &[
+                "fetch",
+                "events",
+                "--partition",
+                &p,
+                "--from",
+                "1",
+                "--max-records",
+                "1"
+            ],
+            None
+        ),
+        format!("{}\n", expected[1])
+    );
+    assert_eq!(
+        ok(
+            url,
+            &["fetch", "events", "--partition", &p, "--from", "latest"],
+            None
+        ),
+        ""
+    );
+    assert_eq!(
+        ok(
+            url,
+            &[
+                "fetch",
+                "events",
+                "--partition",
+                &p,
+                "--from",
+                "ts:0",
+                "--max-records",
+                "2"
+            ],
+            None
+        )
+        .lines()
+        .count(),
+        2
+    );
+    assert_eq!(
+        ok(
+            url,
+            &[
+                "fetch",
+                "events",
+                "--partition",
+                &p,
+                "--from",
+                "ts:99999999999999"
+            ],
+            None
+        ),
+        ""
+    );
+
+    // Fetch --json: every record a JSON object; bytes that are not UTF-8 come as base64.
+    let records = json_lines(&ok(
+        url,
+        &[
+            "fetch",
+            "events",
+            "--partition",
+            &p,
+            "--json",
+            "--max-records",
+            "5",
+        ],
+        None,
+    ));
+    assert_eq!(records.len(), 5);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["topic"], "events");
+        assert_eq!(r["partition"], partition);
+        assert_eq!(r["offset"], i as u64);
+        assert_eq!(r["key"], "user-1");
+        assert!(r["timestamp_ms"].as_i64().unwrap() > 1_600_000_000_000);
+        assert_eq!(
+            r["headers"],
+            serde_json::json!([
+                {"key": "source", "value": "cli-test"},
+                {"key": "trace", "value": "t=1"},
+            ])
+        );
+    }
+    assert_eq!(records[1]["value"], "two with  spaces");
+    assert_eq!(
+        records[2]["value"],
+        serde_json::json!({"base64": "//5iaW5hcnk="})
+    );
+    assert_eq!(records[3]["value"], "");
+
+    // Describe shows the end offsets.
+    let end = if partition == 1 { 7 } else { 5 };
+    let describe = ok(url, &["topic", "describe", "events"], None);
+    assert!(describe.starts_with("topic              events\npartitions         2\n"));
+    assert!(
+        describe.contains("retention_ms       3600000\n"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("fsync              never\n"),
+        "{describe}"
+    );
+    let row = partition_row(&describe, partition);
+    assert_eq!(
+        row[1..4],
+        ["0".to_owned(), end.to_string(), end.to_string()]
+    );
+    let description = json_lines(&ok(url, &["topic", "describe", "events", "--json"], None));
+    assert_eq!(description.len(), 1);
+    let d = &description[0];
+    assert_eq!(d["name"], "events");
+    assert_eq!(d["partition_count"], 2);
+    assert_eq!(d["config"]["retention_ms"], 3_600_000);
+    assert_eq!(d["config"]["fsync"], "never");
+    assert_eq!(d["partitions"][partition as usize]["end_offset"], end);
+    let listed = json_lines(&ok(url, &["topic", "list", "--json"], None));
+    assert_eq!(
+        listed,
+        [
+            serde_json::json!({"name": "events", "partition_count": 2}),
+            serde_json::json!({"name": "other", "partition_count": 1}),
+        ]
+    );
+
+    // Errors: the gRPC code and message on stderr, exit code 1.
+    let stderr = fails(url, &["publish", "missing", "value"]);
+    assert_eq!(
+        stderr,
+        "error: NOT_FOUND: topic \"missing\" does not exist\n"
+    );
+    let stderr = fails(url, &["fetch", "events", "--partition", "7"]);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+    let stderr = fails(url, &["fetch", "events", "--partition", &p, "--from", "99"]);
+    assert!(stderr.starts_with("error: OUT_OF_RANGE: "), "{stderr}");
+    let stderr = fails(url, &["topic", "create", "events", "--partitions", "1"]);
+    assert!(stderr.starts_with("error: ALREADY_EXISTS: "), "{stderr}");
+    let stderr = fails(url, &["topic", "create", "bad/name", "--partitions", "1"]);
+    assert!(stderr.starts_with("error: INVALID_ARGUMENT: "), "{stderr}");
+    let stderr = fails(url, &["topic", "describe", "missing"]);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+
+    // Delete.
+    assert_eq!(
+        ok(url, &["topic", "delete", "other"], None),
+        "deleted topic \"other\"\n"
+    );
+    assert_eq!(
+        ok(url, &["topic", "list"], None),
+        "NAME    PARTITIONS\nevents  2\n"
+    );
+    let stderr = fails(url, &["topic", "delete", "other"]);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "herald serve exited with {status}");
+    assert!(
+        log.iter().any(|l| l.contains("stopped cleanly")),
+        "no clean stop in the log:\n{}",
+        log.join("\n")
+    );
+}
+
+#[test]
+fn fetch_follow_tails_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url();
+    ok(
+        &url,
+        &["topic", "create", "tail", "--partitions", "1"],
+        None,
+    );
+    ok(&url, &["publish", "tail", "before"], None);
+
+    let mut follower = Command::new(HERALD)
+        .args(["fetch", "tail", "--follow", "--server", &url])
+        .env_remove("HERALD_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(TIMEOUT)
+            .expect("a line from fetch --follow")
+    };
+    assert_eq!(next(), "0\t-\tbefore");
+    // Records published after the stream caught up arrive on it, each as it comes.
+    ok(&url, &["publish", "tail", "--key", "k", "after-1"], None);
+    assert_eq!(next(), "1\tk\tafter-1");
+    ok(&url, &["publish", "tail", "after-2", "after-3"], None);
+    assert_eq!(next(), "2\t-\tafter-2");
+    assert_eq!(next(), "3\t-\tafter-3");
+
+    // Ctrl-C ends it cleanly.
+    signal(follower.id(), "INT");
+    let status = wait_timeout(&mut follower);
+    assert!(
+        status.success(),
+        "fetch --follow exited with {status} on SIGINT"
+    );
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+
+    let (status, _) = server.terminate();
+    assert!(status.success(), "herald serve exited with {status}");
+}
+
+#[test]
+fn unreachable_broker_is_an_error() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("127.0.0.1:{port}");
+    let stderr = fails(&server, &["topic", "list"]);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: UNAVAILABLE: cannot connect to the broker at http://{server}: "
+        )),
+        "{stderr}"
+    );
+    // --server wins over HERALD_SERVER.
+    let output = herald(
+        "http://127.0.0.1:1",
+        &["topic", "list", "--server", &server],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&server));
+}
