@@ -96,17 +96,15 @@ impl Default for Config {
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("parsing {}: {source}", path.display())]
+    #[error("parsing {}: {cause}", path.display())]
     Parse {
         path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -117,11 +115,11 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            cause: Box::new(source),
         })
     }
 

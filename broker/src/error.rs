@@ -26,11 +26,10 @@ pub enum BrokerError {
     Unavailable(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -38,7 +37,7 @@ impl BrokerError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         BrokerError::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

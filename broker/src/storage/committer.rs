@@ -76,7 +76,7 @@ impl Committer {
             .map_err(|e| StorageError::Io {
                 op: "spawn writer thread",
                 path: Default::default(),
-                source: e,
+                cause: e,
             })?;
         Ok(Committer {
             handle: CommitterHandle {

@@ -11,22 +11,21 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// What can go wrong in a partition log. Bad input (`InvalidBatch`, `BatchTooLarge`,
 /// `OffsetOutOfRange`) is the caller's to report; the rest are operating errors that name the
-/// file involved.
+/// file involved. An I/O cause is part of the message, not a `source()`: the message is what
+/// a gRPC status carries, and a reporter that walks `source()` would print it twice.
 #[derive(Debug, Error)]
 pub enum StorageError {
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("disk full while trying to {op} {}", path.display())]
     DiskFull {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("{} is not a directory", path.display())]
     NotADirectory { path: PathBuf },
@@ -57,9 +56,9 @@ impl StorageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
-            StorageError::DiskFull { op, path, source }
+            StorageError::DiskFull { op, path, cause: source }
         } else {
-            StorageError::Io { op, path, source }
+            StorageError::Io { op, path, cause: source }
         }
     }
 }
