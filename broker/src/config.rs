@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{self, FsyncPolicy};
 
-/// Largest record value + key + headers accepted by default. Bigger events belong in an
+/// Largest record (key + value + header names and values) accepted by default. Bigger events belong in an
 /// object store with a pointer in the event.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Largest batch (one publish request) accepted by default. With the fetch cap below 4 MiB,
@@ -140,6 +140,12 @@ impl Config {
         }
         if self.max_batch_bytes as u64 > self.segment_bytes {
             return invalid("max_batch_bytes must not exceed segment_bytes".into());
+        }
+        if self.max_message_bytes > self.max_batch_bytes {
+            return invalid(format!(
+                "max_message_bytes ({}) must not exceed max_batch_bytes ({})",
+                self.max_message_bytes, self.max_batch_bytes
+            ));
         }
         if self.max_message_bytes == 0 || self.max_batch_bytes == 0 || self.max_batch_records == 0 {
             return invalid("message and batch limits must be at least 1".into());

@@ -162,16 +162,19 @@ impl HeraldService {
     ) -> Result<ValidatedBatch, BrokerError> {
         let config = self.registry.config();
         let max_message = topic.settings.max_message_bytes;
-        let bytes = match payload {
+        // Plain records are checked against the limit as they are encoded (key + value +
+        // headers); a pre-encoded batch by each record's encoded length.
+        let (bytes, pre_encoded) = match payload {
             None => {
                 return Err(BrokerError::InvalidArgument(
                     "the publish carries no records: set `records` or `storage_batch`".into(),
                 ));
             }
-            Some(Payload::StorageBatch(bytes)) => bytes,
-            Some(Payload::Records(records)) => {
-                encode_records(&records.records, max_message, config.max_batch_records)?
-            }
+            Some(Payload::StorageBatch(bytes)) => (bytes, true),
+            Some(Payload::Records(records)) => (
+                encode_records(&records.records, max_message, config.max_batch_records)?,
+                false,
+            ),
         };
         if bytes.len() > config.max_batch_bytes {
             return Err(BrokerError::ResourceExhausted(format!(
@@ -189,7 +192,7 @@ impl HeraldService {
                 config.max_batch_records
             )));
         }
-        if batch.largest_record_bytes() > max_message {
+        if pre_encoded && batch.largest_record_bytes() > max_message {
             return Err(BrokerError::ResourceExhausted(format!(
                 "a record is {} bytes; the topic's limit is {max_message} (max_message_bytes)",
                 batch.largest_record_bytes()
@@ -473,7 +476,15 @@ impl v1::herald_server::Herald for HeraldService {
         let partition = topic.partition(r.partition)?;
         let reader = partition.reader().clone();
         let mut high_watermark = partition.watch_high_watermark();
-        let start = resolve_start(&reader, r.start.and_then(|p| p.kind))?;
+        let start = match r.start {
+            None => resolve_start(&reader, None)?,
+            Some(v1::Position { kind: None }) => {
+                return Err(Status::invalid_argument(
+                    "`start` is set but holds no position: set earliest, latest, offset or timestamp_ms",
+                ));
+            }
+            Some(v1::Position { kind }) => resolve_start(&reader, kind)?,
+        };
         let max_bytes = match r.max_bytes as usize {
             0 => crate::config::DEFAULT_FETCH_MAX_BYTES,
             n => n.min(FETCH_MAX_BYTES_CAP),
@@ -489,6 +500,9 @@ impl v1::herald_server::Herald for HeraldService {
             let mut at = start;
             let mut sent_any = false;
             let mut waited = false;
+            // Without follow, the stream ends at the end offset the request saw, or, if it
+            // had to wait for a first record, at the end offset when that record arrived.
+            let mut end = end_at_request;
             loop {
                 if *shutdown.borrow() {
                     let _ = tx
@@ -498,7 +512,7 @@ impl v1::herald_server::Herald for HeraldService {
                 }
                 let response = match reader.read(at, max_bytes) {
                     Ok(Some(chunk)) => {
-                        let range = wanted_range(at, r.follow, end_at_request);
+                        let range = wanted_range(at, r.follow, end);
                         let response = build_fetch_response(
                             &chunk,
                             range,
@@ -510,8 +524,8 @@ impl v1::herald_server::Herald for HeraldService {
                         response
                     }
                     Ok(None) => {
-                        let done = !r.follow
-                            && (sent_any || waited || max_wait.is_zero() || at < end_at_request);
+                        let done =
+                            !r.follow && (sent_any || waited || max_wait.is_zero() || at < end);
                         if done {
                             if !sent_any {
                                 let _ = tx.send(Ok(empty_response(&reader, at))).await;
@@ -529,7 +543,21 @@ impl v1::herald_server::Herald for HeraldService {
                             }
                         };
                         tokio::select! {
-                            moved = moved => if moved { continue } else { break },
+                            moved = moved => {
+                                if moved {
+                                    end = reader.high_watermark();
+                                    continue;
+                                }
+                                // The writer is gone: the topic was deleted, or the broker
+                                // is stopping.
+                                let status = if *shutdown.borrow() {
+                                    Status::unavailable("the broker is shutting down")
+                                } else {
+                                    Status::not_found(format!("topic {:?} was deleted", r.topic))
+                                };
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
                             _ = timed => {
                                 if r.follow {
                                     if tx.send(Ok(empty_response(&reader, at))).await.is_err() {
@@ -552,7 +580,7 @@ impl v1::herald_server::Herald for HeraldService {
                     break;
                 }
                 sent_any = true;
-                if !r.follow && at >= end_at_request {
+                if !r.follow && at >= end {
                     break;
                 }
             }
@@ -669,14 +697,9 @@ fn empty_response(reader: &crate::storage::LogReader, at: u64) -> v1::FetchRespo
     }
 }
 
-/// The offsets a fetch response may carry: from `at`, and without `follow` only below the
-/// end offset the request saw.
-fn wanted_range(at: u64, follow: bool, end_at_request: u64) -> std::ops::Range<u64> {
-    at..if follow {
-        u64::MAX
-    } else {
-        end_at_request.max(at)
-    }
+/// The offsets a fetch response may carry: from `at`, and without `follow` only below `end`.
+fn wanted_range(at: u64, follow: bool, end: u64) -> std::ops::Range<u64> {
+    at..if follow { u64::MAX } else { end.max(at) }
 }
 
 fn build_fetch_response(

@@ -1,0 +1,220 @@
+//! The endpoints generic tools use: grpc.health.v1, server reflection, and Prometheus
+//! metrics over plain HTTP.
+
+mod common;
+
+use common::*;
+use herald_broker::config::{Config, FsyncSetting};
+use herald_proto::v1;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+/// A plain channel to the broker (the health and reflection clients are generated without
+/// tonic's `connect` helper).
+async fn channel(broker: &herald_broker::server::Broker) -> Channel {
+    Endpoint::from_shared(format!("http://{}", broker.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects")
+}
+
+#[tokio::test]
+async fn health_check_reports_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut health = HealthClient::new(channel(&broker).await);
+    for service in ["", "herald.v1.Herald"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health of {service:?}: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    // The standard answer for a service the server does not know.
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await;
+    assert_eq!(code_of(unknown), tonic::Code::NotFound);
+    broker.shutdown().await.unwrap();
+}
+
+async fn try_reflect(
+    client: &mut ServerReflectionClient<Channel>,
+    request: MessageRequest,
+) -> Result<ServerReflectionResponse, tonic::Status> {
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut replies = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await?
+        .into_inner();
+    Ok(replies.message().await?.expect("a reflection response"))
+}
+
+async fn reflect(
+    client: &mut ServerReflectionClient<Channel>,
+    request: MessageRequest,
+) -> ServerReflectionResponse {
+    try_reflect(client, request)
+        .await
+        .expect("a reflection answer")
+}
+
+#[tokio::test]
+async fn reflection_lists_and_describes_the_herald_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut reflection = ServerReflectionClient::new(channel(&broker).await);
+    let listed = reflect(&mut reflection, MessageRequest::ListServices(String::new())).await;
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("not a service list: {listed:?}")
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"herald.v1.Herald"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    // A generic client can fetch the service's schema and the messages it uses.
+    for (symbol, file) in [
+        ("herald.v1.Herald", "herald/v1/herald.proto"),
+        ("herald.v1.PublishRequest", "herald/v1/publish.proto"),
+        ("herald.v1.Herald.Fetch", "herald/v1/herald.proto"),
+    ] {
+        let described = reflect(
+            &mut reflection,
+            MessageRequest::FileContainingSymbol(symbol.into()),
+        )
+        .await;
+        let Some(MessageResponse::FileDescriptorResponse(files)) = described.message_response
+        else {
+            panic!("no descriptor for {symbol}: {described:?}")
+        };
+        assert!(
+            files
+                .file_descriptor_proto
+                .iter()
+                .any(|f| f.windows(file.len()).any(|w| w == file.as_bytes())),
+            "{symbol}: {file} not among the returned descriptors"
+        );
+    }
+    // An unknown symbol is NOT_FOUND. tonic-reflection ends the stream with that status
+    // rather than sending an ErrorResponse message; either form tells a tool the same.
+    let missing = try_reflect(
+        &mut reflection,
+        MessageRequest::FileContainingSymbol("herald.v1.NoSuchThing".into()),
+    )
+    .await;
+    let code = match missing {
+        Ok(ServerReflectionResponse {
+            message_response: Some(MessageResponse::ErrorResponse(e)),
+            ..
+        }) => tonic::Code::from_i32(e.error_code),
+        Ok(other) => panic!("an unknown symbol was described: {other:?}"),
+        Err(status) => status.code(),
+    };
+    assert_eq!(code, tonic::Code::NotFound);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_what_was_published_and_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(Config {
+        fsync: FsyncSetting::Always,
+        ..test_config(dir.path())
+    })
+    .await;
+    let metrics_addr = broker.metrics_addr.expect("metrics are served");
+    let mut c = client(&broker).await;
+
+    // Before anything is published the counters exist and are zero.
+    let (status, before) = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric_value(&before, "herald_publish_records_total"),
+        Some(0.0),
+        "{before}"
+    );
+
+    create_topic(&mut c, "metered", 3).await;
+    let mut records = 0;
+    for i in 0..12 {
+        let n = 1 + i % 4;
+        let batch = (0..n).map(|j| record(None, &format!("{i}.{j}"))).collect();
+        publish(&mut c, "metered", None, batch).await.unwrap();
+        records += n;
+    }
+    // PublishStream counts too.
+    let stream = futures::stream::iter((0..5).map(|i| v1::PublishStreamRequest {
+        sequence: i,
+        publish: Some(v1::PublishRequest {
+            topic: "metered".into(),
+            partition: Some(0),
+            payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                records: vec![record(None, "s"), record(None, "t")],
+            })),
+        }),
+    }));
+    let mut replies = c.publish_stream(stream).await.unwrap().into_inner();
+    while let Some(reply) = replies.message().await.unwrap() {
+        assert!(matches!(
+            reply.outcome,
+            Some(v1::publish_stream_response::Outcome::Published(_))
+        ));
+        records += 2;
+    }
+    // Failures count as failed requests, not as records.
+    for _ in 0..2 {
+        publish(&mut c, "metered", Some(7), vec![record(None, "x")])
+            .await
+            .unwrap_err();
+    }
+    let fetched: usize = {
+        let mut n = 0;
+        for p in 0..3 {
+            n += fetch_all(&mut c, "metered", p, 0).await.unwrap().len();
+        }
+        n
+    };
+    assert_eq!(fetched, records);
+
+    let (status, text) = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |series: &str| {
+        metric_value(&text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert_eq!(value("herald_publish_records_total"), records as f64);
+    assert_eq!(value("herald_publish_requests_total{result=\"ok\"}"), 17.0);
+    assert_eq!(
+        value("herald_publish_requests_total{result=\"error\"}"),
+        2.0
+    );
+    assert_eq!(value("herald_fetch_records_total"), records as f64);
+    assert_eq!(value("herald_topics"), 1.0);
+    assert_eq!(value("herald_partitions"), 3.0);
+    assert!(value("herald_publish_bytes_total") > records as f64);
+    assert_eq!(value("herald_publish_latency_seconds_count"), 19.0);
+    // Under fsync = always every publish was flushed before its reply.
+    let fsyncs = value("herald_fsync_total");
+    assert!(fsyncs >= 1.0, "herald_fsync_total = {fsyncs}");
+    assert!(value("herald_fsync_seconds_total") > 0.0);
+    assert!(text.contains("# TYPE herald_fsync_total counter"), "{text}");
+
+    let (status, _) = http_get(metrics_addr, "/no-such-page").await;
+    assert_eq!(status, 404);
+    broker.shutdown().await.unwrap();
+}
