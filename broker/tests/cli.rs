@@ -2,119 +2,15 @@
 //! the `topic`, `publish` and `fetch` subcommands of the same binary.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
-/// Longest a broker may take to start or stop, or a CLI command to run.
-const TIMEOUT: Duration = Duration::from_secs(15);
+mod common;
 
-/// A `herald serve` child process on ephemeral ports. Killed if dropped while running.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts the broker on `data_dir` and waits for its "herald is serving" log line,
-    /// which names the gRPC address it bound.
-    fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(HERALD)
-            .args(["serve", "--log-json", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .env_remove("HERALD_CONFIG")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("herald serve starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        // Drains stderr for the whole life of the process, so the broker never blocks on it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = serving_addr(&line) {
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "the broker did not report its address within {TIMEOUT:?}; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn terminate(mut self) -> (ExitStatus, Vec<String>) {
-        signal(self.child.id(), "TERM");
-        let status = wait_timeout(&mut self.child);
-        (status, self.log.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The gRPC address in the broker's "herald is serving" JSON log line.
-fn serving_addr(line: &str) -> Option<SocketAddr> {
-    let entry: Value = serde_json::from_str(line).ok()?;
-    if entry["fields"]["message"] != "herald is serving" {
-        return None;
-    }
-    entry["fields"]["addr"].as_str()?.parse().ok()
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
-
-fn wait_timeout(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process {} did not exit within {TIMEOUT:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use common::{HERALD, Server, TIMEOUT, signal, wait_timeout};
 
 /// Runs `herald ARGS` against `server` (through HERALD_SERVER), feeding `stdin`.
 fn herald(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -241,7 +137,7 @@ fn partition_row(describe: &str, partition: u32) -> Vec<String> {
 #[test]
 fn topic_publish_fetch_describe_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &[]);
     let url = server.url();
     let url = url.as_str();
 
@@ -502,7 +398,7 @@ fn topic_publish_fetch_describe_and_errors() {
 #[test]
 fn fetch_follow_tails_until_interrupted() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &[]);
     let url = server.url();
     ok(
         &url,

@@ -3,126 +3,16 @@
 //! graceful SIGTERM.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use herald_proto::HeraldClient;
 use herald_proto::v1;
-use serde_json::Value;
 use tonic::transport::Channel;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
-/// Longest a broker may take to start or stop.
-const TIMEOUT: Duration = Duration::from_secs(15);
+mod common;
 
-/// A `herald serve` child process on ephemeral ports. Killed if dropped while running.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts the broker on `data_dir` and waits for its "herald is serving" log line,
-    /// which names the gRPC address it bound.
-    fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
-        let mut child = Command::new(HERALD)
-            .args(["serve", "--log-json", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .env_remove("HERALD_CONFIG")
-            .env_remove("HERALD_FSYNC")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("herald serve starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        // Drains stderr for the whole life of the process, so the broker never blocks on it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = serving_addr(&line) {
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "the broker did not report its address within {TIMEOUT:?}; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    async fn client(&self) -> HeraldClient<Channel> {
-        HeraldClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("client connects")
-    }
-
-    /// SIGKILL: the process dies at once, whatever it was doing.
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL sent");
-        let status = self.child.wait().expect("reaped");
-        assert!(!status.success(), "killed, not exited: {status}");
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn terminate(mut self) -> (ExitStatus, Vec<String>) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let deadline = Instant::now() + TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "herald serve did not stop within {TIMEOUT:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        (status, self.log.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The gRPC address in the broker's "herald is serving" JSON log line.
-fn serving_addr(line: &str) -> Option<SocketAddr> {
-    let entry: Value = serde_json::from_str(line).ok()?;
-    if entry["fields"]["message"] != "herald is serving" {
-        return None;
-    }
-    entry["fields"]["addr"].as_str()?.parse().ok()
-}
+use common::{Server, TIMEOUT};
 
 async fn create_topic(client: &mut HeraldClient<Channel>, name: &str, partitions: u32) {
     client
