@@ -26,6 +26,11 @@ pub const QUEUE_DEPTH: usize = 4096;
 /// How often an idle writer wakes for retention (and, under the interval policy, at least
 /// as often as its interval). Long, so that thousands of quiet partitions cost nothing.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// Longest the writer waits for a group to fill up again before it flushes (fsync
+/// `always` only). An appender answered by the previous flush needs a moment to send its
+/// next batch; without the wait, eight steady appenders split into groups of four or five
+/// and pay nearly twice the flushes. A flush costs 0.3–2 ms here, so the wait is cheap.
+const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
@@ -192,6 +197,8 @@ fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {
     let mut group: Vec<(Result<Appended>, Reply)> = Vec::with_capacity(MAX_GROUP_BATCHES);
     let mut last_retention = std::time::Instant::now();
     let mut close: Option<Box<dyn FnOnce(Result<()>) + Send>> = None;
+    let gather = writer.config().fsync == FsyncPolicy::Always;
+    let mut last_group = 0;
     let idle_wake = match writer.config().fsync {
         FsyncPolicy::Interval(every) => every.min(IDLE_WAKE),
         FsyncPolicy::Always | FsyncPolicy::Never => IDLE_WAKE,
@@ -203,6 +210,7 @@ fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut next = first;
+        let gather_until = std::time::Instant::now() + GATHER_WAIT;
         while let Some(request) = next.take() {
             match request {
                 Request::Append { batch, reply } => {
@@ -211,10 +219,17 @@ fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {
                 }
                 Request::Close(reply) => close = Some(reply),
             }
-            if group.len() < MAX_GROUP_BATCHES && close.is_none() {
-                next = rx.try_recv().ok();
+            if group.len() >= MAX_GROUP_BATCHES || close.is_some() {
+                break;
+            }
+            next = rx.try_recv().ok();
+            // Nothing queued, but the last group was bigger: its other appenders are
+            // probably about to send again. Worth waiting for only when a flush follows.
+            if next.is_none() && gather && group.len() < last_group {
+                next = rx.recv_deadline(gather_until).ok();
             }
         }
+        last_group = group.len();
         if !group.is_empty() {
             let committed = writer.commit();
             if let Ok(high_watermark) = committed {
