@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./herald-data"));
         c.validate().unwrap();
         let c: Config =
-            toml::from_str("fsync = \"never\"\nsegment_bytes = 65536\nmax_batch_bytes = 65536")
+            toml::from_str("fsync = \"never\"\nsegment_bytes = 65536\nmax_batch_bytes = 65536\nmax_message_bytes = 65536")
                 .unwrap();
         assert_eq!(c.fsync_policy(), FsyncPolicy::Never);
         assert_eq!(c.segment_bytes, 65536);

@@ -56,9 +56,17 @@ impl StorageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
-            StorageError::DiskFull { op, path, cause: source }
+            StorageError::DiskFull {
+                op,
+                path,
+                cause: source,
+            }
         } else {
-            StorageError::Io { op, path, cause: source }
+            StorageError::Io {
+                op,
+                path,
+                cause: source,
+            }
         }
     }
 }

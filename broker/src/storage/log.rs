@@ -98,12 +98,23 @@ impl IndexCursor {
             .partition_point(|e| u64::from(e.position) < position);
         segment.times.truncate(keep);
         let last_time_entry = segment.times.last();
+        // The time index holds the running maximum only every interval, and drops entries once
+        // full: batches after its last entry may be newer. Hop their headers (below
+        // `position`, so vouched for) to resume with the exact maximum.
+        let mut max_timestamp = last_time_entry.map_or(i64::MIN, |e| e.max_timestamp);
+        let mut at = last_time_entry.map_or(0, |e| u64::from(e.position));
+        while let Some(header) = segment.header_at(at, position)
+            && header.check_frame((position - at) as usize).is_ok()
+        {
+            max_timestamp = max_timestamp.max(header.max_timestamp);
+            at += u64::from(header.batch_len);
+        }
         IndexCursor {
             interval,
             last_offset_entry: segment.offsets.last().map(|e| u64::from(e.position)),
             last_time_entry,
             last_batch: None,
-            max_timestamp: last_time_entry.map_or(i64::MIN, |e| e.max_timestamp),
+            max_timestamp,
         }
     }
 

@@ -266,7 +266,7 @@ fn dirty_end(segment: &Segment, from: u64) -> u64 {
 /// entry. `None` if anything disagrees; the caller then scans the segment instead.
 fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCursor)> {
     let last = segment.offsets.last()?;
-    let max_timestamp = segment.times.last()?.max_timestamp;
+    segment.times.last()?;
     let capacity = segment.capacity();
     let mut at = u64::from(last.position);
     let mut next_offset = segment.base_offset() + u64::from(last.relative_offset);
@@ -287,8 +287,7 @@ fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCurso
     if hops == 0 {
         return None;
     }
-    let mut indexer = IndexCursor::resume(segment, at, interval);
-    indexer.max_timestamp = max_timestamp;
+    let indexer = IndexCursor::resume(segment, at, interval);
     Some((at, next_offset, indexer))
 }
 
@@ -398,11 +397,19 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
             segments.push(Arc::new(segment));
             continue;
         }
-        // Scan from the checkpoint's position in its own segment, from 0 in later ones.
+        // Scan from the checkpoint's position in its own segment, from 0 in later ones, and
+        // from 0 if the file no longer holds the bytes the checkpoint vouched for or an index
+        // was lost (the first batch always has entries in both).
         let from = match checkpoint {
-            Some(c) if c.segment_base == base && !trusted => {
+            Some(c)
+                if c.segment_base == base
+                    && !trusted
+                    && c.position <= segment.capacity()
+                    && segment.offsets.len() > 0
+                    && segment.times.len() > 0 =>
+            {
                 next_offset = c.next_offset;
-                c.position.min(segment.capacity())
+                c.position
             }
             _ => 0,
         };
@@ -461,7 +468,16 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         }
     }
 
-    let (write_pos, mut indexer) = match active {
+    // An empty active segment smaller than configured (its file was cut short, or it was made
+    // under a smaller size) would refuse every batch larger than itself: make a new one.
+    if let (Some((0, _)), Some(last)) = (&active, segments.last())
+        && last.capacity() < shape.segment_bytes
+    {
+        last.delete_files()?;
+        segments.pop();
+        active = None;
+    }
+    let (write_pos, indexer) = match active {
         Some((end, indexer)) => (end, indexer),
         None => {
             let segment = PreparedSegment::create(shape)?.activate(shape, next_offset)?;
@@ -473,10 +489,6 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         .last()
         .expect("recovery leaves an active segment")
         .clone();
-    // As a clean close does, record the exact largest timestamp below `write_pos` in the time
-    // index: the next open resumes from the checkpoint and takes the maximum from there.
-    indexer.close(&last);
-    last.times.flush()?;
     // A new checkpoint: everything up to here is verified and flushed. Not `clean`, so a
     // crash after this open scans what gets appended next.
     Checkpoint {

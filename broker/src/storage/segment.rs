@@ -97,7 +97,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn open_or_create_index<E: Entry>(path: &Path, entries: usize) -> Result<IndexFile<E>> {
-    if path.exists() {
+    // An empty index file holds no entries (its allocation never reached the disk): make it
+    // anew like a missing one, rather than failing the segment as if its log were empty.
+    if fs::metadata(path).is_ok_and(|m| m.len() > 0) {
         IndexFile::open(path)
     } else {
         IndexFile::create(path, entries, false)
