@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod partition;
 pub mod registry;
 pub mod server;

@@ -1,0 +1,558 @@
+//! One partition's progress within a group: what is done, what is in flight, what waits
+//! for a redelivery, what was fetched and not yet delivered, and which keys are busy.
+//!
+//! Every offset in `[committed, next_fetch)` is in exactly one place: the done ranges,
+//! the buffer, the in-flight table, the redelivery queue (`waiting`) or the dead-letter
+//! table (`dead_pending`). The four tables together are the partition's *tracked*
+//! messages; the driver is only asked for more while they fit the limits, so the
+//! partition's memory is bounded, and so are the done ranges (each gap between two ranges
+//! holds a tracked offset). Offsets at or above `next_fetch` are unknown to the partition,
+//! except done ranges and attempt counts restored from a snapshot.
+//!
+//! This module knows nothing of members' windows, the deadline index or the group's
+//! totals: `state` does that bookkeeping around these operations.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::ranges::RangeSet;
+use super::snapshot::PartitionSnapshot;
+use super::types::{
+    KeyHash, MemberId, OfferedRecord, Offset, OrderingMode, Ownership, PendingState,
+};
+
+/// What the machine knows of a record, as offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub key: Option<KeyHash>,
+    pub size_bytes: u32,
+    pub timestamp_ms: i64,
+}
+
+/// Fetched and not yet delivered (`attempts` > 0 only for offsets restored from a
+/// snapshot that were delivered before the restart).
+#[derive(Debug, Clone)]
+pub(crate) struct Buffered {
+    pub meta: Meta,
+    pub attempts: u32,
+}
+
+/// Delivered to `member`, waiting for an ack until `deadline_ms`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InFlight {
+    pub meta: Meta,
+    pub attempts: u32,
+    pub member: MemberId,
+    /// The delivery's group-wide sequence number, the generation part of its ack id.
+    pub delivery: u64,
+    pub deadline_ms: u64,
+}
+
+/// Failed, due again at `due_ms`.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    pub meta: Meta,
+    pub attempts: u32,
+    pub due_ms: u64,
+    /// The failed delivery, so a late ack for it is still honoured while the message has
+    /// not been delivered again (the work was done; redelivering it would be a duplicate).
+    pub last_delivery: u64,
+    pub last_member: MemberId,
+}
+
+/// Used up its attempts; a `DeadLetter` action was emitted and awaits confirmation.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadPending {
+    pub meta: Meta,
+    pub attempts: u32,
+}
+
+/// The not-done tracked offsets of one key, and how many of them are in flight or waiting
+/// for a dead-letter confirmation. Key mode delivers a key's message only when `busy` is 0
+/// and the message is the key's lowest tracked offset, which is the whole of per-key order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyTrack {
+    pub offsets: BTreeSet<u64>,
+    pub busy: u32,
+}
+
+/// A message `candidates` picked for delivery.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Candidate {
+    pub offset: u64,
+}
+
+/// What `offer` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OfferResult {
+    /// `consumed` records of the slice are dealt with (buffered, or skipped as done or
+    /// already seen); `buffered` of them joined the buffer.
+    Taken { consumed: usize, buffered: usize },
+    /// The first record is past the offset the partition wants next.
+    Gap { expected: u64, got: u64 },
+    /// Two records are not consecutive.
+    NotContiguous { at: u64 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PartitionState {
+    /// Lowest offset not done. Only `seek` moves it down.
+    pub committed: u64,
+    /// Next offset to take from the log; never below `committed`.
+    pub next_fetch: u64,
+    /// Done offsets above `committed`; never holds `committed` itself.
+    pub done: RangeSet,
+    pub buffer: BTreeMap<u64, Buffered>,
+    pub in_flight: BTreeMap<u64, InFlight>,
+    pub waiting: BTreeMap<u64, Waiting>,
+    /// `(due_ms, offset)` of every waiting message, to find due ones in due order.
+    pub due: BTreeSet<(u64, u64)>,
+    pub dead_pending: BTreeMap<u64, DeadPending>,
+    /// Attempt counts from a snapshot for offsets not fetched again yet.
+    pub restored_attempts: BTreeMap<u64, u32>,
+    /// Every keyed tracked offset, by key.
+    pub keys: HashMap<KeyHash, KeyTrack>,
+    pub ownership: Ownership,
+    pub redelivered_count: u64,
+    pub dead_lettered_count: u64,
+}
+
+impl PartitionState {
+    pub(crate) fn new(start: u64) -> Self {
+        PartitionState {
+            committed: start,
+            next_fetch: start,
+            ..PartitionState::default()
+        }
+    }
+
+    /// Rebuilds a partition from its snapshot (already validated): nothing tracked, the read
+    /// cursor back at the committed offset.
+    pub(crate) fn restore(snapshot: &PartitionSnapshot) -> Self {
+        let mut partition = PartitionState::new(snapshot.committed.0);
+        for &(start, end) in &snapshot.done {
+            partition.done.insert_range(start.0, end.0);
+        }
+        partition.restored_attempts = snapshot
+            .attempts
+            .iter()
+            .map(|&(offset, attempts)| (offset.0, attempts))
+            .collect();
+        partition
+    }
+
+    /// Buffered + in flight + waiting + dead-lettering.
+    pub(crate) fn tracked(&self) -> usize {
+        self.buffer.len() + self.in_flight.len() + self.waiting.len() + self.dead_pending.len()
+    }
+
+    /// The member whose in-flight messages these are: the owner, or the member it drains
+    /// from. Deliveries only go to the owner and a handover waits for the in-flight table
+    /// to empty, so every in-flight message of the partition belongs to this member.
+    pub(crate) fn holder(&self) -> Option<MemberId> {
+        match self.ownership {
+            Ownership::Unowned => None,
+            Ownership::Owned(member) => Some(member),
+            Ownership::Draining { from, .. } => Some(from),
+        }
+    }
+
+    /// Who the partition belongs to once any handover completes.
+    pub(crate) fn intended_owner(&self) -> Option<MemberId> {
+        match self.ownership {
+            Ownership::Unowned => None,
+            Ownership::Owned(member) => Some(member),
+            Ownership::Draining { to, .. } => to,
+        }
+    }
+
+    /// The next offset the partition needs from the log (done offsets skipped).
+    pub(crate) fn fetch_position(&self) -> u64 {
+        self.done.skip(self.next_fetch)
+    }
+
+    /// Takes consecutive records from the log into the buffer while `room` allows.
+    /// Records below the wanted offset were seen already and are skipped; records inside
+    /// done ranges (restored from a snapshot) are skipped too, so only not-done messages are
+    /// delivered after a restart.
+    pub(crate) fn offer(&mut self, records: &[OfferedRecord], mut room: usize) -> OfferResult {
+        if let Some(pair) = records
+            .windows(2)
+            .find(|pair| pair[1].offset.0 != pair[0].offset.0.wrapping_add(1))
+        {
+            return OfferResult::NotContiguous {
+                at: pair[1].offset.0,
+            };
+        }
+        let Some(first) = records.first() else {
+            return OfferResult::Taken {
+                consumed: 0,
+                buffered: 0,
+            };
+        };
+        self.next_fetch = self.fetch_position();
+        if first.offset.0 > self.next_fetch {
+            return OfferResult::Gap {
+                expected: self.next_fetch,
+                got: first.offset.0,
+            };
+        }
+        let mut consumed = 0;
+        let mut buffered = 0;
+        for record in records {
+            let offset = record.offset.0;
+            if offset < self.next_fetch {
+                // Seen already, or inside a done range the cursor jumped over.
+                consumed += 1;
+                continue;
+            }
+            if room == 0 {
+                break;
+            }
+            let attempts = self.restored_attempts.remove(&offset).unwrap_or(0);
+            let meta = Meta {
+                key: record.key,
+                size_bytes: record.size_bytes,
+                timestamp_ms: record.timestamp_ms,
+            };
+            self.track_key(meta.key, offset);
+            self.buffer.insert(offset, Buffered { meta, attempts });
+            room -= 1;
+            buffered += 1;
+            consumed += 1;
+            self.next_fetch = self.done.skip(offset.saturating_add(1));
+        }
+        OfferResult::Taken { consumed, buffered }
+    }
+
+    fn track_key(&mut self, key: Option<KeyHash>, offset: u64) {
+        if let Some(key) = key {
+            self.keys.entry(key).or_default().offsets.insert(offset);
+        }
+    }
+
+    fn untrack_key(&mut self, key: Option<KeyHash>, offset: u64) {
+        if let Some(key) = key
+            && let Some(track) = self.keys.get_mut(&key)
+        {
+            track.offsets.remove(&offset);
+            if track.offsets.is_empty() {
+                debug_assert_eq!(track.busy, 0, "a busy key must track its busy offset");
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    fn set_busy(&mut self, key: Option<KeyHash>, busy: bool) {
+        if let Some(key) = key
+            && let Some(track) = self.keys.get_mut(&key)
+        {
+            if busy {
+                track.busy += 1;
+            } else {
+                track.busy = track.busy.saturating_sub(1);
+            }
+        }
+    }
+
+    /// In key mode: whether `offset` (of `key`) may be delivered now.
+    fn key_ready(&self, key: Option<KeyHash>, offset: u64) -> bool {
+        match key {
+            // Keyless messages are not ordered among themselves.
+            None => true,
+            Some(key) => self
+                .keys
+                .get(&key)
+                .is_some_and(|track| track.busy == 0 && track.offsets.first() == Some(&offset)),
+        }
+    }
+
+    /// Up to `limit` messages that may be delivered at `now` under `mode`: due
+    /// redeliveries first (in due order), then buffered messages (in offset order). Nothing
+    /// changes; the caller delivers the ones its budget allows.
+    pub(crate) fn candidates(&self, mode: OrderingMode, now: u64, limit: usize) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        let due = self
+            .due
+            .iter()
+            .take_while(|&&(due_ms, _)| due_ms <= now)
+            .filter_map(|&(_, offset)| self.waiting.get(&offset).map(|w| (offset, &w.meta)));
+        let buffered = self.buffer.iter().map(|(&offset, b)| (offset, &b.meta));
+        match mode {
+            OrderingMode::Partition => {
+                // Strict order: only the lowest not-done offset, and only when nothing is
+                // in flight or waiting for a dead-letter confirmation.
+                if !self.in_flight.is_empty() || !self.dead_pending.is_empty() {
+                    return out;
+                }
+                let lowest_waiting = self.waiting.first_key_value();
+                let lowest_buffered = self.buffer.first_key_value();
+                let pick = match (lowest_waiting, lowest_buffered) {
+                    (Some((&w, waiting)), Some((&b, _))) if w < b => {
+                        (waiting.due_ms <= now).then_some(w)
+                    }
+                    (Some((&w, waiting)), None) => (waiting.due_ms <= now).then_some(w),
+                    (_, Some((&b, _))) => Some(b),
+                    (None, None) => None,
+                };
+                out.extend(pick.map(|offset| Candidate { offset }));
+            }
+            OrderingMode::Key => {
+                // Only a key's lowest tracked offset can pass `key_ready`, so one pass never
+                // picks two messages of a key.
+                for (offset, meta) in due.chain(buffered) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if self.key_ready(meta.key, offset) {
+                        out.push(Candidate { offset });
+                    }
+                }
+            }
+            OrderingMode::None => {
+                out.extend(
+                    due.chain(buffered)
+                        .take(limit)
+                        .map(|(offset, _)| Candidate { offset }),
+                );
+            }
+        }
+        out
+    }
+
+    /// Moves a buffered or waiting message into the in-flight table and returns its entry.
+    pub(crate) fn start_delivery(
+        &mut self,
+        offset: u64,
+        member: MemberId,
+        delivery: u64,
+        deadline_ms: u64,
+    ) -> Option<InFlight> {
+        let (meta, attempts) = if let Some(waiting) = self.waiting.remove(&offset) {
+            self.due.remove(&(waiting.due_ms, offset));
+            (waiting.meta, waiting.attempts)
+        } else {
+            let buffered = self.buffer.remove(&offset)?;
+            (buffered.meta, buffered.attempts)
+        };
+        let attempts = attempts.saturating_add(1);
+        if attempts > 1 {
+            self.redelivered_count += 1;
+        }
+        self.set_busy(meta.key, true);
+        let entry = InFlight {
+            meta,
+            attempts,
+            member,
+            delivery,
+            deadline_ms,
+        };
+        self.in_flight.insert(offset, entry);
+        Some(entry)
+    }
+
+    /// Removes an in-flight entry (acked, failed or stale); the key stops being busy.
+    pub(crate) fn take_in_flight(&mut self, offset: u64) -> Option<InFlight> {
+        let entry = self.in_flight.remove(&offset)?;
+        self.set_busy(entry.meta.key, false);
+        Some(entry)
+    }
+
+    /// Puts a failed delivery in the redelivery queue, due at `due_ms`.
+    pub(crate) fn park(&mut self, offset: u64, failed: InFlight, due_ms: u64) {
+        self.due.insert((due_ms, offset));
+        self.waiting.insert(
+            offset,
+            Waiting {
+                meta: failed.meta,
+                attempts: failed.attempts,
+                due_ms,
+                last_delivery: failed.delivery,
+                last_member: failed.member,
+            },
+        );
+    }
+
+    /// Holds a failed delivery until the driver confirms its dead letter. The key stays
+    /// busy meanwhile, so a later message of the key cannot overtake it.
+    pub(crate) fn hold_dead_letter(&mut self, offset: u64, failed: InFlight) {
+        self.set_busy(failed.meta.key, true);
+        self.dead_pending.insert(
+            offset,
+            DeadPending {
+                meta: failed.meta,
+                attempts: failed.attempts,
+            },
+        );
+    }
+
+    /// A late ack for a message waiting for redelivery whose last delivery it names: the
+    /// message is done. Returns whether it matched.
+    pub(crate) fn ack_waiting(&mut self, offset: u64, delivery: u64, member: MemberId) -> bool {
+        let matches = self
+            .waiting
+            .get(&offset)
+            .is_some_and(|w| w.last_delivery == delivery && w.last_member == member);
+        if !matches {
+            return false;
+        }
+        if let Some(waiting) = self.waiting.remove(&offset) {
+            self.due.remove(&(waiting.due_ms, offset));
+            self.complete(offset, waiting.meta.key);
+        }
+        true
+    }
+
+    /// The driver appended the dead letter: the message is done. Returns false when the
+    /// offset is not waiting for a confirmation (a seek cleared it, or a driver bug).
+    pub(crate) fn confirm_dead_letter(&mut self, offset: u64) -> bool {
+        let Some(entry) = self.dead_pending.remove(&offset) else {
+            return false;
+        };
+        self.set_busy(entry.meta.key, false);
+        self.complete(offset, entry.meta.key);
+        self.dead_lettered_count += 1;
+        true
+    }
+
+    /// Marks a no-longer-tracked offset done and advances the committed offset over every
+    /// done offset that follows it.
+    pub(crate) fn complete(&mut self, offset: u64, key: Option<KeyHash>) {
+        self.untrack_key(key, offset);
+        debug_assert!(offset >= self.committed);
+        if offset == self.committed {
+            self.committed = self.committed.saturating_add(1);
+            if let Some(end) = self.done.take_first_if_starts_at(self.committed) {
+                self.committed = end;
+            }
+            self.next_fetch = self.next_fetch.max(self.committed);
+        } else {
+            self.done.insert(offset);
+        }
+    }
+
+    /// Restarts the partition at `offset`: everything tracked and done is forgotten. Returns
+    /// the in-flight entries, which are now stale, so the caller can release them.
+    pub(crate) fn seek(&mut self, offset: u64) -> BTreeMap<u64, InFlight> {
+        let stale = std::mem::take(&mut self.in_flight);
+        self.committed = offset;
+        self.next_fetch = offset;
+        self.done.clear();
+        self.buffer.clear();
+        self.waiting.clear();
+        self.due.clear();
+        self.dead_pending.clear();
+        self.restored_attempts.clear();
+        self.keys.clear();
+        stale
+    }
+
+    /// The pending (delivered, not done) messages in offset order.
+    pub(crate) fn pending(&self) -> Vec<(u64, Option<KeyHash>, u32, PendingState)> {
+        let mut out: Vec<_> =
+            self.in_flight
+                .iter()
+                .map(|(&offset, f)| {
+                    let state = PendingState::InFlight {
+                        member: f.member,
+                        deadline_ms: f.deadline_ms,
+                    };
+                    (offset, f.meta.key, f.attempts, state)
+                })
+                .chain(self.waiting.iter().map(|(&offset, w)| {
+                    let state = PendingState::Backoff { due_ms: w.due_ms };
+                    (offset, w.meta.key, w.attempts, state)
+                }))
+                .chain(self.dead_pending.iter().map(|(&offset, d)| {
+                    (offset, d.meta.key, d.attempts, PendingState::DeadLettering)
+                }))
+                .collect();
+        out.sort_unstable_by_key(|entry| entry.0);
+        out
+    }
+
+    /// The durable part: committed offset, done ranges, and the attempt counts of not-done
+    /// offsets delivered at least once. Each list keeps at most `max_entries`, the lowest.
+    pub(crate) fn snapshot(&self, max_entries: usize) -> PartitionSnapshot {
+        let done = self
+            .done
+            .iter()
+            .take(max_entries)
+            .map(|(start, end)| (Offset(start), Offset(end)))
+            .collect();
+        let mut attempts: Vec<(u64, u32)> = self
+            .in_flight
+            .iter()
+            .map(|(&o, f)| (o, f.attempts))
+            .chain(self.waiting.iter().map(|(&o, w)| (o, w.attempts)))
+            .chain(self.dead_pending.iter().map(|(&o, d)| (o, d.attempts)))
+            .chain(self.buffer.iter().map(|(&o, b)| (o, b.attempts)))
+            .chain(self.restored_attempts.iter().map(|(&o, &a)| (o, a)))
+            .filter(|&(_, attempts)| attempts > 0)
+            .collect();
+        attempts.sort_unstable();
+        attempts.truncate(max_entries);
+        PartitionSnapshot {
+            committed: Offset(self.committed),
+            done,
+            attempts: attempts
+                .into_iter()
+                .map(|(offset, attempts)| (Offset(offset), attempts))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: u64) -> OfferedRecord {
+        OfferedRecord {
+            offset: Offset(offset),
+            key: None,
+            size_bytes: 1,
+            timestamp_ms: 0,
+        }
+    }
+
+    /// Past its cap a snapshot keeps the lowest ranges and attempt counts: what it drops
+    /// is redelivered (or counted from zero) after a restart, which at-least-once allows.
+    #[test]
+    fn a_snapshot_keeps_the_lowest_entries_over_its_cap() {
+        let mut p = PartitionState::new(0);
+        let records: Vec<_> = (0..6).map(record).collect();
+        assert_eq!(
+            p.offer(&records, 10),
+            OfferResult::Taken {
+                consumed: 6,
+                buffered: 6
+            }
+        );
+        for offset in 0..6 {
+            p.start_delivery(offset, MemberId(1), offset, 100);
+        }
+        for offset in [1, 3, 5] {
+            let entry = p.take_in_flight(offset).unwrap();
+            p.complete(offset, entry.meta.key);
+        }
+        let full = p.snapshot(10);
+        assert_eq!(full.done.len(), 3);
+        assert_eq!(
+            full.attempts,
+            vec![(Offset(0), 1), (Offset(2), 1), (Offset(4), 1)]
+        );
+        let capped = p.snapshot(2);
+        assert_eq!(
+            capped.done,
+            vec![(Offset(1), Offset(2)), (Offset(3), Offset(4))]
+        );
+        assert_eq!(capped.attempts, vec![(Offset(0), 1), (Offset(2), 1)]);
+        let snapshot = crate::group::GroupSnapshot {
+            partitions: vec![capped],
+        };
+        assert_eq!(snapshot.validate(), Ok(()));
+    }
+}
