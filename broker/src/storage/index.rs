@@ -197,6 +197,13 @@ impl<E: Entry> IndexFile<E> {
         lo
     }
 
+    /// Flushes the whole file, entries and zeroed slots alike (after a wipe).
+    pub(crate) fn flush_all(&self) -> Result<()> {
+        self.map
+            .flush()
+            .map_err(|e| StorageError::io("flush index", &self.path, e))
+    }
+
     /// Flushes the published entries to disk.
     pub(crate) fn flush(&self) -> Result<()> {
         let bytes = self.len() * E::BYTES;

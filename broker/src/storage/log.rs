@@ -501,10 +501,15 @@ impl LogWriter {
         // Publish first: from here no new reader can find the removed segments, and those
         // that already hold one keep its mapping, which outlives the unlink.
         self.handoff.publish_segments(self.segments.clone());
-        for segment in &removed {
+        for segment in removed.into_iter().rev() {
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += segment.committed_len();
-            segment.delete_files()?;
+            // The newest retired segment is kept for reuse, but only if no reader holds it:
+            // a held one may still be read, so it must never be overwritten.
+            match Arc::try_unwrap(segment) {
+                Ok(segment) => self.preparer.recycle(segment)?,
+                Err(segment) => segment.delete_files()?,
+            }
         }
         tracing::info!(dir = %self.dir.display(), segments = outcome.segments_deleted,
             bytes = outcome.bytes_deleted, start_offset = outcome.start_offset, "retention deleted segments");
@@ -783,6 +788,58 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("another writer"), "{e}");
+    }
+
+    #[test]
+    fn retention_recycles_a_retired_segment_as_a_later_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(4096, FsyncPolicy::Always);
+        cfg.retention_bytes = Some(2 * 4096);
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        let r = w.reader();
+        let mut i = 0;
+        while r.segment_count() < 6 {
+            append(&mut w, &batch(i, 1, &[i as u8; 500]));
+            i += 1;
+        }
+        let out = w.enforce_retention(0).unwrap();
+        assert!(out.segments_deleted >= 2, "{out:?}");
+        let recycled = dir
+            .path()
+            .join(format!("{}.log", super::super::segment::RECYCLED_STEM));
+        let recycled_inode = std::fs::metadata(&recycled)
+            .expect("the newest retired segment is kept for reuse")
+            .ino();
+        // Append batches of another size until the kept file is the active segment: its old
+        // batches then lie past the new ones, out of step with them.
+        let active_inode = |r: &LogReader| {
+            let active = r.handoff.segments().last().unwrap().clone();
+            std::fs::metadata(active.path()).unwrap().ino()
+        };
+        while active_inode(&r) != recycled_inode {
+            assert!(i < 200, "the kept segment was never reused");
+            append(&mut w, &batch(i, 1, &[i as u8; 300]));
+            i += 1;
+        }
+        let start = r.start_offset();
+        let expect: Vec<u64> = (start..i as u64).collect();
+        let check = |reader: &LogReader| {
+            let records = read_all(reader, start);
+            assert_eq!(records.iter().map(|rec| rec.0).collect::<Vec<_>>(), expect);
+            assert!(
+                records
+                    .iter()
+                    .all(|rec| rec.2.iter().all(|&b| b == rec.1 as u8))
+            );
+        };
+        check(&r);
+        // A crash now: recovery must not take the reused file's old life for data after a
+        // damaged tail (it would refuse to open the log).
+        drop(w);
+        let w = LogWriter::open(dir.path(), cfg).unwrap();
+        assert_eq!(w.next_offset(), i as u64);
+        check(&w.reader());
     }
 
     #[test]

@@ -30,8 +30,8 @@ use super::error::{Result, StorageError};
 use super::handoff::{Arc, Published};
 use super::log::IndexCursor;
 use super::segment::{
-    LOG_SUFFIX, OFFSET_INDEX_SUFFIX, PREPARED_STEM, PreparedSegment, Segment, SegmentShape,
-    TIME_INDEX_SUFFIX, parse_segment_name, segment_path, sync_dir,
+    LOG_SUFFIX, OFFSET_INDEX_SUFFIX, PREPARED_STEM, PreparedSegment, RECYCLED_STEM, Segment,
+    SegmentShape, TIME_INDEX_SUFFIX, parse_segment_name, segment_path, sync_dir,
 };
 
 const CHECKPOINT_FILE: &str = "checkpoint";
@@ -291,12 +291,13 @@ fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCurso
     Some((at, next_offset, indexer))
 }
 
-/// Removes files an interrupted run left behind: a half-prepared segment and a temporary
-/// checkpoint.
+/// Removes files an earlier run left behind: a (half-)prepared segment, a retired segment
+/// kept for reuse, and a temporary checkpoint.
 fn remove_leftovers(dir: &Path) -> Result<()> {
     let mut leftovers = vec![dir.join(CHECKPOINT_TMP)];
     for suffix in [LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         leftovers.push(dir.join(format!("{PREPARED_STEM}.{suffix}")));
+        leftovers.push(dir.join(format!("{RECYCLED_STEM}.{suffix}")));
     }
     for path in leftovers {
         match fs::remove_file(&path) {

@@ -28,6 +28,32 @@ pub(crate) const OFFSET_INDEX_SUFFIX: &str = "index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
 /// Files being prepared carry this stem until a roll names them; recovery deletes them.
 pub(crate) const PREPARED_STEM: &str = "next.prepared";
+/// A retired segment kept for reuse as a later next segment; recovery deletes it.
+pub(crate) const RECYCLED_STEM: &str = "recycled";
+
+fn stem_path(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
+    dir.join(format!("{stem}.{suffix}"))
+}
+
+/// Renames a segment's three files to `to(suffix)`; returns the log file's new path.
+fn move_files(
+    log: &Path,
+    offsets: &mut IndexFile<OffsetEntry>,
+    times: &mut IndexFile<TimeEntry>,
+    to: impl Fn(&str) -> PathBuf,
+) -> Result<PathBuf> {
+    let rename = |from: &Path, suffix| -> Result<PathBuf> {
+        let to = to(suffix);
+        fs::rename(from, &to).map_err(|e| StorageError::io("rename", &to, e))?;
+        Ok(to)
+    };
+    let log = rename(log, LOG_SUFFIX)?;
+    let path = rename(offsets.path(), OFFSET_INDEX_SUFFIX)?;
+    offsets.set_path(path);
+    let path = rename(times.path(), TIME_INDEX_SUFFIX)?;
+    times.set_path(path);
+    Ok(log)
+}
 
 /// `dir/{base:020}.{suffix}`.
 pub(crate) fn segment_path(dir: &Path, base_offset: u64, suffix: &str) -> PathBuf {
@@ -252,8 +278,36 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Keeps a retired segment that no reader holds any more for reuse: its files are renamed
+    /// out of the log (so recovery never takes them for log data) and its pages stay in the
+    /// page cache and mapped, so a later next segment costs a memset of resident pages
+    /// instead of faulting in fresh ones.
+    fn retire(self, dir: &Path) -> Result<PreparedSegment> {
+        let Segment {
+            path,
+            _file: file,
+            map,
+            mut offsets,
+            mut times,
+            ..
+        } = self;
+        let path = move_files(&path, &mut offsets, &mut times, |suffix| {
+            stem_path(dir, RECYCLED_STEM, suffix)
+        })?;
+        Ok(PreparedSegment {
+            path,
+            file,
+            map,
+            offsets,
+            times,
+        })
+    }
+}
+
 /// A segment's files, made ready under temporary names before their base offset is known.
 pub(crate) struct PreparedSegment {
+    path: PathBuf,
     file: File,
     map: MmapRaw,
     offsets: IndexFile<OffsetEntry>,
@@ -271,13 +325,36 @@ pub(crate) struct SegmentShape {
 }
 
 impl PreparedSegment {
+    /// Turns a retired segment into the next one: renamed to the prepared names, then zeroed
+    /// (durably, when `sync`) so that recovery can never take its old life's batches for data
+    /// after a torn tail. Runs on the preparer's thread.
+    fn reuse(mut self, shape: &SegmentShape) -> Result<PreparedSegment> {
+        self.path = move_files(&self.path, &mut self.offsets, &mut self.times, |suffix| {
+            stem_path(&shape.dir, PREPARED_STEM, suffix)
+        })?;
+        // Safety: the segment was retired while the writer owned its last `Arc`, so no reader
+        // can see this mapping; only this thread touches it until `take` hands it back.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr(), 0, self.map.len()) };
+        self.offsets.truncate(0);
+        self.times.truncate(0);
+        if shape.sync {
+            self.map
+                .flush()
+                .map_err(|e| StorageError::io("flush", &self.path, e))?;
+            self.offsets.flush_all()?;
+            self.times.flush_all()?;
+        }
+        Ok(self)
+    }
+
     pub(crate) fn create(shape: &SegmentShape) -> Result<PreparedSegment> {
-        let path = |suffix| shape.dir.join(format!("{PREPARED_STEM}.{suffix}"));
+        let path = |suffix| stem_path(&shape.dir, PREPARED_STEM, suffix);
         let (file, map) = create_mapped(&path(LOG_SUFFIX), shape.segment_bytes, shape.sync)?;
         let offsets =
             IndexFile::create(&path(OFFSET_INDEX_SUFFIX), shape.index_entries, shape.sync)?;
         let times = IndexFile::create(&path(TIME_INDEX_SUFFIX), shape.index_entries, shape.sync)?;
         Ok(PreparedSegment {
+            path: path(LOG_SUFFIX),
             file,
             map,
             offsets,
@@ -289,20 +366,15 @@ impl PreparedSegment {
     /// synced (when `shape.sync`) so the names are durable before any data lands in them.
     pub(crate) fn activate(self, shape: &SegmentShape, base_offset: u64) -> Result<Segment> {
         let PreparedSegment {
+            path,
             file,
             map,
             mut offsets,
             mut times,
         } = self;
-        let from = |suffix| shape.dir.join(format!("{PREPARED_STEM}.{suffix}"));
-        let rename = |suffix| -> Result<PathBuf> {
-            let to = segment_path(&shape.dir, base_offset, suffix);
-            fs::rename(from(suffix), &to).map_err(|e| StorageError::io("rename", &to, e))?;
-            Ok(to)
-        };
-        let path = rename(LOG_SUFFIX)?;
-        offsets.set_path(rename(OFFSET_INDEX_SUFFIX)?);
-        times.set_path(rename(TIME_INDEX_SUFFIX)?);
+        let path = move_files(&path, &mut offsets, &mut times, |suffix| {
+            segment_path(&shape.dir, base_offset, suffix)
+        })?;
         if shape.sync {
             sync_dir(&shape.dir)?;
         }
@@ -324,6 +396,8 @@ impl PreparedSegment {
 pub(crate) struct Preparer {
     shape: SegmentShape,
     pending: Option<JoinHandle<Result<PreparedSegment>>>,
+    /// One retired segment kept for the next preparation (see `Segment::retire`).
+    recycled: Option<PreparedSegment>,
 }
 
 impl Preparer {
@@ -331,6 +405,7 @@ impl Preparer {
         Preparer {
             shape,
             pending: None,
+            recycled: None,
         }
     }
 
@@ -344,14 +419,28 @@ impl Preparer {
             return;
         }
         let shape = self.shape.clone();
+        let recycled = self.recycled.take();
         let spawned = std::thread::Builder::new()
             .name("herald-segment-preparer".into())
-            .spawn(move || PreparedSegment::create(&shape));
+            .spawn(move || match recycled {
+                Some(retired) => retired.reuse(&shape),
+                None => PreparedSegment::create(&shape),
+            });
         match spawned {
             Ok(handle) => self.pending = Some(handle),
             // No thread: `take` prepares in place instead.
             Err(error) => tracing::warn!(%error, "could not start the segment preparer"),
         }
+    }
+
+    /// Keeps a retired segment (held by no reader) for the next preparation, if none is kept
+    /// yet and it has the configured size; otherwise deletes its files.
+    pub(crate) fn recycle(&mut self, segment: Segment) -> Result<()> {
+        if self.recycled.is_some() || segment.capacity() != self.shape.segment_bytes {
+            return segment.delete_files();
+        }
+        self.recycled = Some(segment.retire(&self.shape.dir)?);
+        Ok(())
     }
 
     /// The prepared segment, waiting for the background work if needed; prepares in place if
