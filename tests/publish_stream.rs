@@ -334,3 +334,48 @@ async fn a_half_close_is_answered_in_full() {
     assert_eq!(sequences, (0..300).collect::<Vec<_>>());
     broker.shutdown().await.unwrap();
 }
+
+/// A PublishStream that sends nothing for `idle_stream_timeout_ms` is closed by the broker
+/// with DEADLINE_EXCEEDED; one that keeps publishing is not.
+#[tokio::test]
+async fn an_idle_stream_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(Config {
+        idle_stream_timeout_ms: 300,
+        ..test_config(dir.path())
+    })
+    .await;
+    let mut c = client(&broker).await;
+    create_topic(&mut c, "idle", 1).await;
+
+    // Busy: a publish every 100 ms for a second keeps the stream open past the timeout.
+    let (tx, rx) = mpsc::channel(4);
+    let mut replies = c
+        .publish_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for sequence in 0..10 {
+        tx.send(request(
+            sequence,
+            Some(publish_of("idle", None, vec![record(None, "x")])),
+        ))
+        .await
+        .unwrap();
+        let reply = replies.message().await.unwrap().expect("a reply");
+        assert_eq!(reply.sequence, sequence);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle: the broker ends the stream on its own.
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .expect("the broker closes an idle stream");
+    assert_eq!(ended.unwrap_err().code(), Code::DeadlineExceeded);
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed too early"
+    );
+    drop(tx);
+    broker.shutdown().await.unwrap();
+}
