@@ -15,6 +15,7 @@
 //! | `storage_append/never_100B_x1000` | same, 1000 × 100 B records | **yes**, as `never_1KiB_x100` |
 //! | `storage_append/always_1KiB_x100_1writer` | one caller: `CommitterHandle::append` (validate, queue, append, one flush, reply) | **yes**: rolls (flushes, renames, directory sync, waiting for the preparer) are timed |
 //! | `storage_append/always_1KiB_x100_8writers` | one batch appended by one of 8 caller threads through one `CommitterHandle` (group commit); `iters` batches in all, split evenly | **yes**, as `1writer` |
+//! | `storage_append/always_1KiB_x1_{1,8}writer(s)` | as the two above, with one-record batches (`Elements(1)`: records/s) | **yes**, as `1writer` |
 //! | `storage_read/1KiB_x100` | `LogReader::read` of one whole batch, copied into a reusable buffer | — (log preloaded) |
 //!
 //! Retention keeps each data directory near 1 GiB. In `never_1KiB_x100` and
@@ -419,6 +420,17 @@ fn storage(c: &mut Criterion) {
         &mut group,
         "always_1KiB_x100_8writers",
         &batch_1kib,
+        GROUP_WRITERS,
+    );
+    // One-record publishes, where each durable write is mostly fixed flush cost: what group
+    // commit is for. Throughput in records (= batches).
+    let batch_1kib_x1 = encode_batch(1, VALUE_1KIB_BYTES);
+    group.throughput(Throughput::Elements(1));
+    bench_always(&mut group, "always_1KiB_x1_1writer", &batch_1kib_x1, 1);
+    bench_always(
+        &mut group,
+        "always_1KiB_x1_8writers",
+        &batch_1kib_x1,
         GROUP_WRITERS,
     );
     group.finish();
