@@ -325,13 +325,18 @@ pub(crate) struct SegmentShape {
 }
 
 impl PreparedSegment {
-    /// Turns a retired segment into the next one: renamed to the prepared names, then zeroed
-    /// (durably, when `sync`) so that recovery can never take its old life's batches for data
-    /// after a torn tail. Runs on the preparer's thread.
-    fn reuse(mut self, shape: &SegmentShape) -> Result<PreparedSegment> {
+    /// Gives a retired segment the prepared names. Runs on the writer's thread, so that the
+    /// `recycled.*` names are free again before the writer can retire another segment.
+    fn rename_to_prepared(mut self, dir: &Path) -> Result<PreparedSegment> {
         self.path = move_files(&self.path, &mut self.offsets, &mut self.times, |suffix| {
-            stem_path(&shape.dir, PREPARED_STEM, suffix)
+            stem_path(dir, PREPARED_STEM, suffix)
         })?;
+        Ok(self)
+    }
+
+    /// Zeroes a reused segment (durably, when `sync`) so that recovery can never take its old
+    /// life's batches for data after a torn tail. Runs on the preparer's thread.
+    fn wipe(self, shape: &SegmentShape) -> Result<PreparedSegment> {
         // Safety: the segment was retired while the writer owned its last `Arc`, so no reader
         // can see this mapping; only this thread touches it until `take` hands it back.
         unsafe { std::ptr::write_bytes(self.map.as_mut_ptr(), 0, self.map.len()) };
@@ -419,11 +424,23 @@ impl Preparer {
             return;
         }
         let shape = self.shape.clone();
-        let recycled = self.recycled.take();
+        let recycled = match self
+            .recycled
+            .take()
+            .map(|r| r.rename_to_prepared(&shape.dir))
+        {
+            Some(Ok(prepared)) => Some(prepared),
+            Some(Err(error)) => {
+                // Its files keep a leftover name that the next open removes.
+                tracing::warn!(%error, "could not reuse a retired segment; creating a new one");
+                None
+            }
+            None => None,
+        };
         let spawned = std::thread::Builder::new()
             .name("herald-segment-preparer".into())
             .spawn(move || match recycled {
-                Some(retired) => retired.reuse(&shape),
+                Some(prepared) => prepared.wipe(&shape),
                 None => PreparedSegment::create(&shape),
             });
         match spawned {
