@@ -1041,86 +1041,195 @@ async fn open_streams_end_with_unavailable_when_the_broker_shuts_down() {
     broker.shutdown().await.unwrap();
 }
 
-/// Consumer groups are not implemented yet: every group RPC says so with UNIMPLEMENTED.
-/// When groups land this test fails, and is to be replaced by real group tests.
+/// The group RPCs refuse bad input with the documented codes: NOT_FOUND for a missing topic
+/// or group, INVALID_ARGUMENT for bad names, settings, positions and Subscribe messages,
+/// ALREADY_EXISTS for a second create, FAILED_PRECONDITION for Redrive without a DLQ.
 #[tokio::test]
-async fn group_rpcs_are_unimplemented_until_consumer_groups_land() {
+async fn group_rpcs_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, mut c) = setup(&dir, test_config).await;
-    let unimplemented = |what: &str, code: Code| {
-        assert_eq!(code, Code::Unimplemented, "{what}");
+    let expect = |what: &str, code: Code, want: Code| {
+        assert_eq!(code, want, "{what}");
     };
-    unimplemented(
-        "CreateGroup",
+    let missing = |group: &str| (String::from("healthy"), String::from(group));
+    let (topic, group) = missing("nope");
+    expect(
+        "DescribeGroup of a missing group",
         code_of(
-            c.create_group(v1::CreateGroupRequest {
-                topic: "healthy".into(),
-                group: "g".into(),
-                ..Default::default()
+            c.describe_group(v1::DescribeGroupRequest {
+                topic: topic.clone(),
+                group: group.clone(),
             })
             .await,
         ),
+        Code::NotFound,
     );
-    unimplemented(
-        "UpdateGroup",
+    expect(
+        "DescribeGroup of a missing topic",
+        code_of(
+            c.describe_group(v1::DescribeGroupRequest {
+                topic: "absent".into(),
+                group: "g".into(),
+            })
+            .await,
+        ),
+        Code::NotFound,
+    );
+    expect(
+        "UpdateGroup of a missing group",
         code_of(
             c.update_group(v1::UpdateGroupRequest {
-                topic: "healthy".into(),
-                group: "g".into(),
+                topic: topic.clone(),
+                group: group.clone(),
                 settings: None,
             })
             .await,
         ),
+        Code::NotFound,
     );
-    unimplemented(
-        "DeleteGroup",
+    expect(
+        "DeleteGroup of a missing group",
         code_of(
             c.delete_group(v1::DeleteGroupRequest {
-                topic: "healthy".into(),
-                group: "g".into(),
+                topic: topic.clone(),
+                group: group.clone(),
             })
             .await,
         ),
+        Code::NotFound,
     );
-    unimplemented(
-        "DescribeGroup",
-        code_of(
-            c.describe_group(v1::DescribeGroupRequest {
-                topic: "healthy".into(),
-                group: "g".into(),
-            })
-            .await,
-        ),
-    );
-    unimplemented(
-        "ListGroups",
-        code_of(c.list_groups(v1::ListGroupsRequest { topic: None }).await),
-    );
-    unimplemented(
-        "Seek",
+    expect(
+        "Seek of a missing group",
         code_of(
             c.seek(v1::SeekRequest {
-                topic: "healthy".into(),
-                group: "g".into(),
+                topic: topic.clone(),
+                group: group.clone(),
                 partition: None,
                 position: position(Kind::Earliest(v1::Earliest {})),
             })
             .await,
         ),
+        Code::NotFound,
     );
-    unimplemented(
-        "ListPending",
+    expect(
+        "ListPending of a missing group",
         code_of(
             c.list_pending(v1::ListPendingRequest {
-                topic: "healthy".into(),
-                group: "g".into(),
+                topic: topic.clone(),
+                group: group.clone(),
                 ..Default::default()
             })
             .await,
         ),
+        Code::NotFound,
     );
-    unimplemented(
-        "Redrive",
+    expect(
+        "Redrive of a missing group",
+        code_of(
+            c.redrive(v1::RedriveRequest {
+                topic: topic.clone(),
+                group: group.clone(),
+                max_messages: 0,
+            })
+            .await,
+        ),
+        Code::NotFound,
+    );
+    let listed = c
+        .list_groups(v1::ListGroupsRequest { topic: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.groups.is_empty());
+
+    // CreateGroup checks.
+    let create =
+        |topic: &str, group: &str, settings: Option<v1::GroupSettings>| v1::CreateGroupRequest {
+            topic: topic.into(),
+            group: group.into(),
+            settings,
+            start_position: None,
+        };
+    let bad_settings = [
+        (
+            "a zero ack deadline",
+            v1::GroupSettings {
+                ack_deadline_ms: Some(0),
+                ..Default::default()
+            },
+        ),
+        (
+            "backoff min above max",
+            v1::GroupSettings {
+                retry_backoff_min_ms: Some(500),
+                retry_backoff_max_ms: Some(100),
+                ..Default::default()
+            },
+        ),
+        (
+            "an unknown ordering mode",
+            v1::GroupSettings {
+                ordering: 99,
+                ..Default::default()
+            },
+        ),
+        (
+            "attempts without a dead-letter topic",
+            v1::GroupSettings {
+                max_delivery_attempts: Some(3),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, settings) in bad_settings {
+        expect(
+            what,
+            code_of(c.create_group(create("healthy", "g", Some(settings))).await),
+            Code::InvalidArgument,
+        );
+    }
+    expect(
+        "CreateGroup on a missing topic",
+        code_of(c.create_group(create("absent", "g", None)).await),
+        Code::NotFound,
+    );
+    expect(
+        "a bad group name",
+        code_of(c.create_group(create("healthy", "a/b", None)).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "an empty start position",
+        code_of(
+            c.create_group(v1::CreateGroupRequest {
+                start_position: Some(v1::Position { kind: None }),
+                ..create("healthy", "g", None)
+            })
+            .await,
+        ),
+        Code::InvalidArgument,
+    );
+    c.create_group(create("healthy", "g", None)).await.unwrap();
+    expect(
+        "a second CreateGroup",
+        code_of(c.create_group(create("healthy", "g", None)).await),
+        Code::AlreadyExists,
+    );
+    expect(
+        "Seek without a position",
+        code_of(
+            c.seek(v1::SeekRequest {
+                topic: "healthy".into(),
+                group: "g".into(),
+                partition: None,
+                position: None,
+            })
+            .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
+        "Redrive without a dead-letter topic",
         code_of(
             c.redrive(v1::RedriveRequest {
                 topic: "healthy".into(),
@@ -1129,19 +1238,83 @@ async fn group_rpcs_are_unimplemented_until_consumer_groups_land() {
             })
             .await,
         ),
+        Code::FailedPrecondition,
     );
-    let join = v1::SubscribeRequest {
+    expect(
+        "UpdateGroup with a zero ack deadline",
+        code_of(
+            c.update_group(v1::UpdateGroupRequest {
+                topic: "healthy".into(),
+                group: "g".into(),
+                settings: Some(v1::GroupSettings {
+                    ack_deadline_ms: Some(0),
+                    ..Default::default()
+                }),
+            })
+            .await,
+        ),
+        Code::InvalidArgument,
+    );
+
+    // Subscribe checks: the status arrives on the response stream.
+    let join = |topic: &str| v1::SubscribeRequest {
         request: Some(v1::subscribe_request::Request::Join(v1::Join {
-            topic: "healthy".into(),
+            topic: topic.into(),
             group: "g".into(),
             ..Default::default()
         })),
     };
-    let subscribed = match c.subscribe(futures::stream::iter([join])).await {
-        Ok(response) => response.into_inner().message().await.map(|_| ()),
-        Err(status) => Err(status),
+    let ack = v1::SubscribeRequest {
+        request: Some(v1::subscribe_request::Request::Ack(v1::Ack {
+            ack_ids: vec![bytes::Bytes::from_static(b"not an ack id")],
+        })),
     };
-    unimplemented("Subscribe", code_of(subscribed));
+    let cases = [
+        (
+            "Subscribe to a missing topic",
+            vec![join("absent")],
+            Code::NotFound,
+        ),
+        (
+            "Subscribe starting with an Ack",
+            vec![ack.clone()],
+            Code::InvalidArgument,
+        ),
+        (
+            "Subscribe with two Joins",
+            vec![join("healthy"), join("healthy")],
+            Code::InvalidArgument,
+        ),
+        (
+            "Subscribe with a malformed ack id",
+            vec![join("healthy"), ack],
+            Code::InvalidArgument,
+        ),
+        (
+            "Subscribe with an empty request",
+            vec![join("healthy"), v1::SubscribeRequest { request: None }],
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, requests, want) in cases {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        for request in requests {
+            tx.send(request).await.unwrap();
+        }
+        let outcome = async {
+            let mut stream = c
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok::<(), tonic::Status>(())
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(5), outcome)
+            .await
+            .expect("the stream ends");
+        expect(what, code_of(outcome), want);
+        drop(tx);
+    }
     still_serves(&mut c).await;
     broker.shutdown().await.unwrap();
 }

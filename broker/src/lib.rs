@@ -2,6 +2,8 @@
 //!
 //! - [`storage`] — the partitioned, memory-mapped, append-only log (no async, no gRPC).
 //! - [`topic`], [`partition`], [`registry`] — topics and their partitions, on disk and live.
+//! - [`group`] — consumer groups as a pure state machine; [`groups`] — its driver (fetch
+//!   loop, timers, dead letters, delivery to streams, persistence).
 //! - [`server`] — the gRPC service, the metrics endpoint, start and graceful shutdown: the
 //!   only place that knows tonic and the proto types.
 //! - [`config`] — configuration with defaults, TOML, env and flags.
@@ -9,6 +11,7 @@
 pub mod config;
 pub mod error;
 pub mod group;
+pub mod groups;
 pub mod partition;
 pub mod registry;
 pub mod server;

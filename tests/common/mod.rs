@@ -212,3 +212,156 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
             (name == series).then(|| value.parse().expect("a numeric sample"))
         })
 }
+
+// ---- consumer groups ----
+
+/// A Join for `(topic, group)` with the given settings, starting at the earliest offset.
+pub fn join(topic: &str, group: &str, settings: Option<v1::GroupSettings>) -> v1::Join {
+    v1::Join {
+        topic: topic.into(),
+        group: group.into(),
+        client_id: "test".into(),
+        settings,
+        start_position: position(v1::position::Kind::Earliest(v1::Earliest {})),
+        ..Default::default()
+    }
+}
+
+/// Group settings with short deadlines and backoffs for tests.
+pub fn fast_settings(ack_deadline_ms: u32, backoff_ms: u32) -> v1::GroupSettings {
+    v1::GroupSettings {
+        ack_deadline_ms: Some(ack_deadline_ms),
+        retry_backoff_min_ms: Some(backoff_ms),
+        retry_backoff_max_ms: Some(backoff_ms),
+        ..Default::default()
+    }
+}
+
+/// One open Subscribe stream: the request sender and the response stream.
+pub struct Member {
+    pub tx: tokio::sync::mpsc::Sender<v1::SubscribeRequest>,
+    pub rx: tonic::Streaming<v1::SubscribeResponse>,
+    pub joined: v1::Joined,
+}
+
+/// Opens a Subscribe stream and sends `join`; returns once Joined arrives.
+pub async fn subscribe(
+    client: &mut HeraldClient<Channel>,
+    join: v1::Join,
+) -> Result<Member, tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(v1::SubscribeRequest {
+        request: Some(v1::subscribe_request::Request::Join(join)),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(v1::SubscribeResponse {
+            response: Some(v1::subscribe_response::Response::Joined(joined)),
+        }) => Ok(Member {
+            tx,
+            rx: stream,
+            joined,
+        }),
+        other => panic!("expected Joined first, got {other:?}"),
+    }
+}
+
+impl Member {
+    /// The next response, or `None` after `wait` without one.
+    pub async fn next(&mut self, wait: std::time::Duration) -> Option<v1::SubscribeResponse> {
+        match tokio::time::timeout(wait, self.rx.message()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(status)) => panic!("subscribe stream failed: {status}"),
+            Err(_) => None,
+        }
+    }
+
+    /// Deliveries received within `wait`, stopping once `n` have arrived, and the
+    /// assignment changes received meanwhile, in order.
+    pub async fn deliveries(
+        &mut self,
+        n: usize,
+        wait: std::time::Duration,
+    ) -> (Vec<v1::Delivery>, Vec<v1::AssignmentChange>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let (mut out, mut changes) = (Vec::new(), Vec::new());
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.next(left).await.and_then(|r| r.response) {
+                Some(v1::subscribe_response::Response::Deliveries(d)) => out.extend(d.deliveries),
+                Some(v1::subscribe_response::Response::Assignment(a)) => changes.push(a),
+                Some(other) => panic!("unexpected response {other:?}"),
+                None => break,
+            }
+        }
+        (out, changes)
+    }
+
+    pub async fn ack(&self, deliveries: &[v1::Delivery]) {
+        self.tx
+            .send(v1::SubscribeRequest {
+                request: Some(v1::subscribe_request::Request::Ack(v1::Ack {
+                    ack_ids: deliveries.iter().map(|d| d.ack_id.clone()).collect(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn nack(&self, delivery: &v1::Delivery, delay_ms: Option<u32>, reason: &str) {
+        self.tx
+            .send(v1::SubscribeRequest {
+                request: Some(v1::subscribe_request::Request::Nack(v1::Nack {
+                    ack_id: delivery.ack_id.clone(),
+                    delay_ms,
+                    reason: reason.into(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Describes a group, which must exist.
+pub async fn describe_group(
+    client: &mut HeraldClient<Channel>,
+    topic: &str,
+    group: &str,
+) -> v1::GroupDescription {
+    client
+        .describe_group(v1::DescribeGroupRequest {
+            topic: topic.into(),
+            group: group.into(),
+        })
+        .await
+        .expect("group described")
+        .into_inner()
+        .group
+        .expect("a description")
+}
+
+/// Polls `check` every 20 ms until it is true or `wait` passes; returns whether it held.
+pub async fn eventually<F, Fut>(wait: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,6 +1,7 @@
 //! Starting and stopping the broker: the gRPC server (Herald, health, reflection), the
 //! metrics endpoint, and graceful shutdown. The only module that knows tonic.
 
+mod groups;
 mod metrics;
 mod service;
 mod status;
@@ -19,6 +20,7 @@ pub use service::{FETCH_MAX_BYTES_CAP, HeraldService};
 
 use crate::config::Config;
 use crate::error::{BrokerError, Result};
+use crate::groups::GroupRegistry;
 use crate::registry::Registry;
 
 /// Headroom above `max_batch_bytes` for the rest of a publish request (topic, framing).
@@ -53,6 +55,11 @@ impl Broker {
                 BrokerError::io("opening the data directory", std::io::Error::other(e))
             })??;
         let registry = Arc::new(registry);
+        let groups_registry = registry.clone();
+        let groups = tokio::task::spawn_blocking(move || GroupRegistry::open(groups_registry))
+            .await
+            .map_err(|e| BrokerError::io("loading consumer groups", std::io::Error::other(e)))??;
+        let groups = Arc::new(groups);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| BrokerError::io(format!("binding {}", config.listen), e))?;
@@ -93,8 +100,10 @@ impl Broker {
                 BrokerError::io("building the reflection service", std::io::Error::other(e))
             })?;
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
+        groups.start();
         let herald = HeraldServer::new(HeraldService::new(
             registry.clone(),
+            groups.clone(),
             metrics.clone(),
             stop_rx,
         ))
@@ -125,10 +134,14 @@ impl Broker {
             if let Err(error) = &served {
                 tracing::error!(%error, "gRPC server failed");
             }
-            // Every request has been answered: flush and checkpoint every partition.
-            let closed = tokio::task::spawn_blocking(move || server_registry.close())
-                .await
-                .map_err(|e| BrokerError::io("closing partitions", std::io::Error::other(e)))?;
+            // Every request has been answered: persist every group's state, then flush and
+            // checkpoint every partition.
+            let closed = tokio::task::spawn_blocking(move || {
+                groups.close();
+                server_registry.close()
+            })
+            .await
+            .map_err(|e| BrokerError::io("closing partitions", std::io::Error::other(e)))?;
             served.map_err(|e| BrokerError::io("serving gRPC", std::io::Error::other(e)))?;
             closed
         });

@@ -1,4 +1,5 @@
-//! The `herald.v1.Herald` gRPC service: admin, publish and fetch.
+//! The `herald.v1.Herald` gRPC service: admin, publish and fetch; the group RPCs are in
+//! `groups`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::metrics::Metrics;
 use crate::config::FsyncSetting;
 use crate::error::BrokerError;
+use crate::groups::GroupRegistry;
 use crate::registry::{Registry, now_ms};
 use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
 use crate::topic::{Topic, TopicSettings};
@@ -35,6 +37,7 @@ type PendingReply =
 
 pub struct HeraldService {
     registry: Arc<Registry>,
+    groups: Arc<GroupRegistry>,
     metrics: Arc<Metrics>,
     /// Flips to true when the broker shuts down; open streams end with UNAVAILABLE.
     shutdown: watch::Receiver<bool>,
@@ -64,11 +67,13 @@ impl Drop for StreamSlot {
 impl HeraldService {
     pub fn new(
         registry: Arc<Registry>,
+        groups: Arc<GroupRegistry>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         HeraldService {
             registry,
+            groups,
             metrics,
             shutdown,
             streams: Arc::new(DashMap::new()),
@@ -322,10 +327,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| Status::internal(format!("admin task failed: {e}")))?
         .map_err(Status::from)
-}
-
-fn unimplemented_groups() -> Status {
-    Status::unimplemented("consumer groups are not available in this version of the broker yet")
 }
 
 #[tonic::async_trait]
@@ -590,67 +591,94 @@ impl v1::herald_server::Herald for HeraldService {
 
     async fn create_group(
         &self,
-        _request: Request<v1::CreateGroupRequest>,
+        request: Request<v1::CreateGroupRequest>,
     ) -> Result<Response<v1::CreateGroupResponse>, Status> {
-        Err(unimplemented_groups())
+        self.check_running()?;
+        super::groups::create_group(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn update_group(
         &self,
-        _request: Request<v1::UpdateGroupRequest>,
+        request: Request<v1::UpdateGroupRequest>,
     ) -> Result<Response<v1::UpdateGroupResponse>, Status> {
-        Err(unimplemented_groups())
+        self.check_running()?;
+        super::groups::update_group(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn delete_group(
         &self,
-        _request: Request<v1::DeleteGroupRequest>,
+        request: Request<v1::DeleteGroupRequest>,
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
-        Err(unimplemented_groups())
+        self.check_running()?;
+        super::groups::delete_group(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn describe_group(
         &self,
-        _request: Request<v1::DescribeGroupRequest>,
+        request: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
-        Err(unimplemented_groups())
+        super::groups::describe_group(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_groups(
         &self,
-        _request: Request<v1::ListGroupsRequest>,
+        request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
-        Err(unimplemented_groups())
+        super::groups::list_groups(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn seek(
         &self,
-        _request: Request<v1::SeekRequest>,
+        request: Request<v1::SeekRequest>,
     ) -> Result<Response<v1::SeekResponse>, Status> {
-        Err(unimplemented_groups())
+        self.check_running()?;
+        super::groups::seek(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_pending(
         &self,
-        _request: Request<v1::ListPendingRequest>,
+        request: Request<v1::ListPendingRequest>,
     ) -> Result<Response<v1::ListPendingResponse>, Status> {
-        Err(unimplemented_groups())
+        super::groups::list_pending(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn redrive(
         &self,
-        _request: Request<v1::RedriveRequest>,
+        request: Request<v1::RedriveRequest>,
     ) -> Result<Response<v1::RedriveResponse>, Status> {
-        Err(unimplemented_groups())
+        self.check_running()?;
+        super::groups::redrive(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type SubscribeStream = BoxStream<v1::SubscribeResponse>;
 
     async fn subscribe(
         &self,
-        _request: Request<Streaming<v1::SubscribeRequest>>,
+        request: Request<Streaming<v1::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(unimplemented_groups())
+        let slot = self.open_stream(&request)?;
+        Ok(Response::new(super::groups::subscribe(
+            self.groups.clone(),
+            request.into_inner(),
+            slot,
+            self.shutdown.clone(),
+        )))
     }
 }
 
@@ -658,6 +686,7 @@ impl HeraldService {
     fn clone_for_task(&self) -> Arc<HeraldService> {
         Arc::new(HeraldService {
             registry: self.registry.clone(),
+            groups: self.groups.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             streams: self.streams.clone(),

@@ -1,0 +1,1377 @@
+//! The consumer-group driver: runs the pure state machine of [`crate::group`] against the
+//! partition logs, the clock, the members' streams and the disk.
+//!
+//! - [`GroupRegistry`] holds one [`Group`] per `(topic, group name)` in a `DashMap`, loads
+//!   them on start from `<data_dir>/groups/<topic>/<group>/`, and persists them on close.
+//! - A [`Group`] holds its [`GroupState`] behind a `std::sync::Mutex` (held only for
+//!   machine calls, never across I/O or an `.await`), its settings and dead-letter topic,
+//!   and the senders of its members' streams. One tokio task per group (the *driver*) runs
+//!   the loop: read the log where the machine `wants`, `offer` the records, `tick`
+//!   deadlines, append dead letters, `poll` deliveries for members whose stream has room,
+//!   persist the snapshot every [`GROUP_PERSIST_INTERVAL`], then sleep until the next
+//!   deadline, a commit to the topic, a member event or the persist timer.
+//!
+//! Like the storage engine, this module knows neither tonic nor the proto types: a
+//! member's stream carries [`Outgoing`] messages, which `server::groups` turns into
+//! responses.
+//!
+//! Bounds: a member's stream queue holds [`MEMBER_QUEUE`] responses and the driver polls a
+//! member only when its queue has room and its outbox (one poll's worth, at most
+//! [`POLL_MAX`] deliveries) is empty; a pending assignment change is merged into one; every
+//! table of the machine is bounded by `group::limits`.
+//!
+//! Persistence: `group.toml` (settings, written last at creation) and `state` (the
+//! machine's snapshot), each written to a temporary file, fsynced and renamed. The state is
+//! written every [`GROUP_PERSIST_INTERVAL`] when it changed and on clean shutdown, so a
+//! `kill -9` may redeliver the messages acked during the last interval (at-least-once).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::error::{BrokerError, Result};
+use crate::group::{
+    AckId, AssignmentChange, DeadLetter, Delivery, GroupError, GroupLimits, GroupSettings,
+    GroupSnapshot, GroupState, KeyHash, MemberId, MemberOptions, OfferedRecord, Offset,
+    OrderingMode, PartitionId, PendingFilter, PendingList, SeekTarget,
+};
+use crate::registry::{Registry, now_ms};
+use crate::storage::{BatchBuilder, LogReader, Record, StorageError, ValidatedBatch, batch};
+use crate::topic::{Topic, validate_name};
+
+/// How often a group's state is written when it changed. A crash (kill -9) may redeliver
+/// what was acked during the last interval; a clean shutdown persists everything.
+pub const GROUP_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// Responses a member's stream may have queued for tonic. One slot is kept for the
+/// stream's final error, so the driver uses at most `MEMBER_QUEUE - 1`.
+pub const MEMBER_QUEUE: usize = 4;
+/// Most deliveries one poll hands a member (split into responses of at most
+/// [`RESPONSE_MAX_BYTES`]).
+pub const POLL_MAX: usize = 256;
+/// Most record bytes in one Deliveries response (at least one delivery): below the 4 MiB
+/// default receive limit of gRPC clients.
+pub const RESPONSE_MAX_BYTES: usize = 1024 * 1024;
+/// Bytes read from a partition log per read when filling the machine.
+const FETCH_CHUNK_BYTES: usize = 256 * 1024;
+/// Most groups a broker holds (over every topic): each costs a task and its state.
+pub const MAX_GROUPS: usize = 10_000;
+/// Delay before retrying dead-letter appends that failed (dead-letter topic deleted, full).
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+
+const GROUPS_DIR: &str = "groups";
+const META_FILE: &str = "group.toml";
+const STATE_FILE: &str = "state";
+
+/// Reserved header names of dead letters (see groups.proto).
+pub const DLQ_TOPIC: &str = "herald-dlq-topic";
+pub const DLQ_GROUP: &str = "herald-dlq-group";
+pub const DLQ_PARTITION: &str = "herald-dlq-partition";
+pub const DLQ_OFFSET: &str = "herald-dlq-offset";
+pub const DLQ_ATTEMPTS: &str = "herald-dlq-attempts";
+pub const DLQ_REASON: &str = "herald-dlq-reason";
+const DLQ_PREFIX: &str = "herald-dlq-";
+
+/// What the driver sends a member's stream; the server turns each into one response.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// The first message: the join succeeded.
+    Joined {
+        member: MemberId,
+        partitions: Vec<PartitionId>,
+        config: GroupConfig,
+    },
+    /// Deliveries, in partition then offset order, at most [`RESPONSE_MAX_BYTES`] of
+    /// records (or one record).
+    Deliveries(Vec<OutDelivery>),
+    /// The member's assignment changed.
+    Assignment(AssignmentChange),
+}
+
+/// One delivery: what the machine handed out, and the record read back from the log.
+#[derive(Debug)]
+pub struct OutDelivery {
+    pub delivery: Delivery,
+    pub record: StoredRecord,
+}
+
+/// What a member's stream carries: messages, or the error that ends it.
+pub type MemberItem = std::result::Result<Outgoing, BrokerError>;
+pub type MemberTx = mpsc::Sender<MemberItem>;
+
+/// A group's settings: the machine's, plus the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    pub settings: GroupSettings,
+    pub dead_letter_topic: Option<String>,
+}
+
+/// `group.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupMeta {
+    topic: String,
+    group: String,
+    created_ms: i64,
+    /// The topic's `created_ms`, so a group never attaches to a new topic of the same name.
+    #[serde(default)]
+    topic_created_ms: i64,
+    ack_deadline_ms: u64,
+    retry_backoff_min_ms: u64,
+    retry_backoff_max_ms: u64,
+    max_delivery_attempts: u32,
+    ordering: String,
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
+    /// Redrive progress: per partition of `redrive_topic`, the offset scanned up to.
+    #[serde(default)]
+    redrive_topic: Option<String>,
+    #[serde(default)]
+    redrive_cursor: Vec<u64>,
+}
+
+fn ordering_name(mode: OrderingMode) -> &'static str {
+    match mode {
+        OrderingMode::Key => "key",
+        OrderingMode::Partition => "partition",
+        OrderingMode::None => "none",
+    }
+}
+
+fn ordering_from_name(name: &str) -> OrderingMode {
+    match name {
+        "partition" => OrderingMode::Partition,
+        "none" => OrderingMode::None,
+        _ => OrderingMode::Key,
+    }
+}
+
+/// A member's slot: its stream and what waits to be sent on it.
+struct MemberSlot {
+    tx: MemberTx,
+    client_id: String,
+    /// Responses polled and not yet queued on the stream: at most one poll's worth.
+    outbox: VecDeque<Outgoing>,
+    /// An assignment change not yet sent; later changes merge into it.
+    assignment: Option<AssignmentChange>,
+}
+
+struct Inner {
+    state: GroupState,
+    config: GroupConfig,
+    members: HashMap<MemberId, MemberSlot>,
+    redrive_topic: Option<String>,
+    redrive_cursor: Vec<u64>,
+}
+
+/// One consumer group of one topic.
+pub struct Group {
+    pub topic_name: String,
+    pub name: String,
+    pub topic: Arc<Topic>,
+    created_ms: i64,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Wakes the driver: a member event, an admin change, a stream drained.
+    wake: Notify,
+    /// Flips to true when the group is deleted or the broker closes.
+    stop: watch::Sender<bool>,
+    /// The last state bytes written; held while writing either file, so writes never
+    /// interleave or reorder.
+    persisted: Mutex<Vec<u8>>,
+    /// Serialises Redrive calls.
+    redrive: tokio::sync::Mutex<()>,
+}
+
+/// A pending message with its key read back from the log.
+pub type PendingWithKey = (crate::group::PendingMessage, Option<Bytes>);
+
+/// A record read back from the log.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+fn group_error(error: GroupError) -> BrokerError {
+    match error {
+        GroupError::TooManyMembers { .. } => BrokerError::ResourceExhausted(error.to_string()),
+        GroupError::UnknownPartition { .. } => BrokerError::NotFound(error.to_string()),
+        GroupError::UnknownMember(_) => BrokerError::NotFound(error.to_string()),
+        _ => BrokerError::InvalidArgument(error.to_string()),
+    }
+}
+
+fn now() -> u64 {
+    now_ms().max(0) as u64
+}
+
+/// Reads the records at `offsets` (ascending) from a partition log; `None` for offsets that
+/// are gone (retention) or beyond the end.
+pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRecord>> {
+    let mut out: Vec<Option<StoredRecord>> = vec![None; offsets.len()];
+    let mut i = 0;
+    while i < offsets.len() {
+        let chunk = match reader.read(offsets[i], FETCH_CHUNK_BYTES) {
+            Ok(Some(chunk)) => chunk,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let start = i;
+        'batches: for view in batch::batches(&chunk.bytes) {
+            let Ok(view) = view else { break };
+            for record in view.records() {
+                let Ok(record) = record else {
+                    break 'batches;
+                };
+                while i < offsets.len() && offsets[i] < record.offset {
+                    i += 1;
+                }
+                if i == offsets.len() {
+                    break 'batches;
+                }
+                if offsets[i] == record.offset {
+                    out[i] = Some(StoredRecord {
+                        offset: record.offset,
+                        timestamp: record.timestamp,
+                        key: record.key.map(|k| chunk.bytes.slice_ref(k)),
+                        value: chunk.bytes.slice_ref(record.value),
+                        headers: record
+                            .headers()
+                            .map(|(k, v)| (k.to_owned(), chunk.bytes.slice_ref(v)))
+                            .collect(),
+                    });
+                    i += 1;
+                }
+            }
+        }
+        if i == start {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn record_size(record: &StoredRecord) -> usize {
+    record.key.as_ref().map_or(0, Bytes::len)
+        + record.value.len()
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file, fsync and rename.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&tmp)
+        .map_err(|e| BrokerError::io(format!("creating {}", tmp.display()), e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| BrokerError::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| BrokerError::io(format!("renaming {}", tmp.display()), e))?;
+    crate::storage::sync_dir(dir)?;
+    Ok(())
+}
+
+impl Group {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> GroupConfig {
+        self.lock().config.clone()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Wakes the driver.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn meta(&self, inner: &Inner) -> GroupMeta {
+        let s = &inner.config.settings;
+        GroupMeta {
+            topic: self.topic_name.clone(),
+            group: self.name.clone(),
+            created_ms: self.created_ms,
+            topic_created_ms: self.topic.meta.created_ms,
+            ack_deadline_ms: s.ack_deadline_ms,
+            retry_backoff_min_ms: s.retry_backoff_min_ms,
+            retry_backoff_max_ms: s.retry_backoff_max_ms,
+            max_delivery_attempts: s.max_delivery_attempts,
+            ordering: ordering_name(s.ordering).to_owned(),
+            dead_letter_topic: inner.config.dead_letter_topic.clone(),
+            redrive_topic: inner.redrive_topic.clone(),
+            redrive_cursor: inner.redrive_cursor.clone(),
+        }
+    }
+
+    /// Writes `group.toml`. Blocking.
+    fn write_meta(&self) -> Result<()> {
+        // Every write of the group's files goes under this lock, so two never interleave.
+        let _writing = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = self.meta(&self.lock());
+        let text = toml::to_string(&meta)
+            .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
+        write_atomic(&self.dir, META_FILE, text.as_bytes())
+    }
+
+    /// Writes the state if it changed since the last write. Blocking.
+    pub fn persist(&self) -> Result<()> {
+        let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        if *self.stop.borrow() && !self.dir.exists() {
+            return Ok(()); // deleted
+        }
+        let bytes = self.lock().state.snapshot().encode();
+        if *last == bytes {
+            return Ok(());
+        }
+        write_atomic(&self.dir, STATE_FILE, &bytes)?;
+        *last = bytes;
+        Ok(())
+    }
+
+    // ---- members ----
+
+    /// Adds a member whose stream is `tx`; sends it the Joined response first.
+    pub fn join(
+        &self,
+        member: MemberId,
+        client_id: String,
+        options: MemberOptions,
+        tx: MemberTx,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let partitions = inner
+            .state
+            .join(member, options, now())
+            .map_err(group_error)?;
+        // The channel is fresh: this cannot be full.
+        let _ = tx.try_send(Ok(Outgoing::Joined {
+            member,
+            partitions,
+            config: inner.config.clone(),
+        }));
+        inner.members.insert(
+            member,
+            MemberSlot {
+                tx,
+                client_id,
+                outbox: VecDeque::new(),
+                assignment: None,
+            },
+        );
+        drop(inner);
+        self.wake();
+        Ok(())
+    }
+
+    /// Removes a member (its stream closed). Idempotent.
+    pub fn leave(&self, member: MemberId) {
+        let mut inner = self.lock();
+        inner.members.remove(&member);
+        let _ = inner.state.leave(member, now());
+        drop(inner);
+        self.wake();
+    }
+
+    /// Acks; malformed ack ids are INVALID_ARGUMENT, unknown or stale ones are ignored.
+    pub fn ack(&self, member: MemberId, ack_ids: &[Bytes]) -> Result<()> {
+        let mut inner = self.lock();
+        for id in ack_ids {
+            let id = AckId::decode(id).map_err(group_error)?;
+            let _ = inner.state.ack(member, &id);
+        }
+        drop(inner);
+        self.wake();
+        Ok(())
+    }
+
+    pub fn nack(
+        &self,
+        member: MemberId,
+        ack_id: &[u8],
+        delay_ms: Option<u32>,
+        reason: &str,
+    ) -> Result<()> {
+        let id = AckId::decode(ack_id).map_err(group_error)?;
+        let _ = self
+            .lock()
+            .state
+            .nack(member, &id, delay_ms.map(u64::from), reason, now());
+        self.wake();
+        Ok(())
+    }
+
+    pub fn extend(&self, member: MemberId, ack_ids: &[Bytes], extra_ms: u32) -> Result<()> {
+        let mut inner = self.lock();
+        let now = now();
+        for id in ack_ids {
+            let id = AckId::decode(id).map_err(group_error)?;
+            let _ = inner.state.extend(member, &id, u64::from(extra_ms), now);
+        }
+        drop(inner);
+        self.wake();
+        Ok(())
+    }
+
+    pub fn credit(&self, member: MemberId, messages: u32, bytes: u64) {
+        let _ = self.lock().state.credit(member, u64::from(messages), bytes);
+        self.wake();
+    }
+
+    // ---- admin ----
+
+    /// Replaces the settings and writes `group.toml`. Blocking.
+    pub fn update(&self, config: GroupConfig) -> Result<()> {
+        {
+            let mut inner = self.lock();
+            inner
+                .state
+                .update_settings(config.settings.clone())
+                .map_err(group_error)?;
+            inner.config = config;
+        }
+        self.write_meta()?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Moves partitions to the given offsets; returns the new committed offsets.
+    pub fn seek(&self, offsets: &[(u32, u64)]) -> Result<Vec<(u32, u64)>> {
+        let mut inner = self.lock();
+        let mut moved = Vec::with_capacity(offsets.len());
+        for &(partition, offset) in offsets {
+            let done = inner
+                .state
+                .seek(
+                    SeekTarget::Partition(PartitionId(partition)),
+                    Offset(offset),
+                )
+                .map_err(group_error)?;
+            moved.extend(done.into_iter().map(|(p, o)| (p.0, o.0)));
+        }
+        drop(inner);
+        self.wake();
+        Ok(moved)
+    }
+
+    /// The description as DescribeGroup shows it, with each member's client id.
+    pub fn describe(
+        &self,
+    ) -> (
+        crate::group::GroupDescription,
+        GroupConfig,
+        HashMap<u64, String>,
+    ) {
+        let inner = self.lock();
+        let clients = inner
+            .members
+            .iter()
+            .map(|(id, slot)| (id.0, slot.client_id.clone()))
+            .collect();
+        (inner.state.describe(), inner.config.clone(), clients)
+    }
+
+    /// Pending messages, with their keys read back from the log (hash collisions with a
+    /// key filter are dropped).
+    pub fn pending(
+        &self,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<PendingWithKey>, bool)> {
+        let filter = PendingFilter {
+            partition: partition.map(PartitionId),
+            key: key.map(KeyHash::of),
+            limit,
+        };
+        let PendingList {
+            messages,
+            truncated,
+        } = self.lock().state.pending(&filter).map_err(group_error)?;
+        let mut out = Vec::with_capacity(messages.len());
+        let mut i = 0;
+        while i < messages.len() {
+            let p = messages[i].partition;
+            let mut j = i;
+            while j < messages.len() && messages[j].partition == p {
+                j += 1;
+            }
+            let offsets: Vec<u64> = messages[i..j].iter().map(|m| m.offset.0).collect();
+            let reader = self.topic.partition(p.0)?.reader();
+            let records = read_records(reader, &offsets);
+            for (message, record) in messages[i..j].iter().zip(records) {
+                let record_key = record.and_then(|r| r.key);
+                if let Some(wanted) = key
+                    && record_key.as_deref() != Some(wanted)
+                {
+                    continue;
+                }
+                out.push((*message, record_key));
+            }
+            i = j;
+        }
+        Ok((out, truncated))
+    }
+
+    // ---- the driver ----
+
+    /// Reads the log where the machine wants records and offers them.
+    fn fill(&self, watches: &mut [Option<watch::Receiver<u64>>]) {
+        for (index, partition) in self.topic.partitions.iter().enumerate() {
+            if let Some(w) = watches[index].as_mut() {
+                w.borrow_and_update();
+            }
+            let id = PartitionId(index as u32);
+            let reader = partition.reader();
+            loop {
+                let want = match self.lock().state.wants(id) {
+                    Ok(Some(want)) => want.0,
+                    _ => break,
+                };
+                if want >= reader.high_watermark() {
+                    break;
+                }
+                let chunk = match reader.read(want, FETCH_CHUNK_BYTES) {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(StorageError::OffsetOutOfRange { start, .. }) if want < start => {
+                        tracing::warn!(topic = %self.topic_name, group = %self.name, partition = index, from = want, to = start, "records removed by retention before the group consumed them; skipping");
+                        let _ = self
+                            .lock()
+                            .state
+                            .seek(SeekTarget::Partition(id), Offset(start));
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "reading the log for a group failed");
+                        break;
+                    }
+                };
+                let mut records = Vec::new();
+                for view in batch::batches(&chunk.bytes) {
+                    let Ok(view) = view else { break };
+                    for record in view.records() {
+                        let Ok(r) = record else { break };
+                        if r.offset < want || r.offset >= chunk.high_watermark {
+                            continue;
+                        }
+                        let size = r.key.map_or(0, <[u8]>::len)
+                            + r.value.len()
+                            + r.headers().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                        records.push(OfferedRecord {
+                            offset: Offset(r.offset),
+                            key: r.key.map(KeyHash::of),
+                            size_bytes: size.min(u32::MAX as usize) as u32,
+                            timestamp_ms: r.timestamp,
+                        });
+                    }
+                }
+                if records.is_empty() {
+                    break;
+                }
+                let consumed = match self.lock().state.offer(id, &records) {
+                    Ok(consumed) => consumed,
+                    Err(error) => {
+                        tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "offering records to a group failed");
+                        break;
+                    }
+                };
+                if consumed < records.len() || consumed == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Expires deadlines and takes the machine's actions; returns the dead letters.
+    fn tick(&self) -> Vec<DeadLetter> {
+        let mut inner = self.lock();
+        inner.state.tick(now());
+        let mut dead = Vec::new();
+        for action in inner.state.take_actions() {
+            match action {
+                crate::group::Action::DeadLetter(d) => dead.push(d),
+                crate::group::Action::AssignmentChanged(change) => {
+                    if let Some(slot) = inner.members.get_mut(&change.member) {
+                        slot.assignment = Some(match slot.assignment.take() {
+                            None => change,
+                            Some(old) => merge_changes(old, change),
+                        });
+                    }
+                }
+            }
+        }
+        dead
+    }
+
+    /// Appends one dead letter to the dead-letter topic, then confirms it.
+    async fn dead_letter(&self, registry: &Registry, dead: &DeadLetter) -> Result<()> {
+        let dlq = self.lock().config.dead_letter_topic.clone();
+        let Some(dlq) = dlq else {
+            return Err(BrokerError::InvalidArgument(
+                "the group has no dead-letter topic".into(),
+            ));
+        };
+        let topic = registry.get(&dlq)?;
+        let source = self.topic.partition(dead.partition.0)?;
+        let record = read_records(source.reader(), &[dead.offset.0])
+            .pop()
+            .flatten();
+        if let Some(record) = record {
+            let extra = [
+                (DLQ_TOPIC, self.topic_name.clone()),
+                (DLQ_GROUP, self.name.clone()),
+                (DLQ_PARTITION, dead.partition.0.to_string()),
+                (DLQ_OFFSET, dead.offset.0.to_string()),
+                (DLQ_ATTEMPTS, dead.attempts.to_string()),
+                (DLQ_REASON, dead.last_reason.to_string()),
+            ];
+            let mut headers: Vec<(&str, &[u8])> = record
+                .headers
+                .iter()
+                .filter(|(k, _)| !k.starts_with(DLQ_PREFIX))
+                .map(|(k, v)| (k.as_str(), v.as_ref()))
+                .collect();
+            headers.extend(extra.iter().map(|(k, v)| (*k, v.as_bytes())));
+            let batch = build_batch(
+                registry,
+                record.timestamp,
+                record.key.as_deref(),
+                &record.value,
+                &headers,
+            )?;
+            let partition = topic.pick_partition(None, record.key.as_deref())?;
+            partition.append(batch).await?;
+        } else {
+            tracing::warn!(topic = %self.topic_name, group = %self.name, partition = %dead.partition, offset = %dead.offset, "a dead letter's record is gone from the log; dropping it");
+        }
+        let _ = self.lock().state.dead_lettered(dead.partition, dead.offset);
+        Ok(())
+    }
+
+    /// Sends what members' outboxes hold while their streams have room, then polls
+    /// members with room and an empty outbox. Returns whether anything was delivered.
+    fn deliver(&self) -> bool {
+        let mut inner = self.lock();
+        flush_all(&mut inner);
+        let ready: Vec<MemberId> = inner
+            .members
+            .iter()
+            .filter(|(_, slot)| {
+                slot.outbox.is_empty()
+                    && slot.assignment.is_none()
+                    && slot.tx.capacity() > 1
+                    && !slot.tx.is_closed()
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let now = now();
+        let mut polled = Vec::new();
+        for member in ready {
+            match inner.state.poll(member, now, POLL_MAX) {
+                Ok(deliveries) if !deliveries.is_empty() => polled.push((member, deliveries)),
+                _ => {}
+            }
+        }
+        drop(inner);
+        if polled.is_empty() {
+            return false;
+        }
+        let mut built = Vec::with_capacity(polled.len());
+        let mut missing = Vec::new();
+        for (member, mut deliveries) in polled {
+            deliveries.sort_by_key(|d| (d.partition, d.offset));
+            let mut responses = Vec::new();
+            let mut current = Vec::new();
+            let mut current_bytes = 0usize;
+            let mut i = 0;
+            while i < deliveries.len() {
+                let p = deliveries[i].partition;
+                let mut j = i;
+                while j < deliveries.len() && deliveries[j].partition == p {
+                    j += 1;
+                }
+                let offsets: Vec<u64> = deliveries[i..j].iter().map(|d| d.offset.0).collect();
+                let Ok(partition) = self.topic.partition(p.0) else {
+                    i = j;
+                    continue;
+                };
+                let records = read_records(partition.reader(), &offsets);
+                for (d, record) in deliveries[i..j].iter().zip(records) {
+                    let Some(record) = record else {
+                        missing.push((member, d.ack_id));
+                        continue;
+                    };
+                    let size = record_size(&record);
+                    if !current.is_empty() && current_bytes + size > RESPONSE_MAX_BYTES {
+                        responses.push(Outgoing::Deliveries(std::mem::take(&mut current)));
+                        current_bytes = 0;
+                    }
+                    current_bytes += size;
+                    current.push(OutDelivery {
+                        delivery: *d,
+                        record,
+                    });
+                }
+                i = j;
+            }
+            if !current.is_empty() {
+                responses.push(Outgoing::Deliveries(current));
+            }
+            built.push((member, responses));
+        }
+        let mut inner = self.lock();
+        for (member, ack_id) in missing {
+            // Gone from the log (retention): nothing to deliver, so it is done.
+            tracing::warn!(topic = %self.topic_name, group = %self.name, partition = %ack_id.partition, offset = %ack_id.offset, "a polled record is gone from the log; skipping it");
+            let _ = inner.state.ack(member, &ack_id);
+        }
+        for (member, responses) in built {
+            if let Some(slot) = inner.members.get_mut(&member) {
+                slot.outbox.extend(responses);
+            }
+        }
+        flush_all(&mut inner);
+        true
+    }
+
+    /// The driver loop; ends when the group stops.
+    async fn run(self: Arc<Self>, groups: Arc<GroupRegistry>) {
+        let registry = groups.registry.clone();
+        let mut stop = self.stop.subscribe();
+        let mut watches: Vec<Option<watch::Receiver<u64>>> = self
+            .topic
+            .partitions
+            .iter()
+            .map(|p| Some(p.watch_high_watermark()))
+            .collect();
+        let mut retry: Vec<DeadLetter> = Vec::new();
+        let mut retry_at = tokio::time::Instant::now();
+        let mut next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            self.fill(&mut watches);
+            let mut dead = self.tick();
+            if !retry.is_empty() && tokio::time::Instant::now() >= retry_at {
+                dead.append(&mut retry);
+            }
+            for d in dead {
+                if let Err(error) = self.dead_letter(&registry, &d).await {
+                    tracing::warn!(topic = %self.topic_name, group = %self.name, %error, "appending a dead letter failed; will retry");
+                    retry.push(d);
+                    retry_at = tokio::time::Instant::now() + DEAD_LETTER_RETRY;
+                }
+            }
+            let delivered = self.deliver();
+            if tokio::time::Instant::now() >= next_persist {
+                next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+                let group = self.clone();
+                let persisted = tokio::task::spawn_blocking(move || group.persist()).await;
+                if let Ok(Err(error)) = persisted {
+                    tracing::error!(topic = %self.topic_name, group = %self.name, %error, "persisting group state failed");
+                }
+            }
+            if delivered {
+                // A member may take more at once.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let now_ms = now();
+            let wakeup = self.lock().state.next_wakeup(now_ms);
+            let mut until = next_persist;
+            if let Some(at) = wakeup {
+                let delay = Duration::from_millis(at.saturating_sub(now_ms));
+                until = until.min(tokio::time::Instant::now() + delay);
+            }
+            if !retry.is_empty() {
+                until = until.min(retry_at);
+            }
+            let dead_watch = tokio::select! {
+                _ = self.wake.notified() => None,
+                _ = tokio::time::sleep_until(until) => None,
+                d = any_changed(&mut watches) => d,
+                _ = stop.changed() => None,
+            };
+            if let Some(index) = dead_watch {
+                watches[index] = None;
+                // The writer is gone: the topic was deleted (or the broker is closing,
+                // and then the topic is still registered).
+                let live = registry
+                    .get(&self.topic_name)
+                    .is_ok_and(|t| Arc::ptr_eq(&t, &self.topic));
+                if !live {
+                    groups.remove_if_same(&self).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until one watch changes; returns the index of a watch whose sender is gone.
+async fn any_changed(watches: &mut [Option<watch::Receiver<u64>>]) -> Option<usize> {
+    let futures: Vec<_> = watches
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            w.as_mut()
+                .map(|w| Box::pin(async move { (i, w.changed().await.is_ok()) }))
+        })
+        .collect();
+    if futures.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let ((index, ok), _, _) = futures::future::select_all(futures).await;
+    (!ok).then_some(index)
+}
+
+/// Two consecutive changes of one member as one.
+fn merge_changes(old: AssignmentChange, new: AssignmentChange) -> AssignmentChange {
+    let before: BTreeSet<PartitionId> = old
+        .partitions
+        .iter()
+        .chain(&old.revoked)
+        .copied()
+        .filter(|p| !old.added.contains(p))
+        .collect();
+    let after: BTreeSet<PartitionId> = new.partitions.iter().copied().collect();
+    AssignmentChange {
+        member: new.member,
+        added: after.difference(&before).copied().collect(),
+        revoked: before.difference(&after).copied().collect(),
+        partitions: new.partitions,
+    }
+}
+
+/// Queues each member's pending assignment change and outbox on its stream while it has
+/// room (keeping one slot for the stream's final error).
+fn flush_all(inner: &mut Inner) {
+    for slot in inner.members.values_mut() {
+        if slot.tx.is_closed() {
+            slot.outbox.clear();
+            slot.assignment = None;
+            continue;
+        }
+        if let Some(change) = slot.assignment.take() {
+            if slot.tx.capacity() > 1 {
+                let _ = slot.tx.try_send(Ok(Outgoing::Assignment(change)));
+            } else {
+                slot.assignment = Some(change);
+                continue;
+            }
+        }
+        while slot.tx.capacity() > 1 {
+            let Some(response) = slot.outbox.pop_front() else {
+                break;
+            };
+            let _ = slot.tx.try_send(Ok(response));
+        }
+    }
+}
+
+/// One record as a validated storage batch.
+fn build_batch(
+    registry: &Registry,
+    timestamp: i64,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&str, &[u8])],
+) -> Result<ValidatedBatch> {
+    let mut builder = BatchBuilder::with_capacity(batch::HEADER_BYTES + value.len() + 256);
+    builder.push(&Record {
+        timestamp,
+        key,
+        value,
+        headers,
+    });
+    let max = registry.config().max_batch_bytes;
+    ValidatedBatch::new(Bytes::from(builder.finish()), max)
+        .map_err(|e| BrokerError::InvalidArgument(format!("cannot build the batch: {e}")))
+}
+
+/// Every group of the broker.
+pub struct GroupRegistry {
+    registry: Arc<Registry>,
+    dir: PathBuf,
+    groups: DashMap<(String, String), Arc<Group>>,
+    /// Creates and deletes run one at a time.
+    admin: tokio::sync::Mutex<()>,
+    /// Member ids: unique across the broker's life and, seeded with the clock, across
+    /// restarts.
+    next_member: AtomicU64,
+}
+
+impl GroupRegistry {
+    /// Loads every group under `<data_dir>/groups/`. Blocking. Groups of topics that no
+    /// longer exist are removed. Call [`GroupRegistry::start`] from the runtime next.
+    pub fn open(registry: Arc<Registry>) -> Result<GroupRegistry> {
+        let dir = registry.config().data_dir.join(GROUPS_DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BrokerError::io(format!("creating {}", dir.display()), e))?;
+        let groups = GroupRegistry {
+            dir: dir.clone(),
+            groups: DashMap::new(),
+            admin: tokio::sync::Mutex::new(()),
+            next_member: AtomicU64::new(now().saturating_mul(1000)),
+            registry,
+        };
+        let topics = std::fs::read_dir(&dir)
+            .map_err(|e| BrokerError::io(format!("listing {}", dir.display()), e))?;
+        for topic_entry in topics.flatten() {
+            let topic_name = topic_entry.file_name().to_string_lossy().into_owned();
+            let Ok(topic) = groups.registry.get(&topic_name) else {
+                tracing::info!(topic = %topic_name, "removing the groups of a deleted topic");
+                let _ = std::fs::remove_dir_all(topic_entry.path());
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(topic_entry.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match groups.load(&topic, &path) {
+                    Ok(group) => {
+                        tracing::info!(topic = %topic_name, group = %group.name, "opened group");
+                        groups
+                            .groups
+                            .insert((topic_name.clone(), group.name.clone()), group);
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "removing a group that cannot be loaded");
+                        let _ = std::fs::remove_dir_all(&path);
+                    }
+                }
+            }
+        }
+        Ok(groups)
+    }
+
+    fn load(&self, topic: &Arc<Topic>, dir: &Path) -> Result<Arc<Group>> {
+        let text = std::fs::read_to_string(dir.join(META_FILE))
+            .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?;
+        let meta: GroupMeta = toml::from_str(&text).map_err(|e| {
+            BrokerError::io(
+                format!("parsing {}", dir.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        if meta.topic_created_ms != 0 && meta.topic_created_ms != topic.meta.created_ms {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the group belongs to an earlier topic named {:?}",
+                meta.topic
+            )));
+        }
+        let settings = GroupSettings {
+            ack_deadline_ms: meta.ack_deadline_ms,
+            retry_backoff_min_ms: meta.retry_backoff_min_ms,
+            retry_backoff_max_ms: meta.retry_backoff_max_ms,
+            max_delivery_attempts: meta.max_delivery_attempts,
+            ordering: ordering_from_name(&meta.ordering),
+        };
+        let bytes = std::fs::read(dir.join(STATE_FILE))
+            .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?;
+        let snapshot = GroupSnapshot::decode(&bytes)
+            .map_err(|e| BrokerError::InvalidArgument(format!("{}: {e}", dir.display())))?;
+        if snapshot.partitions.len() != topic.partitions.len() {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the group covers {} partitions, the topic has {}",
+                snapshot.partitions.len(),
+                topic.partitions.len()
+            )));
+        }
+        let state = GroupState::restore(settings.clone(), GroupLimits::default(), &snapshot)
+            .map_err(group_error)?;
+        let config = GroupConfig {
+            settings,
+            dead_letter_topic: meta.dead_letter_topic,
+        };
+        Ok(self.make_group(
+            topic.clone(),
+            meta.group,
+            meta.created_ms,
+            state,
+            config,
+            (meta.redrive_topic, meta.redrive_cursor),
+            bytes,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make_group(
+        &self,
+        topic: Arc<Topic>,
+        name: String,
+        created_ms: i64,
+        state: GroupState,
+        config: GroupConfig,
+        redrive: (Option<String>, Vec<u64>),
+        persisted: Vec<u8>,
+    ) -> Arc<Group> {
+        let (stop, _) = watch::channel(false);
+        Arc::new(Group {
+            dir: self.dir.join(topic.name()).join(&name),
+            topic_name: topic.name().to_owned(),
+            name,
+            topic,
+            created_ms,
+            inner: Mutex::new(Inner {
+                state,
+                config,
+                members: HashMap::new(),
+                redrive_topic: redrive.0,
+                redrive_cursor: redrive.1,
+            }),
+            wake: Notify::new(),
+            stop,
+            persisted: Mutex::new(persisted),
+            redrive: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Starts the driver of every loaded group. Call from the runtime.
+    pub fn start(self: &Arc<Self>) {
+        for group in self.groups.iter() {
+            tokio::spawn(group.clone().run(self.clone()));
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// A fresh member id.
+    pub fn member_id(&self) -> MemberId {
+        MemberId(self.next_member.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The group, or NOT_FOUND. A group whose topic was deleted (or deleted and created
+    /// again) is removed here.
+    pub async fn get(&self, topic: &str, group: &str) -> Result<Arc<Group>> {
+        let found = self
+            .groups
+            .get(&(topic.to_owned(), group.to_owned()))
+            .map(|g| g.clone());
+        let Some(found) = found else {
+            return Err(BrokerError::NotFound(format!(
+                "group {group:?} of topic {topic:?} does not exist"
+            )));
+        };
+        let live = self
+            .registry
+            .get(topic)
+            .is_ok_and(|t| Arc::ptr_eq(&t, &found.topic));
+        if !live {
+            let _ = self.delete(topic, group).await;
+            return Err(BrokerError::NotFound(format!(
+                "group {group:?} of topic {topic:?} does not exist (its topic was deleted)"
+            )));
+        }
+        Ok(found)
+    }
+
+    /// Creates a group starting at `start_offsets` (one per partition). ALREADY_EXISTS if
+    /// it exists, unless `existing_ok`, which returns the existing group.
+    pub async fn create(
+        self: &Arc<Self>,
+        topic: Arc<Topic>,
+        name: &str,
+        config: GroupConfig,
+        start_offsets: Vec<u64>,
+        existing_ok: bool,
+    ) -> Result<Arc<Group>> {
+        validate_name("group", name)?;
+        let _admin = self.admin.lock().await;
+        let key = (topic.name().to_owned(), name.to_owned());
+        if let Some(existing) = self.groups.get(&key).map(|g| g.clone()) {
+            if Arc::ptr_eq(&existing.topic, &topic) {
+                if existing_ok {
+                    return Ok(existing);
+                }
+                return Err(BrokerError::AlreadyExists(format!(
+                    "group {name:?} of topic {:?} already exists",
+                    topic.name()
+                )));
+            }
+            // A group of a deleted topic with the same name.
+            self.remove_locked(&key).await;
+        }
+        if self.groups.len() >= MAX_GROUPS {
+            return Err(BrokerError::ResourceExhausted(format!(
+                "the broker already holds its maximum of {MAX_GROUPS} groups"
+            )));
+        }
+        let offsets: Vec<Offset> = start_offsets.into_iter().map(Offset).collect();
+        let state = GroupState::new(config.settings.clone(), GroupLimits::default(), &offsets)
+            .map_err(group_error)?;
+        let group = self.make_group(
+            topic.clone(),
+            name.to_owned(),
+            now_ms(),
+            state,
+            config,
+            (None, Vec::new()),
+            Vec::new(),
+        );
+        let writer = group.clone();
+        let groups_dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let topic_dir = groups_dir.join(&writer.topic_name);
+            std::fs::create_dir_all(&writer.dir)
+                .map_err(|e| BrokerError::io(format!("creating {}", writer.dir.display()), e))?;
+            writer.persist()?;
+            // group.toml last: it is what makes the directory a group.
+            writer.write_meta()?;
+            crate::storage::sync_dir(&topic_dir)?;
+            crate::storage::sync_dir(&groups_dir)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| BrokerError::io("creating a group", std::io::Error::other(e)))??;
+        self.groups.insert(key, group.clone());
+        tokio::spawn(group.clone().run(self.clone()));
+        tracing::info!(topic = %topic.name(), group = %name, "created group");
+        Ok(group)
+    }
+
+    /// Deletes a group: ends its members' streams with NOT_FOUND and removes its files.
+    pub async fn delete(&self, topic: &str, group: &str) -> Result<()> {
+        let _admin = self.admin.lock().await;
+        let key = (topic.to_owned(), group.to_owned());
+        if !self.groups.contains_key(&key) {
+            return Err(BrokerError::NotFound(format!(
+                "group {group:?} of topic {topic:?} does not exist"
+            )));
+        }
+        self.remove_locked(&key).await;
+        Ok(())
+    }
+
+    /// Removes `group` if it is still the registered group of its name (its topic was
+    /// deleted under it).
+    async fn remove_if_same(&self, group: &Arc<Group>) {
+        let _admin = self.admin.lock().await;
+        let key = (group.topic_name.clone(), group.name.clone());
+        let same = self
+            .groups
+            .get(&key)
+            .is_some_and(|g| Arc::ptr_eq(&g, group));
+        if same {
+            self.remove_locked(&key).await;
+        }
+    }
+
+    async fn remove_locked(&self, key: &(String, String)) {
+        let Some((_, group)) = self.groups.remove(key) else {
+            return;
+        };
+        group.stop.send_replace(true);
+        {
+            let mut inner = group.lock();
+            for (_, slot) in inner.members.drain() {
+                let _ = slot.tx.try_send(Err(BrokerError::NotFound(format!(
+                    "group {:?} of topic {:?} was deleted",
+                    key.1, key.0
+                ))));
+            }
+        }
+        group.wake();
+        let dir = group.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // group.toml first: without it the directory is not a group.
+            let _ = std::fs::remove_file(dir.join(META_FILE));
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .await;
+        tracing::info!(topic = %key.0, group = %key.1, "deleted group");
+    }
+
+    /// Every group (of `topic` if given), sorted by topic then name.
+    pub fn list(&self, topic: Option<&str>) -> Vec<Arc<Group>> {
+        let mut groups: Vec<Arc<Group>> = self
+            .groups
+            .iter()
+            .filter(|g| topic.is_none_or(|t| g.key().0 == t))
+            .filter(|g| {
+                self.registry
+                    .get(&g.topic_name)
+                    .is_ok_and(|t| Arc::ptr_eq(&t, &g.topic))
+            })
+            .map(|g| g.clone())
+            .collect();
+        groups.sort_by(|a, b| (&a.topic_name, &a.name).cmp(&(&b.topic_name, &b.name)));
+        groups
+    }
+
+    /// Stops every driver and writes every group's state. Blocking: call after the
+    /// server stopped serving (every stream closed) and before the partitions close.
+    pub fn close(&self) {
+        for group in self.groups.iter() {
+            group.stop.send_replace(true);
+            group.wake();
+            if let Err(error) = group.persist() {
+                tracing::error!(topic = %group.topic_name, group = %group.name, %error, "persisting group state at shutdown failed");
+            }
+        }
+    }
+
+    /// Republishes up to `max` (0 = all) of the group's dead letters to their source
+    /// partitions, without the `herald-dlq-*` headers. Progress is kept per dead-letter
+    /// partition, so a dead letter is redriven once.
+    pub async fn redrive(&self, group: &Group, max: u64) -> Result<u64> {
+        let _one = group.redrive.lock().await;
+        let dlq = group.config().dead_letter_topic.ok_or_else(|| {
+            BrokerError::InvalidArgument("the group has no dead-letter topic".into())
+        })?;
+        let dlq_topic = self.registry.get(&dlq)?;
+        let mut cursor = {
+            let inner = group.lock();
+            if inner.redrive_topic.as_deref() == Some(dlq.as_str())
+                && inner.redrive_cursor.len() == dlq_topic.partitions.len()
+            {
+                inner.redrive_cursor.clone()
+            } else {
+                vec![0; dlq_topic.partitions.len()]
+            }
+        };
+        let max = if max == 0 { u64::MAX } else { max };
+        let mut count = 0u64;
+        'partitions: for (index, partition) in dlq_topic.partitions.iter().enumerate() {
+            let reader = partition.reader();
+            let end = reader.high_watermark();
+            let mut at = cursor[index].max(reader.start_offset());
+            while at < end {
+                let chunk = match reader.read(at, FETCH_CHUNK_BYTES) {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                let mut found = Vec::new();
+                let mut stopped_at = None;
+                'scan: for view in batch::batches(&chunk.bytes) {
+                    let Ok(view) = view else { break };
+                    for record in view.records() {
+                        let Ok(r) = record else { break 'scan };
+                        if r.offset < at || r.offset >= end {
+                            continue;
+                        }
+                        let mut source_topic = None;
+                        let mut source_group = None;
+                        let mut source_partition = None;
+                        for (k, v) in r.headers() {
+                            match k {
+                                DLQ_TOPIC => source_topic = Some(v),
+                                DLQ_GROUP => source_group = Some(v),
+                                DLQ_PARTITION => {
+                                    source_partition = std::str::from_utf8(v)
+                                        .ok()
+                                        .and_then(|s| s.parse::<u32>().ok())
+                                }
+                                _ => {}
+                            }
+                        }
+                        if source_topic != Some(group.topic_name.as_bytes())
+                            || source_group != Some(group.name.as_bytes())
+                        {
+                            continue;
+                        }
+                        if count + found.len() as u64 >= max {
+                            stopped_at = Some(r.offset);
+                            break 'scan;
+                        }
+                        found.push((
+                            source_partition,
+                            StoredRecord {
+                                offset: r.offset,
+                                timestamp: r.timestamp,
+                                key: r.key.map(|k| chunk.bytes.slice_ref(k)),
+                                value: chunk.bytes.slice_ref(r.value),
+                                headers: r
+                                    .headers()
+                                    .filter(|(k, _)| !k.starts_with(DLQ_PREFIX))
+                                    .map(|(k, v)| (k.to_owned(), chunk.bytes.slice_ref(v)))
+                                    .collect(),
+                            },
+                        ));
+                    }
+                }
+                for (source_partition, record) in found {
+                    let headers: Vec<(&str, &[u8])> = record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_ref()))
+                        .collect();
+                    let batch = build_batch(
+                        &self.registry,
+                        record.timestamp,
+                        record.key.as_deref(),
+                        &record.value,
+                        &headers,
+                    )?;
+                    let target = match source_partition {
+                        Some(p) if (p as usize) < group.topic.partitions.len() => {
+                            group.topic.partition(p)?
+                        }
+                        _ => group.topic.pick_partition(None, record.key.as_deref())?,
+                    };
+                    target.append(batch).await?;
+                    count += 1;
+                    cursor[index] = record.offset + 1;
+                }
+                if let Some(stopped_at) = stopped_at {
+                    cursor[index] = cursor[index].max(stopped_at);
+                    break 'partitions;
+                }
+                at = chunk.next_offset.max(at + 1).min(end);
+                cursor[index] = cursor[index].max(at);
+                if count >= max {
+                    break 'partitions;
+                }
+            }
+        }
+        {
+            let mut inner = group.lock();
+            inner.redrive_topic = Some(dlq);
+            inner.redrive_cursor = cursor;
+        }
+        let writer = group_arc(self, group);
+        if let Some(writer) = writer {
+            tokio::task::spawn_blocking(move || writer.write_meta())
+                .await
+                .map_err(|e| BrokerError::io("writing group.toml", std::io::Error::other(e)))??;
+        }
+        Ok(count)
+    }
+}
+
+fn group_arc(groups: &GroupRegistry, group: &Group) -> Option<Arc<Group>> {
+    groups
+        .groups
+        .get(&(group.topic_name.clone(), group.name.clone()))
+        .map(|g| g.clone())
+}

@@ -1,0 +1,600 @@
+//! The consumer-group RPCs: Subscribe and the group admin calls, on top of
+//! [`crate::groups`]. Converts between the proto types and the group driver, resolves
+//! positions through the partition readers, and checks settings as groups.proto documents.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::stream::{Stream, StreamExt};
+use herald_proto::v1::{self, position::Kind as PositionKind};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Status, Streaming};
+
+use crate::error::BrokerError;
+use crate::group::{
+    DEFAULT_MEMBER_IN_FLIGHT_BYTES, DEFAULT_MEMBER_IN_FLIGHT_MESSAGES, GroupSettings,
+    MemberOptions, OrderingMode, PendingState,
+};
+use crate::groups::{
+    Group, GroupConfig, GroupRegistry, MEMBER_QUEUE, MemberItem, MemberTx, Outgoing,
+};
+use crate::registry::Registry;
+use crate::topic::{Topic, validate_name};
+
+type Result<T, E = Status> = std::result::Result<T, E>;
+
+/// Longest client id kept for DescribeGroup.
+const MAX_CLIENT_ID_BYTES: usize = 256;
+
+fn invalid(message: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidArgument(message.into())
+}
+
+/// The settings in force, every field set.
+pub fn settings_proto(config: &GroupConfig) -> v1::GroupSettings {
+    let s = &config.settings;
+    let clamp = |v: u64| v.min(u64::from(u32::MAX)) as u32;
+    v1::GroupSettings {
+        ack_deadline_ms: Some(clamp(s.ack_deadline_ms)),
+        retry_backoff_min_ms: Some(clamp(s.retry_backoff_min_ms)),
+        retry_backoff_max_ms: Some(clamp(s.retry_backoff_max_ms)),
+        max_delivery_attempts: Some(s.max_delivery_attempts),
+        dead_letter_topic: Some(config.dead_letter_topic.clone().unwrap_or_default()),
+        ordering: match s.ordering {
+            OrderingMode::Key => v1::OrderingMode::Key,
+            OrderingMode::Partition => v1::OrderingMode::Partition,
+            OrderingMode::None => v1::OrderingMode::None,
+        } as i32,
+    }
+}
+
+/// Applies the set fields of `proto` over `base` (the defaults when creating) and checks
+/// the result: INVALID_ARGUMENT for bad values, NOT_FOUND for a missing dead-letter topic.
+fn resolve_config(
+    registry: &Registry,
+    topic: &str,
+    base: Option<&GroupConfig>,
+    proto: Option<v1::GroupSettings>,
+) -> Result<GroupConfig, BrokerError> {
+    let creating = base.is_none();
+    let mut config = base.cloned().unwrap_or(GroupConfig {
+        settings: GroupSettings::default(),
+        dead_letter_topic: None,
+    });
+    if let Some(p) = proto {
+        let s = &mut config.settings;
+        if let Some(v) = p.ack_deadline_ms {
+            if v == 0 {
+                return Err(invalid("ack_deadline_ms must be at least 1"));
+            }
+            s.ack_deadline_ms = u64::from(v);
+        }
+        if let Some(v) = p.retry_backoff_min_ms {
+            s.retry_backoff_min_ms = u64::from(v);
+            // A new minimum above the default maximum lifts the maximum with it.
+            if creating && p.retry_backoff_max_ms.is_none() {
+                s.retry_backoff_max_ms = s.retry_backoff_max_ms.max(u64::from(v));
+            }
+        }
+        if let Some(v) = p.retry_backoff_max_ms {
+            s.retry_backoff_max_ms = u64::from(v);
+        }
+        if let Some(v) = p.max_delivery_attempts {
+            s.max_delivery_attempts = v;
+        }
+        match v1::OrderingMode::try_from(p.ordering) {
+            Ok(v1::OrderingMode::Unspecified) => {}
+            Ok(v1::OrderingMode::Key) => s.ordering = OrderingMode::Key,
+            Ok(v1::OrderingMode::Partition) => s.ordering = OrderingMode::Partition,
+            Ok(v1::OrderingMode::None) => s.ordering = OrderingMode::None,
+            Err(_) => return Err(invalid(format!("unknown ordering mode {}", p.ordering))),
+        }
+        match p.dead_letter_topic {
+            None => {}
+            Some(name) if name.is_empty() => config.dead_letter_topic = None,
+            Some(name) => {
+                validate_name("topic", &name)?;
+                if name == topic {
+                    return Err(invalid(
+                        "dead_letter_topic must differ from the group's topic",
+                    ));
+                }
+                registry.get(&name).map_err(|_| {
+                    BrokerError::NotFound(format!("dead_letter_topic {name:?} does not exist"))
+                })?;
+                config.dead_letter_topic = Some(name);
+            }
+        }
+    }
+    if config.settings.max_delivery_attempts > 0 && config.dead_letter_topic.is_none() {
+        return Err(invalid(
+            "max_delivery_attempts above 0 requires a dead_letter_topic",
+        ));
+    }
+    config.settings = config
+        .settings
+        .validated()
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(config)
+}
+
+/// The offset `kind` names in one partition; offsets are clamped into its range.
+fn resolve_position(topic: &Topic, partition: u32, kind: &PositionKind) -> Result<u64> {
+    let reader = topic.partition(partition)?.reader();
+    let (start, end) = (reader.start_offset(), reader.high_watermark());
+    Ok(match kind {
+        PositionKind::Earliest(_) => start,
+        PositionKind::Latest(_) => end,
+        PositionKind::Offset(offset) => (*offset).clamp(start, end),
+        PositionKind::TimestampMs(ts) => reader
+            .offset_for_timestamp(*ts)
+            .map_err(|e| Status::from(BrokerError::from(e)))?
+            .unwrap_or(end)
+            .clamp(start, end),
+    })
+}
+
+/// Start offsets of a new group: Latest when unset.
+fn start_offsets(topic: &Topic, position: Option<v1::Position>) -> Result<Vec<u64>> {
+    let kind = match position {
+        None => PositionKind::Latest(v1::Latest {}),
+        Some(v1::Position { kind: None }) => {
+            return Err(Status::invalid_argument(
+                "`start_position` is set but holds no position: set earliest, latest, offset or timestamp_ms",
+            ));
+        }
+        Some(v1::Position { kind: Some(kind) }) => kind,
+    };
+    (0..topic.meta.partitions)
+        .map(|p| resolve_position(topic, p, &kind))
+        .collect()
+}
+
+fn describe(group: &Group) -> v1::GroupDescription {
+    let (description, config, clients) = group.describe();
+    v1::GroupDescription {
+        topic: group.topic_name.clone(),
+        group: group.name.clone(),
+        settings: Some(settings_proto(&config)),
+        members: description
+            .members
+            .iter()
+            .map(|m| v1::GroupMember {
+                member_id: m.member.0.to_string(),
+                client_id: clients.get(&m.member.0).cloned().unwrap_or_default(),
+                partitions: m.partitions.iter().map(|p| p.0).collect(),
+            })
+            .collect(),
+        partitions: description
+            .partitions
+            .iter()
+            .map(|p| {
+                let (start, end) = group
+                    .topic
+                    .partition(p.partition.0)
+                    .map(|part| {
+                        let r = part.reader();
+                        (r.start_offset(), r.high_watermark())
+                    })
+                    .unwrap_or((0, 0));
+                let committed = p.committed.0.max(start);
+                v1::GroupPartition {
+                    partition: p.partition.0,
+                    committed_offset: committed,
+                    end_offset: end,
+                    lag: end.saturating_sub(committed),
+                    in_flight_count: p.in_flight.min(u32::MAX as usize) as u32,
+                    redelivered_count: p.redelivered_count,
+                    dead_lettered_count: p.dead_lettered_count,
+                    member_id: p.owner().map(|m| m.0.to_string()).unwrap_or_default(),
+                }
+            })
+            .collect(),
+    }
+}
+
+pub async fn create_group(
+    groups: &Arc<GroupRegistry>,
+    r: v1::CreateGroupRequest,
+) -> Result<v1::CreateGroupResponse> {
+    let topic = groups.registry().get(&r.topic)?;
+    validate_name("group", &r.group)?;
+    let config = resolve_config(groups.registry(), &r.topic, None, r.settings)?;
+    let offsets = start_offsets(&topic, r.start_position)?;
+    let group = groups
+        .create(topic, &r.group, config, offsets, false)
+        .await?;
+    Ok(v1::CreateGroupResponse {
+        group: Some(describe(&group)),
+    })
+}
+
+pub async fn update_group(
+    groups: &Arc<GroupRegistry>,
+    r: v1::UpdateGroupRequest,
+) -> Result<v1::UpdateGroupResponse> {
+    let group = groups.get(&r.topic, &r.group).await?;
+    let config = resolve_config(
+        groups.registry(),
+        &r.topic,
+        Some(&group.config()),
+        r.settings,
+    )?;
+    let updater = group.clone();
+    tokio::task::spawn_blocking(move || updater.update(config))
+        .await
+        .map_err(|e| Status::internal(format!("update task failed: {e}")))??;
+    Ok(v1::UpdateGroupResponse {
+        group: Some(describe(&group)),
+    })
+}
+
+pub async fn delete_group(
+    groups: &Arc<GroupRegistry>,
+    r: v1::DeleteGroupRequest,
+) -> Result<v1::DeleteGroupResponse> {
+    // Through `get`, so a group of a deleted topic is NOT_FOUND.
+    groups.get(&r.topic, &r.group).await?;
+    groups.delete(&r.topic, &r.group).await?;
+    Ok(v1::DeleteGroupResponse {})
+}
+
+pub async fn describe_group(
+    groups: &Arc<GroupRegistry>,
+    r: v1::DescribeGroupRequest,
+) -> Result<v1::DescribeGroupResponse> {
+    let group = groups.get(&r.topic, &r.group).await?;
+    Ok(v1::DescribeGroupResponse {
+        group: Some(describe(&group)),
+    })
+}
+
+pub async fn list_groups(
+    groups: &Arc<GroupRegistry>,
+    r: v1::ListGroupsRequest,
+) -> Result<v1::ListGroupsResponse> {
+    Ok(v1::ListGroupsResponse {
+        groups: groups
+            .list(r.topic.as_deref())
+            .iter()
+            .map(|g| v1::GroupSummary {
+                topic: g.topic_name.clone(),
+                group: g.name.clone(),
+                member_count: g.member_count() as u32,
+            })
+            .collect(),
+    })
+}
+
+pub async fn seek(groups: &Arc<GroupRegistry>, r: v1::SeekRequest) -> Result<v1::SeekResponse> {
+    let group = groups.get(&r.topic, &r.group).await?;
+    let kind = match r.position {
+        None | Some(v1::Position { kind: None }) => {
+            return Err(Status::invalid_argument(
+                "`position` is required: set earliest, latest, offset or timestamp_ms",
+            ));
+        }
+        Some(v1::Position { kind: Some(kind) }) => kind,
+    };
+    let topic = &group.topic;
+    let targets = match r.partition {
+        Some(partition) => {
+            let reader = topic.partition(partition)?.reader();
+            if let PositionKind::Offset(offset) = kind {
+                let (start, end) = (reader.start_offset(), reader.high_watermark());
+                if offset < start || offset > end {
+                    return Err(Status::out_of_range(format!(
+                        "offset {offset} is out of range: partition {partition} holds offsets {start}..{end}"
+                    )));
+                }
+            }
+            vec![(partition, resolve_position(topic, partition, &kind)?)]
+        }
+        None => (0..topic.meta.partitions)
+            .map(|p| Ok((p, resolve_position(topic, p, &kind)?)))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let moved = group.seek(&targets)?;
+    Ok(v1::SeekResponse {
+        partitions: moved
+            .into_iter()
+            .map(|(partition, offset)| v1::PartitionOffset { partition, offset })
+            .collect(),
+    })
+}
+
+pub async fn list_pending(
+    groups: &Arc<GroupRegistry>,
+    r: v1::ListPendingRequest,
+) -> Result<v1::ListPendingResponse> {
+    let group = groups.get(&r.topic, &r.group).await?;
+    if let Some(partition) = r.partition {
+        group.topic.partition(partition)?;
+    }
+    let reader = group.clone();
+    let (messages, truncated) = tokio::task::spawn_blocking(move || {
+        reader.pending(r.partition, r.key.as_deref(), r.limit as usize)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("list task failed: {e}")))??;
+    Ok(v1::ListPendingResponse {
+        messages: messages
+            .into_iter()
+            .filter_map(|(m, key)| {
+                let (state, deadline_ms, member_id) = match m.state {
+                    PendingState::InFlight {
+                        member,
+                        deadline_ms,
+                    } => (
+                        v1::PendingState::InFlight,
+                        deadline_ms,
+                        member.0.to_string(),
+                    ),
+                    PendingState::Backoff { due_ms } => {
+                        (v1::PendingState::Backoff, due_ms, String::new())
+                    }
+                    // Being written to the dead-letter topic: about to be done.
+                    PendingState::DeadLettering => return None,
+                };
+                Some(v1::PendingMessage {
+                    partition: m.partition.0,
+                    offset: m.offset.0,
+                    key,
+                    delivery_attempt: m.attempts,
+                    deadline_ms: deadline_ms.min(i64::MAX as u64) as i64,
+                    state: state as i32,
+                    member_id,
+                })
+            })
+            .collect(),
+        truncated,
+    })
+}
+
+pub async fn redrive(
+    groups: &Arc<GroupRegistry>,
+    r: v1::RedriveRequest,
+) -> Result<v1::RedriveResponse> {
+    let group = groups.get(&r.topic, &r.group).await?;
+    if group.config().dead_letter_topic.is_none() {
+        return Err(Status::failed_precondition(format!(
+            "group {:?} of topic {:?} has no dead_letter_topic",
+            r.group, r.topic
+        )));
+    }
+    let redriven_count = groups.redrive(&group, r.max_messages).await?;
+    Ok(v1::RedriveResponse { redriven_count })
+}
+
+// ---- Subscribe ----
+
+/// The response stream of a Subscribe call: the member's queue. Each response taken wakes
+/// the group's driver (the queue has room again); dropping it ends the member.
+struct MemberStream {
+    rx: mpsc::Receiver<MemberItem>,
+    group: Arc<OnceLock<Arc<Group>>>,
+    _gone: oneshot::Sender<()>,
+}
+
+impl Stream for MemberStream {
+    type Item = Result<v1::SubscribeResponse>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                if let Some(group) = this.group.get() {
+                    group.wake();
+                }
+                Poll::Ready(Some(item.map(response).map_err(Status::from)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The proto response for one message of the driver.
+fn response(message: Outgoing) -> v1::SubscribeResponse {
+    use v1::subscribe_response::Response;
+    let response = match message {
+        Outgoing::Joined {
+            member,
+            partitions,
+            config,
+        } => Response::Joined(v1::Joined {
+            member_id: member.0.to_string(),
+            partitions: partitions.iter().map(|p| p.0).collect(),
+            settings: Some(settings_proto(&config)),
+        }),
+        Outgoing::Deliveries(deliveries) => Response::Deliveries(v1::Deliveries {
+            deliveries: deliveries
+                .into_iter()
+                .map(|out| {
+                    let (d, record) = (out.delivery, out.record);
+                    v1::Delivery {
+                        partition: d.partition.0,
+                        offset: d.offset.0,
+                        key: record.key,
+                        value: record.value,
+                        headers: record
+                            .headers
+                            .into_iter()
+                            .map(|(key, value)| v1::Header { key, value })
+                            .collect(),
+                        timestamp_ms: record.timestamp,
+                        delivery_attempt: d.attempt,
+                        ack_id: Bytes::copy_from_slice(&d.ack_id.encode()),
+                        deadline_ms: d.deadline_ms.min(i64::MAX as u64) as i64,
+                    }
+                })
+                .collect(),
+        }),
+        Outgoing::Assignment(change) => Response::Assignment(v1::AssignmentChange {
+            added: change.added.iter().map(|p| p.0).collect(),
+            revoked: change.revoked.iter().map(|p| p.0).collect(),
+            partitions: change.partitions.iter().map(|p| p.0).collect(),
+        }),
+    };
+    v1::SubscribeResponse {
+        response: Some(response),
+    }
+}
+
+/// Starts a Subscribe stream. `slot` is held until the stream's task ends.
+pub fn subscribe<S: Send + 'static>(
+    groups: Arc<GroupRegistry>,
+    inbound: Streaming<v1::SubscribeRequest>,
+    slot: S,
+    shutdown: watch::Receiver<bool>,
+) -> Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse>> + Send>> {
+    let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
+    let (gone_tx, gone_rx) = oneshot::channel();
+    let group = Arc::new(OnceLock::new());
+    tokio::spawn(run_member(
+        groups,
+        inbound,
+        tx,
+        shutdown,
+        gone_rx,
+        group.clone(),
+        slot,
+    ));
+    Box::pin(MemberStream {
+        rx,
+        group,
+        _gone: gone_tx,
+    })
+}
+
+async fn join_group(
+    groups: &Arc<GroupRegistry>,
+    join: v1::Join,
+    tx: MemberTx,
+) -> Result<(Arc<Group>, crate::group::MemberId), BrokerError> {
+    let topic = groups.registry().get(&join.topic)?;
+    validate_name("group", &join.group)?;
+    let group = match groups.get(&join.topic, &join.group).await {
+        Ok(group) => group,
+        Err(BrokerError::NotFound(_)) => {
+            let config = resolve_config(groups.registry(), &join.topic, None, join.settings)?;
+            let offsets = start_offsets(&topic, join.start_position)
+                .map_err(|s| BrokerError::InvalidArgument(s.message().to_owned()))?;
+            groups
+                .create(topic, &join.group, config, offsets, true)
+                .await?
+        }
+        Err(e) => return Err(e),
+    };
+    let member = groups.member_id();
+    let options = MemberOptions {
+        max_in_flight_messages: match join.max_in_flight_messages {
+            0 => DEFAULT_MEMBER_IN_FLIGHT_MESSAGES,
+            n => n,
+        },
+        max_in_flight_bytes: match join.max_in_flight_bytes {
+            0 => DEFAULT_MEMBER_IN_FLIGHT_BYTES,
+            n => n,
+        },
+        credit_flow_control: join.credit_flow_control,
+    };
+    let mut client_id = join.client_id;
+    if client_id.len() > MAX_CLIENT_ID_BYTES {
+        let mut end = MAX_CLIENT_ID_BYTES;
+        while !client_id.is_char_boundary(end) {
+            end -= 1;
+        }
+        client_id.truncate(end);
+    }
+    group.join(member, client_id, options, tx)?;
+    Ok((group, member))
+}
+
+async fn run_member<S>(
+    groups: Arc<GroupRegistry>,
+    mut inbound: Streaming<v1::SubscribeRequest>,
+    tx: MemberTx,
+    mut shutdown: watch::Receiver<bool>,
+    mut gone: oneshot::Receiver<()>,
+    shared: Arc<OnceLock<Arc<Group>>>,
+    _slot: S,
+) {
+    use v1::subscribe_request::Request;
+    let idle = groups.registry().config().idle_stream_timeout();
+    let first = tokio::select! {
+        first = tokio::time::timeout(idle, inbound.next()) => first,
+        _ = &mut gone => return,
+        _ = shutdown.wait_for(|s| *s) => {
+            let _ = tx.try_send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+            return;
+        }
+    };
+    let join = match first {
+        Ok(Some(Ok(v1::SubscribeRequest {
+            request: Some(Request::Join(join)),
+        }))) => join,
+        Ok(Some(Ok(_))) => {
+            let _ = tx.try_send(Err(invalid(
+                "the first message of a Subscribe stream must be a Join",
+            )));
+            return;
+        }
+        Ok(Some(Err(_)) | None) => return,
+        Err(_) => {
+            let _ = tx.try_send(Err(invalid(format!(
+                "no Join within {} ms (idle_stream_timeout_ms)",
+                idle.as_millis()
+            ))));
+            return;
+        }
+    };
+    let (group, member) = match join_group(&groups, join, tx.clone()).await {
+        Ok(joined) => joined,
+        Err(error) => {
+            let _ = tx.try_send(Err(error));
+            return;
+        }
+    };
+    let _ = shared.set(group.clone());
+    let mut stopped = group.stopped();
+    loop {
+        let next = tokio::select! {
+            next = inbound.next() => next,
+            _ = &mut gone => break,
+            _ = shutdown.wait_for(|s| *s) => {
+                let _ = tx.try_send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                break;
+            }
+            // Deleted: the driver already ended the stream with NOT_FOUND.
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        let request = match next {
+            None | Some(Err(_)) => break,
+            Some(Ok(request)) => request,
+        };
+        let handled = match request.request {
+            Some(Request::Ack(ack)) => group.ack(member, &ack.ack_ids),
+            Some(Request::Nack(nack)) => {
+                group.nack(member, &nack.ack_id, nack.delay_ms, &nack.reason)
+            }
+            Some(Request::Extend(extend)) => group.extend(member, &extend.ack_ids, extend.extra_ms),
+            Some(Request::Credit(credit)) => {
+                group.credit(member, credit.messages, credit.bytes);
+                Ok(())
+            }
+            Some(Request::Join(_)) => Err(invalid(
+                "only the first message of a Subscribe stream may be a Join",
+            )),
+            None => Err(invalid(
+                "the request sets none of join, ack, nack, extend, credit",
+            )),
+        };
+        if let Err(error) = handled {
+            let _ = tx.try_send(Err(error));
+            break;
+        }
+    }
+    group.leave(member);
+}
