@@ -218,3 +218,170 @@ async fn metrics_count_what_was_published_and_flushed() {
     assert_eq!(status, 404);
     broker.shutdown().await.unwrap();
 }
+
+/// The group series of `(topic, group)` in the order the test compares them: deliveries,
+/// acks, nacks, redeliveries, expirations, dead letters, lag, members. `None` for a
+/// missing series.
+const GROUP_SERIES: [&str; 8] = [
+    "herald_group_deliveries_total",
+    "herald_group_acks_total",
+    "herald_group_nacks_total",
+    "herald_group_redeliveries_total",
+    "herald_group_expirations_total",
+    "herald_group_dead_letters_total",
+    "herald_group_lag",
+    "herald_group_members",
+];
+
+async fn group_series(
+    metrics_addr: std::net::SocketAddr,
+    topic: &str,
+    group: &str,
+) -> (Vec<Option<f64>>, String) {
+    let (status, text) = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let values = GROUP_SERIES
+        .iter()
+        .map(|name| group_metric_value(&text, name, topic, group))
+        .collect();
+    (values, text)
+}
+
+/// Polls the metrics until the group's series equal `want` (the driver and the acks are
+/// asynchronous); panics with the last exposition otherwise.
+async fn expect_group_series(
+    metrics_addr: std::net::SocketAddr,
+    topic: &str,
+    group: &str,
+    want: [f64; 8],
+) {
+    let want: Vec<Option<f64>> = want.into_iter().map(Some).collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (got, text) = group_series(metrics_addr, topic, group).await;
+        if got == want {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "group {topic}/{group}: {GROUP_SERIES:?}\n  want {want:?}\n  got  {got:?}\n{text}"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_group_deliveries_acks_nacks_and_lag() {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let metrics_addr = broker.metrics_addr.expect("metrics are served");
+    let mut c = client(&broker).await;
+    create_topic(&mut c, "work", 2).await;
+    create_topic(&mut c, "flaky", 1).await;
+    create_topic(&mut c, "dlq", 1).await;
+    for p in 0..2 {
+        let batch = (0..5).map(|i| record(None, &format!("{p}.{i}"))).collect();
+        publish(&mut c, "work", Some(p), batch).await.unwrap();
+    }
+
+    // Ten deliveries: nine acked, one nacked, redelivered and then acked.
+    let mut m = subscribe(&mut c, join("work", "g", Some(fast_settings(60_000, 10))))
+        .await
+        .unwrap();
+    let (first, _) = m.deliveries(10, WAIT).await;
+    assert_eq!(first.len(), 10);
+    let (nacked, acked) = first.split_last().unwrap();
+    m.ack(acked).await;
+    m.nack(nacked, Some(0), "try again").await;
+    let (again, _) = m.deliveries(1, WAIT).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery_attempt, 2);
+    assert_eq!(again[0].offset, nacked.offset);
+    // Before the last ack one message is not done: lag 1.
+    expect_group_series(
+        metrics_addr,
+        "work",
+        "g",
+        [11.0, 9.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0],
+    )
+    .await;
+    m.ack(&again).await;
+    expect_group_series(
+        metrics_addr,
+        "work",
+        "g",
+        [11.0, 10.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+    )
+    .await;
+
+    // Without members, new records add to the lag.
+    drop(m);
+    publish(
+        &mut c,
+        "work",
+        Some(1),
+        vec![record(None, "a"), record(None, "b")],
+    )
+    .await
+    .unwrap();
+    publish(&mut c, "work", Some(0), vec![record(None, "c")])
+        .await
+        .unwrap();
+    expect_group_series(
+        metrics_addr,
+        "work",
+        "g",
+        [11.0, 10.0, 1.0, 1.0, 0.0, 0.0, 3.0, 0.0],
+    )
+    .await;
+
+    // Expirations and dead letters: nacked once, then its deadline passes on the last
+    // attempt, so it lands in the dead-letter topic and is done.
+    publish(&mut c, "flaky", None, vec![record(None, "poison")])
+        .await
+        .unwrap();
+    let settings = v1::GroupSettings {
+        max_delivery_attempts: Some(2),
+        dead_letter_topic: Some("dlq".into()),
+        ..fast_settings(1_000, 10)
+    };
+    let mut m = subscribe(&mut c, join("flaky", "d", Some(settings)))
+        .await
+        .unwrap();
+    let (first, _) = m.deliveries(1, WAIT).await;
+    assert_eq!(first.len(), 1);
+    m.nack(&first[0], Some(0), "boom").await;
+    let (second, _) = m.deliveries(1, WAIT).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].delivery_attempt, 2);
+    expect_group_series(
+        metrics_addr,
+        "flaky",
+        "d",
+        [2.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0],
+    )
+    .await;
+    assert_eq!(fetch_all(&mut c, "dlq", 0, 0).await.unwrap().len(), 1);
+
+    // Deleting a group removes its series; the other group's stay.
+    drop(m);
+    c.delete_group(v1::DeleteGroupRequest {
+        topic: "work".into(),
+        group: "g".into(),
+    })
+    .await
+    .unwrap();
+    let (gone, text) = group_series(metrics_addr, "work", "g").await;
+    assert_eq!(gone, vec![None; 8], "{text}");
+    assert!(!text.contains("group=\"g\""), "{text}");
+    let (kept, text) = group_series(metrics_addr, "flaky", "d").await;
+    assert!(kept.iter().all(Option::is_some), "{text}");
+    assert!(
+        text.contains("# TYPE herald_group_acks_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE herald_group_lag gauge"), "{text}");
+    broker.shutdown().await.unwrap();
+}

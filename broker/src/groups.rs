@@ -38,9 +38,9 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::error::{BrokerError, Result};
 use crate::group::{
-    AckId, AssignmentChange, DeadLetter, Delivery, GroupError, GroupLimits, GroupSettings,
-    GroupSnapshot, GroupState, KeyHash, MemberId, MemberOptions, OfferedRecord, Offset,
-    OrderingMode, PartitionId, PendingFilter, PendingList, SeekTarget,
+    AckId, AckOutcome, AssignmentChange, DeadLetter, Delivery, GroupError, GroupLimits,
+    GroupSettings, GroupSnapshot, GroupState, KeyHash, MemberId, MemberOptions, NackOutcome,
+    OfferedRecord, Offset, OrderingMode, PartitionId, PendingFilter, PendingList, SeekTarget,
 };
 use crate::registry::{Registry, now_ms};
 use crate::storage::{BatchBuilder, LogReader, Record, StorageError, ValidatedBatch, batch};
@@ -186,6 +186,31 @@ pub struct Group {
     persisted: Mutex<Vec<u8>>,
     /// Serialises Redrive calls.
     redrive: tokio::sync::Mutex<()>,
+    /// Running totals for metrics, since the group was loaded or created.
+    counters: GroupCounters,
+}
+
+/// A group's running totals, kept outside the state's lock so reading them is free; the
+/// state machine itself counts redeliveries and dead letters (see `describe`).
+#[derive(Debug, Default)]
+struct GroupCounters {
+    deliveries: AtomicU64,
+    acks: AtomicU64,
+    nacks: AtomicU64,
+    expirations: AtomicU64,
+}
+
+/// A snapshot of a group's running totals, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Deliveries sent to members (first deliveries and redeliveries).
+    pub deliveries: u64,
+    /// Acks that completed a message (stale acks are not counted).
+    pub acks: u64,
+    /// Nacks of live deliveries (stale nacks are not counted).
+    pub nacks: u64,
+    /// Deliveries whose ack deadline passed.
+    pub expirations: u64,
 }
 
 /// A pending message with its key read back from the log.
@@ -301,6 +326,17 @@ impl Group {
         self.lock().members.len()
     }
 
+    /// The group's running totals since it was loaded or created. Lock-free.
+    pub fn counts(&self) -> GroupCounts {
+        let c = &self.counters;
+        GroupCounts {
+            deliveries: c.deliveries.load(Ordering::Relaxed),
+            acks: c.acks.load(Ordering::Relaxed),
+            nacks: c.nacks.load(Ordering::Relaxed),
+            expirations: c.expirations.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn stopped(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
     }
@@ -400,11 +436,23 @@ impl Group {
     /// Acks; malformed ack ids are INVALID_ARGUMENT, unknown or stale ones are ignored.
     pub fn ack(&self, member: MemberId, ack_ids: &[Bytes]) -> Result<()> {
         let mut inner = self.lock();
+        let mut acked = 0;
+        let mut result = Ok(());
         for id in ack_ids {
-            let id = AckId::decode(id).map_err(group_error)?;
-            let _ = inner.state.ack(member, &id);
+            let id = match AckId::decode(id) {
+                Ok(id) => id,
+                Err(error) => {
+                    result = Err(group_error(error));
+                    break;
+                }
+            };
+            if let Ok(AckOutcome::Acked) = inner.state.ack(member, &id) {
+                acked += 1;
+            }
         }
         drop(inner);
+        self.counters.acks.fetch_add(acked, Ordering::Relaxed);
+        result?;
         self.wake();
         Ok(())
     }
@@ -417,10 +465,16 @@ impl Group {
         reason: &str,
     ) -> Result<()> {
         let id = AckId::decode(ack_id).map_err(group_error)?;
-        let _ = self
+        let outcome = self
             .lock()
             .state
             .nack(member, &id, delay_ms.map(u64::from), reason, now());
+        if matches!(
+            outcome,
+            Ok(NackOutcome::Retry { .. } | NackOutcome::DeadLetter)
+        ) {
+            self.counters.nacks.fetch_add(1, Ordering::Relaxed);
+        }
         self.wake();
         Ok(())
     }
@@ -610,7 +664,12 @@ impl Group {
     /// Expires deadlines and takes the machine's actions; returns the dead letters.
     fn tick(&self) -> Vec<DeadLetter> {
         let mut inner = self.lock();
-        inner.state.tick(now());
+        let expired = inner.state.tick(now());
+        if !expired.is_empty() {
+            self.counters
+                .expirations
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        }
         let mut dead = Vec::new();
         for action in inner.state.take_actions() {
             match action {
@@ -750,11 +809,20 @@ impl Group {
             tracing::warn!(topic = %self.topic_name, group = %self.name, partition = %ack_id.partition, offset = %ack_id.offset, "a polled record is gone from the log; skipping it");
             let _ = inner.state.ack(member, &ack_id);
         }
+        let mut sent = 0;
         for (member, responses) in built {
             if let Some(slot) = inner.members.get_mut(&member) {
+                sent += responses
+                    .iter()
+                    .map(|r| match r {
+                        Outgoing::Deliveries(d) => d.len() as u64,
+                        _ => 0,
+                    })
+                    .sum::<u64>();
                 slot.outbox.extend(responses);
             }
         }
+        self.counters.deliveries.fetch_add(sent, Ordering::Relaxed);
         flush_all(&mut inner);
         true
     }
@@ -1051,6 +1119,7 @@ impl GroupRegistry {
             stop,
             persisted: Mutex::new(persisted),
             redrive: tokio::sync::Mutex::new(()),
+            counters: GroupCounters::default(),
         })
     }
 

@@ -365,3 +365,15 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The value of the per-group sample `name{group=..,topic=..}` in a Prometheus text
+/// exposition, whichever order the labels are written in.
+pub fn group_metric_value(exposition: &str, name: &str, topic: &str, group: &str) -> Option<f64> {
+    let labels = [
+        format!("group=\"{group}\",topic=\"{topic}\""),
+        format!("topic=\"{topic}\",group=\"{group}\""),
+    ];
+    labels
+        .iter()
+        .find_map(|l| metric_value(exposition, &format!("{name}{{{l}}}")))
+}

@@ -1,14 +1,18 @@
 //! Prometheus metrics and the `/metrics` HTTP endpoint.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry as PromRegistry, TextEncoder,
 };
 
+use crate::groups::GroupRegistry;
 use crate::registry::Registry;
+
+/// Labels of the per-group series. Bounded: a broker holds at most `MAX_GROUPS` groups.
+const GROUP_LABELS: &[&str] = &["topic", "group"];
 
 /// Latency buckets in seconds: 50 µs to 5 s, roughly ×2 apart, so an fsync (~0.1–0.4 ms)
 /// and a loopback round trip both land in distinct buckets.
@@ -31,6 +35,127 @@ pub struct Metrics {
     partitions: IntGauge,
     fsyncs: IntCounter,
     fsync_seconds: prometheus::Counter,
+    groups: GroupMetrics,
+    /// Held while refreshing and gathering, so concurrent scrapes never see each other's
+    /// half-refreshed values.
+    scrape: Mutex<()>,
+}
+
+/// Per-group series, filled at scrape time from each group's own totals and state (the
+/// delivery path only bumps atomics), so a deleted group's series disappear with it.
+struct GroupMetrics {
+    deliveries: IntCounterVec,
+    acks: IntCounterVec,
+    nacks: IntCounterVec,
+    redeliveries: IntCounterVec,
+    expirations: IntCounterVec,
+    dead_letters: IntCounterVec,
+    lag: IntGaugeVec,
+    members: IntGaugeVec,
+}
+
+impl GroupMetrics {
+    fn new() -> GroupMetrics {
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), GROUP_LABELS).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), GROUP_LABELS).expect("valid metric")
+        };
+        GroupMetrics {
+            deliveries: counter(
+                "group_deliveries_total",
+                "Messages delivered to group members, redeliveries included",
+            ),
+            acks: counter("group_acks_total", "Deliveries acked (stale acks excluded)"),
+            nacks: counter(
+                "group_nacks_total",
+                "Deliveries nacked (stale nacks excluded)",
+            ),
+            redeliveries: counter(
+                "group_redeliveries_total",
+                "Deliveries of a message after its first",
+            ),
+            expirations: counter(
+                "group_expirations_total",
+                "Deliveries whose ack deadline passed",
+            ),
+            dead_letters: counter(
+                "group_dead_letters_total",
+                "Messages dead-lettered (appended to the dead-letter topic, or dropped)",
+            ),
+            lag: gauge(
+                "group_lag",
+                "Messages not yet done: sum over partitions of end offset minus committed offset",
+            ),
+            members: gauge("group_members", "Members connected to the group"),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.deliveries.clone()),
+            Box::new(self.acks.clone()),
+            Box::new(self.nacks.clone()),
+            Box::new(self.redeliveries.clone()),
+            Box::new(self.expirations.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.lag.clone()),
+            Box::new(self.members.clone()),
+        ]
+    }
+
+    /// Replaces every series with the current groups' values. Totals only grow while a
+    /// group lives; a broker restart starts them again, which scrapers see as a reset.
+    fn refresh(&self, groups: &GroupRegistry) {
+        let counters = [
+            &self.deliveries,
+            &self.acks,
+            &self.nacks,
+            &self.redeliveries,
+            &self.expirations,
+            &self.dead_letters,
+        ];
+        for vec in counters {
+            vec.reset();
+        }
+        self.lag.reset();
+        self.members.reset();
+        for group in groups.list(None) {
+            let labels = [group.topic_name.as_str(), group.name.as_str()];
+            let counts = group.counts();
+            let (description, _, _) = group.describe();
+            let (mut redeliveries, mut dead_letters, mut lag) = (0u64, 0u64, 0u64);
+            for p in &description.partitions {
+                redeliveries += p.redelivered_count;
+                dead_letters += p.dead_lettered_count;
+                // Read after the committed offset, so the end is never behind it.
+                let end = group
+                    .topic
+                    .partitions
+                    .get(p.partition.index())
+                    .map_or(0, |partition| partition.reader().high_watermark());
+                lag += end.saturating_sub(p.committed.0);
+            }
+            let values = [
+                counts.deliveries,
+                counts.acks,
+                counts.nacks,
+                redeliveries,
+                counts.expirations,
+                dead_letters,
+            ];
+            for (vec, value) in counters.into_iter().zip(values) {
+                vec.with_label_values(&labels).inc_by(value);
+            }
+            self.lag
+                .with_label_values(&labels)
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            self.members
+                .with_label_values(&labels)
+                .set(description.members.len() as i64);
+        }
+    }
 }
 
 impl Metrics {
@@ -76,6 +201,8 @@ impl Metrics {
                 "Time spent in log flushes since start, all partitions",
             )
             .expect("valid metric"),
+            groups: GroupMetrics::new(),
+            scrape: Mutex::new(()),
             registry,
         };
         for c in [
@@ -90,14 +217,18 @@ impl Metrics {
             Box::new(m.partitions.clone()),
             Box::new(m.fsyncs.clone()),
             Box::new(m.fsync_seconds.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain(m.groups.collectors())
+        {
             m.registry.register(c).expect("metric names are unique");
         }
         Arc::new(m)
     }
 
     /// The text exposition, after refreshing the values read from the registry.
-    pub fn render(&self, registry: &Registry) -> String {
+    pub fn render(&self, registry: &Registry, groups: &GroupRegistry) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let topics = registry.list();
         self.topics.set(topics.len() as i64);
         self.partitions.set(registry.partitions_total() as i64);
@@ -115,6 +246,7 @@ impl Metrics {
         self.fsyncs.inc_by(flushes);
         self.fsync_seconds.reset();
         self.fsync_seconds.inc_by(seconds);
+        self.groups.refresh(groups);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
@@ -126,13 +258,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    groups: Arc<GroupRegistry>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (metrics, registry) = (metrics.clone(), registry.clone());
-            async move { metrics.render(&registry) }
+            let (metrics, registry, groups) = (metrics.clone(), registry.clone(), groups.clone());
+            async move { metrics.render(&registry, &groups) }
         }),
     );
     axum::serve(listener, app)

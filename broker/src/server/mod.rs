@@ -74,12 +74,12 @@ impl Broker {
                 .map_err(|e| BrokerError::io(format!("binding {}", config.metrics_listen), e))?;
             let metrics_addr = listener.local_addr().ok();
             let mut stop = stop_rx.clone();
-            let (m, r) = (metrics.clone(), registry.clone());
+            let (m, r, g) = (metrics.clone(), registry.clone(), groups.clone());
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(error) = metrics::serve(listener, m, r, shutdown).await {
+                if let Err(error) = metrics::serve(listener, m, r, g, shutdown).await {
                     tracing::error!(%error, "metrics endpoint failed");
                 }
             });
