@@ -1,5 +1,6 @@
-//! The client side of the `herald` binary: `topic create|list|describe|delete`, `publish`
-//! and `fetch`, talking to a broker over gRPC (`herald.v1`).
+//! The client side of the `herald` binary: `topic create|list|describe|delete`, `publish`,
+//! `fetch`, `consume` and `group create|list|describe|seek|redrive|delete`, talking to a
+//! broker over gRPC (`herald.v1`).
 //!
 //! Output is for people by default (aligned tables, `offset  key  value` lines); `--json`
 //! prints one JSON object per line instead. A failed call becomes an error naming the gRPC
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use herald_broker::config::FsyncSetting;
 use herald_proto::HeraldClient;
 use herald_proto::v1;
@@ -31,6 +32,13 @@ const PUBLISH_BATCH_BYTES: usize = 256 * 1024;
 const PUBLISH_LINGER: Duration = Duration::from_millis(5);
 /// Lines read from stdin ahead of the publishes.
 const STDIN_QUEUE: usize = 4096;
+/// Requests (acks, nacks, credit) `consume` queues for the Subscribe stream.
+const SUBSCRIBE_QUEUE: usize = 64;
+/// How long `consume` waits, when it leaves, for the broker to take its last acks and
+/// close the stream.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The Nack reason of `consume --nack`.
+const NACK_REASON: &str = "nacked by herald consume";
 /// How long to wait for the TCP connection to the broker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -61,6 +69,10 @@ pub enum ClientCommand {
     Publish(PublishArgs),
     /// Read one partition from a position; with --follow, keep tailing it until Ctrl-C.
     Fetch(FetchArgs),
+    /// Join a consumer group and print (then ack) its deliveries until Ctrl-C or --max.
+    Consume(ConsumeArgs),
+    /// Create, list, describe, seek, redrive and delete consumer groups.
+    Group(GroupArgs),
 }
 
 #[derive(Args)]
@@ -151,6 +163,130 @@ pub struct FetchArgs {
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     max_records: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// The topic to consume (it must exist).
+    topic: String,
+    /// The consumer group to join; created (with default settings) if it does not exist.
+    #[arg(long)]
+    group: String,
+    /// Where the group starts if this command creates it: an offset, `earliest`, `latest`
+    /// or `ts:MILLIS` [default: latest]. Ignored when the group exists.
+    #[arg(long, value_name = "POSITION")]
+    from: Option<StartPosition>,
+    /// Stop after this many deliveries (redeliveries count too).
+    #[arg(long, value_name = "N")]
+    max: Option<u64>,
+    /// Nack every delivery (after printing it) instead of acking it, to test redelivery
+    /// and dead-lettering.
+    #[arg(long)]
+    nack: bool,
+    /// Most deliveries held unacked at once [default: the broker's].
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+    /// A label for this member, shown by `group describe` [default: herald-cli-PID].
+    #[arg(long)]
+    client_id: Option<String>,
+}
+
+#[derive(Args)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    #[command(subcommand)]
+    command: GroupCommand,
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a consumer group. Settings left out take their defaults.
+    Create {
+        /// The topic the group consumes.
+        topic: String,
+        /// The group's name: 1 to 249 of A-Z a-z 0-9 . _ -
+        group: String,
+        /// Time a member has to ack a delivery before it is due again [default: 30000].
+        #[arg(long, value_name = "MS")]
+        ack_deadline_ms: Option<u32>,
+        /// Deliveries after which an unacked message is dead-lettered (0 = never, the
+        /// default). Above 0 it needs --dead-letter-topic.
+        #[arg(long, value_name = "N")]
+        max_delivery_attempts: Option<u32>,
+        /// Topic that receives the group's dead letters (it must exist).
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter_topic: Option<String>,
+        /// Delivery order within a partition [default: key].
+        #[arg(long, value_enum)]
+        ordering: Option<Ordering>,
+        /// Redelivery delay after a first failure, doubled on each further one [default:
+        /// the broker's].
+        #[arg(long, value_name = "MS")]
+        retry_backoff_min_ms: Option<u32>,
+        /// Cap of the redelivery delay [default: the broker's].
+        #[arg(long, value_name = "MS")]
+        retry_backoff_max_ms: Option<u32>,
+        /// Where the group starts in each partition: an offset, `earliest`, `latest` or
+        /// `ts:MILLIS` [default: latest].
+        #[arg(long, value_name = "POSITION")]
+        from: Option<StartPosition>,
+    },
+    /// List the consumer groups, of every topic or of one.
+    List {
+        /// Only this topic's groups.
+        topic: Option<String>,
+    },
+    /// Show a group's settings, members and per-partition progress.
+    Describe {
+        /// The group's topic.
+        topic: String,
+        /// The group.
+        group: String,
+    },
+    /// Move a group's committed offset, in every partition or in one.
+    Seek {
+        /// The group's topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// The new position: an offset, `earliest`, `latest` or `ts:MILLIS`.
+        #[arg(long, value_name = "POSITION")]
+        to: StartPosition,
+        /// Only this partition [default: every partition].
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Republish the group's dead letters to its topic.
+    Redrive {
+        /// The group's topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// Move at most this many messages [default: all].
+        #[arg(long, value_name = "N")]
+        max_messages: Option<u64>,
+    },
+    /// Delete a consumer group and its committed offsets.
+    Delete {
+        /// The group's topic.
+        topic: String,
+        /// The group.
+        group: String,
+    },
+}
+
+/// A group's `--ordering`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Ordering {
+    /// At most one unacked message per key in flight.
+    Key,
+    /// At most one unacked message per partition in flight.
+    Partition,
+    /// No ordering.
+    None,
 }
 
 /// A `--from` position.
@@ -264,6 +400,8 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             ClientCommand::Topic(args) => topic(args).await,
             ClientCommand::Publish(args) => publish(args).await,
             ClientCommand::Fetch(args) => fetch(args).await,
+            ClientCommand::Consume(args) => consume(args).await,
+            ClientCommand::Group(args) => group(args).await,
         }
     });
     match result {
@@ -802,15 +940,22 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
 /// Bytes that are not UTF-8 are shown lossily; line breaks and tabs are escaped so that a
 /// record is always one line. A record without a key shows `-`.
 fn record_text(record: &v1::FetchedRecord) -> String {
-    let mut line = format!(
-        "{}\t{}\t{}",
+    format!(
+        "{}\t{}",
         record.offset,
-        record.key.as_ref().map_or("-".into(), |k| printable(k)),
-        printable(&record.value)
+        message_text(record.key.as_deref(), &record.value, &record.headers)
+    )
+}
+
+/// `key<TAB>value`, then `<TAB>[name=value, ...]` when there are headers.
+fn message_text(key: Option<&[u8]>, value: &[u8], headers: &[v1::Header]) -> String {
+    let mut line = format!(
+        "{}\t{}",
+        key.map_or("-".into(), printable),
+        printable(value)
     );
-    if !record.headers.is_empty() {
-        let headers: Vec<String> = record
-            .headers
+    if !headers.is_empty() {
+        let headers: Vec<String> = headers
             .iter()
             .map(|h| format!("{}={}", printable(h.key.as_bytes()), printable(&h.value)))
             .collect();
@@ -839,11 +984,15 @@ fn record_json(topic: &str, partition: u32, record: &v1::FetchedRecord) -> Value
         "timestamp_ms": record.timestamp_ms,
         "key": record.key.as_ref().map(|k| bytes_json(k)),
         "value": bytes_json(&record.value),
-        "headers": record.headers.iter().map(|h| json!({
-            "key": h.key,
-            "value": bytes_json(&h.value),
-        })).collect::<Vec<_>>(),
+        "headers": headers_json(&record.headers),
     })
+}
+
+fn headers_json(headers: &[v1::Header]) -> Value {
+    headers
+        .iter()
+        .map(|h| json!({"key": h.key, "value": bytes_json(&h.value)}))
+        .collect()
 }
 
 fn bytes_json(bytes: &[u8]) -> Value {
@@ -873,6 +1022,479 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// consume
+
+async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    use v1::subscribe_request::Request;
+    use v1::subscribe_response::Response;
+
+    let mut client = connect(&args.opts).await?;
+    if args.max == Some(0) {
+        return Ok(());
+    }
+    // With --max, credit flow control makes the broker send exactly that many deliveries,
+    // so none is taken (and its delivery attempt used) only to be dropped unprinted.
+    let credit = args
+        .max
+        .and_then(|max| u32::try_from(max).ok())
+        .map(|messages| v1::Credit {
+            messages,
+            bytes: u64::MAX,
+        });
+    let join = v1::Join {
+        topic: args.topic.clone(),
+        group: args.group.clone(),
+        client_id: args
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("herald-cli-{}", std::process::id())),
+        max_in_flight_messages: args.max_in_flight.unwrap_or(0),
+        max_in_flight_bytes: 0,
+        settings: None,
+        start_position: args.from.map(StartPosition::to_proto),
+        credit_flow_control: credit.is_some(),
+    };
+    let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
+    tx.send(v1::SubscribeRequest {
+        request: Some(Request::Join(join)),
+    })
+    .await?;
+    if let Some(credit) = credit {
+        tx.send(v1::SubscribeRequest {
+            request: Some(Request::Credit(credit)),
+        })
+        .await?;
+    }
+    let mut stream = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(RpcError)?
+        .into_inner();
+
+    let mut out = Out::new();
+    let mut received = 0u64;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let response = tokio::select! {
+            response = stream.message() => response.map_err(RpcError)?,
+            _ = &mut interrupted => break,
+        };
+        let Some(response) = response else {
+            anyhow::bail!("UNAVAILABLE: the broker closed the Subscribe stream");
+        };
+        let Some(Response::Deliveries(deliveries)) = response.response else {
+            // Joined and assignment changes: nothing to print.
+            continue;
+        };
+        let mut done = Vec::new();
+        for delivery in deliveries.deliveries {
+            if args.max.is_some_and(|max| received >= max) {
+                break;
+            }
+            if args.opts.json {
+                out.json(&delivery_json(&args.topic, &args.group, &delivery))?;
+            } else {
+                out.line(delivery_text(&delivery))?;
+            }
+            received += 1;
+            done.push(delivery.ack_id);
+        }
+        // Printed (and flushed) first, then acked: a message whose line could not be
+        // written is delivered again.
+        out.flush()?;
+        let requests: Vec<Request> = if args.nack {
+            done.into_iter()
+                .map(|ack_id| {
+                    Request::Nack(v1::Nack {
+                        ack_id,
+                        delay_ms: None,
+                        reason: NACK_REASON.to_owned(),
+                    })
+                })
+                .collect()
+        } else if done.is_empty() {
+            Vec::new()
+        } else {
+            vec![Request::Ack(v1::Ack { ack_ids: done })]
+        };
+        for request in requests {
+            let request = v1::SubscribeRequest {
+                request: Some(request),
+            };
+            if tx.send(request).await.is_err() {
+                // The call is over: its status says why.
+                return Err(match stream.message().await {
+                    Err(status) => RpcError(status).into(),
+                    Ok(_) => anyhow::anyhow!("UNAVAILABLE: the Subscribe stream ended"),
+                });
+            }
+        }
+        if args.max.is_some_and(|max| received >= max) {
+            break;
+        }
+    }
+    // Leave cleanly: end the request stream after the last acks; the broker handles them,
+    // removes the member and then ends the response stream. Deliveries that arrive
+    // meanwhile are not printed and go back to the group.
+    drop(tx);
+    let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await;
+    Ok(())
+}
+
+/// `partition<TAB>offset<TAB>attempt<TAB>key<TAB>value`, then `<TAB>[name=value, ...]`
+/// when the message has headers; escaped like a fetched record.
+fn delivery_text(delivery: &v1::Delivery) -> String {
+    format!(
+        "{}\t{}\t{}\t{}",
+        delivery.partition,
+        delivery.offset,
+        delivery.delivery_attempt,
+        message_text(delivery.key.as_deref(), &delivery.value, &delivery.headers)
+    )
+}
+
+/// One delivery as JSON, with the same byte encoding as `fetch --json`.
+fn delivery_json(topic: &str, group: &str, delivery: &v1::Delivery) -> Value {
+    json!({
+        "topic": topic,
+        "group": group,
+        "partition": delivery.partition,
+        "offset": delivery.offset,
+        "delivery_attempt": delivery.delivery_attempt,
+        "timestamp_ms": delivery.timestamp_ms,
+        "key": delivery.key.as_ref().map(|k| bytes_json(k)),
+        "value": bytes_json(&delivery.value),
+        "headers": headers_json(&delivery.headers),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// group
+
+async fn group(args: GroupArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.opts).await?;
+    let json = args.opts.json;
+    let mut out = Out::new();
+    match args.command {
+        GroupCommand::Create {
+            topic,
+            group,
+            ack_deadline_ms,
+            max_delivery_attempts,
+            dead_letter_topic,
+            ordering,
+            retry_backoff_min_ms,
+            retry_backoff_max_ms,
+            from,
+        } => {
+            let settings = v1::GroupSettings {
+                ack_deadline_ms,
+                retry_backoff_min_ms,
+                retry_backoff_max_ms,
+                max_delivery_attempts,
+                dead_letter_topic,
+                ordering: ordering.map_or(v1::OrderingMode::Unspecified, Ordering::to_proto) as i32,
+            };
+            let description = client
+                .create_group(v1::CreateGroupRequest {
+                    topic,
+                    group,
+                    settings: Some(settings),
+                    start_position: from.map(StartPosition::to_proto),
+                })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .group
+                .unwrap_or_default();
+            if json {
+                out.json(&group_json(&description))?;
+            } else {
+                out.line(format_args!(
+                    "created group {:?} of topic {:?}",
+                    description.group, description.topic
+                ))?;
+            }
+        }
+        GroupCommand::List { topic } => {
+            let groups = client
+                .list_groups(v1::ListGroupsRequest { topic })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .groups;
+            if json {
+                for g in &groups {
+                    out.json(&json!({
+                        "topic": g.topic,
+                        "group": g.group,
+                        "member_count": g.member_count,
+                    }))?;
+                }
+            } else if groups.is_empty() {
+                out.line("no groups")?;
+            } else {
+                let mut rows = vec![["TOPIC", "GROUP", "MEMBERS"].map(str::to_owned).to_vec()];
+                rows.extend(
+                    groups.iter().map(|g| {
+                        vec![g.topic.clone(), g.group.clone(), g.member_count.to_string()]
+                    }),
+                );
+                for line in table(&rows) {
+                    out.line(line)?;
+                }
+            }
+        }
+        GroupCommand::Describe { topic, group } => {
+            let description = client
+                .describe_group(v1::DescribeGroupRequest { topic, group })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .group
+                .unwrap_or_default();
+            if json {
+                out.json(&group_json(&description))?;
+            } else {
+                for line in group_text(&description) {
+                    out.line(line)?;
+                }
+            }
+        }
+        GroupCommand::Seek {
+            topic,
+            group,
+            to,
+            partition,
+        } => {
+            let moved = client
+                .seek(v1::SeekRequest {
+                    topic: topic.clone(),
+                    group: group.clone(),
+                    partition,
+                    position: Some(to.to_proto()),
+                })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .partitions;
+            if json {
+                out.json(&json!({
+                    "topic": topic,
+                    "group": group,
+                    "partitions": moved.iter().map(|p| json!({
+                        "partition": p.partition,
+                        "committed_offset": p.offset,
+                    })).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                for p in &moved {
+                    out.line(format_args!(
+                        "partition {}  committed offset {}",
+                        p.partition, p.offset
+                    ))?;
+                }
+            }
+        }
+        GroupCommand::Redrive {
+            topic,
+            group,
+            max_messages,
+        } => {
+            let count = client
+                .redrive(v1::RedriveRequest {
+                    topic: topic.clone(),
+                    group: group.clone(),
+                    max_messages: max_messages.unwrap_or(0),
+                })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .redriven_count;
+            if json {
+                out.json(&json!({"topic": topic, "group": group, "redriven_count": count}))?;
+            } else {
+                out.line(format_args!(
+                    "redrove {count} message{} to topic {topic:?}",
+                    plural(count)
+                ))?;
+            }
+        }
+        GroupCommand::Delete { topic, group } => {
+            client
+                .delete_group(v1::DeleteGroupRequest {
+                    topic: topic.clone(),
+                    group: group.clone(),
+                })
+                .await
+                .map_err(RpcError)?;
+            if json {
+                out.json(&json!({"topic": topic, "deleted": group}))?;
+            } else {
+                out.line(format_args!("deleted group {group:?} of topic {topic:?}"))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+impl Ordering {
+    fn to_proto(self) -> v1::OrderingMode {
+        match self {
+            Ordering::Key => v1::OrderingMode::Key,
+            Ordering::Partition => v1::OrderingMode::Partition,
+            Ordering::None => v1::OrderingMode::None,
+        }
+    }
+}
+
+fn ordering_name(mode: i32) -> String {
+    match v1::OrderingMode::try_from(mode) {
+        Ok(v1::OrderingMode::Key) => "key".into(),
+        Ok(v1::OrderingMode::Partition) => "partition".into(),
+        Ok(v1::OrderingMode::None) => "none".into(),
+        Ok(v1::OrderingMode::Unspecified) => "unspecified".into(),
+        Err(_) => format!("unknown ({mode})"),
+    }
+}
+
+fn group_json(group: &v1::GroupDescription) -> Value {
+    let s = group.settings.clone().unwrap_or_default();
+    json!({
+        "topic": group.topic,
+        "group": group.group,
+        "settings": {
+            "ack_deadline_ms": s.ack_deadline_ms,
+            "retry_backoff_min_ms": s.retry_backoff_min_ms,
+            "retry_backoff_max_ms": s.retry_backoff_max_ms,
+            "max_delivery_attempts": s.max_delivery_attempts,
+            "dead_letter_topic": s.dead_letter_topic.filter(|t| !t.is_empty()),
+            "ordering": ordering_name(s.ordering),
+        },
+        "members": group.members.iter().map(|m| json!({
+            "member_id": m.member_id,
+            "client_id": m.client_id,
+            "partitions": m.partitions,
+        })).collect::<Vec<_>>(),
+        "partitions": group.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "committed_offset": p.committed_offset,
+            "end_offset": p.end_offset,
+            "lag": p.lag,
+            "in_flight_count": p.in_flight_count,
+            "redelivered_count": p.redelivered_count,
+            "dead_lettered_count": p.dead_lettered_count,
+            "member_id": (!p.member_id.is_empty()).then_some(&p.member_id),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn group_text(group: &v1::GroupDescription) -> Vec<String> {
+    let s = group.settings.clone().unwrap_or_default();
+    let opt = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+    let settings = vec![
+        vec!["topic".to_owned(), group.topic.clone()],
+        vec!["group".to_owned(), group.group.clone()],
+        vec!["ack_deadline_ms".to_owned(), opt(s.ack_deadline_ms)],
+        vec![
+            "retry_backoff_min_ms".to_owned(),
+            opt(s.retry_backoff_min_ms),
+        ],
+        vec![
+            "retry_backoff_max_ms".to_owned(),
+            opt(s.retry_backoff_max_ms),
+        ],
+        vec![
+            "max_delivery_attempts".to_owned(),
+            match s.max_delivery_attempts {
+                Some(0) => "0 (retry forever)".to_owned(),
+                other => opt(other),
+            },
+        ],
+        vec![
+            "dead_letter_topic".to_owned(),
+            s.dead_letter_topic
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "-".to_owned()),
+        ],
+        vec!["ordering".to_owned(), ordering_name(s.ordering)],
+    ];
+    let mut lines = table(&settings);
+    lines.push(String::new());
+    if group.members.is_empty() {
+        lines.push("no members".to_owned());
+    } else {
+        let mut rows = vec![
+            ["MEMBER", "CLIENT_ID", "PARTITIONS"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        rows.extend(group.members.iter().map(|m| {
+            vec![
+                m.member_id.clone(),
+                dash_if_empty(&m.client_id),
+                partition_list(&m.partitions),
+            ]
+        }));
+        lines.extend(table(&rows));
+    }
+    lines.push(String::new());
+    let mut rows = vec![
+        [
+            "PARTITION",
+            "COMMITTED",
+            "END",
+            "LAG",
+            "IN_FLIGHT",
+            "REDELIVERED",
+            "DEAD_LETTERED",
+            "OWNER",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    rows.extend(group.partitions.iter().map(|p| {
+        vec![
+            p.partition.to_string(),
+            p.committed_offset.to_string(),
+            p.end_offset.to_string(),
+            p.lag.to_string(),
+            p.in_flight_count.to_string(),
+            p.redelivered_count.to_string(),
+            p.dead_lettered_count.to_string(),
+            dash_if_empty(&p.member_id),
+        ]
+    }));
+    lines.extend(table(&rows));
+    lines
+}
+
+fn dash_if_empty(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        printable(s.as_bytes())
+    }
+}
+
+/// `0,1,2`, or `-` for none.
+fn partition_list(partitions: &[u32]) -> String {
+    if partitions.is_empty() {
+        return "-".to_owned();
+    }
+    partitions
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -945,6 +1567,72 @@ mod tests {
         assert_eq!(json["key"], Value::Null);
         assert_eq!(json["value"]["base64"], base64(b"a\nb\t\xffc"));
         assert_eq!(json["headers"][0]["value"], "v");
+    }
+
+    #[test]
+    fn deliveries_print_on_one_line() {
+        let delivery = v1::Delivery {
+            partition: 2,
+            offset: 7,
+            key: Some(Bytes::from_static(b"k")),
+            value: Bytes::from_static(b"a\tb"),
+            headers: vec![],
+            timestamp_ms: 1,
+            delivery_attempt: 3,
+            ack_id: Bytes::from_static(b"id"),
+            deadline_ms: 2,
+        };
+        assert_eq!(delivery_text(&delivery), "2\t7\t3\tk\ta\\tb");
+        let json = delivery_json("t", "g", &delivery);
+        assert_eq!(json["delivery_attempt"], 3);
+        assert_eq!(json["group"], "g");
+        assert_eq!(json["value"], "a\tb");
+        assert!(json.get("ack_id").is_none());
+    }
+
+    #[test]
+    fn groups_describe_as_tables() {
+        let group = v1::GroupDescription {
+            topic: "t".into(),
+            group: "g".into(),
+            settings: Some(v1::GroupSettings {
+                ack_deadline_ms: Some(30_000),
+                max_delivery_attempts: Some(0),
+                dead_letter_topic: Some(String::new()),
+                ordering: v1::OrderingMode::Partition as i32,
+                ..Default::default()
+            }),
+            members: vec![v1::GroupMember {
+                member_id: "17".into(),
+                client_id: String::new(),
+                partitions: vec![0, 1],
+            }],
+            partitions: vec![v1::GroupPartition {
+                partition: 0,
+                committed_offset: 3,
+                end_offset: 10,
+                lag: 7,
+                in_flight_count: 2,
+                redelivered_count: 1,
+                dead_lettered_count: 0,
+                member_id: "17".into(),
+            }],
+        };
+        let text = group_text(&group);
+        assert!(text.contains(&"max_delivery_attempts  0 (retry forever)".to_owned()));
+        assert!(text.contains(&"dead_letter_topic      -".to_owned()));
+        assert!(text.contains(&"ordering               partition".to_owned()));
+        assert!(
+            text.contains(&"17      -          0,1".to_owned()),
+            "{text:?}"
+        );
+        assert_eq!(
+            text.last().unwrap(),
+            "0          3          10   7    2          1            0              17"
+        );
+        let json = group_json(&group);
+        assert_eq!(json["settings"]["dead_letter_topic"], Value::Null);
+        assert_eq!(json["partitions"][0]["member_id"], "17");
     }
 
     #[test]

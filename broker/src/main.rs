@@ -1,5 +1,5 @@
 //! The `herald` binary: thin argument parsing over the broker library, plus the gRPC
-//! client commands (`topic`, `publish`, `fetch`) in `cli`.
+//! client commands (`topic`, `publish`, `fetch`, `consume`, `group`) in `cli`.
 
 mod cli;
 

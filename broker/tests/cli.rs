@@ -1,10 +1,10 @@
 //! End-to-end tests of the `herald` command line: a real `herald serve` process, driven by
-//! the `topic`, `publish` and `fetch` subcommands of the same binary.
+//! the `topic`, `publish`, `fetch`, `consume` and `group` subcommands of the same binary.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -474,4 +474,412 @@ fn unreachable_broker_is_an_error() {
     );
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains(&server));
+}
+
+/// The cells of the partition table row of `partition` in `group describe` output.
+fn group_row(describe: &str, partition: u32) -> Vec<String> {
+    let mut rows = describe.lines().skip_while(|l| !l.starts_with("PARTITION"));
+    let header: Vec<&str> = rows
+        .next()
+        .expect("a partition table")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "PARTITION",
+            "COMMITTED",
+            "END",
+            "LAG",
+            "IN_FLIGHT",
+            "REDELIVERED",
+            "DEAD_LETTERED",
+            "OWNER"
+        ]
+    );
+    rows.map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|cells| cells[0] == partition.to_string())
+        .unwrap_or_else(|| panic!("no row for partition {partition} in\n{describe}"))
+}
+
+/// (partition, offset, attempt, key, value) of each line `consume` prints.
+fn deliveries(stdout: &str) -> Vec<(u32, u64, u32, String, String)> {
+    stdout
+        .lines()
+        .map(|line| match line.split('\t').collect::<Vec<_>>()[..] {
+            [p, o, a, k, v] => (
+                p.parse().unwrap(),
+                o.parse().unwrap(),
+                a.parse().unwrap(),
+                k.to_owned(),
+                v.to_owned(),
+            ),
+            _ => panic!("unexpected consume output {line:?}"),
+        })
+        .collect()
+}
+
+/// The values of `deliveries`, sorted.
+fn sorted_values(deliveries: &[(u32, u64, u32, String, String)]) -> Vec<String> {
+    let mut values: Vec<String> = deliveries.iter().map(|d| d.4.clone()).collect();
+    values.sort();
+    values
+}
+
+#[test]
+fn consume_acks_and_groups_are_administered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    let url = url.as_str();
+
+    ok(url, &["topic", "create", "jobs", "--partitions", "2"], None);
+    ok(
+        url,
+        &["publish", "jobs", "--partition", "0", "a", "b", "c"],
+        None,
+    );
+    ok(
+        url,
+        &[
+            "publish",
+            "jobs",
+            "--partition",
+            "1",
+            "--key",
+            "k",
+            "d",
+            "e",
+        ],
+        None,
+    );
+    assert_eq!(ok(url, &["group", "list"], None), "no groups\n");
+
+    // The first consume creates the group at the earliest offsets and gets every message
+    // once, then leaves.
+    let consume = [
+        "consume", "jobs", "--group", "g", "--from", "earliest", "--max", "5",
+    ];
+    let got = deliveries(&ok(url, &consume, None));
+    assert_eq!(sorted_values(&got), ["a", "b", "c", "d", "e"]);
+    for (partition, offset, attempt, key, value) in &got {
+        assert_eq!(*attempt, 1);
+        let (expected_key, expected_offset) = match (*partition, value.as_str()) {
+            (0, "a") => ("-", 0),
+            (0, "b") => ("-", 1),
+            (0, "c") => ("-", 2),
+            (1, "d") => ("k", 0),
+            (1, "e") => ("k", 1),
+            other => panic!("unexpected delivery {other:?}"),
+        };
+        assert_eq!((key.as_str(), *offset), (expected_key, expected_offset));
+    }
+
+    // They were acked: committed at the end, no lag, nothing in flight, no member left.
+    let describe = ok(url, &["group", "describe", "jobs", "g"], None);
+    assert!(
+        describe.starts_with("topic                  jobs\ngroup                  g\n"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("\nordering               key\n"),
+        "{describe}"
+    );
+    assert!(describe.contains("\nno members\n"), "{describe}");
+    assert_eq!(
+        group_row(&describe, 0)[1..7],
+        ["3", "3", "0", "0", "0", "0"]
+    );
+    assert_eq!(
+        group_row(&describe, 1)[1..7],
+        ["2", "2", "0", "0", "0", "0"]
+    );
+    assert_eq!(group_row(&describe, 1)[7], "-");
+    let described = json_lines(&ok(
+        url,
+        &["group", "describe", "jobs", "g", "--json"],
+        None,
+    ));
+    assert_eq!(described.len(), 1);
+    let d = &described[0];
+    assert_eq!((&d["topic"], &d["group"]), (&"jobs".into(), &"g".into()));
+    assert_eq!(d["settings"]["ack_deadline_ms"], 30_000);
+    assert_eq!(d["settings"]["dead_letter_topic"], Value::Null);
+    assert_eq!(d["members"], serde_json::json!([]));
+    assert_eq!(d["partitions"][0]["committed_offset"], 3);
+    assert_eq!(d["partitions"][1]["lag"], 0);
+
+    // A second consumer gets nothing new; it shows as a member while it runs, and Ctrl-C
+    // ends it cleanly.
+    let mut consumer = Command::new(HERALD)
+        .args(["consume", "jobs", "--group", "g", "--client-id", "cli-test"])
+        .env("HERALD_SERVER", url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let describe = loop {
+        let describe = ok(url, &["group", "describe", "jobs", "g"], None);
+        if describe.contains("cli-test") {
+            break describe;
+        }
+        assert!(Instant::now() < deadline, "the consumer never joined");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let member = describe
+        .lines()
+        .skip_while(|l| !l.starts_with("MEMBER"))
+        .nth(1)
+        .expect("a member row")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert_eq!(member[1..], ["cli-test".to_owned(), "0,1".to_owned()]);
+    assert_eq!(group_row(&describe, 0)[7], member[0]);
+    assert_eq!(
+        ok(url, &["group", "list"], None),
+        "TOPIC  GROUP  MEMBERS\njobs   g      1\n"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    signal(consumer.id(), "INT");
+    let status = wait_timeout(&mut consumer);
+    assert!(status.success(), "consume exited with {status} on SIGINT");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut consumer.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(stdout, "", "everything was acked already");
+    assert_eq!(
+        json_lines(&ok(url, &["group", "list", "jobs", "--json"], None)),
+        [serde_json::json!({"topic": "jobs", "group": "g", "member_count": 0})]
+    );
+
+    // Seek back: the messages come again.
+    assert_eq!(
+        ok(
+            url,
+            &["group", "seek", "jobs", "g", "--to", "earliest"],
+            None
+        ),
+        "partition 0  committed offset 0\npartition 1  committed offset 0\n"
+    );
+    let again = json_lines(&ok(
+        url,
+        &["consume", "jobs", "--group", "g", "--max", "5", "--json"],
+        None,
+    ));
+    let mut values: Vec<&str> = again.iter().map(|d| d["value"].as_str().unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(values, ["a", "b", "c", "d", "e"]);
+    assert!(
+        again
+            .iter()
+            .all(|d| d["topic"] == "jobs" && d["group"] == "g")
+    );
+    let seek = json_lines(&ok(
+        url,
+        &[
+            "group",
+            "seek",
+            "jobs",
+            "g",
+            "--to",
+            "2",
+            "--partition",
+            "0",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(
+        seek,
+        [serde_json::json!({
+            "topic": "jobs",
+            "group": "g",
+            "partitions": [{"partition": 0, "committed_offset": 2}],
+        })]
+    );
+    // Only partition 0 moved back: just its last message is due again.
+    let rest = deliveries(&ok(
+        url,
+        &["consume", "jobs", "--group", "g", "--max", "1"],
+        None,
+    ));
+    assert_eq!(rest.len(), 1);
+    let (partition, offset, _, key, value) = &rest[0];
+    assert_eq!(
+        (*partition, *offset, key.as_str(), value.as_str()),
+        (0, 2, "-", "c")
+    );
+
+    // Errors.
+    let stderr = fails(url, &["group", "describe", "jobs", "missing"]);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+    let stderr = fails(url, &["group", "create", "jobs", "g"]);
+    assert!(stderr.starts_with("error: ALREADY_EXISTS: "), "{stderr}");
+    let stderr = fails(url, &["consume", "missing", "--group", "g", "--max", "1"]);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+    let stderr = fails(
+        url,
+        &[
+            "group",
+            "seek",
+            "jobs",
+            "g",
+            "--to",
+            "99",
+            "--partition",
+            "0",
+        ],
+    );
+    assert!(stderr.starts_with("error: OUT_OF_RANGE: "), "{stderr}");
+    let stderr = fails(url, &["group", "redrive", "jobs", "g"]);
+    assert!(
+        stderr.starts_with("error: FAILED_PRECONDITION: "),
+        "{stderr}"
+    );
+
+    // Delete.
+    assert_eq!(
+        ok(url, &["group", "delete", "jobs", "g"], None),
+        "deleted group \"g\" of topic \"jobs\"\n"
+    );
+    assert_eq!(ok(url, &["group", "list"], None), "no groups\n");
+    let stderr = fails(url, &["group", "delete", "jobs", "g"]);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+
+    let (status, _) = server.terminate();
+    assert!(status.success(), "herald serve exited with {status}");
+}
+
+#[test]
+fn consume_nack_dead_letters_and_redrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    let url = url.as_str();
+
+    ok(url, &["topic", "create", "work", "--partitions", "1"], None);
+    ok(
+        url,
+        &["topic", "create", "work-dlq", "--partitions", "1"],
+        None,
+    );
+    let stderr = fails(
+        url,
+        &[
+            "group",
+            "create",
+            "work",
+            "nodlq",
+            "--max-delivery-attempts",
+            "2",
+        ],
+    );
+    assert!(stderr.starts_with("error: INVALID_ARGUMENT: "), "{stderr}");
+    let created = ok(
+        url,
+        &[
+            "group",
+            "create",
+            "work",
+            "retry",
+            "--max-delivery-attempts",
+            "2",
+            "--dead-letter-topic",
+            "work-dlq",
+            "--ordering",
+            "partition",
+            "--ack-deadline-ms",
+            "5000",
+            "--retry-backoff-min-ms",
+            "20",
+            "--retry-backoff-max-ms",
+            "40",
+            "--from",
+            "earliest",
+        ],
+        None,
+    );
+    assert_eq!(created, "created group \"retry\" of topic \"work\"\n");
+    let describe = ok(url, &["group", "describe", "work", "retry"], None);
+    for line in [
+        "ack_deadline_ms        5000",
+        "retry_backoff_min_ms   20",
+        "retry_backoff_max_ms   40",
+        "max_delivery_attempts  2",
+        "dead_letter_topic      work-dlq",
+        "ordering               partition",
+    ] {
+        assert!(describe.contains(&format!("\n{line}\n")), "{describe}");
+    }
+    ok(url, &["publish", "work", "--key", "k", "poison"], None);
+
+    // Nacked twice, then dead-lettered.
+    let nacked = ok(
+        url,
+        &[
+            "consume", "work", "--group", "retry", "--nack", "--max", "2",
+        ],
+        None,
+    );
+    assert_eq!(nacked, "0\t0\t1\tk\tpoison\n0\t0\t2\tk\tpoison\n");
+    let deadline = Instant::now() + TIMEOUT;
+    let describe = loop {
+        let describe = ok(url, &["group", "describe", "work", "retry"], None);
+        if group_row(&describe, 0)[6] == "1" {
+            break describe;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never dead-lettered:\n{describe}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        group_row(&describe, 0)[1..8],
+        ["1", "1", "0", "0", "1", "1", "-"]
+    );
+    let dead = json_lines(&ok(url, &["fetch", "work-dlq", "--json"], None));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (&dead[0]["key"], &dead[0]["value"]),
+        (&"k".into(), &"poison".into())
+    );
+    let header = |name: &str| {
+        dead[0]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["key"] == name)
+            .unwrap_or_else(|| panic!("no {name} header in {dead:?}"))["value"]
+            .clone()
+    };
+    assert_eq!(header("herald-dlq-reason"), "nacked by herald consume");
+    assert_eq!(header("herald-dlq-attempts"), "2");
+    assert_eq!(header("herald-dlq-group"), "retry");
+
+    // Redrive puts it back on the topic, where the group gets it again.
+    assert_eq!(
+        ok(url, &["group", "redrive", "work", "retry"], None),
+        "redrove 1 message to topic \"work\"\n"
+    );
+    assert_eq!(
+        ok(
+            url,
+            &["consume", "work", "--group", "retry", "--max", "1"],
+            None
+        ),
+        "0\t1\t1\tk\tpoison\n"
+    );
+    let described = json_lines(&ok(
+        url,
+        &["group", "describe", "work", "retry", "--json"],
+        None,
+    ));
+    assert_eq!(described[0]["partitions"][0]["committed_offset"], 2);
+    assert_eq!(described[0]["partitions"][0]["lag"], 0);
+
+    let (status, _) = server.terminate();
+    assert!(status.success(), "herald serve exited with {status}");
 }
