@@ -1,4 +1,294 @@
 //! The Rust client for Herald.
 //!
-//! The producer, consumer and admin API arrive with the client crate; today this crate only
-//! reserves its place in the workspace so that the layout is stable.
+//! - [`Client`]: one connection (an HTTP/2 channel) to a broker; cheap to clone.
+//! - [`Admin`]: topics and consumer groups (create, describe, list, delete, seek, redrive).
+//! - [`Producer`]: batched, pipelined publishing with bounded memory, in the storage batch
+//!   format (the broker's fast path).
+//!
+//! The consumer is not part of this crate yet.
+//!
+//! ```no_run
+//! use herald_client::{Client, ProducerConfig, Record};
+//!
+//! # async fn run() -> herald_client::Result<()> {
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! client.admin().create_topic("orders", 4, Default::default()).await?;
+//!
+//! let producer = client.producer(ProducerConfig::new("orders"));
+//! let delivery = producer.send(Record::new("hello").key("order-42")).await?;
+//! let acked = delivery.await?;
+//! println!("stored at {}:{}", acked.partition, acked.offset);
+//! producer.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod admin;
+mod error;
+mod producer;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use herald_proto::HeraldClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub use admin::{
+    Admin, FsyncPolicy, GroupInfo, GroupMember, GroupPartition, GroupSettings, GroupSummary,
+    OrderingMode, PartitionInfo, Position, TopicConfig, TopicInfo, TopicSummary,
+};
+pub use error::{Error, Result};
+pub use producer::{Acked, Delivery, Producer, ProducerConfig, Record};
+
+/// Largest gRPC message the client sends or accepts. Above the broker's batch and fetch
+/// limits (a few MiB), so those limits, with their clear errors, are what applies.
+const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A partition id of a topic, from 0 to the partition count − 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Partition(pub u32);
+
+/// An offset in a partition: dense, starting at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset(pub u64);
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The partition the broker picks for a record key: `xxh64(key, seed 0) % partitions`.
+///
+/// ```
+/// let p = herald_client::partition_for_key(b"order-42", 4);
+/// assert!(p.0 < 4);
+/// ```
+pub fn partition_for_key(key: &[u8], partitions: u32) -> Partition {
+    let hash = xxhash_rust::xxh64::xxh64(key, 0);
+    Partition((hash % u64::from(partitions.max(1))) as u32)
+}
+
+/// A connection to a Herald broker.
+///
+/// Cloning is cheap: clones share one HTTP/2 channel, which multiplexes every call.
+///
+/// ```no_run
+/// # async fn run() -> herald_client::Result<()> {
+/// let client = herald_client::Client::connect("http://127.0.0.1:50051").await?;
+/// let topics = client.admin().list_topics().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    raw: HeraldClient<Channel>,
+    request_timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Connects to the broker at `url` (e.g. `"http://127.0.0.1:50051"`) with the default
+    /// settings of [`ClientBuilder`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> herald_client::Result<()> {
+    /// let client = herald_client::Client::connect("http://127.0.0.1:50051").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: impl Into<String>) -> Result<Client> {
+        Client::builder(url).connect().await
+    }
+
+    /// A builder to set timeouts (and TLS) before connecting.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn run() -> herald_client::Result<()> {
+    /// let client = herald_client::Client::builder("http://127.0.0.1:50051")
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .request_timeout(Duration::from_secs(10))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            connect_timeout: Some(Duration::from_secs(5)),
+            request_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+
+    /// Topic and group administration.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.clone())
+    }
+
+    /// A producer for `config.topic`. Its background task is spawned on the current Tokio
+    /// runtime, so this must be called from within one.
+    ///
+    /// ```no_run
+    /// # async fn run(client: herald_client::Client) -> herald_client::Result<()> {
+    /// use herald_client::{ProducerConfig, Record};
+    /// let producer = client.producer(ProducerConfig::new("orders"));
+    /// producer.send(Record::new("v")).await?.await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn producer(&self, config: ProducerConfig) -> Producer {
+        Producer::new(self.clone(), config)
+    }
+
+    /// The generated gRPC client on this connection, for calls this crate does not wrap
+    /// (e.g. `Fetch`, `Subscribe`, `ListPending`).
+    pub fn raw(&self) -> HeraldClient<Channel> {
+        self.raw.clone()
+    }
+
+    /// Runs one unary call under the request timeout and maps its status.
+    pub(crate) async fn unary<T, F>(&self, call: F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let result = match self.request_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| Error::Timeout)?,
+            None => call.await,
+        };
+        Ok(result?.into_inner())
+    }
+}
+
+/// Settings of a [`Client`]'s connection; made by [`Client::builder`].
+///
+/// TLS: the crate does not enable tonic's TLS features, which pull in native crypto
+/// crates. To connect over TLS, enable tonic's `tls-ring` (or `tls-aws-lc`) feature in
+/// your build and pass a `tonic::transport::ClientTlsConfig` to
+/// `Endpoint::tls_config`, then use [`ClientBuilder::connect_with_endpoint`] with that
+/// endpoint.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    connect_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// How long connecting may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a unary call (the admin calls, the producer's topic lookup) may take
+    /// before it fails with [`Error::Timeout`] (default 30 s). Streams are not limited.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Removes the request timeout.
+    pub fn no_request_timeout(mut self) -> Self {
+        self.request_timeout = None;
+        self
+    }
+
+    /// The tonic endpoint these settings describe, to customise further (TLS, keep-alive,
+    /// window sizes) before [`ClientBuilder::connect_with_endpoint`].
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| Error::InvalidArgument(format!("bad broker url {:?}: {e}", self.url)))?
+            .tcp_nodelay(true);
+        if let Some(timeout) = self.connect_timeout {
+            endpoint = endpoint.connect_timeout(timeout);
+        }
+        Ok(endpoint)
+    }
+
+    /// Connects, failing if the broker cannot be reached.
+    pub async fn connect(self) -> Result<Client> {
+        let endpoint = self.endpoint()?;
+        self.connect_with_endpoint(endpoint).await
+    }
+
+    /// Connects through `endpoint` (e.g. from [`ClientBuilder::endpoint`] with TLS added),
+    /// keeping this builder's request timeout.
+    pub async fn connect_with_endpoint(self, endpoint: Endpoint) -> Result<Client> {
+        let channel = endpoint.connect().await?;
+        Ok(self.with_channel(channel))
+    }
+
+    /// Builds the client without connecting: the connection is made on first use.
+    pub fn connect_lazy(self) -> Result<Client> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(self.with_channel(channel))
+    }
+
+    fn with_channel(self, channel: Channel) -> Client {
+        let raw = HeraldClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        Client {
+            raw,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+/// Compiles the code blocks of `client/README.md` as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hash_to_the_brokers_partition() {
+        for key in [&b""[..], b"a", b"order-42", &[0xff; 100]] {
+            for partitions in [1, 2, 3, 4, 7, 64, 4096] {
+                assert_eq!(
+                    partition_for_key(key, partitions).0,
+                    herald_broker::topic::partition_for_key(key, partitions),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_variants_that_keep_code_and_message() {
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::NotFound,
+            tonic::Code::AlreadyExists,
+            tonic::Code::OutOfRange,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::Unavailable,
+            tonic::Code::Internal,
+        ] {
+            let error = Error::from(tonic::Status::new(code, "why"));
+            assert_eq!(error.code(), Some(code));
+            assert!(error.to_string().contains("why"), "{error}");
+            assert_eq!(error.is_retryable(), code == tonic::Code::Unavailable);
+        }
+        assert_eq!(
+            Error::from_code(5, "gone"),
+            Error::NotFound("gone".to_owned())
+        );
+        assert_eq!(Error::Closed.code(), None);
+    }
+}

@@ -1,0 +1,900 @@
+//! The producer: batches records per partition and pipelines the batches over one
+//! `PublishStream`, in the storage batch format.
+//!
+//! How it works. [`Producer::send`] reserves the record's size in a byte budget
+//! (`max_buffered_bytes`, a fair semaphore), waiting only when the budget is spent, and
+//! hands the record to a background task. That task encodes records into one open batch
+//! per partition, seals a batch when it reaches `batch_bytes` or has waited `linger`,
+//! and sends sealed batches on one `PublishStream`, at most one batch per partition and
+//! `max_in_flight` batches in all at a time. When a batch is acked, its records'
+//! [`Delivery`] futures resolve and their bytes return to the budget.
+//!
+//! Ordering and retries. Because a partition has at most one batch in flight, a batch
+//! that fails with `UNAVAILABLE` (or whose stream breaks) is retried, with exponential
+//! backoff, before any later batch of that partition is sent: a key's records are never
+//! reordered. A retried batch may be stored twice if the broker appended it but the ack
+//! was lost (at-least-once).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_broker::storage::batch::{BatchBuilder, Record as BatchRecord};
+use herald_proto::HeraldClient;
+use herald_proto::v1;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::{Client, Error, Offset, Partition, Result, partition_for_key};
+
+/// Most records put in one batch (the broker's default `max_batch_records` is 100 000).
+const MAX_BATCH_RECORDS: u32 = 50_000;
+/// Initial buffer of a new batch: batches of small topics stay small, large ones grow.
+const INITIAL_BATCH_CAPACITY: usize = 64 * 1024;
+/// Bytes counted per record on top of its key, value and headers (framing, bookkeeping).
+const RECORD_OVERHEAD: usize = 32;
+
+/// A record to publish.
+///
+/// ```
+/// use herald_client::Record;
+/// let record = Record::new("payload")
+///     .key("order-42")
+///     .header("trace-id", "abc")
+///     .timestamp(1_700_000_000_000);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    key: Option<Bytes>,
+    value: Bytes,
+    headers: Vec<(String, Bytes)>,
+    timestamp_ms: i64,
+    partition: Option<u32>,
+}
+
+impl Record {
+    /// A record with this payload, no key, no headers, and the current time as timestamp.
+    pub fn new(value: impl Into<Bytes>) -> Record {
+        Record {
+            value: value.into(),
+            ..Record::default()
+        }
+    }
+
+    /// Sets the key. It picks the partition (`xxh64(key) % partitions`, like the broker)
+    /// and is the unit of ordering. An empty key differs from no key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Record {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Appends a header; names may repeat and their order is kept. Names starting with
+    /// `herald-` are reserved for the broker.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Record {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the event time in ms since the Unix epoch (default, or 0: the time of
+    /// [`Producer::send`]).
+    pub fn timestamp(mut self, ms: i64) -> Record {
+        self.timestamp_ms = ms;
+        self
+    }
+
+    /// Sends the record to this partition instead of choosing one from the key.
+    pub fn partition(mut self, partition: u32) -> Record {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// The bytes this record counts for in the producer's budget.
+    fn cost(&self) -> usize {
+        RECORD_OVERHEAD
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+    }
+}
+
+/// Settings of a [`Producer`].
+///
+/// ```
+/// use std::time::Duration;
+/// use herald_client::ProducerConfig;
+/// let config = ProducerConfig::new("orders")
+///     .batch_bytes(128 * 1024)
+///     .linger(Duration::from_millis(2))
+///     .max_buffered_bytes(16 * 1024 * 1024);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// The topic every record goes to.
+    pub topic: String,
+    /// A partition's batch is sealed once it reaches this many bytes (default 256 KiB).
+    /// Keep it below the broker's `max_batch_bytes` (default 2 MiB).
+    pub batch_bytes: usize,
+    /// How long a batch waits for more records before it is sealed (default 5 ms).
+    pub linger: Duration,
+    /// Bytes of records held by the producer (buffered or in flight) at most; `send`
+    /// waits while the budget is spent (default 32 MiB).
+    pub max_buffered_bytes: usize,
+    /// Batches in flight at most, across partitions (default 16). A partition never has
+    /// more than one, which keeps its order across retries.
+    pub max_in_flight: usize,
+    /// Retries of a batch that fails with `UNAVAILABLE` before its records fail
+    /// (default 10).
+    pub max_retries: u32,
+    /// Delay before the first retry; doubled on each further one (default 100 ms).
+    pub retry_backoff: Duration,
+    /// Longest delay between retries (default 5 s).
+    pub retry_backoff_max: Duration,
+}
+
+impl ProducerConfig {
+    /// The default settings for `topic`.
+    pub fn new(topic: impl Into<String>) -> ProducerConfig {
+        ProducerConfig {
+            topic: topic.into(),
+            batch_bytes: 256 * 1024,
+            linger: Duration::from_millis(5),
+            max_buffered_bytes: 32 * 1024 * 1024,
+            max_in_flight: 16,
+            max_retries: 10,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets [`ProducerConfig::batch_bytes`].
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets [`ProducerConfig::linger`].
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Sets [`ProducerConfig::max_buffered_bytes`].
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// Sets [`ProducerConfig::max_in_flight`].
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.max_in_flight = batches.max(1);
+        self
+    }
+
+    /// Sets [`ProducerConfig::max_retries`].
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Sets [`ProducerConfig::retry_backoff`] and [`ProducerConfig::retry_backoff_max`].
+    pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.retry_backoff = first;
+        self.retry_backoff_max = max.max(first);
+        self
+    }
+}
+
+/// Where an acknowledged record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Acked {
+    /// Its partition.
+    pub partition: Partition,
+    /// Its offset in that partition.
+    pub offset: Offset,
+}
+
+/// The outcome of one [`Producer::send`]: a future that resolves when the broker has
+/// acknowledged the record (or the producer gave up on it).
+///
+/// Dropping it does not cancel the record; it is still published.
+#[derive(Debug)]
+#[must_use = "a Delivery does nothing unless awaited; drop it to ignore the outcome"]
+pub struct Delivery {
+    rx: oneshot::Receiver<Result<Acked>>,
+}
+
+impl Future for Delivery {
+    type Output = Result<Acked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|outcome| outcome.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// A batching, pipelining producer for one topic; made by [`Client::producer`].
+///
+/// Cheap to clone: clones share the buffers and the stream. The records still buffered
+/// when the last clone is dropped are sent anyway; call [`Producer::close`] to wait for
+/// them.
+///
+/// ```no_run
+/// # async fn run(client: herald_client::Client) -> herald_client::Result<()> {
+/// use herald_client::{ProducerConfig, Record};
+///
+/// let producer = client.producer(ProducerConfig::new("orders"));
+/// let mut deliveries = Vec::new();
+/// for i in 0..1000 {
+///     // Waits only when `max_buffered_bytes` are already buffered.
+///     deliveries.push(producer.send(Record::new(format!("event {i}")).key("k")).await?);
+/// }
+/// producer.flush().await?; // every record above is now acked
+/// for delivery in deliveries {
+///     let acked = delivery.await?;
+///     println!("{}:{}", acked.partition, acked.offset);
+/// }
+/// producer.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// For the one `DescribeTopic` that finds the partition count.
+    client: Client,
+    topic: String,
+    max_buffered_bytes: usize,
+    /// The topic's partition count, looked up on the first send and kept for the
+    /// producer's life (Herald topics do not change their partition count).
+    partitions: tokio::sync::OnceCell<u32>,
+    /// The byte budget: a record holds its cost in permits until its batch is acked or
+    /// fails. Tokio's semaphore is fair, so waiting senders keep their order.
+    memory: Arc<Semaphore>,
+    /// To the driver task. Unbounded, because every record in it already holds its
+    /// permits: `memory` is the bound.
+    commands: mpsc::UnboundedSender<Command>,
+    /// Set by `close`, so later sends fail at once.
+    closed: AtomicBool,
+    /// Batches retried so far, counted by the driver.
+    retries: Arc<AtomicU64>,
+}
+
+enum Command {
+    Send {
+        partitions: u32,
+        record: Record,
+        permit: OwnedSemaphorePermit,
+        ack: oneshot::Sender<Result<Acked>>,
+    },
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+impl Producer {
+    pub(crate) fn new(client: Client, config: ProducerConfig) -> Producer {
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let memory = Arc::new(Semaphore::new(config.max_buffered_bytes));
+        let retries = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            topic: config.topic.clone(),
+            max_buffered_bytes: config.max_buffered_bytes,
+            partitions: tokio::sync::OnceCell::new(),
+            memory: memory.clone(),
+            commands,
+            closed: AtomicBool::new(false),
+            retries: retries.clone(),
+        });
+        let driver = Driver::new(client.raw(), config, retries);
+        tokio::spawn(driver.run(command_rx));
+        Producer { shared }
+    }
+
+    /// The topic this producer publishes to.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// Bytes of records currently held by the producer (buffered or in flight); never
+    /// more than [`ProducerConfig::max_buffered_bytes`].
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.max_buffered_bytes - self.shared.memory.available_permits()
+    }
+
+    /// How many times a batch has been retried (after `UNAVAILABLE` or a broken stream)
+    /// since the producer was created.
+    pub fn retried_batches(&self) -> u64 {
+        self.shared.retries.load(Ordering::Relaxed)
+    }
+
+    /// The topic's partition count, looked up once with `DescribeTopic` and cached.
+    pub async fn partition_count(&self) -> Result<u32> {
+        self.shared
+            .partitions
+            .get_or_try_init(|| async {
+                let admin = self.shared.client.admin();
+                let info = admin.describe_topic(&self.shared.topic).await?;
+                if info.partition_count == 0 {
+                    return Err(Error::Protocol("the topic has no partitions".into()));
+                }
+                Ok(info.partition_count)
+            })
+            .await
+            .copied()
+    }
+
+    /// Queues a record. Returns once the record is buffered, which waits only while
+    /// `max_buffered_bytes` are already held; the returned [`Delivery`] resolves when the
+    /// broker acknowledges it.
+    ///
+    /// Fails at once if the topic does not exist ([`Error::NotFound`]), the record names
+    /// a partition the topic lacks, or the producer is closed.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: herald_client::Producer) -> herald_client::Result<()> {
+    /// let delivery = producer.send(herald_client::Record::new("v").key("k")).await?;
+    /// let acked = delivery.await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send(&self, record: Record) -> Result<Delivery> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let partitions = self.partition_count().await?;
+        if let Some(p) = record.partition
+            && p >= partitions
+        {
+            return Err(Error::InvalidArgument(format!(
+                "partition {p} does not exist: topic {:?} has {partitions} partitions",
+                self.shared.topic
+            )));
+        }
+        let cost = record.cost().min(self.shared.max_buffered_bytes) as u32;
+        let permit = self
+            .shared
+            .memory
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (ack, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Send {
+                partitions,
+                record,
+                permit,
+                ack,
+            })
+            .map_err(|_| Error::Closed)?;
+        Ok(Delivery { rx })
+    }
+
+    /// Queues several records in order, as [`Producer::send`] does for each.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: herald_client::Producer) -> herald_client::Result<()> {
+    /// use herald_client::Record;
+    /// let deliveries = producer
+    ///     .send_batch(vec![Record::new("a").key("k"), Record::new("b").key("k")])
+    ///     .await?;
+    /// for delivery in deliveries {
+    ///     delivery.await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_batch(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<Vec<Delivery>> {
+        let records = records.into_iter();
+        let mut deliveries = Vec::with_capacity(records.size_hint().0);
+        for record in records {
+            deliveries.push(self.send(record).await?);
+        }
+        Ok(deliveries)
+    }
+
+    /// Sends every buffered record now (without waiting for `linger`) and waits until
+    /// every record queued before the call is acknowledged or has failed.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Flush(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Flushes, waits for every acknowledgement, then ends the stream. Later sends, on
+    /// this producer or its clones, fail with [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        self.shared.closed.store(true, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        if self.shared.commands.send(Command::Close(tx)).is_err() {
+            return Ok(()); // already closed
+        }
+        // An error here means the task already ended, which it only does once drained.
+        let _ = rx.await;
+        Ok(())
+    }
+}
+
+/// Records accumulating for one partition.
+struct OpenBatch {
+    builder: BatchBuilder,
+    acks: Vec<oneshot::Sender<Result<Acked>>>,
+    permit: Option<OwnedSemaphorePermit>,
+    deadline: Instant,
+}
+
+/// A sealed batch, waiting, in flight or waiting to be retried.
+struct SealedBatch {
+    id: u64,
+    payload: Bytes,
+    acks: Vec<oneshot::Sender<Result<Acked>>>,
+    /// Released (returning the bytes to the budget) when the batch is dropped.
+    _permit: Option<OwnedSemaphorePermit>,
+    attempts: u32,
+}
+
+#[derive(Default)]
+struct PartitionState {
+    open: Option<OpenBatch>,
+    queue: VecDeque<SealedBatch>,
+    /// The front of `queue` is in flight.
+    in_flight: bool,
+    /// The front of `queue` must not be (re)sent before this.
+    retry_at: Option<Instant>,
+}
+
+enum Event {
+    Reply(u64, v1::PublishStreamResponse),
+    Ended(u64, Option<tonic::Status>),
+}
+
+struct OpenStream {
+    generation: u64,
+    requests: mpsc::UnboundedSender<v1::PublishStreamRequest>,
+}
+
+/// The background task that owns every batch: it alone touches the partitions' state, so
+/// none of it needs a lock.
+struct Driver {
+    raw: HeraldClient<Channel>,
+    config: ProducerConfig,
+    /// One per partition, made on the first record (when the count is known).
+    parts: Vec<PartitionState>,
+    /// Where keyless records go; moves on each time that partition's batch is sealed.
+    sticky: u32,
+    next_batch_id: u64,
+    /// Ids of sealed batches not yet acked or failed.
+    outstanding: BTreeSet<u64>,
+    /// Flush waiters: resolved once every batch with a smaller id is done.
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    /// Close waiters: resolved when the task ends, after the last ack.
+    closes: Vec<oneshot::Sender<()>>,
+    /// Set by `close` or when every `Producer` is dropped: end once everything is acked.
+    closing: bool,
+    /// The current `PublishStream`, opened when a batch is ready and none is open.
+    stream: Option<OpenStream>,
+    /// Numbers the streams, so events of an abandoned stream are recognised and ignored.
+    generation: u64,
+    /// Sequence numbers of `PublishStreamRequest`s; unique across streams.
+    next_sequence: u64,
+    /// Sequence number -> partition of the batches in flight on the current stream.
+    in_flight: HashMap<u64, u32>,
+    /// The partition dispatch starts from, rotated so no partition is always last
+    /// when `max_in_flight` is reached.
+    dispatch_from: usize,
+    /// Replies and stream ends, from the task that reads the current stream.
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    retries: Arc<AtomicU64>,
+}
+
+impl Driver {
+    fn new(raw: HeraldClient<Channel>, config: ProducerConfig, retries: Arc<AtomicU64>) -> Driver {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Driver {
+            raw,
+            config,
+            parts: Vec::new(),
+            sticky: 0,
+            next_batch_id: 0,
+            outstanding: BTreeSet::new(),
+            flushes: Vec::new(),
+            closes: Vec::new(),
+            closing: false,
+            stream: None,
+            generation: 0,
+            next_sequence: 0,
+            in_flight: HashMap::new(),
+            dispatch_from: 0,
+            events_tx,
+            events_rx,
+            retries,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut commands_open = true;
+        loop {
+            self.dispatch();
+            self.resolve_flushes();
+            if self.closing && self.outstanding.is_empty() && self.all_open_empty() {
+                break;
+            }
+            let wake = self.next_wakeup();
+            tokio::select! {
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => {
+                        self.handle(command);
+                        // Take whatever else is queued before dispatching.
+                        while let Ok(command) = commands.try_recv() {
+                            self.handle(command);
+                        }
+                    }
+                    None => {
+                        commands_open = false;
+                        self.closing = true;
+                        self.seal_all();
+                    }
+                },
+                Some(event) = self.events_rx.recv() => self.on_event(event),
+                () = sleep_until(wake), if wake.is_some() => self.seal_expired(),
+            }
+        }
+        // Half-close the stream; the broker has answered everything.
+        self.stream = None;
+        for (_, waiter) in self.flushes.drain(..) {
+            let _ = waiter.send(());
+        }
+        for waiter in self.closes.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                partitions,
+                record,
+                permit,
+                ack,
+            } => {
+                if self.parts.is_empty() {
+                    self.parts
+                        .resize_with(partitions as usize, Default::default);
+                }
+                self.append(record, permit, ack);
+            }
+            Command::Flush(waiter) => {
+                self.seal_all();
+                self.flushes.push((self.next_batch_id, waiter));
+            }
+            Command::Close(waiter) => {
+                self.closing = true;
+                self.seal_all();
+                self.closes.push(waiter);
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        record: Record,
+        permit: OwnedSemaphorePermit,
+        ack: oneshot::Sender<Result<Acked>>,
+    ) {
+        let n = self.parts.len() as u32;
+        let p = match (record.partition, &record.key) {
+            (Some(p), _) => p.min(n - 1),
+            (None, Some(key)) => partition_for_key(key, n).0,
+            (None, None) => self.sticky % n,
+        };
+        let cost = record.cost();
+        let batch_bytes = self.config.batch_bytes;
+        if let Some(open) = &self.parts[p as usize].open
+            && open.builder.encoded_len() + cost > batch_bytes
+        {
+            self.seal(p);
+        }
+        let linger = self.config.linger;
+        let open = self.parts[p as usize]
+            .open
+            .get_or_insert_with(|| OpenBatch {
+                builder: BatchBuilder::with_capacity(
+                    batch_bytes.min(INITIAL_BATCH_CAPACITY) + cost,
+                ),
+                acks: Vec::new(),
+                permit: None,
+                deadline: Instant::now() + linger,
+            });
+        let timestamp = if record.timestamp_ms == 0 {
+            now_ms()
+        } else {
+            record.timestamp_ms
+        };
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+            .collect();
+        open.builder.push(&BatchRecord {
+            timestamp,
+            key: record.key.as_deref(),
+            value: &record.value,
+            headers: &headers,
+        });
+        open.acks.push(ack);
+        match &mut open.permit {
+            Some(held) => held.merge(permit),
+            None => open.permit = Some(permit),
+        }
+        if open.builder.encoded_len() >= batch_bytes || open.builder.len() >= MAX_BATCH_RECORDS {
+            self.seal(p);
+        }
+    }
+
+    fn seal(&mut self, p: u32) {
+        let Some(open) = self.parts[p as usize].open.take() else {
+            return;
+        };
+        let id = self.next_batch_id;
+        self.next_batch_id += 1;
+        self.outstanding.insert(id);
+        self.parts[p as usize].queue.push_back(SealedBatch {
+            id,
+            payload: Bytes::from(open.builder.finish()),
+            acks: open.acks,
+            _permit: open.permit,
+            attempts: 0,
+        });
+        if p == self.sticky {
+            self.sticky = (self.sticky + 1) % self.parts.len() as u32;
+        }
+    }
+
+    fn seal_all(&mut self) {
+        for p in 0..self.parts.len() as u32 {
+            self.seal(p);
+        }
+    }
+
+    fn seal_expired(&mut self) {
+        let now = Instant::now();
+        for p in 0..self.parts.len() as u32 {
+            if self.parts[p as usize]
+                .open
+                .as_ref()
+                .is_some_and(|o| o.deadline <= now)
+            {
+                self.seal(p);
+            }
+        }
+    }
+
+    fn all_open_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.open.is_none())
+    }
+
+    /// The next linger deadline or future retry time, if any. A retry time already past
+    /// is left out: `dispatch` has sent that batch, or is waiting for a free in-flight
+    /// slot, which a reply (an event) frees; waking for it would spin.
+    fn next_wakeup(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.parts
+            .iter()
+            .flat_map(|p| {
+                let retry = p
+                    .retry_at
+                    .filter(|t| *t > now && !p.in_flight && !p.queue.is_empty());
+                [p.open.as_ref().map(|o| o.deadline), retry]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Sends the front batch of every partition that can send one, within
+    /// `max_in_flight`.
+    fn dispatch(&mut self) {
+        let n = self.parts.len();
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let start = self.dispatch_from;
+        self.dispatch_from = (self.dispatch_from + 1) % n;
+        for i in 0..n {
+            if self.in_flight.len() >= self.config.max_in_flight {
+                return;
+            }
+            let p = (start + i) % n;
+            let part = &self.parts[p];
+            if part.in_flight || part.queue.is_empty() || part.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let requests = self.stream_sender();
+            let part = &mut self.parts[p];
+            let batch = part.queue.front().expect("checked non-empty");
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            let request = v1::PublishStreamRequest {
+                sequence,
+                publish: Some(v1::PublishRequest {
+                    topic: self.config.topic.clone(),
+                    partition: Some(p as u32),
+                    payload: Some(v1::publish_request::Payload::StorageBatch(
+                        batch.payload.clone(),
+                    )),
+                }),
+            };
+            part.in_flight = true;
+            part.retry_at = None;
+            self.in_flight.insert(sequence, p as u32);
+            // If the stream's task is gone, its `Ended` event fails this batch over.
+            let _ = requests.send(request);
+        }
+    }
+
+    /// The request channel of the current stream, opening one if needed.
+    fn stream_sender(&mut self) -> mpsc::UnboundedSender<v1::PublishStreamRequest> {
+        if let Some(stream) = &self.stream {
+            return stream.requests.clone();
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let (requests, rx) = mpsc::unbounded_channel();
+        let mut raw = self.raw.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+            let mut inbound = match raw.publish_stream(outbound).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = events.send(Event::Ended(generation, Some(status)));
+                    return;
+                }
+            };
+            loop {
+                match inbound.message().await {
+                    Ok(Some(reply)) => {
+                        if events.send(Event::Reply(generation, reply)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = events.send(Event::Ended(generation, None));
+                        return;
+                    }
+                    Err(status) => {
+                        let _ = events.send(Event::Ended(generation, Some(status)));
+                        return;
+                    }
+                }
+            }
+        });
+        self.stream = Some(OpenStream {
+            generation,
+            requests: requests.clone(),
+        });
+        requests
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let current = self.stream.as_ref().map(|s| s.generation);
+        match event {
+            Event::Reply(generation, reply) if Some(generation) == current => {
+                let Some(p) = self.in_flight.remove(&reply.sequence) else {
+                    return;
+                };
+                match reply.outcome {
+                    Some(v1::publish_stream_response::Outcome::Published(published)) => {
+                        self.acked(p, published);
+                    }
+                    Some(v1::publish_stream_response::Outcome::Error(error)) => {
+                        self.failed(p, Error::from_code(error.code, error.message));
+                    }
+                    None => self.failed(p, Error::Protocol("a reply without outcome".into())),
+                }
+            }
+            Event::Ended(generation, status) if Some(generation) == current => {
+                self.stream = None;
+                let error = match status {
+                    Some(status) => Error::from(status),
+                    None => Error::Unavailable("the publish stream ended".into()),
+                };
+                // Transport failures surface as various codes; a broken stream is
+                // always worth retrying, since the batches may simply not have arrived.
+                let error = match error {
+                    Error::Status { message, .. } => Error::Unavailable(message),
+                    other => other,
+                };
+                let stranded: Vec<u32> = self.in_flight.drain().map(|(_, p)| p).collect();
+                for p in stranded {
+                    self.failed(p, error.clone());
+                }
+            }
+            _ => {} // from a stream already abandoned
+        }
+    }
+
+    fn acked(&mut self, p: u32, published: v1::PublishResponse) {
+        let part = &mut self.parts[p as usize];
+        part.in_flight = false;
+        let batch = part.queue.pop_front().expect("an in-flight batch");
+        self.outstanding.remove(&batch.id);
+        let partition = Partition(published.partition);
+        for (i, ack) in batch.acks.into_iter().enumerate() {
+            let offset = Offset(published.base_offset + i as u64);
+            let _ = ack.send(Ok(Acked { partition, offset }));
+        }
+    }
+
+    fn failed(&mut self, p: u32, error: Error) {
+        let config = &self.config;
+        let part = &mut self.parts[p as usize];
+        part.in_flight = false;
+        let batch = part.queue.front_mut().expect("an in-flight batch");
+        if error.is_retryable() && batch.attempts < config.max_retries {
+            let exponent = batch.attempts.min(16);
+            batch.attempts += 1;
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            let delay = config
+                .retry_backoff
+                .saturating_mul(1 << exponent)
+                .min(config.retry_backoff_max);
+            part.retry_at = Some(Instant::now() + delay);
+            return;
+        }
+        let batch = part.queue.pop_front().expect("an in-flight batch");
+        self.outstanding.remove(&batch.id);
+        for ack in batch.acks {
+            let _ = ack.send(Err(error.clone()));
+        }
+    }
+
+    fn resolve_flushes(&mut self) {
+        if self.flushes.is_empty() {
+            return;
+        }
+        let lowest = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            self.flushes.drain(..).partition(|(id, _)| *id <= lowest);
+        self.flushes = waiting;
+        for (_, waiter) in done {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
