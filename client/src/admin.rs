@@ -149,7 +149,7 @@ pub enum Position {
 }
 
 impl Position {
-    fn into_proto(self) -> v1::Position {
+    pub(crate) fn into_proto(self) -> v1::Position {
         use v1::position::Kind;
         v1::Position {
             kind: Some(match self {
@@ -196,7 +196,7 @@ fn ms(d: Duration) -> u32 {
 }
 
 impl GroupSettings {
-    fn into_proto(self) -> v1::GroupSettings {
+    pub(crate) fn into_proto(self) -> v1::GroupSettings {
         v1::GroupSettings {
             ack_deadline_ms: self.ack_deadline.map(ms),
             retry_backoff_min_ms: self.retry_backoff_min.map(ms),

@@ -56,8 +56,9 @@ pub enum Error {
     /// A call did not finish within the client's request timeout.
     #[error("request timed out")]
     Timeout,
-    /// The producer was closed (or its background task ended) before the call finished.
-    #[error("the producer is closed")]
+    /// The producer was closed, or the consumer's subscription ended (or their background
+    /// task ended), before the call finished.
+    #[error("the producer or subscription is closed")]
     Closed,
     /// The broker sent a reply this client does not understand.
     #[error("unexpected reply from the broker: {0}")]

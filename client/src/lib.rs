@@ -4,8 +4,9 @@
 //! - [`Admin`]: topics and consumer groups (create, describe, list, delete, seek, redrive).
 //! - [`Producer`]: batched, pipelined publishing with bounded memory, in the storage batch
 //!   format (the broker's fast path).
-//!
-//! The consumer is not part of this crate yet.
+//! - [`Consumer`]: a member of a consumer group; its [`Subscription`] is a stream of
+//!   [`Message`]s to ack, nack or extend, rejoined automatically after a broker restart
+//!   (at-least-once delivery).
 //!
 //! ```no_run
 //! use herald_client::{Client, ProducerConfig, Record};
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod consumer;
 mod error;
 mod producer;
 
@@ -40,6 +42,7 @@ pub use admin::{
     Admin, FsyncPolicy, GroupInfo, GroupMember, GroupPartition, GroupSettings, GroupSummary,
     OrderingMode, PartitionInfo, Position, TopicConfig, TopicInfo, TopicSummary,
 };
+pub use consumer::{Consumer, ConsumerConfig, Message, Subscription};
 pub use error::{Error, Result};
 pub use producer::{Acked, Delivery, Producer, ProducerConfig, Record};
 
@@ -148,6 +151,27 @@ impl Client {
     /// ```
     pub fn producer(&self, config: ProducerConfig) -> Producer {
         Producer::new(self.clone(), config)
+    }
+
+    /// A consumer of `config.topic` in `config.group`; nothing happens until
+    /// [`Consumer::subscribe`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: herald_client::Client) -> herald_client::Result<()> {
+    /// use futures::StreamExt;
+    /// use herald_client::ConsumerConfig;
+    /// let mut subscription = client
+    ///     .consumer(ConsumerConfig::new("orders", "billing"))
+    ///     .subscribe()
+    ///     .await?;
+    /// while let Some(message) = subscription.next().await {
+    ///     message?.ack()?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
+        Consumer::new(self.clone(), config)
     }
 
     /// The generated gRPC client on this connection, for calls this crate does not wrap

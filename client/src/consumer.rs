@@ -1,0 +1,806 @@
+//! The consumer: a member of a consumer group over one `Subscribe` stream.
+//!
+//! [`Consumer::subscribe`] joins the group and spawns a task that owns the stream. The task
+//! hands deliveries to the [`Subscription`] (a [`futures::Stream`] of [`Message`]s) through
+//! a bounded channel, and sends the acks, nacks, extensions and credit of those messages
+//! back on the same stream. If the stream breaks (the broker restarts, the connection
+//! drops) the task joins again with the same settings after a backoff; messages received
+//! on the old stream become stale and their unacked messages are delivered again.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use herald_proto::v1;
+use herald_proto::v1::subscribe_request::Request;
+use herald_proto::v1::subscribe_response::Response;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::{Client, Error, GroupSettings, Offset, Partition, Position, Result};
+
+/// Capacity of the channel of deliveries when neither a credit window nor
+/// `max_in_flight_messages` bounds it.
+const DEFAULT_CHANNEL_CAPACITY: usize = 256;
+
+/// Most commands (acks, nacks...) the stream task merges into one pass.
+const MAX_COMMANDS_PER_PASS: usize = 1024;
+
+/// Settings of a [`Consumer`]; made by [`ConsumerConfig::new`] and adjusted with its
+/// builder methods.
+///
+/// ```
+/// use std::time::Duration;
+/// use herald_client::{ConsumerConfig, Position};
+///
+/// let config = ConsumerConfig::new("orders", "billing")
+///     .client_id("billing-1")
+///     .max_in_flight_messages(500)
+///     .start_position(Position::Earliest)
+///     .auto_extend(Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The topic to consume.
+    pub topic: String,
+    /// The consumer group to join (created on first join if it does not exist).
+    pub group: String,
+    /// A free label for this consumer, shown by `describe_group` (default empty).
+    pub client_id: String,
+    /// Most deliveries this member may hold unacked at once (0: the broker's default).
+    pub max_in_flight_messages: u32,
+    /// Most bytes (key, value and headers) this member may hold unacked at once
+    /// (0: the broker's default).
+    pub max_in_flight_bytes: u64,
+    /// Where the group starts if this consumer creates it (`None`: the end, `Latest`).
+    /// Ignored for an existing group.
+    pub start_position: Option<Position>,
+    /// The group's settings if this consumer creates it. Ignored for an existing group.
+    pub group_settings: GroupSettings,
+    /// Credit-based flow control: `Some((messages, bytes))` lets the broker send at most
+    /// that many messages and bytes that the application has not yet taken from the
+    /// [`Subscription`]. `None` (default): only the in-flight limits pace deliveries.
+    pub credit_window: Option<(u32, u64)>,
+    /// `Some(d)`: every `d / 2`, push the ack deadline of every message still held
+    /// (received, not yet acked, nacked or dropped) to now + `d`. `None` (default): no
+    /// automatic extension.
+    pub auto_extend: Option<Duration>,
+    /// First delay before joining again after the stream broke (default 100 ms).
+    pub reconnect_backoff: Duration,
+    /// Largest delay between attempts to join again (default 5 s).
+    pub reconnect_backoff_max: Duration,
+}
+
+impl ConsumerConfig {
+    /// Settings for consuming `topic` as a member of `group`, with the defaults.
+    pub fn new(topic: impl Into<String>, group: impl Into<String>) -> ConsumerConfig {
+        ConsumerConfig {
+            topic: topic.into(),
+            group: group.into(),
+            client_id: String::new(),
+            max_in_flight_messages: 0,
+            max_in_flight_bytes: 0,
+            start_position: None,
+            group_settings: GroupSettings::default(),
+            credit_window: None,
+            auto_extend: None,
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets [`ConsumerConfig::client_id`].
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// Sets [`ConsumerConfig::max_in_flight_messages`].
+    pub fn max_in_flight_messages(mut self, messages: u32) -> Self {
+        self.max_in_flight_messages = messages;
+        self
+    }
+
+    /// Sets [`ConsumerConfig::max_in_flight_bytes`].
+    pub fn max_in_flight_bytes(mut self, bytes: u64) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
+    /// Sets [`ConsumerConfig::start_position`].
+    pub fn start_position(mut self, position: Position) -> Self {
+        self.start_position = Some(position);
+        self
+    }
+
+    /// Sets [`ConsumerConfig::group_settings`].
+    pub fn group_settings(mut self, settings: GroupSettings) -> Self {
+        self.group_settings = settings;
+        self
+    }
+
+    /// Sets [`ConsumerConfig::credit_window`] (a window of at least one message).
+    pub fn credit_window(mut self, messages: u32, bytes: u64) -> Self {
+        self.credit_window = Some((messages.max(1), bytes.max(1)));
+        self
+    }
+
+    /// Sets [`ConsumerConfig::auto_extend`].
+    pub fn auto_extend(mut self, extension: Duration) -> Self {
+        self.auto_extend = Some(extension);
+        self
+    }
+
+    /// Sets [`ConsumerConfig::reconnect_backoff`] and
+    /// [`ConsumerConfig::reconnect_backoff_max`].
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.reconnect_backoff = first;
+        self.reconnect_backoff_max = max.max(first);
+        self
+    }
+
+    fn join(&self) -> v1::Join {
+        v1::Join {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            client_id: self.client_id.clone(),
+            max_in_flight_messages: self.max_in_flight_messages,
+            max_in_flight_bytes: self.max_in_flight_bytes,
+            settings: Some(self.group_settings.clone().into_proto()),
+            start_position: self.start_position.map(Position::into_proto),
+            credit_flow_control: self.credit_window.is_some(),
+        }
+    }
+
+    fn channel_capacity(&self) -> usize {
+        match (self.credit_window, self.max_in_flight_messages) {
+            (Some((messages, _)), _) => messages as usize,
+            (None, 0) => DEFAULT_CHANNEL_CAPACITY,
+            (None, messages) => messages as usize,
+        }
+        .clamp(1, 64 * 1024)
+    }
+}
+
+/// A consumer of one topic as a member of one group; made by [`Client::consumer`].
+///
+/// Delivery is **at-least-once**: a message is delivered again if it is nacked, if its
+/// ack deadline passes, or if the stream it came on breaks before its ack reached the
+/// broker (after a broker restart, for example). Within a group the broker keeps each
+/// key's messages in order (with the default per-key ordering), also across redeliveries.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+}
+
+impl Consumer {
+    pub(crate) fn new(client: Client, config: ConsumerConfig) -> Consumer {
+        Consumer { client, config }
+    }
+
+    /// The consumer's settings.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// Joins the group and returns the stream of its deliveries.
+    ///
+    /// Fails with the broker's error if the first join fails (for example
+    /// [`Error::NotFound`] when the topic does not exist). Once joined, a broken stream
+    /// (`UNAVAILABLE`, a transport error, or the broker ending the stream) is joined again
+    /// after a backoff, as often as needed; other errors end the [`Subscription`] after
+    /// yielding the error. The stream task is spawned on the current Tokio runtime.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        let generation = Arc::new(AtomicU64::new(0));
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(self.config.channel_capacity());
+        let (joined_tx, joined_rx) = oneshot::channel();
+        let task = StreamTask {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            generation: generation.clone(),
+            cmd_tx: cmd_tx.clone(),
+            cmd_rx,
+            out_tx,
+            queue: VecDeque::new(),
+            held: HashSet::new(),
+        };
+        let handle = tokio::spawn(task.run(joined_tx));
+        match joined_rx.await {
+            Ok(Ok(member_id)) => Ok(Subscription {
+                rx: out_rx,
+                cmd_tx,
+                generation,
+                member_id,
+                credit: self.config.credit_window.is_some(),
+                task: handle,
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+}
+
+/// The deliveries of a [`Consumer`]: a [`futures::Stream`] of [`Message`]s.
+///
+/// Dropping the subscription closes the stream, which leaves the group: the broker
+/// delivers the unacked messages again to other members. The stream ends (yields `None`)
+/// only after a non-retryable error, which it yields first.
+///
+/// ```no_run
+/// use futures::StreamExt;
+/// use herald_client::{Client, ConsumerConfig};
+///
+/// # async fn run(client: Client) -> herald_client::Result<()> {
+/// let mut subscription = client
+///     .consumer(ConsumerConfig::new("orders", "billing"))
+///     .subscribe()
+///     .await?;
+/// while let Some(message) = subscription.next().await {
+///     let message = message?;
+///     println!("{}:{} {:?}", message.partition(), message.offset(), message.value());
+///     message.ack()?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<Message>>,
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    generation: Arc<AtomicU64>,
+    member_id: String,
+    credit: bool,
+    task: JoinHandle<()>,
+}
+
+impl Subscription {
+    /// The member id the broker gave on the first join (a rejoin gets a new one, not
+    /// reflected here).
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    /// How many times the stream has been joined again after breaking.
+    pub fn reconnects(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Message>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(message))) => {
+                    if message.is_stale() {
+                        // Received on a stream since replaced: it will be delivered again.
+                        continue;
+                    }
+                    if self.credit {
+                        let _ = self.cmd_tx.send(Command::Credit {
+                            generation: message.generation,
+                            messages: 1,
+                            bytes: message.size as u64,
+                        });
+                    }
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One delivery of one message, from a [`Subscription`].
+///
+/// Settle it with [`Message::ack`] or one of the nacks. A message dropped unsettled is
+/// neither acked nor extended any more: it is delivered again once its ack deadline
+/// passes.
+#[derive(Debug)]
+pub struct Message {
+    partition: Partition,
+    offset: Offset,
+    key: Option<Bytes>,
+    value: Bytes,
+    headers: Vec<(String, Bytes)>,
+    timestamp_ms: i64,
+    attempt: u32,
+    deadline_ms: i64,
+    ack_id: Bytes,
+    size: usize,
+    generation: u64,
+    current: Arc<AtomicU64>,
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    settled: bool,
+}
+
+impl Message {
+    /// The message's partition.
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// The message's offset in its partition.
+    pub fn offset(&self) -> Offset {
+        self.offset
+    }
+
+    /// The message's key, if it has one.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.key.as_ref()
+    }
+
+    /// The message's payload.
+    pub fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    /// The message's headers, in published order.
+    pub fn headers(&self) -> &[(String, Bytes)] {
+        &self.headers
+    }
+
+    /// The message's timestamp, in ms since the Unix epoch.
+    pub fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    /// 1 for the first delivery of this message to the group, 2 for the first
+    /// redelivery, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The ack deadline given by the broker, in ms since the Unix epoch (broker clock),
+    /// as of this delivery (extensions are not reflected).
+    pub fn deadline_ms(&self) -> i64 {
+        self.deadline_ms
+    }
+
+    /// Whether this message came on a stream that has since been replaced (after a
+    /// reconnect). Settling a stale message does nothing: the broker delivers it again.
+    pub fn is_stale(&self) -> bool {
+        self.generation != self.current.load(Ordering::Acquire)
+    }
+
+    /// Acknowledges the message: it is done for the group. Sent asynchronously on the
+    /// subscription's stream; an ack lost with a broken stream means the message is
+    /// delivered again (at-least-once). Fails with [`Error::Closed`] only if the
+    /// subscription has ended.
+    pub fn ack(mut self) -> Result<()> {
+        self.settled = true;
+        self.send(Command::Ack {
+            generation: self.generation,
+            ack_id: self.ack_id.clone(),
+        })
+    }
+
+    /// Rejects the message: it is delivered again after the group's retry backoff (or
+    /// dead-lettered once it has used up the group's `max_delivery_attempts`).
+    pub fn nack(self) -> Result<()> {
+        self.nack_with(None, "")
+    }
+
+    /// Rejects the message, to be delivered again after `delay`.
+    pub fn nack_after(self, delay: Duration) -> Result<()> {
+        self.nack_with(Some(delay), "")
+    }
+
+    /// Rejects the message with a `reason` (kept as the `herald-dlq-reason` header if it
+    /// is dead-lettered), to be delivered again after `delay`, or after the group's retry
+    /// backoff when `delay` is `None`.
+    pub fn nack_with(mut self, delay: Option<Duration>, reason: impl Into<String>) -> Result<()> {
+        self.settled = true;
+        self.send(Command::Nack {
+            generation: self.generation,
+            ack_id: self.ack_id.clone(),
+            delay_ms: delay.map(millis),
+            reason: reason.into(),
+        })
+    }
+
+    /// Sets the message's ack deadline to now + `extra` (the broker caps it), to keep
+    /// working on it.
+    pub fn extend(&self, extra: Duration) -> Result<()> {
+        self.send(Command::Extend {
+            generation: self.generation,
+            ack_ids: vec![self.ack_id.clone()],
+            extra_ms: millis(extra),
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.cmd_tx.send(command).map_err(|_| Error::Closed)
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.cmd_tx.send(Command::Release {
+                generation: self.generation,
+                ack_id: self.ack_id.clone(),
+            });
+        }
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// What a [`Message`] or the [`Subscription`] asks of the stream task. Each names the
+/// stream generation it belongs to; commands of an older generation are dropped.
+#[derive(Debug)]
+enum Command {
+    Ack {
+        generation: u64,
+        ack_id: Bytes,
+    },
+    Nack {
+        generation: u64,
+        ack_id: Bytes,
+        delay_ms: Option<u32>,
+        reason: String,
+    },
+    Extend {
+        generation: u64,
+        ack_ids: Vec<Bytes>,
+        extra_ms: u32,
+    },
+    /// The message was dropped unsettled: stop extending it.
+    Release {
+        generation: u64,
+        ack_id: Bytes,
+    },
+    Credit {
+        generation: u64,
+        messages: u32,
+        bytes: u64,
+    },
+}
+
+impl Command {
+    fn generation(&self) -> u64 {
+        match self {
+            Command::Ack { generation, .. }
+            | Command::Nack { generation, .. }
+            | Command::Extend { generation, .. }
+            | Command::Release { generation, .. }
+            | Command::Credit { generation, .. } => *generation,
+        }
+    }
+}
+
+/// One joined `Subscribe` stream.
+struct Joined {
+    requests: mpsc::UnboundedSender<v1::SubscribeRequest>,
+    responses: tonic::Streaming<v1::SubscribeResponse>,
+    member_id: String,
+}
+
+/// Why a joined stream stopped.
+enum Ended {
+    /// The subscription was dropped.
+    Dropped,
+    /// The stream broke; join again.
+    Broken,
+    /// A non-retryable error.
+    Failed(Error),
+}
+
+/// The task that owns the Subscribe stream.
+struct StreamTask {
+    client: Client,
+    config: ConsumerConfig,
+    generation: Arc<AtomicU64>,
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    out_tx: mpsc::Sender<Result<Message>>,
+    /// Deliveries received but not yet in the channel.
+    queue: VecDeque<Message>,
+    /// Ack ids of the current stream's deliveries not yet settled (for auto-extend).
+    held: HashSet<Bytes>,
+}
+
+impl StreamTask {
+    async fn run(mut self, joined_tx: oneshot::Sender<Result<String>>) {
+        let mut stream = match self.join().await {
+            Ok(stream) => {
+                let _ = joined_tx.send(Ok(stream.member_id.clone()));
+                stream
+            }
+            Err(error) => {
+                let _ = joined_tx.send(Err(error));
+                return;
+            }
+        };
+        loop {
+            match self.drive(&mut stream).await {
+                Ended::Dropped => return,
+                Ended::Failed(error) => {
+                    let _ = self.out_tx.send(Err(error)).await;
+                    return;
+                }
+                Ended::Broken => {}
+            }
+            // The old stream's deliveries are stale from here on.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.queue.clear();
+            self.held.clear();
+            let mut backoff = self.config.reconnect_backoff;
+            stream = loop {
+                tokio::time::sleep(backoff).await;
+                if self.out_tx.is_closed() {
+                    return;
+                }
+                match self.join().await {
+                    Ok(stream) => break stream,
+                    Err(error) if retryable(&error) => {
+                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
+                    }
+                    Err(error) => {
+                        let _ = self.out_tx.send(Err(error)).await;
+                        return;
+                    }
+                }
+            };
+        }
+    }
+
+    /// Opens a stream and joins; returns once `Joined` arrives.
+    async fn join(&mut self) -> Result<Joined> {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let join = Request::Join(self.config.join());
+        let _ = requests.send(v1::SubscribeRequest {
+            request: Some(join),
+        });
+        if let Some((messages, bytes)) = self.config.credit_window {
+            let _ = requests.send(v1::SubscribeRequest {
+                request: Some(Request::Credit(v1::Credit { messages, bytes })),
+            });
+        }
+        let mut raw = self.client.raw();
+        let mut responses = raw
+            .subscribe(UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        match responses.message().await? {
+            Some(v1::SubscribeResponse {
+                response: Some(Response::Joined(joined)),
+            }) => Ok(Joined {
+                requests,
+                responses,
+                member_id: joined.member_id,
+            }),
+            Some(other) => Err(Error::Protocol(format!(
+                "expected Joined first, got {other:?}"
+            ))),
+            None => Err(Error::Unavailable(
+                "the broker ended the stream before Joined".into(),
+            )),
+        }
+    }
+
+    /// Runs one joined stream until it ends.
+    async fn drive(&mut self, stream: &mut Joined) -> Ended {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut extend_timer = self.config.auto_extend.map(|d| {
+            let period = (d / 2).max(Duration::from_millis(1));
+            let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer
+        });
+        let out_tx = self.out_tx.clone();
+        loop {
+            tokio::select! {
+                biased;
+                command = self.cmd_rx.recv() => {
+                    // `self` holds a sender, so the channel never closes.
+                    let Some(command) = command else { return Ended::Dropped };
+                    if !self.commands(command, generation, &stream.requests) {
+                        return Ended::Broken;
+                    }
+                }
+                permit = out_tx.reserve(), if !self.queue.is_empty() => {
+                    let Ok(permit) = permit else { return Ended::Dropped };
+                    if let Some(message) = self.queue.pop_front() {
+                        permit.send(Ok(message));
+                    }
+                }
+                () = tick(&mut extend_timer) => {
+                    if !self.held.is_empty() {
+                        let extend = v1::Extend {
+                            ack_ids: self.held.iter().cloned().collect(),
+                            extra_ms: self.config.auto_extend.map(millis).unwrap_or(0),
+                        };
+                        if send(&stream.requests, Request::Extend(extend)).is_err() {
+                            return Ended::Broken;
+                        }
+                    }
+                }
+                response = stream.responses.message() => match response {
+                    Ok(Some(v1::SubscribeResponse { response: Some(response) })) => {
+                        if let Response::Deliveries(deliveries) = response {
+                            for delivery in deliveries.deliveries {
+                                let message = self.message(delivery, generation);
+                                if self.config.auto_extend.is_some() {
+                                    self.held.insert(message.ack_id.clone());
+                                }
+                                self.queue.push_back(message);
+                            }
+                        }
+                        // Joined again or an AssignmentChange: nothing to do.
+                    }
+                    Ok(Some(v1::SubscribeResponse { response: None })) => {}
+                    // The broker ended the stream (shutting down): join again.
+                    Ok(None) => return Ended::Broken,
+                    Err(status) => {
+                        let error = Error::from(status);
+                        if self.out_tx.is_closed() {
+                            return Ended::Dropped;
+                        }
+                        return if retryable(&error) {
+                            Ended::Broken
+                        } else {
+                            Ended::Failed(error)
+                        };
+                    }
+                },
+                () = out_tx.closed() => return Ended::Dropped,
+            }
+        }
+    }
+
+    /// Handles `first` and the commands already waiting, merging acks and credit; returns
+    /// false if the stream's request side is gone.
+    fn commands(
+        &mut self,
+        first: Command,
+        generation: u64,
+        requests: &mpsc::UnboundedSender<v1::SubscribeRequest>,
+    ) -> bool {
+        let mut acks = Vec::new();
+        let (mut credit_messages, mut credit_bytes) = (0u32, 0u64);
+        let mut others = Vec::new();
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(command) = next.take() {
+            count += 1;
+            if command.generation() == generation {
+                match command {
+                    Command::Ack { ack_id, .. } => {
+                        self.held.remove(&ack_id);
+                        acks.push(ack_id);
+                    }
+                    Command::Nack {
+                        ack_id,
+                        delay_ms,
+                        reason,
+                        ..
+                    } => {
+                        self.held.remove(&ack_id);
+                        others.push(Request::Nack(v1::Nack {
+                            ack_id,
+                            delay_ms,
+                            reason,
+                        }));
+                    }
+                    Command::Extend {
+                        ack_ids, extra_ms, ..
+                    } => others.push(Request::Extend(v1::Extend { ack_ids, extra_ms })),
+                    Command::Release { ack_id, .. } => {
+                        self.held.remove(&ack_id);
+                    }
+                    Command::Credit {
+                        messages, bytes, ..
+                    } => {
+                        credit_messages = credit_messages.saturating_add(messages);
+                        credit_bytes = credit_bytes.saturating_add(bytes);
+                    }
+                }
+            }
+            if count < MAX_COMMANDS_PER_PASS {
+                next = self.cmd_rx.try_recv().ok();
+            }
+        }
+        let mut ok = true;
+        if !acks.is_empty() {
+            ok &= send(requests, Request::Ack(v1::Ack { ack_ids: acks })).is_ok();
+        }
+        for request in others {
+            ok &= send(requests, request).is_ok();
+        }
+        if credit_messages > 0 {
+            let credit = v1::Credit {
+                messages: credit_messages,
+                bytes: credit_bytes,
+            };
+            ok &= send(requests, Request::Credit(credit)).is_ok();
+        }
+        ok
+    }
+
+    fn message(&self, d: v1::Delivery, generation: u64) -> Message {
+        let headers: Vec<(String, Bytes)> =
+            d.headers.into_iter().map(|h| (h.key, h.value)).collect();
+        let size = d.key.as_ref().map_or(0, Bytes::len)
+            + d.value.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        Message {
+            partition: Partition(d.partition),
+            offset: Offset(d.offset),
+            key: d.key,
+            value: d.value,
+            headers,
+            timestamp_ms: d.timestamp_ms,
+            attempt: d.delivery_attempt,
+            deadline_ms: d.deadline_ms,
+            ack_id: d.ack_id,
+            size,
+            generation,
+            current: self.generation.clone(),
+            cmd_tx: self.cmd_tx.clone(),
+            settled: false,
+        }
+    }
+}
+
+fn send(
+    requests: &mpsc::UnboundedSender<v1::SubscribeRequest>,
+    request: Request,
+) -> Result<(), ()> {
+    requests
+        .send(v1::SubscribeRequest {
+            request: Some(request),
+        })
+        .map_err(|_| ())
+}
+
+/// Waits for the next tick of `timer`, or forever without one.
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a broken stream (or a failed join) is worth joining again: the broker is
+/// unavailable or restarting, or the connection failed.
+fn retryable(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Unavailable(_) | Error::Transport(_) | Error::Timeout
+    ) || matches!(
+        error.code(),
+        Some(tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Aborted)
+    )
+}
+
+/// Messages and subscriptions can move to (and be shared with) other tasks.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Message>();
+    assert_send_sync::<Subscription>();
+    assert_send_sync::<Consumer>();
+};
