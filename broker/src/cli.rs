@@ -484,7 +484,8 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
                 retention_ms,
                 retention_bytes,
                 segment_bytes,
-                fsync_policy: fsync.map_or(v1::FsyncPolicy::Unspecified, fsync_to_proto) as i32,
+                fsync_policy: fsync.map_or(v1::FsyncPolicy::Unspecified, v1::FsyncPolicy::from)
+                    as i32,
                 fsync_interval_ms,
                 max_message_bytes,
             };
@@ -565,14 +566,6 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-fn fsync_to_proto(fsync: FsyncSetting) -> v1::FsyncPolicy {
-    match fsync {
-        FsyncSetting::Always => v1::FsyncPolicy::Always,
-        FsyncSetting::Interval => v1::FsyncPolicy::Interval,
-        FsyncSetting::Never => v1::FsyncPolicy::Never,
-    }
 }
 
 fn fsync_name(policy: i32) -> String {

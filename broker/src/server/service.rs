@@ -259,6 +259,17 @@ fn encode_records(
     Ok(Bytes::from(builder.finish()))
 }
 
+/// The API's name for a configured fsync policy (the CLI uses it too).
+impl From<FsyncSetting> for v1::FsyncPolicy {
+    fn from(fsync: FsyncSetting) -> Self {
+        match fsync {
+            FsyncSetting::Always => v1::FsyncPolicy::Always,
+            FsyncSetting::Interval => v1::FsyncPolicy::Interval,
+            FsyncSetting::Never => v1::FsyncPolicy::Never,
+        }
+    }
+}
+
 fn describe(topic: &Topic) -> v1::TopicDescription {
     let s = &topic.settings;
     v1::TopicDescription {
@@ -268,11 +279,7 @@ fn describe(topic: &Topic) -> v1::TopicDescription {
             retention_ms: Some(s.retention_ms),
             retention_bytes: Some(s.retention_bytes),
             segment_bytes: Some(s.segment_bytes),
-            fsync_policy: match s.fsync {
-                FsyncSetting::Always => v1::FsyncPolicy::Always,
-                FsyncSetting::Interval => v1::FsyncPolicy::Interval,
-                FsyncSetting::Never => v1::FsyncPolicy::Never,
-            } as i32,
+            fsync_policy: v1::FsyncPolicy::from(s.fsync) as i32,
             fsync_interval_ms: Some(s.fsync_interval_ms.min(u64::from(u32::MAX)) as u32),
             max_message_bytes: Some(s.max_message_bytes.min(u32::MAX as usize) as u32),
         }),
