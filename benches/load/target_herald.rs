@@ -1,0 +1,210 @@
+//! Herald through the `herald-client` crate: `Producer` (batched, pipelined over one
+//! `PublishStream` per producer task) and group `Consumer`s with per-message acks.
+//!
+//! All Herald-specific code is here, so switching to another producer API touches only
+//! this file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use herald_client::{
+    Client, ConsumerConfig, Delivery, Error, FsyncPolicy, Position, ProducerConfig, Record,
+    TopicConfig,
+};
+use tokio::sync::mpsc;
+
+use crate::stats::TaskStats;
+use crate::workload::{Fsync, Generator, Workload, next_or_idle};
+
+/// Deliveries a producer task awaits at once at most (beyond the client's own byte budget).
+const MAX_PENDING_DELIVERIES: usize = 256 * 1024;
+
+async fn connect(wl: &Workload) -> anyhow::Result<Client> {
+    Client::builder(wl.settings.url.clone())
+        .request_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", wl.settings.url))
+}
+
+/// Creates the topic (deleting an old one of the same name unless `--reuse`).
+pub async fn prepare(wl: &Workload) -> anyhow::Result<()> {
+    let s = &wl.settings;
+    let admin = connect(wl).await?.admin();
+    let exists = match admin.describe_topic(&s.topic).await {
+        Ok(info) => Some(info.partition_count),
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e).context("describing the topic"),
+    };
+    match exists {
+        Some(partitions) if s.reuse => {
+            if partitions != s.partitions {
+                eprintln!(
+                    "note: reusing topic {:?} with {partitions} partitions (not {})",
+                    s.topic, s.partitions
+                );
+            }
+            return Ok(());
+        }
+        Some(_) => admin
+            .delete_topic(&s.topic)
+            .await
+            .context("deleting the old topic")?,
+        None => {}
+    }
+    let (fsync_policy, fsync_interval_ms) = match s.fsync {
+        Fsync::Default => (None, None),
+        Fsync::Never => (Some(FsyncPolicy::Never), None),
+        Fsync::Always => (Some(FsyncPolicy::Always), None),
+        Fsync::IntervalMs(ms) => (Some(FsyncPolicy::Interval), Some(ms)),
+    };
+    let config = TopicConfig {
+        fsync_policy,
+        fsync_interval_ms,
+        ..TopicConfig::default()
+    };
+    admin
+        .create_topic(&s.topic, s.partitions, config)
+        .await
+        .context("creating the topic")?;
+    Ok(())
+}
+
+/// Deletes the topic (`--cleanup`).
+pub async fn cleanup(wl: &Workload) -> anyhow::Result<()> {
+    let admin = connect(wl).await?.admin();
+    admin
+        .delete_topic(&wl.settings.topic)
+        .await
+        .context("deleting the topic")
+}
+
+type Pending = (u32, u64, u64, usize);
+
+/// One producer task: its own connection and `Producer`; a drain task awaits the
+/// deliveries so that sending never waits for acks (only for the client's byte budget).
+pub async fn produce(
+    wl: Arc<Workload>,
+    mut generator: Generator,
+    stats: Arc<TaskStats>,
+) -> anyhow::Result<Generator> {
+    let client = connect(&wl).await?;
+    let producer = client.producer(
+        ProducerConfig::new(wl.settings.topic.clone())
+            .linger(wl.settings.linger)
+            .max_in_flight(wl.settings.in_flight),
+    );
+    let keys: Vec<Bytes> = (0..wl.settings.keys)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .collect();
+    let (tx, rx) = mpsc::channel::<(Delivery, Pending)>(wl.settings.batch_size.max(64) * 4);
+    let drain = tokio::spawn(drain(wl.clone(), stats.clone(), rx));
+    while let Some(batch) = generator.next_batch().await {
+        for out in batch {
+            let len = out.payload.len();
+            let record = Record::new(out.payload).key(keys[out.key as usize].clone());
+            match producer.send(record).await {
+                Ok(delivery) => {
+                    let pending = (out.key, out.seq, out.sent_ns, len);
+                    if tx.send((delivery, pending)).await.is_err() {
+                        anyhow::bail!("the delivery drain task ended early");
+                    }
+                }
+                Err(e) => {
+                    if stats.errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                        eprintln!("herald: send failed: {e}");
+                    }
+                    wl.on_failed(&stats, &[(out.key, out.seq)]);
+                }
+            }
+        }
+    }
+    drop(tx);
+    if let Err(e) = producer.close().await {
+        eprintln!("herald: closing the producer: {e}");
+        stats.error(1);
+    }
+    drain.await.context("the delivery drain task panicked")?;
+    Ok(generator)
+}
+
+async fn drain(
+    wl: Arc<Workload>,
+    stats: Arc<TaskStats>,
+    mut rx: mpsc::Receiver<(Delivery, Pending)>,
+) {
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    let mut latencies = Vec::with_capacity(1024);
+    loop {
+        tokio::select! {
+            biased;
+            Some((result, (key, seq, sent_ns, len))) = pending.next(), if !pending.is_empty() => {
+                let now = wl.now_ns();
+                match result {
+                    Ok(_) => {
+                        stats.add(1, len as u64, now);
+                        latencies.push(now.saturating_sub(sent_ns) / 1000);
+                        if latencies.len() >= 1024 {
+                            stats.latencies(latencies.drain(..));
+                        }
+                    }
+                    Err(e) => {
+                        if stats.errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                            eprintln!("herald: publish failed: {e}");
+                        }
+                        wl.on_failed(&stats, &[(key, seq)]);
+                    }
+                }
+            }
+            item = rx.recv(), if open && pending.len() < MAX_PENDING_DELIVERIES => match item {
+                Some((delivery, meta)) => pending.push(async move { (delivery.await, meta) }),
+                None => open = false,
+            },
+            else => break,
+        }
+    }
+    stats.latencies(latencies);
+}
+
+/// One consumer task: a group member acking every message after checking it.
+pub async fn consume(wl: Arc<Workload>, index: u32, stats: Arc<TaskStats>) -> anyhow::Result<()> {
+    let client = connect(&wl).await?;
+    let config = ConsumerConfig::new(wl.settings.topic.clone(), wl.settings.group.clone())
+        .client_id(format!("herald-load-{index}"))
+        .start_position(Position::Earliest)
+        .max_in_flight_messages(wl.settings.consumer_window);
+    let mut subscription = client
+        .consumer(config)
+        .subscribe()
+        .await
+        .context("subscribing")?;
+    let mut e2e = Vec::with_capacity(1024);
+    while !wl.consuming_stopped() {
+        let next = next_or_idle(&mut subscription).await;
+        let message = match next {
+            None => continue, // idle: look at the stop flag again
+            Some(None) => anyhow::bail!("the subscription ended"),
+            Some(Some(Err(e))) => {
+                eprintln!("herald: subscription error: {e}");
+                stats.error(1);
+                continue;
+            }
+            Some(Some(Ok(message))) => message,
+        };
+        wl.on_message(&stats, message.value(), &mut e2e);
+        if let Err(e) = message.ack() {
+            eprintln!("herald: ack failed: {e}");
+            stats.error(1);
+        }
+        if e2e.len() >= 1024 {
+            stats.latencies(e2e.drain(..));
+        }
+    }
+    stats.latencies(e2e);
+    Ok(())
+}
