@@ -234,7 +234,11 @@ impl ClientBuilder {
     pub fn endpoint(&self) -> Result<Endpoint> {
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| Error::InvalidArgument(format!("bad broker url {:?}: {e}", self.url)))?
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Big batches, published or delivered, should not stall on the protocol's 64 KiB
+            // default flow-control window.
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024);
         if let Some(timeout) = self.connect_timeout {
             endpoint = endpoint.connect_timeout(timeout);
         }
