@@ -125,14 +125,13 @@ fn records(size: usize, count: usize) -> Vec<Record> {
 
 /// Sends `batch` and waits until every record of it is acked.
 async fn publish_acked(producer: &Producer, batch: &[Record]) {
-    let deliveries = producer
-        .send_batch(batch.iter().cloned())
+    let delivery = producer
+        .send_all(batch.iter().cloned())
         .await
         .expect("records queued");
     producer.flush().await.expect("flushed");
-    for delivery in deliveries {
-        delivery.await.expect("record acked");
-    }
+    let acked = delivery.await.expect("records acked");
+    assert_eq!(acked.len(), batch.len());
 }
 
 fn e2e_publish(c: &mut Criterion) {
@@ -180,11 +179,11 @@ fn e2e_consume(c: &mut Criterion) {
                 let start = preloaded;
                 env.rt.block_on(async {
                     for _ in 0..total.div_ceil(1000) {
-                        let deliveries = producer
-                            .send_batch(chunk.iter().cloned())
+                        let delivery = producer
+                            .send_all(chunk.iter().cloned())
                             .await
                             .expect("records queued");
-                        drop(deliveries);
+                        drop(delivery);
                     }
                     producer.flush().await.expect("preloaded");
                 });

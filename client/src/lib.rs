@@ -44,7 +44,7 @@ pub use admin::{
 };
 pub use consumer::{Consumer, ConsumerConfig, Message, Subscription};
 pub use error::{Error, Result};
-pub use producer::{Acked, Delivery, Producer, ProducerConfig, Record};
+pub use producer::{Acked, BatchDelivery, Delivery, Producer, ProducerConfig, Record};
 
 /// Largest gRPC message the client sends or accepts. Above the broker's batch and fetch
 /// limits (a few MiB), so those limits, with their clear errors, are what applies.
@@ -234,7 +234,11 @@ impl ClientBuilder {
     pub fn endpoint(&self) -> Result<Endpoint> {
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| Error::InvalidArgument(format!("bad broker url {:?}: {e}", self.url)))?
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Big batches, published or delivered, should not stall on the protocol's 64 KiB
+            // default flow-control window.
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024);
         if let Some(timeout) = self.connect_timeout {
             endpoint = endpoint.connect_timeout(timeout);
         }

@@ -121,7 +121,7 @@ impl Record {
 pub struct ProducerConfig {
     /// The topic every record goes to.
     pub topic: String,
-    /// A partition's batch is sealed once it reaches this many bytes (default 256 KiB).
+    /// A partition's batch is sealed once it reaches this many bytes (default 1 MiB).
     /// Keep it below the broker's `max_batch_bytes` (default 2 MiB).
     pub batch_bytes: usize,
     /// How long a batch waits for more records before it is sealed (default 5 ms).
@@ -146,7 +146,7 @@ impl ProducerConfig {
     pub fn new(topic: impl Into<String>) -> ProducerConfig {
         ProducerConfig {
             topic: topic.into(),
-            batch_bytes: 256 * 1024,
+            batch_bytes: 1024 * 1024,
             linger: Duration::from_millis(5),
             max_buffered_bytes: 32 * 1024 * 1024,
             max_in_flight: 16,
@@ -223,6 +223,27 @@ impl Future for Delivery {
     }
 }
 
+/// The outcome of one [`Producer::send_all`]: resolves when every record of it is
+/// acknowledged, to where each was stored in the order given, or to the first error (the
+/// other records may still be stored).
+///
+/// Dropping it does not cancel the records; they are still published.
+#[derive(Debug)]
+#[must_use = "a BatchDelivery does nothing unless awaited; drop it to ignore the outcome"]
+pub struct BatchDelivery {
+    rx: oneshot::Receiver<Result<Vec<Acked>>>,
+}
+
+impl Future for BatchDelivery {
+    type Output = Result<Vec<Acked>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|outcome| outcome.unwrap_or(Err(Error::Closed)))
+    }
+}
+
 /// A batching, pipelining producer for one topic; made by [`Client::producer`].
 ///
 /// Cheap to clone: clones share the buffers and the stream. The records still buffered
@@ -281,8 +302,21 @@ enum Command {
         permit: OwnedSemaphorePermit,
         ack: oneshot::Sender<Result<Acked>>,
     },
+    /// Several records in order, holding one permit for all of them, settled by one
+    /// sender per record (`send_batch`) or one for the whole group (`send_all`).
+    SendMany {
+        partitions: u32,
+        records: Vec<Record>,
+        permit: OwnedSemaphorePermit,
+        acks: ManyAcks,
+    },
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
+}
+
+enum ManyAcks {
+    Each(Vec<oneshot::Sender<Result<Acked>>>),
+    All(oneshot::Sender<Result<Vec<Acked>>>),
 }
 
 impl Producer {
@@ -386,7 +420,8 @@ impl Producer {
         Ok(Delivery { rx })
     }
 
-    /// Queues several records in order, as [`Producer::send`] does for each.
+    /// Queues several records in order, as [`Producer::send`] does for each, with one
+    /// trip to the producer's task for all of them.
     ///
     /// ```no_run
     /// # async fn run(producer: herald_client::Producer) -> herald_client::Result<()> {
@@ -404,12 +439,84 @@ impl Producer {
         &self,
         records: impl IntoIterator<Item = Record>,
     ) -> Result<Vec<Delivery>> {
-        let records = records.into_iter();
-        let mut deliveries = Vec::with_capacity(records.size_hint().0);
-        for record in records {
-            deliveries.push(self.send(record).await?);
-        }
+        let records: Vec<Record> = records.into_iter().collect();
+        let (senders, deliveries): (Vec<_>, Vec<_>) = (0..records.len())
+            .map(|_| {
+                let (tx, rx) = oneshot::channel();
+                (tx, Delivery { rx })
+            })
+            .unzip();
+        self.send_many(records, ManyAcks::Each(senders)).await?;
         Ok(deliveries)
+    }
+
+    /// Queues several records in order and returns one future for all of them: the
+    /// cheapest way to publish many records, since nothing is tracked per record but its
+    /// place in a batch. The [`BatchDelivery`] resolves, once every record is acked, to
+    /// where each was stored (in the order given), or to the first error.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: herald_client::Producer) -> herald_client::Result<()> {
+    /// use herald_client::Record;
+    /// let records = (0..1000).map(|i| Record::new(format!("event {i}")).key("k"));
+    /// let acked = producer.send_all(records).await?.await?;
+    /// assert_eq!(acked.len(), 1000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_all(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<BatchDelivery> {
+        let records: Vec<Record> = records.into_iter().collect();
+        let (tx, rx) = oneshot::channel();
+        if records.is_empty() {
+            let _ = tx.send(Ok(Vec::new()));
+        } else {
+            self.send_many(records, ManyAcks::All(tx)).await?;
+        }
+        Ok(BatchDelivery { rx })
+    }
+
+    async fn send_many(&self, records: Vec<Record>, acks: ManyAcks) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let partitions = self.partition_count().await?;
+        let mut cost = 0usize;
+        for record in &records {
+            if let Some(p) = record.partition
+                && p >= partitions
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "partition {p} does not exist: topic {:?} has {partitions} partitions",
+                    self.shared.topic
+                )));
+            }
+            cost += record.cost();
+        }
+        // A group larger than the whole budget takes the whole budget, like a single
+        // record larger than it does.
+        let cost = cost.min(self.shared.max_buffered_bytes) as u32;
+        let permit = self
+            .shared
+            .memory
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Error::Closed)?;
+        self.shared
+            .commands
+            .send(Command::SendMany {
+                partitions,
+                records,
+                permit,
+                acks,
+            })
+            .map_err(|_| Error::Closed)
     }
 
     /// Sends every buffered record now (without waiting for `linger`) and waits until
@@ -440,7 +547,7 @@ impl Producer {
 /// Records accumulating for one partition.
 struct OpenBatch {
     builder: BatchBuilder,
-    acks: Vec<oneshot::Sender<Result<Acked>>>,
+    acks: Vec<Waiter>,
     permit: Option<OwnedSemaphorePermit>,
     deadline: Instant,
 }
@@ -449,10 +556,25 @@ struct OpenBatch {
 struct SealedBatch {
     id: u64,
     payload: Bytes,
-    acks: Vec<oneshot::Sender<Result<Acked>>>,
+    acks: Vec<Waiter>,
     /// Released (returning the bytes to the budget) when the batch is dropped.
     _permit: Option<OwnedSemaphorePermit>,
     attempts: u32,
+}
+
+/// Who learns the outcome of consecutive records of a batch.
+enum Waiter {
+    /// One record, sent with `send` or `send_batch`.
+    One(oneshot::Sender<Result<Acked>>),
+    /// `count` records of a `send_all` group, from its record `index` on.
+    Group { group: u64, index: u32, count: u32 },
+}
+
+/// A `send_all` group waiting for the acks of its records.
+struct GroupWaiter {
+    acked: Vec<Acked>,
+    remaining: usize,
+    tx: oneshot::Sender<Result<Vec<Acked>>>,
 }
 
 #[derive(Default)]
@@ -485,6 +607,9 @@ struct Driver {
     /// Where keyless records go; moves on each time that partition's batch is sealed.
     sticky: u32,
     next_batch_id: u64,
+    /// `send_all` groups not yet settled, by number.
+    groups: HashMap<u64, GroupWaiter>,
+    next_group: u64,
     /// Ids of sealed batches not yet acked or failed.
     outstanding: BTreeSet<u64>,
     /// Flush waiters: resolved once every batch with a smaller id is done.
@@ -519,6 +644,8 @@ impl Driver {
             parts: Vec::new(),
             sticky: 0,
             next_batch_id: 0,
+            groups: HashMap::new(),
+            next_group: 0,
             outstanding: BTreeSet::new(),
             flushes: Vec::new(),
             closes: Vec::new(),
@@ -586,6 +713,18 @@ impl Driver {
                 }
                 self.append(record, permit, ack);
             }
+            Command::SendMany {
+                partitions,
+                records,
+                permit,
+                acks,
+            } => {
+                if self.parts.is_empty() {
+                    self.parts
+                        .resize_with(partitions as usize, Default::default);
+                }
+                self.append_many(records, permit, acks);
+            }
             Command::Flush(waiter) => {
                 self.seal_all();
                 self.flushes.push((self.next_batch_id, waiter));
@@ -598,19 +737,115 @@ impl Driver {
         }
     }
 
+    /// The partition a record goes to.
+    fn partition_of(&self, record: &Record) -> u32 {
+        let n = self.parts.len() as u32;
+        match (record.partition, &record.key) {
+            (Some(p), _) => p.min(n - 1),
+            (None, Some(key)) => partition_for_key(key, n).0,
+            (None, None) => self.sticky % n,
+        }
+    }
+
     fn append(
         &mut self,
         record: Record,
         permit: OwnedSemaphorePermit,
         ack: oneshot::Sender<Result<Acked>>,
     ) {
-        let n = self.parts.len() as u32;
-        let p = match (record.partition, &record.key) {
-            (Some(p), _) => p.min(n - 1),
-            (None, Some(key)) => partition_for_key(key, n).0,
-            (None, None) => self.sticky % n,
+        let p = self.partition_of(&record);
+        let timestamp = if record.timestamp_ms == 0 {
+            now_ms()
+        } else {
+            record.timestamp_ms
         };
-        let cost = record.cost();
+        let open = self.open_for(p, record.cost());
+        push(&mut open.builder, &record, timestamp);
+        open.acks.push(Waiter::One(ack));
+        hold(&mut open.permit, permit);
+        self.seal_if_full(p);
+    }
+
+    fn append_many(
+        &mut self,
+        records: Vec<Record>,
+        mut permit: OwnedSemaphorePermit,
+        acks: ManyAcks,
+    ) {
+        let now = now_ms();
+        let (mut each, group) = match acks {
+            ManyAcks::Each(senders) => (Some(senders.into_iter()), None),
+            ManyAcks::All(tx) => {
+                let group = self.next_group;
+                self.next_group += 1;
+                self.groups.insert(
+                    group,
+                    GroupWaiter {
+                        acked: vec![
+                            Acked {
+                                partition: Partition(0),
+                                offset: Offset(0)
+                            };
+                            records.len()
+                        ],
+                        remaining: records.len(),
+                        tx,
+                    },
+                );
+                (None, Some(group))
+            }
+        };
+        for (index, record) in records.iter().enumerate() {
+            let p = self.partition_of(record);
+            let cost = record.cost();
+            let timestamp = if record.timestamp_ms == 0 {
+                now
+            } else {
+                record.timestamp_ms
+            };
+            let open = self.open_for(p, cost);
+            push(&mut open.builder, record, timestamp);
+            match (&mut each, group) {
+                (Some(senders), _) => {
+                    let ack = senders.next().expect("one sender per record");
+                    open.acks.push(Waiter::One(ack));
+                }
+                (None, Some(group)) => match open.acks.last_mut() {
+                    // Consecutive records of the group in one batch share one waiter.
+                    Some(Waiter::Group {
+                        group: last,
+                        index: first,
+                        count,
+                    }) if *last == group && (*first + *count) as usize == index => *count += 1,
+                    _ => open.acks.push(Waiter::Group {
+                        group,
+                        index: index as u32,
+                        count: 1,
+                    }),
+                },
+                (None, None) => unreachable!("a group without waiters"),
+            }
+            // Each record's cost moves to its batch (the group's permit may hold less
+            // than the sum if the group exceeded the whole budget).
+            if let Some(part) = permit.split(cost.min(permit.num_permits())) {
+                hold(&mut open.permit, part);
+            }
+            self.seal_if_full(p);
+        }
+        // Whatever is left (rounding) goes with the last batch touched.
+        if permit.num_permits() > 0
+            && let Some(last) = records.last()
+        {
+            let p = self.partition_of(last);
+            if let Some(open) = &mut self.parts[p as usize].open {
+                hold(&mut open.permit, permit);
+            }
+        }
+    }
+
+    /// The open batch of partition `p`, sealing the current one first if a record of
+    /// `cost` bytes would take it past `batch_bytes`.
+    fn open_for(&mut self, p: u32, cost: usize) -> &mut OpenBatch {
         let batch_bytes = self.config.batch_bytes;
         if let Some(open) = &self.parts[p as usize].open
             && open.builder.encoded_len() + cost > batch_bytes
@@ -618,7 +853,7 @@ impl Driver {
             self.seal(p);
         }
         let linger = self.config.linger;
-        let open = self.parts[p as usize]
+        self.parts[p as usize]
             .open
             .get_or_insert_with(|| OpenBatch {
                 builder: BatchBuilder::with_capacity(
@@ -627,29 +862,14 @@ impl Driver {
                 acks: Vec::new(),
                 permit: None,
                 deadline: Instant::now() + linger,
-            });
-        let timestamp = if record.timestamp_ms == 0 {
-            now_ms()
-        } else {
-            record.timestamp_ms
-        };
-        let headers: Vec<(&str, &[u8])> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_ref()))
-            .collect();
-        open.builder.push(&BatchRecord {
-            timestamp,
-            key: record.key.as_deref(),
-            value: &record.value,
-            headers: &headers,
-        });
-        open.acks.push(ack);
-        match &mut open.permit {
-            Some(held) => held.merge(permit),
-            None => open.permit = Some(permit),
-        }
-        if open.builder.encoded_len() >= batch_bytes || open.builder.len() >= MAX_BATCH_RECORDS {
+            })
+    }
+
+    fn seal_if_full(&mut self, p: u32) {
+        if let Some(open) = &self.parts[p as usize].open
+            && (open.builder.encoded_len() >= self.config.batch_bytes
+                || open.builder.len() >= MAX_BATCH_RECORDS)
+        {
             self.seal(p);
         }
     }
@@ -843,9 +1063,38 @@ impl Driver {
         let batch = part.queue.pop_front().expect("an in-flight batch");
         self.outstanding.remove(&batch.id);
         let partition = Partition(published.partition);
-        for (i, ack) in batch.acks.into_iter().enumerate() {
-            let offset = Offset(published.base_offset + i as u64);
-            let _ = ack.send(Ok(Acked { partition, offset }));
+        let mut offset = published.base_offset;
+        for waiter in batch.acks {
+            match waiter {
+                Waiter::One(ack) => {
+                    let _ = ack.send(Ok(Acked {
+                        partition,
+                        offset: Offset(offset),
+                    }));
+                    offset += 1;
+                }
+                Waiter::Group {
+                    group,
+                    index,
+                    count,
+                } => {
+                    if let Some(waiting) = self.groups.get_mut(&group) {
+                        let slots = &mut waiting.acked[index as usize..][..count as usize];
+                        for (i, slot) in slots.iter_mut().enumerate() {
+                            *slot = Acked {
+                                partition,
+                                offset: Offset(offset + i as u64),
+                            };
+                        }
+                        waiting.remaining -= count as usize;
+                        if waiting.remaining == 0 {
+                            let done = self.groups.remove(&group).expect("present");
+                            let _ = done.tx.send(Ok(done.acked));
+                        }
+                    }
+                    offset += u64::from(count);
+                }
+            }
         }
     }
 
@@ -867,8 +1116,19 @@ impl Driver {
         }
         let batch = part.queue.pop_front().expect("an in-flight batch");
         self.outstanding.remove(&batch.id);
-        for ack in batch.acks {
-            let _ = ack.send(Err(error.clone()));
+        for waiter in batch.acks {
+            match waiter {
+                Waiter::One(ack) => {
+                    let _ = ack.send(Err(error.clone()));
+                }
+                // The group fails with its first error; its other batches then find it
+                // gone.
+                Waiter::Group { group, .. } => {
+                    if let Some(failed) = self.groups.remove(&group) {
+                        let _ = failed.tx.send(Err(error.clone()));
+                    }
+                }
+            }
         }
     }
 
@@ -890,6 +1150,29 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Encodes `record` into `builder` with this timestamp.
+fn push(builder: &mut BatchBuilder, record: &Record, timestamp: i64) {
+    let headers: Vec<(&str, &[u8])> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_ref()))
+        .collect();
+    builder.push(&BatchRecord {
+        timestamp,
+        key: record.key.as_deref(),
+        value: &record.value,
+        headers: &headers,
+    });
+}
+
+/// Adds `permit` to what a batch holds.
+fn hold(held: &mut Option<OwnedSemaphorePermit>, permit: OwnedSemaphorePermit) {
+    match held {
+        Some(held) => held.merge(permit),
+        None => *held = Some(permit),
     }
 }
 

@@ -23,6 +23,14 @@ use crate::error::{BrokerError, Result};
 use crate::groups::GroupRegistry;
 use crate::registry::Registry;
 
+/// HTTP/2 flow-control windows: a publish of one 1 MiB batch must not wait for window
+/// updates half way (the protocol's default window is 64 KiB).
+pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame the broker accepts: fewer, larger frames for big batches (the
+/// protocol's default is 16 KiB).
+pub const HTTP2_MAX_FRAME: u32 = 1024 * 1024;
+
 /// Headroom above `max_batch_bytes` for the rest of a publish request (topic, framing).
 const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 /// HTTP/2 keepalive pings find dead peers whose streams would otherwise stay open.
@@ -124,6 +132,9 @@ impl Broker {
                     .await;
             };
             let served = tonic::transport::Server::builder()
+                .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
+                .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
+                .max_frame_size(Some(HTTP2_MAX_FRAME))
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                 .add_service(herald)

@@ -97,7 +97,7 @@ pub(crate) struct IndexFile<E> {
 impl<E: Entry> IndexFile<E> {
     /// Creates a zeroed, preallocated index with room for `capacity` entries.
     pub(crate) fn create(path: &Path, capacity: usize, sync: bool) -> Result<Self> {
-        let (file, map) = create_mapped(path, (capacity * E::BYTES) as u64, sync)?;
+        let (file, map) = create_mapped(path, (capacity * E::BYTES) as u64, sync, true)?;
         Ok(Self::from_parts(path.to_owned(), file, map, 0))
     }
 

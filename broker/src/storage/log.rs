@@ -344,12 +344,15 @@ impl LogWriter {
         }
         let segment = self.active().clone();
         let position = self.write_pos;
-        segment.write(position, bytes);
-        // The CRC leaves the base offset out, so stamping it is the only change to the bytes.
-        segment.write(
-            position + BASE_OFFSET_AT as u64,
-            &self.next_offset.to_le_bytes(),
-        );
+        // The CRC leaves the base offset out, so stamping it is the only change to the
+        // bytes. It is the batch's first field, written in the same call.
+        const _: () = assert!(BASE_OFFSET_AT == 0);
+        if let Err(error) = segment.write(position, &self.next_offset.to_le_bytes(), bytes) {
+            // What the page cache holds above `write_pos` is now unknown; refuse further
+            // writes rather than build on it.
+            self.poisoned = Some(error.to_string());
+            return Err(error);
+        }
         let mut header = *batch.header();
         header.base_offset = self.next_offset;
         self.indexer.on_batch(&segment, position, &header);
