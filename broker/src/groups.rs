@@ -58,6 +58,10 @@ pub const POLL_MAX: usize = 256;
 /// Most record bytes in one Deliveries response (at least one delivery): below the 4 MiB
 /// default receive limit of gRPC clients.
 pub const RESPONSE_MAX_BYTES: usize = 1024 * 1024;
+/// Most decoded records a group keeps for delivery (see `Group::decoded`). Records the
+/// machine takes but never delivers (done before a restart, say) would otherwise stay: when
+/// the bound is reached the cache is emptied and delivery decodes from the log again.
+const DECODED_MAX: usize = 1 << 16;
 /// Bytes read from a partition log per read when filling the machine.
 const FETCH_CHUNK_BYTES: usize = 256 * 1024;
 /// Most groups a broker holds (over every topic): each costs a task and its state.
@@ -177,6 +181,11 @@ pub struct Group {
     created_ms: i64,
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// Records decoded by `fill` and offered to the machine, kept until they are delivered
+    /// so that delivering does not decode them again (a batch's records are only reachable
+    /// by decoding from its start, so re-reading one record costs half a batch on average).
+    /// Only the group's task touches it; bounded by [`DECODED_MAX`].
+    decoded: Mutex<HashMap<(u32, u64), StoredRecord>>,
     /// Wakes the driver: a member event, an admin change, a stream drained.
     wake: Notify,
     /// Flips to true when the group is deleted or the broker closes.
@@ -255,6 +264,9 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
         let start = i;
         'batches: for view in batch::batches(&chunk.bytes) {
             let Ok(view) = view else { break };
+            if view.header.last_offset() < offsets[i] {
+                continue;
+            }
             for record in view.records() {
                 let Ok(record) = record else {
                     break 'batches;
@@ -602,8 +614,8 @@ impl Group {
             let id = PartitionId(index as u32);
             let reader = partition.reader();
             loop {
-                let want = match self.lock().state.wants(id) {
-                    Ok(Some(want)) => want.0,
+                let (want, room) = match self.lock().state.wants_with_room(id) {
+                    Ok(Some((want, room))) => (want.0, room),
                     _ => break,
                 };
                 if want >= reader.high_watermark() {
@@ -625,23 +637,41 @@ impl Group {
                         break;
                     }
                 };
-                let mut records = Vec::new();
-                for view in batch::batches(&chunk.bytes) {
+                // Decode only what the machine has room for: a chunk can hold ten times
+                // more records than a partition buffers, and what is decoded but not taken
+                // is decoded again on the next pass.
+                let mut records = Vec::with_capacity(room.min(4096));
+                let mut stored = Vec::with_capacity(room.min(4096));
+                'batches: for view in batch::batches(&chunk.bytes) {
                     let Ok(view) = view else { break };
+                    if view.header.last_offset() < want {
+                        continue;
+                    }
                     for record in view.records() {
                         let Ok(r) = record else { break };
-                        if r.offset < want || r.offset >= chunk.high_watermark {
+                        if r.offset < want {
                             continue;
                         }
-                        let size = r.key.map_or(0, <[u8]>::len)
-                            + r.value.len()
-                            + r.headers().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                        if r.offset >= chunk.high_watermark || records.len() >= room {
+                            break 'batches;
+                        }
+                        let record = StoredRecord {
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            key: r.key.map(|k| chunk.bytes.slice_ref(k)),
+                            value: chunk.bytes.slice_ref(r.value),
+                            headers: r
+                                .headers()
+                                .map(|(k, v)| (k.to_owned(), chunk.bytes.slice_ref(v)))
+                                .collect(),
+                        };
                         records.push(OfferedRecord {
                             offset: Offset(r.offset),
                             key: r.key.map(KeyHash::of),
-                            size_bytes: size.min(u32::MAX as usize) as u32,
+                            size_bytes: record_size(&record).min(u32::MAX as usize) as u32,
                             timestamp_ms: r.timestamp,
                         });
+                        stored.push(record);
                     }
                 }
                 if records.is_empty() {
@@ -654,6 +684,15 @@ impl Group {
                         break;
                     }
                 };
+                {
+                    let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
+                    if decoded.len() + consumed > DECODED_MAX {
+                        decoded.clear();
+                    }
+                    for record in stored.drain(..consumed.min(stored.len())) {
+                        decoded.insert((index as u32, record.offset), record);
+                    }
+                }
                 if consumed < records.len() || consumed == 0 {
                     break;
                 }
@@ -774,12 +813,30 @@ impl Group {
                 while j < deliveries.len() && deliveries[j].partition == p {
                     j += 1;
                 }
-                let offsets: Vec<u64> = deliveries[i..j].iter().map(|d| d.offset.0).collect();
                 let Ok(partition) = self.topic.partition(p.0) else {
                     i = j;
                     continue;
                 };
-                let records = read_records(partition.reader(), &offsets);
+                let mut records: Vec<Option<StoredRecord>> = {
+                    let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
+                    deliveries[i..j]
+                        .iter()
+                        .map(|d| decoded.remove(&(p.0, d.offset.0)))
+                        .collect()
+                };
+                // Redeliveries, and records the cache dropped, are decoded from the log.
+                let (slots, offsets): (Vec<usize>, Vec<u64>) = records
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.is_none())
+                    .map(|(k, _)| (k, deliveries[i + k].offset.0))
+                    .unzip();
+                if !offsets.is_empty() {
+                    let read = read_records(partition.reader(), &offsets);
+                    for (slot, record) in slots.into_iter().zip(read) {
+                        records[slot] = record;
+                    }
+                }
                 for (d, record) in deliveries[i..j].iter().zip(records) {
                     let Some(record) = record else {
                         missing.push((member, d.ack_id));
@@ -1117,6 +1174,7 @@ impl GroupRegistry {
             }),
             wake: Notify::new(),
             stop,
+            decoded: Mutex::new(HashMap::new()),
             persisted: Mutex::new(persisted),
             redrive: tokio::sync::Mutex::new(()),
             counters: GroupCounters::default(),

@@ -421,6 +421,14 @@ impl GroupState {
         Ok((self.room(index) > 0).then(|| Offset(self.partitions[index].fetch_position())))
     }
 
+    /// Like [`wants`](Self::wants), with how many more records the machine would buffer
+    /// now, so the driver decodes no more than that.
+    pub fn wants_with_room(&self, partition: PartitionId) -> Result<Option<(Offset, usize)>> {
+        let index = self.partition_index(partition)?;
+        let room = self.room(index);
+        Ok((room > 0).then(|| (Offset(self.partitions[index].fetch_position()), room)))
+    }
+
     /// Offers consecutive records read from the log. Returns how many were consumed
     /// (buffered, or skipped because they are done or were offered before); the driver
     /// resumes with the rest later (see `wants`). Records may start below the wanted
