@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use herald_client::{
-    Client, ConsumerConfig, Delivery, Error, FsyncPolicy, Position, ProducerConfig, Record,
+    BatchDelivery, Client, ConsumerConfig, Error, FsyncPolicy, Position, ProducerConfig, Record,
     TopicConfig,
 };
 use tokio::sync::mpsc;
@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use crate::stats::TaskStats;
 use crate::workload::{Fsync, Generator, Workload, next_or_idle};
 
-/// Deliveries a producer task awaits at once at most (beyond the client's own byte budget).
-const MAX_PENDING_DELIVERIES: usize = 256 * 1024;
+/// Batches a producer task awaits at once at most (beyond the client's own byte budget).
+const MAX_PENDING_BATCHES: usize = 4096;
 
 async fn connect(wl: &Workload) -> anyhow::Result<Client> {
     Client::builder(wl.settings.url.clone())
@@ -101,25 +101,28 @@ pub async fn produce(
     let keys: Vec<Bytes> = (0..wl.settings.keys)
         .map(|k| Bytes::from(format!("k{k}")))
         .collect();
-    let (tx, rx) = mpsc::channel::<(Delivery, Pending)>(wl.settings.batch_size.max(64) * 4);
+    // One `send_all` per generated batch: one future for the batch, not one per record.
+    let (tx, rx) = mpsc::channel::<(BatchDelivery, Vec<Pending>)>(16);
     let drain = tokio::spawn(drain(wl.clone(), stats.clone(), rx));
     while let Some(batch) = generator.next_batch().await {
+        let mut meta = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
         for out in batch {
-            let len = out.payload.len();
-            let record = Record::new(out.payload).key(keys[out.key as usize].clone());
-            match producer.send(record).await {
-                Ok(delivery) => {
-                    let pending = (out.key, out.seq, out.sent_ns, len);
-                    if tx.send((delivery, pending)).await.is_err() {
-                        anyhow::bail!("the delivery drain task ended early");
-                    }
+            meta.push((out.key, out.seq, out.sent_ns, out.payload.len()));
+            records.push(Record::new(out.payload).key(keys[out.key as usize].clone()));
+        }
+        match producer.send_all(records).await {
+            Ok(delivery) => {
+                if tx.send((delivery, meta)).await.is_err() {
+                    anyhow::bail!("the delivery drain task ended early");
                 }
-                Err(e) => {
-                    if stats.errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                        eprintln!("herald: send failed: {e}");
-                    }
-                    wl.on_failed(&stats, &[(out.key, out.seq)]);
+            }
+            Err(e) => {
+                if stats.errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    eprintln!("herald: send failed: {e}");
                 }
+                let failed: Vec<(u32, u64)> = meta.iter().map(|m| (m.0, m.1)).collect();
+                wl.on_failed(&stats, &failed);
             }
         }
     }
@@ -135,7 +138,7 @@ pub async fn produce(
 async fn drain(
     wl: Arc<Workload>,
     stats: Arc<TaskStats>,
-    mut rx: mpsc::Receiver<(Delivery, Pending)>,
+    mut rx: mpsc::Receiver<(BatchDelivery, Vec<Pending>)>,
 ) {
     let mut pending = FuturesUnordered::new();
     let mut open = true;
@@ -143,12 +146,15 @@ async fn drain(
     loop {
         tokio::select! {
             biased;
-            Some((result, (key, seq, sent_ns, len))) = pending.next(), if !pending.is_empty() => {
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                let (result, meta): (herald_client::Result<Vec<herald_client::Acked>>, Vec<Pending>) = done;
                 let now = wl.now_ns();
                 match result {
                     Ok(_) => {
-                        stats.add(1, len as u64, now);
-                        latencies.push(now.saturating_sub(sent_ns) / 1000);
+                        for (_, _, sent_ns, len) in meta {
+                            stats.add(1, len as u64, now);
+                            latencies.push(now.saturating_sub(sent_ns) / 1000);
+                        }
                         if latencies.len() >= 1024 {
                             stats.latencies(latencies.drain(..));
                         }
@@ -157,11 +163,13 @@ async fn drain(
                         if stats.errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                             eprintln!("herald: publish failed: {e}");
                         }
-                        wl.on_failed(&stats, &[(key, seq)]);
+                        let failed: Vec<(u32, u64)> =
+                            meta.iter().map(|m: &Pending| (m.0, m.1)).collect();
+                        wl.on_failed(&stats, &failed);
                     }
                 }
             }
-            item = rx.recv(), if open && pending.len() < MAX_PENDING_DELIVERIES => match item {
+            item = rx.recv(), if open && pending.len() < MAX_PENDING_BATCHES => match item {
                 Some((delivery, meta)) => pending.push(async move { (delivery.await, meta) }),
                 None => open = false,
             },

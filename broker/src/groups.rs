@@ -267,7 +267,9 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
             if view.header.last_offset() < offsets[i] {
                 continue;
             }
-            for record in view.records() {
+            let mut batch_records = view.records();
+            batch_records.skip_to(offsets[i]);
+            for record in batch_records {
                 let Ok(record) = record else {
                     break 'batches;
                 };
@@ -647,7 +649,9 @@ impl Group {
                     if view.header.last_offset() < want {
                         continue;
                     }
-                    for record in view.records() {
+                    let mut batch_records = view.records();
+                    batch_records.skip_to(want);
+                    for record in batch_records {
                         let Ok(r) = record else { break };
                         if r.offset < want {
                             continue;

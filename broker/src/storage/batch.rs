@@ -593,6 +593,27 @@ impl<'a> Records<'a> {
     }
 }
 
+impl Records<'_> {
+    /// Skips the records below `offset` by their length prefixes alone, without decoding
+    /// them: a reader that wants the middle of a batch pays a few ns per record before it
+    /// instead of a full decode. A length running past the batch ends the iteration (the
+    /// next `next` returns `None`), as a decode error would.
+    pub fn skip_to(&mut self, offset: u64) {
+        while self.base_offset + u64::from(self.index) < offset && !self.cur.0.is_empty() {
+            let skipped = self
+                .cur
+                .varint()
+                .and_then(|len| usize::try_from(len).ok())
+                .and_then(|len| self.cur.take(len));
+            if skipped.is_none() {
+                self.cur = Cursor(&[]);
+                return;
+            }
+            self.index += 1;
+        }
+    }
+}
+
 impl<'a> Iterator for Records<'a> {
     type Item = Result<RecordView<'a>, BatchError>;
     fn next(&mut self) -> Option<Self::Item> {
@@ -696,6 +717,43 @@ mod tests {
             headers: &[],
         });
         b.finish()
+    }
+
+    #[test]
+    fn skip_to_lands_on_the_record_asked_for() {
+        let mut b = BatchBuilder::default();
+        for i in 0..10u8 {
+            let value = vec![i; usize::from(i) * 30];
+            b.push(&Record {
+                timestamp: 1_700_000_000_000 + i64::from(i),
+                key: Some(&[i]),
+                value: &value,
+                headers: &[("h", &[i])],
+            });
+        }
+        let mut bytes = b.finish();
+        stamp_base_offset(&mut bytes, 100);
+        let view = BatchView::new(&bytes).unwrap();
+        let offsets = |from: u64| {
+            let mut records = view.records();
+            records.skip_to(from);
+            records.map(|r| r.unwrap().offset).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            offsets(0),
+            (100..110).collect::<Vec<_>>(),
+            "below the batch"
+        );
+        assert_eq!(offsets(105), (105..110).collect::<Vec<_>>());
+        assert_eq!(offsets(109), vec![109]);
+        assert!(offsets(110).is_empty(), "past the batch");
+        let mut records = view.records();
+        records.skip_to(107);
+        let r = records.next().unwrap().unwrap();
+        assert_eq!(
+            (r.key, r.value.len(), r.timestamp),
+            (Some(&[7u8][..]), 210, 1_700_000_000_007)
+        );
     }
 
     #[test]
