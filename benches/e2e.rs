@@ -34,7 +34,7 @@ use tokio::runtime::Runtime;
 
 const SIZES: [(usize, &str); 2] = [(100, "100B"), (1024, "1KiB")];
 /// A partition's log is trimmed to this, so long runs do not fill the disk.
-const RETENTION_BYTES: u64 = 1 << 30;
+const RETENTION_BYTES: u64 = 256 << 20;
 /// Records per consume call, times the iterations criterion asks for.
 const CONSUME_CHUNK: u64 = 100_000;
 

@@ -927,6 +927,10 @@ impl Group {
         let mut retry: Vec<DeadLetter> = Vec::new();
         let mut retry_at = tokio::time::Instant::now();
         let mut next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+        // The periodic snapshot write (an fsync, which takes tens of ms on some disks and
+        // more under load) runs beside the loop, not in it: awaiting it stalled every
+        // delivery of the group once a second. One write at a time.
+        let mut persisting: Option<tokio::task::JoinHandle<Result<()>>> = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -944,13 +948,17 @@ impl Group {
                 }
             }
             let delivered = self.deliver();
-            if tokio::time::Instant::now() >= next_persist {
-                next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
-                let group = self.clone();
-                let persisted = tokio::task::spawn_blocking(move || group.persist()).await;
-                if let Ok(Err(error)) = persisted {
+            if tokio::time::Instant::now() >= next_persist
+                && persisting.as_ref().is_none_or(|p| p.is_finished())
+            {
+                if let Some(done) = persisting.take()
+                    && let Ok(Err(error)) = done.await
+                {
                     tracing::error!(topic = %self.topic_name, group = %self.name, %error, "persisting group state failed");
                 }
+                next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+                let group = self.clone();
+                persisting = Some(tokio::task::spawn_blocking(move || group.persist()));
             }
             if delivered {
                 // A member may take more at once.
@@ -985,6 +993,10 @@ impl Group {
                     break;
                 }
             }
+        }
+        // A later persist (at shutdown) must not race this one.
+        if let Some(done) = persisting {
+            let _ = done.await;
         }
     }
 }

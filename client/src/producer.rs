@@ -124,7 +124,8 @@ pub struct ProducerConfig {
     /// A partition's batch is sealed once it reaches this many bytes (default 1 MiB).
     /// Keep it below the broker's `max_batch_bytes` (default 2 MiB).
     pub batch_bytes: usize,
-    /// How long a batch waits for more records before it is sealed (default 5 ms).
+    /// How long a batch waits for more records before it is sealed (default 5 ms). Zero
+    /// sends at once whatever was queued together, for the lowest latency.
     pub linger: Duration,
     /// Bytes of records held by the producer (buffered or in flight) at most; `send`
     /// waits while the budget is spent (default 32 MiB).
@@ -677,6 +678,12 @@ impl Driver {
                         // Take whatever else is queued before dispatching.
                         while let Ok(command) = commands.try_recv() {
                             self.handle(command);
+                        }
+                        // No linger: send what arrived together now, not at the next timer
+                        // tick (tokio's timer has 1 ms granularity, which was most of a
+                        // publish's latency at low rates).
+                        if self.config.linger.is_zero() {
+                            self.seal_all();
                         }
                     }
                     None => {

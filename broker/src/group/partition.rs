@@ -109,8 +109,10 @@ pub(crate) struct PartitionState {
     pub dead_pending: BTreeMap<u64, DeadPending>,
     /// Attempt counts from a snapshot for offsets not fetched again yet.
     pub restored_attempts: BTreeMap<u64, u32>,
-    /// Every keyed tracked offset, by key.
-    pub keys: HashMap<KeyHash, KeyTrack>,
+    /// Every keyed tracked offset, by key. Keys come from clients, so the hasher is seeded
+    /// per process (foldhash): much cheaper than SipHash on this per-message path, and
+    /// still not a table a client can aim collisions at without knowing the seed.
+    pub keys: HashMap<KeyHash, KeyTrack, foldhash::fast::RandomState>,
     pub ownership: Ownership,
     pub redelivered_count: u64,
     pub dead_lettered_count: u64,
