@@ -186,6 +186,10 @@ pub struct Group {
     /// by decoding from its start, so re-reading one record costs half a batch on average).
     /// Only the group's task touches it; bounded by [`DECODED_MAX`].
     decoded: Mutex<DecodedRecords>,
+    /// Per partition, where `fill` stopped decoding because the machine had no more room:
+    /// the next pass goes on from there instead of reading and skipping to it again.
+    /// Only the group's task touches it.
+    cursors: Mutex<Vec<Option<FillCursor>>>,
     /// Wakes the driver: a member event, an admin change, a stream drained.
     wake: Notify,
     /// Flips to true when the group is deleted or the broker closes.
@@ -309,6 +313,16 @@ fn record_size(record: &StoredRecord) -> usize {
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>()
+}
+
+/// Where `fill` stopped in a chunk it read: the next record is `next_offset`, in the batch
+/// at `batch_at` of `chunk`, at `position` in it.
+struct FillCursor {
+    next_offset: u64,
+    chunk: Bytes,
+    high_watermark: u64,
+    batch_at: usize,
+    position: batch::RecordsPosition,
 }
 
 /// Decoded records by (partition, offset). Its keys are the broker's own numbers, not a
@@ -649,50 +663,76 @@ impl Group {
                 if want >= reader.high_watermark() {
                     break;
                 }
-                let chunk = match reader.read(want, FETCH_CHUNK_BYTES) {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(StorageError::OffsetOutOfRange { start, .. }) if want < start => {
-                        tracing::warn!(topic = %self.topic_name, group = %self.name, partition = index, from = want, to = start, "records removed by retention before the group consumed them; skipping");
-                        let _ = self
-                            .lock()
-                            .state
-                            .seek(SeekTarget::Partition(id), Offset(start));
-                        continue;
+                let resume = {
+                    let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+                    if cursors.len() <= index {
+                        cursors.resize_with(index + 1, || None);
                     }
-                    Err(error) => {
-                        tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "reading the log for a group failed");
-                        break;
-                    }
+                    cursors[index].take().filter(|c| c.next_offset == want)
+                };
+                let resumed = resume.is_some();
+                let (bytes, high_watermark, mut batch_at, mut position) = match resume {
+                    Some(c) => (c.chunk, c.high_watermark, c.batch_at, Some(c.position)),
+                    None => match reader.read(want, FETCH_CHUNK_BYTES) {
+                        Ok(Some(chunk)) => (chunk.bytes, chunk.high_watermark, 0, None),
+                        Ok(None) => break,
+                        Err(StorageError::OffsetOutOfRange { start, .. }) if want < start => {
+                            tracing::warn!(topic = %self.topic_name, group = %self.name, partition = index, from = want, to = start, "records removed by retention before the group consumed them; skipping");
+                            let _ = self
+                                .lock()
+                                .state
+                                .seek(SeekTarget::Partition(id), Offset(start));
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "reading the log for a group failed");
+                            break;
+                        }
+                    },
                 };
                 // Decode only what the machine has room for: a chunk can hold ten times
-                // more records than a partition buffers, and what is decoded but not taken
-                // is decoded again on the next pass.
+                // more records than a partition buffers. Where decoding stops, a cursor
+                // remembers the place, so the next pass neither reads nor skips again.
                 let mut records = Vec::with_capacity(room.min(4096));
                 let mut stored = Vec::with_capacity(room.min(4096));
-                'batches: for view in batch::batches(&chunk.bytes) {
+                let mut stopped = None;
+                'batches: for view in batch::batches(&bytes[batch_at..]) {
                     let Ok(view) = view else { break };
+                    let this_batch = batch_at;
+                    batch_at += view.header.batch_len as usize;
                     if view.header.last_offset() < want {
                         continue;
                     }
-                    let mut batch_records = view.records();
-                    batch_records.skip_to(want);
-                    for record in batch_records {
-                        let Ok(r) = record else { break };
+                    let mut batch_records = match position.take() {
+                        Some(at) => view.records_from(at),
+                        None => {
+                            let mut all = view.records();
+                            all.skip_to(want);
+                            all
+                        }
+                    };
+                    loop {
+                        if records.len() >= room {
+                            stopped = Some((this_batch, view.position_of(&batch_records)));
+                            break 'batches;
+                        }
+                        let Some(Ok(r)) = batch_records.next() else {
+                            break;
+                        };
                         if r.offset < want {
                             continue;
                         }
-                        if r.offset >= chunk.high_watermark || records.len() >= room {
+                        if r.offset >= high_watermark {
                             break 'batches;
                         }
                         let record = StoredRecord {
                             offset: r.offset,
                             timestamp: r.timestamp,
-                            key: r.key.map(|k| chunk.bytes.slice_ref(k)),
-                            value: chunk.bytes.slice_ref(r.value),
+                            key: r.key.map(|k| bytes.slice_ref(k)),
+                            value: bytes.slice_ref(r.value),
                             headers: r
                                 .headers()
-                                .map(|(k, v)| (k.to_owned(), chunk.bytes.slice_ref(v)))
+                                .map(|(k, v)| (k.to_owned(), bytes.slice_ref(v)))
                                 .collect(),
                         };
                         records.push(OfferedRecord {
@@ -703,6 +743,20 @@ impl Group {
                         });
                         stored.push(record);
                     }
+                }
+                if records.is_empty() && resumed {
+                    // The cursor's chunk is used up: read on from the log.
+                    continue;
+                }
+                if let (Some((batch_at, position)), Some(last)) = (stopped, records.last()) {
+                    let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+                    cursors[index] = Some(FillCursor {
+                        next_offset: last.offset.0 + 1,
+                        chunk: bytes.clone(),
+                        high_watermark,
+                        batch_at,
+                        position,
+                    });
                 }
                 if records.is_empty() {
                     break;
@@ -1217,6 +1271,7 @@ impl GroupRegistry {
             wake: Notify::new(),
             stop,
             decoded: Mutex::new(DecodedRecords::default()),
+            cursors: Mutex::new(Vec::new()),
             persisted: Mutex::new(persisted),
             redrive: tokio::sync::Mutex::new(()),
             counters: GroupCounters::default(),

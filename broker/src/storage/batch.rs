@@ -493,6 +493,36 @@ impl<'a> BatchView<'a> {
     pub fn records(&self) -> Records<'a> {
         Records::new(&self.header, self.body)
     }
+
+    /// Where `records` (an iterator over this batch) stands: give it to
+    /// [`records_from`](Self::records_from) to go on later without decoding or skipping
+    /// the records before it again.
+    pub fn position_of(&self, records: &Records<'a>) -> RecordsPosition {
+        RecordsPosition {
+            index: records.index,
+            body_at: self.body.len() - records.cur.0.len(),
+        }
+    }
+
+    /// Decodes the records from a position taken with [`position_of`](Self::position_of)
+    /// on this same batch. (A position of another batch decodes garbage into errors, never
+    /// out of bounds.)
+    pub fn records_from(&self, position: RecordsPosition) -> Records<'a> {
+        Records {
+            cur: Cursor(self.body.get(position.body_at..).unwrap_or(&[])),
+            base_offset: self.header.base_offset,
+            first_timestamp: self.header.first_timestamp,
+            index: position.index,
+            last_len: 0,
+        }
+    }
+}
+
+/// A place between two records of a batch; see [`BatchView::position_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordsPosition {
+    index: u32,
+    body_at: usize,
 }
 
 /// Iterates whole batches laid back to back in `bytes` (what a log read returns).
