@@ -239,6 +239,22 @@ pub struct StoredRecord {
     pub headers: Vec<(String, Bytes)>,
 }
 
+impl StoredRecord {
+    /// The record `r` decoded from `bytes`, its fields sliced from `bytes` (no copy).
+    fn sliced(r: &batch::RecordView<'_>, bytes: &Bytes) -> StoredRecord {
+        StoredRecord {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.map(|k| bytes.slice_ref(k)),
+            value: bytes.slice_ref(r.value),
+            headers: r
+                .headers()
+                .map(|(k, v)| (k.to_owned(), bytes.slice_ref(v)))
+                .collect(),
+        }
+    }
+}
+
 fn group_error(error: GroupError) -> BrokerError {
     match error {
         GroupError::TooManyMembers { .. } => BrokerError::ResourceExhausted(error.to_string()),
@@ -284,16 +300,7 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
                     break 'batches;
                 }
                 if offsets[i] == record.offset {
-                    out[i] = Some(StoredRecord {
-                        offset: record.offset,
-                        timestamp: record.timestamp,
-                        key: record.key.map(|k| chunk.bytes.slice_ref(k)),
-                        value: chunk.bytes.slice_ref(record.value),
-                        headers: record
-                            .headers()
-                            .map(|(k, v)| (k.to_owned(), chunk.bytes.slice_ref(v)))
-                            .collect(),
-                    });
+                    out[i] = Some(StoredRecord::sliced(&record, &chunk.bytes));
                     i += 1;
                 }
             }
@@ -725,16 +732,7 @@ impl Group {
                         if r.offset >= high_watermark {
                             break 'batches;
                         }
-                        let record = StoredRecord {
-                            offset: r.offset,
-                            timestamp: r.timestamp,
-                            key: r.key.map(|k| bytes.slice_ref(k)),
-                            value: bytes.slice_ref(r.value),
-                            headers: r
-                                .headers()
-                                .map(|(k, v)| (k.to_owned(), bytes.slice_ref(v)))
-                                .collect(),
-                        };
+                        let record = StoredRecord::sliced(&r, &bytes);
                         records.push(OfferedRecord {
                             offset: Offset(r.offset),
                             key: r.key.map(KeyHash::of),

@@ -392,14 +392,7 @@ impl Producer {
             return Err(Error::Closed);
         }
         let partitions = self.partition_count().await?;
-        if let Some(p) = record.partition
-            && p >= partitions
-        {
-            return Err(Error::InvalidArgument(format!(
-                "partition {p} does not exist: topic {:?} has {partitions} partitions",
-                self.shared.topic
-            )));
-        }
+        self.check_partition(&record, partitions)?;
         let cost = record.cost().min(self.shared.max_buffered_bytes) as u32;
         let permit = self
             .shared
@@ -479,6 +472,17 @@ impl Producer {
         Ok(BatchDelivery { rx })
     }
 
+    /// Fails if `record` names a partition the topic lacks.
+    fn check_partition(&self, record: &Record, partitions: u32) -> Result<()> {
+        match record.partition {
+            Some(p) if p >= partitions => Err(Error::InvalidArgument(format!(
+                "partition {p} does not exist: topic {:?} has {partitions} partitions",
+                self.shared.topic
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     async fn send_many(&self, records: Vec<Record>, acks: ManyAcks) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -489,14 +493,7 @@ impl Producer {
         let partitions = self.partition_count().await?;
         let mut cost = 0usize;
         for record in &records {
-            if let Some(p) = record.partition
-                && p >= partitions
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "partition {p} does not exist: topic {:?} has {partitions} partitions",
-                    self.shared.topic
-                )));
-            }
+            self.check_partition(record, partitions)?;
             cost += record.cost();
         }
         // A group larger than the whole budget takes the whole budget, like a single
