@@ -322,7 +322,7 @@ impl Segment {
     /// Keeps a retired segment that no reader holds any more for reuse: its files are renamed
     /// out of the log (so recovery never takes them for log data) and its pages stay in the
     /// page cache and mapped, so a later next segment costs a memset of resident pages
-    /// instead of faulting in fresh ones.
+    /// and its appends copy through the mapping instead of allocating fresh pages.
     fn retire(self, dir: &Path) -> Result<PreparedSegment> {
         let Segment {
             path,
