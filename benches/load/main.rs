@@ -24,7 +24,7 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::stats::{Check, Errors, Latency, Summary, Throughput, Totals};
-use crate::workload::{Fsync, Generator, Quota, Settings, Workload};
+use crate::workload::{Fsync, Generator, GroupOrdering, Quota, Settings, Workload};
 
 /// Load generator for Herald, NATS JetStream and Redis Streams.
 #[derive(Parser, Debug, Clone)]
@@ -66,6 +66,10 @@ struct Args {
     /// Unacked messages per consumer (Herald max_in_flight_messages, NATS max_ack_pending).
     #[arg(long, default_value_t = 1000)]
     consumer_window: u32,
+    /// Herald group ordering when the run creates the group: `key` (a key's messages one
+    /// at a time, in order), `partition` (a partition's one at a time) or `none`.
+    #[arg(long, value_enum, default_value_t = GroupOrdering::Key)]
+    ordering: GroupOrdering,
     /// Records per second over all producers (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -314,6 +318,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         batch_size: args.batch_size.max(1),
         in_flight: args.in_flight.max(1),
         consumer_window: args.consumer_window.max(1),
+        ordering: args.ordering,
         keys,
         fsync: args.fsync,
         reuse: args.reuse || args.consume_only,
@@ -330,6 +335,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         "batch_size": settings.batch_size,
         "in_flight": settings.in_flight,
         "consumer_window": settings.consumer_window,
+        "ordering": format!("{:?}", args.ordering).to_lowercase(),
         "rate": args.rate,
         "duration_s": args.duration,
         "records": args.records,

@@ -12,13 +12,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use herald_client::{
-    BatchDelivery, Client, ConsumerConfig, Error, FsyncPolicy, Position, ProducerConfig, Record,
-    TopicConfig,
+    BatchDelivery, Client, ConsumerConfig, Error, FsyncPolicy, GroupSettings, OrderingMode,
+    Position, ProducerConfig, Record, TopicConfig,
 };
 use tokio::sync::mpsc;
 
 use crate::stats::TaskStats;
-use crate::workload::{Fsync, Generator, Workload, next_or_idle};
+use crate::workload::{Fsync, Generator, GroupOrdering, Workload, next_or_idle};
 
 /// Batches a producer task awaits at once at most (beyond the client's own byte budget).
 const MAX_PENDING_BATCHES: usize = 4096;
@@ -185,7 +185,15 @@ pub async fn consume(wl: Arc<Workload>, index: u32, stats: Arc<TaskStats>) -> an
     let config = ConsumerConfig::new(wl.settings.topic.clone(), wl.settings.group.clone())
         .client_id(format!("herald-load-{index}"))
         .start_position(Position::Earliest)
-        .max_in_flight_messages(wl.settings.consumer_window);
+        .max_in_flight_messages(wl.settings.consumer_window)
+        .group_settings(GroupSettings {
+            ordering: Some(match wl.settings.ordering {
+                GroupOrdering::Key => OrderingMode::Key,
+                GroupOrdering::Partition => OrderingMode::Partition,
+                GroupOrdering::None => OrderingMode::None,
+            }),
+            ..GroupSettings::default()
+        });
     let mut subscription = client
         .consumer(config)
         .subscribe()

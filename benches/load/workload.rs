@@ -11,6 +11,14 @@ use bytes::{Bytes, BytesMut};
 use crate::check::{self, Checker, Seen};
 use crate::stats::{Side, TaskStats};
 
+/// Herald group ordering asked for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupOrdering {
+    Key,
+    Partition,
+    None,
+}
+
 /// Fsync setting asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
@@ -64,6 +72,8 @@ pub struct Settings {
     pub in_flight: usize,
     /// Unacked messages a consumer may hold (Herald window, NATS max_ack_pending).
     pub consumer_window: u32,
+    /// Herald group ordering (when the run creates the group).
+    pub ordering: GroupOrdering,
     pub keys: u32,
     pub fsync: Fsync,
     pub reuse: bool,
