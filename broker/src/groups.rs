@@ -54,7 +54,7 @@ pub const GROUP_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 pub const MEMBER_QUEUE: usize = 4;
 /// Most deliveries one poll hands a member (split into responses of at most
 /// [`RESPONSE_MAX_BYTES`]).
-pub const POLL_MAX: usize = 256;
+pub const POLL_MAX: usize = 1024;
 /// Most record bytes in one Deliveries response (at least one delivery): below the 4 MiB
 /// default receive limit of gRPC clients.
 pub const RESPONSE_MAX_BYTES: usize = 1024 * 1024;
@@ -332,29 +332,64 @@ struct FillCursor {
     position: batch::RecordsPosition,
 }
 
-/// Decoded records by (partition, offset). Its keys are the broker's own numbers, not a
-/// client's, so a multiplicative hash (no protection against chosen collisions) is safe and
-/// several times cheaper than the default SipHash on this per-record path.
-type DecodedRecords =
-    HashMap<(u32, u64), StoredRecord, std::hash::BuildHasherDefault<OffsetHasher>>;
-
+/// Decoded records by partition, each partition's in a window of consecutive offsets.
+/// `fill` offers a partition's records in offset order and deliveries mostly take them in
+/// the same order, so a ring indexed by `offset - start` replaces a hash map insert and
+/// remove per record with two index operations.
 #[derive(Default)]
-struct OffsetHasher(u64);
+struct DecodedRecords {
+    partitions: Vec<DecodedWindow>,
+    /// Slots over every window, taken or not: what bounds the memory.
+    slots: usize,
+}
 
-impl std::hash::Hasher for OffsetHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+/// One partition's decoded records: `records[i]` is offset `start + i`, `None` once taken.
+#[derive(Default)]
+struct DecodedWindow {
+    start: u64,
+    records: VecDeque<Option<StoredRecord>>,
+}
+
+impl DecodedRecords {
+    fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn clear(&mut self) {
+        self.partitions.clear();
+        self.slots = 0;
+    }
+
+    /// Keeps `record` of `partition`. A record that does not follow the window's last one
+    /// (the machine skipped done offsets) starts the window again.
+    fn insert(&mut self, partition: u32, record: StoredRecord) {
+        let index = partition as usize;
+        if self.partitions.len() <= index {
+            self.partitions
+                .resize_with(index + 1, DecodedWindow::default);
         }
+        let window = &mut self.partitions[index];
+        let next = window.start + window.records.len() as u64;
+        if window.records.is_empty() || record.offset != next {
+            self.slots -= window.records.len();
+            window.records.clear();
+            window.start = record.offset;
+        }
+        window.records.push_back(Some(record));
+        self.slots += 1;
     }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
+
+    /// Takes the record at `offset` of `partition`, if kept.
+    fn take(&mut self, partition: u32, offset: u64) -> Option<StoredRecord> {
+        let window = self.partitions.get_mut(partition as usize)?;
+        let at = usize::try_from(offset.checked_sub(window.start)?).ok()?;
+        let record = window.records.get_mut(at)?.take();
+        while let Some(None) = window.records.front() {
+            window.records.pop_front();
+            window.start += 1;
+            self.slots -= 1;
+        }
+        record
     }
 }
 
@@ -768,11 +803,11 @@ impl Group {
                 };
                 {
                     let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
-                    if decoded.len() + consumed > DECODED_MAX {
+                    if decoded.slots() + consumed > DECODED_MAX {
                         decoded.clear();
                     }
                     for record in stored.drain(..consumed.min(stored.len())) {
-                        decoded.insert((index as u32, record.offset), record);
+                        decoded.insert(index as u32, record);
                     }
                 }
                 if consumed < records.len() || consumed == 0 {
@@ -903,7 +938,7 @@ impl Group {
                     let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
                     deliveries[i..j]
                         .iter()
-                        .map(|d| decoded.remove(&(p.0, d.offset.0)))
+                        .map(|d| decoded.take(p.0, d.offset.0))
                         .collect()
                 };
                 // Redeliveries, and records the cache dropped, are decoded from the log.
@@ -1596,4 +1631,56 @@ fn group_arc(groups: &GroupRegistry, group: &Group) -> Option<Arc<Group>> {
         .groups
         .get(&(group.topic_name.clone(), group.name.clone()))
         .map(|g| g.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: u64) -> StoredRecord {
+        StoredRecord {
+            offset,
+            timestamp: 0,
+            key: None,
+            value: Bytes::from(offset.to_string()),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn decoded_records_take_in_any_order_and_free_slots_from_the_front() {
+        let mut decoded = DecodedRecords::default();
+        for offset in 10..15 {
+            decoded.insert(1, record(offset));
+        }
+        assert_eq!(decoded.slots(), 5);
+        // Out of order: the front stays until it is taken.
+        assert_eq!(decoded.take(1, 12).map(|r| r.offset), Some(12));
+        assert_eq!(decoded.slots(), 5);
+        assert!(decoded.take(1, 12).is_none(), "taken once only");
+        assert_eq!(decoded.take(1, 10).map(|r| r.offset), Some(10));
+        assert_eq!(decoded.slots(), 4);
+        assert_eq!(decoded.take(1, 11).map(|r| r.offset), Some(11));
+        assert_eq!(decoded.slots(), 2, "12 was taken before, so it goes too");
+        assert!(decoded.take(1, 9).is_none());
+        assert!(decoded.take(1, 15).is_none());
+        assert!(decoded.take(0, 13).is_none(), "another partition");
+        assert!(decoded.take(7, 13).is_none(), "a partition never seen");
+    }
+
+    #[test]
+    fn decoded_records_restart_a_window_on_a_gap() {
+        let mut decoded = DecodedRecords::default();
+        decoded.insert(0, record(1));
+        decoded.insert(0, record(2));
+        decoded.insert(0, record(5));
+        assert_eq!(decoded.slots(), 1);
+        assert!(decoded.take(0, 1).is_none());
+        assert_eq!(decoded.take(0, 5).map(|r| r.offset), Some(5));
+        assert_eq!(decoded.slots(), 0);
+        decoded.insert(0, record(6));
+        decoded.clear();
+        assert_eq!(decoded.slots(), 0);
+        assert!(decoded.take(0, 6).is_none());
+    }
 }

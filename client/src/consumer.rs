@@ -25,9 +25,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{Client, Error, GroupSettings, Offset, Partition, Position, Result};
 
-/// Capacity of the channel of deliveries when neither a credit window nor
-/// `max_in_flight_messages` bounds it.
-const DEFAULT_CHANNEL_CAPACITY: usize = 256;
+/// Capacity, in received responses (each a batch of deliveries), of the channel between
+/// the stream task and the [`Subscription`]. Handing over whole responses costs one
+/// channel trip per response instead of one per message; the broker's in-flight window
+/// (or credit) is what bounds the messages held.
+const CHANNEL_BATCHES: usize = 16;
 
 /// Most commands (acks, nacks...) the stream task merges into one pass.
 const MAX_COMMANDS_PER_PASS: usize = 1024;
@@ -157,15 +159,6 @@ impl ConsumerConfig {
             credit_flow_control: self.credit_window.is_some(),
         }
     }
-
-    fn channel_capacity(&self) -> usize {
-        match (self.credit_window, self.max_in_flight_messages) {
-            (Some((messages, _)), _) => messages as usize,
-            (None, 0) => DEFAULT_CHANNEL_CAPACITY,
-            (None, messages) => messages as usize,
-        }
-        .clamp(1, 64 * 1024)
-    }
 }
 
 /// A consumer of one topic as a member of one group; made by [`Client::consumer`].
@@ -198,15 +191,17 @@ impl Consumer {
     /// after a backoff, as often as needed; other errors end the [`Subscription`] after
     /// yielding the error. The stream task is spawned on the current Tokio runtime.
     pub async fn subscribe(&self) -> Result<Subscription> {
-        let generation = Arc::new(AtomicU64::new(0));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (out_tx, out_rx) = mpsc::channel(self.config.channel_capacity());
+        let link = Arc::new(Link {
+            cmd_tx,
+            generation: AtomicU64::new(0),
+        });
+        let (out_tx, out_rx) = mpsc::channel(CHANNEL_BATCHES);
         let (joined_tx, joined_rx) = oneshot::channel();
         let task = StreamTask {
             client: self.client.clone(),
             config: self.config.clone(),
-            generation: generation.clone(),
-            cmd_tx: cmd_tx.clone(),
+            link: link.clone(),
             cmd_rx,
             out_tx,
             queue: VecDeque::new(),
@@ -216,8 +211,8 @@ impl Consumer {
         match joined_rx.await {
             Ok(Ok(member_id)) => Ok(Subscription {
                 rx: out_rx,
-                cmd_tx,
-                generation,
+                received: std::vec::IntoIter::default(),
+                link,
                 member_id,
                 credit: self.config.credit_window.is_some(),
                 task: handle,
@@ -253,9 +248,10 @@ impl Consumer {
 /// ```
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::Receiver<Result<Message>>,
-    cmd_tx: mpsc::UnboundedSender<Command>,
-    generation: Arc<AtomicU64>,
+    rx: mpsc::Receiver<Result<Vec<Message>>>,
+    /// The rest of the last batch taken from `rx`.
+    received: std::vec::IntoIter<Message>,
+    link: Arc<Link>,
     member_id: String,
     credit: bool,
     task: JoinHandle<()>,
@@ -270,7 +266,7 @@ impl Subscription {
 
     /// How many times the stream has been joined again after breaking.
     pub fn reconnects(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.link.generation.load(Ordering::Acquire)
     }
 }
 
@@ -279,23 +275,29 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(message))) => {
-                    if message.is_stale() {
-                        // Received on a stream since replaced: it will be delivered again.
+            let Some(message) = self.received.next() else {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(batch))) => {
+                        self.received = batch.into_iter();
                         continue;
                     }
-                    if self.credit {
-                        let _ = self.cmd_tx.send(Command::Credit {
-                            generation: message.generation,
-                            messages: 1,
-                            bytes: message.size as u64,
-                        });
-                    }
-                    return Poll::Ready(Some(Ok(message)));
+                    Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
                 }
-                other => return other,
+            };
+            if message.is_stale() {
+                // Received on a stream since replaced: it will be delivered again.
+                continue;
             }
+            if self.credit {
+                let _ = self.link.cmd_tx.send(Command::Credit {
+                    generation: message.generation,
+                    messages: 1,
+                    bytes: message.size as u64,
+                });
+            }
+            return Poll::Ready(Some(Ok(message)));
         }
     }
 }
@@ -324,9 +326,18 @@ pub struct Message {
     ack_id: Bytes,
     size: usize,
     generation: u64,
-    current: Arc<AtomicU64>,
-    cmd_tx: mpsc::UnboundedSender<Command>,
+    link: Arc<Link>,
     settled: bool,
+}
+
+/// What a subscription's messages share with its stream task: one reference per message
+/// instead of a channel sender and a generation counter each.
+#[derive(Debug)]
+struct Link {
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    /// Bumped each time the stream is joined again; a message of an older generation is
+    /// stale.
+    generation: AtomicU64,
 }
 
 impl Message {
@@ -375,7 +386,7 @@ impl Message {
     /// Whether this message came on a stream that has since been replaced (after a
     /// reconnect). Settling a stale message does nothing: the broker delivers it again.
     pub fn is_stale(&self) -> bool {
-        self.generation != self.current.load(Ordering::Acquire)
+        self.generation != self.link.generation.load(Ordering::Acquire)
     }
 
     /// Acknowledges the message: it is done for the group. Sent asynchronously on the
@@ -425,14 +436,14 @@ impl Message {
     }
 
     fn send(&self, command: Command) -> Result<()> {
-        self.cmd_tx.send(command).map_err(|_| Error::Closed)
+        self.link.cmd_tx.send(command).map_err(|_| Error::Closed)
     }
 }
 
 impl Drop for Message {
     fn drop(&mut self) {
         if !self.settled {
-            let _ = self.cmd_tx.send(Command::Release {
+            let _ = self.link.cmd_tx.send(Command::Release {
                 generation: self.generation,
                 ack_id: self.ack_id.clone(),
             });
@@ -508,12 +519,12 @@ enum Ended {
 struct StreamTask {
     client: Client,
     config: ConsumerConfig,
-    generation: Arc<AtomicU64>,
-    cmd_tx: mpsc::UnboundedSender<Command>,
+    link: Arc<Link>,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
-    out_tx: mpsc::Sender<Result<Message>>,
-    /// Deliveries received but not yet in the channel.
-    queue: VecDeque<Message>,
+    out_tx: mpsc::Sender<Result<Vec<Message>>>,
+    /// Batches of deliveries received but not yet in the channel (bounded by the
+    /// broker's in-flight window or credit).
+    queue: VecDeque<Vec<Message>>,
     /// Ack ids of the current stream's deliveries not yet settled (for auto-extend).
     held: HashSet<Bytes>,
 }
@@ -540,7 +551,7 @@ impl StreamTask {
                 Ended::Broken => {}
             }
             // The old stream's deliveries are stale from here on.
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.link.generation.fetch_add(1, Ordering::AcqRel);
             self.queue.clear();
             self.held.clear();
             let mut backoff = self.config.reconnect_backoff;
@@ -599,7 +610,7 @@ impl StreamTask {
 
     /// Runs one joined stream until it ends.
     async fn drive(&mut self, stream: &mut Joined) -> Ended {
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.link.generation.load(Ordering::Acquire);
         let mut extend_timer = self.config.auto_extend.map(|d| {
             let period = (d / 2).max(Duration::from_millis(1));
             let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -619,8 +630,8 @@ impl StreamTask {
                 }
                 permit = out_tx.reserve(), if !self.queue.is_empty() => {
                     let Ok(permit) = permit else { return Ended::Dropped };
-                    if let Some(message) = self.queue.pop_front() {
-                        permit.send(Ok(message));
+                    if let Some(batch) = self.queue.pop_front() {
+                        permit.send(Ok(batch));
                     }
                 }
                 () = tick(&mut extend_timer) => {
@@ -637,12 +648,17 @@ impl StreamTask {
                 response = stream.responses.message() => match response {
                     Ok(Some(v1::SubscribeResponse { response: Some(response) })) => {
                         if let Response::Deliveries(deliveries) = response {
+                            let extend = self.config.auto_extend.is_some();
+                            let mut batch = Vec::with_capacity(deliveries.deliveries.len());
                             for delivery in deliveries.deliveries {
                                 let message = self.message(delivery, generation);
-                                if self.config.auto_extend.is_some() {
+                                if extend {
                                     self.held.insert(message.ack_id.clone());
                                 }
-                                self.queue.push_back(message);
+                                batch.push(message);
+                            }
+                            if !batch.is_empty() {
+                                self.queue.push_back(batch);
                             }
                         }
                         // Joined again or an AssignmentChange: nothing to do.
@@ -685,7 +701,10 @@ impl StreamTask {
             if command.generation() == generation {
                 match command {
                     Command::Ack { ack_id, .. } => {
-                        self.held.remove(&ack_id);
+                        // `held` is only filled with auto-extend; skip hashing otherwise.
+                        if !self.held.is_empty() {
+                            self.held.remove(&ack_id);
+                        }
                         acks.push(ack_id);
                     }
                     Command::Nack {
@@ -757,8 +776,7 @@ impl StreamTask {
             ack_id: d.ack_id,
             size,
             generation,
-            current: self.generation.clone(),
-            cmd_tx: self.cmd_tx.clone(),
+            link: self.link.clone(),
             settled: false,
         }
     }
