@@ -26,6 +26,8 @@
 //!   letters, done ranges, key index, and the per-mode choice of what may go next.
 //! - `assignment` — the balanced, sticky assignment as a pure function.
 //! - `ranges` — the done-offset range set.
+//! - `deadlines` — the ack-deadline index: buckets by millisecond, removal by count, stale
+//!   entries dropped when due, when they lead the index, or by compaction.
 //! - `snapshot` — the durable part and its versioned, CRC-checked byte format.
 //! - `limits` — every bound, and the configurable [`GroupLimits`].
 //!
@@ -55,6 +57,7 @@
 //!   and the new owner gets it once the old owner's in-flight messages are settled.
 
 mod assignment;
+mod deadlines;
 mod error;
 mod limits;
 mod partition;

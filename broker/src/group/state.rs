@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::assignment;
+use super::deadlines::DeadlineIndex;
 use super::error::GroupError;
 use super::limits::{
     DEFAULT_PENDING_LIMIT, GroupLimits, MAX_EXTEND_MS, MAX_MEMBER_IN_FLIGHT_MESSAGES,
@@ -110,7 +111,7 @@ pub struct GroupState {
     /// Sequence number of the next delivery: the generation in ack ids.
     next_delivery: u64,
     /// `(deadline_ms, partition, offset)` of every in-flight message.
-    deadlines: BTreeSet<(u64, PartitionId, u64)>,
+    deadlines: DeadlineIndex,
     /// Sum of the partitions' tracked messages, checked against the group limit.
     tracked_total: usize,
     /// Dead letters emitted and not yet taken by the driver.
@@ -169,7 +170,7 @@ impl GroupState {
             members: BTreeMap::new(),
             next_join_seq: 0,
             next_delivery: 0,
-            deadlines: BTreeSet::new(),
+            deadlines: DeadlineIndex::default(),
             tracked_total: 0,
             dead_letters: Vec::new(),
             dirty: BTreeSet::new(),
@@ -298,8 +299,7 @@ impl GroupState {
             let offsets: Vec<u64> = self.partitions[index].in_flight.keys().copied().collect();
             for offset in offsets {
                 if let Some(failed) = self.partitions[index].take_in_flight(offset) {
-                    self.deadlines
-                        .remove(&(failed.deadline_ms, PartitionId(index as u32), offset));
+                    self.deadlines.remove();
                     self.fail(
                         index,
                         offset,
@@ -504,6 +504,7 @@ impl GroupState {
             }
             entry.cursor = next_cursor;
         }
+        self.compact_deadlines();
         Ok(out)
     }
 
@@ -536,7 +537,7 @@ impl GroupState {
             };
             self.next_delivery += 1;
             self.deadlines
-                .insert((deadline_ms, partition, candidate.offset));
+                .insert(deadline_ms, partition, candidate.offset);
             budget.charge(entry.meta.size_bytes);
             out.push(Delivery {
                 partition,
@@ -581,8 +582,7 @@ impl GroupState {
         }
         let offset = ack_id.offset.0;
         let entry = self.partitions[index].take_in_flight(offset)?;
-        self.deadlines
-            .remove(&(entry.deadline_ms, ack_id.partition, offset));
+        self.deadlines.remove();
         self.release(entry.member, entry.meta.size_bytes);
         Some(entry)
     }
@@ -688,11 +688,9 @@ impl GroupState {
         let offset = ack_id.offset.0;
         let deadline_ms = now.saturating_add(extra_ms.min(MAX_EXTEND_MS));
         if let Some(entry) = self.partitions[index].in_flight.get_mut(&offset) {
-            self.deadlines
-                .remove(&(entry.deadline_ms, ack_id.partition, offset));
+            self.deadlines.remove();
             entry.deadline_ms = deadline_ms;
-            self.deadlines
-                .insert((deadline_ms, ack_id.partition, offset));
+            self.deadlines.insert(deadline_ms, ack_id.partition, offset);
         }
         Ok(ExtendOutcome::Extended { deadline_ms })
     }
@@ -702,35 +700,61 @@ impl GroupState {
     /// how often the driver ticks), or dead-lettered if it used up its attempts.
     pub fn tick(&mut self, now: u64) -> Vec<Expired> {
         let mut expired = Vec::new();
-        while let Some(&(deadline_ms, partition, offset)) = self.deadlines.first() {
-            if deadline_ms > now {
-                break;
+        while let Some((deadline_ms, mut due)) = self.deadlines.pop_due(now) {
+            // In (partition, offset) order within a deadline, as before buckets: dead
+            // letters and expiries come out in a stable order.
+            due.sort_unstable();
+            for (partition, offset) in due {
+                self.expire(deadline_ms, partition, offset, &mut expired);
             }
-            self.deadlines.pop_first();
-            let index = partition.index();
-            let Some(entry) = self.partitions[index].take_in_flight(offset) else {
-                continue;
-            };
-            self.release(entry.member, entry.meta.size_bytes);
-            let (member, attempts) = (entry.member, entry.attempts);
-            let outcome = self.fail(
-                index,
-                offset,
-                entry,
-                FailureReason::DeadlineExpired,
-                deadline_ms,
-                None,
-            );
-            self.after_in_flight_removed(index);
-            expired.push(Expired {
-                partition,
-                offset: Offset(offset),
-                member,
-                attempts,
-                dead_lettered: outcome == NackOutcome::DeadLetter,
-            });
         }
+        self.compact_deadlines();
         expired
+    }
+
+    /// Drops the deadline index's stale entries once they outnumber the live ones.
+    fn compact_deadlines(&mut self) {
+        let partitions = &self.partitions;
+        self.deadlines.compact(|deadline_ms, partition, offset| {
+            in_flight_until(partitions, deadline_ms, partition, offset)
+        });
+    }
+
+    /// Expires the delivery of `(partition, offset)` if it is still in flight with
+    /// `deadline_ms` (the index keeps removed deliveries' entries until they are due).
+    fn expire(
+        &mut self,
+        deadline_ms: u64,
+        partition: PartitionId,
+        offset: u64,
+        expired: &mut Vec<Expired>,
+    ) {
+        let index = partition.index();
+        if !in_flight_until(&self.partitions, deadline_ms, partition, offset) {
+            return;
+        }
+        let Some(entry) = self.partitions[index].take_in_flight(offset) else {
+            return;
+        };
+        self.deadlines.remove();
+        self.release(entry.member, entry.meta.size_bytes);
+        let (member, attempts) = (entry.member, entry.attempts);
+        let outcome = self.fail(
+            index,
+            offset,
+            entry,
+            FailureReason::DeadlineExpired,
+            deadline_ms,
+            None,
+        );
+        self.after_in_flight_removed(index);
+        expired.push(Expired {
+            partition,
+            offset: Offset(offset),
+            member,
+            attempts,
+            dead_lettered: outcome == NackOutcome::DeadLetter,
+        });
     }
 
     /// When the driver should call `tick` and `poll` next if nothing else happens: the
@@ -738,8 +762,11 @@ impl GroupState {
     /// time after `now`. Redeliveries already due are not reported again, so a message no
     /// member can take yet (no owner, a full window) does not make the driver spin: it
     /// polls them when a member gains room (an ack, a nack, credit, a join). O(partitions).
-    pub fn next_wakeup(&self, now: u64) -> Option<u64> {
-        let deadline = self.deadlines.first().map(|&(deadline_ms, ..)| deadline_ms);
+    pub fn next_wakeup(&mut self, now: u64) -> Option<u64> {
+        let partitions = &self.partitions;
+        let deadline = self.deadlines.first(|deadline_ms, partition, offset| {
+            in_flight_until(partitions, deadline_ms, partition, offset)
+        });
         let due = self
             .partitions
             .iter()
@@ -781,9 +808,8 @@ impl GroupState {
             let partition = PartitionId(index as u32);
             self.tracked_total -= self.partitions[index].tracked();
             let stale = self.partitions[index].seek(offset.0);
-            for (stale_offset, entry) in stale {
-                self.deadlines
-                    .remove(&(entry.deadline_ms, partition, stale_offset));
+            for (_, entry) in stale {
+                self.deadlines.remove();
                 self.release(entry.member, entry.meta.size_bytes);
             }
             self.dead_letters.retain(|d| d.partition != partition);
@@ -941,7 +967,7 @@ impl GroupState {
 
         let mut tracked_total = 0;
         let mut windows: BTreeMap<MemberId, (u32, u64)> = BTreeMap::new();
-        let mut deadlines = BTreeSet::new();
+        let mut in_flight_total = 0;
         for (index, p) in self.partitions.iter().enumerate() {
             let id = PartitionId(index as u32);
             assert!(
@@ -1067,7 +1093,11 @@ impl GroupState {
                 let window = windows.entry(f.member).or_default();
                 window.0 += 1;
                 window.1 += u64::from(f.meta.size_bytes);
-                deadlines.insert((f.deadline_ms, id, offset));
+                assert!(
+                    self.deadlines.contains(f.deadline_ms, id, offset),
+                    "p{index}: in flight at {offset} without its deadline"
+                );
+                in_flight_total += 1;
             }
         }
         assert_eq!(
@@ -1075,7 +1105,11 @@ impl GroupState {
             "group tracked count out of step"
         );
         assert!(tracked_total <= self.limits.max_tracked_per_group);
-        assert_eq!(deadlines, self.deadlines, "deadline index out of step");
+        assert_eq!(
+            in_flight_total,
+            self.deadlines.live(),
+            "deadline index out of step"
+        );
         for (id, m) in &self.members {
             let window = windows.get(id).copied().unwrap_or_default();
             assert_eq!(
@@ -1101,4 +1135,18 @@ impl GroupState {
             assert!(max - min <= 1, "assignment unbalanced: {counts:?}");
         }
     }
+}
+
+/// Whether `(partition, offset)` is in flight with the deadline `deadline_ms`: the liveness
+/// test of a deadline index entry.
+fn in_flight_until(
+    partitions: &[PartitionState],
+    deadline_ms: u64,
+    partition: PartitionId,
+    offset: u64,
+) -> bool {
+    partitions
+        .get(partition.index())
+        .and_then(|p| p.in_flight.get(&offset))
+        .is_some_and(|f| f.deadline_ms == deadline_ms)
 }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use futures::stream::{Stream, StreamExt};
 use herald_proto::v1::{self, position::Kind as PositionKind};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -14,7 +14,7 @@ use tonic::{Status, Streaming};
 
 use crate::error::BrokerError;
 use crate::group::{
-    DEFAULT_MEMBER_IN_FLIGHT_BYTES, DEFAULT_MEMBER_IN_FLIGHT_MESSAGES, GroupSettings,
+    AckId, DEFAULT_MEMBER_IN_FLIGHT_BYTES, DEFAULT_MEMBER_IN_FLIGHT_MESSAGES, GroupSettings,
     MemberOptions, OrderingMode, PendingState,
 };
 use crate::groups::{
@@ -409,29 +409,38 @@ fn response(message: Outgoing) -> v1::SubscribeResponse {
             partitions: partitions.iter().map(|p| p.0).collect(),
             settings: Some(settings_proto(&config)),
         }),
-        Outgoing::Deliveries(deliveries) => Response::Deliveries(v1::Deliveries {
-            deliveries: deliveries
-                .into_iter()
-                .map(|out| {
-                    let (d, record) = (out.delivery, out.record);
-                    v1::Delivery {
-                        partition: d.partition.0,
-                        offset: d.offset.0,
-                        key: record.key,
-                        value: record.value,
-                        headers: record
-                            .headers
-                            .into_iter()
-                            .map(|(key, value)| v1::Header { key, value })
-                            .collect(),
-                        timestamp_ms: record.timestamp,
-                        delivery_attempt: d.attempt,
-                        ack_id: Bytes::copy_from_slice(&d.ack_id.encode()),
-                        deadline_ms: d.deadline_ms.min(i64::MAX as u64) as i64,
-                    }
-                })
-                .collect(),
-        }),
+        Outgoing::Deliveries(deliveries) => {
+            // Every ack id of the response in one buffer, each delivery's a slice of it:
+            // one allocation per response instead of one per delivery.
+            let mut ids = BytesMut::with_capacity(deliveries.len() * AckId::ENCODED_LEN);
+            for out in &deliveries {
+                ids.extend_from_slice(&out.delivery.ack_id.encode());
+            }
+            let mut ids = ids.freeze();
+            Response::Deliveries(v1::Deliveries {
+                deliveries: deliveries
+                    .into_iter()
+                    .map(|out| {
+                        let (d, record) = (out.delivery, out.record);
+                        v1::Delivery {
+                            partition: d.partition.0,
+                            offset: d.offset.0,
+                            key: record.key,
+                            value: record.value,
+                            headers: record
+                                .headers
+                                .into_iter()
+                                .map(|(key, value)| v1::Header { key, value })
+                                .collect(),
+                            timestamp_ms: record.timestamp,
+                            delivery_attempt: d.attempt,
+                            ack_id: ids.split_to(AckId::ENCODED_LEN),
+                            deadline_ms: d.deadline_ms.min(i64::MAX as u64) as i64,
+                        }
+                    })
+                    .collect(),
+            })
+        }
         Outgoing::Assignment(change) => Response::Assignment(v1::AssignmentChange {
             added: change.added.iter().map(|p| p.0).collect(),
             revoked: change.revoked.iter().map(|p| p.0).collect(),
