@@ -28,8 +28,8 @@ use super::snapshot::GroupSnapshot;
 use super::types::{
     AckId, AckOutcome, Action, AssignmentChange, DeadLetter, Delivery, Expired, ExtendOutcome,
     FailureReason, GroupDescription, GroupSettings, Handover, MemberId, MemberInfo, MemberOptions,
-    NackOutcome, OfferedRecord, Offset, Ownership, PartitionId, PartitionInfo, PendingFilter,
-    PendingList, PendingMessage, SeekTarget,
+    NackOutcome, OfferedRecord, Offset, OrderingMode, Ownership, PartitionId, PartitionInfo,
+    PendingFilter, PendingList, PendingMessage, SeekTarget,
 };
 
 type Result<T, E = GroupError> = std::result::Result<T, E>;
@@ -163,8 +163,13 @@ impl GroupState {
             });
         }
         limits.validate()?;
+        let settings = settings.validated()?;
+        let mut partitions = partitions;
+        for partition in &mut partitions {
+            partition.set_keyed(settings.ordering == OrderingMode::Key);
+        }
         Ok(GroupState {
-            settings: settings.validated()?,
+            settings,
             limits,
             partitions,
             members: BTreeMap::new(),
@@ -208,6 +213,9 @@ impl GroupState {
     /// mode or attempt limit applies from the next delivery or failure on.
     pub fn update_settings(&mut self, settings: GroupSettings) -> Result<()> {
         self.settings = settings.validated()?;
+        for partition in &mut self.partitions {
+            partition.set_keyed(self.settings.ordering == OrderingMode::Key);
+        }
         Ok(())
     }
 
@@ -296,7 +304,9 @@ impl GroupState {
             if self.partitions[index].holder() != Some(member) {
                 continue;
             }
-            let offsets: Vec<u64> = self.partitions[index].in_flight.keys().copied().collect();
+            let mut offsets: Vec<u64> = self.partitions[index].in_flight.keys().copied().collect();
+            // In offset order, so redeliveries and dead letters come out in a stable order.
+            offsets.sort_unstable();
             for offset in offsets {
                 if let Some(failed) = self.partitions[index].take_in_flight(offset) {
                     self.deadlines.remove();
@@ -1054,7 +1064,19 @@ impl GroupState {
                 .iter()
                 .map(|(&k, t)| (k, (t.offsets.clone(), t.busy)))
                 .collect();
-            assert_eq!(actual, keys, "p{index}: key index out of step");
+            if p.keyed {
+                assert_eq!(actual, keys, "p{index}: key index out of step");
+            } else {
+                assert!(
+                    actual.is_empty(),
+                    "p{index}: key index kept outside key mode"
+                );
+            }
+            assert_eq!(
+                p.keyed,
+                self.settings.ordering == OrderingMode::Key,
+                "p{index}: key index kept in the wrong mode"
+            );
             let due: BTreeSet<(u64, u64)> = p.waiting.iter().map(|(&o, w)| (w.due_ms, o)).collect();
             assert_eq!(due, p.due, "p{index}: due index out of step");
             // Limits.
