@@ -26,6 +26,7 @@
 //!   letters, done ranges, key index, and the per-mode choice of what may go next.
 //! - `assignment` — the balanced, sticky assignment as a pure function.
 //! - `ranges` — the done-offset range set.
+//! - `queue` — the offset-ordered queue that holds a partition's buffer.
 //! - `deadlines` — the ack-deadline index: buckets by millisecond, removal by count, stale
 //!   entries dropped when due, when they lead the index, or by compaction.
 //! - `snapshot` — the durable part and its versioned, CRC-checked byte format.
@@ -61,6 +62,7 @@ mod deadlines;
 mod error;
 mod limits;
 mod partition;
+mod queue;
 mod ranges;
 mod snapshot;
 mod state;

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::queue::OffsetQueue;
 use super::ranges::RangeSet;
 use super::snapshot::PartitionSnapshot;
 use super::types::{
@@ -133,7 +134,7 @@ pub(crate) struct PartitionState {
     pub next_fetch: u64,
     /// Done offsets above `committed`; never holds `committed` itself.
     pub done: RangeSet,
-    pub buffer: BTreeMap<u64, Buffered>,
+    pub buffer: OffsetQueue<Buffered>,
     /// By offset, unordered: acks look entries up one by one, and the few callers that
     /// need an order sort (a hash map is several times cheaper per ack than a B-tree).
     pub in_flight: HashMap<u64, InFlight, OffsetHash>,
@@ -276,7 +277,7 @@ impl PartitionState {
             return;
         }
         let mut entries: Vec<(Option<KeyHash>, u64, bool)> = Vec::with_capacity(self.tracked());
-        entries.extend(self.buffer.iter().map(|(&o, b)| (b.meta.key, o, false)));
+        entries.extend(self.buffer.iter().map(|(o, b)| (b.meta.key, o, false)));
         entries.extend(self.in_flight.iter().map(|(&o, f)| (f.meta.key, o, true)));
         entries.extend(self.waiting.iter().map(|(&o, w)| (w.meta.key, o, false)));
         entries.extend(
@@ -356,7 +357,7 @@ impl PartitionState {
             .iter()
             .take_while(|&&(due_ms, _)| due_ms <= now)
             .filter_map(|&(_, offset)| self.waiting.get(&offset).map(|w| (offset, &w.meta)));
-        let buffered = self.buffer.iter().map(|(&offset, b)| (offset, &b.meta));
+        let buffered = self.buffer.iter().map(|(offset, b)| (offset, &b.meta));
         match mode {
             OrderingMode::Partition => {
                 // Strict order: only the lowest not-done offset, and only when nothing is
@@ -365,13 +366,13 @@ impl PartitionState {
                     return out;
                 }
                 let lowest_waiting = self.waiting.first_key_value();
-                let lowest_buffered = self.buffer.first_key_value();
+                let lowest_buffered = self.buffer.first();
                 let pick = match (lowest_waiting, lowest_buffered) {
-                    (Some((&w, waiting)), Some((&b, _))) if w < b => {
+                    (Some((&w, waiting)), Some((b, _))) if w < b => {
                         (waiting.due_ms <= now).then_some(w)
                     }
                     (Some((&w, waiting)), None) => (waiting.due_ms <= now).then_some(w),
-                    (_, Some((&b, _))) => Some(b),
+                    (_, Some((b, _))) => Some(b),
                     (None, None) => None,
                 };
                 out.extend(pick.map(|offset| Candidate { offset }));
@@ -411,7 +412,7 @@ impl PartitionState {
             self.due.remove(&(waiting.due_ms, offset));
             (waiting.meta, waiting.attempts)
         } else {
-            let buffered = self.buffer.remove(&offset)?;
+            let buffered = self.buffer.remove(offset)?;
             (buffered.meta, buffered.attempts)
         };
         let attempts = attempts.saturating_add(1);
@@ -565,7 +566,7 @@ impl PartitionState {
             .map(|(&o, f)| (o, f.attempts))
             .chain(self.waiting.iter().map(|(&o, w)| (o, w.attempts)))
             .chain(self.dead_pending.iter().map(|(&o, d)| (o, d.attempts)))
-            .chain(self.buffer.iter().map(|(&o, b)| (o, b.attempts)))
+            .chain(self.buffer.iter().map(|(o, b)| (o, b.attempts)))
             .chain(self.restored_attempts.iter().map(|(&o, &a)| (o, a)))
             .filter(|&(_, attempts)| attempts > 0)
             .collect();

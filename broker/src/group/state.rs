@@ -998,11 +998,11 @@ impl GroupState {
             // and not done.
             let offsets: Vec<u64> = p
                 .buffer
-                .keys()
-                .chain(p.in_flight.keys())
-                .chain(p.waiting.keys())
-                .chain(p.dead_pending.keys())
-                .copied()
+                .iter()
+                .map(|(o, _)| o)
+                .chain(p.in_flight.keys().copied())
+                .chain(p.waiting.keys().copied())
+                .chain(p.dead_pending.keys().copied())
                 .collect();
             let unique: BTreeSet<u64> = offsets.iter().copied().collect();
             assert_eq!(
@@ -1047,9 +1047,7 @@ impl GroupState {
                     entry.1 += u32::from(busy);
                 }
             };
-            p.buffer
-                .iter()
-                .for_each(|(&o, b)| add(b.meta.key, o, false));
+            p.buffer.iter().for_each(|(o, b)| add(b.meta.key, o, false));
             p.in_flight
                 .iter()
                 .for_each(|(&o, f)| add(f.meta.key, o, true));
