@@ -110,7 +110,8 @@ pub struct GroupState {
     next_join_seq: u64,
     /// Sequence number of the next delivery: the generation in ack ids.
     next_delivery: u64,
-    /// `(deadline_ms, partition, offset)` of every in-flight message.
+    /// The ack deadline of every in-flight message, in deadline order; also holds entries
+    /// of deliveries already settled until they are dropped (see `deadlines`).
     deadlines: DeadlineIndex,
     /// Sum of the partitions' tracked messages, checked against the group limit.
     tracked_total: usize,
