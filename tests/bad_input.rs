@@ -1267,6 +1267,7 @@ async fn group_rpcs_refuse_bad_input() {
     let ack = v1::SubscribeRequest {
         request: Some(v1::subscribe_request::Request::Ack(v1::Ack {
             ack_ids: vec![bytes::Bytes::from_static(b"not an ack id")],
+            ..Default::default()
         })),
     };
     let cases = [

@@ -1048,6 +1048,8 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         max_in_flight_bytes: 0,
         settings: None,
         start_position: args.from.map(StartPosition::to_proto),
+        // The CLI prints each message from its Delivery; it has no use for raw batches.
+        batched_deliveries: false,
         credit_flow_control: credit.is_some(),
     };
     let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
@@ -1106,13 +1108,17 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                         ack_id,
                         delay_ms: None,
                         reason: NACK_REASON.to_owned(),
+                        range: None,
                     })
                 })
                 .collect()
         } else if done.is_empty() {
             Vec::new()
         } else {
-            vec![Request::Ack(v1::Ack { ack_ids: done })]
+            vec![Request::Ack(v1::Ack {
+                ack_ids: done,
+                ranges: Vec::new(),
+            })]
         };
         for request in requests {
             let request = v1::SubscribeRequest {

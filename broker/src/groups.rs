@@ -92,8 +92,8 @@ pub enum Outgoing {
         config: GroupConfig,
     },
     /// Deliveries, in partition then offset order, at most [`RESPONSE_MAX_BYTES`] of
-    /// records (or one record).
-    Deliveries(Vec<OutDelivery>),
+    /// records (or one record or run).
+    Deliveries(OutDeliveries),
     /// The member's assignment changed.
     Assignment(AssignmentChange),
 }
@@ -103,6 +103,104 @@ pub enum Outgoing {
 pub struct OutDelivery {
     pub delivery: Delivery,
     pub record: StoredRecord,
+}
+
+/// What one response delivers: single messages, and (to members that joined with
+/// batched deliveries) runs of messages sent with their stored batch.
+#[derive(Debug, Default)]
+pub struct OutDeliveries {
+    pub singles: Vec<OutDelivery>,
+    pub runs: Vec<OutRun>,
+}
+
+impl OutDeliveries {
+    /// Messages delivered, singles and run members alike.
+    pub fn messages(&self) -> usize {
+        self.singles.len() + self.runs.iter().map(|r| r.count as usize).sum::<usize>()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.singles.is_empty() && self.runs.is_empty()
+    }
+}
+
+/// Consecutive deliveries of one partition (offsets and delivery sequence numbers both
+/// consecutive, one attempt, one deadline) whose records lie in one stored batch, sent as
+/// that batch's bytes: neither the broker nor the client encodes a message per record.
+#[derive(Debug)]
+pub struct OutRun {
+    pub partition: PartitionId,
+    pub first_offset: u64,
+    pub count: u32,
+    pub first_delivery: u64,
+    pub attempt: u32,
+    pub deadline_ms: u64,
+    /// The whole stored batch, pointing into the log's mapping.
+    pub batch: Bytes,
+}
+
+/// Consecutive messages of runs to settle at once: offsets `first_offset..+count` of
+/// `partition`, delivered with sequence numbers `first_delivery..+count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckRange {
+    pub partition: u32,
+    pub first_offset: u64,
+    pub count: u32,
+    pub first_delivery: u64,
+}
+
+/// What a nack names.
+#[derive(Debug, Clone, Copy)]
+pub enum NackTarget<'a> {
+    /// One delivery, by its opaque ack id.
+    Id(&'a [u8]),
+    /// Messages of runs.
+    Range(AckRange),
+}
+
+/// Most messages one [`AckRange`] may name: a member never holds more in flight, and the
+/// bound keeps one request's work under the group lock small.
+pub const MAX_ACK_RANGE: u32 = crate::group::MAX_MEMBER_IN_FLIGHT_MESSAGES;
+
+/// A run is sent with its stored batch only if its records fill at least this fraction
+/// (1 / `RUN_MIN_FILL_DIVISOR`) of the batch: a few records of a big batch (a key's turn in
+/// key ordering, a redelivery) go as single deliveries rather than drag the whole batch over
+/// the wire.
+const RUN_MIN_FILL_DIVISOR: usize = 4;
+
+impl AckRange {
+    /// Checks the range's size and bounds.
+    fn check(&self) -> Result<()> {
+        if self.count == 0 || self.count > MAX_ACK_RANGE {
+            return Err(BrokerError::InvalidArgument(format!(
+                "an ack range names 1 to {MAX_ACK_RANGE} messages, not {}",
+                self.count
+            )));
+        }
+        if self
+            .first_offset
+            .checked_add(u64::from(self.count))
+            .is_none()
+            || self
+                .first_delivery
+                .checked_add(u64::from(self.count))
+                .is_none()
+        {
+            return Err(BrokerError::InvalidArgument(
+                "an ack range runs past the largest offset or sequence number".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The ack ids of the range's messages (after [`check`](Self::check)).
+    fn ids(&self) -> impl Iterator<Item = AckId> + '_ {
+        (0..u64::from(self.count)).map(move |i| AckId {
+            partition: PartitionId(self.partition),
+            offset: Offset(self.first_offset.saturating_add(i)),
+            delivery: self.first_delivery.saturating_add(i),
+        })
+    }
 }
 
 /// What a member's stream carries: messages, or the error that ends it.
@@ -159,6 +257,8 @@ fn ordering_from_name(name: &str) -> OrderingMode {
 struct MemberSlot {
     tx: MemberTx,
     client_id: String,
+    /// Joined with batched deliveries: it decodes stored batches, so runs go as runs.
+    batched: bool,
     /// Responses polled and not yet queued on the stream: at most one poll's worth.
     outbox: VecDeque<Outgoing>,
     /// An assignment change not yet sent; later changes merge into it.
@@ -237,12 +337,22 @@ pub struct StoredRecord {
     pub key: Option<Bytes>,
     pub value: Bytes,
     pub headers: Vec<(String, Bytes)>,
+    /// The whole stored batch the record is in, so a run of its records can be sent as
+    /// the batch itself.
+    pub batch: Bytes,
 }
 
 impl StoredRecord {
-    /// The record `r` decoded from `bytes`, its fields sliced from `bytes` (no copy).
-    fn sliced(r: &batch::RecordView<'_>, bytes: &Bytes) -> StoredRecord {
+    /// The record `r` decoded from `bytes`, its fields sliced from `bytes` (no copy); its
+    /// batch is `bytes[batch_at..batch_at + batch_len]`.
+    fn sliced(
+        r: &batch::RecordView<'_>,
+        bytes: &Bytes,
+        batch_at: usize,
+        batch_len: usize,
+    ) -> StoredRecord {
         StoredRecord {
+            batch: bytes.slice(batch_at..batch_at + batch_len),
             offset: r.offset,
             timestamp: r.timestamp,
             key: r.key.map(|k| bytes.slice_ref(k)),
@@ -282,8 +392,11 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
             }
         };
         let start = i;
+        let mut next_batch_at = 0;
         'batches: for view in batch::batches(&chunk.bytes) {
             let Ok(view) = view else { break };
+            let (batch_at, batch_len) = (next_batch_at, view.header.batch_len as usize);
+            next_batch_at += batch_len;
             if view.header.last_offset() < offsets[i] {
                 continue;
             }
@@ -300,7 +413,12 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
                     break 'batches;
                 }
                 if offsets[i] == record.offset {
-                    out[i] = Some(StoredRecord::sliced(&record, &chunk.bytes));
+                    out[i] = Some(StoredRecord::sliced(
+                        &record,
+                        &chunk.bytes,
+                        batch_at,
+                        batch_len,
+                    ));
                     i += 1;
                 }
             }
@@ -493,6 +611,7 @@ impl Group {
         member: MemberId,
         client_id: String,
         options: MemberOptions,
+        batched: bool,
         tx: MemberTx,
     ) -> Result<()> {
         let mut inner = self.lock();
@@ -511,6 +630,7 @@ impl Group {
             MemberSlot {
                 tx,
                 client_id,
+                batched,
                 outbox: VecDeque::new(),
                 assignment: None,
             },
@@ -529,8 +649,12 @@ impl Group {
         self.wake();
     }
 
-    /// Acks; malformed ack ids are INVALID_ARGUMENT, unknown or stale ones are ignored.
-    pub fn ack(&self, member: MemberId, ack_ids: &[Bytes]) -> Result<()> {
+    /// Acks by id and by range; malformed ack ids and ranges are INVALID_ARGUMENT, unknown
+    /// or stale ones are ignored.
+    pub fn ack(&self, member: MemberId, ack_ids: &[Bytes], ranges: &[AckRange]) -> Result<()> {
+        for range in ranges {
+            range.check()?;
+        }
         let mut inner = self.lock();
         let mut acked = 0;
         let mut result = Ok(());
@@ -546,6 +670,13 @@ impl Group {
                 acked += 1;
             }
         }
+        for range in ranges {
+            for id in range.ids() {
+                if let Ok(AckOutcome::Acked) = inner.state.ack(member, &id) {
+                    acked += 1;
+                }
+            }
+        }
         drop(inner);
         self.counters.acks.fetch_add(acked, Ordering::Relaxed);
         result?;
@@ -553,34 +684,61 @@ impl Group {
         Ok(())
     }
 
+    /// Nacks one delivery by id, or the messages of a range.
     pub fn nack(
         &self,
         member: MemberId,
-        ack_id: &[u8],
+        target: NackTarget<'_>,
         delay_ms: Option<u32>,
         reason: &str,
     ) -> Result<()> {
-        let id = AckId::decode(ack_id).map_err(group_error)?;
-        let outcome = self
-            .lock()
-            .state
-            .nack(member, &id, delay_ms.map(u64::from), reason, now());
-        if matches!(
-            outcome,
-            Ok(NackOutcome::Retry { .. } | NackOutcome::DeadLetter)
-        ) {
-            self.counters.nacks.fetch_add(1, Ordering::Relaxed);
+        let ids: Vec<AckId> = match target {
+            NackTarget::Id(ack_id) => vec![AckId::decode(ack_id).map_err(group_error)?],
+            NackTarget::Range(range) => {
+                range.check()?;
+                range.ids().collect()
+            }
+        };
+        let now = now();
+        let mut nacked = 0;
+        let mut inner = self.lock();
+        for id in &ids {
+            let outcome = inner
+                .state
+                .nack(member, id, delay_ms.map(u64::from), reason, now);
+            if matches!(
+                outcome,
+                Ok(NackOutcome::Retry { .. } | NackOutcome::DeadLetter)
+            ) {
+                nacked += 1;
+            }
         }
+        drop(inner);
+        self.counters.nacks.fetch_add(nacked, Ordering::Relaxed);
         self.wake();
         Ok(())
     }
 
-    pub fn extend(&self, member: MemberId, ack_ids: &[Bytes], extra_ms: u32) -> Result<()> {
+    pub fn extend(
+        &self,
+        member: MemberId,
+        ack_ids: &[Bytes],
+        ranges: &[AckRange],
+        extra_ms: u32,
+    ) -> Result<()> {
+        for range in ranges {
+            range.check()?;
+        }
         let mut inner = self.lock();
         let now = now();
         for id in ack_ids {
             let id = AckId::decode(id).map_err(group_error)?;
             let _ = inner.state.extend(member, &id, u64::from(extra_ms), now);
+        }
+        for range in ranges {
+            for id in range.ids() {
+                let _ = inner.state.extend(member, &id, u64::from(extra_ms), now);
+            }
         }
         drop(inner);
         self.wake();
@@ -767,7 +925,12 @@ impl Group {
                         if r.offset >= high_watermark {
                             break 'batches;
                         }
-                        let record = StoredRecord::sliced(&r, &bytes);
+                        let record = StoredRecord::sliced(
+                            &r,
+                            &bytes,
+                            this_batch,
+                            view.header.batch_len as usize,
+                        );
                         records.push(OfferedRecord {
                             offset: Offset(r.offset),
                             key: r.key.map(KeyHash::of),
@@ -893,7 +1056,7 @@ impl Group {
     fn deliver(&self) -> bool {
         let mut inner = self.lock();
         flush_all(&mut inner);
-        let ready: Vec<MemberId> = inner
+        let ready: Vec<(MemberId, bool)> = inner
             .members
             .iter()
             .filter(|(_, slot)| {
@@ -902,13 +1065,15 @@ impl Group {
                     && slot.tx.capacity() > 1
                     && !slot.tx.is_closed()
             })
-            .map(|(&id, _)| id)
+            .map(|(&id, slot)| (id, slot.batched))
             .collect();
         let now = now();
         let mut polled = Vec::new();
-        for member in ready {
+        for (member, batched) in ready {
             match inner.state.poll(member, now, POLL_MAX) {
-                Ok(deliveries) if !deliveries.is_empty() => polled.push((member, deliveries)),
+                Ok(deliveries) if !deliveries.is_empty() => {
+                    polled.push((member, batched, deliveries))
+                }
                 _ => {}
             }
         }
@@ -918,11 +1083,10 @@ impl Group {
         }
         let mut built = Vec::with_capacity(polled.len());
         let mut missing = Vec::new();
-        for (member, mut deliveries) in polled {
+        for (member, batched, mut deliveries) in polled {
             deliveries.sort_by_key(|d| (d.partition, d.offset));
             let mut responses = Vec::new();
-            let mut current = Vec::new();
-            let mut current_bytes = 0usize;
+            let mut shaper = Shaper::new(batched);
             let mut i = 0;
             while i < deliveries.len() {
                 let p = deliveries[i].partition;
@@ -959,22 +1123,12 @@ impl Group {
                         missing.push((member, d.ack_id));
                         continue;
                     };
-                    let size = record_size(&record);
-                    if !current.is_empty() && current_bytes + size > RESPONSE_MAX_BYTES {
-                        responses.push(Outgoing::Deliveries(std::mem::take(&mut current)));
-                        current_bytes = 0;
-                    }
-                    current_bytes += size;
-                    current.push(OutDelivery {
-                        delivery: *d,
-                        record,
-                    });
+                    shaper.push(*d, record, &mut responses);
                 }
+                shaper.end_run(&mut responses);
                 i = j;
             }
-            if !current.is_empty() {
-                responses.push(Outgoing::Deliveries(current));
-            }
+            shaper.finish(&mut responses);
             built.push((member, responses));
         }
         let mut inner = self.lock();
@@ -989,7 +1143,7 @@ impl Group {
                 sent += responses
                     .iter()
                     .map(|r| match r {
-                        Outgoing::Deliveries(d) => d.len() as u64,
+                        Outgoing::Deliveries(d) => d.messages() as u64,
                         _ => 0,
                     })
                     .sum::<u64>();
@@ -1120,6 +1274,102 @@ fn merge_changes(old: AssignmentChange, new: AssignmentChange) -> AssignmentChan
         added: after.difference(&before).copied().collect(),
         revoked: before.difference(&after).copied().collect(),
         partitions: new.partitions,
+    }
+}
+
+/// Shapes one member's deliveries (partition then offset order) into responses of at most
+/// [`RESPONSE_MAX_BYTES`]: runs of consecutive deliveries from one stored batch go as that
+/// batch to a member that joined with batched deliveries, everything else as singles.
+struct Shaper {
+    batched: bool,
+    /// The run being gathered: deliveries that continue each other within one batch.
+    run: Vec<(Delivery, StoredRecord)>,
+    current: OutDeliveries,
+    current_bytes: usize,
+}
+
+impl Shaper {
+    fn new(batched: bool) -> Shaper {
+        Shaper {
+            batched,
+            run: Vec::new(),
+            current: OutDeliveries::default(),
+            current_bytes: 0,
+        }
+    }
+
+    /// Takes the next delivery and its record.
+    fn push(&mut self, d: Delivery, record: StoredRecord, responses: &mut Vec<Outgoing>) {
+        if !self.batched {
+            self.single(d, record, responses);
+            return;
+        }
+        if let Some((last, last_record)) = self.run.last() {
+            let continues = d.partition == last.partition
+                && d.offset.0 == last.offset.0 + 1
+                && d.ack_id.delivery == last.ack_id.delivery + 1
+                && d.attempt == last.attempt
+                && d.deadline_ms == last.deadline_ms
+                && record.batch.as_ptr() == last_record.batch.as_ptr()
+                && record.batch.len() == last_record.batch.len();
+            if !continues {
+                self.end_run(responses);
+            }
+        }
+        self.run.push((d, record));
+    }
+
+    /// Sends the gathered run: as its batch if its records fill enough of it, else as
+    /// singles.
+    fn end_run(&mut self, responses: &mut Vec<Outgoing>) {
+        let Some((first, first_record)) = self.run.first() else {
+            return;
+        };
+        let batch_len = first_record.batch.len();
+        let run_bytes: usize = self.run.iter().map(|(_, r)| record_size(r)).sum();
+        if run_bytes.saturating_mul(RUN_MIN_FILL_DIVISOR) < batch_len {
+            let run = std::mem::take(&mut self.run);
+            for (d, record) in run {
+                self.single(d, record, responses);
+            }
+            return;
+        }
+        let run = OutRun {
+            partition: first.partition,
+            first_offset: first.offset.0,
+            count: self.run.len() as u32,
+            first_delivery: first.ack_id.delivery,
+            attempt: first.attempt,
+            deadline_ms: first.deadline_ms,
+            batch: first_record.batch.clone(),
+        };
+        self.run.clear();
+        self.room_for(batch_len, responses);
+        self.current.runs.push(run);
+    }
+
+    fn single(&mut self, d: Delivery, record: StoredRecord, responses: &mut Vec<Outgoing>) {
+        self.room_for(record_size(&record), responses);
+        self.current.singles.push(OutDelivery {
+            delivery: d,
+            record,
+        });
+    }
+
+    /// Starts a new response if `size` more bytes would overfill the current one.
+    fn room_for(&mut self, size: usize, responses: &mut Vec<Outgoing>) {
+        if !self.current.is_empty() && self.current_bytes + size > RESPONSE_MAX_BYTES {
+            responses.push(Outgoing::Deliveries(std::mem::take(&mut self.current)));
+            self.current_bytes = 0;
+        }
+        self.current_bytes += size;
+    }
+
+    fn finish(mut self, responses: &mut Vec<Outgoing>) {
+        self.end_run(responses);
+        if !self.current.is_empty() {
+            responses.push(Outgoing::Deliveries(self.current));
+        }
     }
 }
 
@@ -1573,6 +1823,8 @@ impl GroupRegistry {
                                     .filter(|(k, _)| !k.starts_with(DLQ_PREFIX))
                                     .map(|(k, v)| (k.to_owned(), chunk.bytes.slice_ref(v)))
                                     .collect(),
+                                // Republished record by record, never sent as a run.
+                                batch: Bytes::new(),
                             },
                         ));
                     }
@@ -1644,7 +1896,176 @@ mod tests {
             key: None,
             value: Bytes::from(offset.to_string()),
             headers: Vec::new(),
+            batch: Bytes::new(),
         }
+    }
+
+    /// A delivery of `offset` in partition 0 with sequence number `delivery`.
+    fn delivery(offset: u64, delivery: u64) -> Delivery {
+        Delivery {
+            partition: PartitionId(0),
+            offset: Offset(offset),
+            attempt: 1,
+            deadline_ms: 1000,
+            ack_id: AckId {
+                partition: PartitionId(0),
+                offset: Offset(offset),
+                delivery,
+            },
+            key: None,
+            size_bytes: 100,
+            timestamp_ms: 0,
+        }
+    }
+
+    /// Records `offsets` of one stored batch of `batch_len` bytes, 100 value bytes each.
+    fn in_batch(batch: &Bytes, offsets: std::ops::Range<u64>) -> Vec<StoredRecord> {
+        offsets
+            .map(|offset| StoredRecord {
+                offset,
+                timestamp: 0,
+                key: None,
+                value: Bytes::from(vec![0u8; 100]),
+                headers: Vec::new(),
+                batch: batch.clone(),
+            })
+            .collect()
+    }
+
+    fn shape(batched: bool, items: Vec<(Delivery, StoredRecord)>) -> Vec<OutDeliveries> {
+        let mut responses = Vec::new();
+        let mut shaper = Shaper::new(batched);
+        for (d, r) in items {
+            shaper.push(d, r, &mut responses);
+        }
+        shaper.finish(&mut responses);
+        responses
+            .into_iter()
+            .map(|r| match r {
+                Outgoing::Deliveries(d) => d,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_deliveries_of_one_batch_go_as_one_run() {
+        let batch = Bytes::from(vec![0u8; 1100]);
+        let items: Vec<_> = (0..10)
+            .map(|i| delivery(i, 50 + i))
+            .zip(in_batch(&batch, 0..10))
+            .collect();
+        let out = shape(true, items);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].singles.is_empty());
+        assert_eq!(out[0].runs.len(), 1);
+        let run = &out[0].runs[0];
+        assert_eq!(
+            (run.first_offset, run.count, run.first_delivery),
+            (0, 10, 50)
+        );
+        assert_eq!(run.batch.len(), 1100);
+        assert_eq!(out[0].messages(), 10);
+    }
+
+    #[test]
+    fn a_run_breaks_at_gaps_in_offsets_or_sequence_numbers_and_at_batch_boundaries() {
+        // Small batches, so that a run of one record still fills enough of its batch.
+        let first = Bytes::from(vec![0u8; 300]);
+        let second = Bytes::from(vec![0u8; 300]);
+        let mut records = in_batch(&first, 0..5);
+        records.extend(in_batch(&second, 5..10));
+        let deliveries = [
+            delivery(0, 1),
+            delivery(1, 2),
+            delivery(2, 7), // another partition's delivery came between
+            delivery(4, 8), // offset 3 is not delivered
+            delivery(5, 9), // the next batch
+            delivery(6, 10),
+        ];
+        let items: Vec<_> = deliveries
+            .into_iter()
+            .zip(records.into_iter().filter(|r| r.offset != 3))
+            .collect();
+        let out = shape(true, items);
+        let runs: Vec<(u64, u32, u64)> = out
+            .iter()
+            .flat_map(|o| o.runs.iter())
+            .map(|r| (r.first_offset, r.count, r.first_delivery))
+            .collect();
+        assert_eq!(runs, [(0, 2, 1), (2, 1, 7), (4, 1, 8), (5, 2, 9)]);
+    }
+
+    #[test]
+    fn a_run_that_fills_little_of_its_batch_goes_as_singles() {
+        // 2 records of 100 bytes in a 100 KB batch: not worth sending the batch.
+        let batch = Bytes::from(vec![0u8; 100_000]);
+        let items: Vec<_> = [delivery(10, 1), delivery(11, 2)]
+            .into_iter()
+            .zip(in_batch(&batch, 10..12))
+            .collect();
+        let out = shape(true, items);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].runs.is_empty());
+        assert_eq!(out[0].singles.len(), 2);
+    }
+
+    #[test]
+    fn members_without_batched_deliveries_get_singles_only() {
+        let batch = Bytes::from(vec![0u8; 1100]);
+        let items: Vec<_> = (0..10)
+            .map(|i| delivery(i, i))
+            .zip(in_batch(&batch, 0..10))
+            .collect();
+        let out = shape(false, items);
+        assert!(out.iter().all(|o| o.runs.is_empty()));
+        assert_eq!(out.iter().map(|o| o.singles.len()).sum::<usize>(), 10);
+    }
+
+    #[test]
+    fn responses_stay_under_the_byte_limit() {
+        // Runs of 300 KB batches: at most three per 1 MiB response.
+        let items: Vec<_> = (0..8)
+            .flat_map(|b| {
+                let batch = Bytes::from(vec![0u8; 300_000]);
+                (0..1000u64).map(move |i| {
+                    let offset = b * 1000 + i;
+                    let mut record = in_batch(&batch, offset..offset + 1).remove(0);
+                    record.value = Bytes::from(vec![0u8; 290]);
+                    (delivery(offset, offset), record)
+                })
+            })
+            .collect();
+        let out = shape(true, items);
+        assert_eq!(out.iter().map(|o| o.runs.len()).sum::<usize>(), 8);
+        for response in &out {
+            let bytes: usize = response.runs.iter().map(|r| r.batch.len()).sum();
+            assert!(bytes <= RESPONSE_MAX_BYTES, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn ack_ranges_are_checked_before_use() {
+        let range = |count, first_offset| AckRange {
+            partition: 0,
+            first_offset,
+            count,
+            first_delivery: 0,
+        };
+        assert!(range(0, 0).check().is_err());
+        assert!(range(MAX_ACK_RANGE + 1, 0).check().is_err());
+        assert!(range(2, u64::MAX).check().is_err());
+        assert!(range(MAX_ACK_RANGE, 0).check().is_ok());
+        let ids: Vec<(u64, u64)> = AckRange {
+            partition: 3,
+            first_offset: 10,
+            count: 3,
+            first_delivery: 100,
+        }
+        .ids()
+        .map(|id| (id.offset.0, id.delivery))
+        .collect();
+        assert_eq!(ids, [(10, 100), (11, 101), (12, 102)]);
     }
 
     #[test]

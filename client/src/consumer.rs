@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use herald_broker::storage::batch::BatchView;
+
 use crate::{Client, Error, GroupSettings, Offset, Partition, Position, Result};
 
 /// Capacity, in received responses (each a batch of deliveries), of the channel between
@@ -33,6 +35,10 @@ const CHANNEL_BATCHES: usize = 16;
 
 /// Most commands (acks, nacks...) the stream task merges into one pass.
 const MAX_COMMANDS_PER_PASS: usize = 1024;
+
+/// Most messages one ack range names: the broker's limit (`MAX_ACK_RANGE`, the most a
+/// member can hold in flight).
+const MAX_ACK_RANGE: u32 = 65_536;
 
 /// Settings of a [`Consumer`]; made by [`ConsumerConfig::new`] and adjusted with its
 /// builder methods.
@@ -77,6 +83,11 @@ pub struct ConsumerConfig {
     pub reconnect_backoff: Duration,
     /// Largest delay between attempts to join again (default 5 s).
     pub reconnect_backoff_max: Duration,
+    /// Ask the broker for batched deliveries (default `true`): runs of messages come as
+    /// the stored batch that holds them and are acked as ranges, so neither side encodes
+    /// or decodes a protobuf message per record. `false`: one `Delivery` per message.
+    /// Either way the [`Subscription`] yields the same [`Message`]s.
+    pub batched_deliveries: bool,
 }
 
 impl ConsumerConfig {
@@ -94,7 +105,14 @@ impl ConsumerConfig {
             auto_extend: None,
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
+            batched_deliveries: true,
         }
+    }
+
+    /// Sets [`ConsumerConfig::batched_deliveries`].
+    pub fn batched_deliveries(mut self, batched: bool) -> Self {
+        self.batched_deliveries = batched;
+        self
     }
 
     /// Sets [`ConsumerConfig::client_id`].
@@ -157,6 +175,7 @@ impl ConsumerConfig {
             settings: Some(self.group_settings.clone().into_proto()),
             start_position: self.start_position.map(Position::into_proto),
             credit_flow_control: self.credit_window.is_some(),
+            batched_deliveries: self.batched_deliveries,
         }
     }
 }
@@ -323,11 +342,66 @@ pub struct Message {
     timestamp_ms: i64,
     attempt: u32,
     deadline_ms: i64,
-    ack_id: Bytes,
+    ack: AckRef,
     size: usize,
     generation: u64,
     link: Arc<Link>,
     settled: bool,
+}
+
+/// How a message is named when it is settled: by the opaque ack id of its `Delivery`, or,
+/// for a message of a `DeliveryRun`, by its place in the run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum AckRef {
+    Id(Bytes),
+    Run {
+        partition: u32,
+        offset: u64,
+        delivery: u64,
+    },
+}
+
+/// Ack ids and ack ranges gathered for one request; consecutive run messages merge into
+/// one range.
+#[derive(Default)]
+struct AckSet {
+    ids: Vec<Bytes>,
+    ranges: Vec<v1::AckRange>,
+}
+
+impl AckSet {
+    fn push(&mut self, ack: AckRef) {
+        match ack {
+            AckRef::Id(id) => self.ids.push(id),
+            AckRef::Run {
+                partition,
+                offset,
+                delivery,
+            } => {
+                if let Some(last) = self.ranges.last_mut() {
+                    let count = u64::from(last.count);
+                    if last.partition == partition
+                        && last.first_offset + count == offset
+                        && last.first_delivery + count == delivery
+                        && last.count < MAX_ACK_RANGE
+                    {
+                        last.count += 1;
+                        return;
+                    }
+                }
+                self.ranges.push(v1::AckRange {
+                    partition,
+                    first_offset: offset,
+                    count: 1,
+                    first_delivery: delivery,
+                });
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.ranges.is_empty()
+    }
 }
 
 /// What a subscription's messages share with its stream task: one reference per message
@@ -397,7 +471,7 @@ impl Message {
         self.settled = true;
         self.send(Command::Ack {
             generation: self.generation,
-            ack_id: self.ack_id.clone(),
+            ack: self.ack.clone(),
         })
     }
 
@@ -419,7 +493,7 @@ impl Message {
         self.settled = true;
         self.send(Command::Nack {
             generation: self.generation,
-            ack_id: self.ack_id.clone(),
+            ack: self.ack.clone(),
             delay_ms: delay.map(millis),
             reason: reason.into(),
         })
@@ -430,7 +504,7 @@ impl Message {
     pub fn extend(&self, extra: Duration) -> Result<()> {
         self.send(Command::Extend {
             generation: self.generation,
-            ack_ids: vec![self.ack_id.clone()],
+            acks: vec![self.ack.clone()],
             extra_ms: millis(extra),
         })
     }
@@ -445,7 +519,7 @@ impl Drop for Message {
         if !self.settled {
             let _ = self.link.cmd_tx.send(Command::Release {
                 generation: self.generation,
-                ack_id: self.ack_id.clone(),
+                ack: self.ack.clone(),
             });
         }
     }
@@ -461,23 +535,23 @@ fn millis(d: Duration) -> u32 {
 enum Command {
     Ack {
         generation: u64,
-        ack_id: Bytes,
+        ack: AckRef,
     },
     Nack {
         generation: u64,
-        ack_id: Bytes,
+        ack: AckRef,
         delay_ms: Option<u32>,
         reason: String,
     },
     Extend {
         generation: u64,
-        ack_ids: Vec<Bytes>,
+        acks: Vec<AckRef>,
         extra_ms: u32,
     },
     /// The message was dropped unsettled: stop extending it.
     Release {
         generation: u64,
-        ack_id: Bytes,
+        ack: AckRef,
     },
     Credit {
         generation: u64,
@@ -525,8 +599,8 @@ struct StreamTask {
     /// Batches of deliveries received but not yet in the channel (bounded by the
     /// broker's in-flight window or credit).
     queue: VecDeque<Vec<Message>>,
-    /// Ack ids of the current stream's deliveries not yet settled (for auto-extend).
-    held: HashSet<Bytes>,
+    /// The current stream's deliveries not yet settled (for auto-extend).
+    held: HashSet<AckRef>,
 }
 
 impl StreamTask {
@@ -636,8 +710,18 @@ impl StreamTask {
                 }
                 () = tick(&mut extend_timer) => {
                     if !self.held.is_empty() {
+                        let mut acks = AckSet::default();
+                        let mut held: Vec<&AckRef> = self.held.iter().collect();
+                        held.sort_unstable_by_key(|ack| match ack {
+                            AckRef::Run { partition, offset, .. } => (*partition, *offset),
+                            AckRef::Id(_) => (u32::MAX, u64::MAX),
+                        });
+                        for ack in held {
+                            acks.push(ack.clone());
+                        }
                         let extend = v1::Extend {
-                            ack_ids: self.held.iter().cloned().collect(),
+                            ack_ids: acks.ids,
+                            ranges: acks.ranges,
                             extra_ms: self.config.auto_extend.map(millis).unwrap_or(0),
                         };
                         if send(&stream.requests, Request::Extend(extend)).is_err() {
@@ -648,14 +732,12 @@ impl StreamTask {
                 response = stream.responses.message() => match response {
                     Ok(Some(v1::SubscribeResponse { response: Some(response) })) => {
                         if let Response::Deliveries(deliveries) = response {
-                            let extend = self.config.auto_extend.is_some();
-                            let mut batch = Vec::with_capacity(deliveries.deliveries.len());
-                            for delivery in deliveries.deliveries {
-                                let message = self.message(delivery, generation);
-                                if extend {
-                                    self.held.insert(message.ack_id.clone());
-                                }
-                                batch.push(message);
+                            let batch = match self.messages(deliveries, generation) {
+                                Ok(batch) => batch,
+                                Err(error) => return Ended::Failed(error),
+                            };
+                            if self.config.auto_extend.is_some() {
+                                self.held.extend(batch.iter().map(|m| m.ack.clone()));
                             }
                             if !batch.is_empty() {
                                 self.queue.push_back(batch);
@@ -691,7 +773,7 @@ impl StreamTask {
         generation: u64,
         requests: &mpsc::UnboundedSender<v1::SubscribeRequest>,
     ) -> bool {
-        let mut acks = Vec::new();
+        let mut acks = AckSet::default();
         let (mut credit_messages, mut credit_bytes) = (0u32, 0u64);
         let mut others = Vec::new();
         let mut next = Some(first);
@@ -700,31 +782,56 @@ impl StreamTask {
             count += 1;
             if command.generation() == generation {
                 match command {
-                    Command::Ack { ack_id, .. } => {
+                    Command::Ack { ack, .. } => {
                         // `held` is only filled with auto-extend; skip hashing otherwise.
                         if !self.held.is_empty() {
-                            self.held.remove(&ack_id);
+                            self.held.remove(&ack);
                         }
-                        acks.push(ack_id);
+                        acks.push(ack);
                     }
                     Command::Nack {
-                        ack_id,
+                        ack,
                         delay_ms,
                         reason,
                         ..
                     } => {
-                        self.held.remove(&ack_id);
+                        self.held.remove(&ack);
+                        let (ack_id, range) = match ack {
+                            AckRef::Id(id) => (id, None),
+                            AckRef::Run {
+                                partition,
+                                offset,
+                                delivery,
+                            } => (
+                                Bytes::new(),
+                                Some(v1::AckRange {
+                                    partition,
+                                    first_offset: offset,
+                                    count: 1,
+                                    first_delivery: delivery,
+                                }),
+                            ),
+                        };
                         others.push(Request::Nack(v1::Nack {
                             ack_id,
                             delay_ms,
                             reason,
+                            range,
                         }));
                     }
-                    Command::Extend {
-                        ack_ids, extra_ms, ..
-                    } => others.push(Request::Extend(v1::Extend { ack_ids, extra_ms })),
-                    Command::Release { ack_id, .. } => {
-                        self.held.remove(&ack_id);
+                    Command::Extend { acks, extra_ms, .. } => {
+                        let mut set = AckSet::default();
+                        for ack in acks {
+                            set.push(ack);
+                        }
+                        others.push(Request::Extend(v1::Extend {
+                            ack_ids: set.ids,
+                            ranges: set.ranges,
+                            extra_ms,
+                        }));
+                    }
+                    Command::Release { ack, .. } => {
+                        self.held.remove(&ack);
                     }
                     Command::Credit {
                         messages, bytes, ..
@@ -740,7 +847,11 @@ impl StreamTask {
         }
         let mut ok = true;
         if !acks.is_empty() {
-            ok &= send(requests, Request::Ack(v1::Ack { ack_ids: acks })).is_ok();
+            let ack = v1::Ack {
+                ack_ids: acks.ids,
+                ranges: acks.ranges,
+            };
+            ok &= send(requests, Request::Ack(ack)).is_ok();
         }
         for request in others {
             ok &= send(requests, request).is_ok();
@@ -755,31 +866,130 @@ impl StreamTask {
         ok
     }
 
-    fn message(&self, d: v1::Delivery, generation: u64) -> Message {
-        let headers: Vec<(String, Bytes)> =
-            d.headers.into_iter().map(|h| (h.key, h.value)).collect();
-        let size = d.key.as_ref().map_or(0, Bytes::len)
-            + d.value.len()
-            + headers
+    /// The messages of one response: its single deliveries, then its runs decoded from
+    /// their stored batches. A run whose batch does not decode is a protocol error.
+    fn messages(&self, deliveries: v1::Deliveries, generation: u64) -> Result<Vec<Message>> {
+        let runs_messages: usize = deliveries.runs.iter().map(|r| r.count as usize).sum();
+        let mut out = Vec::with_capacity(deliveries.deliveries.len() + runs_messages);
+        for d in deliveries.deliveries {
+            let headers: Vec<(String, Bytes)> =
+                d.headers.into_iter().map(|h| (h.key, h.value)).collect();
+            out.push(self.message(
+                MessageParts {
+                    partition: d.partition,
+                    offset: d.offset,
+                    key: d.key,
+                    value: d.value,
+                    headers,
+                    timestamp_ms: d.timestamp_ms,
+                    attempt: d.delivery_attempt,
+                    deadline_ms: d.deadline_ms,
+                },
+                AckRef::Id(d.ack_id),
+                generation,
+            ));
+        }
+        for run in deliveries.runs {
+            self.run_messages(&run, generation, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes the records of `run` from its batch (slices of it, no copy).
+    fn run_messages(
+        &self,
+        run: &v1::DeliveryRun,
+        generation: u64,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        let bad = |what: String| {
+            Error::Protocol(format!(
+                "a delivery run of partition {} at offset {}: {what}",
+                run.partition, run.first_offset
+            ))
+        };
+        let view = BatchView::new(&run.batch).map_err(|e| bad(e.to_string()))?;
+        let end = run.first_offset.saturating_add(u64::from(run.count));
+        if view.header.base_offset > run.first_offset || view.header.next_offset() < end {
+            return Err(bad("its batch does not hold the run's offsets".into()));
+        }
+        let mut records = view.records();
+        records.skip_to(run.first_offset);
+        let mut taken = 0u64;
+        for record in records {
+            let r = record.map_err(|e| bad(e.to_string()))?;
+            if r.offset >= end {
+                break;
+            }
+            let headers = r
+                .headers()
+                .map(|(k, v)| (k.to_owned(), run.batch.slice_ref(v)))
+                .collect();
+            out.push(self.message(
+                MessageParts {
+                    partition: run.partition,
+                    offset: r.offset,
+                    key: r.key.map(|k| run.batch.slice_ref(k)),
+                    value: run.batch.slice_ref(r.value),
+                    headers,
+                    timestamp_ms: r.timestamp,
+                    attempt: run.delivery_attempt,
+                    deadline_ms: run.deadline_ms,
+                },
+                AckRef::Run {
+                    partition: run.partition,
+                    offset: r.offset,
+                    delivery: run.first_delivery + (r.offset - run.first_offset),
+                },
+                generation,
+            ));
+            taken += 1;
+        }
+        if taken != u64::from(run.count) {
+            return Err(bad(format!(
+                "its batch yielded {taken} of {} records",
+                run.count
+            )));
+        }
+        Ok(())
+    }
+
+    fn message(&self, parts: MessageParts, ack: AckRef, generation: u64) -> Message {
+        let size = parts.key.as_ref().map_or(0, Bytes::len)
+            + parts.value.len()
+            + parts
+                .headers
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
         Message {
-            partition: Partition(d.partition),
-            offset: Offset(d.offset),
-            key: d.key,
-            value: d.value,
-            headers,
-            timestamp_ms: d.timestamp_ms,
-            attempt: d.delivery_attempt,
-            deadline_ms: d.deadline_ms,
-            ack_id: d.ack_id,
+            partition: Partition(parts.partition),
+            offset: Offset(parts.offset),
+            key: parts.key,
+            value: parts.value,
+            headers: parts.headers,
+            timestamp_ms: parts.timestamp_ms,
+            attempt: parts.attempt,
+            deadline_ms: parts.deadline_ms,
+            ack,
             size,
             generation,
             link: self.link.clone(),
             settled: false,
         }
     }
+}
+
+/// A message's fields, from a `Delivery` or a run's record.
+struct MessageParts {
+    partition: u32,
+    offset: u64,
+    key: Option<Bytes>,
+    value: Bytes,
+    headers: Vec<(String, Bytes)>,
+    timestamp_ms: i64,
+    attempt: u32,
+    deadline_ms: i64,
 }
 
 fn send(

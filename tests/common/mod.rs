@@ -310,6 +310,7 @@ impl Member {
             .send(v1::SubscribeRequest {
                 request: Some(v1::subscribe_request::Request::Ack(v1::Ack {
                     ack_ids: deliveries.iter().map(|d| d.ack_id.clone()).collect(),
+                    ..Default::default()
                 })),
             })
             .await
@@ -323,6 +324,7 @@ impl Member {
                     ack_id: delivery.ack_id.clone(),
                     delay_ms,
                     reason: reason.into(),
+                    ..Default::default()
                 })),
             })
             .await

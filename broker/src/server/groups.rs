@@ -18,7 +18,8 @@ use crate::group::{
     MemberOptions, OrderingMode, PendingState,
 };
 use crate::groups::{
-    Group, GroupConfig, GroupRegistry, MEMBER_QUEUE, MemberItem, MemberTx, Outgoing,
+    AckRange, Group, GroupConfig, GroupRegistry, MEMBER_QUEUE, MemberItem, MemberTx, NackTarget,
+    OutDeliveries, Outgoing,
 };
 use crate::registry::Registry;
 use crate::topic::{Topic, validate_name};
@@ -409,16 +410,28 @@ fn response(message: Outgoing) -> v1::SubscribeResponse {
             partitions: partitions.iter().map(|p| p.0).collect(),
             settings: Some(settings_proto(&config)),
         }),
-        Outgoing::Deliveries(deliveries) => {
+        Outgoing::Deliveries(OutDeliveries { singles, runs }) => {
             // Every ack id of the response in one buffer, each delivery's a slice of it:
             // one allocation per response instead of one per delivery.
-            let mut ids = BytesMut::with_capacity(deliveries.len() * AckId::ENCODED_LEN);
-            for out in &deliveries {
+            let mut ids = BytesMut::with_capacity(singles.len() * AckId::ENCODED_LEN);
+            for out in &singles {
                 ids.extend_from_slice(&out.delivery.ack_id.encode());
             }
             let mut ids = ids.freeze();
             Response::Deliveries(v1::Deliveries {
-                deliveries: deliveries
+                runs: runs
+                    .into_iter()
+                    .map(|run| v1::DeliveryRun {
+                        partition: run.partition.0,
+                        first_offset: run.first_offset,
+                        count: run.count,
+                        first_delivery: run.first_delivery,
+                        delivery_attempt: run.attempt,
+                        deadline_ms: run.deadline_ms.min(i64::MAX as u64) as i64,
+                        batch: run.batch,
+                    })
+                    .collect(),
+                deliveries: singles
                     .into_iter()
                     .map(|out| {
                         let (d, record) = (out.delivery, out.record);
@@ -517,7 +530,7 @@ async fn join_group(
         }
         client_id.truncate(end);
     }
-    group.join(member, client_id, options, tx)?;
+    group.join(member, client_id, options, join.batched_deliveries, tx)?;
     Ok((group, member))
 }
 
@@ -584,11 +597,28 @@ async fn run_member<S>(
             Some(Ok(request)) => request,
         };
         let handled = match request.request {
-            Some(Request::Ack(ack)) => group.ack(member, &ack.ack_ids),
-            Some(Request::Nack(nack)) => {
-                group.nack(member, &nack.ack_id, nack.delay_ms, &nack.reason)
-            }
-            Some(Request::Extend(extend)) => group.extend(member, &extend.ack_ids, extend.extra_ms),
+            Some(Request::Ack(ack)) => group.ack(member, &ack.ack_ids, &ranges(&ack.ranges)),
+            Some(Request::Nack(nack)) => match (nack.range, nack.ack_id.is_empty()) {
+                (Some(range), true) => group.nack(
+                    member,
+                    NackTarget::Range(ack_range(&range)),
+                    nack.delay_ms,
+                    &nack.reason,
+                ),
+                (None, false) => group.nack(
+                    member,
+                    NackTarget::Id(&nack.ack_id),
+                    nack.delay_ms,
+                    &nack.reason,
+                ),
+                _ => Err(invalid("a Nack sets exactly one of ack_id and range")),
+            },
+            Some(Request::Extend(extend)) => group.extend(
+                member,
+                &extend.ack_ids,
+                &ranges(&extend.ranges),
+                extend.extra_ms,
+            ),
             Some(Request::Credit(credit)) => {
                 group.credit(member, credit.messages, credit.bytes);
                 Ok(())
@@ -606,4 +636,17 @@ async fn run_member<S>(
         }
     }
     group.leave(member);
+}
+
+fn ack_range(range: &v1::AckRange) -> AckRange {
+    AckRange {
+        partition: range.partition,
+        first_offset: range.first_offset,
+        count: range.count,
+        first_delivery: range.first_delivery,
+    }
+}
+
+fn ranges(ranges: &[v1::AckRange]) -> Vec<AckRange> {
+    ranges.iter().map(ack_range).collect()
 }
