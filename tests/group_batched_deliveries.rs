@@ -1,6 +1,6 @@
 //! Batched deliveries: a member that joins with `batched_deliveries` receives runs of
-//! consecutive messages as their stored batch, settles them with ack ranges (which may span
-//! runs), and gets a lone redelivery as a single `Delivery`; malformed ranges are
+//! consecutive messages as their stored records, settles them with ack ranges (which may
+//! span runs), and gets a redelivery as a run of its own; malformed ranges are
 //! INVALID_ARGUMENT. Members that do not ask keep getting one `Delivery` per message.
 
 mod common;
@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use herald_broker::storage::batch::BatchView;
+use herald_broker::storage::batch::Records;
 use herald_proto::v1;
 use tonic::Code;
 
@@ -66,15 +66,18 @@ async fn receive(
     (runs, singles)
 }
 
-/// The values of a run's messages, decoded from its batch.
+/// The offsets and values of a run's messages, decoded from its records.
 fn run_values(run: &v1::DeliveryRun) -> Vec<(u64, String)> {
-    let view = BatchView::new(&run.batch).expect("a stored batch");
-    let end = run.first_offset + u64::from(run.count);
-    view.records()
-        .map(|r| r.expect("a record"))
-        .filter(|r| r.offset >= run.first_offset && r.offset < end)
-        .map(|r| (r.offset, String::from_utf8(r.value.to_vec()).unwrap()))
-        .collect()
+    Records::resume(
+        run.base_offset,
+        run.first_timestamp_ms,
+        run.first_offset,
+        &run.records,
+    )
+    .expect("the run's first offset is in its batch")
+    .map(|r| r.expect("a record"))
+    .map(|r| (r.offset, String::from_utf8(r.value.to_vec()).unwrap()))
+    .collect()
 }
 
 async fn send(m: &Member, request: v1::subscribe_request::Request) {
@@ -161,8 +164,7 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
         "committed offset after acking 0..150"
     );
 
-    // Nack offset 150 by range: it comes back alone, too small a part of its batch to
-    // send the batch, so as a single Delivery with attempt 2.
+    // Nack offset 150 by range: it comes back alone, as a run of one with attempt 2.
     send(
         &m,
         v1::subscribe_request::Request::Nack(v1::Nack {
@@ -173,14 +175,17 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
         }),
     )
     .await;
-    let (again_runs, again) = receive(&mut m, 1, WAIT).await;
-    assert!(again_runs.is_empty(), "{again_runs:?}");
+    let (again, singles) = receive(&mut m, 1, WAIT).await;
+    assert!(singles.is_empty(), "{singles:?}");
     assert_eq!(again.len(), 1);
-    assert_eq!((again[0].offset, again[0].delivery_attempt), (150, 2));
-    assert_eq!(again[0].value.as_ref(), b"v150");
+    let again = &again[0];
+    assert_eq!((again.first_offset, again.count), (150, 1));
+    assert_eq!(again.delivery_attempt, 2);
+    assert_ne!(again.first_delivery, delivery_of(150));
+    assert_eq!(run_values(again), [(150, "v150".to_owned())]);
 
-    // A stale range (offset 150's first delivery) is ignored; the single is acked by id,
-    // the rest by ranges of one.
+    // A stale range (offset 150's first delivery) is ignored; the redelivery is acked by
+    // its own range, the rest by ranges of one.
     let mut ranges: Vec<v1::AckRange> =
         (151..300).map(|o| range(0, o, 1, delivery_of(o))).collect();
     ranges.push(range(0, 150, 1, delivery_of(150)));
@@ -198,7 +203,14 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
         150,
         "a stale range acks nothing"
     );
-    m.ack(&again).await;
+    send(
+        &m,
+        v1::subscribe_request::Request::Ack(v1::Ack {
+            ack_ids: Vec::new(),
+            ranges: vec![range(0, 150, 1, again.first_delivery)],
+        }),
+    )
+    .await;
     assert!(
         eventually(WAIT, || {
             let mut c = c.clone();

@@ -70,6 +70,11 @@ struct Args {
     /// at a time, in order), `partition` (a partition's one at a time) or `none`.
     #[arg(long, value_enum, default_value_t = GroupOrdering::Key)]
     ordering: GroupOrdering,
+    /// Herald consumers ask for one protobuf Delivery per message instead of batched
+    /// deliveries (runs sent as their stored batch, acked by range): what a client that
+    /// does not decode the storage format gets.
+    #[arg(long)]
+    single_deliveries: bool,
     /// Records per second over all producers (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -319,6 +324,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         in_flight: args.in_flight.max(1),
         consumer_window: args.consumer_window.max(1),
         ordering: args.ordering,
+        single_deliveries: args.single_deliveries,
         keys,
         fsync: args.fsync,
         reuse: args.reuse || args.consume_only,
@@ -336,6 +342,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         "in_flight": settings.in_flight,
         "consumer_window": settings.consumer_window,
         "ordering": format!("{:?}", args.ordering).to_lowercase(),
+        "single_deliveries": args.single_deliveries,
         "rate": args.rate,
         "duration_s": args.duration,
         "records": args.records,

@@ -186,6 +186,7 @@ pub async fn consume(wl: Arc<Workload>, index: u32, stats: Arc<TaskStats>) -> an
         .client_id(format!("herald-load-{index}"))
         .start_position(Position::Earliest)
         .max_in_flight_messages(wl.settings.consumer_window)
+        .batched_deliveries(!wl.settings.single_deliveries)
         .group_settings(GroupSettings {
             ordering: Some(match wl.settings.ordering {
                 GroupOrdering::Key => OrderingMode::Key,

@@ -74,6 +74,8 @@ pub struct Settings {
     pub consumer_window: u32,
     /// Herald group ordering (when the run creates the group).
     pub ordering: GroupOrdering,
+    /// Herald consumers take one Delivery per message instead of batched deliveries.
+    pub single_deliveries: bool,
     pub keys: u32,
     pub fsync: Fsync,
     pub reuse: bool,

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use herald_broker::storage::batch::BatchView;
+use herald_broker::storage::batch::Records;
 
 use crate::{Client, Error, GroupSettings, Offset, Partition, Position, Result};
 
@@ -895,7 +895,7 @@ impl StreamTask {
         Ok(out)
     }
 
-    /// Decodes the records of `run` from its batch (slices of it, no copy).
+    /// Decodes the records of `run` (slices of its bytes, no copy).
     fn run_messages(
         &self,
         run: &v1::DeliveryRun,
@@ -908,29 +908,29 @@ impl StreamTask {
                 run.partition, run.first_offset
             ))
         };
-        let view = BatchView::new(&run.batch).map_err(|e| bad(e.to_string()))?;
-        let end = run.first_offset.saturating_add(u64::from(run.count));
-        if view.header.base_offset > run.first_offset || view.header.next_offset() < end {
-            return Err(bad("its batch does not hold the run's offsets".into()));
-        }
-        let mut records = view.records();
-        records.skip_to(run.first_offset);
-        let mut taken = 0u64;
+        let records = Records::resume(
+            run.base_offset,
+            run.first_timestamp_ms,
+            run.first_offset,
+            &run.records,
+        )
+        .ok_or_else(|| bad("its first offset is not in its batch".into()))?;
+        let mut taken = 0u32;
         for record in records {
             let r = record.map_err(|e| bad(e.to_string()))?;
-            if r.offset >= end {
-                break;
+            if taken == run.count {
+                return Err(bad("it holds more records than it says".into()));
             }
             let headers = r
                 .headers()
-                .map(|(k, v)| (k.to_owned(), run.batch.slice_ref(v)))
+                .map(|(k, v)| (k.to_owned(), run.records.slice_ref(v)))
                 .collect();
             out.push(self.message(
                 MessageParts {
                     partition: run.partition,
                     offset: r.offset,
-                    key: r.key.map(|k| run.batch.slice_ref(k)),
-                    value: run.batch.slice_ref(r.value),
+                    key: r.key.map(|k| run.records.slice_ref(k)),
+                    value: run.records.slice_ref(r.value),
                     headers,
                     timestamp_ms: r.timestamp,
                     attempt: run.delivery_attempt,
@@ -939,17 +939,14 @@ impl StreamTask {
                 AckRef::Run {
                     partition: run.partition,
                     offset: r.offset,
-                    delivery: run.first_delivery + (r.offset - run.first_offset),
+                    delivery: run.first_delivery + u64::from(taken),
                 },
                 generation,
             ));
             taken += 1;
         }
-        if taken != u64::from(run.count) {
-            return Err(bad(format!(
-                "its batch yielded {taken} of {} records",
-                run.count
-            )));
+        if taken != run.count {
+            return Err(bad(format!("it holds {taken} of {} records", run.count)));
         }
         Ok(())
     }

@@ -428,7 +428,9 @@ fn response(message: Outgoing) -> v1::SubscribeResponse {
                         first_delivery: run.first_delivery,
                         delivery_attempt: run.attempt,
                         deadline_ms: run.deadline_ms.min(i64::MAX as u64) as i64,
-                        batch: run.batch,
+                        base_offset: run.base_offset,
+                        first_timestamp_ms: run.first_timestamp,
+                        records: run.records,
                     })
                     .collect(),
                 deliveries: singles

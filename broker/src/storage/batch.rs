@@ -433,6 +433,9 @@ pub struct RecordView<'a> {
     pub timestamp: i64,
     pub key: Option<&'a [u8]>,
     pub value: &'a [u8],
+    /// The record's bytes as stored, length prefix included: consecutive records of a
+    /// batch are adjacent, so a run of them can be handed on as one slice.
+    pub encoded: &'a [u8],
     headers: &'a [u8],
     header_count: u64,
 }
@@ -557,6 +560,26 @@ pub struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
+    /// Decodes records cut out of a batch body (such as a group's delivery run carries):
+    /// `bytes` starts with the record at `first_offset` of a batch whose header has
+    /// `base_offset` and `first_timestamp`. `None` if `first_offset` cannot be in such a
+    /// batch.
+    pub fn resume(
+        base_offset: u64,
+        first_timestamp: i64,
+        first_offset: u64,
+        bytes: &'a [u8],
+    ) -> Option<Self> {
+        let index = u32::try_from(first_offset.checked_sub(base_offset)?).ok()?;
+        Some(Records {
+            cur: Cursor(bytes),
+            base_offset,
+            first_timestamp,
+            index,
+            last_len: 0,
+        })
+    }
+
     fn new(header: &BatchHeader, body: &'a [u8]) -> Self {
         Records {
             cur: Cursor(body),
@@ -573,6 +596,7 @@ impl<'a> Records<'a> {
         }
         let index = self.index;
         let bad = |reason| BatchError::MalformedRecord { index, reason };
+        let start = self.cur.0;
         let len = self.cur.varint().ok_or(bad("truncated length"))?;
         let len = usize::try_from(len).map_err(|_| bad("length overflows"))?;
         self.last_len = len;
@@ -617,6 +641,7 @@ impl<'a> Records<'a> {
             timestamp,
             key,
             value,
+            encoded: &start[..start.len() - self.cur.0.len()],
             headers,
             header_count,
         }))
