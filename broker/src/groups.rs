@@ -337,39 +337,71 @@ pub struct StoredRecord {
     pub key: Option<Bytes>,
     pub value: Bytes,
     pub headers: Vec<(String, Bytes)>,
-    /// The whole stored batch the record is in, and where the record's encoded bytes
-    /// lie in it: consecutive records of a batch are adjacent, so a run of them is sent
-    /// as one slice of the batch.
-    pub batch: Bytes,
-    pub encoded_at: usize,
-    pub encoded_len: usize,
 }
 
-impl StoredRecord {
-    /// The record `r` decoded from `bytes`, its fields sliced from `bytes` (no copy); its
-    /// batch is `bytes[batch_at..batch_at + batch_len]`.
-    fn sliced(
-        r: &batch::RecordView<'_>,
-        bytes: &Bytes,
-        batch_at: usize,
-        batch_len: usize,
-    ) -> StoredRecord {
+/// Where a record lies in the log: the stored batch it is in and its encoded bytes there.
+/// Cheap to keep (one reference count, no per-field slices) and, since consecutive records
+/// of a batch are adjacent, a run of them is sent as one slice of the batch; decoded into
+/// a [`StoredRecord`] only where a message goes out on its own.
+#[derive(Debug, Clone)]
+pub struct RecordRef {
+    pub offset: u64,
+    batch: Bytes,
+    encoded_at: u32,
+    encoded_len: u32,
+}
+
+impl RecordRef {
+    /// The record `r`, decoded from the batch at `bytes[batch_at..batch_at + batch_len]`.
+    fn of(r: &batch::RecordView<'_>, bytes: &Bytes, batch_at: usize, batch_len: usize) -> Self {
         let batch = bytes.slice(batch_at..batch_at + batch_len);
+        // Both lie in `batch` (a batch is at most u32::MAX bytes long).
         let encoded_at = (r.encoded.as_ptr() as usize).saturating_sub(batch.as_ptr() as usize);
-        StoredRecord {
-            batch,
-            encoded_at,
-            encoded_len: r.encoded.len(),
+        RecordRef {
             offset: r.offset,
-            timestamp: r.timestamp,
-            key: r.key.map(|k| bytes.slice_ref(k)),
-            value: bytes.slice_ref(r.value),
-            headers: r
-                .headers()
-                .map(|(k, v)| (k.to_owned(), bytes.slice_ref(v)))
-                .collect(),
+            batch,
+            encoded_at: encoded_at as u32,
+            encoded_len: r.encoded.len() as u32,
         }
     }
+
+    fn encoded_end(&self) -> usize {
+        self.encoded_at as usize + self.encoded_len as usize
+    }
+
+    /// The record's fields, slices of the batch. `None` only if the bytes are not the
+    /// record they were (cannot happen for bytes read from the log).
+    pub fn decode(&self) -> Option<StoredRecord> {
+        let header = batch::BatchHeader::read(&self.batch)?;
+        let encoded = self
+            .batch
+            .get(self.encoded_at as usize..self.encoded_end())?;
+        let r = batch::Records::resume(
+            header.base_offset,
+            header.first_timestamp,
+            self.offset,
+            encoded,
+        )?
+        .next()?
+        .ok()?;
+        Some(StoredRecord {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.map(|k| self.batch.slice_ref(k)),
+            value: self.batch.slice_ref(r.value),
+            headers: r
+                .headers()
+                .map(|(k, v)| (k.to_owned(), self.batch.slice_ref(v)))
+                .collect(),
+        })
+    }
+}
+
+/// Bytes of a record's key, value and headers: what the in-flight byte limits count.
+fn view_size(r: &batch::RecordView<'_>) -> usize {
+    r.key.map_or(0, <[u8]>::len)
+        + r.value.len()
+        + r.headers().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 fn group_error(error: GroupError) -> BrokerError {
@@ -388,7 +420,15 @@ fn now() -> u64 {
 /// Reads the records at `offsets` (ascending) from a partition log; `None` for offsets that
 /// are gone (retention) or beyond the end.
 pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRecord>> {
-    let mut out: Vec<Option<StoredRecord>> = vec![None; offsets.len()];
+    read_refs(reader, offsets)
+        .into_iter()
+        .map(|r| r.and_then(|r| r.decode()))
+        .collect()
+}
+
+/// Finds the records at `offsets` (ascending) in a partition log, as [`read_records`].
+fn read_refs(reader: &LogReader, offsets: &[u64]) -> Vec<Option<RecordRef>> {
+    let mut out: Vec<Option<RecordRef>> = vec![None; offsets.len()];
     let mut i = 0;
     while i < offsets.len() {
         let chunk = match reader.read(offsets[i], FETCH_CHUNK_BYTES) {
@@ -420,12 +460,7 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
                     break 'batches;
                 }
                 if offsets[i] == record.offset {
-                    out[i] = Some(StoredRecord::sliced(
-                        &record,
-                        &chunk.bytes,
-                        batch_at,
-                        batch_len,
-                    ));
+                    out[i] = Some(RecordRef::of(&record, &chunk.bytes, batch_at, batch_len));
                     i += 1;
                 }
             }
@@ -435,16 +470,6 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
         }
     }
     out
-}
-
-fn record_size(record: &StoredRecord) -> usize {
-    record.key.as_ref().map_or(0, Bytes::len)
-        + record.value.len()
-        + record
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
 }
 
 /// Where `fill` stopped in a chunk it read: the next record is `next_offset`, in the batch
@@ -472,7 +497,7 @@ struct DecodedRecords {
 #[derive(Default)]
 struct DecodedWindow {
     start: u64,
-    records: VecDeque<Option<StoredRecord>>,
+    records: VecDeque<Option<RecordRef>>,
 }
 
 impl DecodedRecords {
@@ -487,7 +512,7 @@ impl DecodedRecords {
 
     /// Keeps `record` of `partition`. A record that does not follow the window's last one
     /// (the machine skipped done offsets) starts the window again.
-    fn insert(&mut self, partition: u32, record: StoredRecord) {
+    fn insert(&mut self, partition: u32, record: RecordRef) {
         let index = partition as usize;
         if self.partitions.len() <= index {
             self.partitions
@@ -505,7 +530,7 @@ impl DecodedRecords {
     }
 
     /// Takes the record at `offset` of `partition`, if kept.
-    fn take(&mut self, partition: u32, offset: u64) -> Option<StoredRecord> {
+    fn take(&mut self, partition: u32, offset: u64) -> Option<RecordRef> {
         let window = self.partitions.get_mut(partition as usize)?;
         let at = usize::try_from(offset.checked_sub(window.start)?).ok()?;
         let record = window.records.get_mut(at)?.take();
@@ -932,16 +957,12 @@ impl Group {
                         if r.offset >= high_watermark {
                             break 'batches;
                         }
-                        let record = StoredRecord::sliced(
-                            &r,
-                            &bytes,
-                            this_batch,
-                            view.header.batch_len as usize,
-                        );
+                        let record =
+                            RecordRef::of(&r, &bytes, this_batch, view.header.batch_len as usize);
                         records.push(OfferedRecord {
                             offset: Offset(r.offset),
                             key: r.key.map(KeyHash::of),
-                            size_bytes: record_size(&record).min(u32::MAX as usize) as u32,
+                            size_bytes: view_size(&r).min(u32::MAX as usize) as u32,
                             timestamp_ms: r.timestamp,
                         });
                         stored.push(record);
@@ -1105,14 +1126,14 @@ impl Group {
                     i = j;
                     continue;
                 };
-                let mut records: Vec<Option<StoredRecord>> = {
+                let mut records: Vec<Option<RecordRef>> = {
                     let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
                     deliveries[i..j]
                         .iter()
                         .map(|d| decoded.take(p.0, d.offset.0))
                         .collect()
                 };
-                // Redeliveries, and records the cache dropped, are decoded from the log.
+                // Redeliveries, and records the cache dropped, are found in the log again.
                 let (slots, offsets): (Vec<usize>, Vec<u64>) = records
                     .iter()
                     .enumerate()
@@ -1120,7 +1141,7 @@ impl Group {
                     .map(|(k, _)| (k, deliveries[i + k].offset.0))
                     .unzip();
                 if !offsets.is_empty() {
-                    let read = read_records(partition.reader(), &offsets);
+                    let read = read_refs(partition.reader(), &offsets);
                     for (slot, record) in slots.into_iter().zip(read) {
                         records[slot] = record;
                     }
@@ -1135,7 +1156,8 @@ impl Group {
                 shaper.end_run(&mut responses);
                 i = j;
             }
-            shaper.finish(&mut responses);
+            let undecodable = shaper.finish(&mut responses);
+            missing.extend(undecodable.into_iter().map(|id| (member, id)));
             built.push((member, responses));
         }
         let mut inner = self.lock();
@@ -1290,9 +1312,12 @@ fn merge_changes(old: AssignmentChange, new: AssignmentChange) -> AssignmentChan
 struct Shaper {
     batched: bool,
     /// The run being gathered: deliveries that continue each other within one batch.
-    run: Vec<(Delivery, StoredRecord)>,
+    run: Vec<(Delivery, RecordRef)>,
     current: OutDeliveries,
     current_bytes: usize,
+    /// Deliveries whose record would not decode (cannot happen for bytes from the log):
+    /// dropped like records gone from the log.
+    undecodable: Vec<AckId>,
 }
 
 impl Shaper {
@@ -1302,14 +1327,13 @@ impl Shaper {
             run: Vec::new(),
             current: OutDeliveries::default(),
             current_bytes: 0,
+            undecodable: Vec::new(),
         }
     }
 
     /// Takes the next delivery and its record.
-    fn push(&mut self, d: Delivery, record: StoredRecord, responses: &mut Vec<Outgoing>) {
-        // A record without its batch (none today) can only go as a single.
-        if !self.batched || record.batch.is_empty() {
-            self.end_run(responses);
+    fn push(&mut self, d: Delivery, record: RecordRef, responses: &mut Vec<Outgoing>) {
+        if !self.batched {
             self.single(d, record, responses);
             return;
         }
@@ -1320,7 +1344,7 @@ impl Shaper {
                 && d.attempt == last.attempt
                 && d.deadline_ms == last.deadline_ms
                 && record.batch.as_ptr() == last_record.batch.as_ptr()
-                && record.encoded_at == last_record.encoded_at + last_record.encoded_len;
+                && record.encoded_at as usize == last_record.encoded_end();
             if !continues {
                 self.end_run(responses);
             }
@@ -1336,7 +1360,7 @@ impl Shaper {
             return;
         };
         let header = batch::BatchHeader::read(&first_record.batch);
-        let end = last_record.encoded_at + last_record.encoded_len;
+        let end = last_record.encoded_end();
         let (Some(header), true) = (header, end <= first_record.batch.len()) else {
             // Not a stored batch (cannot happen: records come from the log): singles.
             let run = std::mem::take(&mut self.run);
@@ -1345,7 +1369,9 @@ impl Shaper {
             }
             return;
         };
-        let records = first_record.batch.slice(first_record.encoded_at..end);
+        let records = first_record
+            .batch
+            .slice(first_record.encoded_at as usize..end);
         let run = OutRun {
             partition: first.partition,
             first_offset: first.offset.0,
@@ -1362,11 +1388,15 @@ impl Shaper {
         self.current.runs.push(run);
     }
 
-    fn single(&mut self, d: Delivery, record: StoredRecord, responses: &mut Vec<Outgoing>) {
-        self.room_for(record_size(&record), responses);
+    fn single(&mut self, d: Delivery, record: RecordRef, responses: &mut Vec<Outgoing>) {
+        let Some(decoded) = record.decode() else {
+            self.undecodable.push(d.ack_id);
+            return;
+        };
+        self.room_for(record.encoded_len as usize, responses);
         self.current.singles.push(OutDelivery {
             delivery: d,
-            record,
+            record: decoded,
         });
     }
 
@@ -1379,11 +1409,13 @@ impl Shaper {
         self.current_bytes += size;
     }
 
-    fn finish(mut self, responses: &mut Vec<Outgoing>) {
+    /// Sends what is gathered; returns the deliveries whose records would not decode.
+    fn finish(mut self, responses: &mut Vec<Outgoing>) -> Vec<AckId> {
         self.end_run(responses);
         if !self.current.is_empty() {
             responses.push(Outgoing::Deliveries(self.current));
         }
+        self.undecodable
     }
 }
 
@@ -1837,10 +1869,6 @@ impl GroupRegistry {
                                     .filter(|(k, _)| !k.starts_with(DLQ_PREFIX))
                                     .map(|(k, v)| (k.to_owned(), chunk.bytes.slice_ref(v)))
                                     .collect(),
-                                // Republished record by record, never sent as a run.
-                                batch: Bytes::new(),
-                                encoded_at: 0,
-                                encoded_len: 0,
                             },
                         ));
                     }
@@ -1905,17 +1933,9 @@ fn group_arc(groups: &GroupRegistry, group: &Group) -> Option<Arc<Group>> {
 mod tests {
     use super::*;
 
-    fn record(offset: u64) -> StoredRecord {
-        StoredRecord {
-            offset,
-            timestamp: 0,
-            key: None,
-            value: Bytes::from(offset.to_string()),
-            headers: Vec::new(),
-            batch: Bytes::new(),
-            encoded_at: 0,
-            encoded_len: 0,
-        }
+    /// A record at `offset`, alone in its batch.
+    fn record(offset: u64) -> RecordRef {
+        stored_batch(offset, 1, 10).remove(0)
     }
 
     /// A delivery of `offset` in partition 0 with sequence number `delivery`.
@@ -1938,7 +1958,7 @@ mod tests {
 
     /// A stored batch of `count` records from `base_offset`, `value_bytes` each (the value
     /// starts with the record's offset), decoded as `fill` decodes it.
-    fn stored_batch(base_offset: u64, count: u64, value_bytes: usize) -> Vec<StoredRecord> {
+    fn stored_batch(base_offset: u64, count: u64, value_bytes: usize) -> Vec<RecordRef> {
         let mut builder = BatchBuilder::with_capacity(1024);
         let values: Vec<Vec<u8>> = (0..count)
             .map(|i| {
@@ -1963,17 +1983,17 @@ mod tests {
         let chunk = Bytes::from(chunk);
         let view = batch::BatchView::new(&chunk[7..]).unwrap();
         view.records()
-            .map(|r| StoredRecord::sliced(&r.unwrap(), &chunk, 7, encoded.len()))
+            .map(|r| RecordRef::of(&r.unwrap(), &chunk, 7, encoded.len()))
             .collect()
     }
 
-    fn shape(batched: bool, items: Vec<(Delivery, StoredRecord)>) -> Vec<OutDeliveries> {
+    fn shape(batched: bool, items: Vec<(Delivery, RecordRef)>) -> Vec<OutDeliveries> {
         let mut responses = Vec::new();
         let mut shaper = Shaper::new(batched);
         for (d, r) in items {
             shaper.push(d, r, &mut responses);
         }
-        shaper.finish(&mut responses);
+        assert!(shaper.finish(&mut responses).is_empty());
         responses
             .into_iter()
             .map(|r| match r {
@@ -2067,7 +2087,17 @@ mod tests {
             .collect();
         let out = shape(false, items);
         assert!(out.iter().all(|o| o.runs.is_empty()));
-        assert_eq!(out.iter().map(|o| o.singles.len()).sum::<usize>(), 10);
+        let singles: Vec<&OutDelivery> = out.iter().flat_map(|o| o.singles.iter()).collect();
+        assert_eq!(singles.len(), 10);
+        for (i, single) in singles.iter().enumerate() {
+            // Decoded from the batch: every field as stored.
+            let record = &single.record;
+            assert_eq!(record.offset, i as u64);
+            assert_eq!(record.timestamp, 1_000 + i as i64);
+            assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
+            assert!(record.value.starts_with(format!("{i}:").as_bytes()));
+            assert_eq!(record.headers, [("h".to_owned(), Bytes::from_static(b"1"))]);
+        }
     }
 
     #[test]
