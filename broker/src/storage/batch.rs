@@ -812,6 +812,64 @@ mod tests {
     }
 
     #[test]
+    fn records_cut_out_of_a_batch_decode_on_their_own() {
+        let mut b = BatchBuilder::default();
+        for i in 0..10u8 {
+            let value = vec![i; usize::from(i) * 7];
+            b.push(&Record {
+                timestamp: 1_700_000_000_000 - i64::from(i),
+                key: Some(&[i]),
+                value: &value,
+                headers: &[("h", &[i])],
+            });
+        }
+        let mut bytes = b.finish();
+        stamp_base_offset(&mut bytes, 500);
+        let view = BatchView::new(&bytes).unwrap();
+        let all: Vec<RecordView<'_>> = view.records().map(|r| r.unwrap()).collect();
+        // The encoded slices tile the body: each starts where the previous ended.
+        assert_eq!(all[0].encoded.as_ptr(), bytes[HEADER_BYTES..].as_ptr());
+        for pair in all.windows(2) {
+            let end = pair[0].encoded.as_ptr_range().end;
+            assert_eq!(pair[1].encoded.as_ptr(), end);
+        }
+        assert_eq!(all[9].encoded.as_ptr_range().end, bytes.as_ptr_range().end);
+        // Records 503..507 alone, as a delivery run carries them.
+        let start = all[3].encoded.as_ptr() as usize - bytes.as_ptr() as usize;
+        let end = all[6].encoded.as_ptr_range().end as usize - bytes.as_ptr() as usize;
+        let header = view.header;
+        let cut: Vec<RecordView<'_>> = Records::resume(
+            header.base_offset,
+            header.first_timestamp,
+            503,
+            &bytes[start..end],
+        )
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+        assert_eq!(cut.len(), 4);
+        for (got, want) in cut.iter().zip(&all[3..7]) {
+            assert_eq!(
+                (got.offset, got.timestamp, got.key, got.value),
+                (want.offset, want.timestamp, want.key, want.value)
+            );
+            assert_eq!(
+                got.headers().collect::<Vec<_>>(),
+                want.headers().collect::<Vec<_>>()
+            );
+        }
+        // Told the wrong first offset, the offset deltas disagree: an error, not garbage.
+        let wrong = Records::resume(
+            header.base_offset,
+            header.first_timestamp,
+            502,
+            &bytes[start..end],
+        );
+        assert!(wrong.unwrap().next().unwrap().is_err());
+        assert!(Records::resume(500, 0, 499, &bytes[start..end]).is_none());
+    }
+
+    #[test]
     fn round_trip() {
         let mut bytes = sample();
         stamp_base_offset(&mut bytes, 42);
