@@ -6,7 +6,9 @@
 //!   N records with the client's `Producer`, flushes, and awaits every record's ack. One
 //!   partition, so batches go one after another (no pipelining across iterations): what
 //!   one producer that waits for each batch's acks gets.
-//! - `e2e_consume/{100B,1KiB}`: a group consumer receives and acks a preloaded topic;
+//! - `e2e_consume/{100B,1KiB}`: a group consumer receives and acks a preloaded topic
+//!   (batched deliveries); `e2e_consume/{100B,1KiB}_single_deliveries` the same with one
+//!   protobuf `Delivery` per message;
 //!   each measured call joins a new group at the first record preloaded for it (untimed:
 //!   creating a group persists its state) and times from the join to the last ack sent.
 //! - `e2e_latency/publish_to_deliver`: one record published and flushed, then received by
@@ -166,14 +168,24 @@ fn e2e_consume(c: &mut Criterion) {
     let mut group = c.benchmark_group("e2e_consume");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
-    for (size, size_name) in SIZES {
+    // Batched deliveries (the client's default: runs of stored records, acked by range),
+    // then one protobuf Delivery per message, as a generated client gets them.
+    let variants = SIZES
+        .iter()
+        .map(|&(size, name)| (size, name.to_owned(), true))
+        .chain(
+            SIZES
+                .iter()
+                .map(|&(size, name)| (size, format!("{name}_single_deliveries"), false)),
+        );
+    for (size, size_name, batched) in variants {
         let topic = env.topic("consume", FsyncPolicy::Never);
         let producer = env.producer(&topic);
         let chunk = records(size, 1000);
         let mut preloaded = 0u64;
         let mut groups = 0u64;
         group.throughput(Throughput::Elements(CONSUME_CHUNK));
-        group.bench_function(size_name, |b| {
+        group.bench_function(size_name.as_str(), |b| {
             b.iter_custom(|iters| {
                 let total = iters * CONSUME_CHUNK;
                 let start = preloaded;
@@ -191,7 +203,8 @@ fn e2e_consume(c: &mut Criterion) {
                 groups += 1;
                 let config = ConsumerConfig::new(&topic, format!("g{groups}"))
                     .start_position(Position::Offset(start))
-                    .max_in_flight_messages(10_000);
+                    .max_in_flight_messages(10_000)
+                    .batched_deliveries(batched);
                 let consumer = env.client.consumer(config);
                 env.rt.block_on(async {
                     let mut subscription = consumer.subscribe().await.expect("subscribed");
