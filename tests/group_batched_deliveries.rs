@@ -26,6 +26,21 @@ async fn publish_three_batches(
     }
 }
 
+/// A broker on a temp dir with topic "t" (one partition) holding three batches, and a
+/// client of it.
+async fn broker_with_three_batches() -> (
+    tempfile::TempDir,
+    herald_broker::server::Broker,
+    herald_proto::v1::herald_client::HeraldClient<tonic::transport::Channel>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut c = client(&broker).await;
+    create_topic(&mut c, "t", 1).await;
+    publish_three_batches(&mut c).await;
+    (dir, broker, c)
+}
+
 fn batched_join(group: &str) -> v1::Join {
     v1::Join {
         batched_deliveries: true,
@@ -106,11 +121,7 @@ async fn committed(
 
 #[tokio::test]
 async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
-    publish_three_batches(&mut c).await;
+    let (_dir, _broker, mut c) = broker_with_three_batches().await;
 
     let mut m = subscribe(&mut c, batched_join("g")).await.unwrap();
     let (runs, singles) = receive(&mut m, 300, WAIT).await;
@@ -225,11 +236,7 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
 
 #[tokio::test]
 async fn extend_by_range_keeps_run_messages_from_expiring() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
-    publish_three_batches(&mut c).await;
+    let (_dir, _broker, mut c) = broker_with_three_batches().await;
     let join = v1::Join {
         settings: Some(v1::GroupSettings {
             ordering: v1::OrderingMode::None as i32,
@@ -267,11 +274,7 @@ async fn extend_by_range_keeps_run_messages_from_expiring() {
 
 #[tokio::test]
 async fn members_that_do_not_ask_get_single_deliveries() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
-    publish_three_batches(&mut c).await;
+    let (_dir, _broker, mut c) = broker_with_three_batches().await;
     let mut m = subscribe(
         &mut c,
         v1::Join {
@@ -288,11 +291,7 @@ async fn members_that_do_not_ask_get_single_deliveries() {
 
 #[tokio::test]
 async fn malformed_ranges_are_invalid_argument() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
-    publish_three_batches(&mut c).await;
+    let (_dir, _broker, mut c) = broker_with_three_batches().await;
     let cases: Vec<(&str, v1::subscribe_request::Request)> = vec![
         (
             "an empty range",

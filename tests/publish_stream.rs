@@ -355,7 +355,9 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
         .await
         .unwrap()
         .into_inner();
+    let mut last_sent = std::time::Instant::now();
     for sequence in 0..10 {
+        last_sent = std::time::Instant::now();
         tx.send(request(
             sequence,
             Some(publish_of("idle", None, vec![record(None, "x")])),
@@ -366,15 +368,17 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
         assert_eq!(reply.sequence, sequence);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Idle: the broker ends the stream on its own.
-    let started = std::time::Instant::now();
+    // Idle: the broker ends the stream on its own, a timeout after the last request (the
+    // clock starts when the broker waits for the next one, just after it read the last).
+    // Measured from the last send, so a slow test thread can only lengthen it.
     let ended = tokio::time::timeout(Duration::from_secs(5), replies.message())
         .await
         .expect("the broker closes an idle stream");
     assert_eq!(ended.unwrap_err().code(), Code::DeadlineExceeded);
     assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "closed too early"
+        last_sent.elapsed() >= Duration::from_millis(280),
+        "closed too early: {:?} after the last request",
+        last_sent.elapsed()
     );
     drop(tx);
     broker.shutdown().await.unwrap();

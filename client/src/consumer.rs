@@ -334,14 +334,7 @@ impl Drop for Subscription {
 /// passes.
 #[derive(Debug)]
 pub struct Message {
-    partition: Partition,
-    offset: Offset,
-    key: Option<Bytes>,
-    value: Bytes,
-    headers: Vec<(String, Bytes)>,
-    timestamp_ms: i64,
-    attempt: u32,
-    deadline_ms: i64,
+    fields: MessageFields,
     ack: AckRef,
     size: usize,
     generation: u64,
@@ -417,44 +410,44 @@ struct Link {
 impl Message {
     /// The message's partition.
     pub fn partition(&self) -> Partition {
-        self.partition
+        Partition(self.fields.partition)
     }
 
     /// The message's offset in its partition.
     pub fn offset(&self) -> Offset {
-        self.offset
+        Offset(self.fields.offset)
     }
 
     /// The message's key, if it has one.
     pub fn key(&self) -> Option<&Bytes> {
-        self.key.as_ref()
+        self.fields.key.as_ref()
     }
 
     /// The message's payload.
     pub fn value(&self) -> &Bytes {
-        &self.value
+        &self.fields.value
     }
 
     /// The message's headers, in published order.
     pub fn headers(&self) -> &[(String, Bytes)] {
-        &self.headers
+        &self.fields.headers
     }
 
     /// The message's timestamp, in ms since the Unix epoch.
     pub fn timestamp_ms(&self) -> i64 {
-        self.timestamp_ms
+        self.fields.timestamp_ms
     }
 
     /// 1 for the first delivery of this message to the group, 2 for the first
     /// redelivery, and so on.
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        self.fields.attempt
     }
 
     /// The ack deadline given by the broker, in ms since the Unix epoch (broker clock),
     /// as of this delivery (extensions are not reflected).
     pub fn deadline_ms(&self) -> i64 {
-        self.deadline_ms
+        self.fields.deadline_ms
     }
 
     /// Whether this message came on a stream that has since been replaced (after a
@@ -875,7 +868,7 @@ impl StreamTask {
             let headers: Vec<(String, Bytes)> =
                 d.headers.into_iter().map(|h| (h.key, h.value)).collect();
             out.push(self.message(
-                MessageParts {
+                MessageFields {
                     partition: d.partition,
                     offset: d.offset,
                     key: d.key,
@@ -926,7 +919,7 @@ impl StreamTask {
                 .map(|(k, v)| (k.to_owned(), run.records.slice_ref(v)))
                 .collect();
             out.push(self.message(
-                MessageParts {
+                MessageFields {
                     partition: run.partition,
                     offset: r.offset,
                     key: r.key.map(|k| run.records.slice_ref(k)),
@@ -951,23 +944,16 @@ impl StreamTask {
         Ok(())
     }
 
-    fn message(&self, parts: MessageParts, ack: AckRef, generation: u64) -> Message {
-        let size = parts.key.as_ref().map_or(0, Bytes::len)
-            + parts.value.len()
-            + parts
+    fn message(&self, fields: MessageFields, ack: AckRef, generation: u64) -> Message {
+        let size = fields.key.as_ref().map_or(0, Bytes::len)
+            + fields.value.len()
+            + fields
                 .headers
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
         Message {
-            partition: Partition(parts.partition),
-            offset: Offset(parts.offset),
-            key: parts.key,
-            value: parts.value,
-            headers: parts.headers,
-            timestamp_ms: parts.timestamp_ms,
-            attempt: parts.attempt,
-            deadline_ms: parts.deadline_ms,
+            fields,
             ack,
             size,
             generation,
@@ -978,7 +964,8 @@ impl StreamTask {
 }
 
 /// A message's fields, from a `Delivery` or a run's record.
-struct MessageParts {
+#[derive(Debug)]
+struct MessageFields {
     partition: u32,
     offset: u64,
     key: Option<Bytes>,
