@@ -106,7 +106,7 @@ pub struct OutDelivery {
 }
 
 /// What one response delivers: single messages, and (to members that joined with
-/// batched deliveries) runs of messages sent with their stored batch.
+/// batched deliveries) runs of messages sent as a slice of their stored batch.
 #[derive(Debug, Default)]
 pub struct OutDeliveries {
     pub singles: Vec<OutDelivery>,
