@@ -103,6 +103,18 @@ async fn send(m: &Member, request: v1::subscribe_request::Request) {
     .unwrap();
 }
 
+/// Acks run messages by `ranges`.
+async fn ack_ranges(m: &Member, ranges: Vec<v1::AckRange>) {
+    send(
+        m,
+        v1::subscribe_request::Request::Ack(v1::Ack {
+            ack_ids: Vec::new(),
+            ranges,
+        }),
+    )
+    .await;
+}
+
 fn range(partition: u32, first_offset: u64, count: u32, first_delivery: u64) -> v1::AckRange {
     v1::AckRange {
         partition,
@@ -158,14 +170,7 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
     } else {
         (0..150).map(|o| range(0, o, 1, delivery_of(o))).collect()
     };
-    send(
-        &m,
-        v1::subscribe_request::Request::Ack(v1::Ack {
-            ack_ids: Vec::new(),
-            ranges,
-        }),
-    )
-    .await;
+    ack_ranges(&m, ranges).await;
     assert!(
         eventually(WAIT, || {
             let mut c = c.clone();
@@ -200,28 +205,14 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
     let mut ranges: Vec<v1::AckRange> =
         (151..300).map(|o| range(0, o, 1, delivery_of(o))).collect();
     ranges.push(range(0, 150, 1, delivery_of(150)));
-    send(
-        &m,
-        v1::subscribe_request::Request::Ack(v1::Ack {
-            ack_ids: Vec::new(),
-            ranges,
-        }),
-    )
-    .await;
+    ack_ranges(&m, ranges).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         committed(&mut c, "g").await,
         150,
         "a stale range acks nothing"
     );
-    send(
-        &m,
-        v1::subscribe_request::Request::Ack(v1::Ack {
-            ack_ids: Vec::new(),
-            ranges: vec![range(0, 150, 1, again.first_delivery)],
-        }),
-    )
-    .await;
+    ack_ranges(&m, vec![range(0, 150, 1, again.first_delivery)]).await;
     assert!(
         eventually(WAIT, || {
             let mut c = c.clone();
