@@ -36,9 +36,9 @@ const CHANNEL_BATCHES: usize = 16;
 /// Most commands (acks, nacks...) the stream task merges into one pass.
 const MAX_COMMANDS_PER_PASS: usize = 1024;
 
-/// Most messages one ack range names: the broker's limit (`MAX_ACK_RANGE`, the most a
-/// member can hold in flight).
-const MAX_ACK_RANGE: u32 = 65_536;
+/// Most messages one ack range names: the broker's limit (the most a member can hold in
+/// flight).
+use herald_broker::groups::MAX_ACK_RANGE;
 
 /// Settings of a [`Consumer`]; made by [`ConsumerConfig::new`] and adjusted with its
 /// builder methods.
@@ -362,38 +362,59 @@ struct AckSet {
     ranges: Vec<v1::AckRange>,
 }
 
-impl AckSet {
-    fn push(&mut self, ack: AckRef) {
-        match ack {
-            AckRef::Id(id) => self.ids.push(id),
+impl AckRef {
+    /// The range naming just this run message; `None` for a single delivery's id.
+    fn range(&self) -> Option<v1::AckRange> {
+        match *self {
+            AckRef::Id(_) => None,
             AckRef::Run {
                 partition,
                 offset,
                 delivery,
-            } => {
-                if let Some(last) = self.ranges.last_mut() {
-                    let count = u64::from(last.count);
-                    if last.partition == partition
-                        && last.first_offset + count == offset
-                        && last.first_delivery + count == delivery
-                        && last.count < MAX_ACK_RANGE
-                    {
-                        last.count += 1;
-                        return;
-                    }
-                }
-                self.ranges.push(v1::AckRange {
-                    partition,
-                    first_offset: offset,
-                    count: 1,
-                    first_delivery: delivery,
-                });
+            } => Some(v1::AckRange {
+                partition,
+                first_offset: offset,
+                count: 1,
+                first_delivery: delivery,
+            }),
+        }
+    }
+}
+
+impl AckSet {
+    fn push(&mut self, ack: AckRef) {
+        let Some(next) = ack.range() else {
+            if let AckRef::Id(id) = ack {
+                self.ids.push(id);
+            }
+            return;
+        };
+        if let Some(last) = self.ranges.last_mut() {
+            let count = u64::from(last.count);
+            if last.partition == next.partition
+                && last.first_offset + count == next.first_offset
+                && last.first_delivery + count == next.first_delivery
+                && last.count < MAX_ACK_RANGE
+            {
+                last.count += 1;
+                return;
             }
         }
+        self.ranges.push(next);
     }
 
     fn is_empty(&self) -> bool {
         self.ids.is_empty() && self.ranges.is_empty()
+    }
+}
+
+impl FromIterator<AckRef> for AckSet {
+    fn from_iter<I: IntoIterator<Item = AckRef>>(acks: I) -> AckSet {
+        let mut set = AckSet::default();
+        for ack in acks {
+            set.push(ack);
+        }
+        set
     }
 }
 
@@ -703,15 +724,13 @@ impl StreamTask {
                 }
                 () = tick(&mut extend_timer) => {
                     if !self.held.is_empty() {
-                        let mut acks = AckSet::default();
+                        // Sorted, so consecutive run messages merge into ranges.
                         let mut held: Vec<&AckRef> = self.held.iter().collect();
                         held.sort_unstable_by_key(|ack| match ack {
                             AckRef::Run { partition, offset, .. } => (*partition, *offset),
                             AckRef::Id(_) => (u32::MAX, u64::MAX),
                         });
-                        for ack in held {
-                            acks.push(ack.clone());
-                        }
+                        let acks: AckSet = held.into_iter().cloned().collect();
                         let extend = v1::Extend {
                             ack_ids: acks.ids,
                             ranges: acks.ranges,
@@ -789,21 +808,10 @@ impl StreamTask {
                         ..
                     } => {
                         self.held.remove(&ack);
-                        let (ack_id, range) = match ack {
-                            AckRef::Id(id) => (id, None),
-                            AckRef::Run {
-                                partition,
-                                offset,
-                                delivery,
-                            } => (
-                                Bytes::new(),
-                                Some(v1::AckRange {
-                                    partition,
-                                    first_offset: offset,
-                                    count: 1,
-                                    first_delivery: delivery,
-                                }),
-                            ),
+                        let range = ack.range();
+                        let ack_id = match ack {
+                            AckRef::Id(id) => id,
+                            AckRef::Run { .. } => Bytes::new(),
                         };
                         others.push(Request::Nack(v1::Nack {
                             ack_id,
@@ -813,10 +821,7 @@ impl StreamTask {
                         }));
                     }
                     Command::Extend { acks, extra_ms, .. } => {
-                        let mut set = AckSet::default();
-                        for ack in acks {
-                            set.push(ack);
-                        }
+                        let set: AckSet = acks.into_iter().collect();
                         others.push(Request::Extend(v1::Extend {
                             ack_ids: set.ids,
                             ranges: set.ranges,
