@@ -16,4 +16,5 @@ pub mod partition;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod task_writer;
 pub mod topic;

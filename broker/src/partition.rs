@@ -1,5 +1,6 @@
-//! A partition of a topic: its log's writer thread (group commit), its lock-free reader, and
-//! the high-watermark signal that wakes tailing fetches.
+//! A partition of a topic: its log's writer (a thread with group commit under fsync
+//! `always`, a task on the runtime otherwise), its lock-free reader, and the
+//! high-watermark signal that wakes tailing fetches.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,10 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::error::{BrokerError, Result};
 use crate::storage::{
-    Appended, Committer, CommitterHandle, LogConfig, LogReader, LogWriter, StorageError,
-    ValidatedBatch, WriterStats, committer,
+    Appended, Committer, CommitterHandle, FsyncPolicy, LogConfig, LogReader, LogWriter,
+    StorageError, ValidatedBatch, WriterStats, committer,
 };
+use crate::task_writer::{TaskWriter, TaskWriterHandle};
 
 /// Bytes of publishes that may be queued for one partition's writer at once. A publisher
 /// past it waits (asynchronously) for room: this is the broker's memory bound per partition.
@@ -21,16 +23,19 @@ const QUEUED_BYTES_MIN_CHARGE: usize = QUEUED_BYTES_MAX / committer::QUEUE_DEPTH
 
 pub struct Partition {
     pub id: u32,
-    handle: CommitterHandle,
+    appender: Appender,
+    reader: LogReader,
     /// Taken once, by `close`; never touched on the publish or read path.
-    committer: Mutex<Option<Committer>>,
+    owner: Mutex<Option<Owner>>,
     high_watermark: watch::Receiver<u64>,
     queued_bytes: Arc<Semaphore>,
     stats: Arc<WriterStats>,
 }
 
 impl Partition {
-    /// Opens (recovering) the partition log in `dir` and starts its writer thread.
+    /// Opens (recovering) the partition log in `dir` and starts its writer: a task on the
+    /// current runtime under fsync `never`/`interval`, a thread under `always` or outside a
+    /// runtime.
     pub fn open(
         dir: &Path,
         id: u32,
@@ -39,21 +44,47 @@ impl Partition {
     ) -> Result<Partition> {
         let writer = LogWriter::open(dir, log_config)?;
         let (tx, rx) = watch::channel(writer.high_watermark());
-        let committer = Committer::start_with_hook(writer, max_batch_bytes, move |hw| {
+        let reader = writer.reader();
+        let stats = writer.stats();
+        let on_commit = move |hw| {
             tx.send_replace(hw);
-        })?;
+        };
+        // A commit that never waits for the disk is cheapest on the runtime (no thread
+        // hand-off); one that flushes keeps its thread. Outside a runtime (tools, tests of
+        // the storage layer) there is only the thread.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let (appender, owner) = match runtime {
+            Some(runtime) if writer.config().fsync != FsyncPolicy::Always => {
+                let task = TaskWriter::start(writer, &runtime, on_commit)?;
+                (Appender::Task(task.handle()), Owner::Task(task))
+            }
+            _ => {
+                let committer = Committer::start_with_hook(writer, max_batch_bytes, on_commit)?;
+                (
+                    Appender::Thread(committer.handle()),
+                    Owner::Thread(committer),
+                )
+            }
+        };
         Ok(Partition {
             id,
-            handle: committer.handle(),
-            stats: committer.stats(),
-            committer: Mutex::new(Some(committer)),
+            appender,
+            reader,
+            stats,
+            owner: Mutex::new(Some(owner)),
             high_watermark: rx,
             queued_bytes: Arc::new(Semaphore::new(QUEUED_BYTES_MAX)),
         })
     }
 
     pub fn reader(&self) -> &LogReader {
-        self.handle.reader()
+        &self.reader
+    }
+
+    /// Whether the writer is a task on the runtime (fsync `never` or `interval`) rather
+    /// than a thread.
+    pub fn writer_is_task(&self) -> bool {
+        matches!(self.appender, Appender::Task(_))
     }
 
     /// A receiver that changes whenever the high watermark moves.
@@ -77,12 +108,16 @@ impl Partition {
             .await
             .map_err(|_| BrokerError::Unavailable("the partition is closing".into()))?;
         let (tx, rx) = oneshot::channel();
-        self.handle.try_append_with(batch, move |result| {
+        let reply = move |result| {
             // The room is given back as soon as the writer is done with the batch, whether
             // or not anyone still waits for the answer.
             drop(permit);
             let _ = tx.send(result);
-        });
+        };
+        match &self.appender {
+            Appender::Thread(handle) => handle.try_append_with(batch, reply),
+            Appender::Task(handle) => handle.try_append_with(batch, reply),
+        }
         Ok(async move {
             match rx.await {
                 Ok(result) => Ok(result?),
@@ -102,9 +137,10 @@ impl Partition {
     /// checkpoint. Blocks: call it off the async runtime.
     pub fn close(&self) -> Result<(), StorageError> {
         self.queued_bytes.close();
-        let committer = self.committer.lock().map(|mut c| c.take()).unwrap_or(None);
-        match committer {
-            Some(committer) => committer.close(),
+        let owner = self.owner.lock().map(|mut c| c.take()).unwrap_or(None);
+        match owner {
+            Some(Owner::Thread(committer)) => committer.close(),
+            Some(Owner::Task(task)) => task.close(),
             None => Ok(()),
         }
     }
@@ -115,5 +151,82 @@ impl Partition {
             WriterStats::get(&self.stats.flushes),
             WriterStats::get(&self.stats.flush_nanos) as f64 / 1e9,
         )
+    }
+}
+
+/// Where a partition's appends go.
+enum Appender {
+    Thread(CommitterHandle),
+    Task(TaskWriterHandle),
+}
+
+/// What `close` stops.
+enum Owner {
+    Thread(Committer),
+    Task(TaskWriter),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::storage::batch::{BatchBuilder, Record};
+
+    fn batch(value: &[u8]) -> ValidatedBatch {
+        let mut b = BatchBuilder::default();
+        b.push(&Record {
+            timestamp: 1,
+            key: None,
+            value,
+            headers: &[],
+        });
+        ValidatedBatch::new(Bytes::from(b.finish()), usize::MAX).unwrap()
+    }
+
+    fn open(dir: &Path, fsync: FsyncPolicy) -> Partition {
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            fsync,
+            ..LogConfig::default()
+        };
+        Partition::open(dir, 0, config, 1 << 20).unwrap()
+    }
+
+    /// Each policy gets the writer it is meant to, and both kinds append, publish the
+    /// watermark and close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writer_kind_follows_the_fsync_policy() {
+        for (fsync, task) in [
+            (FsyncPolicy::Never, true),
+            (FsyncPolicy::Interval(Duration::from_millis(10)), true),
+            (FsyncPolicy::Always, false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let partition = open(dir.path(), fsync);
+            assert_eq!(partition.writer_is_task(), task, "{fsync:?}");
+            let mut hw = partition.watch_high_watermark();
+            assert_eq!(partition.append(batch(b"a")).await.unwrap().base_offset, 0);
+            assert_eq!(partition.append(batch(b"b")).await.unwrap().base_offset, 1);
+            hw.wait_for(|hw| *hw == 2).await.unwrap();
+            assert_eq!(partition.reader().high_watermark(), 2);
+            let partition = Arc::new(partition);
+            let closing = partition.clone();
+            tokio::task::spawn_blocking(move || closing.close())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(partition.append(batch(b"c")).await.is_err());
+        }
+    }
+
+    #[test]
+    fn outside_a_runtime_the_writer_is_a_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path(), FsyncPolicy::Never);
+        assert!(!partition.writer_is_task());
+        partition.close().unwrap();
     }
 }

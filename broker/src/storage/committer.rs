@@ -32,9 +32,10 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// and pay nearly twice the flushes. A flush costs 0.3–2 ms here, so the wait is cheap.
 const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// How often retention runs.
-const RETENTION_EVERY: Duration = Duration::from_secs(10);
+pub const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
-type Reply = Box<dyn FnOnce(Result<Appended>) + Send>;
+/// Answers one appender, on the writer's thread.
+pub type Reply = Box<dyn FnOnce(Result<Appended>) + Send>;
 
 enum Request {
     Append { batch: ValidatedBatch, reply: Reply },
@@ -181,6 +182,20 @@ impl CommitterHandle {
     }
 }
 
+/// Answers every appender of a group with its append's result, or with the commit's
+/// failure for those whose append succeeded.
+pub fn answer(group: &mut Vec<(Result<Appended>, Reply)>, committed: &Result<u64>) {
+    for (result, reply) in group.drain(..) {
+        reply(match (committed, result) {
+            (Ok(_), result) => result,
+            (Err(e), Ok(_)) => Err(StorageError::Poisoned {
+                reason: e.to_string(),
+            }),
+            (Err(_), Err(e)) => Err(e),
+        });
+    }
+}
+
 fn closed() -> StorageError {
     StorageError::Poisoned {
         reason: "the partition writer has stopped".into(),
@@ -235,15 +250,7 @@ fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {
             if let Ok(high_watermark) = committed {
                 on_commit(high_watermark);
             }
-            for (result, reply) in group.drain(..) {
-                reply(match (&committed, result) {
-                    (Ok(_), result) => result,
-                    (Err(e), Ok(_)) => Err(StorageError::Poisoned {
-                        reason: e.to_string(),
-                    }),
-                    (Err(_), Err(e)) => Err(e),
-                });
-            }
+            answer(&mut group, &committed);
         }
         if close.is_some() {
             break;

@@ -391,6 +391,37 @@ impl LogWriter {
         Ok(self.committed_offset)
     }
 
+    /// Publishes every appended batch without flushing, whatever the policy, and returns
+    /// the new high watermark. For a writer that must not block on a flush (fsync `never`
+    /// or `interval`, run on an async runtime): it calls [`tick`](Self::tick) itself, off
+    /// the runtime, once [`flush_due`](Self::flush_due) says so. Under `always` this would
+    /// publish unflushed data, so it is refused.
+    pub fn commit_unflushed(&mut self) -> Result<u64> {
+        self.check_poisoned()?;
+        if self.config.fsync == FsyncPolicy::Always {
+            return Err(StorageError::InvalidConfig(
+                "commit_unflushed under fsync always would acknowledge unflushed data".into(),
+            ));
+        }
+        if self.next_offset != self.committed_offset {
+            self.publish();
+        }
+        Ok(self.committed_offset)
+    }
+
+    /// Under `interval`: whether something is unflushed and the interval has passed, so
+    /// that [`tick`](Self::tick) would flush.
+    pub fn flush_due(&self) -> bool {
+        matches!(self.config.fsync, FsyncPolicy::Interval(every)
+            if self.flushed_pos < self.write_pos && self.last_flush.elapsed() >= every)
+    }
+
+    /// Whether appending a batch of `len` bytes rolls the segment first (which creates
+    /// files and, unless the policy is `never`, flushes and syncs).
+    pub fn append_rolls(&self, len: usize) -> bool {
+        self.write_pos > 0 && self.write_pos + len as u64 > self.active().capacity()
+    }
+
     /// Appends one batch and commits it.
     pub fn append_and_commit(&mut self, batch: ValidBatch<'_>) -> Result<Appended> {
         let appended = self.append(batch)?;
