@@ -5,6 +5,7 @@ mod groups;
 mod metrics;
 mod service;
 mod status;
+mod subscribe_route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,14 +110,17 @@ impl Broker {
             })?;
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
         groups.start();
-        let herald = HeraldServer::new(HeraldService::new(
-            registry.clone(),
-            groups.clone(),
-            metrics.clone(),
-            stop_rx,
-        ))
-        .max_decoding_message_size(message_max)
-        .max_encoding_message_size(message_max.max(FETCH_MAX_BYTES_CAP + REQUEST_OVERHEAD_BYTES));
+        // The generated server, with Subscribe's responses written by the route itself.
+        let herald = subscribe_route::SubscribeRoute::new(
+            Arc::new(HeraldService::new(
+                registry.clone(),
+                groups.clone(),
+                metrics.clone(),
+                stop_rx,
+            )),
+            message_max,
+            message_max.max(FETCH_MAX_BYTES_CAP + REQUEST_OVERHEAD_BYTES),
+        );
         // `serve_with_incoming` leaves Nagle on unless asked: with it, small acks wait for
         // the peer's delayed ACK (tens of ms).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

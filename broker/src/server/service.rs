@@ -31,7 +31,7 @@ pub const FETCH_MAX_BYTES_CAP: usize = 3 * 1024 * 1024;
 /// Publishes of one PublishStream that may be awaiting their commit at once.
 const PUBLISH_STREAM_IN_FLIGHT: usize = 1024;
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 type PendingReply =
     Pin<Box<dyn std::future::Future<Output = (u64, Result<v1::PublishResponse, Status>)> + Send>>;
 
@@ -679,13 +679,24 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<Streaming<v1::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.subscribe_stream(request).map(Response::new)
+    }
+}
+
+impl HeraldService {
+    /// Starts a Subscribe member; its responses are the returned stream. Both the trait
+    /// method and the route that writes Subscribe's body itself come here.
+    pub(super) fn subscribe_stream(
+        &self,
+        request: Request<Streaming<v1::SubscribeRequest>>,
+    ) -> Result<BoxStream<v1::SubscribeResponse>, Status> {
         let slot = self.open_stream(&request)?;
-        Ok(Response::new(super::groups::subscribe(
+        Ok(super::groups::subscribe(
             self.groups.clone(),
             request.into_inner(),
             slot,
             self.shutdown.clone(),
-        )))
+        ))
     }
 }
 

@@ -1,0 +1,401 @@
+//! Subscribe's responses written to HTTP/2 without tonic's encode buffer.
+//!
+//! Why. tonic encodes every response message into one contiguous buffer before hyper hands
+//! it to HTTP/2, so a delivery run's records (a slice of the mapped log) are copied once
+//! more on their way to the socket. At 1 KiB records that copy was the broker's largest
+//! single cost of consuming. Here a response becomes a list of chunks: the protobuf framing
+//! in small buffers, and each run's records as the `Bytes` that points into the mapping.
+//! h2 sends a large chunk as its own DATA frame(s) with vectored writes, so the records go
+//! from the page cache to the socket with the kernel's copy alone.
+//!
+//! How. [`SubscribeRoute`] wraps the generated `HeraldServer` under the same service name.
+//! It answers `/herald.v1.Herald/Subscribe` itself (same request decoding, same
+//! [`HeraldService::subscribe_stream`], same trailers as tonic) and passes every other
+//! path to the generated server. The bytes on the wire are the protobuf encoding of the
+//! same `SubscribeResponse` messages (fields in a different order within a `DeliveryRun`
+//! is still the same message), so every gRPC client reads them unchanged.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_proto::v1;
+use herald_proto::{HeraldServer, SERVICE_NAME};
+use http_body::Frame;
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use tonic::body::Body;
+use tonic::codec::{Codec, Streaming};
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic::{Request, Status};
+
+use super::service::{BoxStream, HeraldService};
+
+/// The gRPC path this route answers itself.
+const SUBSCRIBE_PATH: &str = "/herald.v1.Herald/Subscribe";
+/// Records of a run shorter than this are copied into the framing buffer: a separate DATA
+/// frame (9 bytes of header, one more write) costs more than copying a few KiB.
+const INLINE_RECORDS_BYTES: usize = 4096;
+/// `SubscribeResponse.deliveries`, `Deliveries.deliveries`, `Deliveries.runs` and
+/// `DeliveryRun.records`: the field numbers of subscribe.proto this encoder writes itself.
+const RESPONSE_DELIVERIES_TAG: u32 = 2;
+const DELIVERIES_SINGLES_TAG: u32 = 1;
+const DELIVERIES_RUNS_TAG: u32 = 2;
+const RUN_RECORDS_TAG: u32 = 9;
+/// The gRPC length prefix: a compression flag byte and a big-endian u32.
+const GRPC_PREFIX_BYTES: usize = 5;
+
+/// The generated Herald server with Subscribe answered by [`SubscribeBody`].
+#[derive(Clone)]
+pub struct SubscribeRoute {
+    inner: HeraldServer<HeraldService>,
+    service: Arc<HeraldService>,
+    /// Largest request message accepted, as the generated server is configured.
+    max_decoding_message_size: usize,
+}
+
+impl SubscribeRoute {
+    pub fn new(service: Arc<HeraldService>, max_decoding: usize, max_encoding: usize) -> Self {
+        SubscribeRoute {
+            inner: HeraldServer::from_arc(service.clone())
+                .max_decoding_message_size(max_decoding)
+                .max_encoding_message_size(max_encoding),
+            service,
+            max_decoding_message_size: max_decoding,
+        }
+    }
+}
+
+impl NamedService for SubscribeRoute {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl Service<http::Request<Body>> for SubscribeRoute {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() != SUBSCRIBE_PATH {
+            let future = self.inner.call(request);
+            return Box::pin(future);
+        }
+        let service = self.service.clone();
+        let max = self.max_decoding_message_size;
+        Box::pin(async move {
+            Ok(match subscribe(&service, request, max) {
+                Ok(body) => {
+                    let mut response = http::Response::new(Body::new(body));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    response
+                }
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
+/// Decodes the request stream as tonic would and starts the member.
+fn subscribe(
+    service: &HeraldService,
+    request: http::Request<Body>,
+    max_decoding: usize,
+) -> Result<SubscribeBody, Status> {
+    // Herald never advertises request compression, so a compressed request is refused
+    // the way tonic refuses an encoding it was not configured for.
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding.as_bytes() != b"identity"
+    {
+        return Err(Status::unimplemented(format!(
+            "Content is compressed with `{}` which isn't supported",
+            String::from_utf8_lossy(encoding.as_bytes())
+        )));
+    }
+    let mut codec =
+        tonic_prost::ProstCodec::<v1::SubscribeResponse, v1::SubscribeRequest>::default();
+    let request =
+        request.map(|body| Streaming::new_request(codec.decoder(), body, None, Some(max_decoding)));
+    let stream = service.subscribe_stream(Request::from_http(request))?;
+    Ok(SubscribeBody {
+        stream,
+        chunks: VecDeque::new(),
+        scratch: BytesMut::new(),
+        ended: false,
+    })
+}
+
+/// The response body of one Subscribe call: its messages as chunks, then the trailers.
+struct SubscribeBody {
+    stream: BoxStream<v1::SubscribeResponse>,
+    /// Chunks of the current message not yet handed to hyper, in order.
+    chunks: VecDeque<Bytes>,
+    /// Where framing is written; chunks are split off it, so it is reused once hyper has
+    /// sent them.
+    scratch: BytesMut,
+    /// The trailers went out.
+    ended: bool,
+}
+
+impl http_body::Body for SubscribeBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Some(chunk) = this.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let status = match this.stream.as_mut().poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(message))) => {
+                encode_chunks(message, &mut this.scratch, &mut this.chunks);
+                let chunk = this.chunks.pop_front().expect("a message has a chunk");
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            Poll::Ready(Some(Err(status))) => status,
+            Poll::Ready(None) => Status::ok(""),
+        };
+        this.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            // Only a message that cannot be a header value fails; say the code alone.
+            trailers = http::HeaderMap::new();
+            let _ = Status::new(status.code(), "").add_header(&mut trailers);
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.chunks.is_empty()
+    }
+}
+
+/// Appends `message` to `out`, gRPC-framed, as chunks: the records of large runs are their
+/// own chunks (the `Bytes` from the log), everything else is written into `scratch`.
+fn encode_chunks(
+    mut message: v1::SubscribeResponse,
+    scratch: &mut BytesMut,
+    out: &mut VecDeque<Bytes>,
+) {
+    let Some(v1::subscribe_response::Response::Deliveries(deliveries)) = &mut message.response
+    else {
+        let len = message.encoded_len();
+        scratch.reserve(GRPC_PREFIX_BYTES + len);
+        put_prefix(scratch, len);
+        message.encode_raw(scratch);
+        out.push_back(scratch.split().freeze());
+        return;
+    };
+    // Each run's records leave the message; the run is written without them, then the
+    // records field by hand, after its other fields.
+    let records: Vec<Bytes> = deliveries
+        .runs
+        .iter_mut()
+        .map(|run| std::mem::take(&mut run.records))
+        .collect();
+    let run_lens: Vec<usize> = deliveries
+        .runs
+        .iter()
+        .zip(&records)
+        .map(|(run, records)| run.encoded_len() + bytes_field_len(RUN_RECORDS_TAG, records.len()))
+        .collect();
+    let deliveries_len = prost::encoding::message::encoded_len_repeated(
+        DELIVERIES_SINGLES_TAG,
+        &deliveries.deliveries,
+    ) + run_lens
+        .iter()
+        .map(|len| key_len(DELIVERIES_RUNS_TAG) + encoded_len_varint(*len as u64) + len)
+        .sum::<usize>();
+    let message_len = key_len(RESPONSE_DELIVERIES_TAG)
+        + encoded_len_varint(deliveries_len as u64)
+        + deliveries_len;
+
+    // Everything but the records sent as chunks of their own goes through `scratch`.
+    let separate: usize = records
+        .iter()
+        .filter(|r| r.len() >= INLINE_RECORDS_BYTES)
+        .map(Bytes::len)
+        .sum();
+    scratch.reserve(GRPC_PREFIX_BYTES + message_len - separate);
+    put_prefix(scratch, message_len);
+    encode_key(RESPONSE_DELIVERIES_TAG, WireType::LengthDelimited, scratch);
+    encode_varint(deliveries_len as u64, scratch);
+    for single in &deliveries.deliveries {
+        prost::encoding::message::encode(DELIVERIES_SINGLES_TAG, single, scratch);
+    }
+    for ((run, records), run_len) in deliveries.runs.iter().zip(records).zip(run_lens) {
+        encode_key(DELIVERIES_RUNS_TAG, WireType::LengthDelimited, scratch);
+        encode_varint(run_len as u64, scratch);
+        run.encode_raw(scratch);
+        encode_key(RUN_RECORDS_TAG, WireType::LengthDelimited, scratch);
+        encode_varint(records.len() as u64, scratch);
+        if records.len() < INLINE_RECORDS_BYTES {
+            scratch.put_slice(&records);
+        } else {
+            out.push_back(scratch.split().freeze());
+            out.push_back(records);
+        }
+    }
+    if !scratch.is_empty() {
+        out.push_back(scratch.split().freeze());
+    }
+}
+
+/// Bytes of a length-delimited field of `len` bytes (proto3 leaves an empty one out).
+fn bytes_field_len(tag: u32, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(len as u64) + len
+    }
+}
+
+fn put_prefix(buf: &mut BytesMut, message_len: usize) {
+    buf.put_u8(0); // not compressed
+    buf.put_u32(u32::try_from(message_len).expect("a response below 4 GiB"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(partition: u32, records: Bytes) -> v1::DeliveryRun {
+        v1::DeliveryRun {
+            partition,
+            first_offset: 1000 + u64::from(partition),
+            count: 3,
+            first_delivery: 77,
+            delivery_attempt: 2,
+            deadline_ms: 1_700_000_000_000,
+            base_offset: 990,
+            first_timestamp_ms: 1_699_999_999_000,
+            records,
+        }
+    }
+
+    fn single(offset: u64) -> v1::Delivery {
+        v1::Delivery {
+            partition: 1,
+            offset,
+            key: Some(Bytes::from_static(b"k")),
+            value: Bytes::from(vec![7u8; 300]),
+            headers: vec![v1::Header {
+                key: "h".into(),
+                value: Bytes::from_static(b"v"),
+            }],
+            timestamp_ms: 5,
+            delivery_attempt: 1,
+            ack_id: Bytes::from_static(b"0123456789abcdef"),
+            deadline_ms: 9,
+        }
+    }
+
+    /// Decodes the chunks as a gRPC client would: the prefix, then one message.
+    fn decode(chunks: &VecDeque<Bytes>) -> v1::SubscribeResponse {
+        let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(whole[0], 0, "not compressed");
+        let len = u32::from_be_bytes(whole[1..5].try_into().unwrap()) as usize;
+        assert_eq!(
+            whole.len(),
+            GRPC_PREFIX_BYTES + len,
+            "the prefix covers the message"
+        );
+        v1::SubscribeResponse::decode(&whole[5..]).unwrap()
+    }
+
+    fn deliveries(singles: Vec<v1::Delivery>, runs: Vec<v1::DeliveryRun>) -> v1::SubscribeResponse {
+        v1::SubscribeResponse {
+            response: Some(v1::subscribe_response::Response::Deliveries(
+                v1::Deliveries {
+                    deliveries: singles,
+                    runs,
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn deliveries_decode_to_the_same_message() {
+        let big = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let small = Bytes::from_static(b"a few records");
+        for message in [
+            deliveries(vec![], vec![run(0, big.clone())]),
+            deliveries(vec![single(1), single(2)], vec![]),
+            deliveries(
+                vec![single(3)],
+                vec![
+                    run(0, big.clone()),
+                    run(1, small.clone()),
+                    run(2, big.clone()),
+                ],
+            ),
+            deliveries(vec![], vec![run(4, small.clone())]),
+            deliveries(vec![], vec![]),
+        ] {
+            let mut chunks = VecDeque::new();
+            encode_chunks(message.clone(), &mut BytesMut::new(), &mut chunks);
+            assert_eq!(decode(&chunks), message);
+        }
+    }
+
+    #[test]
+    fn large_records_are_sent_as_the_same_bytes() {
+        let big = Bytes::from(vec![3u8; 64 * 1024]);
+        let mut chunks = VecDeque::new();
+        encode_chunks(
+            deliveries(vec![], vec![run(0, big.clone()), run(1, big.clone())]),
+            &mut BytesMut::new(),
+            &mut chunks,
+        );
+        let shared = chunks.iter().filter(|c| c.as_ptr() == big.as_ptr()).count();
+        assert_eq!(
+            shared, 2,
+            "each run's records are the log's bytes, not a copy"
+        );
+        assert_eq!(chunks.len(), 4);
+    }
+
+    #[test]
+    fn other_responses_are_one_chunk() {
+        let joined = v1::SubscribeResponse {
+            response: Some(v1::subscribe_response::Response::Joined(v1::Joined {
+                member_id: "m-1".into(),
+                partitions: vec![0, 1, 2],
+                settings: None,
+            })),
+        };
+        let mut chunks = VecDeque::new();
+        encode_chunks(joined.clone(), &mut BytesMut::new(), &mut chunks);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(decode(&chunks), joined);
+    }
+
+    #[test]
+    fn consecutive_messages_reuse_the_scratch_buffer() {
+        let mut scratch = BytesMut::new();
+        let mut chunks = VecDeque::new();
+        let message = deliveries(vec![single(1)], vec![run(0, Bytes::from_static(b"r"))]);
+        encode_chunks(message.clone(), &mut scratch, &mut chunks);
+        encode_chunks(message.clone(), &mut scratch, &mut chunks);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(decode(&VecDeque::from([chunks[0].clone()])), message);
+        assert_eq!(decode(&VecDeque::from([chunks[1].clone()])), message);
+    }
+}
