@@ -602,8 +602,14 @@ struct Driver {
     config: ProducerConfig,
     /// One per partition, made on the first record (when the count is known).
     parts: Vec<PartitionState>,
-    /// Where keyless records go; moves on each time that partition's batch is sealed.
+    /// Where keyless records go; moves on to the next partition once that partition's
+    /// batch is sealed.
     sticky: u32,
+    /// The sticky partition's batch was sealed, so the next keyless record moves `sticky`
+    /// on first. Moving it lazily, once, matters when several batches are sealed together
+    /// (a linger sweep, a flush): moving it at each of those seals walked it through every
+    /// partition back to where it started, and keyless records never left one partition.
+    sticky_sealed: bool,
     next_batch_id: u64,
     /// `send_all` groups not yet settled, by number.
     groups: HashMap<u64, GroupWaiter>,
@@ -641,6 +647,7 @@ impl Driver {
             config,
             parts: Vec::new(),
             sticky: 0,
+            sticky_sealed: false,
             next_batch_id: 0,
             groups: HashMap::new(),
             next_group: 0,
@@ -741,6 +748,16 @@ impl Driver {
         }
     }
 
+    /// The partition a record goes to, moving the sticky partition on first if its batch
+    /// was sealed and this record is keyless.
+    fn place(&mut self, record: &Record) -> u32 {
+        if self.sticky_sealed && record.partition.is_none() && record.key.is_none() {
+            self.sticky = (self.sticky + 1) % self.parts.len() as u32;
+            self.sticky_sealed = false;
+        }
+        self.partition_of(record)
+    }
+
     /// The partition a record goes to.
     fn partition_of(&self, record: &Record) -> u32 {
         let n = self.parts.len() as u32;
@@ -757,7 +774,7 @@ impl Driver {
         permit: OwnedSemaphorePermit,
         ack: oneshot::Sender<Result<Acked>>,
     ) {
-        let p = self.partition_of(&record);
+        let p = self.place(&record);
         let timestamp = if record.timestamp_ms == 0 {
             now_ms()
         } else {
@@ -800,7 +817,7 @@ impl Driver {
             }
         };
         for (index, record) in records.iter().enumerate() {
-            let p = self.partition_of(record);
+            let p = self.place(record);
             let cost = record.cost();
             let timestamp = if record.timestamp_ms == 0 {
                 now
@@ -893,7 +910,7 @@ impl Driver {
             attempts: 0,
         });
         if p == self.sticky {
-            self.sticky = (self.sticky + 1) % self.parts.len() as u32;
+            self.sticky_sealed = true;
         }
     }
 
