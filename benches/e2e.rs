@@ -30,7 +30,8 @@ use herald_broker::config::{Config, FsyncSetting};
 use herald_broker::server::Broker;
 use herald_broker::storage::batch::{BatchBuilder, Record as BatchRecord};
 use herald_client::{
-    Client, ConsumerConfig, FsyncPolicy, Position, Producer, ProducerConfig, Record, TopicConfig,
+    Client, ConsumerConfig, FsyncPolicy, Position, Producer, ProducerConfig, Record, Subscription,
+    TopicConfig,
 };
 use herald_proto::v1;
 use tokio::runtime::Runtime;
@@ -216,12 +217,7 @@ fn e2e_consume(c: &mut Criterion) {
                         let began = Instant::now();
                         let mut received = 0u64;
                         while received < CONSUME_CHUNK {
-                            let message = subscription
-                                .next()
-                                .await
-                                .expect("stream open")
-                                .expect("message");
-                            message.ack().expect("acked");
+                            next_acked(&mut subscription).await;
                             received += 1;
                         }
                         began.elapsed()
@@ -232,6 +228,16 @@ fn e2e_consume(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Receives the subscription's next message and acks it.
+async fn next_acked(subscription: &mut Subscription) {
+    let message = subscription
+        .next()
+        .await
+        .expect("stream open")
+        .expect("message");
+    message.ack().expect("acked");
 }
 
 fn e2e_latency(c: &mut Criterion) {
@@ -251,12 +257,7 @@ fn e2e_latency(c: &mut Criterion) {
             env.rt.block_on(async {
                 let delivery = producer.send(record.clone()).await.expect("queued");
                 producer.flush().await.expect("flushed");
-                let message = subscription
-                    .next()
-                    .await
-                    .expect("stream open")
-                    .expect("message");
-                message.ack().expect("acked");
+                next_acked(&mut subscription).await;
                 delivery.await.expect("acked");
             })
         });

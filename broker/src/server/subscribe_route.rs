@@ -11,9 +11,9 @@
 //! How. [`SubscribeRoute`] wraps the generated `HeraldServer` under the same service name.
 //! It answers `/herald.v1.Herald/Subscribe` itself (same request decoding, same
 //! [`HeraldService::subscribe_stream`], same trailers as tonic) and passes every other
-//! path to the generated server. The bytes on the wire are the protobuf encoding of the
-//! same `SubscribeResponse` messages (fields in a different order within a `DeliveryRun`
-//! is still the same message), so every gRPC client reads them unchanged.
+//! path to the generated server. The bytes on the wire are exactly prost's encoding of the
+//! same `SubscribeResponse` messages (fields in field-number order, a run's records last),
+//! only cut into chunks, so every gRPC client reads them unchanged.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -307,7 +307,8 @@ mod tests {
         }
     }
 
-    /// Decodes the chunks as a gRPC client would: the prefix, then one message.
+    /// Decodes the chunks as a gRPC client would: the prefix, then one message. Checks
+    /// on the way that the message's bytes are exactly what prost encodes for it.
     fn decode(chunks: &VecDeque<Bytes>) -> v1::SubscribeResponse {
         let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         assert_eq!(whole[0], 0, "not compressed");
@@ -317,7 +318,9 @@ mod tests {
             GRPC_PREFIX_BYTES + len,
             "the prefix covers the message"
         );
-        v1::SubscribeResponse::decode(&whole[5..]).unwrap()
+        let message = v1::SubscribeResponse::decode(&whole[5..]).unwrap();
+        assert_eq!(message.encode_to_vec(), whole[5..], "prost's own encoding");
+        message
     }
 
     fn deliveries(singles: Vec<v1::Delivery>, runs: Vec<v1::DeliveryRun>) -> v1::SubscribeResponse {
@@ -332,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_decode_to_the_same_message() {
+    fn deliveries_are_prosts_own_encoding_in_chunks() {
         let big = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
         let small = Bytes::from_static(b"a few records");
         for message in [
