@@ -244,6 +244,10 @@ fn encode_chunks(
         encode_key(DELIVERIES_RUNS_TAG, WireType::LengthDelimited, scratch);
         encode_varint(run_len as u64, scratch);
         run.encode_raw(scratch);
+        // Left out when empty, as `bytes_field_len` counted it (and as proto3 does).
+        if records.is_empty() {
+            continue;
+        }
         encode_key(RUN_RECORDS_TAG, WireType::LengthDelimited, scratch);
         encode_varint(records.len() as u64, scratch);
         if records.len() < INLINE_RECORDS_BYTES {
@@ -350,6 +354,10 @@ mod tests {
                 ],
             ),
             deliveries(vec![], vec![run(4, small.clone())]),
+            deliveries(
+                vec![single(5)],
+                vec![run(5, Bytes::new()), run(6, big.clone())],
+            ),
             deliveries(vec![], vec![]),
         ] {
             let mut chunks = VecDeque::new();
