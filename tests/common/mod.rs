@@ -24,9 +24,72 @@ pub fn test_config(data_dir: &Path) -> Config {
     }
 }
 
-/// Starts a broker (with its metrics endpoint) on `config`.
+/// Starts a broker (with its metrics endpoint) on `config`, with panics recorded (see
+/// [`assert_no_broker_panics`]).
 pub async fn start(config: Config) -> Broker {
+    record_panics();
     Broker::start(config, true).await.expect("broker starts")
+}
+
+/// Shuts a broker down, which must succeed, and fails the test if anything in the broker
+/// panicked meanwhile. Tests use this instead of `broker.shutdown()`.
+pub async fn stop(broker: Broker) {
+    broker
+        .shutdown()
+        .await
+        .expect("the broker shuts down cleanly");
+    assert_no_broker_panics();
+}
+
+/// Panics seen in this test binary outside test code: `(thread, location, message)`.
+static BROKER_PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Installs (once per test binary) a panic hook that records every panic raised outside
+/// the test files themselves, then runs the previous hook. A panic in a broker task is
+/// caught by tokio and would otherwise pass unnoticed: the request fails, the test may
+/// still pass. Panics whose location is under `tests/` are the tests' own assertions.
+pub fn record_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let file = info.location().map_or("", |l| l.file());
+            let in_tests = file.starts_with("tests/") || file.contains("/tests/");
+            if !in_tests {
+                let thread = std::thread::current();
+                let entry = format!(
+                    "thread {:?} panicked at {}: {}",
+                    thread.name().unwrap_or("?"),
+                    info.location()
+                        .map_or_else(|| "?".to_owned(), |l| l.to_string()),
+                    panic_message(info.payload())
+                );
+                BROKER_PANICS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(entry);
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a non-string payload)".to_owned()
+    }
+}
+
+/// Fails if anything outside the test code panicked in this test binary so far. Tests of
+/// one binary run in parallel, so a panic is reported by every test that checks after it.
+#[track_caller]
+pub fn assert_no_broker_panics() {
+    let panics = BROKER_PANICS.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(panics.is_empty(), "the broker panicked: {panics:#?}");
 }
 
 pub async fn client(broker: &Broker) -> HeraldClient<Channel> {
