@@ -21,6 +21,10 @@ use crate::topic::{Topic, TopicMeta, TopicSettings, validate_name};
 
 const TOPICS_DIR: &str = "topics";
 const STAGING_DIR: &str = "staging";
+/// Characters of a topic's name kept in its staging directory's name: enough to recognise
+/// it, short enough that time, sequence and name stay far below the 255-byte file name
+/// limit (a 249-character name plus a prefix would not fit).
+const STAGING_NAME_PREFIX: usize = 64;
 
 pub struct Registry {
     config: Config,
@@ -218,12 +222,28 @@ impl Registry {
             .remove(name)
             .ok_or_else(|| BrokerError::NotFound(format!("topic {name:?} does not exist")))?;
         close_partitions(&topic.partitions);
-        self.partitions_total
-            .fetch_sub(topic.partitions.len(), Ordering::Relaxed);
         let dir = self.topics_dir.join(name);
         let doomed = self.staging_path(name);
-        std::fs::rename(&dir, &doomed)
-            .map_err(|e| BrokerError::io(format!("moving {} out", dir.display()), e))?;
+        if let Err(error) = std::fs::rename(&dir, &doomed) {
+            // The topic is still whole in `topics/`: serve it again rather than let it
+            // vanish until the next start.
+            match self.open_topic(&dir, topic.meta.clone()) {
+                Ok(reopened) => {
+                    self.topics.insert(name.to_owned(), Arc::new(reopened));
+                }
+                Err(reopen) => {
+                    self.partitions_total
+                        .fetch_sub(topic.partitions.len(), Ordering::Relaxed);
+                    tracing::error!(topic = %name, error = %reopen, "reopening a topic whose delete failed");
+                }
+            }
+            return Err(BrokerError::io(
+                format!("moving {} to {}", dir.display(), doomed.display()),
+                error,
+            ));
+        }
+        self.partitions_total
+            .fetch_sub(topic.partitions.len(), Ordering::Relaxed);
         sync_dir(&self.topics_dir)?;
         std::fs::remove_dir_all(&doomed)
             .map_err(|e| BrokerError::io(format!("deleting {}", doomed.display()), e))?;
@@ -231,9 +251,15 @@ impl Registry {
         Ok(())
     }
 
+    /// A fresh directory name under `staging/`: unique by time and sequence, with at most
+    /// `STAGING_NAME_PREFIX` characters of the topic's name for a person reading the
+    /// directory. The whole name stays below the file system's 255-byte limit whatever
+    /// the topic's name (up to 249 characters) is.
     fn staging_path(&self, name: &str) -> PathBuf {
         let seq = self.staging_seq.fetch_add(1, Ordering::Relaxed);
-        self.staging_dir.join(format!("{}-{seq}-{name}", now_ms()))
+        // Names are ASCII (validated), so a byte cut is a character cut.
+        let hint = &name[..name.len().min(STAGING_NAME_PREFIX)];
+        self.staging_dir.join(format!("{}-{seq}-{hint}", now_ms()))
     }
 
     /// Closes every partition: answers queued publishes, flushes, writes clean checkpoints.
