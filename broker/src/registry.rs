@@ -17,7 +17,7 @@ use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
 use crate::storage::sync_dir;
-use crate::topic::{Topic, TopicMeta, TopicSettings, validate_name};
+use crate::topic::{Topic, TopicMeta, TopicSettings, shown, validate_name};
 
 const TOPICS_DIR: &str = "topics";
 const STAGING_DIR: &str = "staging";
@@ -126,7 +126,7 @@ impl Registry {
         self.topics
             .get(name)
             .map(|t| t.clone())
-            .ok_or_else(|| BrokerError::NotFound(format!("topic {name:?} does not exist")))
+            .ok_or_else(|| BrokerError::NotFound(format!("topic {} does not exist", shown(name))))
     }
 
     /// Every topic, sorted by name.
@@ -158,7 +158,8 @@ impl Registry {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         if self.topics.contains_key(name) {
             return Err(BrokerError::AlreadyExists(format!(
-                "topic {name:?} already exists"
+                "topic {} already exists",
+                shown(name)
             )));
         }
         if self.topics.len() >= self.config.max_topics {
@@ -217,10 +218,9 @@ impl Registry {
     pub fn delete(&self, name: &str) -> Result<()> {
         validate_name("topic", name)?;
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, topic) = self
-            .topics
-            .remove(name)
-            .ok_or_else(|| BrokerError::NotFound(format!("topic {name:?} does not exist")))?;
+        let (_, topic) = self.topics.remove(name).ok_or_else(|| {
+            BrokerError::NotFound(format!("topic {} does not exist", shown(name)))
+        })?;
         close_partitions(&topic.partitions);
         let dir = self.topics_dir.join(name);
         let doomed = self.staging_path(name);

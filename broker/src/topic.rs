@@ -15,12 +15,27 @@ pub const MAX_NAME_LEN: usize = 249;
 /// File holding a topic's metadata, in the topic's directory.
 pub const META_FILE: &str = "topic.toml";
 
+/// Characters of a client's input (a name) repeated in an error message: enough to
+/// recognise it, while a 20 KB name does not come back whole (a status message travels in
+/// an HTTP/2 header, which clients cap at a few KiB).
+pub const SHOWN_INPUT_CHARS: usize = 64;
+
+/// `input` quoted for an error message, cut to its first `SHOWN_INPUT_CHARS` characters
+/// with its full length said when longer.
+pub fn shown(input: &str) -> String {
+    match input.char_indices().nth(SHOWN_INPUT_CHARS) {
+        None => format!("{input:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &input[..cut], input.len()),
+    }
+}
+
 /// Checks a topic or group name: 1..=249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
 /// Runs before any path is built from the name.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(BrokerError::InvalidArgument(format!(
-            "invalid {kind} name {name:?}: {why}"
+            "invalid {kind} name {}: {why}",
+            shown(name)
         )))
     };
     if name.is_empty() {
@@ -195,8 +210,8 @@ impl Topic {
     pub fn partition(&self, id: u32) -> Result<&Partition> {
         self.partitions.get(id as usize).ok_or_else(|| {
             BrokerError::NotFound(format!(
-                "topic {:?} has no partition {id} (it has {})",
-                self.meta.name,
+                "topic {} has no partition {id} (it has {})",
+                shown(&self.meta.name),
                 self.partitions.len()
             ))
         })
@@ -243,6 +258,19 @@ mod tests {
         ] {
             assert!(validate_name("topic", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn long_input_is_cut_in_messages() {
+        assert_eq!(shown("orders"), "\"orders\"");
+        let long = "é".repeat(10_000);
+        let cut = shown(&long);
+        assert!(cut.len() < 200, "{cut}");
+        assert!(cut.ends_with("... (20000 bytes)"), "{cut}");
+        let message = validate_name("topic", &"x".repeat(20_000))
+            .unwrap_err()
+            .to_string();
+        assert!(message.len() < 300, "{message}");
     }
 
     /// Test vectors for the documented key hash; the README lists the same.

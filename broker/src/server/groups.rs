@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::stream::{Stream, StreamExt};
 use herald_proto::v1::{self, position::Kind as PositionKind};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -473,6 +473,7 @@ pub fn subscribe<S: Send + 'static>(
     inbound: Streaming<v1::SubscribeRequest>,
     slot: S,
     shutdown: watch::Receiver<bool>,
+    malformed_ack_ids: prometheus::IntCounter,
 ) -> Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse>> + Send>> {
     let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
     let (gone_tx, gone_rx) = oneshot::channel();
@@ -484,7 +485,7 @@ pub fn subscribe<S: Send + 'static>(
         shutdown,
         gone_rx,
         group.clone(),
-        slot,
+        (slot, malformed_ack_ids),
     ));
     Box::pin(MemberStream {
         rx,
@@ -543,7 +544,7 @@ async fn run_member<S>(
     mut shutdown: watch::Receiver<bool>,
     mut gone: oneshot::Receiver<()>,
     shared: Arc<OnceLock<Arc<Group>>>,
-    _slot: S,
+    (_slot, malformed_ack_ids): (S, prometheus::IntCounter),
 ) {
     use v1::subscribe_request::Request;
     let idle = groups.registry().config().idle_stream_timeout();
@@ -599,7 +600,22 @@ async fn run_member<S>(
             Some(Ok(request)) => request,
         };
         let handled = match request.request {
-            Some(Request::Ack(ack)) => group.ack(member, &ack.ack_ids, &ranges(&ack.ranges)),
+            // subscribe.proto: ack ids that name no current delivery are ignored; a
+            // malformed one names none either, so it is ignored too (and counted), rather
+            // than ending the member's stream and moving its partitions.
+            Some(Request::Ack(ack)) => group.ack(
+                member,
+                &well_formed(&ack.ack_ids, &malformed_ack_ids),
+                &ranges(&ack.ranges),
+            ),
+            Some(Request::Nack(nack))
+                if nack.range.is_none()
+                    && !nack.ack_id.is_empty()
+                    && AckId::decode(&nack.ack_id).is_err() =>
+            {
+                malformed_ack_ids.inc();
+                Ok(())
+            }
             Some(Request::Nack(nack)) => match (nack.range, nack.ack_id.is_empty()) {
                 (Some(range), true) => group.nack(
                     member,
@@ -617,7 +633,7 @@ async fn run_member<S>(
             },
             Some(Request::Extend(extend)) => group.extend(
                 member,
-                &extend.ack_ids,
+                &well_formed(&extend.ack_ids, &malformed_ack_ids),
                 &ranges(&extend.ranges),
                 extend.extra_ms,
             ),
@@ -638,6 +654,23 @@ async fn run_member<S>(
         }
     }
     group.leave(member);
+}
+
+/// `ids` without the malformed ones, which are counted; borrowed when all are well formed.
+fn well_formed<'a>(
+    ids: &'a [Bytes],
+    malformed: &prometheus::IntCounter,
+) -> std::borrow::Cow<'a, [Bytes]> {
+    if ids.iter().all(|id| AckId::decode(id).is_ok()) {
+        return std::borrow::Cow::Borrowed(ids);
+    }
+    let kept: Vec<Bytes> = ids
+        .iter()
+        .filter(|id| AckId::decode(id).is_ok())
+        .cloned()
+        .collect();
+    malformed.inc_by((ids.len() - kept.len()) as u64);
+    std::borrow::Cow::Owned(kept)
 }
 
 fn ack_range(range: &v1::AckRange) -> AckRange {

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub fetch_records: IntCounter,
     pub fetch_bytes: IntCounter,
     pub open_streams: IntGauge,
+    /// Ack ids in Ack, Nack and Extend requests that are not ack ids at all (ignored).
+    pub malformed_ack_ids: IntCounter,
     topics: IntGauge,
     partitions: IntGauge,
     fsyncs: IntCounter,
@@ -188,6 +190,11 @@ impl Metrics {
                 .expect("valid metric"),
             open_streams: IntGauge::new("open_streams", "Streaming RPCs open now")
                 .expect("valid metric"),
+            malformed_ack_ids: IntCounter::new(
+                "malformed_ack_ids_total",
+                "Malformed ack ids received on Subscribe streams (ignored)",
+            )
+            .expect("valid metric"),
             topics: IntGauge::new("topics", "Topics").expect("valid metric"),
             partitions: IntGauge::new("partitions", "Partitions across all topics")
                 .expect("valid metric"),
@@ -213,6 +220,7 @@ impl Metrics {
             Box::new(m.fetch_records.clone()),
             Box::new(m.fetch_bytes.clone()),
             Box::new(m.open_streams.clone()),
+            Box::new(m.malformed_ack_ids.clone()),
             Box::new(m.topics.clone()),
             Box::new(m.partitions.clone()),
             Box::new(m.fsyncs.clone()),

@@ -3,6 +3,7 @@
 
 mod groups;
 mod metrics;
+mod request_limit;
 mod service;
 mod status;
 mod subscribe_route;

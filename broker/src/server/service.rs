@@ -15,12 +15,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::Metrics;
+use super::request_limit::{Oversized, OversizedRequests};
 use crate::config::FsyncSetting;
 use crate::error::BrokerError;
 use crate::groups::GroupRegistry;
 use crate::registry::{Registry, now_ms};
 use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
-use crate::topic::{Topic, TopicSettings};
+use crate::topic::{Topic, TopicSettings, shown};
 
 /// Responses a stream may have queued for tonic to send: with `FETCH_MAX_BYTES_CAP` per
 /// response, this bounds one fetch stream's memory.
@@ -406,6 +407,12 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<Streaming<v1::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let slot = self.open_stream(&request)?;
+        // Requests above the size limit arrive as stand-ins (`publish` unset) reported
+        // here, in order; see `request_limit`.
+        let oversized = request
+            .extensions()
+            .get::<OversizedRequests>()
+            .map(|o| o.0.clone());
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let service = self.clone_for_task();
@@ -415,6 +422,13 @@ impl v1::herald_server::Herald for HeraldService {
             let _slot = slot;
             let mut pending: FuturesUnordered<PendingReply> = FuturesUnordered::new();
             let mut inbound_open = true;
+            // Index of the next request read, and the next oversized report not yet
+            // matched to its stand-in.
+            let mut index = 0u64;
+            let mut next_oversized: Option<Oversized> = None;
+            // Set when reading broke: the stream ends with it once every request read has
+            // been answered.
+            let mut broken: Option<Status> = None;
             loop {
                 tokio::select! {
                     // Requests are taken in order and each is queued to its partition before
@@ -430,13 +444,29 @@ impl v1::herald_server::Herald for HeraldService {
                             Err(_) => {}
                             Ok(None) => inbound_open = false,
                             Ok(Some(Err(status))) => {
+                                // Nothing more can be read, but what was read is still
+                                // answered before the stream ends with the reason.
                                 tracing::debug!(%status, "publish stream broke");
-                                break;
+                                inbound_open = false;
+                                broken = Some(status);
                             }
                             Ok(Some(Ok(req))) => {
                                 let sequence = req.sequence;
+                                let this = index;
+                                index += 1;
                                 let queued = match req.publish {
-                                    None => Err(Status::invalid_argument("the request carries no `publish`")),
+                                    None => {
+                                        if next_oversized.is_none() {
+                                            next_oversized = oversized.as_ref().and_then(|o| o.try_recv().ok());
+                                        }
+                                        match next_oversized {
+                                            Some(o) if o.index == this => {
+                                                next_oversized = None;
+                                                Err(o.status())
+                                            }
+                                            _ => Err(Status::invalid_argument("the request carries no `publish`")),
+                                        }
+                                    }
                                     // Waits here while the partition is full: the stream
                                     // stops reading, and HTTP/2 flow control pushes back.
                                     Some(publish) => service.publish_enqueue(publish).await,
@@ -467,6 +497,9 @@ impl v1::herald_server::Herald for HeraldService {
                     }
                     else => break,
                 }
+            }
+            if let Some(status) = broken {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -561,7 +594,7 @@ impl v1::herald_server::Herald for HeraldService {
                                 let status = if *shutdown.borrow() {
                                     Status::unavailable("the broker is shutting down")
                                 } else {
-                                    Status::not_found(format!("topic {:?} was deleted", r.topic))
+                                    Status::not_found(format!("topic {} was deleted", shown(&r.topic)))
                                 };
                                 let _ = tx.send(Err(status)).await;
                                 break;
@@ -696,6 +729,7 @@ impl HeraldService {
             request.into_inner(),
             slot,
             self.shutdown.clone(),
+            self.metrics.malformed_ack_ids.clone(),
         ))
     }
 }

@@ -5,8 +5,36 @@ use tonic::Status;
 use crate::error::BrokerError;
 use crate::storage::StorageError;
 
+/// Longest status message sent, in bytes. Messages name the input they refuse, cut to a
+/// prefix where they are written (`topic::shown`); this is the backstop for any that is
+/// not, as the message travels in an HTTP/2 header that clients cap (tonic at 8 KiB of
+/// headers, grpc-go at 16 KiB).
+const MESSAGE_MAX_BYTES: usize = 1024;
+
 impl From<BrokerError> for Status {
     fn from(error: BrokerError) -> Status {
+        let status = status_of(error);
+        if status.message().len() <= MESSAGE_MAX_BYTES {
+            return status;
+        }
+        let message = status.message();
+        let mut cut = MESSAGE_MAX_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Status::new(
+            status.code(),
+            format!(
+                "{}... (message cut from {} bytes)",
+                &message[..cut],
+                message.len()
+            ),
+        )
+    }
+}
+
+fn status_of(error: BrokerError) -> Status {
+    {
         match error {
             BrokerError::InvalidArgument(m) => Status::invalid_argument(m),
             BrokerError::NotFound(m) => Status::not_found(m),
@@ -73,5 +101,13 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let status = Status::from(BrokerError::NotFound("ü".repeat(5000)));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().len() < MESSAGE_MAX_BYTES + 64);
+        assert!(status.message().ends_with("(message cut from 10000 bytes)"));
     }
 }
