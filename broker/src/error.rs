@@ -21,6 +21,10 @@ pub enum BrokerError {
     /// A size or count limit, or backpressure.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request names something the broker holds but cannot serve in its current
+    /// state, e.g. a topic whose metadata is damaged.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The broker is shutting down.
     #[error("{0}")]
     Unavailable(String),

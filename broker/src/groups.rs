@@ -1495,10 +1495,18 @@ impl GroupRegistry {
             .map_err(|e| BrokerError::io(format!("listing {}", dir.display()), e))?;
         for topic_entry in topics.flatten() {
             let topic_name = topic_entry.file_name().to_string_lossy().into_owned();
-            let Ok(topic) = groups.registry.get(&topic_name) else {
-                tracing::info!(topic = %topic_name, "removing the groups of a deleted topic");
-                let _ = std::fs::remove_dir_all(topic_entry.path());
-                continue;
+            let topic = match groups.registry.get(&topic_name) {
+                Ok(topic) => topic,
+                Err(BrokerError::NotFound(_)) => {
+                    tracing::info!(topic = %topic_name, "removing the groups of a deleted topic");
+                    let _ = std::fs::remove_dir_all(topic_entry.path());
+                    continue;
+                }
+                // A damaged topic is not deleted: its groups wait with it for repair.
+                Err(error) => {
+                    tracing::warn!(topic = %topic_name, %error, "not loading the groups of a topic that is not loaded");
+                    continue;
+                }
             };
             let Ok(entries) = std::fs::read_dir(topic_entry.path()) else {
                 continue;

@@ -1,10 +1,15 @@
 //! The topic registry: every topic of the broker, persisted under `<data_dir>/topics/`.
 //!
 //! Layout: `<data_dir>/topics/<topic>/topic.toml` and `<data_dir>/topics/<topic>/<partition>/`
-//! (a partition log directory). `topic.toml` is written last when a topic is created, so a
-//! directory without it is an interrupted create and is removed at start. A topic is deleted
-//! by moving it into `<data_dir>/staging/` first, whose contents are removed at start, so a
-//! crash never leaves a half-deleted topic in `topics/`.
+//! (a partition log directory). A create first writes a `creating` marker in the new
+//! directory (synced), then the partitions, then `topic.toml`, and removes the marker last:
+//! a directory with the marker is an interrupted create, never acknowledged, and is removed
+//! at start. A directory without the marker whose `topic.toml` is missing, unreadable or
+//! wrong is **damaged**: it is never deleted or overwritten; the broker starts without it
+//! and answers requests for it with FAILED_PRECONDITION naming the file, until an operator
+//! repairs it (README, "Metadata damage and how to recover"). A topic is deleted by moving
+//! it into `<data_dir>/staging/` first, whose contents are removed at start, so a crash
+//! never leaves a half-deleted topic in `topics/`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +26,8 @@ use crate::topic::{Topic, TopicMeta, TopicSettings, shown, validate_name};
 
 const TOPICS_DIR: &str = "topics";
 const STAGING_DIR: &str = "staging";
+/// The file that marks a topic directory as a create in progress.
+const CREATING_MARKER: &str = "creating";
 /// Characters of a topic's name kept in its staging directory's name: enough to recognise
 /// it, short enough that time, sequence and name stay far below the 255-byte file name
 /// limit (a 249-character name plus a prefix would not fit).
@@ -31,6 +38,9 @@ pub struct Registry {
     topics_dir: PathBuf,
     staging_dir: PathBuf,
     topics: DashMap<String, Arc<Topic>>,
+    /// Topics found damaged at start (name → why, naming the file). They are kept on disk
+    /// untouched and answered with FAILED_PRECONDITION; only an operator changes them.
+    damaged: DashMap<String, String>,
     partitions_total: AtomicUsize,
     /// Unique names for staging directories.
     staging_seq: AtomicU64,
@@ -64,6 +74,7 @@ impl Registry {
             topics_dir,
             staging_dir,
             topics: DashMap::new(),
+            damaged: DashMap::new(),
             partitions_total: AtomicUsize::new(0),
             staging_seq: AtomicU64::new(0),
             admin: std::sync::Mutex::new(()),
@@ -81,13 +92,23 @@ impl Registry {
                 tracing::warn!(path = %entry.path().display(), "ignoring a directory that is not a topic");
                 continue;
             }
-            if !entry.path().join(crate::topic::META_FILE).exists() {
-                tracing::warn!(path = %entry.path().display(), "removing a topic whose creation was interrupted");
-                let _ = std::fs::remove_dir_all(entry.path());
+            let path = entry.path();
+            if path.join(CREATING_MARKER).exists() {
+                // Only a create writes the marker, and it is removed before the topic is
+                // served: nothing in here was ever acknowledged.
+                tracing::warn!(path = %path.display(), "removing a topic whose creation was interrupted");
+                let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
-            let meta = TopicMeta::read(&entry.path())?;
-            let topic = registry.open_topic(&entry.path(), meta)?;
+            let meta = match read_meta(&path, &name) {
+                Ok(meta) => meta,
+                Err(reason) => {
+                    tracing::error!(topic = %name, %reason, "not loading a topic with damaged metadata; its files are kept");
+                    registry.damaged.insert(name, reason);
+                    continue;
+                }
+            };
+            let topic = registry.open_topic(&path, meta)?;
             registry
                 .partitions_total
                 .fetch_add(topic.partitions.len(), Ordering::Relaxed);
@@ -123,10 +144,37 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
-        self.topics
-            .get(name)
-            .map(|t| t.clone())
-            .ok_or_else(|| BrokerError::NotFound(format!("topic {} does not exist", shown(name))))
+        if let Some(topic) = self.topics.get(name) {
+            return Ok(topic.clone());
+        }
+        self.check_not_damaged(name)?;
+        Err(BrokerError::NotFound(format!(
+            "topic {} does not exist",
+            shown(name)
+        )))
+    }
+
+    /// FAILED_PRECONDITION, naming the damaged file, if `name` is a damaged topic.
+    fn check_not_damaged(&self, name: &str) -> Result<()> {
+        match self.damaged.get(name) {
+            Some(reason) => Err(BrokerError::FailedPrecondition(format!(
+                "topic {} is not loaded because its metadata is damaged ({}); its files are kept until an operator repairs or removes them",
+                shown(name),
+                reason.value()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Topics found damaged at start, sorted by name, with why.
+    pub fn damaged(&self) -> Vec<(String, String)> {
+        let mut damaged: Vec<_> = self
+            .damaged
+            .iter()
+            .map(|d| (d.key().clone(), d.value().clone()))
+            .collect();
+        damaged.sort();
+        damaged
     }
 
     /// Every topic, sorted by name.
@@ -156,6 +204,7 @@ impl Registry {
         let effective = settings.effective(&self.config);
         effective.validate(&self.config)?;
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_not_damaged(name)?;
         if self.topics.contains_key(name) {
             return Err(BrokerError::AlreadyExists(format!(
                 "topic {} already exists",
@@ -182,17 +231,37 @@ impl Registry {
             created_ms: now_ms(),
             settings,
         };
-        // The partitions are created in place; `topic.toml`, written last, is what makes
-        // the directory a topic. A crash before it leaves a directory that `open` removes.
+        // The partitions are created in place under a `creating` marker, made durable
+        // first; `topic.toml` is written next and the marker removed last. A crash before
+        // that leaves a marked directory, which `open` removes.
         let dir = self.topics_dir.join(name);
+        // Never into a directory that is already there: it holds someone's bytes.
+        std::fs::create_dir(&dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                BrokerError::FailedPrecondition(format!(
+                    "{} already exists but is not a loaded topic; move it away to create topic {}",
+                    dir.display(),
+                    shown(name)
+                ))
+            } else {
+                BrokerError::io(format!("creating {}", dir.display()), e)
+            }
+        })?;
         let build = || -> Result<Topic> {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| BrokerError::io(format!("creating {}", dir.display()), e))?;
+            let marker = dir.join(CREATING_MARKER);
+            std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| BrokerError::io(format!("creating {}", marker.display()), e))?;
+            sync_dir(&dir)?;
+            sync_dir(&self.topics_dir)?;
             let topic = self.open_topic(&dir, meta.clone())?;
             let written = meta
                 .write(&dir)
-                .and_then(|()| Ok(sync_dir(&dir)?))
-                .and_then(|()| Ok(sync_dir(&self.topics_dir)?));
+                .and_then(|()| {
+                    std::fs::remove_file(&marker)
+                        .map_err(|e| BrokerError::io(format!("removing {}", marker.display()), e))
+                })
+                .and_then(|()| Ok(sync_dir(&dir)?));
             if let Err(e) = written {
                 close_partitions(&topic.partitions);
                 return Err(e);
@@ -218,6 +287,8 @@ impl Registry {
     pub fn delete(&self, name: &str) -> Result<()> {
         validate_name("topic", name)?;
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        // A damaged topic's bytes are the operator's to keep or remove, not an API call's.
+        self.check_not_damaged(name)?;
         let (_, topic) = self.topics.remove(name).ok_or_else(|| {
             BrokerError::NotFound(format!("topic {} does not exist", shown(name)))
         })?;
@@ -279,6 +350,31 @@ impl Registry {
             None => Ok(()),
         }
     }
+}
+
+/// A topic directory's metadata, or why it is damaged (naming the file).
+fn read_meta(dir: &Path, name: &str) -> Result<TopicMeta, String> {
+    let path = dir.join(crate::topic::META_FILE);
+    if !path.exists() {
+        return Err(format!("{} is missing", path.display()));
+    }
+    let meta = TopicMeta::read(dir).map_err(|e| e.to_string())?;
+    if meta.name != name {
+        return Err(format!(
+            "{} names topic {}, not the directory's {}",
+            path.display(),
+            shown(&meta.name),
+            shown(name)
+        ));
+    }
+    if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&meta.partitions) {
+        return Err(format!(
+            "{} says {} partitions, outside 1..={MAX_PARTITIONS_PER_TOPIC}",
+            path.display(),
+            meta.partitions
+        ));
+    }
+    Ok(meta)
 }
 
 fn close_partitions(partitions: &[Partition]) {

@@ -41,6 +41,7 @@ fn status_of(error: BrokerError) -> Status {
             BrokerError::AlreadyExists(m) => Status::already_exists(m),
             BrokerError::OutOfRange(m) => Status::out_of_range(m),
             BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            BrokerError::FailedPrecondition(m) => Status::failed_precondition(m),
             BrokerError::Unavailable(m) => Status::unavailable(m),
             BrokerError::Storage(e) => storage_status(e),
             e @ BrokerError::Io { .. } => {
