@@ -3,6 +3,7 @@
 
 mod groups;
 mod metrics;
+mod policy;
 mod request_limit;
 mod service;
 mod status;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 pub use metrics::Metrics;
+pub use policy::{Check, Policy};
 pub use service::{FETCH_MAX_BYTES_CAP, HeraldService};
 
 use crate::config::Config;
@@ -55,6 +57,15 @@ impl Broker {
     /// listeners and starts serving. `config.listen` / `config.metrics_listen` may use port
     /// 0; `serve_metrics = false` skips the metrics endpoint.
     pub async fn start(config: Config, serve_metrics: bool) -> Result<Broker> {
+        Broker::start_with_policy(config, serve_metrics, Policy::default()).await
+    }
+
+    /// [`Broker::start`], with `policy` applied to every gRPC request of every service.
+    pub async fn start_with_policy(
+        config: Config,
+        serve_metrics: bool,
+        policy: Policy,
+    ) -> Result<Broker> {
         config
             .validate()
             .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
@@ -142,6 +153,8 @@ impl Broker {
                 .max_frame_size(Some(HTTP2_MAX_FRAME))
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                // The one place for rules that hold for every RPC (see `policy`).
+                .layer(policy::PolicyLayer::new(policy, message_max))
                 .add_service(herald)
                 .add_service(health_service)
                 .add_service(reflection)

@@ -11,7 +11,9 @@
 //! How. [`SubscribeRoute`] wraps the generated `HeraldServer` under the same service name.
 //! It answers `/herald.v1.Herald/Subscribe` itself (same request decoding, same
 //! [`HeraldService::subscribe_stream`], same trailers as tonic) and passes every other
-//! path to the generated server. The bytes on the wire are exactly prost's encoding of the
+//! path to the generated server. Both sit behind the server's `policy` layer, so every
+//! rule for all RPCs applies to Subscribe too; nothing may be configured on the generated
+//! server alone. The bytes on the wire are exactly prost's encoding of the
 //! same `SubscribeResponse` messages (fields in field-number order, a run's records last),
 //! only cut into chunks, so every gRPC client reads them unchanged.
 
@@ -33,13 +35,10 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::request_limit;
 use super::service::{BoxStream, HeraldService};
 
 /// The gRPC path this route answers itself.
 const SUBSCRIBE_PATH: &str = "/herald.v1.Herald/Subscribe";
-/// The one RPC whose oversized requests are answered one by one rather than refused.
-const PUBLISH_STREAM_PATH: &str = "/herald.v1.Herald/PublishStream";
 /// Records of a run shorter than this are copied into the framing buffer: a separate DATA
 /// frame (9 bytes of header, one more write) costs more than copying a few KiB.
 const INLINE_RECORDS_BYTES: usize = 4096;
@@ -87,17 +86,6 @@ impl Service<http::Request<Body>> for SubscribeRoute {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // Every request message is held to the size limit here, before tonic decodes it,
-        // so an oversized one is RESOURCE_EXHAUSTED on every RPC (and a PublishStream
-        // answers it alone and goes on).
-        let substitute = request.uri().path() == PUBLISH_STREAM_PATH;
-        let (mut parts, body) = request.into_parts();
-        let (body, oversized) =
-            request_limit::limit(body, self.max_decoding_message_size, substitute);
-        if let Some(oversized) = oversized {
-            parts.extensions.insert(oversized);
-        }
-        let request = http::Request::from_parts(parts, body);
         if request.uri().path() != SUBSCRIBE_PATH {
             let future = self.inner.call(request);
             return Box::pin(future);
