@@ -27,6 +27,18 @@ pub const DEFAULT_MAX_PARTITIONS: usize = 8192;
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// A streaming RPC that sends nothing for this long is closed by default.
 pub const DEFAULT_IDLE_STREAM_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// Client connections served at once by default. Each may hold up to the HTTP/2
+/// connection window of received data (`server::HTTP2_CONNECTION_WINDOW`), so this also
+/// bounds what clients can make the broker buffer; further connections wait in the
+/// listen backlog until one closes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Heap the broker may spend by default on responses produced ahead of HTTP/2 flow control
+/// (encoded copies and decoded records of Fetch responses not yet sent), across all
+/// streams. Streams whose readers fall behind wait for room instead of growing memory.
+pub const DEFAULT_RESPONSE_BUFFER_BYTES: usize = 128 * 1024 * 1024;
+/// Smallest response budget: two of the largest fetch responses' worth of encoding, so
+/// one response always fits.
+pub const MIN_RESPONSE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// Default size of one fetch response.
 pub const DEFAULT_FETCH_MAX_BYTES: usize = 1024 * 1024;
 
@@ -56,6 +68,10 @@ pub struct Config {
     pub max_topics: usize,
     pub max_partitions: usize,
     pub max_streams_per_connection: u32,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Broker-wide heap for responses waiting on HTTP/2 flow control.
+    pub response_buffer_bytes: usize,
     pub idle_stream_timeout_ms: u64,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
@@ -87,6 +103,8 @@ impl Default for Config {
             max_topics: DEFAULT_MAX_TOPICS,
             max_partitions: DEFAULT_MAX_PARTITIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            response_buffer_bytes: DEFAULT_RESPONSE_BUFFER_BYTES,
             idle_stream_timeout_ms: DEFAULT_IDLE_STREAM_TIMEOUT_MS,
             log_json: false,
         }
@@ -145,6 +163,15 @@ impl Config {
             return invalid(format!(
                 "max_message_bytes ({}) must not exceed max_batch_bytes ({})",
                 self.max_message_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1".into());
+        }
+        if !(MIN_RESPONSE_BUFFER_BYTES..=u32::MAX as usize).contains(&self.response_buffer_bytes) {
+            return invalid(format!(
+                "response_buffer_bytes must be within {MIN_RESPONSE_BUFFER_BYTES}..={}",
+                u32::MAX
             ));
         }
         if self.max_message_bytes == 0 || self.max_batch_bytes == 0 || self.max_batch_records == 0 {

@@ -1,6 +1,7 @@
 //! Starting and stopping the broker: the gRPC server (Herald, health, reflection), the
 //! metrics endpoint, and graceful shutdown. The only module that knows tonic.
 
+mod connections;
 mod groups;
 mod metrics;
 mod policy;
@@ -135,7 +136,10 @@ impl Broker {
         );
         // `serve_with_incoming` leaves Nagle on unless asked: with it, small acks wait for
         // the peer's delayed ACK (tens of ms).
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = connections::limit(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            config.max_connections,
+        );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server_registry = registry.clone();
         let task = tokio::spawn(async move {

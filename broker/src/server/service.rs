@@ -1,6 +1,7 @@
 //! The `herald.v1.Herald` gRPC service: admin, publish and fetch; the group RPCs are in
 //! `groups`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use herald_proto::v1::{self, position::Kind as PositionKind, publish_request::Payload};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -26,6 +27,10 @@ use crate::topic::{Topic, TopicSettings, shown};
 /// Responses a stream may have queued for tonic to send: with `FETCH_MAX_BYTES_CAP` per
 /// response, this bounds one fetch stream's memory.
 const STREAM_QUEUE: usize = 4;
+/// Fetch responses queued for tonic per stream. One: a response is built when the one
+/// before it has been taken, so a stream whose reader stops holds at most the response in
+/// the queue, the one being built and the ones tonic and h2 hold (`HELD_RESPONSES`).
+const FETCH_QUEUE: usize = 1;
 /// Largest fetch response the broker builds, whatever the client asks: below the 4 MiB
 /// default receive limit of gRPC clients, so a generated client needs no tuning.
 pub const FETCH_MAX_BYTES_CAP: usize = 3 * 1024 * 1024;
@@ -44,6 +49,9 @@ pub struct HeraldService {
     shutdown: watch::Receiver<bool>,
     /// Open streaming RPCs per client connection.
     streams: Arc<DashMap<SocketAddr, u32>>,
+    /// The broker-wide budget, in bytes, for responses produced ahead of HTTP/2 flow
+    /// control (`response_buffer_bytes`); see [`response_cost`].
+    response_budget: Arc<Semaphore>,
 }
 
 /// Counts a stream against its connection's limit until dropped.
@@ -72,10 +80,12 @@ impl HeraldService {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let response_budget = Arc::new(Semaphore::new(registry.config().response_buffer_bytes));
         HeraldService {
             registry,
             groups,
             metrics,
+            response_budget,
             shutdown,
             streams: Arc::new(DashMap::new()),
         }
@@ -532,8 +542,10 @@ impl v1::herald_server::Herald for HeraldService {
         };
         let max_wait = Duration::from_millis(u64::from(r.max_wait_ms));
         let end_at_request = reader.high_watermark();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let (tx, rx) = mpsc::channel::<FetchItem>(FETCH_QUEUE);
         let metrics = self.metrics.clone();
+        let budget = self.response_budget.clone();
+        let budget_bytes = self.registry.config().response_buffer_bytes;
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -551,13 +563,37 @@ impl v1::herald_server::Herald for HeraldService {
                         .await;
                     break;
                 }
-                let response = match reader.read(at, max_bytes) {
+                // A full response needs room in the broker-wide budget, taken while the
+                // chunk is only a view of the mapping. Without room (other streams'
+                // readers lag and their responses still wait on flow control), the
+                // stream goes on with small responses: readers that keep up are never
+                // stopped by those that do not.
+                let mut permit = None;
+                let mut record_bytes_max = usize::MAX;
+                let read = reader.read(at, max_bytes).and_then(|chunk| match chunk {
+                    Some(chunk) if chunk.bytes.len() > FETCH_SMALL_BYTES => {
+                        let cost = response_cost(&chunk, r.raw_batches).min(budget_bytes);
+                        match budget.clone().try_acquire_many_owned(cost as u32) {
+                            Ok(p) => {
+                                permit = Some(p);
+                                Ok(Some(chunk))
+                            }
+                            Err(_) => {
+                                record_bytes_max = FETCH_SMALL_BYTES;
+                                reader.read(at, FETCH_SMALL_BYTES)
+                            }
+                        }
+                    }
+                    other => Ok(other),
+                });
+                let response = match read {
                     Ok(Some(chunk)) => {
                         let range = wanted_range(at, r.follow, end);
                         let response = build_fetch_response(
                             &chunk,
                             range,
                             r.raw_batches,
+                            record_bytes_max,
                             &metrics,
                             reader.start_offset(),
                         );
@@ -569,7 +605,7 @@ impl v1::herald_server::Herald for HeraldService {
                             !r.follow && (sent_any || waited || max_wait.is_zero() || at < end);
                         if done {
                             if !sent_any {
-                                let _ = tx.send(Ok(empty_response(&reader, at))).await;
+                                let _ = tx.send(Ok((empty_response(&reader, at), None))).await;
                             }
                             break;
                         }
@@ -601,7 +637,7 @@ impl v1::herald_server::Herald for HeraldService {
                             }
                             _ = timed => {
                                 if r.follow {
-                                    if tx.send(Ok(empty_response(&reader, at))).await.is_err() {
+                                    if tx.send(Ok((empty_response(&reader, at), None))).await.is_err() {
                                         break;
                                     }
                                     sent_any = true;
@@ -617,7 +653,7 @@ impl v1::herald_server::Herald for HeraldService {
                         break;
                     }
                 };
-                if tx.send(Ok(response)).await.is_err() {
+                if tx.send(Ok((response, permit))).await.is_err() {
                     break;
                 }
                 sent_any = true;
@@ -626,7 +662,10 @@ impl v1::herald_server::Herald for HeraldService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(BudgetedResponses {
+            rx,
+            held: VecDeque::with_capacity(HELD_RESPONSES + 1),
+        })))
     }
 
     async fn create_group(
@@ -742,6 +781,7 @@ impl HeraldService {
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             streams: self.streams.clone(),
+            response_budget: self.response_budget.clone(),
         })
     }
 }
@@ -769,6 +809,72 @@ fn resolve_start(
     })
 }
 
+/// A fetch response on its way to tonic, with its share of the response budget.
+type FetchItem = Result<(v1::FetchResponse, Option<OwnedSemaphorePermit>), Status>;
+
+/// Responses whose budget is held after tonic took them: the last one may still be in
+/// tonic's encode buffer or h2's send buffer (hyper hands h2 a whole encoded message even
+/// beyond the flow-control window), and h2 grants room for the next only once what it
+/// buffered fits the window, so by the time tonic takes a response, the one two before it
+/// is on its way to the socket.
+const HELD_RESPONSES: usize = 2;
+/// Largest fetch response sent outside the response budget, when it is used up: small
+/// enough that every open stream may have a few in flight (`STREAM_QUEUE` +
+/// `HELD_RESPONSES`), large enough to keep a reader moving. A single stored batch larger
+/// than this is still sent whole.
+const FETCH_SMALL_BYTES: usize = 64 * 1024;
+/// Protobuf framing of one decoded record in a fetch response (tags, lengths, offset and
+/// timestamp varints), for the cost estimate.
+const RECORD_FRAMING_BYTES: usize = 32;
+
+/// The heap a fetch response of `chunk` will cost until it is sent: tonic copies the
+/// encoded message into a buffer that grows by doubling (so up to twice its length), and
+/// decoded records each take a `FetchedRecord` while queued. Estimated from the batch
+/// headers alone, before anything is decoded.
+fn response_cost(chunk: &crate::storage::ReadChunk, raw: bool) -> usize {
+    let records: usize = if raw {
+        0
+    } else {
+        batch::batches(&chunk.bytes)
+            .filter_map(Result::ok)
+            .map(|b| b.header.record_count as usize)
+            .sum()
+    };
+    2 * (chunk.bytes.len() + records * RECORD_FRAMING_BYTES)
+        + records * std::mem::size_of::<v1::FetchedRecord>()
+}
+
+/// The response stream of a Fetch: releases each response's budget `HELD_RESPONSES`
+/// responses later (or when the stream is dropped).
+struct BudgetedResponses {
+    rx: mpsc::Receiver<FetchItem>,
+    held: VecDeque<OwnedSemaphorePermit>,
+}
+
+impl Stream for BudgetedResponses {
+    type Item = Result<v1::FetchResponse, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.rx.poll_recv(cx).map(|item| {
+            item.map(|item| {
+                item.map(|(response, permit)| {
+                    if let Some(permit) = permit {
+                        this.held.push_back(permit);
+                        while this.held.len() > HELD_RESPONSES {
+                            this.held.pop_front();
+                        }
+                    }
+                    response
+                })
+            })
+        })
+    }
+}
+
 fn empty_response(reader: &crate::storage::LogReader, at: u64) -> v1::FetchResponse {
     v1::FetchResponse {
         high_watermark: reader.high_watermark(),
@@ -783,10 +889,13 @@ fn wanted_range(at: u64, follow: bool, end: u64) -> std::ops::Range<u64> {
     at..if follow { u64::MAX } else { end.max(at) }
 }
 
+/// A fetch response from `chunk`: whole batches (raw), or the records in `wanted`
+/// decoded, stopping after the record that brings their bytes to `record_bytes_max`.
 fn build_fetch_response(
     chunk: &crate::storage::ReadChunk,
     wanted: std::ops::Range<u64>,
     raw: bool,
+    record_bytes_max: usize,
     metrics: &Metrics,
     log_start_offset: u64,
 ) -> v1::FetchResponse {
@@ -797,8 +906,9 @@ fn build_fetch_response(
         ..Default::default()
     };
     let mut records = 0u64;
+    let mut record_bytes = 0usize;
     let mut at = 0usize;
-    for view in batch::batches(&chunk.bytes) {
+    'batches: for view in batch::batches(&chunk.bytes) {
         // Stored batches were validated on append; a decode error here means the file
         // changed under us, so stop at it rather than send garbage.
         let Ok(view) = view else { break };
@@ -817,6 +927,7 @@ fn build_fetch_response(
                     continue;
                 }
                 records += 1;
+                record_bytes += record.value.len() + record.key.map_or(0, <[u8]>::len);
                 response.records.push(v1::FetchedRecord {
                     offset: record.offset,
                     timestamp_ms: record.timestamp,
@@ -830,6 +941,10 @@ fn build_fetch_response(
                         })
                         .collect(),
                 });
+                if record_bytes >= record_bytes_max {
+                    response.next_offset = record.offset + 1;
+                    break 'batches;
+                }
             }
         }
         at += len;
