@@ -1455,3 +1455,35 @@ async fn a_malformed_ack_id_is_ignored_and_counted() {
     still_serves(&mut c).await;
     stop(broker).await;
 }
+
+/// An oversized request on a Subscribe stream ends it with RESOURCE_EXHAUSTED, not OK.
+#[tokio::test]
+async fn an_oversized_subscribe_request_is_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, mut c) = setup(&dir, limits_config).await;
+    let m = subscribe(&mut c, join("healthy", "g", None)).await.unwrap();
+    let Member { tx, mut rx, .. } = m;
+    tx.send(v1::SubscribeRequest {
+        request: Some(v1::subscribe_request::Request::Ack(v1::Ack {
+            ack_ids: vec![bytes::Bytes::from(vec![1u8; 200_000])],
+            ranges: vec![],
+        })),
+    })
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rx.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(code_of(ended), Code::ResourceExhausted);
+    drop(tx);
+    still_serves(&mut c).await;
+    stop(broker).await;
+}

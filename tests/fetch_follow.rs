@@ -110,7 +110,7 @@ async fn a_follow_fetch_receives_later_publishes_in_order() {
     assert_eq!(late.records[0].offset, 360);
     assert_eq!(late.records[0].value.as_ref(), b"late");
     drop(stream);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -145,7 +145,7 @@ async fn a_follow_fetch_from_an_old_offset_catches_up_then_tails() {
     assert_eq!(new.records.len(), 1);
     assert_eq!(new.records[0].offset, 10);
     drop(stream);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -202,7 +202,7 @@ async fn heartbeats_arrive_when_max_wait_is_set_and_nothing_is_published() {
         "the heartbeat reports the current watermark"
     );
     drop(stream);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// A record as (offset, timestamp, key, value, headers).
@@ -387,7 +387,7 @@ async fn raw_batches_decode_to_the_same_records() {
     assert_eq!(records[0].0, end);
     assert_eq!(records[0].3, b"followed");
     drop(stream);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 async fn first_offset_at(
@@ -455,7 +455,7 @@ async fn a_fetch_by_timestamp_starts_at_the_first_record_at_or_after_it() {
         assert!(responses[0].records.is_empty());
         assert_eq!(responses[0].next_offset, 8);
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// The same over many batches and several segments, so the sparse time index and the
@@ -507,7 +507,7 @@ async fn a_fetch_by_timestamp_searches_across_segments() {
             assert_eq!(first, Some(expected), "timestamp {query}");
         }
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -549,7 +549,7 @@ async fn a_fetch_from_latest_sees_only_new_records() {
     assert_eq!(values, [&b"new0"[..], b"new1", b"new2"]);
     assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), [5, 6, 7]);
     drop(stream);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -586,7 +586,7 @@ async fn a_non_follow_fetch_of_an_empty_partition_returns_one_empty_response() {
             );
         }
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -619,7 +619,7 @@ async fn a_non_follow_fetch_with_max_wait_and_nothing_to_read_ends_after_the_wai
         (responses[0].next_offset, responses[0].high_watermark),
         (1, 1)
     );
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// fetch.proto, max_wait_ms: "Without follow: if nothing is readable at `start`, wait up
@@ -664,7 +664,7 @@ async fn a_non_follow_fetch_with_max_wait_returns_a_record_published_while_it_wa
         assert_eq!(records[0].offset, pre);
         assert_eq!(records[0].value.as_ref(), b"worth the wait");
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -730,7 +730,7 @@ async fn a_non_follow_fetch_ends_at_the_end_offset_of_its_request() {
     }
     assert_eq!(total, 50);
     assert!(responses.len() >= 10, "{} responses", responses.len());
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// herald.proto, DeleteTopic: "Open Fetch and Subscribe streams on it end with NOT_FOUND."
@@ -754,5 +754,5 @@ async fn a_follow_fetch_ends_with_not_found_when_its_topic_is_deleted() {
         .await
         .expect("the stream ends when its topic is deleted");
     assert_eq!(code_of(ended), tonic::Code::NotFound);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

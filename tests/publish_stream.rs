@@ -177,7 +177,7 @@ async fn pipelined_publishes_are_each_answered_once_in_partition_order() {
             .collect();
         assert_eq!(values, expected_values, "partition {p}");
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -287,7 +287,7 @@ async fn a_failed_request_gets_an_error_outcome_and_the_stream_stays_open() {
     let values: Vec<&[u8]> = stored.iter().map(|r| r.value.as_ref()).collect();
     assert_eq!(values, [&b"first"[..], b"second", b"third"]);
     assert!(fetch_all(&mut c, "open", 0, 0).await.unwrap().is_empty());
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// Half-closing right after sending many requests still gets every reply before the OK.
@@ -332,7 +332,7 @@ async fn a_half_close_is_answered_in_full() {
     }
     sequences.sort_unstable();
     assert_eq!(sequences, (0..300).collect::<Vec<_>>());
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// A PublishStream that sends nothing for `idle_stream_timeout_ms` is closed by the broker
@@ -381,7 +381,7 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
         last_sent.elapsed()
     );
     drop(tx);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// A request above the broker's message limit (max_batch_bytes + 64 KiB) in the middle of

@@ -596,7 +596,17 @@ async fn run_member<S>(
             _ = stopped.wait_for(|s| *s) => break,
         };
         let request = match next {
-            None | Some(Err(_)) => break,
+            None => break,
+            // A request refused before decoding (over the size limit) ends the stream
+            // with that reason, not with OK.
+            Some(Err(status)) => {
+                if status.code() == tonic::Code::ResourceExhausted {
+                    let _ = tx.try_send(Err(BrokerError::ResourceExhausted(
+                        status.message().to_owned(),
+                    )));
+                }
+                break;
+            }
             Some(Ok(request)) => request,
         };
         let handled = match request.request {
