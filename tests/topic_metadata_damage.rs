@@ -146,6 +146,8 @@ async fn damaged_topic_metadata_keeps_the_bytes_and_is_failed_precondition() {
         let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["healthy"], "{what}");
         expect_failed_precondition(&mut c, what).await;
+        let (_, metrics) = http_get(broker.metrics_addr.unwrap(), "/metrics").await;
+        assert_eq!(metric_value(&metrics, "herald_damaged_topics"), Some(1.0));
         drop(c);
         stop(broker).await;
         // Not a byte of the damaged topic or its group changed.

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Ack ids in Ack, Nack and Extend requests that are not ack ids at all (ignored).
     pub malformed_ack_ids: IntCounter,
     topics: IntGauge,
+    /// Topics not loaded because their metadata is damaged (see `registry`).
+    damaged_topics: IntGauge,
     partitions: IntGauge,
     fsyncs: IntCounter,
     fsync_seconds: prometheus::Counter,
@@ -196,6 +198,11 @@ impl Metrics {
             )
             .expect("valid metric"),
             topics: IntGauge::new("topics", "Topics").expect("valid metric"),
+            damaged_topics: IntGauge::new(
+                "damaged_topics",
+                "Topics not loaded because their metadata is damaged",
+            )
+            .expect("valid metric"),
             partitions: IntGauge::new("partitions", "Partitions across all topics")
                 .expect("valid metric"),
             fsyncs: IntCounter::new(
@@ -222,6 +229,7 @@ impl Metrics {
             Box::new(m.open_streams.clone()),
             Box::new(m.malformed_ack_ids.clone()),
             Box::new(m.topics.clone()),
+            Box::new(m.damaged_topics.clone()),
             Box::new(m.partitions.clone()),
             Box::new(m.fsyncs.clone()),
             Box::new(m.fsync_seconds.clone()),
@@ -239,6 +247,7 @@ impl Metrics {
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let topics = registry.list();
         self.topics.set(topics.len() as i64);
+        self.damaged_topics.set(registry.damaged().len() as i64);
         self.partitions.set(registry.partitions_total() as i64);
         let (mut flushes, mut seconds) = (0u64, 0f64);
         for topic in &topics {
