@@ -1484,6 +1484,11 @@ async fn an_oversized_subscribe_request_is_resource_exhausted() {
     .expect("the stream ends");
     assert_eq!(code_of(ended), Code::ResourceExhausted);
     drop(tx);
+    // The same for an oversized first message (the Join).
+    let mut huge_join = join("healthy", "g2", None);
+    huge_join.client_id = "c".repeat(200_000);
+    let refused = subscribe(&mut c, huge_join).await;
+    assert_eq!(code_of(refused.map(|m| m.joined)), Code::ResourceExhausted);
     still_serves(&mut c).await;
     stop(broker).await;
 }

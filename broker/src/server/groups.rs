@@ -566,7 +566,15 @@ async fn run_member<S>(
             )));
             return;
         }
-        Ok(Some(Err(_)) | None) => return,
+        Ok(Some(Err(status))) => {
+            if status.code() == tonic::Code::ResourceExhausted {
+                let _ = tx.try_send(Err(BrokerError::ResourceExhausted(
+                    status.message().to_owned(),
+                )));
+            }
+            return;
+        }
+        Ok(None) => return,
         Err(_) => {
             let _ = tx.try_send(Err(invalid(format!(
                 "no Join within {} ms (idle_stream_timeout_ms)",
