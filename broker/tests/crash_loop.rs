@@ -1,5 +1,5 @@
 //! The kill -9 crash loop: the real `herald` binary under keyed publishes and two
-//! consumer groups (acking, sometimes nacking) is SIGKILLed at random moments and
+//! consumer groups (acking, sometimes nacking, members leaving and joining) is SIGKILLed at random moments and
 //! restarted on the same data directory, again and again. After every restart a checker
 //! reads every partition back with Fetch and holds the broker to its promises:
 //!
@@ -60,6 +60,9 @@ const BATCH_MAX: u32 = 4;
 const CONSUMERS_PER_GROUP: u32 = 2;
 /// One in this many deliveries is nacked (while the cycles run; the drain acks all).
 const NACK_ONE_IN: u64 = 8;
+/// A consumer session that leaves on its own takes at least this many deliveries first,
+/// so that leaving and joining stays bounded by the deliveries the load produces.
+const LEAVE_AFTER_MIN: u64 = 20;
 /// The longest a cycle's load runs before the SIGKILL.
 const LOAD_MS_MAX: u64 = 1_500;
 /// The drain fails if the groups neither deliver nor commit anything for this long: a
@@ -204,6 +207,8 @@ struct CycleLog {
     deliveries: Vec<(usize, u32, u64, Bytes)>,
     /// Errors that cannot be blamed on the kill (they came before it).
     failures: Vec<String>,
+    /// Consumer sessions that left on their own (and were replaced).
+    leaves: u32,
 }
 
 /// What the checker knows between cycles.
@@ -281,9 +286,32 @@ async fn kill9_loop_keeps_acked_records_and_groups_drain() {
             for _ in 0..CONSUMERS_PER_GROUP {
                 let client = server.client().await;
                 let (log, killed) = (log.clone(), killed.clone());
-                let task_seed = rng.next();
+                let mut task_rng = Rng(rng.next());
                 consumers.push(tokio::spawn(async move {
-                    consume(client, group, *kind, task_seed, NACK_ONE_IN, &log, &killed).await;
+                    // Three sessions in four leave after a while and a new one joins: the
+                    // group rebalances and hands unsettled messages over, between kills.
+                    loop {
+                        let leave_after = match task_rng.below(4) {
+                            0 => 0,
+                            _ => LEAVE_AFTER_MIN + task_rng.below(LEAVE_AFTER_MIN * 10),
+                        };
+                        let (seed, client) = (task_rng.next(), client.clone());
+                        let left = consume(
+                            client,
+                            group,
+                            *kind,
+                            seed,
+                            NACK_ONE_IN,
+                            leave_after,
+                            &log,
+                            &killed,
+                        )
+                        .await;
+                        if !left || killed.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        log.lock().unwrap().leaves += 1;
+                    }
                 }));
             }
         }
@@ -323,9 +351,10 @@ async fn kill9_loop_keeps_acked_records_and_groups_drain() {
             log.failures.join("\n")
         );
         eprintln!(
-            "{ctx}: killed after {load_ms} ms, {} publishes acknowledged, {} deliveries",
+            "{ctx}: killed after {load_ms} ms, {} publishes acknowledged, {} deliveries, {} members left and were replaced",
             log.acks.len(),
-            log.deliveries.len()
+            log.deliveries.len(),
+            log.leaves
         );
 
         // Restart (the last time under `always`, for the drain) and hold the broker to
@@ -467,16 +496,20 @@ async fn produce(
 }
 
 /// One member of group `group`: joins, records every delivery, nacks one in `nack_one_in`
-/// (none if 0) and acks the rest, until the stream ends.
+/// (none if 0) and acks the rest, until the stream ends. With `leave_after` above 0 it
+/// leaves (closes its stream) once it got that many deliveries, settling the last ones
+/// or, half the time, not, so they move to another member. Returns true if it left.
+#[allow(clippy::too_many_arguments)]
 async fn consume(
     mut client: HeraldClient<Channel>,
     group: usize,
     kind: GroupKind,
     seed: u64,
     nack_one_in: u64,
+    leave_after: u64,
     log: &Mutex<CycleLog>,
     killed: &AtomicBool,
-) {
+) -> bool {
     let mut rng = Rng(seed);
     let (tx, rx) = mpsc::channel(ACK_QUEUE);
     tx.send(v1::SubscribeRequest {
@@ -501,7 +534,9 @@ async fn consume(
                 .failures
                 .push(format!("group {}: {what}", kind.name));
         }
+        false
     };
+    let mut delivered = 0u64;
     let mut stream = match client.subscribe(ReceiverStream::new(rx)).await {
         Ok(response) => response.into_inner(),
         Err(status) => return fail(format!("subscribe failed: {status}")),
@@ -514,12 +549,14 @@ async fn consume(
         // drain's end closes the stream.
         let message = match stream.message().await {
             Ok(Some(message)) => message,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(status) => return fail(format!("stream failed: {status}")),
         };
         let Some(v1::subscribe_response::Response::Deliveries(batch)) = message.response else {
             continue;
         };
+        delivered += batch.deliveries.len() as u64
+            + batch.runs.iter().map(|r| u64::from(r.count)).sum::<u64>();
         let mut settle = Vec::new();
         {
             let mut log = log.lock().unwrap();
@@ -616,10 +653,17 @@ async fn consume(
                 }
             }
         }
+        let leaving = leave_after > 0 && delivered >= leave_after;
+        if leaving && rng.below(2) == 0 {
+            return true;
+        }
         for r in settle {
             if tx.send(request(r)).await.is_err() {
-                return;
+                return false;
             }
+        }
+        if leaving {
+            return true;
         }
     }
 }
@@ -782,7 +826,7 @@ async fn drain(server: &Server, model: &mut Model, ctx: &str) {
             let client = server.client().await;
             let (log, stop) = (log.clone(), stop.clone());
             consumers.push(tokio::spawn(async move {
-                consume(client, group, *kind, u64::from(member), 0, &log, &stop).await;
+                consume(client, group, *kind, u64::from(member), 0, 0, &log, &stop).await;
             }));
         }
     }
