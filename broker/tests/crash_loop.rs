@@ -1,7 +1,8 @@
 //! The kill -9 crash loop: the real `herald` binary under keyed publishes and two
-//! consumer groups (acking, sometimes nacking, members leaving and joining) is SIGKILLed at random moments and
-//! restarted on the same data directory, again and again. After every restart a checker
-//! reads every partition back with Fetch and holds the broker to its promises:
+//! consumer groups (acking, sometimes nacking, members leaving and joining) is SIGKILLed
+//! at random moments and restarted on the same data directory, again and again. After
+//! every restart a checker reads every partition back with Fetch and holds the broker to
+//! its promises:
 //!
 //! - every acknowledged record is at the offset it was acknowledged with, byte for byte,
 //!   under every fsync policy (cycles mix `always`, `interval` and `never`): a process
