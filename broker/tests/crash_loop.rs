@@ -56,6 +56,8 @@ const PRODUCERS: u32 = 3;
 /// Keys per producer; a key belongs to one producer, so its order in the log is the
 /// order that producer published in.
 const KEYS_PER_PRODUCER: u32 = 4;
+/// Publishes the pipelining producer keeps in flight on its PublishStream.
+const PIPELINE: usize = 4;
 /// Records per publish, at most.
 const BATCH_MAX: u32 = 4;
 const CONSUMERS_PER_GROUP: u32 = 2;
@@ -277,8 +279,14 @@ async fn kill9_loop_keeps_acked_records_and_groups_drain() {
             let task_seed = rng.next();
             let first_seq = next_seq[producer as usize];
             producers.push(tokio::spawn(async move {
-                let next =
-                    produce(client, producer, first_seq, task_seed, &log, &killed, &sent).await;
+                // The last producer pipelines over PublishStream, the others publish one
+                // at a time.
+                let next = if producer + 1 == PRODUCERS {
+                    produce_pipelined(client, producer, first_seq, task_seed, &log, &killed, &sent)
+                        .await
+                } else {
+                    produce(client, producer, first_seq, task_seed, &log, &killed, &sent).await
+                };
                 (producer, next, std::mem::take(&mut *sent.lock().unwrap()))
             }));
         }
@@ -419,6 +427,73 @@ async fn setup(client: &mut HeraldClient<Channel>) {
     }
 }
 
+/// The records of publish `seq` of `producer`: one key of the producer's, 1 to
+/// [`BATCH_MAX`] records, values of 20 to ~1,000 bytes whose tail is seeded noise so that
+/// a byte from the wrong place would show.
+fn publish_records(rng: &mut Rng, producer: u32, seq: u32) -> Vec<v1::Record> {
+    let key = Bytes::from(format!(
+        "p{producer}-k{}",
+        rng.below(KEYS_PER_PRODUCER.into())
+    ));
+    let count = 1 + rng.below(BATCH_MAX.into()) as u32;
+    (0..count)
+        .map(|index| {
+            let pad: String = (0..rng.below(1_000))
+                .map(|_| char::from(b'a' + rng.below(26) as u8))
+                .collect();
+            v1::Record {
+                key: Some(key.clone()),
+                value: Bytes::from(format!("p{producer}-s{seq}-r{index}-n{count}-{pad}")),
+                headers: vec![v1::Header {
+                    key: "seq".into(),
+                    value: Bytes::from(seq.to_string()),
+                }],
+                timestamp_ms: 0,
+            }
+        })
+        .collect()
+}
+
+fn publish_request(records: Vec<v1::Record>) -> v1::PublishRequest {
+    v1::PublishRequest {
+        topic: TOPIC.into(),
+        partition: None,
+        payload: Some(v1::publish_request::Payload::Records(v1::Records {
+            records,
+        })),
+    }
+}
+
+/// Notes an acknowledged publish (and a reply whose offsets do not fit it as a failure).
+fn record_ack(log: &Mutex<CycleLog>, what: &str, reply: &v1::PublishResponse, stored: Vec<Stored>) {
+    let mut log = log.lock().unwrap();
+    if reply
+        .last_offset
+        .wrapping_add(1)
+        .wrapping_sub(reply.base_offset)
+        != stored.len() as u64
+    {
+        log.failures.push(format!(
+            "{what}: {} records acknowledged as {}..={}",
+            stored.len(),
+            reply.base_offset,
+            reply.last_offset
+        ));
+    }
+    log.acks.push(Ack {
+        partition: reply.partition,
+        base_offset: reply.base_offset,
+        records: stored,
+    });
+}
+
+/// Notes a failed call, unless the kill explains it.
+fn record_failure(log: &Mutex<CycleLog>, killed: &AtomicBool, what: String) {
+    if !killed.load(Ordering::SeqCst) {
+        log.lock().unwrap().failures.push(what);
+    }
+}
+
 /// One producer: publishes batches of one key each, one at a time, until a publish fails.
 /// Returns the next sequence number to use; `sent` gets every publish attempted.
 async fn produce(
@@ -432,68 +507,94 @@ async fn produce(
 ) -> u32 {
     let mut rng = Rng(seed);
     for seq in first_seq.. {
-        let key = Bytes::from(format!(
-            "p{producer}-k{}",
-            rng.below(KEYS_PER_PRODUCER.into())
-        ));
-        let count = 1 + rng.below(BATCH_MAX.into()) as u32;
-        let records: Vec<v1::Record> = (0..count)
-            .map(|index| {
-                // Values of 20 to ~1,000 bytes; the tail is seeded noise so that a byte
-                // from the wrong place would show.
-                let pad: String = (0..rng.below(1_000))
-                    .map(|_| char::from(b'a' + rng.below(26) as u8))
-                    .collect();
-                v1::Record {
-                    key: Some(key.clone()),
-                    value: Bytes::from(format!("p{producer}-s{seq}-r{index}-n{count}-{pad}")),
-                    headers: vec![v1::Header {
-                        key: "seq".into(),
-                        value: Bytes::from(seq.to_string()),
-                    }],
-                    timestamp_ms: 0,
-                }
-            })
-            .collect();
+        let records = publish_records(&mut rng, producer, seq);
         let stored: Vec<Stored> = records.iter().map(Stored::from).collect();
         sent.lock().unwrap().push((seq, stored.clone()));
-        let reply = client
-            .publish(v1::PublishRequest {
-                topic: TOPIC.into(),
-                partition: None,
-                payload: Some(v1::publish_request::Payload::Records(v1::Records {
-                    records,
-                })),
-            })
-            .await;
-        match reply {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                let mut log = log.lock().unwrap();
-                if reply.last_offset + 1 - reply.base_offset != u64::from(count) {
-                    log.failures.push(format!(
-                        "p{producer} s{seq}: {count} records acknowledged as {}..={}",
-                        reply.base_offset, reply.last_offset
-                    ));
-                }
-                log.acks.push(Ack {
-                    partition: reply.partition,
-                    base_offset: reply.base_offset,
-                    records: stored,
-                });
-            }
+        match client.publish(publish_request(records)).await {
+            Ok(reply) => record_ack(log, &format!("p{producer} s{seq}"), reply.get_ref(), stored),
             Err(status) => {
-                if !killed.load(Ordering::SeqCst) {
-                    log.lock()
-                        .unwrap()
-                        .failures
-                        .push(format!("p{producer} s{seq}: publish failed: {status}"));
-                }
+                let what = format!("p{producer} s{seq}: publish failed: {status}");
+                record_failure(log, killed, what);
                 return seq + 1;
             }
         }
     }
     unreachable!()
+}
+
+/// A pipelining producer: keeps up to [`PIPELINE`] publishes in flight on one
+/// PublishStream (the stream's `sequence` is the publish's), until the stream fails.
+/// Returns the next sequence number to use; `sent` gets every publish attempted.
+async fn produce_pipelined(
+    mut client: HeraldClient<Channel>,
+    producer: u32,
+    first_seq: u32,
+    seed: u64,
+    log: &Mutex<CycleLog>,
+    killed: &AtomicBool,
+    sent: &Mutex<Vec<(u32, Vec<Stored>)>>,
+) -> u32 {
+    let mut rng = Rng(seed);
+    let (tx, rx) = mpsc::channel(PIPELINE);
+    let mut next = first_seq;
+    let mut in_flight: HashMap<u64, Vec<Stored>> = HashMap::new();
+    let mut responses = match client.publish_stream(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            record_failure(
+                log,
+                killed,
+                format!("p{producer}: PublishStream failed: {status}"),
+            );
+            return next;
+        }
+    };
+    loop {
+        while in_flight.len() < PIPELINE {
+            let records = publish_records(&mut rng, producer, next);
+            let stored: Vec<Stored> = records.iter().map(Stored::from).collect();
+            sent.lock().unwrap().push((next, stored.clone()));
+            in_flight.insert(u64::from(next), stored);
+            let request = v1::PublishStreamRequest {
+                sequence: u64::from(next),
+                publish: Some(publish_request(records)),
+            };
+            next += 1;
+            if tx.send(request).await.is_err() {
+                return next;
+            }
+        }
+        let response = match responses.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                record_failure(log, killed, format!("p{producer}: PublishStream ended"));
+                return next;
+            }
+            Err(status) => {
+                let what = format!("p{producer}: PublishStream failed: {status}");
+                record_failure(log, killed, what);
+                return next;
+            }
+        };
+        let what = format!("p{producer} s{}", response.sequence);
+        let Some(stored) = in_flight.remove(&response.sequence) else {
+            record_failure(
+                log,
+                killed,
+                format!("{what}: a reply to no request in flight"),
+            );
+            return next;
+        };
+        match response.outcome {
+            Some(v1::publish_stream_response::Outcome::Published(reply)) => {
+                record_ack(log, &what, &reply, stored)
+            }
+            other => {
+                record_failure(log, killed, format!("{what}: publish failed: {other:?}"));
+                return next;
+            }
+        }
+    }
 }
 
 /// One member of group `group`: joins, records every delivery, nacks one in `nack_one_in`
