@@ -24,6 +24,8 @@ pub struct Server {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// The threads draining stdout and stderr; they end when the process is gone.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -39,16 +41,25 @@ impl Server {
             .env_remove("HERALD_FSYNC")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("herald serve starts");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
         let log = Arc::new(Mutex::new(Vec::new()));
+        // Stdout goes into the same log, so a panic message is caught wherever it went.
+        let lines = log.clone();
+        let stdout_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
         let (tx, rx) = mpsc::channel();
         let lines = log.clone();
         // Drains stderr for the whole life of the process, so the broker never blocks on it.
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = serving_addr(&line) {
@@ -67,7 +78,12 @@ impl Server {
                 );
             }
         };
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            readers: vec![stdout_reader, stderr_reader],
+        }
     }
 
     /// The gRPC endpoint, as `http://ADDR`.
@@ -81,11 +97,26 @@ impl Server {
             .expect("client connects")
     }
 
-    /// SIGKILL: the process dies at once, whatever it was doing.
-    pub fn kill9(mut self) {
+    /// SIGKILL: the process dies at once, whatever it was doing. Returns its output up to
+    /// then (stderr and stdout, interleaved by line).
+    pub fn kill9(mut self) -> Vec<String> {
         self.child.kill().expect("SIGKILL sent");
         let status = self.child.wait().expect("reaped");
         assert!(!status.success(), "killed, not exited: {status}");
+        self.finish_reading();
+        self.log()
+    }
+
+    /// Waits for the reader threads to reach the end of the dead process's output.
+    fn finish_reading(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
+    /// The output so far (stderr and stdout lines).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit status and log.
@@ -95,7 +126,8 @@ impl Server {
             // Dropping `self` kills the process.
             panic!("herald serve did not stop within {TIMEOUT:?} of SIGTERM");
         };
-        (status, self.log.lock().unwrap().clone())
+        self.finish_reading();
+        (status, self.log())
     }
 }
 
