@@ -43,8 +43,13 @@ use crate::group::{
     OfferedRecord, Offset, OrderingMode, PartitionId, PendingFilter, PendingList, SeekTarget,
 };
 use crate::registry::{Registry, now_ms};
-use crate::storage::{BatchBuilder, LogReader, Record, StorageError, ValidatedBatch, batch};
+use crate::storage::{BatchBuilder, Record, StorageError, ValidatedBatch, batch};
 use crate::topic::{Topic, validate_name};
+
+mod source;
+#[cfg(test)]
+pub(crate) use source::MemLog;
+pub use source::{Clock, LogSource, WallClock};
 
 /// How often a group's state is written when it changed. A crash (kill -9) may redeliver
 /// what was acked during the last interval; a clean shutdown persists everything.
@@ -419,7 +424,7 @@ fn now() -> u64 {
 
 /// Reads the records at `offsets` (ascending) from a partition log; `None` for offsets that
 /// are gone (retention) or beyond the end.
-pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRecord>> {
+pub fn read_records(reader: &impl LogSource, offsets: &[u64]) -> Vec<Option<StoredRecord>> {
     read_refs(reader, offsets)
         .into_iter()
         .map(|r| r.and_then(|r| r.decode()))
@@ -427,7 +432,7 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
 }
 
 /// Finds the records at `offsets` (ascending) in a partition log, as [`read_records`].
-fn read_refs(reader: &LogReader, offsets: &[u64]) -> Vec<Option<RecordRef>> {
+fn read_refs(reader: &impl LogSource, offsets: &[u64]) -> Vec<Option<RecordRef>> {
     let mut out: Vec<Option<RecordRef>> = vec![None; offsets.len()];
     let mut i = 0;
     while i < offsets.len() {
@@ -441,6 +446,11 @@ fn read_refs(reader: &LogReader, offsets: &[u64]) -> Vec<Option<RecordRef>> {
         let start = i;
         let mut next_batch_at = 0;
         'batches: for view in batch::batches(&chunk.bytes) {
+            // Every offset found: the chunk's later batches are not wanted (the last
+            // wanted record may end a batch that others follow).
+            if i == offsets.len() {
+                break;
+            }
             let Ok(view) = view else { break };
             let (batch_at, batch_len) = (next_batch_at, view.header.batch_len as usize);
             next_batch_at += batch_len;
@@ -2159,6 +2169,45 @@ mod tests {
         assert!(decoded.take(1, 15).is_none());
         assert!(decoded.take(0, 13).is_none(), "another partition");
         assert!(decoded.take(7, 13).is_none(), "a partition never seen");
+    }
+
+    /// A log of single-record batches `a`, `b`, `c`: every record ends its batch.
+    fn single_record_batches() -> MemLog {
+        let mut log = MemLog::new();
+        for value in [b"a", b"b", b"c"] {
+            log.append(1_000, &[(Some(&value[..]), &value[..])]);
+        }
+        log
+    }
+
+    #[test]
+    fn reading_back_the_last_record_of_a_batch_that_others_follow() {
+        // A redelivery of `a` (offset 0): the wanted record ends its batch and the chunk
+        // read from the log holds the later batches too.
+        let log = single_record_batches();
+        let values = |offsets: &[u64]| -> Vec<Option<Vec<u8>>> {
+            read_records(&log, offsets)
+                .into_iter()
+                .map(|r| r.map(|r| r.value.to_vec()))
+                .collect()
+        };
+        assert_eq!(values(&[0]), [Some(b"a".to_vec())]);
+        assert_eq!(values(&[1]), [Some(b"b".to_vec())]);
+        assert_eq!(values(&[0, 2]), [Some(b"a".to_vec()), Some(b"c".to_vec())]);
+        assert_eq!(
+            values(&[2, 3]),
+            [Some(b"c".to_vec()), None],
+            "3 is past the end"
+        );
+        // The same in one batch of several records followed by another batch.
+        let mut log = MemLog::new();
+        log.append(0, &[(None, b"x0"), (None, b"x1")]);
+        log.append(0, &[(None, b"y2")]);
+        let found: Vec<u64> = read_refs(&log, &[0, 1])
+            .into_iter()
+            .map(|r| r.map_or(u64::MAX, |r| r.offset))
+            .collect();
+        assert_eq!(found, [0, 1]);
     }
 
     #[test]
