@@ -286,15 +286,9 @@ pub struct Group {
     created_ms: i64,
     dir: PathBuf,
     inner: Mutex<Inner>,
-    /// Records decoded by `fill` and offered to the machine, kept until they are delivered
-    /// so that delivering does not decode them again (a batch's records are only reachable
-    /// by decoding from its start, so re-reading one record costs half a batch on average).
-    /// Only the group's task touches it; bounded by [`DECODED_MAX`].
-    decoded: Mutex<DecodedRecords>,
-    /// Per partition, where `fill` stopped decoding because the machine had no more room:
-    /// the next pass goes on from there instead of reading and skipping to it again.
-    /// Only the group's task touches it.
-    cursors: Mutex<Vec<Option<FillCursor>>>,
+    /// What the driver keeps between passes over the log (decoded records, fill
+    /// cursors). Only the group's task touches it; a restart after a panic empties it.
+    feed: Mutex<Feed>,
     /// Wakes the driver: a member event, an admin change, a stream drained.
     wake: Notify,
     /// Flips to true when the group is deleted or the broker closes.
@@ -551,6 +545,230 @@ impl DecodedRecords {
         }
         record
     }
+}
+
+/// How the driver's steps reach the group's machine: the broker's [`Group`] locks its
+/// state for each call (never across I/O); the simulation owns a machine of its own.
+pub(crate) trait MachineAccess {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R;
+}
+
+impl MachineAccess for Group {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        f(&mut self.lock().state)
+    }
+}
+
+#[cfg(test)]
+impl MachineAccess for Mutex<GroupState> {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        f(&mut self.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What the driver keeps between its passes over the logs: the records `fill` decoded and
+/// offered, kept until delivered so delivering does not decode them again (a batch's
+/// records are only reachable by decoding from its start, so re-reading one record costs
+/// half a batch on average; bounded by [`DECODED_MAX`]), and per partition where `fill`
+/// stopped decoding because the machine had no more room, so the next pass goes on from
+/// there instead of reading and skipping to it again.
+#[derive(Default)]
+pub(crate) struct Feed {
+    decoded: DecodedRecords,
+    cursors: Vec<Option<FillCursor>>,
+}
+
+/// Reads partition `index`'s log where the machine wants records and offers them, until
+/// the machine is full or the log is read to its high watermark. `names` (topic, group)
+/// are for logs.
+pub(crate) fn fill_partition(
+    feed: &mut Feed,
+    machine: &impl MachineAccess,
+    log: &impl LogSource,
+    index: usize,
+    names: (&str, &str),
+) {
+    let (topic, group) = names;
+    let id = PartitionId(index as u32);
+    if feed.cursors.len() <= index {
+        feed.cursors.resize_with(index + 1, || None);
+    }
+    // Each pass offers at least one record (so `want` moves up towards the high watermark),
+    // or reads afresh once after a used-up cursor, or stops: the loop is bounded by the log.
+    while let Ok(Some((want, room))) = machine.with_machine(|s| s.wants_with_room(id)) {
+        let want = want.0;
+        if want >= log.high_watermark() {
+            break;
+        }
+        let resume = feed.cursors[index].take().filter(|c| c.next_offset == want);
+        let resumed = resume.is_some();
+        let (bytes, high_watermark, mut batch_at, mut position) = match resume {
+            Some(c) => (c.chunk, c.high_watermark, c.batch_at, Some(c.position)),
+            None => match log.read(want, FETCH_CHUNK_BYTES) {
+                Ok(Some(chunk)) => (chunk.bytes, chunk.high_watermark, 0, None),
+                Ok(None) => break,
+                Err(StorageError::OffsetOutOfRange { start, .. }) if want < start => {
+                    tracing::warn!(topic = %topic, group = %group, partition = index, from = want, to = start, "records removed by retention before the group consumed them; skipping");
+                    let _ =
+                        machine.with_machine(|s| s.seek(SeekTarget::Partition(id), Offset(start)));
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(topic = %topic, group = %group, partition = index, %error, "reading the log for a group failed");
+                    break;
+                }
+            },
+        };
+        // Decode only what the machine has room for: a chunk can hold ten times more
+        // records than a partition buffers. Where decoding stops, a cursor remembers the
+        // place, so the next pass neither reads nor skips again.
+        let mut records = Vec::with_capacity(room.min(4096));
+        let mut stored = Vec::with_capacity(room.min(4096));
+        let mut stopped = None;
+        'batches: for view in batch::batches(&bytes[batch_at..]) {
+            let Ok(view) = view else { break };
+            let this_batch = batch_at;
+            batch_at += view.header.batch_len as usize;
+            // A cursor's position belongs to the first batch of the slice only, also
+            // when nothing wanted is left in it (the cursor stopped at its end): applied
+            // to the next batch it decoded that batch from the wrong place, offering
+            // offsets past the one wanted.
+            let resume_at = position.take();
+            if view.header.last_offset() < want {
+                continue;
+            }
+            let mut batch_records = match resume_at {
+                Some(at) => view.records_from(at),
+                None => {
+                    let mut all = view.records();
+                    all.skip_to(want);
+                    all
+                }
+            };
+            loop {
+                if records.len() >= room {
+                    stopped = Some((this_batch, view.position_of(&batch_records)));
+                    break 'batches;
+                }
+                let Some(Ok(r)) = batch_records.next() else {
+                    break;
+                };
+                if r.offset < want {
+                    continue;
+                }
+                if r.offset >= high_watermark {
+                    break 'batches;
+                }
+                let record = RecordRef::of(&r, &bytes, this_batch, view.header.batch_len as usize);
+                records.push(OfferedRecord {
+                    offset: Offset(r.offset),
+                    key: r.key.map(KeyHash::of),
+                    size_bytes: view_size(&r).min(u32::MAX as usize) as u32,
+                    timestamp_ms: r.timestamp,
+                });
+                stored.push(record);
+            }
+        }
+        if records.is_empty() && resumed {
+            // The cursor's chunk is used up: read on from the log.
+            continue;
+        }
+        if let (Some((batch_at, position)), Some(last)) = (stopped, records.last()) {
+            feed.cursors[index] = Some(FillCursor {
+                next_offset: last.offset.0 + 1,
+                chunk: bytes.clone(),
+                high_watermark,
+                batch_at,
+                position,
+            });
+        }
+        if records.is_empty() {
+            break;
+        }
+        let consumed = match machine.with_machine(|s| s.offer(id, &records)) {
+            Ok(consumed) => consumed,
+            Err(error) => {
+                tracing::error!(topic = %topic, group = %group, partition = index, %error, "offering records to a group failed");
+                break;
+            }
+        };
+        if feed.decoded.slots() + consumed > DECODED_MAX {
+            feed.decoded.clear();
+        }
+        for record in stored.drain(..consumed.min(stored.len())) {
+            feed.decoded.insert(index as u32, record);
+        }
+        if consumed < records.len() || consumed == 0 {
+            break;
+        }
+    }
+}
+
+/// Turns one member's polled deliveries into responses (see [`Shaper`]): records come
+/// from what `fill` decoded, else (redeliveries, records the cache dropped) from the log
+/// again. Returns the responses and the deliveries whose records are gone from the log.
+pub(crate) fn shape_deliveries<'a, L: LogSource + 'a>(
+    feed: &mut Feed,
+    log_of: impl Fn(PartitionId) -> Option<&'a L>,
+    batched: bool,
+    mut deliveries: Vec<Delivery>,
+) -> (Vec<Outgoing>, Vec<AckId>) {
+    deliveries.sort_by_key(|d| (d.partition, d.offset));
+    let mut responses = Vec::new();
+    let mut missing = Vec::new();
+    let mut shaper = Shaper::new(batched);
+    let mut i = 0;
+    while i < deliveries.len() {
+        let p = deliveries[i].partition;
+        let mut j = i;
+        while j < deliveries.len() && deliveries[j].partition == p {
+            j += 1;
+        }
+        let Some(log) = log_of(p) else {
+            i = j;
+            continue;
+        };
+        let mut records: Vec<Option<RecordRef>> = deliveries[i..j]
+            .iter()
+            .map(|d| feed.decoded.take(p.0, d.offset.0))
+            .collect();
+        let (slots, offsets): (Vec<usize>, Vec<u64>) = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_none())
+            .map(|(k, _)| (k, deliveries[i + k].offset.0))
+            .unzip();
+        if !offsets.is_empty() {
+            let read = read_refs(log, &offsets);
+            for (slot, record) in slots.into_iter().zip(read) {
+                records[slot] = record;
+            }
+        }
+        for (d, record) in deliveries[i..j].iter().zip(records) {
+            let Some(record) = record else {
+                missing.push(d.ack_id);
+                continue;
+            };
+            shaper.push(*d, record, &mut responses);
+        }
+        shaper.end_run(&mut responses);
+        i = j;
+    }
+    missing.extend(shaper.finish(&mut responses));
+    (responses, missing)
+}
+
+/// A polled record gone from the log (retention): there is nothing to deliver, so it is
+/// done.
+pub(crate) fn skip_missing(
+    state: &mut GroupState,
+    member: MemberId,
+    ack_id: &AckId,
+    names: (&str, &str),
+) {
+    let (topic, group) = names;
+    tracing::warn!(topic = %topic, group = %group, partition = %ack_id.partition, offset = %ack_id.offset, "a polled record is gone from the log; skipping it");
+    let _ = state.ack(member, ack_id);
 }
 
 /// Writes `bytes` to `dir/name` through a temporary file, fsync and rename.
@@ -891,130 +1109,18 @@ impl Group {
 
     /// Reads the log where the machine wants records and offers them.
     fn fill(&self, watches: &mut [Option<watch::Receiver<u64>>]) {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
         for (index, partition) in self.topic.partitions.iter().enumerate() {
             if let Some(w) = watches[index].as_mut() {
                 w.borrow_and_update();
             }
-            let id = PartitionId(index as u32);
-            let reader = partition.reader();
-            loop {
-                let (want, room) = match self.lock().state.wants_with_room(id) {
-                    Ok(Some((want, room))) => (want.0, room),
-                    _ => break,
-                };
-                if want >= reader.high_watermark() {
-                    break;
-                }
-                let resume = {
-                    let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-                    if cursors.len() <= index {
-                        cursors.resize_with(index + 1, || None);
-                    }
-                    cursors[index].take().filter(|c| c.next_offset == want)
-                };
-                let resumed = resume.is_some();
-                let (bytes, high_watermark, mut batch_at, mut position) = match resume {
-                    Some(c) => (c.chunk, c.high_watermark, c.batch_at, Some(c.position)),
-                    None => match reader.read(want, FETCH_CHUNK_BYTES) {
-                        Ok(Some(chunk)) => (chunk.bytes, chunk.high_watermark, 0, None),
-                        Ok(None) => break,
-                        Err(StorageError::OffsetOutOfRange { start, .. }) if want < start => {
-                            tracing::warn!(topic = %self.topic_name, group = %self.name, partition = index, from = want, to = start, "records removed by retention before the group consumed them; skipping");
-                            let _ = self
-                                .lock()
-                                .state
-                                .seek(SeekTarget::Partition(id), Offset(start));
-                            continue;
-                        }
-                        Err(error) => {
-                            tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "reading the log for a group failed");
-                            break;
-                        }
-                    },
-                };
-                // Decode only what the machine has room for: a chunk can hold ten times
-                // more records than a partition buffers. Where decoding stops, a cursor
-                // remembers the place, so the next pass neither reads nor skips again.
-                let mut records = Vec::with_capacity(room.min(4096));
-                let mut stored = Vec::with_capacity(room.min(4096));
-                let mut stopped = None;
-                'batches: for view in batch::batches(&bytes[batch_at..]) {
-                    let Ok(view) = view else { break };
-                    let this_batch = batch_at;
-                    batch_at += view.header.batch_len as usize;
-                    if view.header.last_offset() < want {
-                        continue;
-                    }
-                    let mut batch_records = match position.take() {
-                        Some(at) => view.records_from(at),
-                        None => {
-                            let mut all = view.records();
-                            all.skip_to(want);
-                            all
-                        }
-                    };
-                    loop {
-                        if records.len() >= room {
-                            stopped = Some((this_batch, view.position_of(&batch_records)));
-                            break 'batches;
-                        }
-                        let Some(Ok(r)) = batch_records.next() else {
-                            break;
-                        };
-                        if r.offset < want {
-                            continue;
-                        }
-                        if r.offset >= high_watermark {
-                            break 'batches;
-                        }
-                        let record =
-                            RecordRef::of(&r, &bytes, this_batch, view.header.batch_len as usize);
-                        records.push(OfferedRecord {
-                            offset: Offset(r.offset),
-                            key: r.key.map(KeyHash::of),
-                            size_bytes: view_size(&r).min(u32::MAX as usize) as u32,
-                            timestamp_ms: r.timestamp,
-                        });
-                        stored.push(record);
-                    }
-                }
-                if records.is_empty() && resumed {
-                    // The cursor's chunk is used up: read on from the log.
-                    continue;
-                }
-                if let (Some((batch_at, position)), Some(last)) = (stopped, records.last()) {
-                    let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-                    cursors[index] = Some(FillCursor {
-                        next_offset: last.offset.0 + 1,
-                        chunk: bytes.clone(),
-                        high_watermark,
-                        batch_at,
-                        position,
-                    });
-                }
-                if records.is_empty() {
-                    break;
-                }
-                let consumed = match self.lock().state.offer(id, &records) {
-                    Ok(consumed) => consumed,
-                    Err(error) => {
-                        tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "offering records to a group failed");
-                        break;
-                    }
-                };
-                {
-                    let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
-                    if decoded.slots() + consumed > DECODED_MAX {
-                        decoded.clear();
-                    }
-                    for record in stored.drain(..consumed.min(stored.len())) {
-                        decoded.insert(index as u32, record);
-                    }
-                }
-                if consumed < records.len() || consumed == 0 {
-                    break;
-                }
-            }
+            fill_partition(
+                &mut feed,
+                self,
+                partition.reader(),
+                index,
+                (&self.topic_name, &self.name),
+            );
         }
     }
 
@@ -1121,60 +1227,27 @@ impl Group {
         }
         let mut built = Vec::with_capacity(polled.len());
         let mut missing = Vec::new();
-        for (member, batched, mut deliveries) in polled {
-            deliveries.sort_by_key(|d| (d.partition, d.offset));
-            let mut responses = Vec::new();
-            let mut shaper = Shaper::new(batched);
-            let mut i = 0;
-            while i < deliveries.len() {
-                let p = deliveries[i].partition;
-                let mut j = i;
-                while j < deliveries.len() && deliveries[j].partition == p {
-                    j += 1;
-                }
-                let Ok(partition) = self.topic.partition(p.0) else {
-                    i = j;
-                    continue;
-                };
-                let mut records: Vec<Option<RecordRef>> = {
-                    let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
-                    deliveries[i..j]
-                        .iter()
-                        .map(|d| decoded.take(p.0, d.offset.0))
-                        .collect()
-                };
-                // Redeliveries, and records the cache dropped, are found in the log again.
-                let (slots, offsets): (Vec<usize>, Vec<u64>) = records
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.is_none())
-                    .map(|(k, _)| (k, deliveries[i + k].offset.0))
-                    .unzip();
-                if !offsets.is_empty() {
-                    let read = read_refs(partition.reader(), &offsets);
-                    for (slot, record) in slots.into_iter().zip(read) {
-                        records[slot] = record;
-                    }
-                }
-                for (d, record) in deliveries[i..j].iter().zip(records) {
-                    let Some(record) = record else {
-                        missing.push((member, d.ack_id));
-                        continue;
-                    };
-                    shaper.push(*d, record, &mut responses);
-                }
-                shaper.end_run(&mut responses);
-                i = j;
+        {
+            let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+            for (member, batched, deliveries) in polled {
+                let (responses, gone) = shape_deliveries(
+                    &mut feed,
+                    |p| self.topic.partition(p.0).ok().map(|p| p.reader()),
+                    batched,
+                    deliveries,
+                );
+                missing.extend(gone.into_iter().map(|id| (member, id)));
+                built.push((member, responses));
             }
-            let undecodable = shaper.finish(&mut responses);
-            missing.extend(undecodable.into_iter().map(|id| (member, id)));
-            built.push((member, responses));
         }
         let mut inner = self.lock();
         for (member, ack_id) in missing {
-            // Gone from the log (retention): nothing to deliver, so it is done.
-            tracing::warn!(topic = %self.topic_name, group = %self.name, partition = %ack_id.partition, offset = %ack_id.offset, "a polled record is gone from the log; skipping it");
-            let _ = inner.state.ack(member, &ack_id);
+            skip_missing(
+                &mut inner.state,
+                member,
+                &ack_id,
+                (&self.topic_name, &self.name),
+            );
         }
         let mut sent = 0;
         for (member, responses) in built {
@@ -1609,8 +1682,7 @@ impl GroupRegistry {
             }),
             wake: Notify::new(),
             stop,
-            decoded: Mutex::new(DecodedRecords::default()),
-            cursors: Mutex::new(Vec::new()),
+            feed: Mutex::new(Feed::default()),
             persisted: Mutex::new(persisted),
             redrive: tokio::sync::Mutex::new(()),
             counters: GroupCounters::default(),
@@ -2208,6 +2280,57 @@ mod tests {
             .map(|r| r.map_or(u64::MAX, |r| r.offset))
             .collect();
         assert_eq!(found, [0, 1]);
+    }
+
+    #[test]
+    fn filling_resumes_in_the_next_batch_when_the_machine_filled_up_at_a_batch_end() {
+        // The machine buffers 2 records; the first batch holds 2, the next 4, all of one
+        // size. The first pass stops at the end of batch 1; after acks the next pass
+        // resumes from its cursor, which must read batch 2 from its first record (not
+        // from batch 1's end position applied to batch 2, which offered offset 4 while
+        // the machine wanted 2).
+        let mut log = MemLog::new();
+        let value = |i: u64| format!("v{i}").into_bytes();
+        let key = |i: u64| format!("k{i}").into_bytes();
+        let (keys, values): (Vec<_>, Vec<_>) = (0..6).map(|i| (key(i), value(i))).unzip();
+        let records: Vec<(Option<&[u8]>, &[u8])> = (0..6)
+            .map(|i| (Some(&keys[i][..]), &values[i][..]))
+            .collect();
+        log.append(0, &records[..2]);
+        log.append(0, &records[2..]);
+        let limits = GroupLimits {
+            max_buffered_per_partition: 2,
+            ..GroupLimits::default()
+        };
+        let state =
+            Mutex::new(GroupState::new(GroupSettings::default(), limits, &[Offset(0)]).unwrap());
+        let member = MemberId(1);
+        state
+            .with_machine(|s| s.join(member, MemberOptions::default(), 0))
+            .unwrap();
+        let mut feed = Feed::default();
+        for round in 0..3u64 {
+            fill_partition(&mut feed, &state, &log, 0, ("t", "g"));
+            let deliveries = state.with_machine(|s| s.poll(member, 0, 100)).unwrap();
+            let (responses, missing) =
+                shape_deliveries(&mut feed, |_| Some(&log), false, deliveries);
+            assert!(missing.is_empty());
+            let mut delivered = Vec::new();
+            for response in responses {
+                let Outgoing::Deliveries(d) = response else {
+                    continue;
+                };
+                for single in d.singles {
+                    state
+                        .with_machine(|s| s.ack(member, &single.delivery.ack_id))
+                        .unwrap();
+                    delivered.push((single.record.offset, single.record.value.to_vec()));
+                }
+            }
+            let wanted: Vec<(u64, Vec<u8>)> =
+                (round * 2..round * 2 + 2).map(|i| (i, value(i))).collect();
+            assert_eq!(delivered, wanted, "round {round}");
+        }
     }
 
     #[test]
