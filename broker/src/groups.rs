@@ -46,6 +46,8 @@ use crate::registry::{Registry, now_ms};
 use crate::storage::{BatchBuilder, Record, StorageError, ValidatedBatch, batch};
 use crate::topic::{Topic, validate_name};
 
+#[cfg(test)]
+mod sim;
 mod source;
 #[cfg(test)]
 pub(crate) use source::MemLog;

@@ -63,7 +63,7 @@ mod mem {
     pub(crate) struct MemLog {
         /// Stored batches in offset order: (base offset, record count, bytes).
         batches: Vec<(u64, u64, Bytes)>,
-        /// The first offset still in the log (retention moves it).
+        /// The first offset still in the log.
         start: u64,
         /// The offset the next batch gets.
         next: u64,
@@ -94,6 +94,20 @@ mod mem {
                 .push((base, records.len() as u64, Bytes::from(encoded)));
             self.next += records.len() as u64;
             base
+        }
+    }
+
+    impl MemLog {
+        /// Drops whole batches from the end until the log ends at or below `end` (as
+        /// recovery cuts a log at a whole batch after a power loss).
+        pub(crate) fn truncate(&mut self, end: u64) {
+            while let Some(&(base, _, _)) = self.batches.last() {
+                if self.next <= end {
+                    break;
+                }
+                self.batches.pop();
+                self.next = base;
+            }
         }
     }
 
