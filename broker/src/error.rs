@@ -24,6 +24,10 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The request needs something the operator must fix first (e.g. a group whose files
+    /// are damaged and were not loaded).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{context}: {cause}")]

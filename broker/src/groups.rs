@@ -87,6 +87,12 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(60);
 
 const GROUPS_DIR: &str = "groups";
+/// Where a group is created before it is renamed into place, and moved to before it is
+/// deleted: what is left here after a crash is an interrupted create or delete, removed at
+/// start. `~` is not allowed in topic names, so no topic's groups can be named so.
+const STAGING_DIR: &str = "~staging";
+/// The registry's directory of topics (a topic that did not load still has its there).
+const TOPICS_DIR: &str = "topics";
 const META_FILE: &str = "group.toml";
 const STATE_FILE: &str = "state";
 
@@ -861,6 +867,21 @@ impl Group {
         let text = toml::to_string(&meta)
             .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
         write_atomic(&self.dir, META_FILE, text.as_bytes())
+    }
+
+    /// Writes both files of a new group into `dir` (its staging directory). Blocking.
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        let (bytes, meta) = {
+            let inner = self.lock();
+            (inner.state.snapshot().encode(), self.meta(&inner))
+        };
+        let text = toml::to_string(&meta)
+            .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
+        write_atomic(dir, STATE_FILE, &bytes)?;
+        write_atomic(dir, META_FILE, text.as_bytes())?;
+        *last = bytes;
+        Ok(())
     }
 
     /// Writes the state if it changed since the last write. Blocking.
@@ -1670,11 +1691,22 @@ fn build_batch(
         .map_err(|e| BrokerError::InvalidArgument(format!("cannot build the batch: {e}")))
 }
 
+/// Why a group directory did not load.
+enum LoadFailure {
+    /// It belongs to an earlier topic of the same name (deleted, then created again):
+    /// removed.
+    Stale(String),
+    /// Its files are damaged or missing: the group is refused and its files kept.
+    Damaged(String),
+}
+
 /// Every group of the broker.
 pub struct GroupRegistry {
     registry: Arc<Registry>,
     dir: PathBuf,
     groups: DashMap<(String, String), Arc<Group>>,
+    /// Groups whose files did not load, with why (naming the file): refused, not removed.
+    damaged: DashMap<(String, String), String>,
     /// Creates and deletes run one at a time.
     admin: tokio::sync::Mutex<()>,
     /// Member ids: unique across the broker's life and, seeded with the clock, across
@@ -1687,15 +1719,26 @@ pub struct GroupRegistry {
 }
 
 impl GroupRegistry {
-    /// Loads every group under `<data_dir>/groups/`. Blocking. Groups of topics that no
-    /// longer exist are removed. Call [`GroupRegistry::start`] from the runtime next.
+    /// Loads every group under `<data_dir>/groups/`. Blocking. Groups of topics that were
+    /// deleted are removed, and so are interrupted creates and deletes (in the staging
+    /// directory). A group that cannot be loaded is never removed: it is refused (its
+    /// joins, describes and admin calls answer FAILED_PRECONDITION naming the file) and
+    /// its files are kept for the operator. Call [`GroupRegistry::start`] from the runtime
+    /// next.
     pub fn open(registry: Arc<Registry>) -> Result<GroupRegistry> {
         let dir = registry.config().data_dir.join(GROUPS_DIR);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BrokerError::io(format!("creating {}", dir.display()), e))?;
+        let staging = dir.join(STAGING_DIR);
+        if staging.exists() {
+            tracing::info!(path = %staging.display(), "removing interrupted group creates and deletes");
+            std::fs::remove_dir_all(&staging)
+                .map_err(|e| BrokerError::io(format!("removing {}", staging.display()), e))?;
+        }
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| BrokerError::io(format!("creating {}", staging.display()), e))?;
         let groups = GroupRegistry {
             dir: dir.clone(),
             groups: DashMap::new(),
+            damaged: DashMap::new(),
             admin: tokio::sync::Mutex::new(()),
             next_member: AtomicU64::new(now().saturating_mul(1000)),
             task_failures: AtomicU64::new(0),
@@ -1706,7 +1749,22 @@ impl GroupRegistry {
             .map_err(|e| BrokerError::io(format!("listing {}", dir.display()), e))?;
         for topic_entry in topics.flatten() {
             let topic_name = topic_entry.file_name().to_string_lossy().into_owned();
+            if topic_name == STAGING_DIR {
+                continue;
+            }
             let Ok(topic) = groups.registry.get(&topic_name) else {
+                let topic_dir = groups
+                    .registry
+                    .config()
+                    .data_dir
+                    .join(TOPICS_DIR)
+                    .join(&topic_name);
+                if topic_dir.exists() {
+                    // The topic is there but did not load (damaged): its groups wait
+                    // with it, untouched.
+                    tracing::warn!(topic = %topic_name, "keeping the groups of a topic that did not load");
+                    continue;
+                }
                 tracing::info!(topic = %topic_name, "removing the groups of a deleted topic");
                 let _ = std::fs::remove_dir_all(topic_entry.path());
                 continue;
@@ -1716,6 +1774,7 @@ impl GroupRegistry {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
+                let group_name = entry.file_name().to_string_lossy().into_owned();
                 match groups.load(&topic, &path) {
                     Ok(group) => {
                         tracing::info!(topic = %topic_name, group = %group.name, "opened group");
@@ -1723,9 +1782,15 @@ impl GroupRegistry {
                             .groups
                             .insert((topic_name.clone(), group.name.clone()), group);
                     }
-                    Err(error) => {
-                        tracing::warn!(path = %path.display(), %error, "removing a group that cannot be loaded");
+                    Err(LoadFailure::Stale(why)) => {
+                        tracing::info!(path = %path.display(), %why, "removing a group of an earlier topic of the same name");
                         let _ = std::fs::remove_dir_all(&path);
+                    }
+                    Err(LoadFailure::Damaged(error)) => {
+                        tracing::error!(topic = %topic_name, group = %group_name, %error, "refusing to load a damaged group; its files are kept");
+                        groups
+                            .damaged
+                            .insert((topic_name.clone(), group_name), error);
                     }
                 }
             }
@@ -1733,17 +1798,18 @@ impl GroupRegistry {
         Ok(groups)
     }
 
-    fn load(&self, topic: &Arc<Topic>, dir: &Path) -> Result<Arc<Group>> {
-        let text = std::fs::read_to_string(dir.join(META_FILE))
-            .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?;
-        let meta: GroupMeta = toml::from_str(&text).map_err(|e| {
-            BrokerError::io(
-                format!("parsing {}", dir.display()),
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            )
-        })?;
+    /// Loads the group in `dir`.
+    fn load(&self, topic: &Arc<Topic>, dir: &Path) -> Result<Arc<Group>, LoadFailure> {
+        let meta_path = dir.join(META_FILE);
+        let state_path = dir.join(STATE_FILE);
+        let damaged =
+            |path: &Path, why: String| LoadFailure::Damaged(format!("{}: {why}", path.display()));
+        let text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| damaged(&meta_path, format!("cannot read it: {e}")))?;
+        let meta: GroupMeta = toml::from_str(&text)
+            .map_err(|e| damaged(&meta_path, format!("cannot parse it: {e}")))?;
         if meta.topic_created_ms != 0 && meta.topic_created_ms != topic.meta.created_ms {
-            return Err(BrokerError::InvalidArgument(format!(
+            return Err(LoadFailure::Stale(format!(
                 "the group belongs to an earlier topic named {:?}",
                 meta.topic
             )));
@@ -1755,21 +1821,24 @@ impl GroupRegistry {
             max_delivery_attempts: meta.max_delivery_attempts,
             ordering: ordering_from_name(&meta.ordering),
         };
-        let bytes = std::fs::read(dir.join(STATE_FILE))
-            .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?;
-        let mut snapshot = GroupSnapshot::decode(&bytes)
-            .map_err(|e| BrokerError::InvalidArgument(format!("{}: {e}", dir.display())))?;
+        let bytes = std::fs::read(&state_path)
+            .map_err(|e| damaged(&state_path, format!("cannot read it: {e}")))?;
+        let mut snapshot =
+            GroupSnapshot::decode(&bytes).map_err(|e| damaged(&state_path, e.to_string()))?;
         if snapshot.partitions.len() != topic.partitions.len() {
-            return Err(BrokerError::InvalidArgument(format!(
-                "the group covers {} partitions, the topic has {}",
-                snapshot.partitions.len(),
-                topic.partitions.len()
-            )));
+            return Err(damaged(
+                &state_path,
+                format!(
+                    "the group covers {} partitions, the topic has {}",
+                    snapshot.partitions.len(),
+                    topic.partitions.len()
+                ),
+            ));
         }
         let reset = clamp_to_logs(&mut snapshot, topic, (&meta.topic, &meta.group));
         self.offsets_reset.fetch_add(reset, Ordering::Relaxed);
         let state = GroupState::restore(settings.clone(), GroupLimits::default(), &snapshot)
-            .map_err(group_error)?;
+            .map_err(|e| damaged(&meta_path, e.to_string()))?;
         let config = GroupConfig {
             settings,
             dead_letter_topic: meta.dead_letter_topic,
@@ -1856,6 +1925,9 @@ impl GroupRegistry {
             .get(&(topic.to_owned(), group.to_owned()))
             .map(|g| g.clone());
         let Some(found) = found else {
+            if let Some(error) = self.damaged_error(topic, group) {
+                return Err(error);
+            }
             return Err(BrokerError::NotFound(format!(
                 "group {group:?} of topic {topic:?} does not exist"
             )));
@@ -1873,6 +1945,27 @@ impl GroupRegistry {
         Ok(found)
     }
 
+    /// FAILED_PRECONDITION naming the file, if the group's files did not load at start
+    /// (and its topic is still there).
+    fn damaged_error(&self, topic: &str, group: &str) -> Option<BrokerError> {
+        let why = self
+            .damaged
+            .get(&(topic.to_owned(), group.to_owned()))?
+            .clone();
+        self.registry.get(topic).ok()?;
+        Some(BrokerError::FailedPrecondition(format!(
+            "group {group:?} of topic {topic:?} is not loaded because its files are damaged \
+             ({why}); they are kept: restore them, or delete the group to start it again \
+             (see README, \"Consumer groups under failure\")"
+        )))
+    }
+
+    /// Whether the group's files did not load at start (see [`GroupRegistry::open`]).
+    pub fn is_damaged(&self, topic: &str, group: &str) -> bool {
+        self.damaged
+            .contains_key(&(topic.to_owned(), group.to_owned()))
+    }
+
     /// Creates a group starting at `start_offsets` (one per partition). ALREADY_EXISTS if
     /// it exists, unless `existing_ok`, which returns the existing group.
     pub async fn create(
@@ -1886,6 +1979,10 @@ impl GroupRegistry {
         validate_name("group", name)?;
         let _admin = self.admin.lock().await;
         let key = (topic.name().to_owned(), name.to_owned());
+        if let Some(error) = self.damaged_error(&key.0, &key.1) {
+            // Never over the damaged group's files.
+            return Err(error);
+        }
         if let Some(existing) = self.groups.get(&key).map(|g| g.clone()) {
             if Arc::ptr_eq(&existing.topic, &topic) {
                 if existing_ok {
@@ -1919,13 +2016,25 @@ impl GroupRegistry {
         let writer = group.clone();
         let groups_dir = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            // Written whole in the staging directory, then renamed into place: a crash
+            // leaves either no group or a complete one (and a staging leftover that the
+            // next start removes), never a half-written group to mistake for damage.
+            let staging = groups_dir.join(STAGING_DIR).join(format!(
+                "create-{}-{}",
+                writer.created_ms,
+                std::process::id()
+            ));
             let topic_dir = groups_dir.join(&writer.topic_name);
-            std::fs::create_dir_all(&writer.dir)
-                .map_err(|e| BrokerError::io(format!("creating {}", writer.dir.display()), e))?;
-            writer.persist()?;
-            // group.toml last: it is what makes the directory a group.
-            writer.write_meta()?;
+            for d in [&staging, &topic_dir] {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| BrokerError::io(format!("creating {}", d.display()), e))?;
+            }
+            writer.write_files(&staging)?;
+            std::fs::rename(&staging, &writer.dir).map_err(|e| {
+                BrokerError::io(format!("renaming {} into place", staging.display()), e)
+            })?;
             crate::storage::sync_dir(&topic_dir)?;
+            crate::storage::sync_dir(&groups_dir.join(STAGING_DIR))?;
             crate::storage::sync_dir(&groups_dir)?;
             Ok(())
         })
@@ -1941,6 +2050,17 @@ impl GroupRegistry {
     pub async fn delete(&self, topic: &str, group: &str) -> Result<()> {
         let _admin = self.admin.lock().await;
         let key = (topic.to_owned(), group.to_owned());
+        if self.damaged.remove(&key).is_some() {
+            // The operator's way out for a damaged group: its files go as a deleted
+            // group's do.
+            let dir = self.dir.join(topic).join(group);
+            let staging = self.dir.join(STAGING_DIR);
+            tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging))
+                .await
+                .map_err(|e| BrokerError::io("deleting a group", std::io::Error::other(e)))??;
+            tracing::info!(topic = %key.0, group = %key.1, "deleted a damaged group");
+            return Ok(());
+        }
         if !self.groups.contains_key(&key) {
             return Err(BrokerError::NotFound(format!(
                 "group {group:?} of topic {topic:?} does not exist"
@@ -1980,12 +2100,11 @@ impl GroupRegistry {
         }
         group.wake();
         let dir = group.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            // group.toml first: without it the directory is not a group.
-            let _ = std::fs::remove_file(dir.join(META_FILE));
-            let _ = std::fs::remove_dir_all(&dir);
-        })
-        .await;
+        let staging = self.dir.join(STAGING_DIR);
+        let removed = tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging)).await;
+        if let Ok(Err(error)) = removed {
+            tracing::error!(topic = %key.0, group = %key.1, %error, "removing a deleted group's files failed");
+        }
         tracing::info!(topic = %key.0, group = %key.1, "deleted group");
     }
 
@@ -2146,6 +2265,30 @@ impl GroupRegistry {
         Ok(count)
     }
 }
+
+/// Removes a group's directory: first moved into the staging directory (one rename), so
+/// a crash midway leaves a leftover the next start removes, not a group without its
+/// `group.toml` to mistake for damage. Blocking.
+fn remove_group_dir(dir: &Path, staging: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let aside = staging.join(format!(
+        "delete-{}-{}",
+        now(),
+        NEXT_ASIDE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::rename(dir, &aside)
+        .map_err(|e| BrokerError::io(format!("moving {} aside", dir.display()), e))?;
+    if let Some(parent) = dir.parent() {
+        crate::storage::sync_dir(parent)?;
+    }
+    std::fs::remove_dir_all(&aside)
+        .map_err(|e| BrokerError::io(format!("removing {}", aside.display()), e))
+}
+
+/// Tells apart the names of directories moved aside in one process.
+static NEXT_ASIDE: AtomicU64 = AtomicU64::new(0);
 
 fn group_arc(groups: &GroupRegistry, group: &Group) -> Option<Arc<Group>> {
     groups

@@ -14,6 +14,7 @@ impl From<BrokerError> for Status {
             BrokerError::OutOfRange(m) => Status::out_of_range(m),
             BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
             BrokerError::Unavailable(m) => Status::unavailable(m),
+            BrokerError::FailedPrecondition(m) => Status::failed_precondition(m),
             BrokerError::Storage(e) => storage_status(e),
             e @ BrokerError::Io { .. } => {
                 tracing::error!(error = %e, "I/O error serving a request");
