@@ -20,8 +20,13 @@
 //! [`POLL_MAX`] deliveries) is empty; a pending assignment change is merged into one; every
 //! table of the machine is bounded by `group::limits`.
 //!
-//! Persistence: `group.toml` (settings, written last at creation) and `state` (the
-//! machine's snapshot), each written to a temporary file, fsynced and renamed. The state is
+//! Persistence: `group.toml` (settings) and `state` (the machine's snapshot), each
+//! written to a temporary file, fsynced and renamed. A new group is written whole in
+//! `groups/~staging/` and renamed into place; a deleted one is moved there first. A group
+//! whose files do not load is refused and kept, never removed.
+//!
+//! Failure: each group's task runs under `supervise`, which logs, counts and restarts it
+//! from the persisted state if it panics. The state is
 //! written every [`GROUP_PERSIST_INTERVAL`] when it changed and on clean shutdown, so a
 //! `kill -9` may redeliver the messages acked during the last interval (at-least-once).
 
@@ -433,8 +438,10 @@ fn group_error(error: GroupError) -> BrokerError {
     }
 }
 
+/// The broker's time for the group machine: the wall clock. The driver's fill and
+/// shaping steps never read a clock, so the simulation runs them on its own [`Clock`].
 fn now() -> u64 {
-    now_ms().max(0) as u64
+    WallClock.now_ms()
 }
 
 /// Reads the records at `offsets` (ascending) from a partition log; `None` for offsets that
