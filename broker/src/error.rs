@@ -22,7 +22,8 @@ pub enum BrokerError {
     #[error("{0}")]
     ResourceExhausted(String),
     /// The request names something the broker holds but cannot serve in its current
-    /// state, e.g. a topic whose metadata is damaged.
+    /// state: something the operator must fix first, e.g. a topic or group whose files are
+    /// damaged and were not loaded.
     #[error("{0}")]
     FailedPrecondition(String),
     /// The broker is shutting down.

@@ -20,8 +20,13 @@
 //! [`POLL_MAX`] deliveries) is empty; a pending assignment change is merged into one; every
 //! table of the machine is bounded by `group::limits`.
 //!
-//! Persistence: `group.toml` (settings, written last at creation) and `state` (the
-//! machine's snapshot), each written to a temporary file, fsynced and renamed. The state is
+//! Persistence: `group.toml` (settings) and `state` (the machine's snapshot), each
+//! written to a temporary file, fsynced and renamed. A new group is written whole in
+//! `groups/~staging/` and renamed into place; a deleted one is moved there first. A group
+//! whose files do not load is refused and kept, never removed.
+//!
+//! Failure: each group's task runs under `supervise`, which logs, counts and restarts it
+//! from the persisted state if it panics. The state is
 //! written every [`GROUP_PERSIST_INTERVAL`] when it changed and on clean shutdown, so a
 //! `kill -9` may redeliver the messages acked during the last interval (at-least-once).
 
@@ -43,8 +48,15 @@ use crate::group::{
     OfferedRecord, Offset, OrderingMode, PartitionId, PendingFilter, PendingList, SeekTarget,
 };
 use crate::registry::{Registry, now_ms};
-use crate::storage::{BatchBuilder, LogReader, Record, StorageError, ValidatedBatch, batch};
+use crate::storage::{BatchBuilder, Record, StorageError, ValidatedBatch, batch};
 use crate::topic::{Topic, validate_name};
+
+#[cfg(test)]
+mod sim;
+mod source;
+#[cfg(test)]
+pub(crate) use source::MemLog;
+pub use source::{Clock, LogSource, WallClock};
 
 /// How often a group's state is written when it changed. A crash (kill -9) may redeliver
 /// what was acked during the last interval; a clean shutdown persists everything.
@@ -69,7 +81,23 @@ pub const MAX_GROUPS: usize = 10_000;
 /// Delay before retrying dead-letter appends that failed (dead-letter topic deleted, full).
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 
+/// First wait before restarting a group task that panicked; doubles per panic in a row.
+/// A panic is a bug: the restart keeps the group serving meanwhile, the backoff keeps a
+/// bug that panics on every pass from spinning a core and flooding the log.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between restarts of a group task that keeps panicking: it is restarted
+/// (and logged, and counted) at least this often for as long as the broker runs.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A task that ran this long before panicking starts the backoff again from the minimum.
+const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(60);
+
 const GROUPS_DIR: &str = "groups";
+/// Where a group is created before it is renamed into place, and moved to before it is
+/// deleted: what is left here after a crash is an interrupted create or delete, removed at
+/// start. `~` is not allowed in topic names, so no topic's groups can be named so.
+const STAGING_DIR: &str = "~staging";
+/// The registry's directory of topics (a topic that did not load still has its there).
+const TOPICS_DIR: &str = "topics";
 const META_FILE: &str = "group.toml";
 const STATE_FILE: &str = "state";
 
@@ -281,15 +309,9 @@ pub struct Group {
     created_ms: i64,
     dir: PathBuf,
     inner: Mutex<Inner>,
-    /// Records decoded by `fill` and offered to the machine, kept until they are delivered
-    /// so that delivering does not decode them again (a batch's records are only reachable
-    /// by decoding from its start, so re-reading one record costs half a batch on average).
-    /// Only the group's task touches it; bounded by [`DECODED_MAX`].
-    decoded: Mutex<DecodedRecords>,
-    /// Per partition, where `fill` stopped decoding because the machine had no more room:
-    /// the next pass goes on from there instead of reading and skipping to it again.
-    /// Only the group's task touches it.
-    cursors: Mutex<Vec<Option<FillCursor>>>,
+    /// What the driver keeps between passes over the log (decoded records, fill
+    /// cursors). Only the group's task touches it; a restart after a panic empties it.
+    feed: Mutex<Feed>,
     /// Wakes the driver: a member event, an admin change, a stream drained.
     wake: Notify,
     /// Flips to true when the group is deleted or the broker closes.
@@ -301,6 +323,9 @@ pub struct Group {
     redrive: tokio::sync::Mutex<()>,
     /// Running totals for metrics, since the group was loaded or created.
     counters: GroupCounters,
+    /// Tests set it to make the next pass of the driver panic, as a bug would.
+    #[cfg(test)]
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 /// A group's running totals, kept outside the state's lock so reading them is free; the
@@ -413,13 +438,15 @@ fn group_error(error: GroupError) -> BrokerError {
     }
 }
 
+/// The broker's time for the group machine: the wall clock. The driver's fill and
+/// shaping steps never read a clock, so the simulation runs them on its own [`Clock`].
 fn now() -> u64 {
-    now_ms().max(0) as u64
+    WallClock.now_ms()
 }
 
 /// Reads the records at `offsets` (ascending) from a partition log; `None` for offsets that
 /// are gone (retention) or beyond the end.
-pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRecord>> {
+pub fn read_records(reader: &impl LogSource, offsets: &[u64]) -> Vec<Option<StoredRecord>> {
     read_refs(reader, offsets)
         .into_iter()
         .map(|r| r.and_then(|r| r.decode()))
@@ -427,7 +454,7 @@ pub fn read_records(reader: &LogReader, offsets: &[u64]) -> Vec<Option<StoredRec
 }
 
 /// Finds the records at `offsets` (ascending) in a partition log, as [`read_records`].
-fn read_refs(reader: &LogReader, offsets: &[u64]) -> Vec<Option<RecordRef>> {
+fn read_refs(reader: &impl LogSource, offsets: &[u64]) -> Vec<Option<RecordRef>> {
     let mut out: Vec<Option<RecordRef>> = vec![None; offsets.len()];
     let mut i = 0;
     while i < offsets.len() {
@@ -441,6 +468,11 @@ fn read_refs(reader: &LogReader, offsets: &[u64]) -> Vec<Option<RecordRef>> {
         let start = i;
         let mut next_batch_at = 0;
         'batches: for view in batch::batches(&chunk.bytes) {
+            // Every offset found: the chunk's later batches are not wanted (the last
+            // wanted record may end a batch that others follow).
+            if i == offsets.len() {
+                break;
+            }
             let Ok(view) = view else { break };
             let (batch_at, batch_len) = (next_batch_at, view.header.batch_len as usize);
             next_batch_at += batch_len;
@@ -543,6 +575,230 @@ impl DecodedRecords {
     }
 }
 
+/// How the driver's steps reach the group's machine: the broker's [`Group`] locks its
+/// state for each call (never across I/O); the simulation owns a machine of its own.
+pub(crate) trait MachineAccess {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R;
+}
+
+impl MachineAccess for Group {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        f(&mut self.lock().state)
+    }
+}
+
+#[cfg(test)]
+impl MachineAccess for Mutex<GroupState> {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        f(&mut self.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What the driver keeps between its passes over the logs: the records `fill` decoded and
+/// offered, kept until delivered so delivering does not decode them again (a batch's
+/// records are only reachable by decoding from its start, so re-reading one record costs
+/// half a batch on average; bounded by [`DECODED_MAX`]), and per partition where `fill`
+/// stopped decoding because the machine had no more room, so the next pass goes on from
+/// there instead of reading and skipping to it again.
+#[derive(Default)]
+pub(crate) struct Feed {
+    decoded: DecodedRecords,
+    cursors: Vec<Option<FillCursor>>,
+}
+
+/// Reads partition `index`'s log where the machine wants records and offers them, until
+/// the machine is full or the log is read to its high watermark. `names` (topic, group)
+/// are for logs.
+pub(crate) fn fill_partition(
+    feed: &mut Feed,
+    machine: &impl MachineAccess,
+    log: &impl LogSource,
+    index: usize,
+    names: (&str, &str),
+) {
+    let (topic, group) = names;
+    let id = PartitionId(index as u32);
+    if feed.cursors.len() <= index {
+        feed.cursors.resize_with(index + 1, || None);
+    }
+    // Each pass offers at least one record (so `want` moves up towards the high watermark),
+    // or reads afresh once after a used-up cursor, or stops: the loop is bounded by the log.
+    while let Ok(Some((want, room))) = machine.with_machine(|s| s.wants_with_room(id)) {
+        let want = want.0;
+        if want >= log.high_watermark() {
+            break;
+        }
+        let resume = feed.cursors[index].take().filter(|c| c.next_offset == want);
+        let resumed = resume.is_some();
+        let (bytes, high_watermark, mut batch_at, mut position) = match resume {
+            Some(c) => (c.chunk, c.high_watermark, c.batch_at, Some(c.position)),
+            None => match log.read(want, FETCH_CHUNK_BYTES) {
+                Ok(Some(chunk)) => (chunk.bytes, chunk.high_watermark, 0, None),
+                Ok(None) => break,
+                Err(StorageError::OffsetOutOfRange { start, .. }) if want < start => {
+                    tracing::warn!(topic = %topic, group = %group, partition = index, from = want, to = start, "records removed by retention before the group consumed them; skipping");
+                    let _ =
+                        machine.with_machine(|s| s.seek(SeekTarget::Partition(id), Offset(start)));
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(topic = %topic, group = %group, partition = index, %error, "reading the log for a group failed");
+                    break;
+                }
+            },
+        };
+        // Decode only what the machine has room for: a chunk can hold ten times more
+        // records than a partition buffers. Where decoding stops, a cursor remembers the
+        // place, so the next pass neither reads nor skips again.
+        let mut records = Vec::with_capacity(room.min(4096));
+        let mut stored = Vec::with_capacity(room.min(4096));
+        let mut stopped = None;
+        'batches: for view in batch::batches(&bytes[batch_at..]) {
+            let Ok(view) = view else { break };
+            let this_batch = batch_at;
+            batch_at += view.header.batch_len as usize;
+            // A cursor's position belongs to the first batch of the slice only, also
+            // when nothing wanted is left in it (the cursor stopped at its end): applied
+            // to the next batch it decoded that batch from the wrong place, offering
+            // offsets past the one wanted.
+            let resume_at = position.take();
+            if view.header.last_offset() < want {
+                continue;
+            }
+            let mut batch_records = match resume_at {
+                Some(at) => view.records_from(at),
+                None => {
+                    let mut all = view.records();
+                    all.skip_to(want);
+                    all
+                }
+            };
+            loop {
+                if records.len() >= room {
+                    stopped = Some((this_batch, view.position_of(&batch_records)));
+                    break 'batches;
+                }
+                let Some(Ok(r)) = batch_records.next() else {
+                    break;
+                };
+                if r.offset < want {
+                    continue;
+                }
+                if r.offset >= high_watermark {
+                    break 'batches;
+                }
+                let record = RecordRef::of(&r, &bytes, this_batch, view.header.batch_len as usize);
+                records.push(OfferedRecord {
+                    offset: Offset(r.offset),
+                    key: r.key.map(KeyHash::of),
+                    size_bytes: view_size(&r).min(u32::MAX as usize) as u32,
+                    timestamp_ms: r.timestamp,
+                });
+                stored.push(record);
+            }
+        }
+        if records.is_empty() && resumed {
+            // The cursor's chunk is used up: read on from the log.
+            continue;
+        }
+        if let (Some((batch_at, position)), Some(last)) = (stopped, records.last()) {
+            feed.cursors[index] = Some(FillCursor {
+                next_offset: last.offset.0 + 1,
+                chunk: bytes.clone(),
+                high_watermark,
+                batch_at,
+                position,
+            });
+        }
+        if records.is_empty() {
+            break;
+        }
+        let consumed = match machine.with_machine(|s| s.offer(id, &records)) {
+            Ok(consumed) => consumed,
+            Err(error) => {
+                tracing::error!(topic = %topic, group = %group, partition = index, %error, "offering records to a group failed");
+                break;
+            }
+        };
+        if feed.decoded.slots() + consumed > DECODED_MAX {
+            feed.decoded.clear();
+        }
+        for record in stored.drain(..consumed.min(stored.len())) {
+            feed.decoded.insert(index as u32, record);
+        }
+        if consumed < records.len() || consumed == 0 {
+            break;
+        }
+    }
+}
+
+/// Turns one member's polled deliveries into responses (see [`Shaper`]): records come
+/// from what `fill` decoded, else (redeliveries, records the cache dropped) from the log
+/// again. Returns the responses and the deliveries whose records are gone from the log.
+pub(crate) fn shape_deliveries<'a, L: LogSource + 'a>(
+    feed: &mut Feed,
+    log_of: impl Fn(PartitionId) -> Option<&'a L>,
+    batched: bool,
+    mut deliveries: Vec<Delivery>,
+) -> (Vec<Outgoing>, Vec<AckId>) {
+    deliveries.sort_by_key(|d| (d.partition, d.offset));
+    let mut responses = Vec::new();
+    let mut missing = Vec::new();
+    let mut shaper = Shaper::new(batched);
+    let mut i = 0;
+    while i < deliveries.len() {
+        let p = deliveries[i].partition;
+        let mut j = i;
+        while j < deliveries.len() && deliveries[j].partition == p {
+            j += 1;
+        }
+        let Some(log) = log_of(p) else {
+            i = j;
+            continue;
+        };
+        let mut records: Vec<Option<RecordRef>> = deliveries[i..j]
+            .iter()
+            .map(|d| feed.decoded.take(p.0, d.offset.0))
+            .collect();
+        let (slots, offsets): (Vec<usize>, Vec<u64>) = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_none())
+            .map(|(k, _)| (k, deliveries[i + k].offset.0))
+            .unzip();
+        if !offsets.is_empty() {
+            let read = read_refs(log, &offsets);
+            for (slot, record) in slots.into_iter().zip(read) {
+                records[slot] = record;
+            }
+        }
+        for (d, record) in deliveries[i..j].iter().zip(records) {
+            let Some(record) = record else {
+                missing.push(d.ack_id);
+                continue;
+            };
+            shaper.push(*d, record, &mut responses);
+        }
+        shaper.end_run(&mut responses);
+        i = j;
+    }
+    missing.extend(shaper.finish(&mut responses));
+    (responses, missing)
+}
+
+/// A polled record gone from the log (retention): there is nothing to deliver, so it is
+/// done.
+pub(crate) fn skip_missing(
+    state: &mut GroupState,
+    member: MemberId,
+    ack_id: &AckId,
+    names: (&str, &str),
+) {
+    let (topic, group) = names;
+    tracing::warn!(topic = %topic, group = %group, partition = %ack_id.partition, offset = %ack_id.offset, "a polled record is gone from the log; skipping it");
+    let _ = state.ack(member, ack_id);
+}
+
 /// Writes `bytes` to `dir/name` through a temporary file, fsync and rename.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -620,6 +876,21 @@ impl Group {
         write_atomic(&self.dir, META_FILE, text.as_bytes())
     }
 
+    /// Writes both files of a new group into `dir` (its staging directory). Blocking.
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        let (bytes, meta) = {
+            let inner = self.lock();
+            (inner.state.snapshot().encode(), self.meta(&inner))
+        };
+        let text = toml::to_string(&meta)
+            .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
+        write_atomic(dir, STATE_FILE, &bytes)?;
+        write_atomic(dir, META_FILE, text.as_bytes())?;
+        *last = bytes;
+        Ok(())
+    }
+
     /// Writes the state if it changed since the last write. Blocking.
     pub fn persist(&self) -> Result<()> {
         let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
@@ -633,6 +904,44 @@ impl Group {
         write_atomic(&self.dir, STATE_FILE, &bytes)?;
         *last = bytes;
         Ok(())
+    }
+
+    /// Replaces the machine with the last persisted state (after a panic in the group's
+    /// task, whose tables may be half-updated): the members' streams end with
+    /// UNAVAILABLE, so their clients join again, and what they held is redelivered, as
+    /// are acks since the last write (at-least-once). Returns how many partition positions
+    /// were brought down to their log's end.
+    fn restore_persisted(&self) -> u64 {
+        let persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut inner = self.lock();
+        let snapshot = GroupSnapshot::decode(&persisted).unwrap_or_else(|error| {
+            // Written by this process from a valid state, so this means a bug; the
+            // current state's snapshot is the best there is.
+            tracing::error!(topic = %self.topic_name, group = %self.name, %error, "the last persisted group state does not decode; restarting from the current state");
+            inner.state.snapshot()
+        });
+        let mut snapshot = snapshot;
+        let reset = clamp_to_logs(&mut snapshot, &self.topic, (&self.topic_name, &self.name));
+        let settings = inner.config.settings.clone();
+        match GroupState::restore(settings, GroupLimits::default(), &snapshot) {
+            Ok(state) => inner.state = state,
+            Err(error) => {
+                tracing::error!(topic = %self.topic_name, group = %self.name, %error, "cannot restore the group's state; keeping the current one");
+            }
+        }
+        for (_, slot) in inner.members.drain() {
+            let _ = slot.tx.try_send(Err(BrokerError::Unavailable(format!(
+                "group {:?} of topic {:?} restarted after an internal error; join again",
+                self.name, self.topic_name
+            ))));
+        }
+        drop(inner);
+        *self.feed.lock().unwrap_or_else(|p| p.into_inner()) = Feed::default();
+        reset
     }
 
     // ---- members ----
@@ -881,130 +1190,18 @@ impl Group {
 
     /// Reads the log where the machine wants records and offers them.
     fn fill(&self, watches: &mut [Option<watch::Receiver<u64>>]) {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
         for (index, partition) in self.topic.partitions.iter().enumerate() {
             if let Some(w) = watches[index].as_mut() {
                 w.borrow_and_update();
             }
-            let id = PartitionId(index as u32);
-            let reader = partition.reader();
-            loop {
-                let (want, room) = match self.lock().state.wants_with_room(id) {
-                    Ok(Some((want, room))) => (want.0, room),
-                    _ => break,
-                };
-                if want >= reader.high_watermark() {
-                    break;
-                }
-                let resume = {
-                    let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-                    if cursors.len() <= index {
-                        cursors.resize_with(index + 1, || None);
-                    }
-                    cursors[index].take().filter(|c| c.next_offset == want)
-                };
-                let resumed = resume.is_some();
-                let (bytes, high_watermark, mut batch_at, mut position) = match resume {
-                    Some(c) => (c.chunk, c.high_watermark, c.batch_at, Some(c.position)),
-                    None => match reader.read(want, FETCH_CHUNK_BYTES) {
-                        Ok(Some(chunk)) => (chunk.bytes, chunk.high_watermark, 0, None),
-                        Ok(None) => break,
-                        Err(StorageError::OffsetOutOfRange { start, .. }) if want < start => {
-                            tracing::warn!(topic = %self.topic_name, group = %self.name, partition = index, from = want, to = start, "records removed by retention before the group consumed them; skipping");
-                            let _ = self
-                                .lock()
-                                .state
-                                .seek(SeekTarget::Partition(id), Offset(start));
-                            continue;
-                        }
-                        Err(error) => {
-                            tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "reading the log for a group failed");
-                            break;
-                        }
-                    },
-                };
-                // Decode only what the machine has room for: a chunk can hold ten times
-                // more records than a partition buffers. Where decoding stops, a cursor
-                // remembers the place, so the next pass neither reads nor skips again.
-                let mut records = Vec::with_capacity(room.min(4096));
-                let mut stored = Vec::with_capacity(room.min(4096));
-                let mut stopped = None;
-                'batches: for view in batch::batches(&bytes[batch_at..]) {
-                    let Ok(view) = view else { break };
-                    let this_batch = batch_at;
-                    batch_at += view.header.batch_len as usize;
-                    if view.header.last_offset() < want {
-                        continue;
-                    }
-                    let mut batch_records = match position.take() {
-                        Some(at) => view.records_from(at),
-                        None => {
-                            let mut all = view.records();
-                            all.skip_to(want);
-                            all
-                        }
-                    };
-                    loop {
-                        if records.len() >= room {
-                            stopped = Some((this_batch, view.position_of(&batch_records)));
-                            break 'batches;
-                        }
-                        let Some(Ok(r)) = batch_records.next() else {
-                            break;
-                        };
-                        if r.offset < want {
-                            continue;
-                        }
-                        if r.offset >= high_watermark {
-                            break 'batches;
-                        }
-                        let record =
-                            RecordRef::of(&r, &bytes, this_batch, view.header.batch_len as usize);
-                        records.push(OfferedRecord {
-                            offset: Offset(r.offset),
-                            key: r.key.map(KeyHash::of),
-                            size_bytes: view_size(&r).min(u32::MAX as usize) as u32,
-                            timestamp_ms: r.timestamp,
-                        });
-                        stored.push(record);
-                    }
-                }
-                if records.is_empty() && resumed {
-                    // The cursor's chunk is used up: read on from the log.
-                    continue;
-                }
-                if let (Some((batch_at, position)), Some(last)) = (stopped, records.last()) {
-                    let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-                    cursors[index] = Some(FillCursor {
-                        next_offset: last.offset.0 + 1,
-                        chunk: bytes.clone(),
-                        high_watermark,
-                        batch_at,
-                        position,
-                    });
-                }
-                if records.is_empty() {
-                    break;
-                }
-                let consumed = match self.lock().state.offer(id, &records) {
-                    Ok(consumed) => consumed,
-                    Err(error) => {
-                        tracing::error!(topic = %self.topic_name, group = %self.name, partition = index, %error, "offering records to a group failed");
-                        break;
-                    }
-                };
-                {
-                    let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
-                    if decoded.slots() + consumed > DECODED_MAX {
-                        decoded.clear();
-                    }
-                    for record in stored.drain(..consumed.min(stored.len())) {
-                        decoded.insert(index as u32, record);
-                    }
-                }
-                if consumed < records.len() || consumed == 0 {
-                    break;
-                }
-            }
+            fill_partition(
+                &mut feed,
+                self,
+                partition.reader(),
+                index,
+                (&self.topic_name, &self.name),
+            );
         }
     }
 
@@ -1111,60 +1308,27 @@ impl Group {
         }
         let mut built = Vec::with_capacity(polled.len());
         let mut missing = Vec::new();
-        for (member, batched, mut deliveries) in polled {
-            deliveries.sort_by_key(|d| (d.partition, d.offset));
-            let mut responses = Vec::new();
-            let mut shaper = Shaper::new(batched);
-            let mut i = 0;
-            while i < deliveries.len() {
-                let p = deliveries[i].partition;
-                let mut j = i;
-                while j < deliveries.len() && deliveries[j].partition == p {
-                    j += 1;
-                }
-                let Ok(partition) = self.topic.partition(p.0) else {
-                    i = j;
-                    continue;
-                };
-                let mut records: Vec<Option<RecordRef>> = {
-                    let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
-                    deliveries[i..j]
-                        .iter()
-                        .map(|d| decoded.take(p.0, d.offset.0))
-                        .collect()
-                };
-                // Redeliveries, and records the cache dropped, are found in the log again.
-                let (slots, offsets): (Vec<usize>, Vec<u64>) = records
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.is_none())
-                    .map(|(k, _)| (k, deliveries[i + k].offset.0))
-                    .unzip();
-                if !offsets.is_empty() {
-                    let read = read_refs(partition.reader(), &offsets);
-                    for (slot, record) in slots.into_iter().zip(read) {
-                        records[slot] = record;
-                    }
-                }
-                for (d, record) in deliveries[i..j].iter().zip(records) {
-                    let Some(record) = record else {
-                        missing.push((member, d.ack_id));
-                        continue;
-                    };
-                    shaper.push(*d, record, &mut responses);
-                }
-                shaper.end_run(&mut responses);
-                i = j;
+        {
+            let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+            for (member, batched, deliveries) in polled {
+                let (responses, gone) = shape_deliveries(
+                    &mut feed,
+                    |p| self.topic.partition(p.0).ok().map(|p| p.reader()),
+                    batched,
+                    deliveries,
+                );
+                missing.extend(gone.into_iter().map(|id| (member, id)));
+                built.push((member, responses));
             }
-            let undecodable = shaper.finish(&mut responses);
-            missing.extend(undecodable.into_iter().map(|id| (member, id)));
-            built.push((member, responses));
         }
         let mut inner = self.lock();
         for (member, ack_id) in missing {
-            // Gone from the log (retention): nothing to deliver, so it is done.
-            tracing::warn!(topic = %self.topic_name, group = %self.name, partition = %ack_id.partition, offset = %ack_id.offset, "a polled record is gone from the log; skipping it");
-            let _ = inner.state.ack(member, &ack_id);
+            skip_missing(
+                &mut inner.state,
+                member,
+                &ack_id,
+                (&self.topic_name, &self.name),
+            );
         }
         let mut sent = 0;
         for (member, responses) in built {
@@ -1204,6 +1368,10 @@ impl Group {
         loop {
             if *stop.borrow() {
                 break;
+            }
+            #[cfg(test)]
+            if self.panic_next.swap(false, Ordering::Relaxed) {
+                panic!("a panic injected by a test");
             }
             self.fill(&mut watches);
             let mut dead = self.tick();
@@ -1269,6 +1437,71 @@ impl Group {
             let _ = done.await;
         }
     }
+}
+
+/// Runs a group's driver and restarts it when it panics: the panic is logged at ERROR
+/// with the group's names (the panic hook has logged where it happened), counted
+/// (`herald_group_task_failures_total`), and the group is restored from its last
+/// persisted state after a backoff (see [`RESTART_BACKOFF_MIN`]), so delivery resumes
+/// instead of stalling silently. Ends when the driver ends (the group stopped).
+async fn supervise(group: Arc<Group>, groups: Arc<GroupRegistry>) {
+    let mut backoff = RESTART_BACKOFF_MIN;
+    let mut stop = group.stop.subscribe();
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::spawn(group.clone().run(groups.clone())).await;
+        let panic = match outcome {
+            Ok(()) => return,
+            // Cancelled: the runtime is shutting down.
+            Err(error) if !error.is_panic() => return,
+            Err(error) => panic_message(error.into_panic()),
+        };
+        groups.task_failures.fetch_add(1, Ordering::Relaxed);
+        if started.elapsed() >= RESTART_BACKOFF_RESET {
+            backoff = RESTART_BACKOFF_MIN;
+        }
+        tracing::error!(topic = %group.topic_name, group = %group.name, %panic, restart_in_ms = backoff.as_millis() as u64, "the group's task panicked; restarting the group from its last persisted state");
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+        let reset = group.restore_persisted();
+        groups.offsets_reset.fetch_add(reset, Ordering::Relaxed);
+    }
+}
+
+/// The message of a panic payload (a `&str` or `String`, as `panic!` makes them).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(no message)".to_owned(), |m| (*m).to_owned()),
+    }
+}
+
+/// Brings every partition position of `snapshot` past its log's end down to it (see
+/// [`crate::group::PartitionSnapshot::clamp_to_log_end`]), with a WARN per partition;
+/// returns how many partitions changed. `names` (topic, group) are for logs.
+fn clamp_to_logs(snapshot: &mut GroupSnapshot, topic: &Topic, names: (&str, &str)) -> u64 {
+    let mut reset = 0;
+    for (index, (p, partition)) in snapshot
+        .partitions
+        .iter_mut()
+        .zip(&topic.partitions)
+        .enumerate()
+    {
+        let end = partition.reader().high_watermark();
+        if let Some(before) = p.clamp_to_log_end(end) {
+            reset += 1;
+            tracing::warn!(topic = %names.0, group = %names.1, partition = index, committed = %before, log_end = end, "the group's position was past the end of the log (records lost after an unclean stop?); later records at those offsets will be delivered");
+        }
+    }
+    reset
 }
 
 /// Waits until one watch changes; returns the index of a watch whose sender is gone.
@@ -1465,46 +1698,84 @@ fn build_batch(
         .map_err(|e| BrokerError::InvalidArgument(format!("cannot build the batch: {e}")))
 }
 
+/// Why a group directory did not load.
+enum LoadFailure {
+    /// It belongs to an earlier topic of the same name (deleted, then created again):
+    /// removed.
+    Stale(String),
+    /// Its files are damaged or missing: the group is refused and its files kept.
+    Damaged(String),
+}
+
 /// Every group of the broker.
 pub struct GroupRegistry {
     registry: Arc<Registry>,
     dir: PathBuf,
     groups: DashMap<(String, String), Arc<Group>>,
+    /// Groups whose files did not load, with why (naming the file): refused, not removed.
+    damaged: DashMap<(String, String), String>,
     /// Creates and deletes run one at a time.
     admin: tokio::sync::Mutex<()>,
     /// Member ids: unique across the broker's life and, seeded with the clock, across
     /// restarts.
     next_member: AtomicU64,
+    /// Group tasks that panicked (and were restarted), since start.
+    task_failures: AtomicU64,
+    /// Partition positions found past their log's end at load and brought down to it.
+    offsets_reset: AtomicU64,
 }
 
 impl GroupRegistry {
-    /// Loads every group under `<data_dir>/groups/`. Blocking. Groups of topics that no
-    /// longer exist are removed. Call [`GroupRegistry::start`] from the runtime next.
+    /// Loads every group under `<data_dir>/groups/`. Blocking. Groups of topics that were
+    /// deleted are removed, and so are interrupted creates and deletes (in the staging
+    /// directory). A group that cannot be loaded is never removed: it is refused (its
+    /// joins, describes and admin calls answer FAILED_PRECONDITION naming the file) and
+    /// its files are kept for the operator. Call [`GroupRegistry::start`] from the runtime
+    /// next.
     pub fn open(registry: Arc<Registry>) -> Result<GroupRegistry> {
         let dir = registry.config().data_dir.join(GROUPS_DIR);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BrokerError::io(format!("creating {}", dir.display()), e))?;
+        let staging = dir.join(STAGING_DIR);
+        if staging.exists() {
+            tracing::info!(path = %staging.display(), "removing interrupted group creates and deletes");
+            std::fs::remove_dir_all(&staging)
+                .map_err(|e| BrokerError::io(format!("removing {}", staging.display()), e))?;
+        }
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| BrokerError::io(format!("creating {}", staging.display()), e))?;
         let groups = GroupRegistry {
             dir: dir.clone(),
             groups: DashMap::new(),
+            damaged: DashMap::new(),
             admin: tokio::sync::Mutex::new(()),
             next_member: AtomicU64::new(now().saturating_mul(1000)),
+            task_failures: AtomicU64::new(0),
+            offsets_reset: AtomicU64::new(0),
             registry,
         };
         let topics = std::fs::read_dir(&dir)
             .map_err(|e| BrokerError::io(format!("listing {}", dir.display()), e))?;
         for topic_entry in topics.flatten() {
             let topic_name = topic_entry.file_name().to_string_lossy().into_owned();
+            if topic_name == STAGING_DIR {
+                continue;
+            }
             let topic = match groups.registry.get(&topic_name) {
                 Ok(topic) => topic,
-                Err(BrokerError::NotFound(_)) => {
+                Err(error) => {
+                    let topic_dir = groups
+                        .registry
+                        .config()
+                        .data_dir
+                        .join(TOPICS_DIR)
+                        .join(&topic_name);
+                    if !matches!(error, BrokerError::NotFound(_)) || topic_dir.exists() {
+                        // The topic is there but did not load (damaged): its groups wait
+                        // with it, untouched, for its repair.
+                        tracing::warn!(topic = %topic_name, %error, "keeping the groups of a topic that did not load");
+                        continue;
+                    }
                     tracing::info!(topic = %topic_name, "removing the groups of a deleted topic");
                     let _ = std::fs::remove_dir_all(topic_entry.path());
-                    continue;
-                }
-                // A damaged topic is not deleted: its groups wait with it for repair.
-                Err(error) => {
-                    tracing::warn!(topic = %topic_name, %error, "not loading the groups of a topic that is not loaded");
                     continue;
                 }
             };
@@ -1513,6 +1784,7 @@ impl GroupRegistry {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
+                let group_name = entry.file_name().to_string_lossy().into_owned();
                 match groups.load(&topic, &path) {
                     Ok(group) => {
                         tracing::info!(topic = %topic_name, group = %group.name, "opened group");
@@ -1520,9 +1792,15 @@ impl GroupRegistry {
                             .groups
                             .insert((topic_name.clone(), group.name.clone()), group);
                     }
-                    Err(error) => {
-                        tracing::warn!(path = %path.display(), %error, "removing a group that cannot be loaded");
+                    Err(LoadFailure::Stale(why)) => {
+                        tracing::info!(path = %path.display(), %why, "removing a group of an earlier topic of the same name");
                         let _ = std::fs::remove_dir_all(&path);
+                    }
+                    Err(LoadFailure::Damaged(error)) => {
+                        tracing::error!(topic = %topic_name, group = %group_name, %error, "refusing to load a damaged group; its files are kept");
+                        groups
+                            .damaged
+                            .insert((topic_name.clone(), group_name), error);
                     }
                 }
             }
@@ -1530,17 +1808,18 @@ impl GroupRegistry {
         Ok(groups)
     }
 
-    fn load(&self, topic: &Arc<Topic>, dir: &Path) -> Result<Arc<Group>> {
-        let text = std::fs::read_to_string(dir.join(META_FILE))
-            .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?;
-        let meta: GroupMeta = toml::from_str(&text).map_err(|e| {
-            BrokerError::io(
-                format!("parsing {}", dir.display()),
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            )
-        })?;
+    /// Loads the group in `dir`.
+    fn load(&self, topic: &Arc<Topic>, dir: &Path) -> Result<Arc<Group>, LoadFailure> {
+        let meta_path = dir.join(META_FILE);
+        let state_path = dir.join(STATE_FILE);
+        let damaged =
+            |path: &Path, why: String| LoadFailure::Damaged(format!("{}: {why}", path.display()));
+        let text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| damaged(&meta_path, format!("cannot read it: {e}")))?;
+        let meta: GroupMeta = toml::from_str(&text)
+            .map_err(|e| damaged(&meta_path, format!("cannot parse it: {e}")))?;
         if meta.topic_created_ms != 0 && meta.topic_created_ms != topic.meta.created_ms {
-            return Err(BrokerError::InvalidArgument(format!(
+            return Err(LoadFailure::Stale(format!(
                 "the group belongs to an earlier topic named {:?}",
                 meta.topic
             )));
@@ -1552,19 +1831,24 @@ impl GroupRegistry {
             max_delivery_attempts: meta.max_delivery_attempts,
             ordering: ordering_from_name(&meta.ordering),
         };
-        let bytes = std::fs::read(dir.join(STATE_FILE))
-            .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?;
-        let snapshot = GroupSnapshot::decode(&bytes)
-            .map_err(|e| BrokerError::InvalidArgument(format!("{}: {e}", dir.display())))?;
+        let bytes = std::fs::read(&state_path)
+            .map_err(|e| damaged(&state_path, format!("cannot read it: {e}")))?;
+        let mut snapshot =
+            GroupSnapshot::decode(&bytes).map_err(|e| damaged(&state_path, e.to_string()))?;
         if snapshot.partitions.len() != topic.partitions.len() {
-            return Err(BrokerError::InvalidArgument(format!(
-                "the group covers {} partitions, the topic has {}",
-                snapshot.partitions.len(),
-                topic.partitions.len()
-            )));
+            return Err(damaged(
+                &state_path,
+                format!(
+                    "the group covers {} partitions, the topic has {}",
+                    snapshot.partitions.len(),
+                    topic.partitions.len()
+                ),
+            ));
         }
+        let reset = clamp_to_logs(&mut snapshot, topic, (&meta.topic, &meta.group));
+        self.offsets_reset.fetch_add(reset, Ordering::Relaxed);
         let state = GroupState::restore(settings.clone(), GroupLimits::default(), &snapshot)
-            .map_err(group_error)?;
+            .map_err(|e| damaged(&meta_path, e.to_string()))?;
         let config = GroupConfig {
             settings,
             dead_letter_topic: meta.dead_letter_topic,
@@ -1607,23 +1891,35 @@ impl GroupRegistry {
             }),
             wake: Notify::new(),
             stop,
-            decoded: Mutex::new(DecodedRecords::default()),
-            cursors: Mutex::new(Vec::new()),
+            feed: Mutex::new(Feed::default()),
             persisted: Mutex::new(persisted),
             redrive: tokio::sync::Mutex::new(()),
             counters: GroupCounters::default(),
+            #[cfg(test)]
+            panic_next: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Starts the driver of every loaded group. Call from the runtime.
     pub fn start(self: &Arc<Self>) {
         for group in self.groups.iter() {
-            tokio::spawn(group.clone().run(self.clone()));
+            tokio::spawn(supervise(group.clone(), self.clone()));
         }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Group tasks that panicked since start (each was logged and restarted).
+    pub fn task_failures(&self) -> u64 {
+        self.task_failures.load(Ordering::Relaxed)
+    }
+
+    /// Partition positions found past their log's end at load (or at a restart after a
+    /// panic) and brought down to it, since start.
+    pub fn offsets_reset(&self) -> u64 {
+        self.offsets_reset.load(Ordering::Relaxed)
     }
 
     /// A fresh member id.
@@ -1639,6 +1935,9 @@ impl GroupRegistry {
             .get(&(topic.to_owned(), group.to_owned()))
             .map(|g| g.clone());
         let Some(found) = found else {
+            if let Some(error) = self.damaged_error(topic, group) {
+                return Err(error);
+            }
             return Err(BrokerError::NotFound(format!(
                 "group {group:?} of topic {topic:?} does not exist"
             )));
@@ -1656,6 +1955,27 @@ impl GroupRegistry {
         Ok(found)
     }
 
+    /// FAILED_PRECONDITION naming the file, if the group's files did not load at start
+    /// (and its topic is still there).
+    fn damaged_error(&self, topic: &str, group: &str) -> Option<BrokerError> {
+        let why = self
+            .damaged
+            .get(&(topic.to_owned(), group.to_owned()))?
+            .clone();
+        self.registry.get(topic).ok()?;
+        Some(BrokerError::FailedPrecondition(format!(
+            "group {group:?} of topic {topic:?} is not loaded because its files are damaged \
+             ({why}); they are kept: restore them, or delete the group to start it again \
+             (see README, \"Consumer groups under failure\")"
+        )))
+    }
+
+    /// Whether the group's files did not load at start (see [`GroupRegistry::open`]).
+    pub fn is_damaged(&self, topic: &str, group: &str) -> bool {
+        self.damaged
+            .contains_key(&(topic.to_owned(), group.to_owned()))
+    }
+
     /// Creates a group starting at `start_offsets` (one per partition). ALREADY_EXISTS if
     /// it exists, unless `existing_ok`, which returns the existing group.
     pub async fn create(
@@ -1669,6 +1989,10 @@ impl GroupRegistry {
         validate_name("group", name)?;
         let _admin = self.admin.lock().await;
         let key = (topic.name().to_owned(), name.to_owned());
+        if let Some(error) = self.damaged_error(&key.0, &key.1) {
+            // Never over the damaged group's files.
+            return Err(error);
+        }
         if let Some(existing) = self.groups.get(&key).map(|g| g.clone()) {
             if Arc::ptr_eq(&existing.topic, &topic) {
                 if existing_ok {
@@ -1702,20 +2026,32 @@ impl GroupRegistry {
         let writer = group.clone();
         let groups_dir = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            // Written whole in the staging directory, then renamed into place: a crash
+            // leaves either no group or a complete one (and a staging leftover that the
+            // next start removes), never a half-written group to mistake for damage.
+            let staging = groups_dir.join(STAGING_DIR).join(format!(
+                "create-{}-{}",
+                writer.created_ms,
+                std::process::id()
+            ));
             let topic_dir = groups_dir.join(&writer.topic_name);
-            std::fs::create_dir_all(&writer.dir)
-                .map_err(|e| BrokerError::io(format!("creating {}", writer.dir.display()), e))?;
-            writer.persist()?;
-            // group.toml last: it is what makes the directory a group.
-            writer.write_meta()?;
+            for d in [&staging, &topic_dir] {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| BrokerError::io(format!("creating {}", d.display()), e))?;
+            }
+            writer.write_files(&staging)?;
+            std::fs::rename(&staging, &writer.dir).map_err(|e| {
+                BrokerError::io(format!("renaming {} into place", staging.display()), e)
+            })?;
             crate::storage::sync_dir(&topic_dir)?;
+            crate::storage::sync_dir(&groups_dir.join(STAGING_DIR))?;
             crate::storage::sync_dir(&groups_dir)?;
             Ok(())
         })
         .await
         .map_err(|e| BrokerError::io("creating a group", std::io::Error::other(e)))??;
         self.groups.insert(key, group.clone());
-        tokio::spawn(group.clone().run(self.clone()));
+        tokio::spawn(supervise(group.clone(), self.clone()));
         tracing::info!(topic = %topic.name(), group = %name, "created group");
         Ok(group)
     }
@@ -1724,6 +2060,17 @@ impl GroupRegistry {
     pub async fn delete(&self, topic: &str, group: &str) -> Result<()> {
         let _admin = self.admin.lock().await;
         let key = (topic.to_owned(), group.to_owned());
+        if self.damaged.remove(&key).is_some() {
+            // The operator's way out for a damaged group: its files go as a deleted
+            // group's do.
+            let dir = self.dir.join(topic).join(group);
+            let staging = self.dir.join(STAGING_DIR);
+            tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging))
+                .await
+                .map_err(|e| BrokerError::io("deleting a group", std::io::Error::other(e)))??;
+            tracing::info!(topic = %key.0, group = %key.1, "deleted a damaged group");
+            return Ok(());
+        }
         if !self.groups.contains_key(&key) {
             return Err(BrokerError::NotFound(format!(
                 "group {group:?} of topic {topic:?} does not exist"
@@ -1763,12 +2110,11 @@ impl GroupRegistry {
         }
         group.wake();
         let dir = group.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            // group.toml first: without it the directory is not a group.
-            let _ = std::fs::remove_file(dir.join(META_FILE));
-            let _ = std::fs::remove_dir_all(&dir);
-        })
-        .await;
+        let staging = self.dir.join(STAGING_DIR);
+        let removed = tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging)).await;
+        if let Ok(Err(error)) = removed {
+            tracing::error!(topic = %key.0, group = %key.1, %error, "removing a deleted group's files failed");
+        }
         tracing::info!(topic = %key.0, group = %key.1, "deleted group");
     }
 
@@ -1929,6 +2275,30 @@ impl GroupRegistry {
         Ok(count)
     }
 }
+
+/// Removes a group's directory: first moved into the staging directory (one rename), so
+/// a crash midway leaves a leftover the next start removes, not a group without its
+/// `group.toml` to mistake for damage. Blocking.
+fn remove_group_dir(dir: &Path, staging: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let aside = staging.join(format!(
+        "delete-{}-{}",
+        now(),
+        NEXT_ASIDE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::rename(dir, &aside)
+        .map_err(|e| BrokerError::io(format!("moving {} aside", dir.display()), e))?;
+    if let Some(parent) = dir.parent() {
+        crate::storage::sync_dir(parent)?;
+    }
+    std::fs::remove_dir_all(&aside)
+        .map_err(|e| BrokerError::io(format!("removing {}", aside.display()), e))
+}
+
+/// Tells apart the names of directories moved aside in one process.
+static NEXT_ASIDE: AtomicU64 = AtomicU64::new(0);
 
 fn group_arc(groups: &GroupRegistry, group: &Group) -> Option<Arc<Group>> {
     groups
@@ -2167,6 +2537,187 @@ mod tests {
         assert!(decoded.take(1, 15).is_none());
         assert!(decoded.take(0, 13).is_none(), "another partition");
         assert!(decoded.take(7, 13).is_none(), "a partition never seen");
+    }
+
+    /// A log of single-record batches `a`, `b`, `c`: every record ends its batch.
+    fn single_record_batches() -> MemLog {
+        let mut log = MemLog::new();
+        for value in [b"a", b"b", b"c"] {
+            log.append(1_000, &[(Some(&value[..]), &value[..])]);
+        }
+        log
+    }
+
+    #[test]
+    fn reading_back_the_last_record_of_a_batch_that_others_follow() {
+        // A redelivery of `a` (offset 0): the wanted record ends its batch and the chunk
+        // read from the log holds the later batches too.
+        let log = single_record_batches();
+        let values = |offsets: &[u64]| -> Vec<Option<Vec<u8>>> {
+            read_records(&log, offsets)
+                .into_iter()
+                .map(|r| r.map(|r| r.value.to_vec()))
+                .collect()
+        };
+        assert_eq!(values(&[0]), [Some(b"a".to_vec())]);
+        assert_eq!(values(&[1]), [Some(b"b".to_vec())]);
+        assert_eq!(values(&[0, 2]), [Some(b"a".to_vec()), Some(b"c".to_vec())]);
+        assert_eq!(
+            values(&[2, 3]),
+            [Some(b"c".to_vec()), None],
+            "3 is past the end"
+        );
+        // The same in one batch of several records followed by another batch.
+        let mut log = MemLog::new();
+        log.append(0, &[(None, b"x0"), (None, b"x1")]);
+        log.append(0, &[(None, b"y2")]);
+        let found: Vec<u64> = read_refs(&log, &[0, 1])
+            .into_iter()
+            .map(|r| r.map_or(u64::MAX, |r| r.offset))
+            .collect();
+        assert_eq!(found, [0, 1]);
+    }
+
+    #[test]
+    fn filling_resumes_in_the_next_batch_when_the_machine_filled_up_at_a_batch_end() {
+        // The machine buffers 2 records; the first batch holds 2, the next 4, all of one
+        // size. The first pass stops at the end of batch 1; after acks the next pass
+        // resumes from its cursor, which must read batch 2 from its first record (not
+        // from batch 1's end position applied to batch 2, which offered offset 4 while
+        // the machine wanted 2).
+        let mut log = MemLog::new();
+        let value = |i: u64| format!("v{i}").into_bytes();
+        let key = |i: u64| format!("k{i}").into_bytes();
+        let (keys, values): (Vec<_>, Vec<_>) = (0..6).map(|i| (key(i), value(i))).unzip();
+        let records: Vec<(Option<&[u8]>, &[u8])> = (0..6)
+            .map(|i| (Some(&keys[i][..]), &values[i][..]))
+            .collect();
+        log.append(0, &records[..2]);
+        log.append(0, &records[2..]);
+        let limits = GroupLimits {
+            max_buffered_per_partition: 2,
+            ..GroupLimits::default()
+        };
+        let state =
+            Mutex::new(GroupState::new(GroupSettings::default(), limits, &[Offset(0)]).unwrap());
+        let member = MemberId(1);
+        state
+            .with_machine(|s| s.join(member, MemberOptions::default(), 0))
+            .unwrap();
+        let mut feed = Feed::default();
+        for round in 0..3u64 {
+            fill_partition(&mut feed, &state, &log, 0, ("t", "g"));
+            let deliveries = state.with_machine(|s| s.poll(member, 0, 100)).unwrap();
+            let (responses, missing) =
+                shape_deliveries(&mut feed, |_| Some(&log), false, deliveries);
+            assert!(missing.is_empty());
+            let mut delivered = Vec::new();
+            for response in responses {
+                let Outgoing::Deliveries(d) = response else {
+                    continue;
+                };
+                for single in d.singles {
+                    state
+                        .with_machine(|s| s.ack(member, &single.delivery.ack_id))
+                        .unwrap();
+                    delivered.push((single.record.offset, single.record.value.to_vec()));
+                }
+            }
+            let wanted: Vec<(u64, Vec<u8>)> =
+                (round * 2..round * 2 + 2).map(|i| (i, value(i))).collect();
+            assert_eq!(delivered, wanted, "round {round}");
+        }
+    }
+
+    /// Offsets of the deliveries `rx` carries until `count` arrived (10 s at most).
+    async fn receive(rx: &mut mpsc::Receiver<MemberItem>, count: usize) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        while offsets.len() < count {
+            let item = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("deliveries within 10 s")
+                .expect("stream open");
+            match item.expect("no error") {
+                Outgoing::Deliveries(d) => {
+                    offsets.extend(d.singles.iter().map(|s| s.record.offset));
+                    offsets.extend(
+                        d.runs
+                            .iter()
+                            .flat_map(|r| r.first_offset..r.first_offset + u64::from(r.count)),
+                    );
+                }
+                Outgoing::Joined { .. } | Outgoing::Assignment(_) => {}
+            }
+        }
+        offsets
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_task_that_panics_is_counted_and_restarted_from_its_persisted_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().to_owned(),
+            fsync: crate::config::FsyncSetting::Never,
+            segment_bytes: 4 << 20,
+            ..crate::config::Config::default()
+        };
+        let registry = Arc::new(Registry::open(config).unwrap());
+        let topic = registry
+            .create("t", 1, crate::topic::TopicSettings::default())
+            .unwrap();
+        let groups = Arc::new(GroupRegistry::open(registry.clone()).unwrap());
+        groups.start();
+        let config = GroupConfig {
+            settings: GroupSettings::default(),
+            dead_letter_topic: None,
+        };
+        let group = groups
+            .create(topic.clone(), "g", config, vec![0], false)
+            .await
+            .unwrap();
+        for value in [&b"a"[..], b"b", b"c"] {
+            let batch = build_batch(&registry, 1, Some(value), value, &[]).unwrap();
+            topic.partition(0).unwrap().append(batch).await.unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(MEMBER_QUEUE);
+        group
+            .join(
+                MemberId(1),
+                "one".into(),
+                MemberOptions::default(),
+                false,
+                tx,
+            )
+            .unwrap();
+        assert_eq!(receive(&mut rx, 3).await, [0, 1, 2]);
+
+        // A bug panics the task while the member holds all three unacked.
+        group.panic_next.store(true, Ordering::Relaxed);
+        group.wake();
+        let ended = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the member's stream ends within 10 s");
+        assert!(
+            matches!(ended, Some(Err(BrokerError::Unavailable(_)))),
+            "{ended:?}"
+        );
+        assert_eq!(groups.task_failures(), 1);
+
+        // The group serves again: a member that joins gets what was never acked.
+        let (tx, mut rx) = mpsc::channel(MEMBER_QUEUE);
+        group
+            .join(
+                MemberId(2),
+                "two".into(),
+                MemberOptions::default(),
+                false,
+                tx,
+            )
+            .unwrap();
+        assert_eq!(receive(&mut rx, 3).await, [0, 1, 2]);
+        let (description, _, _) = group.describe();
+        assert_eq!(description.members.len(), 1);
+        groups.close();
     }
 
     #[test]

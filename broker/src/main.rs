@@ -129,6 +129,30 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+    install_panic_hook();
+}
+
+/// Sends panics through the log instead of the default hook's raw stderr lines: one ERROR
+/// event (a JSON line with `--log-json`) with the thread, place, message and backtrace
+/// (captured as `RUST_BACKTRACE` asks). The message keeps the default hook's "panicked
+/// at" wording, which log scanners and the crash tests look for. Supervised tasks log
+/// their own ERROR with context when they restart after one.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("<unnamed>");
+        let location = info
+            .location()
+            .map_or_else(|| "<unknown>".to_owned(), ToString::to_string);
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let backtrace = std::backtrace::Backtrace::capture();
+        tracing::error!(thread, %location, panic = message, %backtrace, "thread '{thread}' panicked at {location}: {message}");
+    }));
 }
 
 fn main() -> ExitCode {

@@ -55,6 +55,32 @@ pub struct PartitionSnapshot {
     pub attempts: Vec<(Offset, u32)>,
 }
 
+impl PartitionSnapshot {
+    /// Forgets every position at or past `end`, the partition log's end offset: a
+    /// committed offset above it comes down to it, done ranges are cut at it and attempt
+    /// counts past it dropped. A log shorter than the group's state (records lost to a
+    /// power loss under fsync `never`) reuses those offsets for new records, which the
+    /// group has never seen and must not count as done. Returns the committed offset
+    /// before, if anything changed.
+    pub fn clamp_to_log_end(&mut self, end: u64) -> Option<Offset> {
+        let before = self.committed;
+        let done_len = self.done.len();
+        let attempts_len = self.attempts.len();
+        let cut_range = self.done.last().is_some_and(|&(_, e)| e.0 > end);
+        self.committed = Offset(self.committed.0.min(end));
+        self.done.retain(|&(start, _)| start.0 < end);
+        for range in &mut self.done {
+            range.1 = Offset(range.1.0.min(end));
+        }
+        self.attempts.retain(|&(offset, _)| offset.0 < end);
+        let changed = self.committed != before
+            || self.done.len() != done_len
+            || self.attempts.len() != attempts_len
+            || cut_range;
+        changed.then_some(before)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SnapshotError {
     #[error("group snapshot is truncated")]
@@ -289,6 +315,34 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn positions_past_the_log_end_are_forgotten() {
+        let mut p = sample().partitions.remove(0);
+        assert_eq!(
+            p.clamp_to_log_end(100),
+            None,
+            "all below the end: unchanged"
+        );
+        // The log ends inside the first done range: it is cut there, the later one and
+        // the attempts past the end are gone.
+        assert_eq!(p.clamp_to_log_end(13), Some(Offset(10)));
+        assert_eq!(p.committed, Offset(10));
+        assert_eq!(p.done, [(Offset(12), Offset(13))]);
+        assert_eq!(p.attempts, [(Offset(10), 2), (Offset(11), 1)]);
+        // The committed offset past the end (7,064 against a recovered end of 0).
+        let mut p = PartitionSnapshot {
+            committed: Offset(7_064),
+            done: vec![(Offset(7_070), Offset(7_080))],
+            attempts: vec![(Offset(7_064), 3)],
+        };
+        assert_eq!(p.clamp_to_log_end(0), Some(Offset(7_064)));
+        assert_eq!(p, PartitionSnapshot::default());
+        let snapshot = GroupSnapshot {
+            partitions: vec![p],
+        };
+        assert_eq!(snapshot.validate(), Ok(()));
     }
 
     #[test]

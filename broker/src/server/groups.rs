@@ -236,8 +236,11 @@ pub async fn delete_group(
     groups: &Arc<GroupRegistry>,
     r: v1::DeleteGroupRequest,
 ) -> Result<v1::DeleteGroupResponse> {
-    // Through `get`, so a group of a deleted topic is NOT_FOUND.
-    groups.get(&r.topic, &r.group).await?;
+    // Through `get`, so a group of a deleted topic is NOT_FOUND; a damaged group (not
+    // loaded) can be deleted, which is how an operator starts it again.
+    if !groups.is_damaged(&r.topic, &r.group) {
+        groups.get(&r.topic, &r.group).await?;
+    }
     groups.delete(&r.topic, &r.group).await?;
     Ok(v1::DeleteGroupResponse {})
 }

@@ -39,6 +39,10 @@ pub struct Metrics {
     partitions: IntGauge,
     fsyncs: IntCounter,
     fsync_seconds: prometheus::Counter,
+    /// Group tasks that panicked and were restarted (a bug; see the ERROR log).
+    group_task_failures: IntCounter,
+    /// Group partition positions found past their log's end and brought down to it.
+    group_offsets_reset: IntCounter,
     groups: GroupMetrics,
     /// Held while refreshing and gathering, so concurrent scrapes never see each other's
     /// half-refreshed values.
@@ -215,6 +219,16 @@ impl Metrics {
                 "Time spent in log flushes since start, all partitions",
             )
             .expect("valid metric"),
+            group_task_failures: IntCounter::new(
+                "group_task_failures_total",
+                "Consumer-group tasks that panicked and were restarted from their persisted state",
+            )
+            .expect("valid metric"),
+            group_offsets_reset: IntCounter::new(
+                "group_offsets_reset_total",
+                "Group partition positions found past the end of their log and brought down to it",
+            )
+            .expect("valid metric"),
             groups: GroupMetrics::new(),
             scrape: Mutex::new(()),
             registry,
@@ -233,6 +247,8 @@ impl Metrics {
             Box::new(m.partitions.clone()),
             Box::new(m.fsyncs.clone()),
             Box::new(m.fsync_seconds.clone()),
+            Box::new(m.group_task_failures.clone()),
+            Box::new(m.group_offsets_reset.clone()),
         ]
         .into_iter()
         .chain(m.groups.collectors())
@@ -263,6 +279,10 @@ impl Metrics {
         self.fsyncs.inc_by(flushes);
         self.fsync_seconds.reset();
         self.fsync_seconds.inc_by(seconds);
+        self.group_task_failures.reset();
+        self.group_task_failures.inc_by(groups.task_failures());
+        self.group_offsets_reset.reset();
+        self.group_offsets_reset.inc_by(groups.offsets_reset());
         self.groups.refresh(groups);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
