@@ -33,7 +33,7 @@ fn storage_status(error: StorageError) -> Status {
         | StorageError::QueueFull
         | StorageError::DiskFull { .. } => Status::resource_exhausted(message),
         StorageError::OffsetOutOfRange { .. } => Status::out_of_range(message),
-        StorageError::Corrupt { .. } => {
+        StorageError::Corrupt { .. } | StorageError::DamagedBatch { .. } => {
             tracing::error!(%message, "corrupt log");
             Status::data_loss(message)
         }
@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn codes() {
-        let cases: Vec<(BrokerError, Code)> = vec![
+        let mut cases: Vec<(BrokerError, Code)> = vec![
             (BrokerError::NotFound("t".into()), Code::NotFound),
             (StorageError::QueueFull.into(), Code::ResourceExhausted),
             (
@@ -70,6 +70,17 @@ mod tests {
                 Code::InvalidArgument,
             ),
         ];
+        cases.push((
+            StorageError::DamagedBatch {
+                log: "topic t partition 0".into(),
+                offset: 7,
+                path: "/d/t/0/00000000000000000000.log".into(),
+                position: 40,
+                reason: "CRC mismatch".into(),
+            }
+            .into(),
+            Code::DataLoss,
+        ));
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }
