@@ -191,6 +191,8 @@ pub struct LogWriter {
     /// Set by a failed flush; every later write is refused with this reason.
     poisoned: Option<String>,
     stats: std::sync::Arc<WriterStats>,
+    /// The checkpoint written last; retention rewrites it with the new start offset.
+    checkpoint: Checkpoint,
     /// What readers' errors call this log; see [`LogWriter::set_name`].
     name: std::sync::Arc<str>,
     // Held for the writer's life: an exclusive `flock` on the directory's lock file.
@@ -267,6 +269,7 @@ impl LogWriter {
             preparer,
             poisoned: None,
             stats: Default::default(),
+            checkpoint: rec.checkpoint,
             name,
             _lock: lock,
         })
@@ -516,8 +519,12 @@ impl LogWriter {
             position: 0,
             next_offset: self.next_offset,
             clean: false,
+            durable: sync,
+            start_offset: Some(self.segments[0].base_offset()),
         };
-        checkpoint.write(&self.dir, sync)
+        checkpoint.write(&self.dir, sync)?;
+        self.checkpoint = checkpoint;
+        Ok(())
     }
 
     /// Deletes closed segments past the retention limits, oldest first. The active segment
@@ -544,6 +551,15 @@ impl LogWriter {
         if doomed == 0 {
             return Ok(outcome);
         }
+        // Record the new start durably before anything is deleted, so that the next open
+        // tells these deletions apart from lost files (whatever the fsync policy: it is
+        // one small sync per retired segment).
+        let checkpoint = Checkpoint {
+            start_offset: Some(outcome.start_offset),
+            ..self.checkpoint
+        };
+        checkpoint.write(&self.dir, true)?;
+        self.checkpoint = checkpoint;
         let removed: Vec<_> = self.segments.drain(..doomed).collect();
         // Publish first: from here no new reader can find the removed segments, and those
         // that already hold one keep its mapping, which outlives the unlink.
@@ -578,6 +594,8 @@ impl LogWriter {
             position: self.write_pos,
             next_offset: self.next_offset,
             clean: true,
+            durable: true,
+            start_offset: Some(self.segments[0].base_offset()),
         }
         .write(&self.dir, true)
     }
