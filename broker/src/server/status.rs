@@ -39,7 +39,8 @@ fn storage_status(error: StorageError) -> Status {
         }
         StorageError::Poisoned { .. }
         | StorageError::Io { .. }
-        | StorageError::NotADirectory { .. } => {
+        | StorageError::NotADirectory { .. }
+        | StorageError::NotAPartitionLog { .. } => {
             tracing::error!(%message, "storage error serving a request");
             Status::internal(message)
         }

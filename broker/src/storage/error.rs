@@ -29,6 +29,10 @@ pub enum StorageError {
     },
     #[error("{} is not a directory", path.display())]
     NotADirectory { path: PathBuf },
+    /// An offline tool was pointed at a directory that holds neither a checkpoint nor a
+    /// segment file.
+    #[error("{} is not a partition log (it holds no checkpoint and no segment file)", path.display())]
+    NotAPartitionLog { path: PathBuf },
     #[error("corrupt log: {} at byte {position}: {reason}", path.display())]
     Corrupt {
         path: PathBuf,

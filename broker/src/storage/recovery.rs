@@ -34,7 +34,7 @@ use super::segment::{
     SegmentShape, TIME_INDEX_SUFFIX, parse_segment_name, segment_path, sync_dir,
 };
 
-const CHECKPOINT_FILE: &str = "checkpoint";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const LOCK_FILE: &str = "lock";
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"HRCP");
@@ -367,7 +367,7 @@ fn remove_leftovers(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
     for entry in entries {
