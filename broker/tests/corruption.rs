@@ -645,3 +645,65 @@ fn fetch_answers_data_loss_or_exact_bytes() {
         });
     }
 }
+
+/// The recovery the README documents: copy aside, cut at the named byte (or move the
+/// damaged segment and later ones out), delete the checkpoint; the log then opens with the
+/// records before the damage and takes new ones.
+#[test]
+fn the_documented_recovery_opens_the_log_up_to_the_damage() {
+    // Damage in the active segment after a clean stop: truncate at the named byte.
+    let (dir, config, records) = clean_log(600);
+    let names = segment_names(dir.path());
+    let active = dir.path().join(names.last().unwrap());
+    let mut bytes = fs::read(&active).unwrap();
+    bytes[60] ^= 1; // in the active segment's first batch
+    fs::write(&active, &bytes).unwrap();
+    let report = inspect::check(dir.path()).unwrap();
+    let problem = report.problems.first().expect("check finds the damage");
+    assert_eq!(problem.path, active);
+    let before = records.iter().filter(|r| r.0 < report.end_offset).count();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(problem.position)
+        .unwrap();
+    fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let mut writer = LogWriter::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(read_all(&writer.reader()).unwrap(), records[..before]);
+    let mut builder = BatchBuilder::default();
+    builder.push(&Record {
+        timestamp: 1,
+        key: None,
+        value: b"after",
+        headers: &[],
+    });
+    let bytes = builder.finish();
+    let appended = writer
+        .append_and_commit(batch::validate(&bytes, usize::MAX).unwrap())
+        .unwrap();
+    assert_eq!(appended.base_offset, before as u64);
+
+    // Damage in an older segment: move it and every later segment out.
+    let (dir, config, records) = clean_log(600);
+    let names = segment_names(dir.path());
+    let victim = dir.path().join(&names[1]);
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&victim, &bytes).unwrap();
+    let report = inspect::check(dir.path()).unwrap();
+    assert_eq!(report.problems[0].path, victim);
+    let aside = tempfile::tempdir().unwrap();
+    for name in &names[1..] {
+        let stem = name.strip_suffix(".log").unwrap();
+        for suffix in ["log", "index", "timeindex"] {
+            let file = format!("{stem}.{suffix}");
+            fs::rename(dir.path().join(&file), aside.path().join(&file)).unwrap();
+        }
+    }
+    fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let writer = LogWriter::open(dir.path(), config).unwrap();
+    let kept = read_all(&writer.reader()).unwrap();
+    assert!(!kept.is_empty() && records.starts_with(&kept));
+    assert_eq!(writer.next_offset(), kept.len() as u64);
+}

@@ -17,8 +17,21 @@
 //!   acknowledged — and the log is cut there: the garbage is zeroed, later (empty) segments
 //!   are deleted, a warning is logged.
 //!
+//! A checkpoint also records the log's **start offset** (retention writes a new checkpoint
+//! before it deletes segments) and whether it is **durable** (synced after the prefix it
+//! names was flushed). Before anything is cut, the log found is held against it:
+//!
+//! - the segment at the start offset must exist (segments below it are retention's
+//!   leftovers and are deleted): a missing first segment is damage, not retention;
+//! - a gap between segments is an error naming the missing file;
+//! - a log that stops short of what a durable checkpoint vouches for (a truncated segment
+//!   after a clean stop, a damaged sealed segment at the end) is an error, never a torn tail.
+//!
+//! Sealed segments are not CRC-checked here; every read checks the batches it returns
+//! (`LogReader::read`), so their bytes are never served unchecked.
+//!
 //! Opening the same damaged directory twice gives the same result: a cut leaves a log that
-//! scans clean, and an error changes nothing on disk.
+//! scans clean, and an error changes no segment file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
