@@ -177,8 +177,9 @@ fn valid_batch_after(bytes: &[u8], from: u64) -> Option<u64> {
         })
 }
 
-/// Checks the index files of a segment against the batch boundaries found. Entries at or
-/// past `ignore_from` (a torn tail's, which the broker drops on start) are not checked.
+/// Checks the index files of a segment against the batch boundaries found. Entries in order
+/// at or past `ignore_from` (a torn tail's, which the broker drops on start) are not
+/// checked against them.
 fn check_indexes(
     dir: &Path,
     base: u64,
@@ -197,6 +198,7 @@ fn check_indexes(
         let Ok(Some(index)) = ReadOnly::open(&path) else {
             continue; // A missing index is rebuilt on open: not damage.
         };
+        let mut previous: Option<u32> = None;
         for (i, entry) in index.bytes().chunks_exact(entry_bytes).enumerate() {
             let u32_at = |at: usize| u32::from_le_bytes(entry[at..at + 4].try_into().expect("4"));
             let (relative, position) = (u32_at(rel_at), u32_at(pos_at));
@@ -210,8 +212,21 @@ fn check_indexes(
             if !present {
                 break;
             }
-            if u64::from(position) >= ignore_from {
+            // Entries are in log order; one out of order is damage even in a torn tail
+            // (the broker's binary search would keep it).
+            if previous.is_some_and(|p| position < p) {
+                out.push(Problem {
+                    path: path.clone(),
+                    position: (i * entry_bytes) as u64,
+                    reason: format!(
+                        "entry {i} points to byte {position}, before the entry ahead of it"
+                    ),
+                });
                 break;
+            }
+            previous = Some(position);
+            if u64::from(position) >= ignore_from {
+                continue;
             }
             let wanted = base + u64::from(relative);
             if boundaries.get(&u64::from(position)) != Some(&wanted) {

@@ -336,8 +336,11 @@ fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCurso
         if header.batch_len == 0 && header.magic == 0 {
             break;
         }
+        // The hop covers at most an index interval and the last batch: checking their CRCs
+        // is cheap, and the record count that sets the next offset is under the CRC.
         if header.check_frame((capacity - at) as usize).is_err()
             || header.base_offset != next_offset
+            || batch::crc_of(segment.bytes(at, at + u64::from(header.batch_len))) != header.crc
         {
             return None;
         }
@@ -522,7 +525,10 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
                     path: segment_path(dir, base, LOG_SUFFIX),
                     position: at,
                     reason: format!(
-                        "segment starts at offset {base} but the log before it ends at offset {next_offset}"
+                        "segment starts at offset {base} but the log before it ends at offset {next_offset}{}",
+                        segments
+                            .last()
+                            .map_or_else(String::new, |s| format!(" in {}", s.path().display()))
                     ),
                 });
             }
