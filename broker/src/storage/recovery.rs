@@ -27,8 +27,9 @@
 //! - a log that stops short of what a durable checkpoint vouches for (a truncated segment
 //!   after a clean stop, a damaged sealed segment at the end) is an error, never a torn tail.
 //!
-//! Sealed segments are not CRC-checked here; every read checks the batches it returns
-//! (`LogReader::read`), so their bytes are never served unchecked.
+//! Of a sealed segment, only the batches after its last index entry are CRC-checked here
+//! (to find its end); every read checks the batches it returns (`LogReader::read`), so
+//! the rest are never served unchecked either.
 //!
 //! Opening the same damaged directory twice gives the same result: a cut leaves a log that
 //! scans clean, and an error changes no segment file.
