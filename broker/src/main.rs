@@ -6,13 +6,12 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 
 use herald_broker::config::{Config, FsyncSetting};
 use herald_broker::server::Broker;
-use herald_broker::storage::{LogConfig, LogWriter, batch};
+use herald_broker::storage::inspect;
 
 #[derive(Parser)]
 #[command(
@@ -97,13 +96,15 @@ impl ServeArgs {
 
 #[derive(Subcommand)]
 enum LogCommand {
-    /// Open the log as the broker would (recovering it: a torn tail is cut) and print its
-    /// offsets, size and segment count.
+    /// Verify every batch (frame, offset sequence, CRC), index entry and segment of a
+    /// partition log, read-only, and print its offsets and any damage; exits non-zero on
+    /// damage.
     Check {
         /// The partition directory.
         dir: PathBuf,
     },
-    /// Print the records of a partition log, one per line.
+    /// Print the records of a partition log, one per line (read-only; stops with an error
+    /// naming the file and byte at the first damaged batch).
     Dump {
         /// The partition directory.
         dir: PathBuf,
@@ -196,45 +197,50 @@ fn run(command: Command) -> anyhow::Result<()> {
 fn log_command(command: LogCommand) -> anyhow::Result<()> {
     match command {
         LogCommand::Check { dir } => {
-            let writer = open_existing(&dir)?;
-            let reader = writer.reader();
+            let report = inspect::check(&dir)?;
             println!(
-                "{}: offsets {}..{}, {} bytes in {} segments",
+                "{}: offsets {}..{}, {} batches, {} bytes in {} segments",
                 dir.display(),
-                reader.start_offset(),
-                reader.high_watermark(),
-                reader.size_bytes(),
-                reader.segment_count()
+                report.start_offset,
+                report.end_offset,
+                report.batches,
+                report.bytes,
+                report.segments
             );
-            writer.close()?;
+            if let Some(torn) = &report.torn_tail {
+                println!("torn tail (cut when the broker starts; not damage): {torn}");
+            }
+            for problem in &report.problems {
+                println!("DAMAGE: {problem}");
+            }
+            anyhow::ensure!(
+                report.problems.is_empty(),
+                "{} is damaged ({} problem(s) above); see README \"Disk damage\"",
+                dir.display(),
+                report.problems.len()
+            );
         }
         LogCommand::Dump { dir, from, limit } => {
-            let writer = open_existing(&dir)?;
-            let reader = writer.reader();
-            let mut at = from.max(reader.start_offset());
-            let end = at.saturating_add(limit).min(reader.high_watermark());
-            while at < end {
-                let Some(chunk) = reader.read(at, 1 << 20)? else {
-                    break;
-                };
-                for batch in batch::batches(&chunk.bytes) {
-                    for record in batch?.records() {
-                        let record = record?;
-                        if record.offset < at || record.offset >= end {
-                            continue;
-                        }
-                        println!(
-                            "{}\t{}\t{}\t{}",
-                            record.offset,
-                            record.timestamp,
-                            record.key.map_or("-".into(), String::from_utf8_lossy),
-                            String::from_utf8_lossy(record.value)
-                        );
+            let end = from.saturating_add(limit);
+            inspect::for_each_batch(&dir, from, |view| {
+                for record in view.records() {
+                    let Ok(record) = record else { return false };
+                    if record.offset >= end {
+                        return false;
                     }
+                    if record.offset < from {
+                        continue;
+                    }
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        record.offset,
+                        record.timestamp,
+                        record.key.map_or("-".into(), String::from_utf8_lossy),
+                        String::from_utf8_lossy(record.value)
+                    );
                 }
-                at = chunk.next_offset;
-            }
-            writer.close()?;
+                true
+            })?;
         }
     }
     Ok(())
@@ -257,15 +263,4 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped cleanly");
         anyhow::Ok(())
     })
-}
-
-/// Opens a partition directory that must already exist (never creates one by mistake).
-fn open_existing(dir: &std::path::Path) -> anyhow::Result<LogWriter> {
-    anyhow::ensure!(
-        dir.is_dir(),
-        "{} is not a partition directory",
-        dir.display()
-    );
-    LogWriter::open(dir, LogConfig::default())
-        .with_context(|| format!("opening the partition log in {}", dir.display()))
 }

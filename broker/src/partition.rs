@@ -42,7 +42,14 @@ impl Partition {
         log_config: LogConfig,
         max_batch_bytes: usize,
     ) -> Result<Partition> {
-        let writer = LogWriter::open(dir, log_config)?;
+        let mut writer = LogWriter::open(dir, log_config)?;
+        // A partition lives in `<data_dir>/topics/<topic>/<id>`: errors from its reader (a
+        // damaged batch) name it the way an operator knows it.
+        let topic = dir
+            .parent()
+            .and_then(Path::file_name)
+            .map_or_else(|| "?".into(), |t| t.to_string_lossy());
+        writer.set_name(format!("topic {topic} partition {id}"));
         let (tx, rx) = watch::channel(writer.high_watermark());
         let reader = writer.reader();
         let stats = writer.stats();

@@ -6,8 +6,9 @@
 //! position 0 of a segment, and a new segment starts (at the batch's base offset) when the
 //! next batch does not fit. Damage to the active segment must leave every batch wholly
 //! before it intact and return nothing after it: a damaged last batch is a torn tail that
-//! recovery cuts; damage followed by a valid batch makes opening fail with
-//! `StorageError::Corrupt` naming the file and byte. Opening twice gives the same result,
+//! recovery cuts; damage followed by a valid batch, or a truncation below the checkpoint
+//! (bytes flushed and vouched for), makes opening fail with `StorageError::Corrupt` naming
+//! the file and byte, and leaves the file as it was. Opening twice gives the same result,
 //! and a log recovery cut must take appends again.
 //!
 //! Every case comes from a seed and its failure message names it.
@@ -511,6 +512,40 @@ fn damage_case(seed: u64) {
         after.len() >= range.end && before[range.clone()] == after[range]
     };
     let truncated = after.len() < before.len();
+    if bad.position < from {
+        // Only a truncation reaches below the checkpoint. Those bytes were flushed and the
+        // checkpoint vouches for them: losing them is damage, never a torn tail to cut.
+        let first = open(log.dir(), &log.config);
+        match &first {
+            Outcome::Corrupt {
+                path: p, position, ..
+            } => {
+                assert_eq!(p, &path, "{context}: the error names the wrong file");
+                assert_eq!(
+                    *position, bad.position,
+                    "{context}: the error names the wrong position"
+                );
+            }
+            other => panic!(
+                "{context}: the log lost bytes its checkpoint vouches for (batch {} at byte \
+                 {}), so opening must fail as corrupt; got {}",
+                bad.base(),
+                bad.position,
+                other.summary()
+            ),
+        }
+        assert_eq!(
+            first,
+            open(log.dir(), &log.config),
+            "{context}: a second open differs"
+        );
+        assert_eq!(
+            fs::read(&path).expect("read segment"),
+            after,
+            "{context}: the refusal changed the file"
+        );
+        return;
+    }
     let valid_after = !truncated && in_active[k..].iter().any(|b| frame_and_crc_intact(b));
     if valid_after {
         let first = open(log.dir(), &log.config);

@@ -62,13 +62,14 @@ fn storage_status(error: StorageError) -> Status {
         | StorageError::QueueFull
         | StorageError::DiskFull { .. } => Status::resource_exhausted(message),
         StorageError::OffsetOutOfRange { .. } => Status::out_of_range(message),
-        StorageError::Corrupt { .. } => {
+        StorageError::Corrupt { .. } | StorageError::DamagedBatch { .. } => {
             tracing::error!(%message, "corrupt log");
             Status::data_loss(message)
         }
         StorageError::Poisoned { .. }
         | StorageError::Io { .. }
-        | StorageError::NotADirectory { .. } => {
+        | StorageError::NotADirectory { .. }
+        | StorageError::NotAPartitionLog { .. } => {
             tracing::error!(%message, "storage error serving a request");
             Status::internal(message)
         }
@@ -82,7 +83,7 @@ mod tests {
 
     #[test]
     fn codes() {
-        let cases: Vec<(BrokerError, Code)> = vec![
+        let mut cases: Vec<(BrokerError, Code)> = vec![
             (BrokerError::NotFound("t".into()), Code::NotFound),
             (StorageError::QueueFull.into(), Code::ResourceExhausted),
             (
@@ -99,6 +100,17 @@ mod tests {
                 Code::InvalidArgument,
             ),
         ];
+        cases.push((
+            StorageError::DamagedBatch {
+                log: "topic t partition 0".into(),
+                offset: 7,
+                path: "/d/t/0/00000000000000000000.log".into(),
+                position: 40,
+                reason: "CRC mismatch".into(),
+            }
+            .into(),
+            Code::DataLoss,
+        ));
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }

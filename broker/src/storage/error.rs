@@ -29,8 +29,27 @@ pub enum StorageError {
     },
     #[error("{} is not a directory", path.display())]
     NotADirectory { path: PathBuf },
+    /// An offline tool was pointed at a directory that holds neither a checkpoint nor a
+    /// segment file.
+    #[error("{} is not a partition log (it holds no checkpoint and no segment file)", path.display())]
+    NotAPartitionLog { path: PathBuf },
     #[error("corrupt log: {} at byte {position}: {reason}", path.display())]
     Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    /// A committed batch failed its check on the way out (CRC, frame, or its place in the
+    /// offset sequence): the bytes on disk changed after they were written. It is never
+    /// served; the partition keeps answering this for that offset until an operator
+    /// repairs the log (README, "Disk damage").
+    #[error("data loss in {log} at offset {offset}: {} byte {position}: {reason}", path.display())]
+    DamagedBatch {
+        /// Which log: "topic T partition P" inside a broker, the directory otherwise.
+        log: std::sync::Arc<str>,
+        /// The offset whose batch is damaged.
+        offset: u64,
+        /// The damaged file (a segment, or the index that points into it).
         path: PathBuf,
         position: u64,
         reason: String,

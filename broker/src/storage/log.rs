@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::batch::{BASE_OFFSET_AT, BatchHeader, BatchView, ValidBatch};
+use super::batch::{self, BASE_OFFSET_AT, BatchHeader, BatchView, ValidBatch};
 use super::error::{Result, StorageError};
 use super::handoff::{Arc, Handoff, Located, Published};
 use super::index::{OffsetEntry, TimeEntry};
@@ -191,6 +191,10 @@ pub struct LogWriter {
     /// Set by a failed flush; every later write is refused with this reason.
     poisoned: Option<String>,
     stats: std::sync::Arc<WriterStats>,
+    /// The checkpoint written last; retention rewrites it with the new start offset.
+    checkpoint: Checkpoint,
+    /// What readers' errors call this log; see [`LogWriter::set_name`].
+    name: std::sync::Arc<str>,
     // Held for the writer's life: an exclusive `flock` on the directory's lock file.
     _lock: File,
 }
@@ -213,6 +217,8 @@ pub struct ReadChunk {
 #[derive(Clone)]
 pub struct LogReader {
     handoff: Arc<Handoff<Segment>>,
+    /// What errors call this log ("topic T partition P", or its directory).
+    name: std::sync::Arc<str>,
 }
 
 struct MappedRange {
@@ -238,6 +244,7 @@ impl LogWriter {
             index_entries: config.index_entries(),
             sync: config.fsync != FsyncPolicy::Never,
         };
+        let name = dir.display().to_string().into();
         let lock = recovery::lock_dir(&dir)?;
         let rec = recovery::recover(&config, &shape)?;
         let preparer = Preparer::new(shape);
@@ -262,6 +269,8 @@ impl LogWriter {
             preparer,
             poisoned: None,
             stats: Default::default(),
+            checkpoint: rec.checkpoint,
+            name,
             _lock: lock,
         })
     }
@@ -269,7 +278,14 @@ impl LogWriter {
     pub fn reader(&self) -> LogReader {
         LogReader {
             handoff: self.handoff.clone(),
+            name: self.name.clone(),
         }
+    }
+
+    /// Names the log in the errors of readers made from now on (e.g. "topic orders
+    /// partition 3"), so a damaged batch is reported with what an operator knows it by.
+    pub fn set_name(&mut self, name: impl Into<std::sync::Arc<str>>) {
+        self.name = name.into();
     }
 
     pub fn config(&self) -> &LogConfig {
@@ -503,8 +519,12 @@ impl LogWriter {
             position: 0,
             next_offset: self.next_offset,
             clean: false,
+            durable: sync,
+            start_offset: Some(self.segments[0].base_offset()),
         };
-        checkpoint.write(&self.dir, sync)
+        checkpoint.write(&self.dir, sync)?;
+        self.checkpoint = checkpoint;
+        Ok(())
     }
 
     /// Deletes closed segments past the retention limits, oldest first. The active segment
@@ -531,6 +551,15 @@ impl LogWriter {
         if doomed == 0 {
             return Ok(outcome);
         }
+        // Record the new start durably before anything is deleted, so that the next open
+        // tells these deletions apart from lost files (whatever the fsync policy: it is
+        // one small sync per retired segment).
+        let checkpoint = Checkpoint {
+            start_offset: Some(outcome.start_offset),
+            ..self.checkpoint
+        };
+        checkpoint.write(&self.dir, true)?;
+        self.checkpoint = checkpoint;
         let removed: Vec<_> = self.segments.drain(..doomed).collect();
         // Publish first: from here no new reader can find the removed segments, and those
         // that already hold one keep its mapping, which outlives the unlink.
@@ -565,6 +594,8 @@ impl LogWriter {
             position: self.write_pos,
             next_offset: self.next_offset,
             clean: true,
+            durable: true,
+            start_offset: Some(self.segments[0].base_offset()),
         }
         .write(&self.dir, true)
     }
@@ -597,6 +628,11 @@ impl LogReader {
     /// Reads whole batches from the one that holds `offset`, up to `max_bytes` (but always
     /// at least one batch, so a batch larger than the budget can still be read). Returns
     /// `None` when `offset` is the high watermark. Never blocks the writer.
+    ///
+    /// Every batch returned was checked on the way out: its frame, its base offset (the
+    /// next in the sequence; the CRC does not cover it) and its CRC. A damaged first batch
+    /// is a [`StorageError::DamagedBatch`]; a damaged later one ends the chunk before it, so
+    /// the next read, which starts there, reports it.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<ReadChunk>> {
         let (segment, high_watermark) = match self.handoff.locate(offset) {
             Located::Found {
@@ -620,33 +656,67 @@ impl LogReader {
             }
         };
         let committed = segment.committed_len();
-        let relative = offset - segment.base_offset();
+        let base = segment.base_offset();
+        let relative = offset - base;
         let i = segment
             .offsets
             .partition_point(|e| u64::from(e.relative_offset) <= relative);
-        let mut from = match i {
-            0 => 0,
-            i => u64::from(segment.offsets.get(i - 1).position).min(committed),
+        // Where to start hopping, and the offset the batch there must have.
+        let (mut from, mut expected) = match i {
+            0 => (0, base),
+            i => {
+                let entry = segment.offsets.get(i - 1);
+                (
+                    u64::from(entry.position),
+                    base + u64::from(entry.relative_offset),
+                )
+            }
         };
-        // Hop batch headers to the batch holding `offset`.
+        // Hop batch headers to the batch holding `offset`. An index entry whose batch is not
+        // there (or lies past `offset`) is a damaged index: name the index file.
+        let mut hops = 0usize;
         let first = loop {
-            let header = checked_header(&segment, from, committed)?;
+            let header = match self.checked_header(&segment, from, committed, expected) {
+                Ok(header) => header,
+                Err(error) if hops == 0 && i > 0 => {
+                    return Err(self.damaged_index(&segment, offset, from, error));
+                }
+                Err(error) => return Err(error),
+            };
             if header.next_offset() > offset {
                 break header;
             }
             from += u64::from(header.batch_len);
+            expected = header.next_offset();
+            hops += 1;
         };
+        if first.base_offset > offset {
+            return Err(self.damaged_index(
+                &segment,
+                offset,
+                from,
+                self.damaged(
+                    &segment,
+                    offset,
+                    from,
+                    format!("the index leads to a batch at offset {}", first.base_offset),
+                ),
+            ));
+        }
+        self.check_crc(&segment, from, &first)?;
         let mut to = from + u64::from(first.batch_len);
         let mut next_offset = first.next_offset();
         let budget = max_bytes as u64;
-        while to < committed {
-            let header = checked_header(&segment, to, committed)?;
-            if header.base_offset >= high_watermark
-                || to + u64::from(header.batch_len) - from > budget
-            {
+        while to < committed && next_offset < high_watermark {
+            // Damage in a later batch ends the chunk here; the next read reports it.
+            let Ok(header) = self.checked_header(&segment, to, committed, next_offset) else {
+                break;
+            };
+            let end = to + u64::from(header.batch_len);
+            if end - from > budget || self.check_crc(&segment, to, &header).is_err() {
                 break;
             }
-            to += u64::from(header.batch_len);
+            to = end;
             next_offset = header.next_offset();
         }
         Ok(Some(ReadChunk {
@@ -655,6 +725,89 @@ impl LogReader {
             next_offset,
             high_watermark,
         }))
+    }
+
+    /// The header at `at`, which must be a whole, well-framed batch below `committed` with
+    /// base offset `expected`. Committed bytes were validated before they were written, so a
+    /// failure here means the file changed under us.
+    fn checked_header(
+        &self,
+        segment: &Segment,
+        at: u64,
+        committed: u64,
+        expected: u64,
+    ) -> Result<BatchHeader> {
+        let header = checked_header(segment, at, committed)
+            .map_err(|e| self.damaged(segment, expected, at, e.to_string()))?;
+        if header.base_offset != expected {
+            return Err(self.damaged(
+                segment,
+                expected,
+                at,
+                format!(
+                    "batch has base offset {} where {expected} was expected",
+                    header.base_offset
+                ),
+            ));
+        }
+        Ok(header)
+    }
+
+    fn check_crc(&self, segment: &Segment, at: u64, header: &BatchHeader) -> Result<()> {
+        let end = at + u64::from(header.batch_len);
+        let actual = batch::crc_of(segment.bytes(at, end));
+        if actual == header.crc {
+            return Ok(());
+        }
+        Err(self.damaged(
+            segment,
+            header.base_offset,
+            at,
+            format!(
+                "CRC mismatch (stored {:#010x}, computed {actual:#010x})",
+                header.crc
+            ),
+        ))
+    }
+
+    fn damaged(
+        &self,
+        segment: &Segment,
+        offset: u64,
+        position: u64,
+        reason: String,
+    ) -> StorageError {
+        StorageError::DamagedBatch {
+            log: self.name.clone(),
+            offset,
+            path: segment.path().to_owned(),
+            position,
+            reason,
+        }
+    }
+
+    /// Re-attributes a failure found where the offset index pointed to the index file.
+    fn damaged_index(
+        &self,
+        segment: &Segment,
+        offset: u64,
+        position: u64,
+        error: StorageError,
+    ) -> StorageError {
+        let reason = match error {
+            StorageError::DamagedBatch { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        StorageError::DamagedBatch {
+            log: self.name.clone(),
+            offset,
+            path: segment.offsets.path().to_owned(),
+            position,
+            reason: format!(
+                "its entry for offset {offset} points to byte {position} of {}, where {reason}",
+                segment.path().display()
+            ),
+        }
     }
 
     /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` if
@@ -812,6 +965,94 @@ mod tests {
         let w = LogWriter::open(dir.path(), config(4096, FsyncPolicy::Always)).unwrap();
         assert_eq!(w.next_offset(), 302);
         assert_eq!(read_all(&w.reader(), 0).len(), 302);
+    }
+
+    /// Flips one bit of `file` at `at`.
+    fn flip(file: &Path, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_sealed_segment_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4096, FsyncPolicy::Always);
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        let one = batch(0, 3, &[7; 100]);
+        for _ in 0..40 {
+            append(&mut w, &one);
+        }
+        w.close().unwrap();
+        // The third batch of the first (sealed, checkpointed) segment: offsets 6..9.
+        let segment = dir.path().join("00000000000000000000.log");
+        let third = 2 * one.len() as u64;
+        flip(&segment, third + 60);
+        let mut w = LogWriter::open(dir.path(), cfg).unwrap();
+        w.set_name("topic t partition 0");
+        let r = w.reader();
+        // A read from the start stops before the damaged batch...
+        let chunk = r.read(0, 1 << 20).unwrap().unwrap();
+        assert_eq!(chunk.next_offset, 6);
+        // ...and the read of the damaged batch is refused, naming log, offset and file.
+        for offset in [6, 7, 8] {
+            let error = r.read(offset, 1 << 20).unwrap_err();
+            let StorageError::DamagedBatch {
+                offset: at,
+                path,
+                position,
+                ..
+            } = &error
+            else {
+                panic!("expected a damaged batch, got {error}");
+            };
+            assert_eq!((*at, path, *position), (6, &segment, third), "{error}");
+            let message = error.to_string();
+            assert!(
+                message.contains("topic t partition 0") && message.contains("CRC"),
+                "{message}"
+            );
+        }
+        // The batches after it are still served.
+        assert_eq!(read_all(&r, 9).len(), 120 - 9);
+    }
+
+    #[test]
+    fn a_flipped_base_offset_or_index_entry_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4096, FsyncPolicy::Always);
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        let one = batch(0, 2, &[1; 100]);
+        for _ in 0..40 {
+            append(&mut w, &one);
+        }
+        w.close().unwrap();
+        // The base offset is outside the CRC: the offset sequence catches it.
+        let segment = dir.path().join("00000000000000000000.log");
+        flip(&segment, one.len() as u64);
+        // The offset index's second entry (every 256 bytes) now points elsewhere.
+        let index = dir.path().join("00000000000000000000.index");
+        flip(&index, 8 + 4);
+        let w = LogWriter::open(dir.path(), cfg).unwrap();
+        let r = w.reader();
+        let error = r.read(2, 100).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::DamagedBatch { path, offset: 2, .. } if *path == segment),
+            "{error}"
+        );
+        let entry = w.handoff.segments()[0].offsets.get(1);
+        let indexed = u64::from(entry.relative_offset);
+        let error = r.read(indexed, 100).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::DamagedBatch { path, .. } if *path == index),
+            "{error}"
+        );
     }
 
     #[test]

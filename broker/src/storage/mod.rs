@@ -11,6 +11,7 @@
 //! - `handoff` — how committed bytes are published to lock-free readers.
 //! - `log` — the writer (append, commit with the fsync policy, roll, retention) and reader.
 //! - `recovery` — opening a directory: checkpoint, scan, torn-tail repair.
+//! - `inspect` — read-only verification of a directory, for the offline `log` commands.
 //! - `committer` — group commit: many appenders share one writer thread and one flush.
 
 pub mod batch;
@@ -18,6 +19,7 @@ pub mod committer;
 mod error;
 mod handoff;
 mod index;
+pub mod inspect;
 mod log;
 mod recovery;
 mod segment;

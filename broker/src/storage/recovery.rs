@@ -17,8 +17,22 @@
 //!   acknowledged — and the log is cut there: the garbage is zeroed, later (empty) segments
 //!   are deleted, a warning is logged.
 //!
+//! A checkpoint also records the log's **start offset** (retention writes a new checkpoint
+//! before it deletes segments) and whether it is **durable** (synced after the prefix it
+//! names was flushed). Before anything is cut, the log found is held against it:
+//!
+//! - the segment at the start offset must exist (segments below it are retention's
+//!   leftovers and are deleted): a missing first segment is damage, not retention;
+//! - a gap between segments is an error naming the missing file;
+//! - a log that stops short of what a durable checkpoint vouches for (a truncated segment
+//!   after a clean stop, a damaged sealed segment at the end) is an error, never a torn tail.
+//!
+//! Of a sealed segment, only the batches after its last index entry are CRC-checked here
+//! (to find its end); every read checks the batches it returns (`LogReader::read`), so
+//! the rest are never served unchecked either.
+//!
 //! Opening the same damaged directory twice gives the same result: a cut leaves a log that
-//! scans clean, and an error changes nothing on disk.
+//! scans clean, and an error changes no segment file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -34,14 +48,35 @@ use super::segment::{
     SegmentShape, TIME_INDEX_SUFFIX, parse_segment_name, segment_path, sync_dir,
 };
 
-const CHECKPOINT_FILE: &str = "checkpoint";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const LOCK_FILE: &str = "lock";
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"HRCP");
-const CHECKPOINT_VERSION: u32 = 1;
-const CHECKPOINT_BYTES: usize = 40;
+/// Version 1 (40 bytes) is read, never written: data dirs of earlier builds open as before.
+const CHECKPOINT_V1: u32 = 1;
+const CHECKPOINT_V1_BYTES: usize = 40;
+const CHECKPOINT_VERSION: u32 = 2;
+const CHECKPOINT_BYTES: usize = 48;
 
 /// A durable promise about a prefix of the log (see the module docs).
+///
+/// On disk, little-endian; version 2, 48 bytes:
+///
+/// | at | size | field |
+/// |---:|---:|---|
+/// | 0 | 4 | magic `HRCP` |
+/// | 4 | 4 | version u32 = 2 |
+/// | 8 | 8 | `segment_base` u64 |
+/// | 16 | 8 | `position` u64 |
+/// | 24 | 8 | `next_offset` u64 |
+/// | 32 | 1 | `clean` (0 or 1) |
+/// | 33 | 1 | `durable` (0 or 1) |
+/// | 34 | 2 | zero |
+/// | 36 | 8 | `start_offset` u64 |
+/// | 44 | 4 | CRC-32C of bytes 0..44 |
+///
+/// Version 1 (40 bytes) is the same up to byte 33, then zeros to 36 and the CRC of 0..36 at
+/// 36; it has no start offset, and counts as durable only when clean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
     pub(crate) segment_base: u64,
@@ -49,6 +84,14 @@ pub(crate) struct Checkpoint {
     pub(crate) next_offset: u64,
     /// Written by a clean close: nothing was appended after `position`.
     pub(crate) clean: bool,
+    /// Written after the prefix it names was flushed, and synced itself (every checkpoint
+    /// but a roll's under fsync `never`): the prefix survives a power loss, so a log found
+    /// shorter than it is damage, not a lost unflushed tail.
+    pub(crate) durable: bool,
+    /// The log's first offset when it was written (retention moves it, and writes a new
+    /// checkpoint before it deletes anything). Tells a missing first segment apart from
+    /// retention. `None` in a version-1 checkpoint.
+    pub(crate) start_offset: Option<u64>,
 }
 
 impl Checkpoint {
@@ -60,24 +103,41 @@ impl Checkpoint {
         b[16..24].copy_from_slice(&self.position.to_le_bytes());
         b[24..32].copy_from_slice(&self.next_offset.to_le_bytes());
         b[32] = u8::from(self.clean);
-        let crc = crc32c::crc32c(&b[..36]);
-        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b[33] = u8::from(self.durable);
+        let start = self.start_offset.unwrap_or(self.segment_base);
+        b[36..44].copy_from_slice(&start.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..44]);
+        b[44..48].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
-    fn decode(b: &[u8]) -> Option<Checkpoint> {
-        let b: &[u8; CHECKPOINT_BYTES] = b.try_into().ok()?;
-        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    pub(crate) fn decode(b: &[u8]) -> Option<Checkpoint> {
+        let u32_at = |at: usize| {
+            b.get(at..at + 4)
+                .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+        };
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-        let valid = u32_at(0) == CHECKPOINT_MAGIC
-            && u32_at(4) == CHECKPOINT_VERSION
-            && u32_at(36) == crc32c::crc32c(&b[..36])
-            && b[32] <= 1;
+        if u32_at(0)? != CHECKPOINT_MAGIC {
+            return None;
+        }
+        let (version, len) = (u32_at(4)?, b.len());
+        let v1 = version == CHECKPOINT_V1 && len == CHECKPOINT_V1_BYTES;
+        let v2 = version == CHECKPOINT_VERSION && len == CHECKPOINT_BYTES;
+        let valid = if v1 {
+            u32_at(36)? == crc32c::crc32c(&b[..36]) && b[32] <= 1 && b[33..36] == [0; 3]
+        } else {
+            v2 && u32_at(44)? == crc32c::crc32c(&b[..44])
+                && b[32] <= 1
+                && b[33] <= 1
+                && b[34..36] == [0; 2]
+        };
         valid.then(|| Checkpoint {
             segment_base: u64_at(8),
             position: u64_at(16),
             next_offset: u64_at(24),
             clean: b[32] == 1,
+            durable: if v1 { b[32] == 1 } else { b[33] == 1 },
+            start_offset: v2.then(|| u64_at(36)),
         })
     }
 
@@ -101,7 +161,7 @@ impl Checkpoint {
     }
 
     /// The directory's checkpoint; a missing or unreadable one means "scan everything".
-    fn read(dir: &Path) -> Option<Checkpoint> {
+    pub(crate) fn read(dir: &Path) -> Option<Checkpoint> {
         let path = dir.join(CHECKPOINT_FILE);
         let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
         let read = File::open(&path)
@@ -160,6 +220,8 @@ pub(crate) struct Recovered {
     pub(crate) write_pos: u64,
     pub(crate) next_offset: u64,
     pub(crate) indexer: IndexCursor,
+    /// The checkpoint recovery wrote.
+    pub(crate) checkpoint: Checkpoint,
 }
 
 /// Why a scan stopped.
@@ -275,8 +337,11 @@ fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCurso
         if header.batch_len == 0 && header.magic == 0 {
             break;
         }
+        // The hop covers at most an index interval and the last batch: checking their CRCs
+        // is cheap, and the record count that sets the next offset is under the CRC.
         if header.check_frame((capacity - at) as usize).is_err()
             || header.base_offset != next_offset
+            || batch::crc_of(segment.bytes(at, at + u64::from(header.batch_len))) != header.crc
         {
             return None;
         }
@@ -284,7 +349,17 @@ fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCurso
         at += u64::from(header.batch_len);
         hops += 1;
     }
-    if hops == 0 {
+    // The rest of a sealed segment is its unused room, all zeros; anything else is a batch
+    // the hop could not reach (a damaged header): scan instead.
+    // The time index's entries must lie below the end too (its closing entry names the last
+    // batch): one past it means the hop stopped early.
+    if hops == 0
+        || segment
+            .times
+            .last()
+            .is_some_and(|e| u64::from(e.position) >= at)
+        || segment.bytes(at, capacity).iter().any(|&b| b != 0)
+    {
         return None;
     }
     let indexer = IndexCursor::resume(segment, at, interval);
@@ -309,7 +384,7 @@ fn remove_leftovers(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
     for entry in entries {
@@ -343,27 +418,118 @@ fn holds_batches(dir: &Path, base: u64, index_entries: usize) -> Result<Option<u
     }
 }
 
+/// The error for a missing segment file: the one whose first offset is `base`.
+fn missing(dir: &Path, base: u64, why: String) -> StorageError {
+    StorageError::Corrupt {
+        path: segment_path(dir, base, LOG_SUFFIX),
+        position: 0,
+        reason: format!("the file is missing: {why}"),
+    }
+}
+
+/// The error for a log that ends at `end` where it should go on to `wanted` (a later
+/// segment, or what the checkpoint vouches for). Names the file that should hold offset
+/// `end`: the last segment if it is short (its file ends where its batches do, below the
+/// configured size: it was cut), else the missing next one.
+fn gap(
+    dir: &Path,
+    shape: &SegmentShape,
+    last: Option<&Arc<Segment>>,
+    active: &Option<(u64, IndexCursor)>,
+    end: u64,
+    wanted: u64,
+) -> StorageError {
+    if let (Some(last), Some((last_end, _))) = (last, active)
+        && *last_end == last.capacity()
+        && last.capacity() < shape.segment_bytes
+    {
+        return StorageError::Corrupt {
+            path: last.path().to_owned(),
+            position: *last_end,
+            reason: format!(
+                "the file is cut short: its batches end at offset {end}, at the file's end, but the log goes on to offset {wanted}"
+            ),
+        };
+    }
+    let after = last.map_or_else(String::new, |last| format!(" in {}", last.path().display()));
+    missing(
+        dir,
+        end,
+        format!("the log ends at offset {end}{after} but goes on to offset {wanted}"),
+    )
+}
+
 /// Opens every segment of the directory and brings the log to a consistent state.
 pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recovered> {
     let dir = shape.dir.as_path();
     let interval = config.index_interval_bytes;
     remove_leftovers(dir)?;
-    let bases = list_segments(dir)?;
+    let mut bases = list_segments(dir)?;
     let checkpoint = Checkpoint::read(dir);
+    // A durable checkpoint's promise: the log holds at least offsets up to here.
+    let vouched = checkpoint
+        .filter(|c| c.durable)
+        .map_or(0, |c| c.next_offset);
+    if let Some(c) = checkpoint
+        && let Some(start) = c.start_offset
+    {
+        // Retention records the new start before it deletes: segments below it are its
+        // leftovers. The segment at the start must be there, unless the log holds nothing.
+        if !bases.contains(&start) && (c.next_offset > start || bases.iter().any(|&b| b > start)) {
+            return Err(missing(
+                dir,
+                start,
+                format!(
+                    "the checkpoint says the log starts at offset {start} and holds offsets up to {}",
+                    c.next_offset
+                ),
+            ));
+        }
+        for &base in bases.iter().filter(|&&b| b < start) {
+            tracing::warn!(dir = %dir.display(), base, start, "deleting a segment retention had already removed from the log");
+            delete_segment_files(dir, base)?;
+        }
+        bases.retain(|&b| b >= start);
+    }
+    if bases.is_empty()
+        && let Some(c) = checkpoint
+        && c.next_offset > c.start_offset.unwrap_or(0)
+    {
+        return Err(missing(
+            dir,
+            c.start_offset.unwrap_or(c.segment_base),
+            format!(
+                "no segment file is left, but the checkpoint says the log holds offsets up to {}",
+                c.next_offset
+            ),
+        ));
+    }
     let mut segments: Vec<Arc<Segment>> = Vec::new();
-    let mut next_offset = bases.first().copied().unwrap_or(0);
+    let mut next_offset = bases
+        .first()
+        .copied()
+        .or(checkpoint.map(|c| c.next_offset))
+        .unwrap_or(0);
     let mut active: Option<(u64, IndexCursor)> = None;
 
     for (i, &base) in bases.iter().enumerate() {
         let later = &bases[i + 1..];
         if base != next_offset {
-            // A segment that does not continue the log may only be an empty leftover.
-            if let Some(at) = holds_batches(dir, base, shape.index_entries)? {
+            // A segment that does not continue the log may only be an empty leftover, and
+            // only if no durable checkpoint vouches for offsets past the gap.
+            let holds = holds_batches(dir, base, shape.index_entries)?;
+            if base > next_offset && (holds.is_some() || vouched > next_offset) {
+                return Err(gap(dir, shape, segments.last(), &active, next_offset, base));
+            }
+            if let Some(at) = holds {
                 return Err(StorageError::Corrupt {
                     path: segment_path(dir, base, LOG_SUFFIX),
                     position: at,
                     reason: format!(
-                        "segment starts at offset {base} but the log before it ends at offset {next_offset}"
+                        "segment starts at offset {base} but the log before it ends at offset {next_offset}{}",
+                        segments
+                            .last()
+                            .map_or_else(String::new, |s| format!(" in {}", s.path().display()))
                     ),
                 });
             }
@@ -432,6 +598,28 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
                 ),
             });
         }
+        // A log that stops short of what a durable checkpoint vouches for lost bytes that
+        // were flushed: that is damage, never a torn tail to cut.
+        let stopped_early = match &result.stop {
+            Stop::Damaged(_) => true,
+            Stop::End => checkpoint.is_some_and(|c| c.segment_base == base),
+        };
+        if stopped_early && result.next_offset < vouched {
+            return Err(StorageError::Corrupt {
+                path: segment.path().to_owned(),
+                position: result.end,
+                reason: format!(
+                    "{}; the log ends at offset {} here, but its checkpoint vouches for offsets up to {} (the file was cut short or damaged)",
+                    match &result.stop {
+                        Stop::End =>
+                            "no batch follows (zeroed bytes or the end of the file)".to_string(),
+                        Stop::Damaged(reason) => format!("damaged batch: {reason}"),
+                    },
+                    result.next_offset,
+                    vouched
+                ),
+            });
+        }
         if let Stop::Damaged(reason) = &result.stop {
             for &base in later {
                 if let Some(at) = holds_batches(dir, base, shape.index_entries)? {
@@ -469,6 +657,16 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         }
     }
 
+    if next_offset < vouched {
+        return Err(gap(
+            dir,
+            shape,
+            segments.last(),
+            &active,
+            next_offset,
+            vouched,
+        ));
+    }
     // An empty active segment smaller than configured (its file was cut short, or it was made
     // under a smaller size) would refuse every batch larger than itself: make a new one.
     if let (Some((0, _)), Some(last)) = (&active, segments.last())
@@ -492,18 +690,21 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         .clone();
     // A new checkpoint: everything up to here is verified and flushed. Not `clean`, so a
     // crash after this open scans what gets appended next.
-    Checkpoint {
+    let checkpoint = Checkpoint {
         segment_base: last.base_offset(),
         position: write_pos,
         next_offset,
         clean: false,
-    }
-    .write(dir, true)?;
+        durable: true,
+        start_offset: Some(segments[0].base_offset()),
+    };
+    checkpoint.write(dir, true)?;
     Ok(Recovered {
         segments,
         write_pos,
         next_offset,
         indexer,
+        checkpoint,
     })
 }
 
@@ -518,11 +719,42 @@ mod tests {
             position: 4096,
             next_offset: 77,
             clean: true,
+            durable: true,
+            start_offset: Some(5),
         };
         let mut b = c.encode();
         assert_eq!(Checkpoint::decode(&b), Some(c));
         b[10] ^= 1;
         assert_eq!(Checkpoint::decode(&b), None);
         assert_eq!(Checkpoint::decode(&b[..20]), None);
+    }
+
+    /// A checkpoint as builds before version 2 wrote it still opens: no start offset, and
+    /// durable only if clean.
+    #[test]
+    fn version_1_checkpoint_is_read() {
+        for clean in [false, true] {
+            let mut b = [0u8; CHECKPOINT_V1_BYTES];
+            b[0..4].copy_from_slice(b"HRCP");
+            b[4..8].copy_from_slice(&1u32.to_le_bytes());
+            b[8..16].copy_from_slice(&10u64.to_le_bytes());
+            b[16..24].copy_from_slice(&4096u64.to_le_bytes());
+            b[24..32].copy_from_slice(&77u64.to_le_bytes());
+            b[32] = u8::from(clean);
+            let crc = crc32c::crc32c(&b[..36]);
+            b[36..40].copy_from_slice(&crc.to_le_bytes());
+            let c = Checkpoint::decode(&b).expect("a version-1 checkpoint decodes");
+            assert_eq!(
+                c,
+                Checkpoint {
+                    segment_base: 10,
+                    position: 4096,
+                    next_offset: 77,
+                    clean,
+                    durable: clean,
+                    start_offset: None,
+                }
+            );
+        }
     }
 }
