@@ -7,7 +7,9 @@
 //! at start. A directory without the marker whose `topic.toml` is missing, unreadable or
 //! wrong is **damaged**: it is never deleted or overwritten; the broker starts without it
 //! and answers requests for it with FAILED_PRECONDITION naming the file, until an operator
-//! repairs it (README, "Metadata damage and how to recover"). A topic is deleted by moving
+//! repairs it (README, "Metadata damage and how to recover"). A topic one of whose
+//! partition logs is refused at open (storage damage naming the file) is kept aside the
+//! same way (README, "Disk damage"). A topic is deleted by moving
 //! it into `<data_dir>/staging/` first, whose contents are removed at start, so a crash
 //! never leaves a half-deleted topic in `topics/`.
 
@@ -21,7 +23,7 @@ use dashmap::DashMap;
 use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
-use crate::storage::sync_dir;
+use crate::storage::{StorageError, sync_dir};
 use crate::topic::{Topic, TopicMeta, TopicSettings, shown, validate_name};
 
 const TOPICS_DIR: &str = "topics";
@@ -38,8 +40,9 @@ pub struct Registry {
     topics_dir: PathBuf,
     staging_dir: PathBuf,
     topics: DashMap<String, Arc<Topic>>,
-    /// Topics found damaged at start (name → why, naming the file). They are kept on disk
-    /// untouched and answered with FAILED_PRECONDITION; only an operator changes them.
+    /// Topics found damaged at start (metadata or a partition log; name → why, naming the
+    /// file). They are kept on disk untouched and answered with FAILED_PRECONDITION; only
+    /// an operator changes them.
     damaged: DashMap<String, String>,
     partitions_total: AtomicUsize,
     /// Unique names for staging directories.
@@ -108,7 +111,19 @@ impl Registry {
                     continue;
                 }
             };
-            let topic = registry.open_topic(&path, meta)?;
+            let topic = match registry.open_topic(&path, meta) {
+                Ok(topic) => topic,
+                // A partition log refused at open (damaged, short, missing a segment) takes
+                // its topic out of service like damaged metadata does: the bytes stay for
+                // the operator, and the rest of the broker starts and serves.
+                Err(BrokerError::Storage(error @ StorageError::Corrupt { .. })) => {
+                    let reason = error.to_string();
+                    tracing::error!(topic = %name, %reason, "not loading a topic whose log is damaged; its files are kept");
+                    registry.damaged.insert(name, reason);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             registry
                 .partitions_total
                 .fetch_add(topic.partitions.len(), Ordering::Relaxed);
@@ -158,7 +173,7 @@ impl Registry {
     fn check_not_damaged(&self, name: &str) -> Result<()> {
         match self.damaged.get(name) {
             Some(reason) => Err(BrokerError::FailedPrecondition(format!(
-                "topic {} is not loaded because its metadata is damaged ({}); its files are kept until an operator repairs or removes them",
+                "topic {} is not loaded because it is damaged ({}); its files are kept until an operator repairs or removes them",
                 shown(name),
                 reason.value()
             ))),

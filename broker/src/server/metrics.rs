@@ -34,7 +34,7 @@ pub struct Metrics {
     /// Ack ids in Ack, Nack and Extend requests that are not ack ids at all (ignored).
     pub malformed_ack_ids: IntCounter,
     topics: IntGauge,
-    /// Topics not loaded because their metadata is damaged (see `registry`).
+    /// Topics not loaded because their metadata or a partition log is damaged (see `registry`).
     damaged_topics: IntGauge,
     partitions: IntGauge,
     fsyncs: IntCounter,
@@ -204,7 +204,7 @@ impl Metrics {
             topics: IntGauge::new("topics", "Topics").expect("valid metric"),
             damaged_topics: IntGauge::new(
                 "damaged_topics",
-                "Topics not loaded because their metadata is damaged",
+                "Topics not loaded because their metadata or a partition log is damaged",
             )
             .expect("valid metric"),
             partitions: IntGauge::new("partitions", "Partitions across all topics")
