@@ -786,6 +786,18 @@ pub(crate) fn shape_deliveries<'a, L: LogSource + 'a>(
     (responses, missing)
 }
 
+/// Whether `offset` is gone from `log` for good: below its start (retention) or past its
+/// end. A damaged batch (DATA_LOSS) is not gone: its record exists but cannot be served.
+fn is_gone(log: &impl LogSource, offset: u64) -> bool {
+    match log.read(offset, 1) {
+        Ok(None) => true,
+        Err(StorageError::OffsetOutOfRange { start, .. }) => {
+            offset < start || offset >= log.high_watermark()
+        }
+        Ok(Some(_)) | Err(_) => false,
+    }
+}
+
 /// A polled record gone from the log (retention): there is nothing to deliver, so it is
 /// done.
 pub(crate) fn skip_missing(
@@ -1269,8 +1281,12 @@ impl Group {
             )?;
             let partition = topic.pick_partition(None, record.key.as_deref())?;
             partition.append(batch).await?;
-        } else {
+        } else if is_gone(source.reader(), dead.offset.0) {
             tracing::warn!(topic = %self.topic_name, group = %self.name, partition = %dead.partition, offset = %dead.offset, "a dead letter's record is gone from the log; dropping it");
+        } else {
+            // Its batch is damaged (reads answer DATA_LOSS): the bytes cannot be copied, and
+            // the message has failed every attempt, so it is counted as dead-lettered.
+            tracing::error!(topic = %self.topic_name, group = %self.name, partition = %dead.partition, offset = %dead.offset, "a dead letter's record cannot be read from the log (damaged batch); counting it as dead-lettered without a copy");
         }
         let _ = self.lock().state.dead_lettered(dead.partition, dead.offset);
         Ok(())
@@ -1321,6 +1337,20 @@ impl Group {
                 built.push((member, responses));
             }
         }
+        // A record the log still holds but cannot serve (its batch is damaged: reads answer
+        // DATA_LOSS) is not done: it stays in flight unsent, expires and is retried, and
+        // after max_delivery_attempts it is dead-lettered like any message that keeps
+        // failing. Only records truly gone (retention) are skipped as done.
+        missing.retain(|(_, id)| {
+            let gone = self
+                .topic
+                .partition(id.partition.0)
+                .map_or(true, |p| is_gone(p.reader(), id.offset.0));
+            if !gone {
+                tracing::error!(topic = %self.topic_name, group = %self.name, partition = %id.partition, offset = %id.offset, "a polled record cannot be read from the log (damaged batch); it stays unacked and is retried");
+            }
+            gone
+        });
         let mut inner = self.lock();
         for (member, ack_id) in missing {
             skip_missing(
@@ -2546,6 +2576,42 @@ mod tests {
             log.append(1_000, &[(Some(&value[..]), &value[..])]);
         }
         log
+    }
+
+    /// A log whose batch at one offset answers DATA_LOSS, as a checked read of a damaged
+    /// batch does.
+    struct DamagedAt(MemLog, u64);
+
+    impl LogSource for DamagedAt {
+        fn read(
+            &self,
+            offset: u64,
+            max_bytes: usize,
+        ) -> Result<Option<crate::storage::ReadChunk>, StorageError> {
+            if offset == self.1 {
+                return Err(StorageError::DamagedBatch {
+                    log: "topic t partition 0".into(),
+                    offset,
+                    path: "00000000000000000000.log".into(),
+                    position: 0,
+                    reason: "CRC mismatch".into(),
+                });
+            }
+            self.0.read(offset, max_bytes)
+        }
+
+        fn high_watermark(&self) -> u64 {
+            self.0.high_watermark()
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_is_not_gone_so_it_is_never_acked_as_skipped() {
+        let log = DamagedAt(single_record_batches(), 1);
+        assert!(!is_gone(&log, 0), "a readable record");
+        assert!(!is_gone(&log, 1), "a damaged record still exists");
+        assert!(is_gone(&log, 3), "the end of the log");
+        assert!(is_gone(&log, 9), "past the end");
     }
 
     #[test]
