@@ -60,14 +60,17 @@ async fn describe_status(
     .expect_err("the damaged group is refused")
 }
 
-/// Damages `file` of group g1, checks the broker refuses g1 only and keeps the bytes,
-/// then restores the file and checks g1 is back where it was.
-async fn refuses_then_recovers(file: &str, damage: &[u8]) {
+/// Damages `file` of group g1 (`damage` makes the bad bytes from the good ones), checks
+/// the broker refuses g1 only and keeps the bytes, then restores the file and checks g1 is
+/// back where it was.
+async fn refuses_then_recovers(file: &str, damage: impl FnOnce(&str) -> String) {
     let dir = tempfile::tempdir().unwrap();
     two_groups(dir.path()).await;
     let path = dir.path().join("groups/t/g1").join(file);
     let good = std::fs::read(&path).unwrap();
-    std::fs::write(&path, damage).unwrap();
+    let damage = damage(&String::from_utf8_lossy(&good)).into_bytes();
+    assert_ne!(damage, good, "the damage changes the file");
+    std::fs::write(&path, &damage).unwrap();
 
     let broker = start(test_config(dir.path())).await;
     let mut c = client(&broker).await;
@@ -117,12 +120,37 @@ async fn refuses_then_recovers(file: &str, damage: &[u8]) {
 
 #[tokio::test]
 async fn a_damaged_state_file_refuses_the_group_and_keeps_it() {
-    refuses_then_recovers("state", b"not a snapshot").await;
+    refuses_then_recovers("state", |_| "not a snapshot".into()).await;
 }
 
 #[tokio::test]
 async fn a_damaged_group_toml_refuses_the_group_and_keeps_it() {
-    refuses_then_recovers("group.toml", b"ack_deadline_ms = [").await;
+    refuses_then_recovers("group.toml", |_| "ack_deadline_ms = [".into()).await;
+}
+
+/// A damaged `topic_created_ms` looks like a group left from an earlier topic of the same
+/// name: the group is refused and kept, never deleted on that guess.
+#[tokio::test]
+async fn a_group_toml_naming_another_topic_creation_is_refused_not_deleted() {
+    refuses_then_recovers("group.toml", |good| {
+        let line = good
+            .lines()
+            .find(|l| l.starts_with("topic_created_ms"))
+            .expect("group.toml records its topic's creation");
+        good.replace(line, "topic_created_ms = 1")
+    })
+    .await;
+}
+
+/// A key turned into another word by damage is refused, not read as the key's default.
+#[tokio::test]
+async fn a_group_toml_with_an_unknown_key_is_refused() {
+    refuses_then_recovers("group.toml", |good| {
+        // An optional key: read as its default, the topic check would be skipped.
+        assert!(good.contains("topic_created_ms"), "{good}");
+        good.replacen("topic_created_ms", "topic_created_ns", 1)
+    })
+    .await;
 }
 
 #[tokio::test]

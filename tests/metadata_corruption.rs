@@ -95,13 +95,14 @@ enum Method {
 /// - `topic.toml`, truncation: cut after a `[settings]` line (seed 25, 96 of 125 bytes)
 ///   or inside a number (seed 24, 118 of 125: `retention_bytes` 1073741824 became 1073)
 ///   loads the topic with other settings; cut inside `created_ms` (seed 73, 54 of 125)
-///   loads it with another creation time, so its group "g" is taken for a group of an
-///   earlier topic of the same name and its directory is removed at start;
+///   loads it with another creation time (its group "g" is then refused as naming
+///   another topic's creation; it used to be removed at start as stale);
 /// - `topic.toml`, bit flips: a flipped bit in a digit loads another value (seed 665:
 ///   `retention_ms` 604800000 became 644800000);
-/// - `group.toml`, bit flips: a digit of `topic_created_ms` (seed 28) makes the broker
-///   remove the group's directory at start as stale; a digit of a setting loads another
-///   setting (seed 171: `ack_deadline_ms` 12345 became 52345).
+/// - `group.toml`, bit flips: a digit of `topic_created_ms` (seed 28) is refused now (it
+///   used to make the broker remove the group's directory at start as stale), and a
+///   flipped key is refused as unknown, but a digit of a setting loads another setting
+///   (seed 171: `ack_deadline_ms` 12345 became 52345).
 ///
 /// Refusing those needs a check over the TOML files, a change of the on-disk format, so
 /// truncation and bit flips are left out for `topic.toml`, and bit flips for `group.toml`

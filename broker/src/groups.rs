@@ -242,8 +242,10 @@ pub struct GroupConfig {
     pub dead_letter_topic: Option<String>,
 }
 
-/// `group.toml`.
+/// `group.toml`. Unknown keys are refused, so damage that turns a key into another word is
+/// found rather than read as the key's default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GroupMeta {
     topic: String,
     group: String,
@@ -1730,10 +1732,8 @@ fn build_batch(
 
 /// Why a group directory did not load.
 enum LoadFailure {
-    /// It belongs to an earlier topic of the same name (deleted, then created again):
-    /// removed.
-    Stale(String),
-    /// Its files are damaged or missing: the group is refused and its files kept.
+    /// Its files are damaged or missing, or say it belongs to another topic: the group is
+    /// refused and its files kept.
     Damaged(String),
 }
 
@@ -1822,10 +1822,6 @@ impl GroupRegistry {
                             .groups
                             .insert((topic_name.clone(), group.name.clone()), group);
                     }
-                    Err(LoadFailure::Stale(why)) => {
-                        tracing::info!(path = %path.display(), %why, "removing a group of an earlier topic of the same name");
-                        let _ = std::fs::remove_dir_all(&path);
-                    }
                     Err(LoadFailure::Damaged(error)) => {
                         tracing::error!(topic = %topic_name, group = %group_name, %error, "refusing to load a damaged group; its files are kept");
                         groups
@@ -1848,11 +1844,20 @@ impl GroupRegistry {
             .map_err(|e| damaged(&meta_path, format!("cannot read it: {e}")))?;
         let meta: GroupMeta = toml::from_str(&text)
             .map_err(|e| damaged(&meta_path, format!("cannot parse it: {e}")))?;
+        // A group left over from an earlier topic of the same name and a damaged
+        // `topic_created_ms` (or a damaged `topic.toml`) look alike: neither is loaded, and
+        // neither is deleted on a guess. An operator deletes the group (DeleteGroup) to
+        // start it fresh, or repairs the file.
         if meta.topic_created_ms != 0 && meta.topic_created_ms != topic.meta.created_ms {
-            return Err(LoadFailure::Stale(format!(
-                "the group belongs to an earlier topic named {:?}",
-                meta.topic
-            )));
+            return Err(damaged(
+                &meta_path,
+                format!(
+                    "it names a topic created at {} ms, but topic {} was created at {} ms: the file is damaged, or the group is left from an earlier topic of the same name (delete the group to start it fresh)",
+                    meta.topic_created_ms,
+                    crate::topic::shown(&topic.meta.name),
+                    topic.meta.created_ms
+                ),
+            ));
         }
         let settings = GroupSettings {
             ack_deadline_ms: meta.ack_deadline_ms,
