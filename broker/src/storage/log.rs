@@ -812,6 +812,13 @@ impl LogReader {
 
     /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` if
     /// no committed record is that new.
+    ///
+    /// The time index only says where to start; it has no checksum of its own, so the entry
+    /// used is checked against the batch it names (a batch boundary with the entry's offset,
+    /// whose largest timestamp the entry covers, entries still ordered), and every batch the
+    /// scan then passes is checked like a read (offset sequence and CRC-32C): damage is
+    /// DATA_LOSS naming the file, never a record's offset taken from damaged bytes. The scan
+    /// is bounded by about one index interval, so checking its CRCs is cheap.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
         let high_watermark = self.handoff.high_watermark();
         for segment in self.handoff.segments() {
@@ -822,15 +829,13 @@ impl LogReader {
             let i = segment
                 .times
                 .partition_point(|e| e.max_timestamp < timestamp_ms);
-            let mut at = match i {
-                0 => 0,
-                i => u64::from(segment.times.get(i - 1).position).min(committed),
+            let (mut at, mut next_offset) = match i {
+                0 => (0, segment.base_offset()),
+                i => self.time_entry_start(&segment, i - 1, committed)?,
             };
-            while at < committed {
-                let header = checked_header(&segment, at, committed)?;
-                if header.base_offset >= high_watermark {
-                    return Ok(None);
-                }
+            while at < committed && next_offset < high_watermark {
+                let header = self.checked_header(&segment, at, committed, next_offset)?;
+                self.check_crc(&segment, at, &header)?;
                 let end = at + u64::from(header.batch_len);
                 if header.max_timestamp >= timestamp_ms {
                     let view = BatchView::new(segment.bytes(at, end))
@@ -842,10 +847,65 @@ impl LogReader {
                         }
                     }
                 }
+                next_offset = header.next_offset();
                 at = end;
+            }
+            if next_offset >= high_watermark {
+                return Ok(None);
             }
         }
         Ok(None)
+    }
+
+    /// Where a timestamp scan may start: the batch that time index entry `n` names, after
+    /// checking that the entry is plausible. A damaged entry could otherwise send the scan
+    /// past the records it is looking for (a later answer, silently).
+    fn time_entry_start(&self, segment: &Segment, n: usize, committed: u64) -> Result<(u64, u64)> {
+        let entry = segment.times.get(n);
+        let position = u64::from(entry.position);
+        let offset = segment.base_offset() + u64::from(entry.relative_offset);
+        let fail = |reason: String| StorageError::DamagedBatch {
+            log: self.name.clone(),
+            offset,
+            path: segment.times.path().to_owned(),
+            position,
+            reason: format!(
+                "time index entry {n} (timestamp {}, offset {offset}, byte {position} of {}): \
+                 {reason}",
+                entry.max_timestamp,
+                segment.path().display()
+            ),
+        };
+        if n > 0 {
+            let before = segment.times.get(n - 1);
+            if before.max_timestamp >= entry.max_timestamp
+                || before.relative_offset >= entry.relative_offset
+                || before.position >= entry.position
+            {
+                return Err(fail(format!(
+                    "entries out of order (entry {} has timestamp {}, offset {}, byte {})",
+                    n - 1,
+                    before.max_timestamp,
+                    segment.base_offset() + u64::from(before.relative_offset),
+                    before.position
+                )));
+            }
+        }
+        if position >= committed {
+            return Err(fail(format!(
+                "the segment's committed bytes end at {committed}"
+            )));
+        }
+        let header = self
+            .checked_header(segment, position, committed, offset)
+            .map_err(|e| fail(e.to_string()))?;
+        if header.max_timestamp > entry.max_timestamp {
+            return Err(fail(format!(
+                "the batch there has a newer record (timestamp {})",
+                header.max_timestamp
+            )));
+        }
+        Ok((position, offset))
     }
 }
 
@@ -1051,6 +1111,61 @@ mod tests {
         let error = r.read(indexed, 100).unwrap_err();
         assert!(
             matches!(&error, StorageError::DamagedBatch { path, .. } if *path == index),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_time_index_or_batch_never_moves_a_timestamp_lookup() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(1 << 16, FsyncPolicy::Always);
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        // Batch j holds offsets 2j, 2j+1 with timestamps 10j, 10j+1; all batches are the
+        // same length, so batch j starts at byte j * len.
+        let len = batch(0, 2, &[7; 100]).len() as u64;
+        for j in 0..60 {
+            append(&mut w, &batch(j * 10, 2, &[7; 100]));
+        }
+        let r = w.reader();
+        let entry = w.handoff.segments()[0].times.get(2);
+        let b = u64::from(entry.relative_offset) / 2;
+        let target = entry.max_timestamp + 1;
+        assert_eq!(r.offset_for_timestamp(target).unwrap(), Some(2 * (b + 1)));
+        drop(r);
+        w.close().unwrap();
+
+        // Entry 2 now names the batch two further on: a plausible position at a batch
+        // boundary. Starting there would answer 2(b+2) and skip batch b+1.
+        let times = dir.path().join("00000000000000000000.timeindex");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&times)
+            .unwrap();
+        f.write_all_at(&(((b + 2) * len) as u32).to_le_bytes(), 2 * 16 + 12)
+            .unwrap();
+        drop(f);
+        let w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        let error = w.reader().offset_for_timestamp(target).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::DamagedBatch { path, .. } if *path == times),
+            "{error}"
+        );
+        drop(w);
+        // Put the entry back and damage the batch the scan reads instead.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&times)
+            .unwrap();
+        f.write_all_at(&((b * len) as u32).to_le_bytes(), 2 * 16 + 12)
+            .unwrap();
+        drop(f);
+        let segment = dir.path().join("00000000000000000000.log");
+        flip(&segment, (b + 2) * len - 1);
+        let w = LogWriter::open(dir.path(), cfg).unwrap();
+        let error = w.reader().offset_for_timestamp(target).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::DamagedBatch { path, .. } if *path == segment),
             "{error}"
         );
     }
