@@ -24,6 +24,7 @@
 //! written to a temporary file, fsynced and renamed. A new group is written whole in
 //! `groups/~staging/` and renamed into place; a deleted one is moved there first. A group
 //! whose files do not load is refused and kept, never removed.
+//! `group.toml` carries a checksum line ([`crate::meta_file`]).
 //!
 //! Failure: each group's task runs under `supervise`, which logs, counts and restarts it
 //! from the persisted state if it panics. The state is
@@ -47,6 +48,7 @@ use crate::group::{
     GroupSettings, GroupSnapshot, GroupState, KeyHash, MemberId, MemberOptions, NackOutcome,
     OfferedRecord, Offset, OrderingMode, PartitionId, PendingFilter, PendingList, SeekTarget,
 };
+use crate::meta_file;
 use crate::registry::{Registry, now_ms};
 use crate::storage::{BatchBuilder, Record, StorageError, ValidatedBatch, batch};
 use crate::topic::{Topic, validate_name};
@@ -887,7 +889,7 @@ impl Group {
         let meta = self.meta(&self.lock());
         let text = toml::to_string(&meta)
             .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
-        write_atomic(&self.dir, META_FILE, text.as_bytes())
+        write_atomic(&self.dir, META_FILE, meta_file::seal(&text).as_bytes())
     }
 
     /// Writes both files of a new group into `dir` (its staging directory). Blocking.
@@ -900,7 +902,7 @@ impl Group {
         let text = toml::to_string(&meta)
             .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
         write_atomic(dir, STATE_FILE, &bytes)?;
-        write_atomic(dir, META_FILE, text.as_bytes())?;
+        write_atomic(dir, META_FILE, meta_file::seal(&text).as_bytes())?;
         *last = bytes;
         Ok(())
     }
@@ -1840,10 +1842,11 @@ impl GroupRegistry {
         let state_path = dir.join(STATE_FILE);
         let damaged =
             |path: &Path, why: String| LoadFailure::Damaged(format!("{}: {why}", path.display()));
-        let text = std::fs::read_to_string(&meta_path)
+        let bytes = std::fs::read(&meta_path)
             .map_err(|e| damaged(&meta_path, format!("cannot read it: {e}")))?;
-        let meta: GroupMeta = toml::from_str(&text)
-            .map_err(|e| damaged(&meta_path, format!("cannot parse it: {e}")))?;
+        let loaded = meta_file::parse::<GroupMeta>(&bytes)
+            .map_err(|e| damaged(&meta_path, e.to_string()))?;
+        let meta = loaded.value;
         // A group left over from an earlier topic of the same name and a damaged
         // `topic_created_ms` (or a damaged `topic.toml`) look alike: neither is loaded, and
         // neither is deleted on a guess. An operator deletes the group (DeleteGroup) to
@@ -1884,6 +1887,10 @@ impl GroupRegistry {
         self.offsets_reset.fetch_add(reset, Ordering::Relaxed);
         let state = GroupState::restore(settings.clone(), GroupLimits::default(), &snapshot)
             .map_err(|e| damaged(&meta_path, e.to_string()))?;
+        // Sealed only once the group loaded: a refused group's files stay as they were.
+        if !loaded.sealed {
+            meta_file::reseal(dir, META_FILE, &loaded.body);
+        }
         let config = GroupConfig {
             settings,
             dead_letter_topic: meta.dead_letter_topic,
