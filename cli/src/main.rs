@@ -1,7 +1,8 @@
-//! The `herald` binary: thin argument parsing over the broker library, plus the gRPC
-//! client commands (`topic`, `publish`, `fetch`, `consume`, `group`) in `cli`.
+//! The `herald` binary: thin argument parsing over the broker library (`serve`, `log`),
+//! plus the client commands (`topic`, `publish`, `fetch`, `consume`, `group`) in
+//! `commands`.
 
-mod cli;
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ enum Command {
     #[command(subcommand)]
     Log(LogCommand),
     #[command(flatten)]
-    Client(cli::ClientCommand),
+    Client(commands::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -190,7 +191,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             init_logging(false);
             log_command(command)
         }
-        Command::Client(command) => cli::run(command),
+        Command::Client(command) => commands::run(command),
     }
 }
 
