@@ -249,15 +249,19 @@ fn log_command(command: LogCommand) -> anyhow::Result<()> {
 
 /// Runs the broker until SIGTERM or SIGINT, then shuts down gracefully.
 fn serve(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // The handlers go in before the broker starts, which can take a while (recovery):
+        // a signal that arrives meanwhile is kept and stops the broker as soon as it is up,
+        // instead of killing the process halfway through its start.
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
         let broker = Broker::start(config, true).await?;
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = sigint.recv() => tracing::info!("SIGINT received"),
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
         }
         broker.shutdown().await?;
