@@ -1,4 +1,4 @@
-//! Broker errors reach the producer as typed errors carrying the gRPC code.
+//! Broker errors reach the Rust client's producer as typed errors carrying the gRPC code.
 
 mod common;
 
@@ -6,7 +6,7 @@ use herald_client::{Error, ProducerConfig, Record, TopicConfig};
 
 #[tokio::test]
 async fn errors_are_typed() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let producer = t.client.producer(ProducerConfig::new("missing"));
     match producer.send(Record::new("x")).await {
         Err(Error::NotFound(message)) => assert!(message.contains("missing"), "{message}"),
