@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use herald_broker::storage::batch::Records;
+use herald_format::batch::Records;
 
 use crate::{Client, Error, GroupSettings, Offset, Partition, Position, Result};
 
@@ -43,7 +43,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most messages one ack range names: the broker's limit (the most a member can hold in
 /// flight).
-use herald_broker::groups::MAX_ACK_RANGE;
+use herald_format::limits::MAX_ACK_RANGE;
 
 /// Settings of a [`Consumer`]; made by [`ConsumerConfig::new`] and adjusted with its
 /// builder methods.

@@ -339,7 +339,7 @@ mod tests {
             for partitions in [1, 2, 3, 4, 7, 64, 4096] {
                 assert_eq!(
                     partition_for_key(key, partitions).0,
-                    herald_broker::topic::partition_for_key(key, partitions),
+                    herald_format::partition_for_key(key, partitions),
                 );
             }
         }

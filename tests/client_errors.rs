@@ -1,5 +1,5 @@
-//! Broker errors reach the producer as typed errors carrying the gRPC code, which they
-//! name as gRPC does.
+//! Broker errors reach the Rust client's producer as typed errors carrying the gRPC code,
+//! which they name as gRPC does.
 
 mod common;
 
@@ -7,7 +7,7 @@ use herald_client::{Error, ProducerConfig, Record, TopicConfig};
 
 #[tokio::test]
 async fn errors_are_typed() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let producer = t.client.producer(ProducerConfig::new("missing"));
     match producer.send(Record::new("x")).await {
         Err(Error::NotFound(message)) => assert!(message.contains("missing"), "{message}"),
