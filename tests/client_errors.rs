@@ -56,7 +56,7 @@ async fn errors_are_typed() {
 
 #[tokio::test]
 async fn errors_name_their_status_code() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let error = t
         .client
         .admin()

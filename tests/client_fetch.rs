@@ -42,7 +42,7 @@ fn offsets(records: &[FetchedRecord]) -> Vec<u64> {
 
 #[tokio::test]
 async fn fetch_reads_from_a_position_to_the_end() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("log", 2, TopicConfig::default())
@@ -129,7 +129,7 @@ async fn fetch_reads_from_a_position_to_the_end() {
 
 #[tokio::test]
 async fn fetch_follow_yields_records_published_later() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     // A keep-alive connection, as a long-lived tail would use.
     let client = Client::builder(format!("http://{}", t.broker.addr))
         .keep_alive(Duration::from_secs(1), Duration::from_secs(5))

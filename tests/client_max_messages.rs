@@ -28,7 +28,7 @@ async fn take_all(client: &Client, config: ConsumerConfig) -> Vec<(u64, u32)> {
 
 #[tokio::test]
 async fn a_subscription_stops_at_max_messages() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("jobs", 1, TopicConfig::default())

@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn close_sends_the_last_acks_then_leaves() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let admin = t.client.admin();
     admin
         .create_topic("orders", 1, TopicConfig::default())
