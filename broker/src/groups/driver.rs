@@ -1,0 +1,415 @@
+//! A [`Group`] and its driver: the task that runs the loop of one group (read the logs
+//! where the machine wants records, tick deadlines, append dead letters, deliver to
+//! members with room, persist), and sleeps until the next deadline, a commit to the
+//! topic, a member event or the persist timer.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, watch};
+
+use super::dead_letter::DEAD_LETTER_RETRY;
+use super::delivery::{MemberTx, Outgoing, shape_deliveries, skip_missing};
+use super::read::{Feed, MachineAccess, fill_partition, is_gone};
+use super::registry::GroupRegistry;
+use super::{GROUP_PERSIST_INTERVAL, GroupConfig, POLL_MAX, now};
+use crate::error::Result;
+use crate::group::{AssignmentChange, DeadLetter, GroupState, MemberId, PartitionId};
+use crate::topic::Topic;
+
+/// A member's slot: its stream and what waits to be sent on it.
+pub(super) struct MemberSlot {
+    pub(super) tx: MemberTx,
+    pub(super) client_id: String,
+    /// Joined with batched deliveries: it decodes stored batches, so runs go as runs.
+    pub(super) batched: bool,
+    /// Responses polled and not yet queued on the stream: at most one poll's worth.
+    pub(super) outbox: VecDeque<Outgoing>,
+    /// An assignment change not yet sent; later changes merge into it.
+    pub(super) assignment: Option<AssignmentChange>,
+}
+
+pub(super) struct Inner {
+    pub(super) state: GroupState,
+    pub(super) config: GroupConfig,
+    pub(super) members: HashMap<MemberId, MemberSlot>,
+    pub(super) redrive_topic: Option<String>,
+    pub(super) redrive_cursor: Vec<u64>,
+}
+
+/// One consumer group of one topic.
+pub struct Group {
+    pub topic_name: String,
+    pub name: String,
+    pub topic: Arc<Topic>,
+    pub(super) created_ms: i64,
+    pub(super) dir: PathBuf,
+    pub(super) inner: Mutex<Inner>,
+    /// What the driver keeps between passes over the log (decoded records, fill
+    /// cursors). Only the group's task touches it; a restart after a panic empties it.
+    pub(super) feed: Mutex<Feed>,
+    /// Wakes the driver: a member event, an admin change, a stream drained.
+    pub(super) wake: Notify,
+    /// Flips to true when the group is deleted or the broker closes.
+    pub(super) stop: watch::Sender<bool>,
+    /// The last state bytes written; held while writing either file, so writes never
+    /// interleave or reorder.
+    pub(super) persisted: Mutex<Vec<u8>>,
+    /// Serialises Redrive calls.
+    pub(super) redrive: tokio::sync::Mutex<()>,
+    /// Running totals for metrics, since the group was loaded or created.
+    pub(super) counters: GroupCounters,
+    /// Tests set it to make the next pass of the driver panic, as a bug would.
+    #[cfg(test)]
+    pub(super) panic_next: std::sync::atomic::AtomicBool,
+}
+
+/// A group's running totals, kept outside the state's lock so reading them is free; the
+/// state machine itself counts redeliveries and dead letters (see `describe`).
+#[derive(Debug, Default)]
+pub(super) struct GroupCounters {
+    pub(super) deliveries: AtomicU64,
+    pub(super) acks: AtomicU64,
+    pub(super) nacks: AtomicU64,
+    pub(super) expirations: AtomicU64,
+}
+
+/// A snapshot of a group's running totals, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Deliveries sent to members (first deliveries and redeliveries).
+    pub deliveries: u64,
+    /// Acks that completed a message (stale acks are not counted).
+    pub acks: u64,
+    /// Nacks of live deliveries (stale nacks are not counted).
+    pub nacks: u64,
+    /// Deliveries whose ack deadline passed.
+    pub expirations: u64,
+}
+
+/// A pending message with its key read back from the log.
+pub type PendingWithKey = (crate::group::PendingMessage, Option<Bytes>);
+
+impl Group {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> GroupConfig {
+        self.lock().config.clone()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// The group's running totals since it was loaded or created. Lock-free.
+    pub fn counts(&self) -> GroupCounts {
+        let c = &self.counters;
+        GroupCounts {
+            deliveries: c.deliveries.load(Ordering::Relaxed),
+            acks: c.acks.load(Ordering::Relaxed),
+            nacks: c.nacks.load(Ordering::Relaxed),
+            expirations: c.expirations.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Wakes the driver.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Reads the log where the machine wants records and offers them.
+    fn fill(&self, watches: &mut [Option<watch::Receiver<u64>>]) {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        for (index, partition) in self.topic.partitions.iter().enumerate() {
+            if let Some(w) = watches[index].as_mut() {
+                w.borrow_and_update();
+            }
+            fill_partition(
+                &mut feed,
+                self,
+                partition.reader(),
+                index,
+                (&self.topic_name, &self.name),
+            );
+        }
+    }
+
+    /// Expires deadlines and takes the machine's actions; returns the dead letters.
+    fn tick(&self) -> Vec<DeadLetter> {
+        let mut inner = self.lock();
+        let expired = inner.state.tick(now());
+        if !expired.is_empty() {
+            self.counters
+                .expirations
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        }
+        let mut dead = Vec::new();
+        for action in inner.state.take_actions() {
+            match action {
+                crate::group::Action::DeadLetter(d) => dead.push(d),
+                crate::group::Action::AssignmentChanged(change) => {
+                    if let Some(slot) = inner.members.get_mut(&change.member) {
+                        slot.assignment = Some(match slot.assignment.take() {
+                            None => change,
+                            Some(old) => merge_changes(old, change),
+                        });
+                    }
+                }
+            }
+        }
+        dead
+    }
+
+    /// Sends what members' outboxes hold while their streams have room, then polls
+    /// members with room and an empty outbox. Returns whether anything was delivered.
+    fn deliver(&self) -> bool {
+        let mut inner = self.lock();
+        flush_all(&mut inner);
+        let ready: Vec<(MemberId, bool)> = inner
+            .members
+            .iter()
+            .filter(|(_, slot)| {
+                slot.outbox.is_empty()
+                    && slot.assignment.is_none()
+                    && slot.tx.capacity() > 1
+                    && !slot.tx.is_closed()
+            })
+            .map(|(&id, slot)| (id, slot.batched))
+            .collect();
+        let now = now();
+        let mut polled = Vec::new();
+        for (member, batched) in ready {
+            match inner.state.poll(member, now, POLL_MAX) {
+                Ok(deliveries) if !deliveries.is_empty() => {
+                    polled.push((member, batched, deliveries))
+                }
+                _ => {}
+            }
+        }
+        drop(inner);
+        if polled.is_empty() {
+            return false;
+        }
+        let mut built = Vec::with_capacity(polled.len());
+        let mut missing = Vec::new();
+        {
+            let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+            for (member, batched, deliveries) in polled {
+                let (responses, gone) = shape_deliveries(
+                    &mut feed,
+                    |p| self.topic.partition(p.0).ok().map(|p| p.reader()),
+                    batched,
+                    deliveries,
+                );
+                missing.extend(gone.into_iter().map(|id| (member, id)));
+                built.push((member, responses));
+            }
+        }
+        // A record the log still holds but cannot serve (its batch is damaged: reads answer
+        // DATA_LOSS) is not done: it stays in flight unsent, expires and is retried, and
+        // after max_delivery_attempts it is dead-lettered like any message that keeps
+        // failing. Only records truly gone (retention) are skipped as done.
+        missing.retain(|(_, id)| {
+            let gone = self
+                .topic
+                .partition(id.partition.0)
+                .map_or(true, |p| is_gone(p.reader(), id.offset.0));
+            if !gone {
+                tracing::error!(topic = %self.topic_name, group = %self.name, partition = %id.partition, offset = %id.offset, "a polled record cannot be read from the log (damaged batch); it stays unacked and is retried");
+            }
+            gone
+        });
+        let mut inner = self.lock();
+        for (member, ack_id) in missing {
+            skip_missing(
+                &mut inner.state,
+                member,
+                &ack_id,
+                (&self.topic_name, &self.name),
+            );
+        }
+        let mut sent = 0;
+        for (member, responses) in built {
+            if let Some(slot) = inner.members.get_mut(&member) {
+                sent += responses
+                    .iter()
+                    .map(|r| match r {
+                        Outgoing::Deliveries(d) => d.messages() as u64,
+                        _ => 0,
+                    })
+                    .sum::<u64>();
+                slot.outbox.extend(responses);
+            }
+        }
+        self.counters.deliveries.fetch_add(sent, Ordering::Relaxed);
+        flush_all(&mut inner);
+        true
+    }
+
+    /// The driver loop; ends when the group stops.
+    pub(super) async fn run(self: Arc<Self>, groups: Arc<GroupRegistry>) {
+        let registry = groups.registry.clone();
+        let mut stop = self.stop.subscribe();
+        let mut watches: Vec<Option<watch::Receiver<u64>>> = self
+            .topic
+            .partitions
+            .iter()
+            .map(|p| Some(p.watch_high_watermark()))
+            .collect();
+        let mut retry: Vec<DeadLetter> = Vec::new();
+        let mut retry_at = tokio::time::Instant::now();
+        let mut next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+        // The periodic snapshot write (an fsync, which takes tens of ms on some disks and
+        // more under load) runs beside the loop, not in it: awaiting it stalled every
+        // delivery of the group once a second. One write at a time.
+        let mut persisting: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            #[cfg(test)]
+            if self.panic_next.swap(false, Ordering::Relaxed) {
+                panic!("a panic injected by a test");
+            }
+            self.fill(&mut watches);
+            let mut dead = self.tick();
+            if !retry.is_empty() && tokio::time::Instant::now() >= retry_at {
+                dead.append(&mut retry);
+            }
+            for d in dead {
+                if let Err(error) = self.dead_letter(&registry, &d).await {
+                    tracing::warn!(topic = %self.topic_name, group = %self.name, %error, "appending a dead letter failed; will retry");
+                    retry.push(d);
+                    retry_at = tokio::time::Instant::now() + DEAD_LETTER_RETRY;
+                }
+            }
+            let delivered = self.deliver();
+            if tokio::time::Instant::now() >= next_persist
+                && persisting.as_ref().is_none_or(|p| p.is_finished())
+            {
+                if let Some(done) = persisting.take()
+                    && let Ok(Err(error)) = done.await
+                {
+                    tracing::error!(topic = %self.topic_name, group = %self.name, %error, "persisting group state failed");
+                }
+                next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+                let group = self.clone();
+                persisting = Some(tokio::task::spawn_blocking(move || group.persist()));
+            }
+            if delivered {
+                // A member may take more at once.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let now_ms = now();
+            let wakeup = self.lock().state.next_wakeup(now_ms);
+            let mut until = next_persist;
+            if let Some(at) = wakeup {
+                let delay = Duration::from_millis(at.saturating_sub(now_ms));
+                until = until.min(tokio::time::Instant::now() + delay);
+            }
+            if !retry.is_empty() {
+                until = until.min(retry_at);
+            }
+            let dead_watch = tokio::select! {
+                _ = self.wake.notified() => None,
+                _ = tokio::time::sleep_until(until) => None,
+                d = any_changed(&mut watches) => d,
+                _ = stop.changed() => None,
+            };
+            if let Some(index) = dead_watch {
+                watches[index] = None;
+                // The writer is gone: the topic was deleted (or the broker is closing,
+                // and then the topic is still registered).
+                let live = registry
+                    .get(&self.topic_name)
+                    .is_ok_and(|t| Arc::ptr_eq(&t, &self.topic));
+                if !live {
+                    groups.remove_if_same(&self).await;
+                    break;
+                }
+            }
+        }
+        // A later persist (at shutdown) must not race this one.
+        if let Some(done) = persisting {
+            let _ = done.await;
+        }
+    }
+}
+
+impl MachineAccess for Group {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        f(&mut self.lock().state)
+    }
+}
+
+/// Waits until one watch changes; returns the index of a watch whose sender is gone.
+async fn any_changed(watches: &mut [Option<watch::Receiver<u64>>]) -> Option<usize> {
+    let futures: Vec<_> = watches
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            w.as_mut()
+                .map(|w| Box::pin(async move { (i, w.changed().await.is_ok()) }))
+        })
+        .collect();
+    if futures.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let ((index, ok), _, _) = futures::future::select_all(futures).await;
+    (!ok).then_some(index)
+}
+
+/// Two consecutive changes of one member as one.
+fn merge_changes(old: AssignmentChange, new: AssignmentChange) -> AssignmentChange {
+    let before: BTreeSet<PartitionId> = old
+        .partitions
+        .iter()
+        .chain(&old.revoked)
+        .copied()
+        .filter(|p| !old.added.contains(p))
+        .collect();
+    let after: BTreeSet<PartitionId> = new.partitions.iter().copied().collect();
+    AssignmentChange {
+        member: new.member,
+        added: after.difference(&before).copied().collect(),
+        revoked: before.difference(&after).copied().collect(),
+        partitions: new.partitions,
+    }
+}
+
+/// Queues each member's pending assignment change and outbox on its stream while it has
+/// room (keeping one slot for the stream's final error).
+fn flush_all(inner: &mut Inner) {
+    for slot in inner.members.values_mut() {
+        if slot.tx.is_closed() {
+            slot.outbox.clear();
+            slot.assignment = None;
+            continue;
+        }
+        if let Some(change) = slot.assignment.take() {
+            if slot.tx.capacity() > 1 {
+                let _ = slot.tx.try_send(Ok(Outgoing::Assignment(change)));
+            } else {
+                slot.assignment = Some(change);
+                continue;
+            }
+        }
+        while slot.tx.capacity() > 1 {
+            let Some(response) = slot.outbox.pop_front() else {
+                break;
+            };
+            let _ = slot.tx.try_send(Ok(response));
+        }
+    }
+}
