@@ -16,7 +16,7 @@ use super::dead_letter::DEAD_LETTER_RETRY;
 use super::delivery::{MemberTx, Outgoing, shape_deliveries, skip_missing};
 use super::read::{Feed, MachineAccess, fill_partition, is_gone};
 use super::registry::GroupRegistry;
-use super::{GROUP_PERSIST_INTERVAL, GroupConfig, POLL_MAX, now};
+use super::{Clock, GROUP_PERSIST_INTERVAL, GroupConfig, POLL_MAX, millis};
 use crate::error::Result;
 use crate::group::{AssignmentChange, DeadLetter, GroupState, MemberId, PartitionId};
 use crate::topic::Topic;
@@ -63,6 +63,10 @@ pub struct Group {
     pub(super) redrive: tokio::sync::Mutex<()>,
     /// Running totals for metrics, since the group was loaded or created.
     pub(super) counters: GroupCounters,
+    /// Where every time the group reads comes from (the machine's `now`, deadlines,
+    /// dead-letter retries, the persist timer, the supervisor's backoff reset): the wall
+    /// clock in the broker, a clock a test moves by hand in tests.
+    pub(super) clock: Arc<dyn Clock>,
     /// Tests set it to make the next pass of the driver panic, as a bug would.
     #[cfg(test)]
     pub(super) panic_next: std::sync::atomic::AtomicBool,
@@ -95,6 +99,11 @@ pub struct GroupCounts {
 pub type PendingWithKey = (crate::group::PendingMessage, Option<Bytes>);
 
 impl Group {
+    /// The group's time, in milliseconds since the Unix epoch.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -147,7 +156,7 @@ impl Group {
     /// Expires deadlines and takes the machine's actions; returns the dead letters.
     fn tick(&self) -> Vec<DeadLetter> {
         let mut inner = self.lock();
-        let expired = inner.state.tick(now());
+        let expired = inner.state.tick(self.now_ms());
         if !expired.is_empty() {
             self.counters
                 .expirations
@@ -186,7 +195,7 @@ impl Group {
             })
             .map(|(&id, slot)| (id, slot.batched))
             .collect();
-        let now = now();
+        let now = self.now_ms();
         let mut polled = Vec::new();
         for (member, batched) in ready {
             match inner.state.poll(member, now, POLL_MAX) {
@@ -267,8 +276,10 @@ impl Group {
             .map(|p| Some(p.watch_high_watermark()))
             .collect();
         let mut retry: Vec<DeadLetter> = Vec::new();
-        let mut retry_at = tokio::time::Instant::now();
-        let mut next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+        let persist_interval_ms = millis(GROUP_PERSIST_INTERVAL);
+        let retry_interval_ms = millis(DEAD_LETTER_RETRY);
+        let mut retry_at_ms = self.now_ms();
+        let mut next_persist_ms = self.now_ms().saturating_add(persist_interval_ms);
         // The periodic snapshot write (an fsync, which takes tens of ms on some disks and
         // more under load) runs beside the loop, not in it: awaiting it stalled every
         // delivery of the group once a second. One write at a time.
@@ -283,18 +294,18 @@ impl Group {
             }
             self.fill(&mut watches);
             let mut dead = self.tick();
-            if !retry.is_empty() && tokio::time::Instant::now() >= retry_at {
+            if !retry.is_empty() && self.now_ms() >= retry_at_ms {
                 dead.append(&mut retry);
             }
             for d in dead {
                 if let Err(error) = self.dead_letter(&registry, &d).await {
                     tracing::warn!(topic = %self.topic_name, group = %self.name, %error, "appending a dead letter failed; will retry");
                     retry.push(d);
-                    retry_at = tokio::time::Instant::now() + DEAD_LETTER_RETRY;
+                    retry_at_ms = self.now_ms().saturating_add(retry_interval_ms);
                 }
             }
             let delivered = self.deliver();
-            if tokio::time::Instant::now() >= next_persist
+            if self.now_ms() >= next_persist_ms
                 && persisting.as_ref().is_none_or(|p| p.is_finished())
             {
                 if let Some(done) = persisting.take()
@@ -302,7 +313,7 @@ impl Group {
                 {
                     tracing::error!(topic = %self.topic_name, group = %self.name, %error, "persisting group state failed");
                 }
-                next_persist = tokio::time::Instant::now() + GROUP_PERSIST_INTERVAL;
+                next_persist_ms = self.now_ms().saturating_add(persist_interval_ms);
                 let group = self.clone();
                 persisting = Some(tokio::task::spawn_blocking(move || group.persist()));
             }
@@ -311,19 +322,22 @@ impl Group {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let now_ms = now();
-            let wakeup = self.lock().state.next_wakeup(now_ms);
-            let mut until = next_persist;
-            if let Some(at) = wakeup {
-                let delay = Duration::from_millis(at.saturating_sub(now_ms));
-                until = until.min(tokio::time::Instant::now() + delay);
+            let now_ms = self.now_ms();
+            // A clock that went back must not put the timers off by as much: neither is
+            // ever further than its interval away.
+            next_persist_ms = next_persist_ms.min(now_ms.saturating_add(persist_interval_ms));
+            retry_at_ms = retry_at_ms.min(now_ms.saturating_add(retry_interval_ms));
+            let mut until_ms = next_persist_ms;
+            if let Some(at) = self.lock().state.next_wakeup(now_ms) {
+                until_ms = until_ms.min(at);
             }
             if !retry.is_empty() {
-                until = until.min(retry_at);
+                until_ms = until_ms.min(retry_at_ms);
             }
+            let until = Duration::from_millis(until_ms.saturating_sub(now_ms));
             let dead_watch = tokio::select! {
                 _ = self.wake.notified() => None,
-                _ = tokio::time::sleep_until(until) => None,
+                _ = tokio::time::sleep(until) => None,
                 d = any_changed(&mut watches) => d,
                 _ = stop.changed() => None,
             };
@@ -411,5 +425,77 @@ fn flush_all(inner: &mut Inner) {
             };
             let _ = slot.tx.try_send(Ok(response));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::group::{GroupSettings, MemberOptions};
+    use crate::groups::dead_letter::build_batch;
+    use crate::groups::test_support::{ManualClock, receive};
+    use crate::groups::{GroupConfig, GroupRegistry, MEMBER_QUEUE};
+    use crate::registry::Registry;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ack_deadlines_run_on_the_groups_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().to_owned(),
+            fsync: crate::config::FsyncSetting::Never,
+            segment_bytes: 4 << 20,
+            ..crate::config::Config::default()
+        };
+        let registry = Arc::new(Registry::open(config).unwrap());
+        let topic = registry
+            .create("t", 1, crate::topic::TopicSettings::default())
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let groups =
+            Arc::new(GroupRegistry::open_with_clock(registry.clone(), clock.clone()).unwrap());
+        groups.start();
+        let settings = GroupSettings::default();
+        let deadline_ms = settings.ack_deadline_ms;
+        let backoff_max_ms = settings.retry_backoff_max_ms;
+        let config = GroupConfig {
+            settings,
+            dead_letter_topic: None,
+        };
+        let group = groups
+            .create(topic.clone(), "g", config, vec![0], false)
+            .await
+            .unwrap();
+        let batch = build_batch(&registry, 1, Some(b"k"), b"v", &[]).unwrap();
+        topic.partition(0).unwrap().append(batch).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(MEMBER_QUEUE);
+        group
+            .join(
+                MemberId(1),
+                "one".into(),
+                MemberOptions::default(),
+                false,
+                tx,
+            )
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await, [0]);
+
+        // Past the deadline on the group's clock, long before it on the wall clock: the
+        // delivery expires at once, and after the retry backoff (on the same clock) the
+        // message is redelivered (`receive` waits 10 s at most; the deadline is 30 s).
+        clock.advance(deadline_ms + 1);
+        group.wake();
+        for _ in 0..1_000 {
+            if group.counts().expirations == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(group.counts().expirations, 1);
+        clock.advance(backoff_max_ms + 1);
+        group.wake();
+        assert_eq!(receive(&mut rx, 1).await, [0]);
+        groups.close();
     }
 }

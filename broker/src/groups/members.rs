@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::delivery::{AckRange, MemberTx, NackTarget, Outgoing};
 use super::driver::{Group, MemberSlot, PendingWithKey};
 use super::read::read_records;
-use super::{GroupConfig, group_error, now};
+use super::{GroupConfig, group_error};
 use crate::error::Result;
 use crate::group::{
     AckId, AckOutcome, KeyHash, MemberId, MemberOptions, NackOutcome, Offset, PartitionId,
@@ -30,7 +30,7 @@ impl Group {
         let mut inner = self.lock();
         let partitions = inner
             .state
-            .join(member, options, now())
+            .join(member, options, self.now_ms())
             .map_err(group_error)?;
         // The channel is fresh: this cannot be full.
         let _ = tx.try_send(Ok(Outgoing::Joined {
@@ -57,7 +57,7 @@ impl Group {
     pub fn leave(&self, member: MemberId) {
         let mut inner = self.lock();
         inner.members.remove(&member);
-        let _ = inner.state.leave(member, now());
+        let _ = inner.state.leave(member, self.now_ms());
         drop(inner);
         self.wake();
     }
@@ -112,7 +112,7 @@ impl Group {
                 range.ids().collect()
             }
         };
-        let now = now();
+        let now = self.now_ms();
         let mut nacked = 0;
         let mut inner = self.lock();
         for id in &ids {
@@ -143,7 +143,7 @@ impl Group {
             range.check()?;
         }
         let mut inner = self.lock();
-        let now = now();
+        let now = self.now_ms();
         for id in ack_ids {
             let id = AckId::decode(id).map_err(group_error)?;
             let _ = inner.state.extend(member, &id, u64::from(extra_ms), now);

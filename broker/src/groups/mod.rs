@@ -101,8 +101,7 @@ fn group_error(error: GroupError) -> BrokerError {
     }
 }
 
-/// The broker's time for the group machine: the wall clock. The driver's fill and
-/// shaping steps never read a clock, so the simulation runs them on its own [`Clock`].
-fn now() -> u64 {
-    WallClock.now_ms()
+/// `duration` in whole milliseconds, as the group's [`Clock`] counts time.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -15,10 +15,10 @@ use super::driver::{Group, GroupCounters, Inner};
 use super::persist::{GroupMeta, META_FILE, STATE_FILE, clamp_to_logs, ordering_from_name};
 use super::read::Feed;
 use super::supervisor::supervise;
-use super::{GroupConfig, group_error, now};
+use super::{Clock, GroupConfig, WallClock, group_error};
 use crate::error::{BrokerError, Result};
 use crate::group::{GroupLimits, GroupSettings, GroupSnapshot, GroupState, MemberId, Offset};
-use crate::registry::{Registry, now_ms};
+use crate::registry::Registry;
 use crate::topic::{Topic, validate_name};
 
 /// Most groups a broker holds (over every topic): each costs a task and its state.
@@ -55,6 +55,8 @@ pub struct GroupRegistry {
     pub(super) task_failures: AtomicU64,
     /// Partition positions found past their log's end at load and brought down to it.
     pub(super) offsets_reset: AtomicU64,
+    /// Every group's time (see `Group::clock`).
+    clock: Arc<dyn Clock>,
 }
 
 impl GroupRegistry {
@@ -65,6 +67,14 @@ impl GroupRegistry {
     /// its files are kept for the operator. Call [`GroupRegistry::start`] from the runtime
     /// next.
     pub fn open(registry: Arc<Registry>) -> Result<GroupRegistry> {
+        GroupRegistry::open_with_clock(registry, Arc::new(WallClock))
+    }
+
+    /// [`open`](Self::open), with every group reading time from `clock`.
+    pub fn open_with_clock(
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<GroupRegistry> {
         let dir = registry.config().data_dir.join(GROUPS_DIR);
         let staging = dir.join(STAGING_DIR);
         if staging.exists() {
@@ -79,10 +89,11 @@ impl GroupRegistry {
             groups: DashMap::new(),
             damaged: DashMap::new(),
             admin: tokio::sync::Mutex::new(()),
-            next_member: AtomicU64::new(now().saturating_mul(1000)),
+            next_member: AtomicU64::new(clock.now_ms().saturating_mul(1000)),
             task_failures: AtomicU64::new(0),
             offsets_reset: AtomicU64::new(0),
             registry,
+            clock,
         };
         let topics = std::fs::read_dir(&dir)
             .map_err(|e| BrokerError::io(format!("listing {}", dir.display()), e))?;
@@ -232,6 +243,7 @@ impl GroupRegistry {
             persisted: Mutex::new(persisted),
             redrive: tokio::sync::Mutex::new(()),
             counters: GroupCounters::default(),
+            clock: self.clock.clone(),
             #[cfg(test)]
             panic_next: std::sync::atomic::AtomicBool::new(false),
         })
@@ -354,7 +366,7 @@ impl GroupRegistry {
         let group = self.make_group(
             topic.clone(),
             name.to_owned(),
-            now_ms(),
+            i64::try_from(self.clock.now_ms()).unwrap_or(i64::MAX),
             state,
             config,
             (None, Vec::new()),
@@ -402,7 +414,8 @@ impl GroupRegistry {
             // group's do.
             let dir = self.dir.join(topic).join(group);
             let staging = self.dir.join(STAGING_DIR);
-            tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging))
+            let now_ms = self.clock.now_ms();
+            tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging, now_ms))
                 .await
                 .map_err(|e| BrokerError::io("deleting a group", std::io::Error::other(e)))??;
             tracing::info!(topic = %key.0, group = %key.1, "deleted a damaged group");
@@ -448,7 +461,9 @@ impl GroupRegistry {
         group.wake();
         let dir = group.dir.clone();
         let staging = self.dir.join(STAGING_DIR);
-        let removed = tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging)).await;
+        let now_ms = self.clock.now_ms();
+        let removed =
+            tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging, now_ms)).await;
         if let Ok(Err(error)) = removed {
             tracing::error!(topic = %key.0, group = %key.1, %error, "removing a deleted group's files failed");
         }
@@ -488,13 +503,13 @@ impl GroupRegistry {
 /// Removes a group's directory: first moved into the staging directory (one rename), so
 /// a crash midway leaves a leftover the next start removes, not a group without its
 /// `group.toml` to mistake for damage. Blocking.
-fn remove_group_dir(dir: &Path, staging: &Path) -> Result<()> {
+fn remove_group_dir(dir: &Path, staging: &Path, now_ms: u64) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
     let aside = staging.join(format!(
         "delete-{}-{}",
-        now(),
+        now_ms,
         NEXT_ASIDE.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::rename(dir, &aside)

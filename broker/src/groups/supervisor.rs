@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::driver::Group;
+use super::millis;
 use super::persist::clamp_to_logs;
 use super::read::Feed;
 use super::registry::GroupRegistry;
@@ -32,7 +33,7 @@ pub(super) async fn supervise(group: Arc<Group>, groups: Arc<GroupRegistry>) {
     let mut backoff = RESTART_BACKOFF_MIN;
     let mut stop = group.stop.subscribe();
     loop {
-        let started = tokio::time::Instant::now();
+        let started_ms = group.now_ms();
         let outcome = tokio::spawn(group.clone().run(groups.clone())).await;
         let panic = match outcome {
             Ok(()) => return,
@@ -41,7 +42,7 @@ pub(super) async fn supervise(group: Arc<Group>, groups: Arc<GroupRegistry>) {
             Err(error) => panic_message(error.into_panic()),
         };
         groups.task_failures.fetch_add(1, Ordering::Relaxed);
-        if started.elapsed() >= RESTART_BACKOFF_RESET {
+        if group.now_ms().saturating_sub(started_ms) >= millis(RESTART_BACKOFF_RESET) {
             backoff = RESTART_BACKOFF_MIN;
         }
         tracing::error!(topic = %group.topic_name, group = %group.name, %panic, restart_in_ms = backoff.as_millis() as u64, "the group's task panicked; restarting the group from its last persisted state");
@@ -115,31 +116,9 @@ mod tests {
     use super::*;
     use crate::group::{GroupSettings, MemberId, MemberOptions};
     use crate::groups::dead_letter::build_batch;
-    use crate::groups::{GroupConfig, MEMBER_QUEUE, MemberItem, Outgoing};
+    use crate::groups::test_support::receive;
+    use crate::groups::{GroupConfig, MEMBER_QUEUE};
     use crate::registry::Registry;
-
-    /// Offsets of the deliveries `rx` carries until `count` arrived (10 s at most).
-    async fn receive(rx: &mut mpsc::Receiver<MemberItem>, count: usize) -> Vec<u64> {
-        let mut offsets = Vec::new();
-        while offsets.len() < count {
-            let item = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                .await
-                .expect("deliveries within 10 s")
-                .expect("stream open");
-            match item.expect("no error") {
-                Outgoing::Deliveries(d) => {
-                    offsets.extend(d.singles.iter().map(|s| s.record.offset));
-                    offsets.extend(
-                        d.runs
-                            .iter()
-                            .flat_map(|r| r.first_offset..r.first_offset + u64::from(r.count)),
-                    );
-                }
-                Outgoing::Joined { .. } | Outgoing::Assignment(_) => {}
-            }
-        }
-        offsets
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_task_that_panics_is_counted_and_restarted_from_its_persisted_state() {

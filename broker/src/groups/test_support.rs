@@ -1,8 +1,13 @@
 //! Builders shared by the driver's unit tests.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use super::read::RecordRef;
+use super::{Clock, MemberItem, Outgoing};
 use crate::group::{AckId, Delivery, Offset, PartitionId};
 use crate::storage::{BatchBuilder, Record, batch};
 
@@ -58,4 +63,47 @@ pub(super) fn stored_batch(base_offset: u64, count: u64, value_bytes: usize) -> 
     view.records()
         .map(|r| RecordRef::of(&r.unwrap(), &chunk, 7, encoded.len()))
         .collect()
+}
+
+/// Offsets of the deliveries `rx` carries until `count` arrived (10 s at most).
+pub(super) async fn receive(rx: &mut mpsc::Receiver<MemberItem>, count: usize) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    while offsets.len() < count {
+        let item = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("deliveries within 10 s")
+            .expect("stream open");
+        match item.expect("no error") {
+            Outgoing::Deliveries(d) => {
+                offsets.extend(d.singles.iter().map(|s| s.record.offset));
+                offsets.extend(
+                    d.runs
+                        .iter()
+                        .flat_map(|r| r.first_offset..r.first_offset + u64::from(r.count)),
+                );
+            }
+            Outgoing::Joined { .. } | Outgoing::Assignment(_) => {}
+        }
+    }
+    offsets
+}
+
+/// A clock that moves only when the test says.
+#[derive(Debug)]
+pub(super) struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub(super) fn new(now_ms: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(now_ms))
+    }
+
+    pub(super) fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
