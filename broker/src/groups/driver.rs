@@ -49,9 +49,6 @@ pub struct Group {
     pub(super) created_ms: i64,
     pub(super) dir: PathBuf,
     pub(super) inner: Mutex<Inner>,
-    /// What the driver keeps between passes over the log (decoded records, fill
-    /// cursors). Only the group's task touches it; a restart after a panic empties it.
-    pub(super) feed: Mutex<Feed>,
     /// Wakes the driver: a member event, an admin change, a stream drained.
     pub(super) wake: Notify,
     /// Flips to true when the group is deleted or the broker closes.
@@ -137,14 +134,13 @@ impl Group {
     }
 
     /// Reads the log where the machine wants records and offers them.
-    fn fill(&self, watches: &mut [Option<watch::Receiver<u64>>]) {
-        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+    fn fill(&self, feed: &mut Feed, watches: &mut [Option<watch::Receiver<u64>>]) {
         for (index, partition) in self.topic.partitions.iter().enumerate() {
             if let Some(w) = watches[index].as_mut() {
                 w.borrow_and_update();
             }
             fill_partition(
-                &mut feed,
+                feed,
                 self,
                 partition.reader(),
                 index,
@@ -181,7 +177,7 @@ impl Group {
 
     /// Sends what members' outboxes hold while their streams have room, then polls
     /// members with room and an empty outbox. Returns whether anything was delivered.
-    fn deliver(&self) -> bool {
+    fn deliver(&self, feed: &mut Feed) -> bool {
         let mut inner = self.lock();
         flush_all(&mut inner);
         let ready: Vec<(MemberId, bool)> = inner
@@ -211,18 +207,15 @@ impl Group {
         }
         let mut built = Vec::with_capacity(polled.len());
         let mut missing = Vec::new();
-        {
-            let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
-            for (member, batched, deliveries) in polled {
-                let (responses, gone) = shape_deliveries(
-                    &mut feed,
-                    |p| self.topic.partition(p.0).ok().map(|p| p.reader()),
-                    batched,
-                    deliveries,
-                );
-                missing.extend(gone.into_iter().map(|id| (member, id)));
-                built.push((member, responses));
-            }
+        for (member, batched, deliveries) in polled {
+            let (responses, gone) = shape_deliveries(
+                feed,
+                |p| self.topic.partition(p.0).ok().map(|p| p.reader()),
+                batched,
+                deliveries,
+            );
+            missing.extend(gone.into_iter().map(|id| (member, id)));
+            built.push((member, responses));
         }
         // A record the log still holds but cannot serve (its batch is damaged: reads answer
         // DATA_LOSS) is not done: it stays in flight unsent, expires and is retried, and
@@ -275,6 +268,10 @@ impl Group {
             .iter()
             .map(|p| Some(p.watch_high_watermark()))
             .collect();
+        // What the loop keeps between its passes over the logs (decoded records, fill
+        // cursors): owned by this task, so reading and shaping take no lock, and a
+        // restart after a panic starts from an empty one.
+        let mut feed = Feed::default();
         let mut retry: Vec<DeadLetter> = Vec::new();
         let persist_interval_ms = millis(GROUP_PERSIST_INTERVAL);
         let retry_interval_ms = millis(DEAD_LETTER_RETRY);
@@ -292,7 +289,7 @@ impl Group {
             if self.panic_next.swap(false, Ordering::Relaxed) {
                 panic!("a panic injected by a test");
             }
-            self.fill(&mut watches);
+            self.fill(&mut feed, &mut watches);
             let mut dead = self.tick();
             if !retry.is_empty() && self.now_ms() >= retry_at_ms {
                 dead.append(&mut retry);
@@ -304,7 +301,7 @@ impl Group {
                     retry_at_ms = self.now_ms().saturating_add(retry_interval_ms);
                 }
             }
-            let delivered = self.deliver();
+            let delivered = self.deliver(&mut feed);
             if self.now_ms() >= next_persist_ms
                 && persisting.as_ref().is_none_or(|p| p.is_finished())
             {

@@ -25,6 +25,17 @@
 //! - `source`: the driver's seams ([`LogSource`], [`Clock`]); `sim`: the deterministic
 //!   simulation test.
 //!
+//! What is shared and what the task owns. Behind the group's `Mutex<Inner>` (shared,
+//! because members' streams and admin RPCs read and change it): the machine, the
+//! settings, the members' slots (their stream, and the responses polled for them but not
+//! yet queued, which go with the slot when the member leaves), and the redrive progress.
+//! Outside any lock: the running totals (atomics, for metrics) and the wake/stop signals.
+//! The last persisted state bytes sit behind their own mutex, held while writing either
+//! file, because the task's periodic persist, `update`/`redrive` (group.toml) and the
+//! shutdown persist all write. Owned by the task, no lock: the decoded records and fill
+//! cursors (`read::Feed`), the high-watermark watches, the dead letters waiting for a retry
+//! and the persist timer; a restart after a panic starts them afresh.
+//!
 //! Like the storage engine, this module knows neither tonic nor the proto types: a
 //! member's stream carries [`Outgoing`] messages, which `server::groups` turns into
 //! responses.

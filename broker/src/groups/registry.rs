@@ -13,7 +13,6 @@ use tokio::sync::{Notify, watch};
 
 use super::driver::{Group, GroupCounters, Inner};
 use super::persist::{GroupMeta, META_FILE, STATE_FILE, clamp_to_logs, ordering_from_name};
-use super::read::Feed;
 use super::supervisor::supervise;
 use super::{Clock, GroupConfig, WallClock, group_error};
 use crate::error::{BrokerError, Result};
@@ -239,7 +238,6 @@ impl GroupRegistry {
             }),
             wake: Notify::new(),
             stop,
-            feed: Mutex::new(Feed::default()),
             persisted: Mutex::new(persisted),
             redrive: tokio::sync::Mutex::new(()),
             counters: GroupCounters::default(),

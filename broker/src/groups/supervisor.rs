@@ -9,7 +9,6 @@ use std::time::Duration;
 use super::driver::Group;
 use super::millis;
 use super::persist::clamp_to_logs;
-use super::read::Feed;
 use super::registry::GroupRegistry;
 use crate::error::BrokerError;
 use crate::group::{GroupLimits, GroupSnapshot, GroupState};
@@ -104,7 +103,6 @@ impl Group {
             ))));
         }
         drop(inner);
-        *self.feed.lock().unwrap_or_else(|p| p.into_inner()) = Feed::default();
         reset
     }
 }
