@@ -10,9 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 
-use super::dead_letter::DEAD_LETTER_RETRY;
+use super::dead_letter::{DEAD_LETTER_RETRY, DEAD_LETTERS_IN_FLIGHT_MAX};
 use super::delivery::{MemberTx, Outgoing, shape_deliveries, skip_missing};
 use super::read::{Feed, MachineAccess, fill_partition, is_gone};
 use super::registry::GroupRegistry;
@@ -64,6 +67,10 @@ pub struct Group {
     /// dead-letter retries, the persist timer, the supervisor's backoff reset): the wall
     /// clock in the broker, a clock a test moves by hand in tests.
     pub(super) clock: Arc<dyn Clock>,
+    /// Tests set it to hold back the commits of dead-letter appends, as a slow fsync of
+    /// the dead-letter topic would.
+    #[cfg(test)]
+    pub(super) hold_dead_letters: watch::Sender<bool>,
     /// Tests set it to make the next pass of the driver panic, as a bug would.
     #[cfg(test)]
     pub(super) panic_next: std::sync::atomic::AtomicBool,
@@ -258,6 +265,25 @@ impl Group {
         true
     }
 
+    /// A dead letter's append came back: committed, the message is done; failed, it is
+    /// retried after [`DEAD_LETTER_RETRY`].
+    fn dead_letter_committed(
+        &self,
+        dead: DeadLetter,
+        result: Result<()>,
+        retry: &mut Vec<DeadLetter>,
+        retry_at_ms: &mut u64,
+    ) {
+        match result {
+            Ok(()) => self.confirm_dead_letter(&dead),
+            Err(error) => {
+                tracing::warn!(topic = %self.topic_name, group = %self.name, %error, "appending a dead letter failed; will retry");
+                retry.push(dead);
+                *retry_at_ms = self.now_ms().saturating_add(millis(DEAD_LETTER_RETRY));
+            }
+        }
+    }
+
     /// The driver loop; ends when the group stops.
     pub(super) async fn run(self: Arc<Self>, groups: Arc<GroupRegistry>) {
         let registry = groups.registry.clone();
@@ -273,6 +299,12 @@ impl Group {
         // restart after a panic starts from an empty one.
         let mut feed = Feed::default();
         let mut retry: Vec<DeadLetter> = Vec::new();
+        // Dead letters waiting to be handed to a writer (at most
+        // DEAD_LETTERS_IN_FLIGHT_MAX are handed over at once), and those handed over whose
+        // commits have not come back.
+        let mut dead_letters: VecDeque<DeadLetter> = VecDeque::new();
+        let mut committing: FuturesUnordered<BoxFuture<'static, (DeadLetter, Result<()>)>> =
+            FuturesUnordered::new();
         let persist_interval_ms = millis(GROUP_PERSIST_INTERVAL);
         let retry_interval_ms = millis(DEAD_LETTER_RETRY);
         let mut retry_at_ms = self.now_ms();
@@ -289,16 +321,23 @@ impl Group {
             if self.panic_next.swap(false, Ordering::Relaxed) {
                 panic!("a panic injected by a test");
             }
-            self.fill(&mut feed, &mut watches);
-            let mut dead = self.tick();
-            if !retry.is_empty() && self.now_ms() >= retry_at_ms {
-                dead.append(&mut retry);
+            while let Some(Some((d, result))) = committing.next().now_or_never() {
+                self.dead_letter_committed(d, result, &mut retry, &mut retry_at_ms);
             }
-            for d in dead {
-                if let Err(error) = self.dead_letter(&registry, &d).await {
-                    tracing::warn!(topic = %self.topic_name, group = %self.name, %error, "appending a dead letter failed; will retry");
-                    retry.push(d);
-                    retry_at_ms = self.now_ms().saturating_add(retry_interval_ms);
+            self.fill(&mut feed, &mut watches);
+            dead_letters.extend(self.tick());
+            if !retry.is_empty() && self.now_ms() >= retry_at_ms {
+                dead_letters.extend(retry.drain(..));
+            }
+            while committing.len() < DEAD_LETTERS_IN_FLIGHT_MAX
+                && let Some(d) = dead_letters.pop_front()
+            {
+                match self.send_dead_letter(&registry, &d).await {
+                    Ok(Some(commit)) => committing.push(commit.map(|r| (d, r)).boxed()),
+                    Ok(None) => {}
+                    Err(error) => {
+                        self.dead_letter_committed(d, Err(error), &mut retry, &mut retry_at_ms)
+                    }
                 }
             }
             let delivered = self.deliver(&mut feed);
@@ -332,13 +371,18 @@ impl Group {
                 until_ms = until_ms.min(retry_at_ms);
             }
             let until = Duration::from_millis(until_ms.saturating_sub(now_ms));
-            let dead_watch = tokio::select! {
-                _ = self.wake.notified() => None,
-                _ = tokio::time::sleep(until) => None,
-                d = any_changed(&mut watches) => d,
-                _ = stop.changed() => None,
+            let woken = tokio::select! {
+                _ = self.wake.notified() => Woken::Other,
+                _ = tokio::time::sleep(until) => Woken::Other,
+                d = any_changed(&mut watches) => d.map_or(Woken::Other, Woken::WriterGone),
+                Some((d, result)) = committing.next(), if !committing.is_empty() => {
+                    Woken::DeadLetterCommitted(d, result)
+                }
+                _ = stop.changed() => Woken::Other,
             };
-            if let Some(index) = dead_watch {
+            if let Woken::DeadLetterCommitted(d, result) = woken {
+                self.dead_letter_committed(d, result, &mut retry, &mut retry_at_ms);
+            } else if let Woken::WriterGone(index) = woken {
                 watches[index] = None;
                 // The writer is gone: the topic was deleted (or the broker is closing,
                 // and then the topic is still registered).
@@ -349,6 +393,13 @@ impl Group {
                     groups.remove_if_same(&self).await;
                     break;
                 }
+            }
+        }
+        // Appends handed over are committed or failed by their writers, which answer
+        // everything queued before they stop: confirm what committed.
+        while let Some((d, result)) = committing.next().await {
+            if result.is_ok() {
+                self.confirm_dead_letter(&d);
             }
         }
         // A later persist (at shutdown) must not race this one.
@@ -362,6 +413,16 @@ impl MachineAccess for Group {
     fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
         f(&mut self.lock().state)
     }
+}
+
+/// What ended the driver's sleep.
+enum Woken {
+    /// A member event, an admin change, a timer, a commit to the topic, or a stop.
+    Other,
+    /// The writer of this partition is gone (its watch closed).
+    WriterGone(usize),
+    /// A dead letter's append was committed or failed.
+    DeadLetterCommitted(DeadLetter, Result<()>),
 }
 
 /// Waits until one watch changes; returns the index of a watch whose sender is gone.

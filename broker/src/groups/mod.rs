@@ -7,7 +7,8 @@
 //!   `std::sync::Mutex` (held only for machine calls, never across I/O or an `.await`),
 //!   its settings and dead-letter topic, and the senders of its members' streams. One
 //!   tokio task per group (the *driver*) runs the loop: read the log where the machine
-//!   `wants`, `offer` the records, `tick` deadlines, append dead letters, `poll`
+//!   `wants`, `offer` the records, `tick` deadlines, hand dead letters to the dead-letter
+//!   topic's writer (confirmed when their commit comes back, without waiting), `poll`
 //!   deliveries for members whose stream has room, persist the snapshot every
 //!   [`GROUP_PERSIST_INTERVAL`], then sleep until the next deadline, a commit to the
 //!   topic, a member event or the persist timer.
@@ -33,8 +34,9 @@
 //! The last persisted state bytes sit behind their own mutex, held while writing either
 //! file, because the task's periodic persist, `update`/`redrive` (group.toml) and the
 //! shutdown persist all write. Owned by the task, no lock: the decoded records and fill
-//! cursors (`read::Feed`), the high-watermark watches, the dead letters waiting for a retry
-//! and the persist timer; a restart after a panic starts them afresh.
+//! cursors (`read::Feed`), the high-watermark watches, the dead letters waiting to be
+//! handed to a writer, for their commit or for a retry, and the persist timer; a restart
+//! after a panic starts them afresh.
 //!
 //! Like the storage engine, this module knows neither tonic nor the proto types: a
 //! member's stream carries [`Outgoing`] messages, which `server::groups` turns into
@@ -42,7 +44,8 @@
 //!
 //! Bounds: a member's stream queue holds [`MEMBER_QUEUE`] responses and the driver polls a
 //! member only when its queue has room and its outbox (one poll's worth, at most
-//! [`POLL_MAX`] deliveries) is empty; a pending assignment change is merged into one; every
+//! [`POLL_MAX`] deliveries) is empty; a pending assignment change is merged into one; at
+//! most `DEAD_LETTERS_IN_FLIGHT_MAX` dead letters wait for their commit at once; every
 //! table of the machine is bounded by `group::limits`.
 //!
 //! Persistence: `group.toml` (settings) and `state` (the machine's snapshot), each

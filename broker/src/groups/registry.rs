@@ -243,6 +243,8 @@ impl GroupRegistry {
             counters: GroupCounters::default(),
             clock: self.clock.clone(),
             #[cfg(test)]
+            hold_dead_letters: watch::channel(false).0,
+            #[cfg(test)]
             panic_next: std::sync::atomic::AtomicBool::new(false),
         })
     }
