@@ -231,8 +231,9 @@ impl DecodedRecords {
     }
 }
 
-/// How the driver's steps reach the group's machine: the broker's [`Group`] locks its
-/// state for each call (never across I/O); the simulation owns a machine of its own.
+/// How the driver's steps reach the group's machine: the broker's
+/// [`Group`](super::Group) locks its state for each call (never across I/O); the
+/// simulation owns a machine of its own.
 pub(crate) trait MachineAccess {
     fn with_machine<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R;
 }
