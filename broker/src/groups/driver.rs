@@ -1,6 +1,6 @@
 //! A [`Group`] and its driver: the task that runs the loop of one group (read the logs
-//! where the machine wants records, tick deadlines, append dead letters, deliver to
-//! members with room, persist), and sleeps until the next deadline, a commit to the
+//! where the machine wants records, tick deadlines, hand dead letters to the dead-letter
+//! topic, deliver to members with room, persist), and sleeps until the next deadline, a commit to the
 //! topic, a member event or the persist timer.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -36,10 +36,17 @@ pub(super) struct MemberSlot {
     pub(super) assignment: Option<AssignmentChange>,
 }
 
+/// What the group's task shares with members' streams and admin RPCs, behind one lock
+/// held only for machine calls and never across I/O or an `.await`.
 pub(super) struct Inner {
+    /// The machine: acks, nacks and joins change it from RPCs, the task polls and ticks it.
     pub(super) state: GroupState,
+    /// Read by the task (dead-letter topic), changed by UpdateGroup.
     pub(super) config: GroupConfig,
+    /// Joins and leaves come from streams; the task fills and drains the outboxes.
     pub(super) members: HashMap<MemberId, MemberSlot>,
+    /// Redrive progress (written to `group.toml` with the settings): which dead-letter
+    /// topic, and per partition of it the offset scanned up to.
     pub(super) redrive_topic: Option<String>,
     pub(super) redrive_cursor: Vec<u64>,
 }
