@@ -1,7 +1,9 @@
-//! Memory stays bounded when clients open Fetch streams and never read them: what the
-//! broker produces ahead of HTTP/2 flow control is bounded per stream and broker-wide
-//! (`response_buffer_bytes`), so 200 unread follow streams cannot grow the heap without
-//! limit.
+//! Memory stays bounded when clients open Fetch or Subscribe streams and never read them:
+//! what the broker produces ahead of HTTP/2 flow control is bounded per stream and
+//! broker-wide (`response_buffer_bytes`), so 200 unread streams cannot grow the heap
+//! without limit.
+//!
+//! Both tests measure this process's heap, so they take turns (`ONE_AT_A_TIME`).
 
 mod common;
 
@@ -18,6 +20,19 @@ const STREAMS: usize = 200;
 /// (128 MiB) plus room for the streams' own state and the client's receive windows.
 /// Before the budget, this test measured 724 MiB of growth (median of 3, debug build).
 const GROWTH_MAX_BYTES: u64 = 200 * 1024 * 1024;
+
+/// Subscribe's case: records of 16 KiB, so that a member's in-flight messages (1,000 by
+/// default) are worth several full responses.
+const SUBSCRIBE_RECORDS: usize = 2048;
+const SUBSCRIBE_VALUE_BYTES: usize = 16 * 1024;
+/// The bound for 200 unread Subscribe streams: the response budget's default (128 MiB),
+/// plus per stream a few responses of at most 64 KiB sent outside it and the decoded
+/// deliveries the group's driver queues for the member (about 1 MiB per stream). Before
+/// Subscribe's responses were charged to the budget, this test measured 495 MiB.
+const SUBSCRIBE_GROWTH_MAX_BYTES: u64 = 350 * 1024 * 1024;
+
+/// The tests of this file measure the same process's heap: one runs at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Anonymous resident memory of this process (the heap, not the mapped log files).
 fn rss_anon_bytes() -> u64 {
@@ -36,6 +51,7 @@ fn rss_anon_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_follow_streams_keep_memory_bounded() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
     let mut c = client(&broker).await;
@@ -98,6 +114,84 @@ async fn unread_follow_streams_keep_memory_bounded() {
     assert_eq!(read, RECORDS);
     drop(streams);
     drop(reading);
+    drop((c, reader_client));
+    stop(broker).await;
+}
+
+/// Subscribe's responses are charged to the same budget: 200 members of 200 groups, with
+/// single deliveries (the encoding that copies values into the response), never read their
+/// streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_subscribe_streams_keep_memory_bounded() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut c = client(&broker).await;
+    create_topic(&mut c, "big", 1).await;
+    let value = "v".repeat(SUBSCRIBE_VALUE_BYTES);
+    for _ in 0..SUBSCRIBE_RECORDS / 64 {
+        let records = (0..64).map(|_| record(None, &value)).collect();
+        publish(&mut c, "big", Some(0), records).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_anon_bytes();
+
+    // One connection whose windows let every member's stream take its Joined and a
+    // little more (200 x 64 KiB fits the connection's 16 MiB), so what piles up is what
+    // the broker produces ahead of flow control, not what this client buffers.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", broker.addr))
+        .unwrap()
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut c = herald_proto::HeraldClient::new(channel);
+    let mut members = Vec::new();
+    for g in 0..STREAMS {
+        // Joined with the default settings, then never read again.
+        let member = tokio::time::timeout(
+            Duration::from_secs(10),
+            subscribe(&mut c, join("big", &format!("g{g}"), None)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("member {g} joined within 10 s"));
+        members.push(member.unwrap());
+    }
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_anon_bytes().saturating_sub(before));
+    }
+    println!(
+        "heap growth with {STREAMS} unread Subscribe streams: {:.1} MiB",
+        peak as f64 / (1024.0 * 1024.0)
+    );
+    assert!(
+        peak < SUBSCRIBE_GROWTH_MAX_BYTES,
+        "{STREAMS} unread Subscribe streams grew the heap by {peak} bytes (bound {SUBSCRIBE_GROWTH_MAX_BYTES})"
+    );
+
+    // A member of another group on another connection gets every record meanwhile.
+    let mut reader_client = client(&broker).await;
+    let mut member = subscribe(&mut reader_client, join("big", "reader", None))
+        .await
+        .unwrap();
+    let mut read = 0;
+    while read < SUBSCRIBE_RECORDS {
+        let (deliveries, _) = member.deliveries(1024, Duration::from_secs(10)).await;
+        assert!(
+            !deliveries.is_empty(),
+            "deliveries within 10 s ({read} so far)"
+        );
+        for d in &deliveries {
+            assert_eq!(d.offset, read as u64, "records in order, none skipped");
+            read += 1;
+        }
+        member.ack(&deliveries).await;
+    }
+    drop(members);
+    drop(member);
     drop((c, reader_client));
     stop(broker).await;
 }

@@ -774,6 +774,12 @@ impl HeraldService {
 }
 
 impl HeraldService {
+    /// The broker-wide budget for responses produced ahead of HTTP/2 flow control, which
+    /// Subscribe's own route charges too.
+    pub(super) fn response_budget(&self) -> Arc<Semaphore> {
+        self.response_budget.clone()
+    }
+
     fn clone_for_task(&self) -> Arc<HeraldService> {
         Arc::new(HeraldService {
             registry: self.registry.clone(),
@@ -817,12 +823,12 @@ type FetchItem = Result<(v1::FetchResponse, Option<OwnedSemaphorePermit>), Statu
 /// beyond the flow-control window), and h2 grants room for the next only once what it
 /// buffered fits the window, so by the time tonic takes a response, the one two before it
 /// is on its way to the socket.
-const HELD_RESPONSES: usize = 2;
+pub(super) const HELD_RESPONSES: usize = 2;
 /// Largest fetch response sent outside the response budget, when it is used up: small
 /// enough that every open stream may have a few in flight (`STREAM_QUEUE` +
 /// `HELD_RESPONSES`), large enough to keep a reader moving. A single stored batch larger
 /// than this is still sent whole.
-const FETCH_SMALL_BYTES: usize = 64 * 1024;
+pub(super) const FETCH_SMALL_BYTES: usize = 64 * 1024;
 /// Protobuf framing of one decoded record in a fetch response (tags, lengths, offset and
 /// timestamp varints), for the cost estimate.
 const RECORD_FRAMING_BYTES: usize = 32;

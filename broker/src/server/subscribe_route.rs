@@ -35,7 +35,9 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::service::{BoxStream, HeraldService};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::service::{BoxStream, FETCH_SMALL_BYTES, HELD_RESPONSES, HeraldService};
 
 /// The gRPC path this route answers itself.
 const SUBSCRIBE_PATH: &str = "/herald.v1.Herald/Subscribe";
@@ -134,6 +136,9 @@ fn subscribe(
         chunks: VecDeque::new(),
         scratch: BytesMut::new(),
         ended: false,
+        rest: None,
+        budget: service.response_budget(),
+        held: VecDeque::with_capacity(HELD_RESPONSES + 1),
     })
 }
 
@@ -147,6 +152,15 @@ struct SubscribeBody {
     scratch: BytesMut,
     /// The trailers went out.
     ended: bool,
+    /// What is left of a response being sent in pieces (see [`SubscribeBody::next_message`]).
+    rest: Option<v1::Deliveries>,
+    /// The broker-wide budget for response bytes held on the heap until they reach the
+    /// socket (`response_buffer_bytes`, shared with Fetch).
+    budget: Arc<Semaphore>,
+    /// The budget of the last messages handed to hyper, released `HELD_RESPONSES`
+    /// messages later: hyper hands h2 a whole chunk whatever the flow-control window, so a
+    /// message's bytes are off the heap only once the reader made room for the next ones.
+    held: VecDeque<Option<OwnedSemaphorePermit>>,
 }
 
 impl http_body::Body for SubscribeBody {
@@ -164,9 +178,14 @@ impl http_body::Body for SubscribeBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        let status = match this.stream.as_mut().poll_next(cx) {
+        let next = match this.rest.take() {
+            Some(rest) => Poll::Ready(Some(Ok(deliveries_response(rest)))),
+            None => this.stream.as_mut().poll_next(cx),
+        };
+        let status = match next {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Ok(message))) => {
+                let message = this.next_message(message);
                 encode_chunks(message, &mut this.scratch, &mut this.chunks);
                 let chunk = this.chunks.pop_front().expect("a message has a chunk");
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -187,6 +206,113 @@ impl http_body::Body for SubscribeBody {
     fn is_end_stream(&self) -> bool {
         self.ended && self.chunks.is_empty()
     }
+}
+
+impl SubscribeBody {
+    /// What to send of `message` now. A response whose copied bytes (see [`heap_len`])
+    /// are small, or fit in the broker-wide budget, goes whole, holding its share of the
+    /// budget. Otherwise only its first deliveries go, up to `FETCH_SMALL_BYTES` of
+    /// copied bytes (at least one delivery), and the rest waits in `rest` for the next
+    /// call, when the budget may have room for all of it: members that read are never
+    /// stopped by members that do not, and a member whose stream is not read holds at
+    /// most one full response of the budget plus a few small ones.
+    ///
+    /// The pieces keep the response's order: its single deliveries first, then its runs,
+    /// which is the order in which clients take a response's messages.
+    fn next_message(&mut self, message: v1::SubscribeResponse) -> v1::SubscribeResponse {
+        let cost = heap_len(&message);
+        let permit = if cost <= FETCH_SMALL_BYTES {
+            None
+        } else {
+            u32::try_from(cost)
+                .ok()
+                .and_then(|cost| self.budget.clone().try_acquire_many_owned(cost).ok())
+        };
+        let message = match (
+            permit.is_some() || cost <= FETCH_SMALL_BYTES,
+            message.response,
+        ) {
+            (false, Some(v1::subscribe_response::Response::Deliveries(mut deliveries))) => {
+                let piece = split_front(&mut deliveries, FETCH_SMALL_BYTES);
+                if !deliveries.deliveries.is_empty() || !deliveries.runs.is_empty() {
+                    self.rest = Some(deliveries);
+                }
+                deliveries_response(piece)
+            }
+            (_, response) => v1::SubscribeResponse { response },
+        };
+        self.held.push_back(permit);
+        while self.held.len() > HELD_RESPONSES {
+            self.held.pop_front();
+        }
+        message
+    }
+}
+
+fn deliveries_response(deliveries: v1::Deliveries) -> v1::SubscribeResponse {
+    v1::SubscribeResponse {
+        response: Some(v1::subscribe_response::Response::Deliveries(deliveries)),
+    }
+}
+
+/// Bytes of `message` that [`encode_chunks`] copies into a buffer of its own (everything
+/// but the records of runs sent as the log's bytes), which stay on the heap until h2
+/// has written them.
+fn heap_len(message: &v1::SubscribeResponse) -> usize {
+    match &message.response {
+        Some(v1::subscribe_response::Response::Deliveries(d)) => {
+            d.deliveries.iter().map(single_len).sum::<usize>()
+                + d.runs.iter().map(run_heap_len).sum::<usize>()
+        }
+        _ => message.encoded_len(),
+    }
+}
+
+fn single_len(single: &v1::Delivery) -> usize {
+    prost::encoding::message::encoded_len(DELIVERIES_SINGLES_TAG, single)
+}
+
+fn run_heap_len(run: &v1::DeliveryRun) -> usize {
+    let len = prost::encoding::message::encoded_len(DELIVERIES_RUNS_TAG, run);
+    if run.records.len() >= INLINE_RECORDS_BYTES {
+        len - run.records.len()
+    } else {
+        len
+    }
+}
+
+/// Takes the first deliveries of `deliveries` whose copied bytes stay within `limit` (at
+/// least one): singles first, runs only once every single is taken.
+fn split_front(deliveries: &mut v1::Deliveries, limit: usize) -> v1::Deliveries {
+    let mut used = 0;
+    let singles = deliveries
+        .deliveries
+        .iter()
+        .take_while(|single| {
+            let len = single_len(single);
+            let take = used == 0 || used + len <= limit;
+            used += len;
+            take
+        })
+        .count();
+    let mut piece = v1::Deliveries {
+        deliveries: deliveries.deliveries.drain(..singles).collect(),
+        runs: Vec::new(),
+    };
+    if deliveries.deliveries.is_empty() {
+        let runs = deliveries
+            .runs
+            .iter()
+            .take_while(|run| {
+                let len = run_heap_len(run);
+                let take = used == 0 || used + len <= limit;
+                used += len;
+                take
+            })
+            .count();
+        piece.runs = deliveries.runs.drain(..runs).collect();
+    }
+    piece
 }
 
 /// Appends `message` to `out`, gRPC-framed, as chunks: the records of large runs are their
@@ -383,6 +509,44 @@ mod tests {
             "each run's records are the log's bytes, not a copy"
         );
         assert_eq!(chunks.len(), 4);
+    }
+
+    #[test]
+    fn a_response_split_into_pieces_keeps_every_delivery_in_order() {
+        let big = Bytes::from(vec![1u8; 100_000]);
+        let small = Bytes::from(vec![2u8; 3000]);
+        let whole = v1::Deliveries {
+            deliveries: (0..40).map(single).collect(),
+            runs: vec![run(0, small.clone()), run(1, big), run(2, small)],
+        };
+        for limit in [1, 500, 4096, 20_000, 1 << 20] {
+            let mut rest = whole.clone();
+            let mut singles = Vec::new();
+            let mut runs = Vec::new();
+            let mut pieces = 0;
+            while !rest.deliveries.is_empty() || !rest.runs.is_empty() {
+                let piece = split_front(&mut rest, limit);
+                assert!(
+                    !piece.deliveries.is_empty() || !piece.runs.is_empty(),
+                    "every piece delivers something"
+                );
+                assert!(
+                    piece.runs.is_empty() || rest.deliveries.is_empty(),
+                    "runs go only after every single"
+                );
+                let copied = heap_len(&deliveries_response(piece.clone()));
+                let items = piece.deliveries.len() + piece.runs.len();
+                assert!(items == 1 || copied <= limit, "{copied} > {limit}");
+                singles.extend(piece.deliveries);
+                runs.extend(piece.runs);
+                pieces += 1;
+            }
+            assert_eq!(
+                (singles, runs),
+                (whole.deliveries.clone(), whole.runs.clone())
+            );
+            assert!(pieces >= 1);
+        }
     }
 
     #[test]
