@@ -1,7 +1,8 @@
 //! Damaged group files never delete a group: the broker starts, refuses that one group
-//! with FAILED_PRECONDITION naming the file, keeps its bytes, serves every other group and
-//! topic, and loads the group again once its files are restored. Deleting it is the way
-//! to start it again. Interrupted creates are cleaned up.
+//! with FAILED_PRECONDITION naming the file (a `group.toml` that fails its checksum too),
+//! keeps its bytes, serves every other group and topic, and loads the group again once
+//! its files are restored. Deleting it is the way to start it again. Interrupted creates
+//! are cleaned up.
 
 mod common;
 
@@ -128,11 +129,60 @@ async fn a_damaged_group_toml_refuses_the_group_and_keeps_it() {
     refuses_then_recovers("group.toml", |_| "ack_deadline_ms = [".into()).await;
 }
 
+/// `group.toml` without its checksum line, as after a hand edit: what it says is still
+/// checked.
+fn unsealed(good: &str) -> &str {
+    let (line, body) = good.split_once('\n').expect("a first line");
+    assert!(line.starts_with("# herald-checksum crc32c="), "{good}");
+    body
+}
+
+/// A flipped bit in a digit of a setting (`ack_deadline_ms` 30000 becomes 20000) leaves
+/// valid TOML: the checksum refuses it, rather than the group loading with another setting.
+#[tokio::test]
+async fn a_bit_flip_in_a_group_setting_is_refused() {
+    refuses_then_recovers("group.toml", |good| {
+        let digit = good
+            .find("ack_deadline_ms = 3")
+            .expect("group.toml holds the ack deadline")
+            + "ack_deadline_ms = ".len();
+        let mut bytes = good.as_bytes().to_vec();
+        bytes[digit] ^= 1;
+        String::from_utf8(bytes).unwrap()
+    })
+    .await;
+}
+
+/// A `group.toml` without a checksum line (an earlier Herald's, or edited by hand) that
+/// parses and ends with a newline loads, and is sealed in place.
+#[tokio::test]
+async fn a_group_toml_without_a_checksum_line_loads_and_is_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    two_groups(dir.path()).await;
+    let path = dir.path().join("groups/t/g1/group.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, unsealed(&good)).unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut c = client(&broker).await;
+    assert_eq!(
+        describe_group(&mut c, "t", "g1").await.partitions[0].committed_offset,
+        6
+    );
+    drop(c);
+    broker.shutdown().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        good,
+        "sealed again"
+    );
+}
+
 /// A damaged `topic_created_ms` looks like a group left from an earlier topic of the same
 /// name: the group is refused and kept, never deleted on that guess.
 #[tokio::test]
 async fn a_group_toml_naming_another_topic_creation_is_refused_not_deleted() {
     refuses_then_recovers("group.toml", |good| {
+        let good = unsealed(good);
         let line = good
             .lines()
             .find(|l| l.starts_with("topic_created_ms"))
@@ -142,10 +192,11 @@ async fn a_group_toml_naming_another_topic_creation_is_refused_not_deleted() {
     .await;
 }
 
-/// A key turned into another word by damage is refused, not read as the key's default.
+/// A key turned into another word is refused, not read as the key's default.
 #[tokio::test]
 async fn a_group_toml_with_an_unknown_key_is_refused() {
     refuses_then_recovers("group.toml", |good| {
+        let good = unsealed(good);
         // An optional key: read as its default, the topic check would be skipped.
         assert!(good.contains("topic_created_ms"), "{good}");
         good.replacen("topic_created_ms", "topic_created_ns", 1)

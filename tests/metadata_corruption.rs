@@ -15,8 +15,11 @@
 //! In every case the healthy topic and its group are served exactly and the broker does not
 //! panic. Anything else fails the case, and the message names its seed.
 //!
+//! Every damage method is used on every file: `state` carries its own check and the TOML
+//! files a checksum line, so even damage that still parses is refused.
+//!
 //! `HERALD_META_CORRUPTION_CASES` (default 200) sets the number of cases and
-//! `HERALD_META_CORRUPTION_SEED` the first seed, e.g.
+//! `HERALD_META_CORRUPTION_SEED` the first seed (a few regression seeds run first), e.g.
 //! `HERALD_META_CORRUPTION_CASES=5000 HERALD_META_CORRUPTION_SEED=1 cargo test --release
 //! --test metadata_corruption`.
 
@@ -86,52 +89,28 @@ enum Method {
     RandomBytes,
 }
 
-/// The damage methods used on each file.
-///
-/// `state` carries its own check: every method is used on it. `topic.toml` and
-/// `group.toml` are plain TOML with no check of their own, and the campaign found damage
-/// that still parses being loaded as if it were the original (with
-/// `HERALD_META_CORRUPTION_ALL_METHODS=1`, which uses every method on every file):
-/// - `topic.toml`, truncation: cut after a `[settings]` line (seed 25, 96 of 125 bytes)
-///   or inside a number (seed 24, 118 of 125: `retention_bytes` 1073741824 became 1073)
-///   loads the topic with other settings; cut inside `created_ms` (seed 73, 54 of 125)
-///   loads it with another creation time (its group "g" is then refused as naming
-///   another topic's creation; it used to be removed at start as stale);
-/// - `topic.toml`, bit flips: a flipped bit in a digit loads another value (seed 665:
+/// The damage methods: every one on every file. `state` carries its own check, and
+/// `topic.toml` and `group.toml` a checksum line (`meta_file`), so damage that still
+/// parses as TOML is refused too. Before the checksum line, the campaign found such damage
+/// loaded as if it were the original, kept here as the seeds to look at first:
+/// - `topic.toml`, truncation: cut after a `[settings]` line (seed 25) or inside a number
+///   (seed 24: `retention_bytes` 1073741824 became 1073) loaded the topic with other
+///   settings; cut inside `created_ms` (seed 73) loaded it with another creation time;
+/// - `topic.toml`, bit flips: a flipped bit in a digit loaded another value (seed 665:
 ///   `retention_ms` 604800000 became 644800000);
-/// - `group.toml`, bit flips: a digit of `topic_created_ms` (seed 28) is refused now (it
-///   used to make the broker remove the group's directory at start as stale), and a
-///   flipped key is refused as unknown, but a digit of a setting loads another setting
-///   (seed 171: `ack_deadline_ms` 12345 became 52345).
-///
-/// Refusing those needs a check over the TOML files, a change of the on-disk format, so
-/// truncation and bit flips are left out for `topic.toml`, and bit flips for `group.toml`
-/// (a truncated `group.toml` is refused: every field up to `ordering` is required, and
-/// only the optional last line can be cut). A zeroed range (NUL is not valid TOML),
-/// deletion and random bytes are used on both.
-fn methods(target: Target) -> &'static [Method] {
-    if env_u64("HERALD_META_CORRUPTION_ALL_METHODS", 0) == 1 {
-        return ALL_METHODS;
-    }
-    match target {
-        Target::GroupState => ALL_METHODS,
-        Target::GroupToml => &[
-            Method::Truncate,
-            Method::ZeroRange,
-            Method::Delete,
-            Method::RandomBytes,
-        ],
-        Target::TopicToml => &[Method::ZeroRange, Method::Delete, Method::RandomBytes],
-    }
-}
-
-const ALL_METHODS: &[Method] = &[
+/// - `group.toml`, bit flips: a digit of a setting loaded another setting (seed 171:
+///   `ack_deadline_ms` 12345 became 52345).
+const METHODS: &[Method] = &[
     Method::Truncate,
     Method::FlipBits,
     Method::ZeroRange,
     Method::Delete,
     Method::RandomBytes,
 ];
+
+/// Seeds run before the others in every run: the damage that once loaded as a different
+/// value (see [`METHODS`]).
+const REGRESSION_SEEDS: &[u64] = &[24, 25, 73, 171, 665];
 
 /// Damages `path` by `method`; returns a description of what was done.
 fn damage(rng: &mut Rng, path: &Path, method: Method) -> String {
@@ -367,12 +346,15 @@ async fn damaged_metadata_is_refused_or_loaded_exactly() {
     assert_eq!(want_healthy.records[0].len(), 4);
 
     let mut counts = Counts::default();
-    for seed in first_seed..first_seed + cases {
+    let seeds = REGRESSION_SEEDS
+        .iter()
+        .copied()
+        .chain(first_seed..first_seed + cases);
+    for seed in seeds {
         let mut rng = Rng(seed);
         let target =
             [Target::TopicToml, Target::GroupToml, Target::GroupState][rng.range(0, 3) as usize];
-        let allowed = methods(target);
-        let method = allowed[rng.range(0, allowed.len() as u64) as usize];
+        let method = METHODS[rng.range(0, METHODS.len() as u64) as usize];
         let dir = tempfile::tempdir().unwrap();
         copy_dir(pristine.path(), dir.path());
         let path = target.path(dir.path());
@@ -496,7 +478,8 @@ async fn damaged_metadata_is_refused_or_loaded_exactly() {
         *count += 1;
     }
     eprintln!(
-        "metadata corruption: {cases} cases from seed {first_seed} in {:?}: {counts:#?}",
+        "metadata corruption: {} regression seeds and {cases} cases from seed {first_seed} in {:?}: {counts:#?}",
+        REGRESSION_SEEDS.len(),
         began.elapsed()
     );
 }

@@ -1,7 +1,8 @@
-//! Damaged topic metadata never deletes data: a topic whose `topic.toml` is missing or
-//! unreadable is not loaded, its files and groups are kept byte for byte, every request
-//! for it is FAILED_PRECONDITION naming the file, the other topics work, and restoring the
-//! file brings the topic back with its records and groups.
+//! Damaged topic metadata never deletes data: a topic whose `topic.toml` is missing,
+//! unreadable or fails its checksum is not loaded, its files and groups are kept byte for
+//! byte, every request for it is FAILED_PRECONDITION naming the file, the other topics
+//! work, and restoring the file brings the topic back with its records and groups. A file
+//! without a checksum line (an earlier Herald's, or edited by hand) loads and is sealed.
 
 mod common;
 
@@ -107,6 +108,59 @@ async fn expect_failed_precondition(c: &mut HeraldClient<Channel>, file: &str, w
     check("Subscribe", joined.err().expect("Subscribe refused"));
 }
 
+/// Starts a broker on `dir` whose topic "damaged" has a damaged `topic.toml`: the topic is
+/// refused with FAILED_PRECONDITION naming the file and `what` is wrong, "healthy" is
+/// served, and not a byte of the damaged topic or its group changes.
+async fn expect_refused_and_kept(dir: &Path, what: &str) {
+    let before = snapshot(dir);
+    let broker = start(test_config(dir)).await;
+    let mut c = client(&broker).await;
+    // The other topic is served as ever.
+    let healthy = fetch_all(&mut c, "healthy", 0, 0).await.unwrap();
+    assert!(!healthy.is_empty());
+    publish(&mut c, "healthy", None, vec![record(None, "h2")])
+        .await
+        .unwrap();
+    let listed = c
+        .list_topics(v1::ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["healthy"], "{what}");
+    expect_failed_precondition(&mut c, "topic.toml", what).await;
+    let (_, metrics) = http_get(broker.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(metric_value(&metrics, "herald_damaged_topics"), Some(1.0));
+    drop(c);
+    stop(broker).await;
+    // Not a byte of the damaged topic or its group changed.
+    let after = snapshot(dir);
+    for (path, bytes) in &before {
+        if path.starts_with(dir.join("topics/healthy")) {
+            continue;
+        }
+        assert_eq!(
+            after.get(path),
+            Some(bytes),
+            "{what}: {} changed",
+            path.display()
+        );
+    }
+}
+
+/// Restoring topic.toml brings the topic back with its records and its group.
+async fn expect_restored(dir: &Path, meta: &Path, good: &[u8]) {
+    std::fs::write(meta, good).unwrap();
+    let broker = start(test_config(dir)).await;
+    let mut c = client(&broker).await;
+    let records = fetch_all(&mut c, "damaged", 1, 0).await.unwrap();
+    assert_eq!(records.len(), 5);
+    let group = describe_group(&mut c, "damaged", "g").await;
+    assert_eq!(group.partitions[1].committed_offset, 3, "{group:?}");
+    drop(c);
+    stop(broker).await;
+}
+
 #[tokio::test]
 async fn damaged_topic_metadata_keeps_the_bytes_and_is_failed_precondition() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,6 +174,7 @@ async fn damaged_topic_metadata_keeps_the_bytes_and_is_failed_precondition() {
             Some(&b"name = \"damaged\"\npartitions = \x00\x01"[..]),
             "parsing",
         ),
+        // Without a checksum line, as after a hand edit: checked for what it says.
         (
             Some(&b"name = \"other\"\npartitions = 2\ncreated_ms = 1\n"[..]),
             "names topic",
@@ -129,52 +184,57 @@ async fn damaged_topic_metadata_keeps_the_bytes_and_is_failed_precondition() {
             None => std::fs::remove_file(&meta).unwrap(),
             Some(bytes) => std::fs::write(&meta, bytes).unwrap(),
         }
-        let before = snapshot(dir.path());
-        let broker = start(test_config(dir.path())).await;
-        let mut c = client(&broker).await;
-        // The other topic is served as ever.
-        let healthy = fetch_all(&mut c, "healthy", 0, 0).await.unwrap();
-        assert!(!healthy.is_empty());
-        publish(&mut c, "healthy", None, vec![record(None, "h2")])
-            .await
-            .unwrap();
-        let listed = c
-            .list_topics(v1::ListTopicsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["healthy"], "{what}");
-        expect_failed_precondition(&mut c, "topic.toml", what).await;
-        let (_, metrics) = http_get(broker.metrics_addr.unwrap(), "/metrics").await;
-        assert_eq!(metric_value(&metrics, "herald_damaged_topics"), Some(1.0));
-        drop(c);
-        stop(broker).await;
-        // Not a byte of the damaged topic or its group changed.
-        let after = snapshot(dir.path());
-        for (path, bytes) in &before {
-            if path.starts_with(dir.path().join("topics/healthy")) {
-                continue;
-            }
-            assert_eq!(
-                after.get(path),
-                Some(bytes),
-                "{what}: {} changed",
-                path.display()
-            );
-        }
+        expect_refused_and_kept(dir.path(), what).await;
     }
+    expect_restored(dir.path(), &meta, &good).await;
+}
 
-    // Restoring topic.toml brings the topic back with its records and its group.
-    std::fs::write(&meta, &good).unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    let records = fetch_all(&mut c, "damaged", 1, 0).await.unwrap();
-    assert_eq!(records.len(), 5);
-    let group = describe_group(&mut c, "damaged", "g").await;
-    assert_eq!(group.partitions[1].committed_offset, 3, "{group:?}");
-    drop(c);
-    stop(broker).await;
+/// Damage that leaves `topic.toml` valid TOML with every key (a flipped bit in a digit, a
+/// cut inside the last number) fails its checksum and is refused like unparseable damage,
+/// rather than loading the topic with another partition count or creation time.
+#[tokio::test]
+async fn a_topic_toml_that_still_parses_after_damage_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path()).await;
+    let meta = dir.path().join("topics/damaged/topic.toml");
+    let good = std::fs::read(&meta).unwrap();
+    let text = String::from_utf8(good.clone()).unwrap();
+
+    // `partitions = 2` becomes `partitions = 3`: one bit.
+    let digit = text.find("partitions = 2").expect("two partitions") + "partitions = ".len();
+    let mut flipped = good.clone();
+    flipped[digit] ^= 1;
+    // Cut after the last key, inside its number: still parses, with another value.
+    let created = text.find("created_ms = ").expect("a creation time") + "created_ms = ".len();
+    let cut = good[..created + 4].to_vec();
+    for damage in [flipped, cut] {
+        std::fs::write(&meta, &damage).unwrap();
+        expect_refused_and_kept(dir.path(), "checksum mismatch").await;
+    }
+    expect_restored(dir.path(), &meta, &good).await;
+}
+
+/// A `topic.toml` without a checksum line (an earlier Herald's, or edited by hand) that
+/// parses and ends with a newline loads, and is sealed in place.
+#[tokio::test]
+async fn a_topic_toml_without_a_checksum_line_loads_and_is_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path()).await;
+    let meta = dir.path().join("topics/damaged/topic.toml");
+    let good = std::fs::read_to_string(&meta).unwrap();
+    let (line, body) = good.split_once('\n').unwrap();
+    assert!(line.starts_with("# herald-checksum crc32c="), "{good}");
+    std::fs::write(&meta, body).unwrap();
+    expect_restored(dir.path(), &meta, body.as_bytes()).await;
+    assert_eq!(
+        std::fs::read_to_string(&meta).unwrap(),
+        good,
+        "sealed again"
+    );
+
+    // Cut short, it has lost its last newline: refused, not sealed.
+    std::fs::write(&meta, body.trim_end()).unwrap();
+    expect_refused_and_kept(dir.path(), "does not end with a newline").await;
 }
 
 /// A partition log refused at open (here its only segment is gone, so the log would

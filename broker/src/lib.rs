@@ -7,11 +7,13 @@
 //! - [`server`] — the gRPC service, the metrics endpoint, start and graceful shutdown: the
 //!   only place that knows tonic and the proto types.
 //! - [`config`] — configuration with defaults, TOML, env and flags.
+//! - [`meta_file`] — the checksummed form of `topic.toml` and `group.toml`.
 
 pub mod config;
 pub mod error;
 pub mod group;
 pub mod groups;
+pub mod meta_file;
 pub mod partition;
 pub mod registry;
 pub mod server;

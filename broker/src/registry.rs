@@ -4,8 +4,9 @@
 //! (a partition log directory). A create first writes a `creating` marker in the new
 //! directory (synced), then the partitions, then `topic.toml`, and removes the marker last:
 //! a directory with the marker is an interrupted create, never acknowledged, and is removed
-//! at start. A directory without the marker whose `topic.toml` is missing, unreadable or
-//! wrong is **damaged**: it is never deleted or overwritten; the broker starts without it
+//! at start. `topic.toml` carries a checksum line (`meta_file`). A directory without the
+//! marker whose `topic.toml` is missing, unreadable, fails its checksum or is wrong is
+//! **damaged**: it is never deleted or overwritten; the broker starts without it
 //! and answers requests for it with FAILED_PRECONDITION naming the file, until an operator
 //! repairs it (README, "Metadata damage and how to recover"). A topic one of whose
 //! partition logs is refused at open (storage damage naming the file) is kept aside the
@@ -22,6 +23,7 @@ use dashmap::DashMap;
 
 use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Result};
+use crate::meta_file::Loaded;
 use crate::partition::Partition;
 use crate::storage::{StorageError, sync_dir};
 use crate::topic::{Topic, TopicMeta, TopicSettings, shown, validate_name};
@@ -103,15 +105,15 @@ impl Registry {
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
-            let meta = match read_meta(&path, &name) {
-                Ok(meta) => meta,
+            let loaded = match read_meta(&path, &name) {
+                Ok(loaded) => loaded,
                 Err(reason) => {
                     tracing::error!(topic = %name, %reason, "not loading a topic with damaged metadata; its files are kept");
                     registry.damaged.insert(name, reason);
                     continue;
                 }
             };
-            let topic = match registry.open_topic(&path, meta) {
+            let topic = match registry.open_topic(&path, loaded.value) {
                 Ok(topic) => topic,
                 // A partition log refused at open (damaged, short, missing a segment) takes
                 // its topic out of service like damaged metadata does: the bytes stay for
@@ -124,6 +126,10 @@ impl Registry {
                 }
                 Err(error) => return Err(error),
             };
+            // Sealed only now that it loaded: a refused topic's files stay as they were.
+            if !loaded.sealed {
+                crate::meta_file::reseal(&path, crate::topic::META_FILE, &loaded.body);
+            }
             registry
                 .partitions_total
                 .fetch_add(topic.partitions.len(), Ordering::Relaxed);
@@ -368,12 +374,13 @@ impl Registry {
 }
 
 /// A topic directory's metadata, or why it is damaged (naming the file).
-fn read_meta(dir: &Path, name: &str) -> Result<TopicMeta, String> {
+fn read_meta(dir: &Path, name: &str) -> Result<Loaded<TopicMeta>, String> {
     let path = dir.join(crate::topic::META_FILE);
     if !path.exists() {
         return Err(format!("{} is missing", path.display()));
     }
-    let meta = TopicMeta::read(dir).map_err(|e| e.to_string())?;
+    let loaded = TopicMeta::read(dir).map_err(|e| e.to_string())?;
+    let meta = &loaded.value;
     if meta.name != name {
         return Err(format!(
             "{} names topic {}, not the directory's {}",
@@ -389,7 +396,7 @@ fn read_meta(dir: &Path, name: &str) -> Result<TopicMeta, String> {
             meta.partitions
         ));
     }
-    Ok(meta)
+    Ok(loaded)
 }
 
 fn close_partitions(partitions: &[Partition]) {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, FsyncSetting};
 use crate::error::{BrokerError, Result};
+use crate::meta_file;
 use crate::partition::Partition;
 use crate::storage::LogConfig;
 
@@ -154,11 +155,13 @@ pub struct TopicMeta {
 }
 
 impl TopicMeta {
-    pub fn read(dir: &Path) -> Result<TopicMeta> {
+    /// Reads and checks `topic.toml` (see [`crate::meta_file`]); one without a checksum
+    /// line is to be resealed by the caller once the topic has loaded.
+    pub fn read(dir: &Path) -> Result<meta_file::Loaded<TopicMeta>> {
         let path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&path)
+        let bytes = std::fs::read(&path)
             .map_err(|e| BrokerError::io(format!("reading {}", path.display()), e))?;
-        toml::from_str(&text).map_err(|e| {
+        meta_file::parse(&bytes).map_err(|e| {
             BrokerError::io(
                 format!("parsing {}", path.display()),
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -166,7 +169,8 @@ impl TopicMeta {
         })
     }
 
-    /// Writes the metadata and syncs it; the caller renames the directory into place.
+    /// Writes the metadata, sealed, and syncs it; the caller renames the directory into
+    /// place.
     pub fn write(&self, dir: &Path) -> Result<()> {
         use std::io::Write;
         let path = dir.join(META_FILE);
@@ -178,7 +182,7 @@ impl TopicMeta {
         })?;
         let mut file = std::fs::File::create(&path)
             .map_err(|e| BrokerError::io(format!("creating {}", path.display()), e))?;
-        file.write_all(text.as_bytes())
+        file.write_all(meta_file::seal(&text).as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| BrokerError::io(format!("writing {}", path.display()), e))
     }

@@ -52,6 +52,7 @@
 //! written to a temporary file, fsynced and renamed. A new group is written whole in
 //! `groups/~staging/` and renamed into place; a deleted one is moved there first. A group
 //! whose files do not load is refused and kept, never removed.
+//! `group.toml` carries a checksum line ([`crate::meta_file`]).
 //!
 //! Failure: each group's task runs under `supervise`, which logs, counts and restarts it
 //! from the persisted state if it panics. The state is

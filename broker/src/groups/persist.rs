@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::driver::{Group, Inner};
 use crate::error::{BrokerError, Result};
 use crate::group::{GroupSnapshot, OrderingMode};
+use crate::meta_file;
 use crate::topic::Topic;
 
 pub(super) const META_FILE: &str = "group.toml";
@@ -98,7 +99,7 @@ impl Group {
         let meta = self.meta(&self.lock());
         let text = toml::to_string(&meta)
             .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
-        write_atomic(&self.dir, META_FILE, text.as_bytes())
+        write_atomic(&self.dir, META_FILE, meta_file::seal(&text).as_bytes())
     }
 
     /// Writes both files of a new group into `dir` (its staging directory). Blocking.
@@ -111,7 +112,7 @@ impl Group {
         let text = toml::to_string(&meta)
             .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
         write_atomic(dir, STATE_FILE, &bytes)?;
-        write_atomic(dir, META_FILE, text.as_bytes())?;
+        write_atomic(dir, META_FILE, meta_file::seal(&text).as_bytes())?;
         *last = bytes;
         Ok(())
     }

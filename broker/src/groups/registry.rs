@@ -17,6 +17,7 @@ use super::supervisor::supervise;
 use super::{Clock, GroupConfig, WallClock, group_error};
 use crate::error::{BrokerError, Result};
 use crate::group::{GroupLimits, GroupSettings, GroupSnapshot, GroupState, MemberId, Offset};
+use crate::meta_file;
 use crate::registry::Registry;
 use crate::topic::{Topic, validate_name};
 
@@ -152,10 +153,11 @@ impl GroupRegistry {
         let state_path = dir.join(STATE_FILE);
         let damaged =
             |path: &Path, why: String| LoadFailure::Damaged(format!("{}: {why}", path.display()));
-        let text = std::fs::read_to_string(&meta_path)
+        let bytes = std::fs::read(&meta_path)
             .map_err(|e| damaged(&meta_path, format!("cannot read it: {e}")))?;
-        let meta: GroupMeta = toml::from_str(&text)
-            .map_err(|e| damaged(&meta_path, format!("cannot parse it: {e}")))?;
+        let loaded = meta_file::parse::<GroupMeta>(&bytes)
+            .map_err(|e| damaged(&meta_path, e.to_string()))?;
+        let meta = loaded.value;
         // A group left over from an earlier topic of the same name and a damaged
         // `topic_created_ms` (or a damaged `topic.toml`) look alike: neither is loaded, and
         // neither is deleted on a guess. An operator deletes the group (DeleteGroup) to
@@ -196,6 +198,10 @@ impl GroupRegistry {
         self.offsets_reset.fetch_add(reset, Ordering::Relaxed);
         let state = GroupState::restore(settings.clone(), GroupLimits::default(), &snapshot)
             .map_err(|e| damaged(&meta_path, e.to_string()))?;
+        // Sealed only once the group loaded: a refused group's files stay as they were.
+        if !loaded.sealed {
+            meta_file::reseal(dir, META_FILE, &loaded.body);
+        }
         let config = GroupConfig {
             settings,
             dead_letter_topic: meta.dead_letter_topic,
