@@ -85,7 +85,7 @@ fi
 # Debian starts a system redis-server on 6379 when it installs it; ours uses its own port.
 
 # --- build ---
-cargo build --release -q -p herald-broker --bin herald
+cargo build --release -q -p herald-cli --bin herald
 cargo build --release -q -p herald --bin herald-load
 HERALD=$CARGO_TARGET_DIR/release/herald
 LOAD=$CARGO_TARGET_DIR/release/herald-load

@@ -59,11 +59,9 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The partition of a key: `xxh64(key, seed 0) % partitions`. Documented in the README
-/// (with test vectors) so that every client computes the same.
-pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    (xxhash_rust::xxh64::xxh64(key, 0) % u64::from(partitions)) as u32
-}
+// The partition of a key, `xxh64(key, seed 0) % partitions`: defined in `herald-format`
+// so that the Rust client computes the same (the README documents it with test vectors).
+pub use herald_format::partition_for_key;
 
 /// Settings a topic overrides; unset ones follow the broker's configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -275,20 +273,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.len() < 300, "{message}");
-    }
-
-    /// Test vectors for the documented key hash; the README lists the same.
-    #[test]
-    fn key_hash_vectors() {
-        let vectors: [(&[u8], u64, u32, u32); 4] = [
-            (b"", 0xef46db3751d8e999, 8, 1),
-            (b"a", 0xd24ec4f1a98c6e5b, 8, 3),
-            (b"order-1", 0x3baf4120aa43a0ad, 16, 13),
-            (b"user:42", 0xdc1fea7da8d2d1c2, 3, 2),
-        ];
-        for (key, hash, partitions, partition) in vectors {
-            assert_eq!(xxhash_rust::xxh64::xxh64(key, 0), hash);
-            assert_eq!(partition_for_key(key, partitions), partition);
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! Lists the broker's topics and groups, creating a topic and a group first.
 //!
-//! Start a broker (`cargo run -p herald-broker`), then:
+//! Start a broker (`cargo run -p herald-cli -- serve`), then:
 //! `cargo run -p herald-client --example admin -- http://127.0.0.1:50051`
 
 use herald_client::{Client, Error, GroupSettings, Position, TopicConfig};

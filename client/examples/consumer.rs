@@ -1,6 +1,6 @@
 //! Consumes a topic as a member of a consumer group, acking each message.
 //!
-//! Start a broker (`cargo run -p herald-broker`), produce some records
+//! Start a broker (`cargo run -p herald-cli -- serve`), produce some records
 //! (`cargo run -p herald-client --example producer`), then run one or more of:
 //! `cargo run -p herald-client --example consumer -- http://127.0.0.1:50051 orders billing`
 //!

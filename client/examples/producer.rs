@@ -1,6 +1,6 @@
 //! Publishes keyed records with the batching producer.
 //!
-//! Start a broker (`cargo run -p herald-broker`), then:
+//! Start a broker (`cargo run -p herald-cli -- serve`), then:
 //! `cargo run -p herald-client --example producer -- http://127.0.0.1:50051 orders 100000`
 
 use std::time::Instant;

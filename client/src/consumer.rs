@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use herald_broker::storage::batch::Records;
+use herald_format::batch::Records;
 
 use crate::{Client, Error, GroupSettings, Offset, Partition, Position, Result};
 
@@ -36,9 +36,14 @@ const CHANNEL_BATCHES: usize = 16;
 /// Most commands (acks, nacks...) the stream task merges into one pass.
 const MAX_COMMANDS_PER_PASS: usize = 1024;
 
+/// How long [`Subscription::close`] waits for the broker to take the last acks and end
+/// the stream. The broker answers at once when it is reachable; this bounds a close on a
+/// dead connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most messages one ack range names: the broker's limit (the most a member can hold in
 /// flight).
-use herald_broker::groups::MAX_ACK_RANGE;
+use herald_format::limits::MAX_ACK_RANGE;
 
 /// Settings of a [`Consumer`]; made by [`ConsumerConfig::new`] and adjusted with its
 /// builder methods.
@@ -88,6 +93,11 @@ pub struct ConsumerConfig {
     /// or decodes a protobuf message per record. `false`: one `Delivery` per message.
     /// Either way the [`Subscription`] yields the same [`Message`]s.
     pub batched_deliveries: bool,
+    /// `Some(n)`: the [`Subscription`] ends (yields `None`) after yielding `n` messages,
+    /// and credit flow control keeps the broker from sending more than that, so no
+    /// message is taken from the group (using up one of its delivery attempts) only to be
+    /// left unread. Redeliveries count. `None` (default): no limit.
+    pub max_messages: Option<u64>,
 }
 
 impl ConsumerConfig {
@@ -106,7 +116,14 @@ impl ConsumerConfig {
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             batched_deliveries: true,
+            max_messages: None,
         }
+    }
+
+    /// Sets [`ConsumerConfig::max_messages`].
+    pub fn max_messages(mut self, messages: u64) -> Self {
+        self.max_messages = Some(messages);
+        self
     }
 
     /// Sets [`ConsumerConfig::batched_deliveries`].
@@ -174,9 +191,71 @@ impl ConsumerConfig {
             max_in_flight_bytes: self.max_in_flight_bytes,
             settings: Some(self.group_settings.clone().into_proto()),
             start_position: self.start_position.map(Position::into_proto),
-            credit_flow_control: self.credit_window.is_some(),
+            credit_flow_control: self.pacing().credit_flow_control(),
             batched_deliveries: self.batched_deliveries,
         }
+    }
+
+    fn pacing(&self) -> Pacing {
+        Pacing {
+            credit_window: self.credit_window,
+            max_messages: self.max_messages,
+        }
+    }
+}
+
+/// The settings that decide the credit a subscription grants the broker.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    credit_window: Option<(u32, u64)>,
+    max_messages: Option<u64>,
+}
+
+impl Pacing {
+    fn credit_flow_control(self) -> bool {
+        self.credit_window.is_some() || self.max_messages.is_some()
+    }
+
+    /// The messages of credit held out at most: the window, or with only a message limit,
+    /// as many as one grant can name.
+    fn window_messages(self) -> u32 {
+        self.credit_window
+            .map_or(u32::MAX, |(messages, _)| messages)
+    }
+
+    /// The credit granted on joining, once `taken` messages have been yielded: the window,
+    /// but never more messages than are left before `max_messages`.
+    fn join_credit(self, taken: u64) -> Option<v1::Credit> {
+        if !self.credit_flow_control() {
+            return None;
+        }
+        let left = self
+            .max_messages
+            .map_or(u64::MAX, |max| max.saturating_sub(taken));
+        Some(v1::Credit {
+            messages: left.min(u64::from(self.window_messages())) as u32,
+            bytes: self.credit_window.map_or(u64::MAX, |(_, bytes)| bytes),
+        })
+    }
+
+    /// The credit given back when the message numbered `taken` (from 1), of `size`
+    /// bytes, is yielded. The window is topped up by one message while at least a
+    /// window's worth remain before `max_messages`; below that, the credit already out
+    /// covers exactly the messages left, so none is added.
+    fn credit_after_take(self, taken: u64, size: u64) -> Option<(u32, u64)> {
+        if !self.credit_flow_control() {
+            return None;
+        }
+        let messages = match self.max_messages {
+            None => 1,
+            Some(max) => u32::from(max.saturating_sub(taken) >= u64::from(self.window_messages())),
+        };
+        let bytes = if self.credit_window.is_some() {
+            size
+        } else {
+            0
+        };
+        (messages > 0 || bytes > 0).then_some((messages, bytes))
     }
 }
 
@@ -214,6 +293,7 @@ impl Consumer {
         let link = Arc::new(Link {
             cmd_tx,
             generation: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
         });
         let (out_tx, out_rx) = mpsc::channel(CHANNEL_BATCHES);
         let (joined_tx, joined_rx) = oneshot::channel();
@@ -233,7 +313,7 @@ impl Consumer {
                 received: std::vec::IntoIter::default(),
                 link,
                 member_id,
-                credit: self.config.credit_window.is_some(),
+                pacing: self.config.pacing(),
                 task: handle,
             }),
             Ok(Err(error)) => Err(error),
@@ -245,8 +325,10 @@ impl Consumer {
 /// The deliveries of a [`Consumer`]: a [`futures::Stream`] of [`Message`]s.
 ///
 /// Dropping the subscription closes the stream, which leaves the group: the broker
-/// delivers the unacked messages again to other members. The stream ends (yields `None`)
-/// only after a non-retryable error, which it yields first.
+/// delivers the unacked messages again to other members. Acks and nacks not yet sent are
+/// lost then; [`Subscription::close`] sends them first. The stream ends (yields `None`)
+/// after [`ConsumerConfig::max_messages`] messages, or after a non-retryable error, which
+/// it yields first.
 ///
 /// ```no_run
 /// use futures::StreamExt;
@@ -272,7 +354,7 @@ pub struct Subscription {
     received: std::vec::IntoIter<Message>,
     link: Arc<Link>,
     member_id: String,
-    credit: bool,
+    pacing: Pacing,
     task: JoinHandle<()>,
 }
 
@@ -287,6 +369,42 @@ impl Subscription {
     pub fn reconnects(&self) -> u64 {
         self.link.generation.load(Ordering::Acquire)
     }
+
+    /// Leaves the group cleanly: sends the acks, nacks and extensions of the messages
+    /// settled so far, ends the stream, and waits (at most 5 s) for the broker to take
+    /// them and end its side. Messages received but not yet yielded, and those yielded but
+    /// not settled, go back to the group for other members.
+    ///
+    /// Fails with the broker's error if the stream broke meanwhile (the acks may then be
+    /// lost and their messages delivered again), or with [`Error::Timeout`] if the broker
+    /// did not end the stream in time.
+    ///
+    /// ```no_run
+    /// # async fn run(client: herald_client::Client) -> herald_client::Result<()> {
+    /// use futures::StreamExt;
+    /// use herald_client::ConsumerConfig;
+    /// let config = ConsumerConfig::new("orders", "billing").max_messages(10);
+    /// let mut subscription = client.consumer(config).subscribe().await?;
+    /// while let Some(message) = subscription.next().await {
+    ///     message?.ack()?;
+    /// }
+    /// subscription.close().await?; // the ten acks reached the broker
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn close(self) -> Result<()> {
+        let (done, result) = oneshot::channel();
+        if self.link.cmd_tx.send(Command::Close(done)).is_err() {
+            // The stream task has ended: there is no stream left to close.
+            return Ok(());
+        }
+        match tokio::time::timeout(CLOSE_TIMEOUT, result).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Ok(()),
+            // Dropping `self` stops the task and with it the stream.
+            Err(_) => Err(Error::Timeout),
+        }
+    }
 }
 
 impl Stream for Subscription {
@@ -294,6 +412,11 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            if let Some(max) = self.pacing.max_messages
+                && self.link.taken.load(Ordering::Acquire) >= max
+            {
+                return Poll::Ready(None);
+            }
             let Some(message) = self.received.next() else {
                 match self.rx.poll_recv(cx) {
                     Poll::Ready(Some(Ok(batch))) => {
@@ -309,11 +432,14 @@ impl Stream for Subscription {
                 // Received on a stream since replaced: it will be delivered again.
                 continue;
             }
-            if self.credit {
+            let taken = self.link.taken.fetch_add(1, Ordering::AcqRel) + 1;
+            if let Some((messages, bytes)) =
+                self.pacing.credit_after_take(taken, message.size as u64)
+            {
                 let _ = self.link.cmd_tx.send(Command::Credit {
                     generation: message.generation,
-                    messages: 1,
-                    bytes: message.size as u64,
+                    messages,
+                    bytes,
                 });
             }
             return Poll::Ready(Some(Ok(message)));
@@ -426,6 +552,9 @@ struct Link {
     /// Bumped each time the stream is joined again; a message of an older generation is
     /// stale.
     generation: AtomicU64,
+    /// Messages the subscription has yielded, over every generation: what is left of
+    /// `max_messages` when the stream is joined again.
+    taken: AtomicU64,
 }
 
 impl Message {
@@ -572,18 +701,32 @@ enum Command {
         messages: u32,
         bytes: u64,
     },
+    /// [`Subscription::close`]: send what came before, end the stream, and report how
+    /// that went. Belongs to no generation.
+    Close(oneshot::Sender<Result<()>>),
 }
 
 impl Command {
-    fn generation(&self) -> u64 {
+    fn generation(&self) -> Option<u64> {
         match self {
             Command::Ack { generation, .. }
             | Command::Nack { generation, .. }
             | Command::Extend { generation, .. }
             | Command::Release { generation, .. }
-            | Command::Credit { generation, .. } => *generation,
+            | Command::Credit { generation, .. } => Some(*generation),
+            Command::Close(_) => None,
         }
     }
+}
+
+/// The outcome of one pass over the commands.
+enum Pass {
+    /// Everything was sent.
+    Sent,
+    /// The stream's request side is gone.
+    Broken,
+    /// Close was asked for, after the commands before it were sent.
+    Close(oneshot::Sender<Result<()>>),
 }
 
 /// One joined `Subscribe` stream.
@@ -601,6 +744,8 @@ enum Ended {
     Broken,
     /// A non-retryable error.
     Failed(Error),
+    /// [`Subscription::close`] asked to leave.
+    Closing(oneshot::Sender<Result<()>>),
 }
 
 /// The task that owns the Subscribe stream.
@@ -636,6 +781,10 @@ impl StreamTask {
                     let _ = self.out_tx.send(Err(error)).await;
                     return;
                 }
+                Ended::Closing(done) => {
+                    let _ = done.send(leave(stream).await);
+                    return;
+                }
                 Ended::Broken => {}
             }
             // The old stream's deliveries are stale from here on.
@@ -644,7 +793,20 @@ impl StreamTask {
             self.held.clear();
             let mut backoff = self.config.reconnect_backoff;
             stream = loop {
-                tokio::time::sleep(backoff).await;
+                let until = tokio::time::Instant::now() + backoff;
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => break,
+                        command = self.cmd_rx.recv() => {
+                            // Every other command now names a stale generation.
+                            if let Some(Command::Close(done)) = command {
+                                // Not joined: nothing to leave.
+                                let _ = done.send(Ok(()));
+                                return;
+                            }
+                        }
+                    }
+                }
                 if self.out_tx.is_closed() {
                     return;
                 }
@@ -669,9 +831,10 @@ impl StreamTask {
         let _ = requests.send(v1::SubscribeRequest {
             request: Some(join),
         });
-        if let Some((messages, bytes)) = self.config.credit_window {
+        let taken = self.link.taken.load(Ordering::Acquire);
+        if let Some(credit) = self.config.pacing().join_credit(taken) {
             let _ = requests.send(v1::SubscribeRequest {
-                request: Some(Request::Credit(v1::Credit { messages, bytes })),
+                request: Some(Request::Credit(credit)),
             });
         }
         let mut raw = self.client.raw();
@@ -712,8 +875,10 @@ impl StreamTask {
                 command = self.cmd_rx.recv() => {
                     // `self` holds a sender, so the channel never closes.
                     let Some(command) = command else { return Ended::Dropped };
-                    if !self.commands(command, generation, &stream.requests) {
-                        return Ended::Broken;
+                    match self.commands(command, generation, &stream.requests) {
+                        Pass::Sent => {}
+                        Pass::Broken => return Ended::Broken,
+                        Pass::Close(done) => return Ended::Closing(done),
                     }
                 }
                 permit = out_tx.reserve(), if !self.queue.is_empty() => {
@@ -777,22 +942,27 @@ impl StreamTask {
         }
     }
 
-    /// Handles `first` and the commands already waiting, merging acks and credit; returns
-    /// false if the stream's request side is gone.
+    /// Handles `first` and the commands already waiting, merging acks and credit, up to a
+    /// close, which ends the pass after the commands before it are sent.
     fn commands(
         &mut self,
         first: Command,
         generation: u64,
         requests: &mpsc::UnboundedSender<v1::SubscribeRequest>,
-    ) -> bool {
+    ) -> Pass {
         let mut acks = AckSet::default();
         let (mut credit_messages, mut credit_bytes) = (0u32, 0u64);
         let mut others = Vec::new();
         let mut next = Some(first);
         let mut count = 0;
+        let mut close = None;
         while let Some(command) = next.take() {
             count += 1;
-            if command.generation() == generation {
+            if let Command::Close(done) = command {
+                close = Some(done);
+                break;
+            }
+            if command.generation() == Some(generation) {
                 match command {
                     Command::Ack { ack, .. } => {
                         // `held` is only filled with auto-extend; skip hashing otherwise.
@@ -837,6 +1007,8 @@ impl StreamTask {
                         credit_messages = credit_messages.saturating_add(messages);
                         credit_bytes = credit_bytes.saturating_add(bytes);
                     }
+                    // Taken out above.
+                    Command::Close(_) => {}
                 }
             }
             if count < MAX_COMMANDS_PER_PASS {
@@ -861,7 +1033,12 @@ impl StreamTask {
             };
             ok &= send(requests, Request::Credit(credit)).is_ok();
         }
-        ok
+        match close {
+            // A broken stream is for the close to report.
+            Some(done) => Pass::Close(done),
+            None if ok => Pass::Sent,
+            None => Pass::Broken,
+        }
     }
 
     /// The messages of one response: its single deliveries, then its runs decoded from
@@ -979,6 +1156,26 @@ struct MessageFields {
     timestamp_ms: i64,
     attempt: u32,
     deadline_ms: i64,
+}
+
+/// Ends the request side of `stream` after what was sent on it, then waits for the
+/// broker to end the response side, which it does once it has handled every request
+/// and removed the member.
+async fn leave(stream: Joined) -> Result<()> {
+    let Joined {
+        requests,
+        mut responses,
+        ..
+    } = stream;
+    drop(requests);
+    loop {
+        match responses.message().await {
+            // Deliveries sent meanwhile are not yielded: they go back to the group.
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(status.into()),
+        }
+    }
 }
 
 fn send(

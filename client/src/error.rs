@@ -83,6 +83,38 @@ impl Error {
         })
     }
 
+    /// The canonical name of [`Error::code`] (e.g. `"NOT_FOUND"`), for messages and logs
+    /// that show codes as gRPC tools do; `None` when [`Error::code`] is `None`.
+    ///
+    /// ```
+    /// use herald_client::Error;
+    /// let error = Error::from(tonic::Status::out_of_range("offset 99 is out of range"));
+    /// assert_eq!(error.code_name(), Some("OUT_OF_RANGE"));
+    /// assert_eq!(error.message(), "offset 99 is out of range");
+    /// ```
+    pub fn code_name(&self) -> Option<&'static str> {
+        self.code().map(code_name)
+    }
+
+    /// The error's message without its kind: the broker's status message for an error
+    /// that came from the broker, else the client's own description.
+    pub fn message(&self) -> &str {
+        match self {
+            Error::InvalidArgument(message)
+            | Error::NotFound(message)
+            | Error::AlreadyExists(message)
+            | Error::OutOfRange(message)
+            | Error::ResourceExhausted(message)
+            | Error::FailedPrecondition(message)
+            | Error::Unavailable(message)
+            | Error::Status { message, .. }
+            | Error::Transport(message)
+            | Error::Protocol(message) => message,
+            Error::Timeout => "request timed out",
+            Error::Closed => "the producer or subscription is closed",
+        }
+    }
+
     /// Whether retrying the same request later may succeed (`UNAVAILABLE`).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable(_))
@@ -122,5 +154,33 @@ impl From<tonic::transport::Error> for Error {
             source = cause.source();
         }
         Error::Transport(message)
+    }
+}
+
+/// The canonical name of a gRPC status code, as the gRPC specification spells it
+/// (`NOT_FOUND`, `RESOURCE_EXHAUSTED`...).
+///
+/// ```
+/// assert_eq!(herald_client::code_name(tonic::Code::NotFound), "NOT_FOUND");
+/// ```
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -7,6 +7,8 @@
 //! - [`Consumer`]: a member of a consumer group; its [`Subscription`] is a stream of
 //!   [`Message`]s to ack, nack or extend, rejoined automatically after a broker restart
 //!   (at-least-once delivery).
+//! - [`Client::fetch`]: read one partition by position, without a group (replay, tailing);
+//!   a [`Fetch`] is a stream of [`FetchedRecord`]s.
 //!
 //! ```no_run
 //! use herald_client::{Client, ProducerConfig, Record};
@@ -29,6 +31,7 @@
 mod admin;
 mod consumer;
 mod error;
+mod fetch;
 mod producer;
 
 use std::fmt;
@@ -43,7 +46,8 @@ pub use admin::{
     OrderingMode, PartitionInfo, Position, TopicConfig, TopicInfo, TopicSummary,
 };
 pub use consumer::{Consumer, ConsumerConfig, Message, Subscription};
-pub use error::{Error, Result};
+pub use error::{Error, Result, code_name};
+pub use fetch::{Fetch, FetchConfig, FetchedRecord};
 pub use producer::{Acked, BatchDelivery, Delivery, Producer, ProducerConfig, Record};
 
 /// Largest gRPC message the client sends or accepts. Above the broker's batch and fetch
@@ -130,6 +134,7 @@ impl Client {
             url: url.into(),
             connect_timeout: Some(Duration::from_secs(5)),
             request_timeout: Some(Duration::from_secs(30)),
+            keep_alive: None,
         }
     }
 
@@ -174,8 +179,35 @@ impl Client {
         Consumer::new(self.clone(), config)
     }
 
+    /// Reads one partition from `config.start`, without a consumer group: the records up
+    /// to the partition's end as it is when the call arrives, or, with
+    /// [`FetchConfig::follow`], every record published after that too, until the [`Fetch`]
+    /// is dropped.
+    ///
+    /// Fails with the broker's error if the call is refused ([`Error::NotFound`] for a
+    /// missing topic or partition, [`Error::OutOfRange`] for an offset outside the
+    /// partition).
+    ///
+    /// ```no_run
+    /// # async fn run(client: herald_client::Client) -> herald_client::Result<()> {
+    /// use futures::StreamExt;
+    /// use herald_client::{FetchConfig, Position};
+    /// let mut records = client
+    ///     .fetch(FetchConfig::new("orders", 0).start(Position::Offset(42)))
+    ///     .await?;
+    /// while let Some(record) = records.next().await {
+    ///     let record = record?;
+    ///     println!("{} {:?}", record.offset, record.value);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fetch(&self, config: FetchConfig) -> Result<Fetch> {
+        Fetch::start(self, config).await
+    }
+
     /// The generated gRPC client on this connection, for calls this crate does not wrap
-    /// (e.g. `Fetch`, `Subscribe`, `ListPending`).
+    /// (e.g. `ListPending`).
     pub fn raw(&self) -> HeraldClient<Channel> {
         self.raw.clone()
     }
@@ -207,6 +239,8 @@ pub struct ClientBuilder {
     url: String,
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
+    /// HTTP/2 ping interval and how long to wait for the answer.
+    keep_alive: Option<(Duration, Duration)>,
 }
 
 impl ClientBuilder {
@@ -229,6 +263,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends an HTTP/2 ping every `interval` and drops the connection when one is not
+    /// answered within `timeout` (default: no pings). A long-lived stream on an idle
+    /// partition (a followed [`Fetch`], a quiet [`Subscription`]) otherwise learns that
+    /// the broker vanished without closing the connection only from the operating
+    /// system's TCP timeouts, which take minutes or more.
+    pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = Some((interval, timeout));
+        self
+    }
+
     /// The tonic endpoint these settings describe, to customise further (TLS, keep-alive,
     /// window sizes) before [`ClientBuilder::connect_with_endpoint`].
     pub fn endpoint(&self) -> Result<Endpoint> {
@@ -241,6 +285,11 @@ impl ClientBuilder {
             .initial_connection_window_size(16 * 1024 * 1024);
         if let Some(timeout) = self.connect_timeout {
             endpoint = endpoint.connect_timeout(timeout);
+        }
+        if let Some((interval, timeout)) = self.keep_alive {
+            endpoint = endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(timeout);
         }
         Ok(endpoint)
     }
@@ -290,7 +339,7 @@ mod tests {
             for partitions in [1, 2, 3, 4, 7, 64, 4096] {
                 assert_eq!(
                     partition_for_key(key, partitions).0,
-                    herald_broker::topic::partition_for_key(key, partitions),
+                    herald_format::partition_for_key(key, partitions),
                 );
             }
         }

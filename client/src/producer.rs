@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_broker::storage::batch::{BatchBuilder, Record as BatchRecord};
+use herald_format::batch::{BatchBuilder, Record as BatchRecord};
 use herald_proto::HeraldClient;
 use herald_proto::v1;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};

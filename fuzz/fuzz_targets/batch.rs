@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use herald_broker::storage::batch::{self, BatchBuilder, BatchView, Record};
+use herald_format::batch::{self, BatchBuilder, BatchView, Record};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

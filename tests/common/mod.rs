@@ -1,5 +1,6 @@
 //! Shared set-up for integration tests: a real broker on 127.0.0.1:0 with a temp data dir,
-//! and a gRPC client connected to it.
+//! and a gRPC client connected to it (the generated one, or the Rust client for the
+//! `client_*` tests).
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -441,4 +442,64 @@ pub fn group_metric_value(exposition: &str, name: &str, topic: &str, group: &str
     labels
         .iter()
         .find_map(|l| metric_value(exposition, &format!("{name}{{{l}}}")))
+}
+
+// ---- the Rust client (herald-client) ----
+
+/// A running broker, its data dir (kept alive with it) and a Rust client connected to it.
+pub struct ClientBroker {
+    pub broker: Broker,
+    pub client: herald_client::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a broker on a fresh temp dir (see [`test_config`]) and connects a Rust client.
+pub async fn start_with_client() -> ClientBroker {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let broker = start(test_config(dir.path())).await;
+    let client = herald_client::Client::connect(format!("http://{}", broker.addr))
+        .await
+        .expect("client connects");
+    ClientBroker {
+        broker,
+        client,
+        _dir: dir,
+    }
+}
+
+/// Starts a broker on `listen` with data in `dir` (for restarts on the same address).
+pub async fn start_at(dir: &Path, listen: std::net::SocketAddr) -> Broker {
+    start(Config {
+        listen,
+        ..test_config(dir)
+    })
+    .await
+}
+
+/// Every record of a partition, from the earliest, read back with the raw `Fetch`.
+pub async fn fetch_partition(
+    client: &herald_client::Client,
+    topic: &str,
+    partition: u32,
+) -> Vec<v1::FetchedRecord> {
+    let request = fetch_request(
+        topic,
+        partition,
+        v1::position::Kind::Earliest(v1::Earliest {}),
+    );
+    fetch_responses(&mut client.raw(), request)
+        .await
+        .expect("fetch reads")
+        .into_iter()
+        .flat_map(|response| response.records)
+        .collect()
+}
+
+/// The outcome of a delivery that must already be resolved. (Polled unconstrained:
+/// Tokio's cooperative budget would make a ready oneshot look pending after a while.)
+pub fn ready(
+    delivery: herald_client::Delivery,
+) -> Option<herald_client::Result<herald_client::Acked>> {
+    use futures::FutureExt;
+    tokio::task::unconstrained(delivery).now_or_never()
 }

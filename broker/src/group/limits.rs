@@ -39,8 +39,9 @@ pub const MAX_TRACKED_PER_GROUP: usize = 1 << 20;
 /// Without the cap, repeated restarts could grow the range set without bound.
 pub const MAX_SNAPSHOT_ENTRIES_PER_PARTITION: usize = MAX_TRACKED_PER_PARTITION;
 
-/// Cap of a member's `max_in_flight_messages` window.
-pub const MAX_MEMBER_IN_FLIGHT_MESSAGES: u32 = 65_536;
+/// Cap of a member's `max_in_flight_messages` window. Defined in `herald-format`: clients
+/// size their ack ranges by it.
+pub use herald_format::limits::MAX_MEMBER_IN_FLIGHT_MESSAGES;
 /// Default member window when the driver has no other value, in messages.
 pub const DEFAULT_MEMBER_IN_FLIGHT_MESSAGES: u32 = 1000;
 /// Default member window when the driver has no other value, in bytes.

@@ -5,7 +5,8 @@
 //! types. One [`LogWriter`] owns a partition's directory and is the only thing that writes
 //! it; any number of [`LogReader`]s read it without taking a lock (see `handoff`).
 //!
-//! - `batch` — the on-disk (and producer fast path) batch format, encode/validate/decode.
+//! - `batch` — the on-disk (and producer fast path) batch format, encode/validate/decode;
+//!   it lives in the `herald-format` crate, shared with clients, and is re-exported here.
 //! - `segment` — one mapped log file plus its indexes; background preparation of the next.
 //! - `index` — the sparse offset and time indexes.
 //! - `handoff` — how committed bytes are published to lock-free readers.
@@ -14,7 +15,7 @@
 //! - `inspect` — read-only verification of a directory, for the offline `log` commands.
 //! - `committer` — group commit: many appenders share one writer thread and one flush.
 
-pub mod batch;
+pub use herald_format::batch;
 pub mod committer;
 mod error;
 mod handoff;

@@ -1,4 +1,4 @@
-//! A producer faster than the broker waits instead of growing its memory.
+//! A Rust client producer faster than the broker waits instead of growing its memory.
 
 mod common;
 
@@ -10,7 +10,7 @@ use herald_client::{ProducerConfig, Record, TopicConfig};
 
 #[tokio::test]
 async fn send_waits_when_the_buffer_is_full() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("slow", 1, TopicConfig::default())
@@ -56,7 +56,7 @@ async fn send_waits_when_the_buffer_is_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fast_producer_stays_within_its_memory_bound() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("fast", 4, TopicConfig::default())

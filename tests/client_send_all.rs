@@ -1,4 +1,5 @@
-//! `send_all`: one future for many records, resolving to each record's place in order.
+//! The Rust producer's `send_all`: one future for many records, resolving to each record's
+//! place in order.
 
 mod common;
 
@@ -9,7 +10,7 @@ use herald_client::{Error, ProducerConfig, Record, TopicConfig, partition_for_ke
 
 #[tokio::test]
 async fn send_all_acks_every_record_in_order_across_partitions_and_batches() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("many", 4, TopicConfig::default())
@@ -36,7 +37,7 @@ async fn send_all_acks_every_record_in_order_across_partitions_and_batches() {
         *expected += 1;
     }
     for p in 0..4u32 {
-        let stored = common::fetch_all(&t.client, "many", p).await;
+        let stored = common::fetch_partition(&t.client, "many", p).await;
         assert_eq!(stored.len() as u64, next[&p]);
         for record in stored {
             let i = acked
@@ -71,7 +72,7 @@ async fn send_all_acks_every_record_in_order_across_partitions_and_batches() {
 
 #[tokio::test]
 async fn send_all_rejects_bad_groups_whole() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("two", 2, TopicConfig::default())

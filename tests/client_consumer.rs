@@ -1,6 +1,6 @@
-//! The consumer: a group of two shares the work exactly once in key order, nacks are
-//! redelivered, credit bounds what is sent, auto-extend keeps held messages, and a
-//! subscription rejoins after a broker restart.
+//! The Rust client's consumer: a group of two shares the work exactly once in key order,
+//! nacks are redelivered, credit bounds what is sent, auto-extend keeps held messages, and
+//! a subscription rejoins after a broker restart.
 
 mod common;
 
@@ -47,7 +47,7 @@ fn settings(ordering: OrderingMode) -> GroupSettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_consumers_ack_100k_records_exactly_once_in_key_order() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let admin = t.client.admin();
     admin
         .create_topic("events", 4, TopicConfig::default())
@@ -142,7 +142,7 @@ async fn two_consumers_ack_100k_records_exactly_once_in_key_order() {
 
 #[tokio::test]
 async fn a_nacked_message_comes_back_with_attempt_2() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("jobs", 1, TopicConfig::default())
@@ -205,7 +205,7 @@ async fn a_nacked_message_comes_back_with_attempt_2() {
 
 #[tokio::test]
 async fn credit_bounds_deliveries_and_auto_extend_keeps_held_messages() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let admin = t.client.admin();
     admin
         .create_topic("jobs", 1, TopicConfig::default())
@@ -368,7 +368,7 @@ async fn rejoins_after_a_broker_restart_and_gets_only_the_unacked() {
 
 #[tokio::test]
 async fn subscribing_to_a_missing_topic_fails() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let error = t
         .client
         .consumer(ConsumerConfig::new("nope", "g"))

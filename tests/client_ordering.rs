@@ -1,4 +1,4 @@
-//! Produced records are acked once, at dense offsets, in per-key order.
+//! Records produced with the Rust client are acked once, at dense offsets, in per-key order.
 
 mod common;
 
@@ -9,7 +9,7 @@ use herald_client::{ProducerConfig, Record, TopicConfig, partition_for_key};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn produces_100k_records_acked_once_dense_and_in_key_order() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("events", 4, TopicConfig::default())
@@ -82,7 +82,7 @@ async fn produces_100k_records_acked_once_dense_and_in_key_order() {
     // key's records in send order.
     let mut last_seq: HashMap<usize, u64> = HashMap::new();
     for p in 0..4u32 {
-        let records = common::fetch_all(&t.client, "events", p).await;
+        let records = common::fetch_partition(&t.client, "events", p).await;
         assert_eq!(records.len() as u64, per_partition[p as usize]);
         for (expected_offset, record) in records.iter().enumerate() {
             assert_eq!(record.offset, expected_offset as u64);

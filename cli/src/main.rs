@@ -1,7 +1,8 @@
-//! The `herald` binary: thin argument parsing over the broker library, plus the gRPC
-//! client commands (`topic`, `publish`, `fetch`, `consume`, `group`) in `cli`.
+//! The `herald` binary: thin argument parsing over the broker library (`serve`, `log`),
+//! plus the client commands (`topic`, `publish`, `fetch`, `consume`, `group`) in
+//! `commands`.
 
-mod cli;
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ enum Command {
     #[command(subcommand)]
     Log(LogCommand),
     #[command(flatten)]
-    Client(cli::ClientCommand),
+    Client(commands::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -190,7 +191,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             init_logging(false);
             log_command(command)
         }
-        Command::Client(command) => cli::run(command),
+        Command::Client(command) => commands::run(command),
     }
 }
 
@@ -248,15 +249,19 @@ fn log_command(command: LogCommand) -> anyhow::Result<()> {
 
 /// Runs the broker until SIGTERM or SIGINT, then shuts down gracefully.
 fn serve(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // The handlers go in before the broker starts, which can take a while (recovery):
+        // a signal that arrives meanwhile is kept and stops the broker as soon as it is up,
+        // instead of killing the process halfway through its start.
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
         let broker = Broker::start(config, true).await?;
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = sigint.recv() => tracing::info!("SIGINT received"),
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
         }
         broker.shutdown().await?;

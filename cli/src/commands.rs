@@ -1,6 +1,6 @@
 //! The client side of the `herald` binary: `topic create|list|describe|delete`, `publish`,
 //! `fetch`, `consume` and `group create|list|describe|seek|redrive|delete`, talking to a
-//! broker over gRPC (`herald.v1`).
+//! broker through `herald-client`.
 //!
 //! Output is for people by default (aligned tables, `offset  key  value` lines); `--json`
 //! prints one JSON object per line instead. A failed call becomes an error naming the gRPC
@@ -8,20 +8,22 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufRead, Write};
-use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
+use futures::{FutureExt, StreamExt};
 use herald_broker::config::FsyncSetting;
-use herald_proto::HeraldClient;
-use herald_proto::v1;
+use herald_client::{
+    Acked, Client, ConsumerConfig, FetchConfig, FetchedRecord, FsyncPolicy, GroupInfo,
+    GroupSettings, Message, OrderingMode, Partition, Position, ProducerConfig, Record, TopicConfig,
+    TopicInfo,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 
 /// Most records the CLI puts in one publish request.
 const PUBLISH_BATCH_RECORDS: usize = 1000;
@@ -32,15 +34,12 @@ const PUBLISH_BATCH_BYTES: usize = 256 * 1024;
 const PUBLISH_LINGER: Duration = Duration::from_millis(5);
 /// Lines read from stdin ahead of the publishes.
 const STDIN_QUEUE: usize = 4096;
-/// Requests (acks, nacks, credit) `consume` queues for the Subscribe stream.
-const SUBSCRIBE_QUEUE: usize = 64;
-/// How long `consume` waits, when it leaves, for the broker to take its last acks and
-/// close the stream.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The Nack reason of `consume --nack`.
 const NACK_REASON: &str = "nacked by herald consume";
 /// How long to wait for the TCP connection to the broker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pings find a broker that vanished without closing the connection (`fetch --follow`,
+/// a quiet `consume`).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -155,8 +154,8 @@ pub struct FetchArgs {
     partition: u32,
     /// Where to start: an offset, `earliest`, `latest`, or `ts:MILLIS` (the first record
     /// at or after that time, in ms since the Unix epoch).
-    #[arg(long, default_value = "earliest", value_name = "POSITION")]
-    from: StartPosition,
+    #[arg(long, default_value = "earliest", value_name = "POSITION", value_parser = parse_position)]
+    from: Position,
     /// Keep the stream open and print new records as they arrive, until Ctrl-C.
     #[arg(long)]
     follow: bool,
@@ -176,8 +175,8 @@ pub struct ConsumeArgs {
     group: String,
     /// Where the group starts if this command creates it: an offset, `earliest`, `latest`
     /// or `ts:MILLIS` [default: latest]. Ignored when the group exists.
-    #[arg(long, value_name = "POSITION")]
-    from: Option<StartPosition>,
+    #[arg(long, value_name = "POSITION", value_parser = parse_position)]
+    from: Option<Position>,
     /// Stop after this many deliveries (redeliveries count too).
     #[arg(long, value_name = "N")]
     max: Option<u64>,
@@ -231,8 +230,8 @@ enum GroupCommand {
         retry_backoff_max_ms: Option<u32>,
         /// Where the group starts in each partition: an offset, `earliest`, `latest` or
         /// `ts:MILLIS` [default: latest].
-        #[arg(long, value_name = "POSITION")]
-        from: Option<StartPosition>,
+        #[arg(long, value_name = "POSITION", value_parser = parse_position)]
+        from: Option<Position>,
     },
     /// List the consumer groups, of every topic or of one.
     List {
@@ -253,8 +252,8 @@ enum GroupCommand {
         /// The group.
         group: String,
         /// The new position: an offset, `earliest`, `latest` or `ts:MILLIS`.
-        #[arg(long, value_name = "POSITION")]
-        to: StartPosition,
+        #[arg(long, value_name = "POSITION", value_parser = parse_position)]
+        to: Position,
         /// Only this partition [default: every partition].
         #[arg(long)]
         partition: Option<u32>,
@@ -289,46 +288,22 @@ enum Ordering {
     None,
 }
 
-/// A `--from` position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StartPosition {
-    Earliest,
-    Latest,
-    Offset(u64),
-    TimestampMs(i64),
-}
-
-impl FromStr for StartPosition {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "earliest" => Ok(StartPosition::Earliest),
-            "latest" => Ok(StartPosition::Latest),
-            _ => {
-                if let Some(ts) = s.strip_prefix("ts:") {
-                    return ts.parse().map(StartPosition::TimestampMs).map_err(|_| {
-                        format!("{ts:?} is not a timestamp in ms since the Unix epoch")
-                    });
-                }
-                s.parse().map(StartPosition::Offset).map_err(|_| {
-                    format!("{s:?} is not an offset, `earliest`, `latest` or `ts:MILLIS`")
-                })
+/// A position (`--from`, `--to`): `earliest`, `latest`, an offset, or `ts:MILLIS`.
+fn parse_position(s: &str) -> Result<Position, String> {
+    match s {
+        "earliest" => Ok(Position::Earliest),
+        "latest" => Ok(Position::Latest),
+        _ => {
+            if let Some(ts) = s.strip_prefix("ts:") {
+                return ts
+                    .parse()
+                    .map(Position::Timestamp)
+                    .map_err(|_| format!("{ts:?} is not a timestamp in ms since the Unix epoch"));
             }
+            s.parse()
+                .map(Position::Offset)
+                .map_err(|_| format!("{s:?} is not an offset, `earliest`, `latest` or `ts:MILLIS`"))
         }
-    }
-}
-
-impl StartPosition {
-    fn to_proto(self) -> v1::Position {
-        use v1::position::Kind;
-        let kind = match self {
-            StartPosition::Earliest => Kind::Earliest(v1::Earliest {}),
-            StartPosition::Latest => Kind::Latest(v1::Latest {}),
-            StartPosition::Offset(o) => Kind::Offset(o),
-            StartPosition::TimestampMs(t) => Kind::TimestampMs(t),
-        };
-        v1::Position { kind: Some(kind) }
     }
 }
 
@@ -340,55 +315,23 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// A failed RPC, shown as `CODE: message` (e.g. `NOT_FOUND: topic "x" does not exist`).
+/// A failed client call, shown as `CODE: message` with the gRPC name of its status code
+/// (e.g. `NOT_FOUND: topic "x" does not exist`), as gRPC tools show statuses.
 #[derive(Debug)]
-pub struct RpcError(pub tonic::Status);
+pub struct CallError(pub herald_client::Error);
 
-impl fmt::Display for RpcError {
+impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = code_name(self.0.code());
-        match self.0.message() {
-            "" => f.write_str(name),
-            message => write!(f, "{name}: {message}"),
+        match (self.0.code_name(), self.0.message()) {
+            (Some(name), "") => f.write_str(name),
+            (Some(name), message) => write!(f, "{name}: {message}"),
+            // A client-side error (the subscription ended...): its own words.
+            (None, _) => self.0.fmt(f),
         }
     }
 }
 
-impl std::error::Error for RpcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.0)
-    }
-}
-
-impl From<tonic::Status> for RpcError {
-    fn from(status: tonic::Status) -> Self {
-        RpcError(status)
-    }
-}
-
-/// The canonical name of a gRPC status code, as in the gRPC specification.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+impl std::error::Error for CallError {}
 
 /// Runs one client command on a single-threaded runtime.
 pub fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -416,25 +359,29 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(opts: &ClientOpts) -> anyhow::Result<HeraldClient<Channel>> {
+async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     let url = if opts.server.contains("://") {
         opts.server.clone()
     } else {
         format!("http://{}", opts.server)
     };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow::anyhow!("invalid --server {url:?}: {e}"))?
+    let connected = Client::builder(url.clone())
         .connect_timeout(CONNECT_TIMEOUT)
-        // Pings find a broker that vanished without closing the connection (--follow).
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-    // The transport error's own text is terse ("transport error"); `main` prints its
-    // causes too.
-    let channel = endpoint
+        // A command waits as long as its call takes (Ctrl-C ends it), as gRPC tools do.
+        .no_request_timeout()
+        .keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
         .connect()
-        .await
-        .with_context(|| format!("UNAVAILABLE: cannot connect to the broker at {url}"))?;
-    Ok(HeraldClient::new(channel))
+        .await;
+    match connected {
+        Ok(client) => Ok(client),
+        Err(herald_client::Error::InvalidArgument(message)) => {
+            anyhow::bail!("invalid --server: {message}")
+        }
+        Err(error) => anyhow::bail!(
+            "UNAVAILABLE: cannot connect to the broker at {url}: {}",
+            error.message()
+        ),
+    }
 }
 
 /// Stdout, buffered; flushed at the end of each unit of output so `--follow` is live.
@@ -466,7 +413,7 @@ impl Out {
 // topic
 
 async fn topic(args: TopicArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.opts).await?;
+    let admin = connect(&args.opts).await?.admin();
     let json = args.opts.json;
     let mut out = Out::new();
     match args.command {
@@ -480,26 +427,22 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
             fsync_interval_ms,
             max_message_bytes,
         } => {
-            let config = v1::TopicConfig {
+            let config = TopicConfig {
                 retention_ms,
                 retention_bytes,
                 segment_bytes,
-                fsync_policy: fsync.map_or(v1::FsyncPolicy::Unspecified, v1::FsyncPolicy::from)
-                    as i32,
+                fsync_policy: fsync.map(|fsync| match fsync {
+                    FsyncSetting::Always => FsyncPolicy::Always,
+                    FsyncSetting::Interval => FsyncPolicy::Interval,
+                    FsyncSetting::Never => FsyncPolicy::Never,
+                }),
                 fsync_interval_ms,
                 max_message_bytes,
             };
-            let topic = client
-                .create_topic(v1::CreateTopicRequest {
-                    name,
-                    partitions,
-                    config: Some(config),
-                })
+            let topic = admin
+                .create_topic(&name, partitions, config)
                 .await
-                .map_err(RpcError)?
-                .into_inner()
-                .topic
-                .unwrap_or_default();
+                .map_err(CallError)?;
             if json {
                 out.json(&topic_json(&topic))?;
             } else {
@@ -512,12 +455,7 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
             }
         }
         TopicCommand::List => {
-            let topics = client
-                .list_topics(v1::ListTopicsRequest {})
-                .await
-                .map_err(RpcError)?
-                .into_inner()
-                .topics;
+            let topics = admin.list_topics().await.map_err(CallError)?;
             if json {
                 for t in &topics {
                     out.json(&json!({"name": t.name, "partition_count": t.partition_count}))?;
@@ -537,13 +475,7 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Describe { name } => {
-            let topic = client
-                .describe_topic(v1::DescribeTopicRequest { name })
-                .await
-                .map_err(RpcError)?
-                .into_inner()
-                .topic
-                .unwrap_or_default();
+            let topic = admin.describe_topic(&name).await.map_err(CallError)?;
             if json {
                 out.json(&topic_json(&topic))?;
             } else {
@@ -553,10 +485,7 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Delete { name } => {
-            client
-                .delete_topic(v1::DeleteTopicRequest { name: name.clone() })
-                .await
-                .map_err(RpcError)?;
+            admin.delete_topic(&name).await.map_err(CallError)?;
             if json {
                 out.json(&json!({"deleted": name}))?;
             } else {
@@ -568,18 +497,18 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fsync_name(policy: i32) -> String {
-    match v1::FsyncPolicy::try_from(policy) {
-        Ok(v1::FsyncPolicy::Always) => "always".into(),
-        Ok(v1::FsyncPolicy::Interval) => "interval".into(),
-        Ok(v1::FsyncPolicy::Never) => "never".into(),
-        Ok(v1::FsyncPolicy::Unspecified) => "unspecified".into(),
-        Err(_) => format!("unknown ({policy})"),
+/// A policy's name; a policy this client does not know shows as `unspecified`.
+fn fsync_name(policy: Option<FsyncPolicy>) -> &'static str {
+    match policy {
+        Some(FsyncPolicy::Always) => "always",
+        Some(FsyncPolicy::Interval) => "interval",
+        Some(FsyncPolicy::Never) => "never",
+        None => "unspecified",
     }
 }
 
-fn topic_json(topic: &v1::TopicDescription) -> Value {
-    let c = topic.config.unwrap_or_default();
+fn topic_json(topic: &TopicInfo) -> Value {
+    let c = &topic.config;
     json!({
         "name": topic.name,
         "partition_count": topic.partition_count,
@@ -592,17 +521,17 @@ fn topic_json(topic: &v1::TopicDescription) -> Value {
             "max_message_bytes": c.max_message_bytes,
         },
         "partitions": topic.partitions.iter().map(|p| json!({
-            "partition": p.partition,
-            "start_offset": p.start_offset,
-            "end_offset": p.end_offset,
+            "partition": p.partition.0,
+            "start_offset": p.start_offset.0,
+            "end_offset": p.end_offset.0,
             "size_bytes": p.size_bytes,
             "segment_count": p.segment_count,
         })).collect::<Vec<_>>(),
     })
 }
 
-fn describe_text(topic: &v1::TopicDescription) -> Vec<String> {
-    let c = topic.config.unwrap_or_default();
+fn describe_text(topic: &TopicInfo) -> Vec<String> {
+    let c = &topic.config;
     let opt = |v: Option<u64>, zero: &str| match v {
         None => "-".to_owned(),
         Some(0) if !zero.is_empty() => format!("0 ({zero})"),
@@ -620,7 +549,7 @@ fn describe_text(topic: &v1::TopicDescription) -> Vec<String> {
             opt(c.retention_bytes, "no size limit"),
         ],
         vec!["segment_bytes".to_owned(), opt(c.segment_bytes, "")],
-        vec!["fsync".to_owned(), fsync_name(c.fsync_policy)],
+        vec!["fsync".to_owned(), fsync_name(c.fsync_policy).to_owned()],
         vec![
             "fsync_interval_ms".to_owned(),
             opt(c.fsync_interval_ms.map(u64::from), ""),
@@ -649,7 +578,7 @@ fn describe_text(topic: &v1::TopicDescription) -> Vec<String> {
             p.partition.to_string(),
             p.start_offset.to_string(),
             p.end_offset.to_string(),
-            p.end_offset.saturating_sub(p.start_offset).to_string(),
+            p.end_offset.0.saturating_sub(p.start_offset.0).to_string(),
             p.size_bytes.to_string(),
             p.segment_count.to_string(),
         ]
@@ -756,45 +685,66 @@ impl Values {
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.opts).await?;
+    let client = connect(&args.opts).await?;
     // Fails early (NOT_FOUND) for a missing topic, and tells the batch limit: a topic's
     // max_message_bytes also bounds a whole publish (see topics.proto).
     let topic = client
-        .describe_topic(v1::DescribeTopicRequest {
-            name: args.topic.clone(),
-        })
+        .admin()
+        .describe_topic(&args.topic)
         .await
-        .map_err(RpcError)?
-        .into_inner()
-        .topic
-        .unwrap_or_default();
+        .map_err(CallError)?;
     let max_message = topic
         .config
-        .and_then(|c| c.max_message_bytes)
+        .max_message_bytes
         .map_or(usize::MAX, |m| m as usize);
     // Per-record overhead in the storage format, with room to spare.
     let batch_limit = PUBLISH_BATCH_BYTES.min(max_message.saturating_sub(256).max(1));
 
     let key = args.key.map(Bytes::from);
-    let headers: Vec<v1::Header> = args
+    let headers: Vec<(String, Bytes)> = args
         .headers
         .into_iter()
-        .map(|(key, value)| v1::Header {
-            key,
-            value: Bytes::from(value),
-        })
+        .map(|(name, value)| (name, Bytes::from(value)))
         .collect();
     let fixed_bytes = key.as_ref().map_or(0, Bytes::len)
         + headers
             .iter()
-            .map(|h| h.key.len() + h.value.len() + 8)
+            .map(|(name, value)| name.len() + value.len() + 8)
             .sum::<usize>()
         + 24;
+    // Keyless records without --partition go round-robin, one request per partition in
+    // turn, from a random partition: successive runs spread over the topic instead of
+    // each starting at partition 0.
+    let partitions = topic.partition_count.max(1);
+    let mut round_robin = RandomState::new().hash_one(std::process::id()) as u32 % partitions;
+    let record = |value: Vec<u8>, round_robin: u32| {
+        let mut record = Record::new(value);
+        if let Some(key) = &key {
+            record = record.key(key.clone());
+        }
+        for (name, value) in &headers {
+            record = record.header(name.clone(), value.clone());
+        }
+        match (args.partition, &key) {
+            (Some(partition), _) => record.partition(partition),
+            (None, None) => record.partition(round_robin),
+            (None, Some(_)) => record,
+        }
+    };
     let mut values = if args.values.is_empty() {
         Values::stdin()
     } else {
         Values::args(args.values)
     };
+    let producer = client.producer(
+        ProducerConfig::new(args.topic.clone())
+            // Each batch of lines goes as one request as soon as it is read: the lines
+            // already waited PUBLISH_LINGER for each other.
+            .linger(Duration::ZERO)
+            // A failed publish is reported, not retried: a retry after a lost reply could
+            // store the records twice.
+            .max_retries(0),
+    );
 
     let mut out = Out::new();
     let mut carried: Option<Vec<u8>> = None;
@@ -823,79 +773,81 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             }
             until.get_or_insert_with(|| Instant::now() + PUBLISH_LINGER);
             bytes += size;
-            records.push(v1::Record {
-                key: key.clone(),
-                value: Bytes::from(value),
-                headers: headers.clone(),
-                timestamp_ms: 0,
-            });
+            records.push(record(value, round_robin));
         }
         if records.is_empty() {
             break;
         }
-        let count = records.len() as u64;
-        let reply = client
-            .publish(v1::PublishRequest {
-                topic: args.topic.clone(),
-                partition: args.partition,
-                payload: Some(v1::publish_request::Payload::Records(v1::Records {
-                    records,
-                })),
-            })
+        round_robin = (round_robin + 1) % partitions;
+        // One batch goes to one partition (the key's, the one named, or the next in turn)
+        // and is stored whole, in order.
+        let acked = producer
+            .send_all(records)
             .await
-            .map_err(RpcError)?
-            .into_inner();
-        total += count;
-        if args.opts.json {
-            out.json(&json!({
-                "topic": args.topic,
-                "partition": reply.partition,
-                "base_offset": reply.base_offset,
-                "last_offset": reply.last_offset,
-                "records": count,
-            }))?;
-        } else if count == 1 {
-            out.line(format_args!(
-                "partition {}  offset {}",
-                reply.partition, reply.base_offset
-            ))?;
-        } else {
-            out.line(format_args!(
-                "partition {}  offsets {}-{}  ({count} records)",
-                reply.partition, reply.base_offset, reply.last_offset
-            ))?;
+            .map_err(CallError)?
+            .await
+            .map_err(CallError)?;
+        total += acked.len() as u64;
+        for (partition, base_offset, last_offset) in offset_runs(&acked) {
+            let count = last_offset - base_offset + 1;
+            if args.opts.json {
+                out.json(&json!({
+                    "topic": args.topic,
+                    "partition": partition,
+                    "base_offset": base_offset,
+                    "last_offset": last_offset,
+                    "records": count,
+                }))?;
+            } else if count == 1 {
+                out.line(format_args!("partition {partition}  offset {base_offset}"))?;
+            } else {
+                out.line(format_args!(
+                    "partition {partition}  offsets {base_offset}-{last_offset}  ({count} records)"
+                ))?;
+            }
         }
         out.flush()?;
     }
+    producer.close().await.map_err(CallError)?;
     if total == 0 {
         eprintln!("nothing to publish: no values given and stdin was empty");
     }
     Ok(())
 }
 
+/// `(partition, first offset, last offset)` of each run of consecutive offsets in one
+/// partition, in the order given.
+fn offset_runs(acked: &[Acked]) -> Vec<(u32, u64, u64)> {
+    let mut runs: Vec<(u32, u64, u64)> = Vec::new();
+    for a in acked {
+        match runs.last_mut() {
+            Some((partition, _, last))
+                if *partition == a.partition.0 && *last + 1 == a.offset.0 =>
+            {
+                *last = a.offset.0;
+            }
+            _ => runs.push((a.partition.0, a.offset.0, a.offset.0)),
+        }
+    }
+    runs
+}
+
 // ---------------------------------------------------------------------------------------
 // fetch
 
 async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.opts).await?;
+    let client = connect(&args.opts).await?;
     if args.max_records == Some(0) {
         return Ok(());
     }
-    let mut stream = client
-        .fetch(v1::FetchRequest {
-            topic: args.topic.clone(),
-            partition: args.partition,
-            start: Some(args.from.to_proto()),
-            max_bytes: 0,
-            follow: args.follow,
-            max_wait_ms: 0,
-            raw_batches: false,
-        })
-        .await
-        .map_err(RpcError)?
-        .into_inner();
+    let mut config = FetchConfig::new(args.topic.clone(), args.partition)
+        .start(args.from)
+        .follow(args.follow);
+    if let Some(max) = args.max_records {
+        config = config.max_records(max);
+    }
+    let mut records = client.fetch(config).await.map_err(CallError)?;
     let mut out = Out::new();
-    let mut printed = 0u64;
     // Ctrl-C ends a --follow cleanly (exit 0). Without --follow the default action stays.
     let interrupted = async {
         if args.follow {
@@ -906,24 +858,25 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     };
     tokio::pin!(interrupted);
     loop {
-        let response = tokio::select! {
-            response = stream.message() => response.map_err(RpcError)?,
-            () = &mut interrupted => break,
-        };
-        let Some(response) = response else { break };
-        for record in &response.records {
-            if args.opts.json {
-                out.json(&record_json(&args.topic, args.partition, record))?;
-            } else {
-                out.line(record_text(record))?;
-            }
-            printed += 1;
-            if args.max_records.is_some_and(|max| printed >= max) {
+        // Stdout is flushed whenever the next record is not there yet: a long read goes
+        // out in large writes, and --follow shows each record as it comes.
+        let record = match records.next().now_or_never() {
+            Some(record) => record,
+            None => {
                 out.flush()?;
-                return Ok(());
+                tokio::select! {
+                    record = records.next() => record,
+                    () = &mut interrupted => break,
+                }
             }
+        };
+        let Some(record) = record else { break };
+        let record = record.map_err(CallError)?;
+        if args.opts.json {
+            out.json(&record_json(&args.topic, &record))?;
+        } else {
+            out.line(record_text(&record))?;
         }
-        out.flush()?;
     }
     out.flush()?;
     Ok(())
@@ -932,7 +885,7 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
 /// `offset<TAB>key<TAB>value`, then `<TAB>[name=value, ...]` when the record has headers.
 /// Bytes that are not UTF-8 are shown lossily; line breaks and tabs are escaped so that a
 /// record is always one line. A record without a key shows `-`.
-fn record_text(record: &v1::FetchedRecord) -> String {
+fn record_text(record: &FetchedRecord) -> String {
     format!(
         "{}\t{}",
         record.offset,
@@ -941,7 +894,7 @@ fn record_text(record: &v1::FetchedRecord) -> String {
 }
 
 /// `key<TAB>value`, then `<TAB>[name=value, ...]` when there are headers.
-fn message_text(key: Option<&[u8]>, value: &[u8], headers: &[v1::Header]) -> String {
+fn message_text(key: Option<&[u8]>, value: &[u8], headers: &[(String, Bytes)]) -> String {
     let mut line = format!(
         "{}\t{}",
         key.map_or("-".into(), printable),
@@ -950,7 +903,7 @@ fn message_text(key: Option<&[u8]>, value: &[u8], headers: &[v1::Header]) -> Str
     if !headers.is_empty() {
         let headers: Vec<String> = headers
             .iter()
-            .map(|h| format!("{}={}", printable(h.key.as_bytes()), printable(&h.value)))
+            .map(|(name, value)| format!("{}={}", printable(name.as_bytes()), printable(value)))
             .collect();
         line.push_str(&format!("\t[{}]", headers.join(", ")));
     }
@@ -969,11 +922,11 @@ fn printable(bytes: &[u8]) -> String {
 
 /// One fetched record as JSON. Keys, values and header values are strings when they are
 /// UTF-8, else `{"base64": "..."}`; a missing key is `null`.
-fn record_json(topic: &str, partition: u32, record: &v1::FetchedRecord) -> Value {
+fn record_json(topic: &str, record: &FetchedRecord) -> Value {
     json!({
         "topic": topic,
-        "partition": partition,
-        "offset": record.offset,
+        "partition": record.partition.0,
+        "offset": record.offset.0,
         "timestamp_ms": record.timestamp_ms,
         "key": record.key.as_ref().map(|k| bytes_json(k)),
         "value": bytes_json(&record.value),
@@ -981,10 +934,10 @@ fn record_json(topic: &str, partition: u32, record: &v1::FetchedRecord) -> Value
     })
 }
 
-fn headers_json(headers: &[v1::Header]) -> Value {
+fn headers_json(headers: &[(String, Bytes)]) -> Value {
     headers
         .iter()
-        .map(|h| json!({"key": h.key, "value": bytes_json(&h.value)}))
+        .map(|(name, value)| json!({"key": name, "value": bytes_json(value)}))
         .collect()
 }
 
@@ -1021,156 +974,140 @@ fn base64(bytes: &[u8]) -> String {
 // consume
 
 async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    use v1::subscribe_request::Request;
-    use v1::subscribe_response::Response;
-
-    let mut client = connect(&args.opts).await?;
+    let client = connect(&args.opts).await?;
     if args.max == Some(0) {
         return Ok(());
     }
-    // With --max, credit flow control makes the broker send exactly that many deliveries,
-    // so none is taken (and its delivery attempt used) only to be dropped unprinted.
-    let credit = args
-        .max
-        .and_then(|max| u32::try_from(max).ok())
-        .map(|messages| v1::Credit {
-            messages,
-            bytes: u64::MAX,
-        });
-    let join = v1::Join {
-        topic: args.topic.clone(),
-        group: args.group.clone(),
-        client_id: args
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("herald-cli-{}", std::process::id())),
-        max_in_flight_messages: args.max_in_flight.unwrap_or(0),
-        max_in_flight_bytes: 0,
-        settings: None,
-        start_position: args.from.map(StartPosition::to_proto),
-        // The CLI prints each message from its Delivery; it has no use for raw batches.
-        batched_deliveries: false,
-        credit_flow_control: credit.is_some(),
-    };
-    let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
-    tx.send(v1::SubscribeRequest {
-        request: Some(Request::Join(join)),
-    })
-    .await?;
-    if let Some(credit) = credit {
-        tx.send(v1::SubscribeRequest {
-            request: Some(Request::Credit(credit)),
-        })
-        .await?;
+    let client_id = args
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("herald-cli-{}", std::process::id()));
+    let mut config = ConsumerConfig::new(args.topic.clone(), args.group.clone())
+        .client_id(client_id)
+        .max_in_flight_messages(args.max_in_flight.unwrap_or(0))
+        // The CLI prints each message on its own; one Delivery per message suits it.
+        .batched_deliveries(false);
+    if let Some(from) = args.from {
+        config = config.start_position(from);
     }
-    let mut stream = client
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+    if let Some(max) = args.max {
+        // Credit for exactly that many: none is taken (and its delivery attempt used)
+        // only to be dropped unprinted.
+        config = config.max_messages(max);
+    }
+    let mut subscription = client
+        .consumer(config)
+        .subscribe()
         .await
-        .map_err(RpcError)?
-        .into_inner();
+        .map_err(CallError)?;
 
     let mut out = Out::new();
-    let mut received = 0u64;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
+    let mut failed = None;
     loop {
-        let response = tokio::select! {
-            response = stream.message() => response.map_err(RpcError)?,
+        let first = tokio::select! {
+            message = subscription.next() => message,
             _ = &mut interrupted => break,
         };
-        let Some(response) = response else {
-            anyhow::bail!("UNAVAILABLE: the broker closed the Subscribe stream");
-        };
-        let Some(Response::Deliveries(deliveries)) = response.response else {
-            // Joined and assignment changes: nothing to print.
-            continue;
-        };
-        let mut done = Vec::new();
-        for delivery in deliveries.deliveries {
-            if args.max.is_some_and(|max| received >= max) {
-                break;
+        // None: --max was reached (an error comes as Some(Err) first).
+        let Some(first) = first else { break };
+        // Everything that has arrived: printed, flushed, then acked together.
+        let mut messages = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Ok(message) => messages.push(message),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
             }
+            next = subscription.next().now_or_never().flatten();
+        }
+        for message in &messages {
+            let delivery = Shown::from(message);
             if args.opts.json {
                 out.json(&delivery_json(&args.topic, &args.group, &delivery))?;
             } else {
                 out.line(delivery_text(&delivery))?;
             }
-            received += 1;
-            done.push(delivery.ack_id);
         }
         // Printed (and flushed) first, then acked: a message whose line could not be
         // written is delivered again.
         out.flush()?;
-        let requests: Vec<Request> = if args.nack {
-            done.into_iter()
-                .map(|ack_id| {
-                    Request::Nack(v1::Nack {
-                        ack_id,
-                        delay_ms: None,
-                        reason: NACK_REASON.to_owned(),
-                        range: None,
-                    })
-                })
-                .collect()
-        } else if done.is_empty() {
-            Vec::new()
-        } else {
-            vec![Request::Ack(v1::Ack {
-                ack_ids: done,
-                ranges: Vec::new(),
-            })]
-        };
-        for request in requests {
-            let request = v1::SubscribeRequest {
-                request: Some(request),
+        for message in messages {
+            let settled = if args.nack {
+                message.nack_with(None, NACK_REASON)
+            } else {
+                message.ack()
             };
-            if tx.send(request).await.is_err() {
-                // The call is over: its status says why.
-                return Err(match stream.message().await {
-                    Err(status) => RpcError(status).into(),
-                    Ok(_) => anyhow::anyhow!("UNAVAILABLE: the Subscribe stream ended"),
-                });
-            }
+            settled.map_err(CallError)?;
         }
-        if args.max.is_some_and(|max| received >= max) {
+        if failed.is_some() {
             break;
         }
     }
-    // Leave cleanly: end the request stream after the last acks; the broker handles them,
-    // removes the member and then ends the response stream. Deliveries that arrive
-    // meanwhile are not printed and go back to the group.
-    drop(tx);
-    let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
-        while let Ok(Some(_)) = stream.message().await {}
-    })
-    .await;
-    Ok(())
+    // Leave cleanly: the broker takes the last acks, removes the member, then ends the
+    // stream. Deliveries not printed go back to the group. A close that fails changes
+    // nothing for what was printed.
+    let _ = subscription.close().await;
+    match failed {
+        Some(error) => Err(CallError(error).into()),
+        None => Ok(()),
+    }
+}
+
+/// What `consume` shows of a delivery: a view of a [`Message`], which only the client
+/// makes.
+struct Shown<'a> {
+    partition: u32,
+    offset: u64,
+    attempt: u32,
+    timestamp_ms: i64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    headers: &'a [(String, Bytes)],
+}
+
+impl<'a> From<&'a Message> for Shown<'a> {
+    fn from(message: &'a Message) -> Shown<'a> {
+        Shown {
+            partition: message.partition().0,
+            offset: message.offset().0,
+            attempt: message.attempt(),
+            timestamp_ms: message.timestamp_ms(),
+            key: message.key().map(|k| &k[..]),
+            value: message.value(),
+            headers: message.headers(),
+        }
+    }
 }
 
 /// `partition<TAB>offset<TAB>attempt<TAB>key<TAB>value`, then `<TAB>[name=value, ...]`
 /// when the message has headers; escaped like a fetched record.
-fn delivery_text(delivery: &v1::Delivery) -> String {
+fn delivery_text(delivery: &Shown<'_>) -> String {
     format!(
         "{}\t{}\t{}\t{}",
         delivery.partition,
         delivery.offset,
-        delivery.delivery_attempt,
-        message_text(delivery.key.as_deref(), &delivery.value, &delivery.headers)
+        delivery.attempt,
+        message_text(delivery.key, delivery.value, delivery.headers)
     )
 }
 
 /// One delivery as JSON, with the same byte encoding as `fetch --json`.
-fn delivery_json(topic: &str, group: &str, delivery: &v1::Delivery) -> Value {
+fn delivery_json(topic: &str, group: &str, delivery: &Shown<'_>) -> Value {
     json!({
         "topic": topic,
         "group": group,
         "partition": delivery.partition,
         "offset": delivery.offset,
-        "delivery_attempt": delivery.delivery_attempt,
+        "delivery_attempt": delivery.attempt,
         "timestamp_ms": delivery.timestamp_ms,
-        "key": delivery.key.as_ref().map(|k| bytes_json(k)),
-        "value": bytes_json(&delivery.value),
-        "headers": headers_json(&delivery.headers),
+        "key": delivery.key.map(bytes_json),
+        "value": bytes_json(delivery.value),
+        "headers": headers_json(delivery.headers),
     })
 }
 
@@ -1178,7 +1115,7 @@ fn delivery_json(topic: &str, group: &str, delivery: &v1::Delivery) -> Value {
 // group
 
 async fn group(args: GroupArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.opts).await?;
+    let admin = connect(&args.opts).await?.admin();
     let json = args.opts.json;
     let mut out = Out::new();
     match args.command {
@@ -1193,26 +1130,21 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
             retry_backoff_max_ms,
             from,
         } => {
-            let settings = v1::GroupSettings {
-                ack_deadline_ms,
-                retry_backoff_min_ms,
-                retry_backoff_max_ms,
+            let ms = |ms: Option<u32>| ms.map(|ms| Duration::from_millis(u64::from(ms)));
+            let settings = GroupSettings {
+                ack_deadline: ms(ack_deadline_ms),
+                retry_backoff_min: ms(retry_backoff_min_ms),
+                retry_backoff_max: ms(retry_backoff_max_ms),
                 max_delivery_attempts,
                 dead_letter_topic,
-                ordering: ordering.map_or(v1::OrderingMode::Unspecified, Ordering::to_proto) as i32,
+                ordering: ordering.map(Ordering::mode),
             };
-            let description = client
-                .create_group(v1::CreateGroupRequest {
-                    topic,
-                    group,
-                    settings: Some(settings),
-                    start_position: from.map(StartPosition::to_proto),
-                })
+            // A group starts at the end unless told otherwise, as one created by a join.
+            let start = from.unwrap_or(Position::Latest);
+            let description = admin
+                .create_group(&topic, &group, settings, start)
                 .await
-                .map_err(RpcError)?
-                .into_inner()
-                .group
-                .unwrap_or_default();
+                .map_err(CallError)?;
             if json {
                 out.json(&group_json(&description))?;
             } else {
@@ -1223,12 +1155,10 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
             }
         }
         GroupCommand::List { topic } => {
-            let groups = client
-                .list_groups(v1::ListGroupsRequest { topic })
+            let groups = admin
+                .list_groups(topic.as_deref())
                 .await
-                .map_err(RpcError)?
-                .into_inner()
-                .groups;
+                .map_err(CallError)?;
             if json {
                 for g in &groups {
                     out.json(&json!({
@@ -1252,13 +1182,10 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
             }
         }
         GroupCommand::Describe { topic, group } => {
-            let description = client
-                .describe_group(v1::DescribeGroupRequest { topic, group })
+            let description = admin
+                .describe_group(&topic, &group)
                 .await
-                .map_err(RpcError)?
-                .into_inner()
-                .group
-                .unwrap_or_default();
+                .map_err(CallError)?;
             if json {
                 out.json(&group_json(&description))?;
             } else {
@@ -1273,31 +1200,23 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
             to,
             partition,
         } => {
-            let moved = client
-                .seek(v1::SeekRequest {
-                    topic: topic.clone(),
-                    group: group.clone(),
-                    partition,
-                    position: Some(to.to_proto()),
-                })
+            let moved = admin
+                .seek(&topic, &group, partition.map(Partition), to)
                 .await
-                .map_err(RpcError)?
-                .into_inner()
-                .partitions;
+                .map_err(CallError)?;
             if json {
                 out.json(&json!({
                     "topic": topic,
                     "group": group,
-                    "partitions": moved.iter().map(|p| json!({
-                        "partition": p.partition,
-                        "committed_offset": p.offset,
+                    "partitions": moved.iter().map(|(partition, offset)| json!({
+                        "partition": partition.0,
+                        "committed_offset": offset.0,
                     })).collect::<Vec<_>>(),
                 }))?;
             } else {
-                for p in &moved {
+                for (partition, offset) in &moved {
                     out.line(format_args!(
-                        "partition {}  committed offset {}",
-                        p.partition, p.offset
+                        "partition {partition}  committed offset {offset}"
                     ))?;
                 }
             }
@@ -1307,16 +1226,10 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
             group,
             max_messages,
         } => {
-            let count = client
-                .redrive(v1::RedriveRequest {
-                    topic: topic.clone(),
-                    group: group.clone(),
-                    max_messages: max_messages.unwrap_or(0),
-                })
+            let count = admin
+                .redrive(&topic, &group, max_messages.unwrap_or(0))
                 .await
-                .map_err(RpcError)?
-                .into_inner()
-                .redriven_count;
+                .map_err(CallError)?;
             if json {
                 out.json(&json!({"topic": topic, "group": group, "redriven_count": count}))?;
             } else {
@@ -1327,13 +1240,10 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
             }
         }
         GroupCommand::Delete { topic, group } => {
-            client
-                .delete_group(v1::DeleteGroupRequest {
-                    topic: topic.clone(),
-                    group: group.clone(),
-                })
+            admin
+                .delete_group(&topic, &group)
                 .await
-                .map_err(RpcError)?;
+                .map_err(CallError)?;
             if json {
                 out.json(&json!({"topic": topic, "deleted": group}))?;
             } else {
@@ -1346,47 +1256,52 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
 }
 
 impl Ordering {
-    fn to_proto(self) -> v1::OrderingMode {
+    fn mode(self) -> OrderingMode {
         match self {
-            Ordering::Key => v1::OrderingMode::Key,
-            Ordering::Partition => v1::OrderingMode::Partition,
-            Ordering::None => v1::OrderingMode::None,
+            Ordering::Key => OrderingMode::Key,
+            Ordering::Partition => OrderingMode::Partition,
+            Ordering::None => OrderingMode::None,
         }
     }
 }
 
-fn ordering_name(mode: i32) -> String {
-    match v1::OrderingMode::try_from(mode) {
-        Ok(v1::OrderingMode::Key) => "key".into(),
-        Ok(v1::OrderingMode::Partition) => "partition".into(),
-        Ok(v1::OrderingMode::None) => "none".into(),
-        Ok(v1::OrderingMode::Unspecified) => "unspecified".into(),
-        Err(_) => format!("unknown ({mode})"),
+/// A mode's name; a mode this client does not know shows as `unspecified`.
+fn ordering_name(mode: Option<OrderingMode>) -> &'static str {
+    match mode {
+        Some(OrderingMode::Key) => "key",
+        Some(OrderingMode::Partition) => "partition",
+        Some(OrderingMode::None) => "none",
+        None => "unspecified",
     }
 }
 
-fn group_json(group: &v1::GroupDescription) -> Value {
-    let s = group.settings.clone().unwrap_or_default();
+/// A duration setting in whole ms, as the broker keeps it.
+fn millis(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn group_json(group: &GroupInfo) -> Value {
+    let s = &group.settings;
     json!({
         "topic": group.topic,
         "group": group.group,
         "settings": {
-            "ack_deadline_ms": s.ack_deadline_ms,
-            "retry_backoff_min_ms": s.retry_backoff_min_ms,
-            "retry_backoff_max_ms": s.retry_backoff_max_ms,
+            "ack_deadline_ms": millis(s.ack_deadline),
+            "retry_backoff_min_ms": millis(s.retry_backoff_min),
+            "retry_backoff_max_ms": millis(s.retry_backoff_max),
             "max_delivery_attempts": s.max_delivery_attempts,
-            "dead_letter_topic": s.dead_letter_topic.filter(|t| !t.is_empty()),
+            "dead_letter_topic": s.dead_letter_topic.as_ref().filter(|t| !t.is_empty()),
             "ordering": ordering_name(s.ordering),
         },
         "members": group.members.iter().map(|m| json!({
             "member_id": m.member_id,
             "client_id": m.client_id,
-            "partitions": m.partitions,
+            "partitions": m.partitions.iter().map(|p| p.0).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "partitions": group.partitions.iter().map(|p| json!({
-            "partition": p.partition,
-            "committed_offset": p.committed_offset,
-            "end_offset": p.end_offset,
+            "partition": p.partition.0,
+            "committed_offset": p.committed_offset.0,
+            "end_offset": p.end_offset.0,
             "lag": p.lag,
             "in_flight_count": p.in_flight_count,
             "redelivered_count": p.redelivered_count,
@@ -1396,35 +1311,36 @@ fn group_json(group: &v1::GroupDescription) -> Value {
     })
 }
 
-fn group_text(group: &v1::GroupDescription) -> Vec<String> {
-    let s = group.settings.clone().unwrap_or_default();
-    let opt = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+fn group_text(group: &GroupInfo) -> Vec<String> {
+    let s = &group.settings;
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     let settings = vec![
         vec!["topic".to_owned(), group.topic.clone()],
         vec!["group".to_owned(), group.group.clone()],
-        vec!["ack_deadline_ms".to_owned(), opt(s.ack_deadline_ms)],
+        vec!["ack_deadline_ms".to_owned(), opt(millis(s.ack_deadline))],
         vec![
             "retry_backoff_min_ms".to_owned(),
-            opt(s.retry_backoff_min_ms),
+            opt(millis(s.retry_backoff_min)),
         ],
         vec![
             "retry_backoff_max_ms".to_owned(),
-            opt(s.retry_backoff_max_ms),
+            opt(millis(s.retry_backoff_max)),
         ],
         vec![
             "max_delivery_attempts".to_owned(),
             match s.max_delivery_attempts {
                 Some(0) => "0 (retry forever)".to_owned(),
-                other => opt(other),
+                other => opt(other.map(u64::from)),
             },
         ],
         vec![
             "dead_letter_topic".to_owned(),
             s.dead_letter_topic
+                .clone()
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "-".to_owned()),
         ],
-        vec!["ordering".to_owned(), ordering_name(s.ordering)],
+        vec!["ordering".to_owned(), ordering_name(s.ordering).to_owned()],
     ];
     let mut lines = table(&settings);
     lines.push(String::new());
@@ -1485,13 +1401,13 @@ fn dash_if_empty(s: &str) -> String {
 }
 
 /// `0,1,2`, or `-` for none.
-fn partition_list(partitions: &[u32]) -> String {
+fn partition_list(partitions: &[Partition]) -> String {
     if partitions.is_empty() {
         return "-".to_owned();
     }
     partitions
         .iter()
-        .map(u32::to_string)
+        .map(Partition::to_string)
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -1502,16 +1418,16 @@ mod tests {
 
     #[test]
     fn positions_parse() {
-        assert_eq!("earliest".parse(), Ok(StartPosition::Earliest));
-        assert_eq!("latest".parse(), Ok(StartPosition::Latest));
-        assert_eq!("42".parse(), Ok(StartPosition::Offset(42)));
+        assert_eq!(parse_position("earliest"), Ok(Position::Earliest));
+        assert_eq!(parse_position("latest"), Ok(Position::Latest));
+        assert_eq!(parse_position("42"), Ok(Position::Offset(42)));
         assert_eq!(
-            "ts:1700000000000".parse(),
-            Ok(StartPosition::TimestampMs(1_700_000_000_000))
+            parse_position("ts:1700000000000"),
+            Ok(Position::Timestamp(1_700_000_000_000))
         );
-        assert!("ts:soon".parse::<StartPosition>().is_err());
-        assert!("-1".parse::<StartPosition>().is_err());
-        assert!("first".parse::<StartPosition>().is_err());
+        assert!(parse_position("ts:soon").is_err());
+        assert!(parse_position("-1").is_err());
+        assert!(parse_position("first").is_err());
     }
 
     #[test]
@@ -1541,28 +1457,32 @@ mod tests {
 
     #[test]
     fn status_shows_code_name_and_message() {
-        let e = RpcError(tonic::Status::not_found("topic \"x\" does not exist"));
+        let e = CallError(herald_client::Error::NotFound(
+            "topic \"x\" does not exist".into(),
+        ));
         assert_eq!(e.to_string(), "NOT_FOUND: topic \"x\" does not exist");
         assert_eq!(
-            RpcError(tonic::Status::unavailable("")).to_string(),
+            CallError(herald_client::Error::Unavailable(String::new())).to_string(),
             "UNAVAILABLE"
+        );
+        assert_eq!(
+            CallError(herald_client::Error::Closed).to_string(),
+            herald_client::Error::Closed.to_string()
         );
     }
 
     #[test]
     fn records_print_on_one_line() {
-        let record = v1::FetchedRecord {
-            offset: 7,
+        let record = FetchedRecord {
+            partition: Partition(0),
+            offset: herald_client::Offset(7),
             timestamp_ms: 1,
             key: None,
             value: Bytes::from_static(b"a\nb\t\xffc"),
-            headers: vec![v1::Header {
-                key: "h".into(),
-                value: Bytes::from_static(b"v"),
-            }],
+            headers: vec![("h".into(), Bytes::from_static(b"v"))],
         };
         assert_eq!(record_text(&record), "7\t-\ta\\nb\\t\u{fffd}c\t[h=v]");
-        let json = record_json("t", 0, &record);
+        let json = record_json("t", &record);
         assert_eq!(json["key"], Value::Null);
         assert_eq!(json["value"]["base64"], base64(b"a\nb\t\xffc"));
         assert_eq!(json["headers"][0]["value"], "v");
@@ -1570,16 +1490,14 @@ mod tests {
 
     #[test]
     fn deliveries_print_on_one_line() {
-        let delivery = v1::Delivery {
+        let delivery = Shown {
             partition: 2,
             offset: 7,
-            key: Some(Bytes::from_static(b"k")),
-            value: Bytes::from_static(b"a\tb"),
-            headers: vec![],
+            key: Some(b"k"),
+            value: b"a\tb",
+            headers: &[],
             timestamp_ms: 1,
-            delivery_attempt: 3,
-            ack_id: Bytes::from_static(b"id"),
-            deadline_ms: 2,
+            attempt: 3,
         };
         assert_eq!(delivery_text(&delivery), "2\t7\t3\tk\ta\\tb");
         let json = delivery_json("t", "g", &delivery);
@@ -1591,25 +1509,25 @@ mod tests {
 
     #[test]
     fn groups_describe_as_tables() {
-        let group = v1::GroupDescription {
+        let group = GroupInfo {
             topic: "t".into(),
             group: "g".into(),
-            settings: Some(v1::GroupSettings {
-                ack_deadline_ms: Some(30_000),
+            settings: GroupSettings {
+                ack_deadline: Some(Duration::from_secs(30)),
                 max_delivery_attempts: Some(0),
                 dead_letter_topic: Some(String::new()),
-                ordering: v1::OrderingMode::Partition as i32,
+                ordering: Some(OrderingMode::Partition),
                 ..Default::default()
-            }),
-            members: vec![v1::GroupMember {
+            },
+            members: vec![herald_client::GroupMember {
                 member_id: "17".into(),
                 client_id: String::new(),
-                partitions: vec![0, 1],
+                partitions: vec![Partition(0), Partition(1)],
             }],
-            partitions: vec![v1::GroupPartition {
-                partition: 0,
-                committed_offset: 3,
-                end_offset: 10,
+            partitions: vec![herald_client::GroupPartition {
+                partition: Partition(0),
+                committed_offset: herald_client::Offset(3),
+                end_offset: herald_client::Offset(10),
                 lag: 7,
                 in_flight_count: 2,
                 redelivered_count: 1,

@@ -1,4 +1,4 @@
-//! `flush` and `close` wait for every acknowledgement.
+//! The Rust producer's `flush` and `close` wait for every acknowledgement.
 
 mod common;
 
@@ -8,7 +8,7 @@ use herald_client::{Error, ProducerConfig, Record, TopicConfig};
 
 #[tokio::test]
 async fn flush_and_close_wait_for_every_ack() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("acks", 3, TopicConfig::default())

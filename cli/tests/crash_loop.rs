@@ -24,7 +24,7 @@
 //! it exactly. A long run:
 //!
 //! ```text
-//! HERALD_CRASH_CYCLES=300 cargo test -p herald-broker --test crash_loop -- --nocapture
+//! HERALD_CRASH_CYCLES=300 cargo test -p herald-cli --test crash_loop -- --nocapture
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -53,7 +53,9 @@ pub const MAGIC: u16 = 0x4852;
 /// The only format version this build reads and writes.
 pub const VERSION: u8 = 1;
 
-pub(crate) const BASE_OFFSET_AT: usize = 0;
+/// Where the base offset lies in a header: the one field the broker writes into a batch
+/// (see [`stamp_base_offset`]).
+pub const BASE_OFFSET_AT: usize = 0;
 const BATCH_LEN_AT: usize = 8;
 const CRC_AT: usize = 12;
 /// The CRC covers the batch from here to its end.
@@ -65,10 +67,11 @@ const COUNT_AT: usize = 20;
 const FIRST_TS_AT: usize = 24;
 const MAX_TS_AT: usize = 32;
 
-/// The bytes at [`MAGIC_AT`] of every version-1 header: magic then version. Recovery looks
+/// The bytes at [`MAGIC_PATTERN_AT`] of every version-1 header: magic then version. Recovery looks
 /// for this pattern when it checks whether valid batches follow a damaged region.
-pub(crate) const MAGIC_PATTERN: [u8; 3] = [0x52, 0x48, VERSION];
-pub(crate) const MAGIC_PATTERN_AT: usize = MAGIC_AT;
+pub const MAGIC_PATTERN: [u8; 3] = [0x52, 0x48, VERSION];
+/// Where [`MAGIC_PATTERN`] lies in a header.
+pub const MAGIC_PATTERN_AT: usize = MAGIC_AT;
 
 /// Why a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -173,8 +176,8 @@ impl BatchHeader {
     }
 }
 
-/// Computes the CRC a batch's header must carry.
-pub(crate) fn crc_of(batch: &[u8]) -> u32 {
+/// Computes the CRC a batch's header must carry (over bytes `16..` of the whole batch).
+pub fn crc_of(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[CRC_FROM..])
 }
 

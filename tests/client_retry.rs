@@ -1,4 +1,5 @@
-//! The producer across a broker restart: UNAVAILABLE is retried without reordering keys.
+//! The Rust client's producer across a broker restart: UNAVAILABLE is retried without
+//! reordering keys.
 
 mod common;
 
@@ -65,7 +66,7 @@ async fn batches_are_retried_across_a_broker_restart_in_key_order() {
     // ack was lost), never reordered: first occurrences are in increasing order.
     let mut seen = HashSet::new();
     for p in 0..2 {
-        let records = common::fetch_all(&client, "orders", p).await;
+        let records = common::fetch_partition(&client, "orders", p).await;
         let mut last: HashMap<String, usize> = HashMap::new();
         for record in &records {
             let value = std::str::from_utf8(&record.value).unwrap();

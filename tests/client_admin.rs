@@ -1,4 +1,4 @@
-//! The admin API against a real in-process broker.
+//! The Rust client's admin API against a real in-process broker.
 
 mod common;
 
@@ -10,7 +10,7 @@ use herald_client::{
 
 #[tokio::test]
 async fn topics_round_trip() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let admin = t.client.admin();
     let created = admin
         .create_topic(
@@ -71,7 +71,7 @@ async fn topics_round_trip() {
 
 #[tokio::test]
 async fn groups_round_trip() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let admin = t.client.admin();
     admin
         .create_topic("orders", 2, TopicConfig::default())

@@ -1,4 +1,5 @@
-//! Broker errors reach the producer as typed errors carrying the gRPC code.
+//! Broker errors reach the Rust client's producer as typed errors carrying the gRPC code,
+//! which they name as gRPC does.
 
 mod common;
 
@@ -6,7 +7,7 @@ use herald_client::{Error, ProducerConfig, Record, TopicConfig};
 
 #[tokio::test]
 async fn errors_are_typed() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     let producer = t.client.producer(ProducerConfig::new("missing"));
     match producer.send(Record::new("x")).await {
         Err(Error::NotFound(message)) => assert!(message.contains("missing"), "{message}"),
@@ -51,4 +52,25 @@ async fn errors_are_typed() {
     let ok = producer.send(Record::new("fine")).await.unwrap();
     assert_eq!(ok.await.unwrap().offset.0, 0);
     producer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_name_their_status_code() {
+    let t = common::start().await;
+    let error = t
+        .client
+        .admin()
+        .describe_topic("missing")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code_name(), Some("NOT_FOUND"));
+    // The broker's own words, without the client's prefix.
+    assert_eq!(error.message(), "topic \"missing\" does not exist");
+    assert_eq!(
+        herald_client::code_name(tonic::Code::ResourceExhausted),
+        "RESOURCE_EXHAUSTED"
+    );
+    // Client-side errors have no status code.
+    assert_eq!(Error::Closed.code_name(), None);
+    assert!(!Error::Closed.message().is_empty());
 }

@@ -1,5 +1,5 @@
-//! Keyless records stick to one partition until its batch is sealed, then move on to the
-//! next, also when every partition's batch is sealed at once.
+//! The Rust producer's keyless records stick to one partition until its batch is sealed,
+//! then move on to the next, also when every partition's batch is sealed at once.
 
 mod common;
 
@@ -13,7 +13,7 @@ use herald_client::{ProducerConfig, Record, TopicConfig, partition_for_key};
 /// started (which kept every keyless record on partition 0).
 #[tokio::test]
 async fn keyless_records_move_on_when_batches_are_sealed_together() {
-    let t = common::start().await;
+    let t = common::start_with_client().await;
     t.client
         .admin()
         .create_topic("spread", 4, TopicConfig::default())
