@@ -21,8 +21,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{Clock, Feed, LogSource, MachineAccess, MemLog, Outgoing};
-use super::{fill_partition, shape_deliveries};
+use super::delivery::shape_deliveries;
+use super::read::{Feed, MachineAccess, fill_partition};
+use super::{Clock, LogSource, MemLog, Outgoing};
 use crate::group::{
     AckId, AckOutcome, Action, GroupLimits, GroupSettings, GroupSnapshot, GroupState, MemberId,
     MemberOptions, NackOutcome, Offset, OrderingMode, PartitionId, PendingFilter,
