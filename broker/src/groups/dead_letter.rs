@@ -282,7 +282,7 @@ mod tests {
 
     use super::*;
     use crate::group::{GroupSettings, MemberId, MemberOptions, PartitionInfo};
-    use crate::groups::test_support::receive;
+    use crate::groups::test_support::{receive, test_registry};
     use crate::groups::{GroupConfig, MEMBER_QUEUE, NackTarget, Outgoing};
 
     /// Waits (10 s at most) until `check` holds for the group's partition 0.
@@ -299,13 +299,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_letter_waiting_for_its_commit_does_not_hold_up_other_messages() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config {
-            data_dir: dir.path().to_owned(),
-            fsync: crate::config::FsyncSetting::Always,
-            segment_bytes: 4 << 20,
-            ..crate::config::Config::default()
-        };
-        let registry = Arc::new(Registry::open(config).unwrap());
+        let registry = test_registry(dir.path(), crate::config::FsyncSetting::Always);
         let settings = crate::topic::TopicSettings::default();
         let topic = registry.create("t", 1, settings.clone()).unwrap();
         let dlq = registry.create("dlq", 1, settings).unwrap();

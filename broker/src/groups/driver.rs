@@ -500,20 +500,13 @@ mod tests {
     use super::*;
     use crate::group::{GroupSettings, MemberOptions};
     use crate::groups::dead_letter::build_batch;
-    use crate::groups::test_support::{ManualClock, receive};
+    use crate::groups::test_support::{ManualClock, receive, test_registry};
     use crate::groups::{GroupConfig, GroupRegistry, MEMBER_QUEUE};
-    use crate::registry::Registry;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ack_deadlines_run_on_the_groups_clock() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config {
-            data_dir: dir.path().to_owned(),
-            fsync: crate::config::FsyncSetting::Never,
-            segment_bytes: 4 << 20,
-            ..crate::config::Config::default()
-        };
-        let registry = Arc::new(Registry::open(config).unwrap());
+        let registry = test_registry(dir.path(), crate::config::FsyncSetting::Never);
         let topic = registry
             .create("t", 1, crate::topic::TopicSettings::default())
             .unwrap();

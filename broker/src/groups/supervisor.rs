@@ -114,20 +114,13 @@ mod tests {
     use super::*;
     use crate::group::{GroupSettings, MemberId, MemberOptions};
     use crate::groups::dead_letter::build_batch;
-    use crate::groups::test_support::receive;
+    use crate::groups::test_support::{receive, test_registry};
     use crate::groups::{GroupConfig, MEMBER_QUEUE};
-    use crate::registry::Registry;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_task_that_panics_is_counted_and_restarted_from_its_persisted_state() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config {
-            data_dir: dir.path().to_owned(),
-            fsync: crate::config::FsyncSetting::Never,
-            segment_bytes: 4 << 20,
-            ..crate::config::Config::default()
-        };
-        let registry = Arc::new(Registry::open(config).unwrap());
+        let registry = test_registry(dir.path(), crate::config::FsyncSetting::Never);
         let topic = registry
             .create("t", 1, crate::topic::TopicSettings::default())
             .unwrap();

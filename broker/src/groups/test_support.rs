@@ -1,5 +1,7 @@
 //! Builders shared by the driver's unit tests.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -8,8 +10,21 @@ use tokio::sync::mpsc;
 
 use super::read::RecordRef;
 use super::{Clock, MemberItem, Outgoing};
+use crate::config::{Config, FsyncSetting};
 use crate::group::{AckId, Delivery, Offset, PartitionId};
+use crate::registry::Registry;
 use crate::storage::{BatchBuilder, Record, batch};
+
+/// A topic registry on `dir` with small (4 MiB) segments, as the driver's tests start it.
+pub(super) fn test_registry(dir: &Path, fsync: FsyncSetting) -> Arc<Registry> {
+    let config = Config {
+        data_dir: dir.to_owned(),
+        fsync,
+        segment_bytes: 4 << 20,
+        ..Config::default()
+    };
+    Arc::new(Registry::open(config).unwrap())
+}
 
 /// A record at `offset`, alone in its batch.
 pub(super) fn record(offset: u64) -> RecordRef {
