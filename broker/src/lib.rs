@@ -7,8 +7,10 @@
 //! - [`server`] — the gRPC service, the metrics endpoint, start and graceful shutdown: the
 //!   only place that knows tonic and the proto types.
 //! - [`config`] — configuration with defaults, TOML, env and flags.
+//! - [`clock`] — the wall clock in milliseconds, for every layer.
 //! - [`meta_file`] — the checksummed form of `topic.toml` and `group.toml`.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod group;

@@ -17,10 +17,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+use crate::clock::now_ms;
 use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Result};
 use crate::meta_file::Loaded;
@@ -51,12 +51,6 @@ pub struct Registry {
     staging_seq: AtomicU64,
     /// Creates and deletes run one at a time; publishes and fetches never take this.
     admin: std::sync::Mutex<()>,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Registry {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::registry::now_ms;
+use crate::clock::now_ms;
 use crate::storage::committer::{self, MAX_GROUP_BATCHES, QUEUE_DEPTH, RETENTION_EVERY, Reply};
 use crate::storage::{Appended, FsyncPolicy, LogWriter, Result, StorageError, ValidatedBatch};
 

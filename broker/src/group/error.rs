@@ -1,4 +1,4 @@
-//! The group machine's error type.
+//! The group machine's error types.
 //!
 //! Every variant is a misuse by a client or by the driver that the machine reports instead
 //! of panicking; the server layer maps them to gRPC statuses (noted per variant). Stale acks
@@ -6,8 +6,7 @@
 
 use thiserror::Error;
 
-use super::snapshot::SnapshotError;
-use super::types::{MemberId, PartitionId};
+use super::ids::{MemberId, PartitionId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum GroupError {
@@ -57,4 +56,18 @@ pub enum GroupError {
     /// A snapshot that cannot be restored.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SnapshotError {
+    #[error("group snapshot is truncated")]
+    Truncated,
+    #[error("not a group snapshot (bad magic)")]
+    BadMagic,
+    #[error("group snapshot version {0} is not supported")]
+    UnsupportedVersion(u8),
+    #[error("group snapshot checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("group snapshot is invalid: {0}")]
+    Invalid(String),
 }

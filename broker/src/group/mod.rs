@@ -60,6 +60,7 @@
 mod assignment;
 mod deadlines;
 mod error;
+mod ids;
 mod limits;
 mod partition;
 mod queue;

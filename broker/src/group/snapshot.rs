@@ -25,10 +25,10 @@
 //! allocating, then the ranges' and entries' order: a damaged or forged snapshot is an
 //! error, never a panic or an unbounded allocation.
 
-use thiserror::Error;
-
+// `SnapshotError` lives in `error`, beside `GroupError` that wraps it; re-exported here.
+pub use super::error::SnapshotError;
+use super::ids::Offset;
 use super::limits::{MAX_PARTITIONS, MAX_SNAPSHOT_ENTRIES_PER_PARTITION};
-use super::types::Offset;
 
 const MAGIC: &[u8; 4] = b"HGRS";
 const VERSION: u8 = 1;
@@ -79,20 +79,6 @@ impl PartitionSnapshot {
             || cut_range;
         changed.then_some(before)
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum SnapshotError {
-    #[error("group snapshot is truncated")]
-    Truncated,
-    #[error("not a group snapshot (bad magic)")]
-    BadMagic,
-    #[error("group snapshot version {0} is not supported")]
-    UnsupportedVersion(u8),
-    #[error("group snapshot checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    Checksum { stored: u32, computed: u32 },
-    #[error("group snapshot is invalid: {0}")]
-    Invalid(String),
 }
 
 fn invalid(message: impl Into<String>) -> SnapshotError {

@@ -5,49 +5,13 @@
 use std::fmt;
 
 use super::error::GroupError;
+// The ids live in `ids`, below `error` (whose variants name them); re-exported here, where
+// the rest of the machine's vocabulary is.
+pub use super::ids::{MemberId, Offset, PartitionId};
 use super::limits::{
     DEFAULT_MEMBER_IN_FLIGHT_BYTES, DEFAULT_MEMBER_IN_FLIGHT_MESSAGES, MAX_ACK_DEADLINE_MS,
     MAX_REASON_BYTES, MAX_RETRY_BACKOFF_MS,
 };
-
-/// A partition of the group's topic, `0..partition_count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PartitionId(pub u32);
-
-impl PartitionId {
-    /// The partition's index in per-partition tables.
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl fmt::Display for PartitionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// An offset in a partition's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Offset(pub u64);
-
-impl fmt::Display for Offset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A member of the group: one open Subscribe stream. The driver allocates ids and must not
-/// reuse one within a `GroupState`'s life (nor, to be safe, across restarts), since ack ids
-/// are only honoured for the member they were delivered to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MemberId(pub u64);
-
-impl fmt::Display for MemberId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// A record key as the machine sees it: a 64-bit hash, so the tables hold no key bytes.
 /// Two keys with the same hash are ordered as one key, which costs parallelism, never

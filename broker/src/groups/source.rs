@@ -42,7 +42,7 @@ pub struct WallClock;
 
 impl Clock for WallClock {
     fn now_ms(&self) -> u64 {
-        crate::registry::now_ms().max(0) as u64
+        crate::clock::now_ms().max(0) as u64
     }
 }
 

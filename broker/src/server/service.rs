@@ -17,10 +17,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::Metrics;
 use super::request_limit::{Oversized, OversizedRequests};
+use crate::clock::now_ms;
 use crate::config::FsyncSetting;
 use crate::error::BrokerError;
 use crate::groups::GroupRegistry;
-use crate::registry::{Registry, now_ms};
+use crate::registry::Registry;
 use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
 use crate::topic::{Topic, TopicSettings, shown};
 

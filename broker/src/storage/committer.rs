@@ -8,7 +8,7 @@
 //! shared by the whole group; an idle partition still answers a lone batch at once.
 
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -17,6 +17,7 @@ use super::FsyncPolicy;
 use super::batch::ValidatedBatch;
 use super::error::{Result, StorageError};
 use super::log::{Appended, LogReader, LogWriter, WriterStats};
+use crate::clock::now_ms;
 
 /// Most batches appended under one commit: bounds how long the first appender of a group
 /// waits for the others.
@@ -200,12 +201,6 @@ fn closed() -> StorageError {
     StorageError::Poisoned {
         reason: "the partition writer has stopped".into(),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {

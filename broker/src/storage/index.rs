@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use memmap2::MmapRaw;
 
 use super::error::{Result, StorageError};
-use super::segment::{create_mapped, map_existing};
+use super::mapping::{create_mapped, map_existing};
 
 /// A fixed-size index entry.
 pub(crate) trait Entry: Copy + std::fmt::Debug {

@@ -9,6 +9,8 @@
 //!   it lives in the `herald-format` crate, shared with clients, and is re-exported here.
 //! - `segment` — one mapped log file plus its indexes; background preparation of the next.
 //! - `index` — the sparse offset and time indexes.
+//! - `index_cursor` — where a segment's next index entries go, for appends and recovery alike.
+//! - `mapping` — creating, allocating and mapping the files of a segment and its indexes.
 //! - `handoff` — how committed bytes are published to lock-free readers.
 //! - `log` — the writer (append, commit with the fsync policy, roll, retention) and reader.
 //! - `recovery` — opening a directory: checkpoint, scan, torn-tail repair.
@@ -20,8 +22,10 @@ pub mod committer;
 mod error;
 mod handoff;
 mod index;
+mod index_cursor;
 pub mod inspect;
 mod log;
+mod mapping;
 mod recovery;
 mod segment;
 

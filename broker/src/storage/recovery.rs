@@ -42,7 +42,7 @@ use super::LogConfig;
 use super::batch::{self, BatchHeader, HEADER_BYTES, MAGIC_PATTERN, MAGIC_PATTERN_AT};
 use super::error::{Result, StorageError};
 use super::handoff::{Arc, Published};
-use super::log::IndexCursor;
+use super::index_cursor::IndexCursor;
 use super::segment::{
     LOG_SUFFIX, OFFSET_INDEX_SUFFIX, PREPARED_STEM, PreparedSegment, RECYCLED_STEM, Segment,
     SegmentShape, TIME_INDEX_SUFFIX, parse_segment_name, segment_path, sync_dir,

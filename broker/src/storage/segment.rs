@@ -11,18 +11,18 @@
 //! a roll only renames it. Appends are written with `pwritev` (see [`Segment::write`]), not
 //! through the mapping, so fresh pages are never zeroed first; readers read the mapping.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicI64;
 use std::thread::JoinHandle;
 
-use memmap2::{Advice, MmapRaw};
-use rustix::fs::FallocateFlags;
+use memmap2::MmapRaw;
 
 use super::batch::{BatchHeader, HEADER_BYTES};
 use super::error::{Result, StorageError};
 use super::handoff::{AtomicU64, Ordering, Published};
 use super::index::{Entry, IndexFile, OffsetEntry, TimeEntry};
+use super::mapping::{create_mapped, map_existing};
 
 pub(crate) const LOG_SUFFIX: &str = "log";
 pub(crate) const OFFSET_INDEX_SUFFIX: &str = "index";
@@ -67,58 +67,6 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
         .then(|| stem.parse().ok())
         .flatten()
-}
-
-/// Creates (or truncates) `path`, allocates `bytes` for it, optionally syncs it, maps it and,
-/// if `populate`, asks the kernel to populate the pages for writing through the mapping.
-pub(crate) fn create_mapped(
-    path: &Path,
-    bytes: u64,
-    sync: bool,
-    populate: bool,
-) -> Result<(File, MmapRaw)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| StorageError::io("create", path, e))?;
-    rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, bytes)
-        .map_err(|e| StorageError::io("allocate", path, e.into()))?;
-    if sync {
-        file.sync_all()
-            .map_err(|e| StorageError::io("sync", path, e))?;
-    }
-    let map = MmapRaw::map_raw(&file).map_err(|e| StorageError::io("map", path, e))?;
-    // Populating is an optimisation: kernels before 5.14 refuse it and writes then fault the
-    // pages in one by one, which is slower but correct.
-    if populate && let Err(error) = map.advise(Advice::PopulateWrite) {
-        tracing::debug!(path = %path.display(), %error, "MADV_POPULATE_WRITE refused");
-    }
-    Ok((file, map))
-}
-
-/// Maps an existing file read-write at its current length.
-pub(crate) fn map_existing(path: &Path) -> Result<(File, MmapRaw)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| StorageError::io("open", path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| StorageError::io("stat", path, e))?
-        .len();
-    if len == 0 {
-        return Err(StorageError::Corrupt {
-            path: path.to_owned(),
-            position: 0,
-            reason: "file is empty".into(),
-        });
-    }
-    let map = MmapRaw::map_raw(&file).map_err(|e| StorageError::io("map", path, e))?;
-    Ok((file, map))
 }
 
 /// Makes the directory entries in `dir` durable.
