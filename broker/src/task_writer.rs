@@ -109,9 +109,7 @@ impl TaskWriterHandle {
 }
 
 fn stopped() -> StorageError {
-    StorageError::Poisoned {
-        reason: "the partition writer has stopped".into(),
-    }
+    StorageError::WriterStopped
 }
 
 /// Runs `f` on the writer on a blocking thread and hands both back; `None` if that thread
@@ -428,7 +426,7 @@ mod tests {
         assert_eq!(read_all(&reader).len(), 20);
         let late = append(&handle, batch(1, b"late")).await;
         assert!(
-            matches!(&late, Err(StorageError::Poisoned { reason }) if reason.contains("stopped")),
+            matches!(&late, Err(StorageError::WriterStopped)),
             "{late:?}"
         );
     }

@@ -62,6 +62,7 @@ fn storage_status(error: StorageError) -> Status {
         | StorageError::QueueFull
         | StorageError::DiskFull { .. } => Status::resource_exhausted(message),
         StorageError::OffsetOutOfRange { .. } => Status::out_of_range(message),
+        StorageError::WriterStopped => Status::unavailable(message),
         StorageError::Corrupt { .. } | StorageError::DamagedBatch { .. } => {
             tracing::error!(%message, "corrupt log");
             Status::data_loss(message)
@@ -86,6 +87,7 @@ mod tests {
         let mut cases: Vec<(BrokerError, Code)> = vec![
             (BrokerError::NotFound("t".into()), Code::NotFound),
             (StorageError::QueueFull.into(), Code::ResourceExhausted),
+            (StorageError::WriterStopped.into(), Code::Unavailable),
             (
                 StorageError::OffsetOutOfRange {
                     offset: 9,

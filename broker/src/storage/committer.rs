@@ -198,9 +198,7 @@ pub fn answer(group: &mut Vec<(Result<Appended>, Reply)>, committed: &Result<u64
 }
 
 fn closed() -> StorageError {
-    StorageError::Poisoned {
-        reason: "the partition writer has stopped".into(),
-    }
+    StorageError::WriterStopped
 }
 
 fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {

@@ -68,6 +68,11 @@ pub enum StorageError {
     /// refuses writes for good instead of retrying an fsync that may falsely succeed.
     #[error("partition log is poisoned and refuses writes: {reason}")]
     Poisoned { reason: String },
+    /// The partition's writer is gone: the topic is being deleted or the broker is
+    /// shutting down. Nothing is wrong with the log; a retry (elsewhere, or later) may
+    /// succeed, so it is not told apart from a poisoned log only by its message.
+    #[error("the partition writer has stopped (topic deleted or broker shutting down)")]
+    WriterStopped,
 }
 
 impl StorageError {
