@@ -285,34 +285,34 @@ fn run_heap_len(run: &v1::DeliveryRun) -> usize {
 /// least one): singles first, runs only once every single is taken.
 fn split_front(deliveries: &mut v1::Deliveries, limit: usize) -> v1::Deliveries {
     let mut used = 0;
-    let singles = deliveries
-        .deliveries
-        .iter()
-        .take_while(|single| {
-            let len = single_len(single);
-            let take = used == 0 || used + len <= limit;
-            used += len;
-            take
-        })
-        .count();
+    let singles = count_within(
+        deliveries.deliveries.iter().map(single_len),
+        &mut used,
+        limit,
+    );
     let mut piece = v1::Deliveries {
         deliveries: deliveries.deliveries.drain(..singles).collect(),
         runs: Vec::new(),
     };
     if deliveries.deliveries.is_empty() {
-        let runs = deliveries
-            .runs
-            .iter()
-            .take_while(|run| {
-                let len = run_heap_len(run);
-                let take = used == 0 || used + len <= limit;
-                used += len;
-                take
-            })
-            .count();
+        let runs = count_within(deliveries.runs.iter().map(run_heap_len), &mut used, limit);
         piece.runs = deliveries.runs.drain(..runs).collect();
     }
     piece
+}
+
+/// How many of `lens` fit, in order, with `used` bytes already taken of `limit`: at least
+/// one when nothing is taken yet. Adds what it takes to `used`.
+fn count_within(lens: impl Iterator<Item = usize>, used: &mut usize, limit: usize) -> usize {
+    let mut count = 0;
+    for len in lens {
+        if *used > 0 && *used + len > limit {
+            break;
+        }
+        *used += len;
+        count += 1;
+    }
+    count
 }
 
 /// Appends `message` to `out`, gRPC-framed, as chunks: the records of large runs are their
