@@ -16,12 +16,26 @@
 //! | 12 | 4 | `crc` u32 | CRC-32C (Castagnoli) of bytes `16..batch_len` |
 //! | 16 | 2 | `magic` u16 | `0x4852` (bytes `52 48`, "RH") |
 //! | 18 | 1 | `version` u8 | `1` |
-//! | 19 | 1 | `flags` u8 | `0`; reserved (compression) |
+//! | 19 | 1 | `flags` u8 | bit 1 (`0x02`): a producer block follows the header ([`FLAG_PRODUCER`]); every other bit `0` (bit 0 is reserved for compression) |
 //! | 20 | 4 | `record_count` u32 | number of records, at least 1 |
 //! | 24 | 8 | `first_timestamp` i64 | timestamp of the first record, ms since the Unix epoch |
 //! | 32 | 8 | `max_timestamp` i64 | largest record timestamp in the batch |
 //!
-//! Records follow the header back to back. Each record is:
+//! With [`FLAG_PRODUCER`] set, a producer block of [`PRODUCER_BYTES`] = 16 bytes follows the
+//! header (it is covered by the CRC); without it, nothing does:
+//!
+//! | at | size | field | meaning |
+//! |---:|---:|---|---|
+//! | 40 | 8 | `producer_id` u64 | the idempotent producer that wrote the batch (from `InitProducer`); never `0` |
+//! | 48 | 2 | `producer_epoch` u16 | the producer's epoch; a higher one fences the older instances |
+//! | 50 | 2 | reserved u16 | `0` |
+//! | 52 | 4 | `base_sequence` u32 | the producer's sequence number of the first record; the batch's records take `base_sequence ..= base_sequence + record_count − 1`, wrapping at 2³² |
+//!
+//! The broker keeps, per partition and producer, the sequences of the last batches it
+//! appended, so a batch sent again after a lost reply is answered with its first offsets
+//! instead of being stored twice (see the broker's `storage::producers`).
+//!
+//! Records follow the header (and the producer block, if any) back to back. Each record is:
 //!
 //! | field | encoding |
 //! |---|---|
@@ -52,6 +66,15 @@ pub const HEADER_BYTES: usize = 40;
 pub const MAGIC: u16 = 0x4852;
 /// The only format version this build reads and writes.
 pub const VERSION: u8 = 1;
+
+/// The `flags` bit that says a producer block follows the header.
+pub const FLAG_PRODUCER: u8 = 0x02;
+/// Bytes in the producer block.
+pub const PRODUCER_BYTES: usize = 16;
+const PRODUCER_ID_AT: usize = HEADER_BYTES;
+const PRODUCER_EPOCH_AT: usize = HEADER_BYTES + 8;
+const PRODUCER_RESERVED_AT: usize = HEADER_BYTES + 10;
+const PRODUCER_SEQUENCE_AT: usize = HEADER_BYTES + 12;
 
 /// Where the base offset lies in a header: the one field the broker writes into a batch
 /// (see [`stamp_base_offset`]).
@@ -86,6 +109,8 @@ pub enum BatchError {
     UnsupportedVersion { found: u8 },
     #[error("unsupported batch flags {found:#04x} (compression is not supported)")]
     UnsupportedFlags { found: u8 },
+    #[error("bad producer block: {reason}")]
+    BadProducer { reason: &'static str },
     #[error("CRC mismatch: header says {expected:#010x}, body hashes to {actual:#010x}")]
     CrcMismatch { expected: u32, actual: u32 },
     #[error("batch has no records")]
@@ -148,6 +173,20 @@ impl BatchHeader {
         self.base_offset + u64::from(self.record_count)
     }
 
+    /// Whether a producer block follows the header.
+    pub fn has_producer(&self) -> bool {
+        self.flags & FLAG_PRODUCER != 0
+    }
+
+    /// Where the first record starts: after the header and the producer block, if any.
+    pub fn records_at(&self) -> usize {
+        if self.has_producer() {
+            HEADER_BYTES + PRODUCER_BYTES
+        } else {
+            HEADER_BYTES
+        }
+    }
+
     /// Checks the fields that can be checked without the body: magic, version, flags, a
     /// length that fits the header and `max_len`, and a non-zero record count.
     pub fn check_frame(&self, max_len: usize) -> Result<(), BatchError> {
@@ -159,11 +198,11 @@ impl BatchHeader {
                 found: self.version,
             });
         }
-        if self.flags != 0 {
+        if self.flags & !FLAG_PRODUCER != 0 {
             return Err(BatchError::UnsupportedFlags { found: self.flags });
         }
         let len = self.batch_len as usize;
-        if len < HEADER_BYTES {
+        if len < self.records_at() {
             return Err(BatchError::TooShort { len });
         }
         if len > max_len {
@@ -187,6 +226,67 @@ pub fn stamp_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
+/// Who wrote a batch, and where it stands in that producer's sequence: the producer block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerStamp {
+    pub producer_id: u64,
+    pub epoch: u16,
+    pub base_sequence: u32,
+}
+
+impl ProducerStamp {
+    /// The sequence number of the batch's last record, for a batch of `record_count`.
+    pub fn last_sequence(&self, record_count: u32) -> u32 {
+        self.base_sequence
+            .wrapping_add(record_count.saturating_sub(1))
+    }
+}
+
+/// Reads the producer block of a whole batch whose header says it has one; checks the
+/// reserved field and the id. `Ok(None)` for a batch without a block.
+pub fn producer_of(batch: &[u8]) -> Result<Option<ProducerStamp>, BatchError> {
+    let header = BatchHeader::read(batch).ok_or(BatchError::TooShort { len: batch.len() })?;
+    if !header.has_producer() {
+        return Ok(None);
+    }
+    let block = batch
+        .get(HEADER_BYTES..HEADER_BYTES + PRODUCER_BYTES)
+        .ok_or(BatchError::TooShort { len: batch.len() })?;
+    let bad = |reason| Err(BatchError::BadProducer { reason });
+    if block[PRODUCER_RESERVED_AT - HEADER_BYTES..PRODUCER_SEQUENCE_AT - HEADER_BYTES] != [0, 0] {
+        return bad("the reserved field is not 0");
+    }
+    let producer_id = u64_at(batch, PRODUCER_ID_AT);
+    if producer_id == 0 {
+        return bad("producer id 0 is reserved");
+    }
+    Ok(Some(ProducerStamp {
+        producer_id,
+        epoch: u16::from_le_bytes([batch[PRODUCER_EPOCH_AT], batch[PRODUCER_EPOCH_AT + 1]]),
+        base_sequence: u32_at(batch, PRODUCER_SEQUENCE_AT),
+    }))
+}
+
+/// Writes `stamp` into the producer block of an encoded batch (built with
+/// [`BatchBuilder::with_producer_block`]) and updates the CRC, which covers the block. A
+/// producer numbers a batch when it first sends it, not when it builds it, so that a batch
+/// that never reached the broker leaves no gap in its sequence. Returns `false`, changing
+/// nothing, if the batch has no producer block.
+pub fn stamp_producer(batch: &mut [u8], stamp: ProducerStamp) -> bool {
+    match BatchHeader::read(batch) {
+        Some(h) if h.has_producer() && batch.len() >= HEADER_BYTES + PRODUCER_BYTES => {}
+        _ => return false,
+    }
+    batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&stamp.producer_id.to_le_bytes());
+    batch[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&stamp.epoch.to_le_bytes());
+    batch[PRODUCER_RESERVED_AT..PRODUCER_RESERVED_AT + 2].copy_from_slice(&[0, 0]);
+    batch[PRODUCER_SEQUENCE_AT..PRODUCER_SEQUENCE_AT + 4]
+        .copy_from_slice(&stamp.base_sequence.to_le_bytes());
+    let crc = crc_of(batch);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    true
+}
+
 /// What validation learned about a batch's records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecordFacts {
@@ -202,6 +302,7 @@ pub struct ValidBatch<'a> {
     bytes: &'a [u8],
     header: BatchHeader,
     facts: RecordFacts,
+    producer: Option<ProducerStamp>,
 }
 
 /// An owned batch that passed validation; what crosses threads on its way to the writer.
@@ -210,17 +311,19 @@ pub struct ValidatedBatch {
     bytes: bytes::Bytes,
     header: BatchHeader,
     facts: RecordFacts,
+    producer: Option<ProducerStamp>,
 }
 
 impl ValidatedBatch {
     /// Validates `bytes` (see [`validate`]) and keeps them.
     pub fn new(bytes: bytes::Bytes, max_len: usize) -> Result<Self, BatchError> {
         let valid = validate(&bytes, max_len)?;
-        let (header, facts) = (valid.header, valid.facts);
+        let (header, facts, producer) = (valid.header, valid.facts, valid.producer);
         Ok(ValidatedBatch {
             bytes,
             header,
             facts,
+            producer,
         })
     }
     pub fn as_valid(&self) -> ValidBatch<'_> {
@@ -228,7 +331,12 @@ impl ValidatedBatch {
             bytes: &self.bytes,
             header: self.header,
             facts: self.facts,
+            producer: self.producer,
         }
+    }
+    /// The producer block, if the batch has one.
+    pub fn producer(&self) -> Option<ProducerStamp> {
+        self.producer
     }
     pub fn header(&self) -> &BatchHeader {
         &self.header
@@ -255,6 +363,10 @@ impl<'a> ValidBatch<'a> {
     pub fn header(&self) -> &BatchHeader {
         &self.header
     }
+    /// The producer block, if the batch has one.
+    pub fn producer(&self) -> Option<ProducerStamp> {
+        self.producer
+    }
 }
 
 /// Checks a whole encoded batch: frame, CRC, and every record (see the module docs).
@@ -275,17 +387,19 @@ pub fn validate(bytes: &[u8], max_len: usize) -> Result<ValidBatch<'_>, BatchErr
             actual,
         });
     }
+    let producer = producer_of(bytes)?;
     let facts = check_records(&header, bytes)?;
     Ok(ValidBatch {
         bytes,
         header,
         facts,
+        producer,
     })
 }
 
 /// Walks the records of a body and checks that they agree with the header.
 fn check_records(header: &BatchHeader, batch: &[u8]) -> Result<RecordFacts, BatchError> {
-    let mut records = Records::new(header, &batch[HEADER_BYTES..]);
+    let mut records = Records::new(header, &batch[header.records_at()..]);
     let mut facts = RecordFacts::default();
     let mut count = 0u32;
     let mut actual_max = i64::MIN;
@@ -335,6 +449,7 @@ pub struct BatchBuilder {
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
+    flags: u8,
 }
 
 impl Default for BatchBuilder {
@@ -353,7 +468,29 @@ impl BatchBuilder {
             count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
+            flags: 0,
         }
+    }
+
+    /// A builder whose batch carries a producer block, zeroed: fill it in with
+    /// [`stamp_producer`] once the batch's sequence number is known. (A batch whose block
+    /// still holds producer id 0 is refused by [`validate`].)
+    pub fn with_producer_block(bytes: usize) -> Self {
+        let mut builder = Self::with_capacity(bytes.max(HEADER_BYTES + PRODUCER_BYTES));
+        builder.buf.resize(HEADER_BYTES + PRODUCER_BYTES, 0);
+        builder.flags = FLAG_PRODUCER;
+        builder
+    }
+
+    /// A builder whose batch carries this producer block.
+    pub fn with_producer(bytes: usize, stamp: ProducerStamp) -> Self {
+        let mut builder = Self::with_producer_block(bytes);
+        let b = &mut builder.buf;
+        b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&stamp.producer_id.to_le_bytes());
+        b[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&stamp.epoch.to_le_bytes());
+        b[PRODUCER_SEQUENCE_AT..PRODUCER_SEQUENCE_AT + 4]
+            .copy_from_slice(&stamp.base_sequence.to_le_bytes());
+        builder
     }
 
     /// Records pushed so far.
@@ -419,7 +556,7 @@ impl BatchBuilder {
         h[BATCH_LEN_AT..BATCH_LEN_AT + 4].copy_from_slice(&len.to_le_bytes());
         h[MAGIC_AT..MAGIC_AT + 2].copy_from_slice(&MAGIC.to_le_bytes());
         h[VERSION_AT] = VERSION;
-        h[FLAGS_AT] = 0;
+        h[FLAGS_AT] = self.flags;
         h[COUNT_AT..COUNT_AT + 4].copy_from_slice(&self.count.to_le_bytes());
         h[FIRST_TS_AT..FIRST_TS_AT + 8].copy_from_slice(&self.first_timestamp.to_le_bytes());
         h[MAX_TS_AT..MAX_TS_AT + 8].copy_from_slice(&self.max_timestamp.to_le_bytes());
@@ -486,12 +623,12 @@ impl<'a> BatchView<'a> {
     pub fn new(bytes: &'a [u8]) -> Result<Self, BatchError> {
         let header = BatchHeader::read(bytes).ok_or(BatchError::TooShort { len: bytes.len() })?;
         header.check_frame(usize::MAX)?;
-        let body = bytes.get(HEADER_BYTES..header.batch_len as usize).ok_or(
-            BatchError::LengthMismatch {
+        let body = bytes
+            .get(header.records_at()..header.batch_len as usize)
+            .ok_or(BatchError::LengthMismatch {
                 declared: header.batch_len as usize,
                 actual: bytes.len(),
-            },
-        )?;
+            })?;
         Ok(BatchView { header, body })
     }
 
@@ -954,6 +1091,96 @@ mod tests {
             validate(&ts, usize::MAX),
             Err(BatchError::TimestampMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn producer_block_round_trips_and_is_covered_by_the_crc() {
+        let push = |b: &mut BatchBuilder| {
+            for i in 0..3u8 {
+                b.push(&Record {
+                    timestamp: 1_000 + i64::from(i),
+                    key: Some(&[i]),
+                    value: b"v",
+                    headers: &[],
+                });
+            }
+        };
+        let plain = {
+            let mut b = BatchBuilder::default();
+            push(&mut b);
+            b.finish()
+        };
+        let stamp = ProducerStamp {
+            producer_id: 0x0102_0304_0506_0708,
+            epoch: 7,
+            base_sequence: u32::MAX - 1,
+        };
+        let mut b = BatchBuilder::with_producer_block(0);
+        push(&mut b);
+        let mut bytes = b.finish();
+        assert_eq!(bytes.len(), plain.len() + PRODUCER_BYTES);
+        // Not yet stamped: id 0 is refused.
+        assert_eq!(
+            validate(&bytes, usize::MAX).unwrap_err(),
+            BatchError::BadProducer {
+                reason: "producer id 0 is reserved"
+            }
+        );
+        assert!(stamp_producer(&mut bytes, stamp));
+        let valid = validate(&bytes, usize::MAX).unwrap();
+        assert_eq!(valid.producer(), Some(stamp));
+        assert_eq!(stamp.last_sequence(3), 0, "sequences wrap at 2^32");
+        // The records decode the same as without the block.
+        let a: Vec<_> = BatchView::new(&plain)
+            .unwrap()
+            .records()
+            .map(|r| r.unwrap().value.to_vec())
+            .collect();
+        let b: Vec<_> = BatchView::new(&bytes)
+            .unwrap()
+            .records()
+            .map(|r| r.unwrap().value.to_vec())
+            .collect();
+        assert_eq!(a, b);
+        // Built with the stamp directly: the same bytes.
+        let mut direct = BatchBuilder::with_producer(0, stamp);
+        push(&mut direct);
+        assert_eq!(direct.finish(), bytes);
+        // A flipped bit in the block fails the CRC.
+        let mut flipped = bytes.clone();
+        flipped[PRODUCER_SEQUENCE_AT] ^= 1;
+        assert!(matches!(
+            validate(&flipped, usize::MAX),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        // A batch without a block cannot be stamped.
+        let mut no_block = plain.clone();
+        assert!(!stamp_producer(&mut no_block, stamp));
+        assert_eq!(no_block, plain);
+        // A reserved field that is not zero is refused.
+        let mut reserved = bytes.clone();
+        reserved[PRODUCER_RESERVED_AT] = 1;
+        let c = crc_of(&reserved);
+        reserved[CRC_AT..CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
+        assert!(matches!(
+            validate(&reserved, usize::MAX),
+            Err(BatchError::BadProducer { .. })
+        ));
+        // Unknown flags are still refused.
+        let mut flags = plain.clone();
+        flags[FLAGS_AT] = 0x04;
+        let c = crc_of(&flags);
+        flags[CRC_AT..CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
+        assert!(matches!(
+            validate(&flags, usize::MAX),
+            Err(BatchError::UnsupportedFlags { found: 0x04 })
+        ));
+        // The flag on a batch too short for the block.
+        let mut short = plain[..HEADER_BYTES].to_vec();
+        short[FLAGS_AT] = FLAG_PRODUCER;
+        short[BATCH_LEN_AT..BATCH_LEN_AT + 4].copy_from_slice(&(HEADER_BYTES as u32).to_le_bytes());
+        assert!(validate(&short, usize::MAX).is_err());
+        assert!(BatchView::new(&short).is_err());
     }
 
     #[test]
