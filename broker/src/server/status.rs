@@ -63,6 +63,9 @@ fn storage_status(error: StorageError) -> Status {
         | StorageError::DiskFull { .. } => Status::resource_exhausted(message),
         StorageError::OffsetOutOfRange { .. } => Status::out_of_range(message),
         StorageError::WriterStopped => Status::unavailable(message),
+        // ABORTED is gRPC's code for a failed sequencer check: the client renumbers.
+        StorageError::OutOfOrderSequence { .. } => Status::aborted(message),
+        StorageError::ProducerFenced { .. } => Status::failed_precondition(message),
         StorageError::Corrupt { .. } | StorageError::DamagedBatch { .. } => {
             tracing::error!(%message, "corrupt log");
             Status::data_loss(message)

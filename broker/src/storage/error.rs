@@ -73,6 +73,27 @@ pub enum StorageError {
     /// succeed, so it is not told apart from a poisoned log only by its message.
     #[error("the partition writer has stopped (topic deleted or broker shutting down)")]
     WriterStopped,
+    /// An idempotent producer's batch does not follow its last one here: it would leave a
+    /// gap (or repeat an old batch the partition no longer remembers). The producer should
+    /// renumber from `expected`, or start a new epoch.
+    #[error(
+        "out of order sequence for producer {producer_id} epoch {epoch}: expected sequence {expected}, got {got}"
+    )]
+    OutOfOrderSequence {
+        producer_id: u64,
+        epoch: u16,
+        expected: u32,
+        got: u32,
+    },
+    /// A newer instance of the producer (a higher epoch) has written to this partition.
+    #[error(
+        "producer {producer_id} epoch {epoch} is fenced: epoch {current_epoch} has written to this partition"
+    )]
+    ProducerFenced {
+        producer_id: u64,
+        epoch: u16,
+        current_epoch: u16,
+    },
 }
 
 impl StorageError {

@@ -15,6 +15,7 @@
 //! - `log` — the writer (append, commit with the fsync policy, roll, retention) and reader.
 //! - `recovery` — opening a directory: checkpoint, scan, torn-tail repair.
 //! - `inspect` — read-only verification of a directory, for the offline `log` commands.
+//! - `producers` — idempotent producers: the per-partition sequence table, its snapshot.
 //! - `committer` — group commit: many appenders share one writer thread and one flush.
 
 pub use herald_format::batch;
@@ -26,6 +27,7 @@ mod index_cursor;
 pub mod inspect;
 mod log;
 mod mapping;
+pub mod producers;
 mod recovery;
 mod segment;
 
