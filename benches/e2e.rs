@@ -305,6 +305,7 @@ fn proto_publish(c: &mut Criterion) {
             topic: topic.clone(),
             partition: Some(0),
             payload: Some(payload),
+            producer: None,
         };
         group.bench_function(name, |b| {
             b.to_async(&env.rt).iter(|| {

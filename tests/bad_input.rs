@@ -80,6 +80,7 @@ async fn publish_payload(
         topic: topic.into(),
         partition,
         payload,
+        producer: None,
     })
     .await
     .map(tonic::Response::into_inner)
@@ -1007,6 +1008,7 @@ async fn open_streams_end_with_unavailable_when_the_broker_shuts_down() {
             payload: Some(Payload::Records(v1::Records {
                 records: vec![record(None, "before shutdown")],
             })),
+            producer: None,
         }),
     })
     .await

@@ -284,6 +284,7 @@ async fn raw_batches_decode_to_the_same_records() {
             topic: "raw".into(),
             partition: None,
             payload: Some(Payload::StorageBatch(builder.finish().into())),
+            producer: None,
         })
         .await
         .unwrap()

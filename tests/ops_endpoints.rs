@@ -167,6 +167,7 @@ async fn metrics_count_what_was_published_and_flushed() {
             payload: Some(v1::publish_request::Payload::Records(v1::Records {
                 records: vec![record(None, "s"), record(None, "t")],
             })),
+            producer: None,
         }),
     }));
     let mut replies = c.publish_stream(stream).await.unwrap().into_inner();

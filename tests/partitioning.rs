@@ -50,6 +50,7 @@ async fn keyed_records_land_in_xxh64_of_the_key_mod_partitions() {
                         ..Default::default()
                     }],
                 })),
+                producer: None,
             })
             .await
             .unwrap()
@@ -163,6 +164,7 @@ async fn only_the_first_record_key_picks_the_partition() {
             payload: Some(v1::publish_request::Payload::StorageBatch(
                 builder.finish().into(),
             )),
+            producer: None,
         })
         .await
         .unwrap()

@@ -27,6 +27,7 @@ fn publish_of(topic: &str, partition: Option<u32>, records: Vec<v1::Record>) -> 
         topic: topic.into(),
         partition,
         payload: Some(Payload::Records(v1::Records { records })),
+        producer: None,
     }
 }
 
@@ -244,6 +245,7 @@ async fn a_failed_request_gets_an_error_outcome_and_the_stream_stays_open() {
                 topic: "open".into(),
                 partition: Some(1),
                 payload: Some(Payload::StorageBatch(corrupt.into())),
+                producer: None,
             }),
             Code::InvalidArgument,
         ),

@@ -135,6 +135,7 @@ async fn publish_mix(
                 topic: topic.into(),
                 partition,
                 payload: Some(payload),
+                producer: None,
             })
             .await
             .unwrap()

@@ -39,6 +39,11 @@ pub const DEFAULT_RESPONSE_BUFFER_BYTES: usize = 128 * 1024 * 1024;
 /// Smallest response budget: two of the largest fetch responses' worth of encoding, so
 /// one response always fits.
 pub const MIN_RESPONSE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// An idempotent producer idle this long is forgotten by default: a day, as Kafka's
+/// `producer.id.expiration.ms`, far longer than any client retries.
+pub const DEFAULT_PRODUCER_IDLE_EXPIRY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Idempotent producers a partition remembers by default (about 200 bytes each).
+pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
 /// Default size of one fetch response.
 pub const DEFAULT_FETCH_MAX_BYTES: usize = 1024 * 1024;
 
@@ -73,6 +78,10 @@ pub struct Config {
     /// Broker-wide heap for responses waiting on HTTP/2 flow control.
     pub response_buffer_bytes: usize,
     pub idle_stream_timeout_ms: u64,
+    /// An idempotent producer not seen on a partition for this long is forgotten there.
+    pub producer_idle_expiry_ms: u64,
+    /// Idempotent producers each partition remembers; past it, the least recently seen.
+    pub max_producers_per_partition: usize,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
 }
@@ -106,6 +115,8 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             response_buffer_bytes: DEFAULT_RESPONSE_BUFFER_BYTES,
             idle_stream_timeout_ms: DEFAULT_IDLE_STREAM_TIMEOUT_MS,
+            producer_idle_expiry_ms: DEFAULT_PRODUCER_IDLE_EXPIRY_MS,
+            max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
             log_json: false,
         }
     }
@@ -177,7 +188,20 @@ impl Config {
         if self.max_message_bytes == 0 || self.max_batch_bytes == 0 || self.max_batch_records == 0 {
             return invalid("message and batch limits must be at least 1".into());
         }
+        if self.producer_idle_expiry_ms == 0 || self.max_producers_per_partition == 0 {
+            return invalid(
+                "producer_idle_expiry_ms and max_producers_per_partition must be at least 1".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// What each partition remembers of idempotent producers.
+    pub fn producer_limits(&self) -> storage::producers::ProducerLimits {
+        storage::producers::ProducerLimits {
+            idle_expiry_ms: self.producer_idle_expiry_ms.min(i64::MAX as u64) as i64,
+            max_producers: self.max_producers_per_partition,
+        }
     }
 
     /// The storage fsync policy this configuration names.

@@ -17,6 +17,7 @@ pub mod group;
 pub mod groups;
 pub mod meta_file;
 pub mod partition;
+pub mod producer_ids;
 pub mod registry;
 pub mod server;
 pub mod storage;

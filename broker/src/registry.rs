@@ -25,7 +25,8 @@ use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Result};
 use crate::meta_file::Loaded;
 use crate::partition::Partition;
-use crate::storage::{StorageError, sync_dir};
+use crate::producer_ids::ProducerIds;
+use crate::storage::{LogConfig, StorageError, sync_dir};
 use crate::topic::{Topic, TopicMeta, TopicSettings, shown, validate_name};
 
 const TOPICS_DIR: &str = "topics";
@@ -51,6 +52,8 @@ pub struct Registry {
     staging_seq: AtomicU64,
     /// Creates and deletes run one at a time; publishes and fetches never take this.
     admin: std::sync::Mutex<()>,
+    /// Idempotent producers' identities (`InitProducer`).
+    producer_ids: ProducerIds,
 }
 
 impl Registry {
@@ -77,6 +80,7 @@ impl Registry {
             partitions_total: AtomicUsize::new(0),
             staging_seq: AtomicU64::new(0),
             admin: std::sync::Mutex::new(()),
+            producer_ids: ProducerIds::open(&config.data_dir),
             config,
         };
         let entries = std::fs::read_dir(&registry.topics_dir).map_err(|e| {
@@ -137,6 +141,10 @@ impl Registry {
         &self.config
     }
 
+    pub fn producer_ids(&self) -> &ProducerIds {
+        &self.producer_ids
+    }
+
     fn open_topic(&self, dir: &Path, meta: TopicMeta) -> Result<Topic> {
         let settings = meta.settings.effective(&self.config);
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
@@ -144,7 +152,10 @@ impl Registry {
             let partition = Partition::open(
                 &dir.join(id.to_string()),
                 id,
-                settings.log_config(),
+                LogConfig {
+                    producers: self.config.producer_limits(),
+                    ..settings.log_config()
+                },
                 self.config.max_batch_bytes,
             );
             match partition {

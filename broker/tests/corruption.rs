@@ -136,6 +136,7 @@ fn write_log(rng: &mut Rng) -> Written {
         },
         retention_ms: None,
         retention_bytes: rng.chance(30).then_some(4 * 9000),
+        ..LogConfig::default()
     };
     let mut writer = LogWriter::open(dir.path(), config.clone()).unwrap();
     let mut ts = 1_700_000_000_000i64;
@@ -564,6 +565,7 @@ fn fetch_answers_data_loss_or_exact_bytes() {
                         payload: Some(v1::publish_request::Payload::Records(v1::Records {
                             records,
                         })),
+                        producer: None,
                     })
                     .await
                     .unwrap();

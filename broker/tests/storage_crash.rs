@@ -177,6 +177,7 @@ fn write_log(rng: &mut Rng, n: usize, sessions: usize) -> Log {
         },
         retention_ms: None,
         retention_bytes: None,
+        ..LogConfig::default()
     };
     let mut log = Log {
         dir: tempfile::tempdir().expect("temporary directory"),

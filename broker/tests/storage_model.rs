@@ -777,6 +777,7 @@ fn run(case: Case) -> Result<(), TestCaseError> {
         fsync: case.fsync,
         retention_ms: case.retention_ms,
         retention_bytes: case.retention_bytes,
+        ..LogConfig::default()
     };
     let writer = LogWriter::open(dir.path(), config.clone())
         .map_err(|e| TestCaseError::fail(format!("open failed: {e}")))?;
@@ -841,6 +842,7 @@ fn small_config(index_interval_bytes: u64) -> LogConfig {
         fsync: FsyncPolicy::Never,
         retention_ms: None,
         retention_bytes: None,
+        ..LogConfig::default()
     }
 }
 

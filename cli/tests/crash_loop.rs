@@ -461,6 +461,7 @@ fn publish_request(records: Vec<v1::Record>) -> v1::PublishRequest {
         payload: Some(v1::publish_request::Payload::Records(v1::Records {
             records,
         })),
+        producer: None,
     }
 }
 

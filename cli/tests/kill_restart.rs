@@ -53,6 +53,7 @@ async fn publish(
             payload: Some(v1::publish_request::Payload::Records(v1::Records {
                 records,
             })),
+            producer: None,
         })
         .await
         .map(tonic::Response::into_inner)

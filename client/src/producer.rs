@@ -12,8 +12,15 @@
 //! Ordering and retries. Because a partition has at most one batch in flight, a batch
 //! that fails with `UNAVAILABLE` (or whose stream breaks) is retried, with exponential
 //! backoff, before any later batch of that partition is sent: a key's records are never
-//! reordered. A retried batch may be stored twice if the broker appended it but the ack
-//! was lost (at-least-once).
+//! reordered.
+//!
+//! Idempotence (on by default). Before its first batch the producer asks the broker for
+//! an identity (`InitProducer`); each batch carries the identity and its sequence number
+//! in the partition, stamped when the batch is first sent and kept across its retries. A
+//! retry of a batch the broker already stored (its ack was lost to a timeout, a broken
+//! stream or a broker restart) is answered with the first offsets instead of being stored
+//! again: exactly once per record, in order. Without it (`idempotent(false)`), such a
+//! retry stores the batch twice (at-least-once).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -24,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_format::batch::{BatchBuilder, Record as BatchRecord};
+use herald_format::batch::{self, BatchBuilder, ProducerStamp, Record as BatchRecord};
 use herald_proto::HeraldClient;
 use herald_proto::v1;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -140,6 +147,14 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Longest delay between retries (default 5 s).
     pub retry_backoff_max: Duration,
+    /// Whether batches carry a producer identity and sequence numbers, so that the broker
+    /// stores a retried batch once (default true).
+    pub idempotent: bool,
+    /// A stable name for an idempotent producer (e.g. a service instance's name): a new
+    /// producer with the same name fences the older one, whose later batches are refused
+    /// (`FAILED_PRECONDITION`) instead of interleaving. Default: none, an anonymous
+    /// producer idempotent for its own life.
+    pub producer_name: Option<String>,
 }
 
 impl ProducerConfig {
@@ -154,7 +169,22 @@ impl ProducerConfig {
             max_retries: 10,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
+            idempotent: true,
+            producer_name: None,
         }
+    }
+
+    /// Sets [`ProducerConfig::idempotent`].
+    pub fn idempotent(mut self, on: bool) -> Self {
+        self.idempotent = on;
+        self
+    }
+
+    /// Sets [`ProducerConfig::producer_name`] (and turns idempotence on).
+    pub fn producer_name(mut self, name: impl Into<String>) -> Self {
+        self.producer_name = Some(name.into());
+        self.idempotent = true;
+        self
     }
 
     /// Sets [`ProducerConfig::batch_bytes`].
@@ -558,6 +588,11 @@ struct SealedBatch {
     /// Released (returning the bytes to the budget) when the batch is dropped.
     _permit: Option<OwnedSemaphorePermit>,
     attempts: u32,
+    /// Records in the batch.
+    records: u32,
+    /// The identity and sequence the batch was stamped with when first sent; kept for
+    /// its retries, so the broker recognises them.
+    stamp: Option<ProducerStamp>,
 }
 
 /// Who learns the outcome of consecutive records of a batch.
@@ -583,11 +618,29 @@ struct PartitionState {
     in_flight: bool,
     /// The front of `queue` must not be (re)sent before this.
     retry_at: Option<Instant>,
+    /// The sequence number the partition's next new batch gets (idempotence).
+    next_sequence: u32,
 }
 
 enum Event {
     Reply(u64, v1::PublishStreamResponse),
     Ended(u64, Option<tonic::Status>),
+    /// The answer to `InitProducer`.
+    Identity(Result<(u64, u16)>),
+}
+
+/// Where an idempotent producer's identity stands.
+enum Identity {
+    /// Not idempotent: batches carry no producer block.
+    Off,
+    /// Not asked for yet, or to be asked again (after this time).
+    Needed(Option<Instant>),
+    /// `InitProducer` is on its way.
+    Asking,
+    Known {
+        producer_id: u64,
+        epoch: u16,
+    },
 }
 
 struct OpenStream {
@@ -637,11 +690,15 @@ struct Driver {
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     retries: Arc<AtomicU64>,
+    identity: Identity,
+    /// Failed `InitProducer` calls in a row, for the backoff.
+    identity_failures: u32,
 }
 
 impl Driver {
     fn new(raw: HeraldClient<Channel>, config: ProducerConfig, retries: Arc<AtomicU64>) -> Driver {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let config_idempotent = config.idempotent;
         Driver {
             raw,
             config,
@@ -663,6 +720,12 @@ impl Driver {
             events_tx,
             events_rx,
             retries,
+            identity: if config_idempotent {
+                Identity::Needed(None)
+            } else {
+                Identity::Off
+            },
+            identity_failures: 0,
         }
     }
 
@@ -874,12 +937,17 @@ impl Driver {
             self.seal(p);
         }
         let linger = self.config.linger;
+        let idempotent = self.config.idempotent;
         self.parts[p as usize]
             .open
             .get_or_insert_with(|| OpenBatch {
-                builder: BatchBuilder::with_capacity(
-                    batch_bytes.min(INITIAL_BATCH_CAPACITY) + cost,
-                ),
+                builder: if idempotent {
+                    BatchBuilder::with_producer_block(
+                        batch_bytes.min(INITIAL_BATCH_CAPACITY) + cost,
+                    )
+                } else {
+                    BatchBuilder::with_capacity(batch_bytes.min(INITIAL_BATCH_CAPACITY) + cost)
+                },
                 acks: Vec::new(),
                 permit: None,
                 deadline: Instant::now() + linger,
@@ -902,12 +970,15 @@ impl Driver {
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         self.outstanding.insert(id);
+        let records = open.builder.len();
         self.parts[p as usize].queue.push_back(SealedBatch {
             id,
             payload: Bytes::from(open.builder.finish()),
             acks: open.acks,
             _permit: open.permit,
             attempts: 0,
+            records,
+            stamp: None,
         });
         if p == self.sticky {
             self.sticky_sealed = true;
@@ -942,6 +1013,10 @@ impl Driver {
     /// slot, which a reply (an event) frees; waking for it would spin.
     fn next_wakeup(&self) -> Option<Instant> {
         let now = Instant::now();
+        let identity_retry = match self.identity {
+            Identity::Needed(Some(t)) if t > now => Some(t),
+            _ => None,
+        };
         self.parts
             .iter()
             .flat_map(|p| {
@@ -951,6 +1026,7 @@ impl Driver {
                 [p.open.as_ref().map(|o| o.deadline), retry]
             })
             .flatten()
+            .chain(identity_retry)
             .min()
     }
 
@@ -962,6 +1038,18 @@ impl Driver {
             return;
         }
         let now = Instant::now();
+        let (producer_id, epoch) = match self.identity {
+            Identity::Off => (0, 0),
+            Identity::Known { producer_id, epoch } => (producer_id, epoch),
+            Identity::Needed(after) => {
+                if after.is_none_or(|t| t <= now) && self.parts.iter().any(|p| !p.queue.is_empty())
+                {
+                    self.ask_identity();
+                }
+                return;
+            }
+            Identity::Asking => return,
+        };
         let start = self.dispatch_from;
         self.dispatch_from = (self.dispatch_from + 1) % n;
         for i in 0..n {
@@ -975,7 +1063,19 @@ impl Driver {
             }
             let requests = self.stream_sender();
             let part = &mut self.parts[p];
-            let batch = part.queue.front().expect("checked non-empty");
+            let batch = part.queue.front_mut().expect("checked non-empty");
+            if producer_id != 0 && batch.stamp.is_none() {
+                let stamp = ProducerStamp {
+                    producer_id,
+                    epoch,
+                    base_sequence: part.next_sequence,
+                };
+                let mut bytes = Vec::from(std::mem::take(&mut batch.payload));
+                batch::stamp_producer(&mut bytes, stamp);
+                batch.payload = Bytes::from(bytes);
+                batch.stamp = Some(stamp);
+                part.next_sequence = part.next_sequence.wrapping_add(batch.records);
+            }
             let sequence = self.next_sequence;
             self.next_sequence += 1;
             let request = v1::PublishStreamRequest {
@@ -986,6 +1086,7 @@ impl Driver {
                     payload: Some(v1::publish_request::Payload::StorageBatch(
                         batch.payload.clone(),
                     )),
+                    producer: None,
                 }),
             };
             part.in_flight = true;
@@ -993,6 +1094,65 @@ impl Driver {
             self.in_flight.insert(sequence, p as u32);
             // If the stream's task is gone, its `Ended` event fails this batch over.
             let _ = requests.send(request);
+        }
+    }
+
+    /// Asks the broker for this producer's identity; the answer comes as an event.
+    fn ask_identity(&mut self) {
+        self.identity = Identity::Asking;
+        let mut raw = self.raw.clone();
+        let events = self.events_tx.clone();
+        let request = v1::InitProducerRequest {
+            producer_name: self.config.producer_name.clone().unwrap_or_default(),
+        };
+        tokio::spawn(async move {
+            let answer = raw
+                .init_producer(request)
+                .await
+                .map_err(Error::from)
+                .and_then(|r| {
+                    let r = r.into_inner();
+                    let epoch = u16::try_from(r.epoch)
+                        .map_err(|_| Error::Protocol(format!("producer epoch {}", r.epoch)))?;
+                    Ok((r.producer_id, epoch))
+                });
+            let _ = events.send(Event::Identity(answer));
+        });
+    }
+
+    fn on_identity(&mut self, answer: Result<(u64, u16)>) {
+        match answer {
+            Ok((producer_id, epoch)) => {
+                self.identity_failures = 0;
+                self.identity = Identity::Known { producer_id, epoch };
+                // A new identity starts every partition's sequence afresh.
+                for part in &mut self.parts {
+                    part.next_sequence = 0;
+                }
+            }
+            Err(error)
+                if error.is_retryable() && self.identity_failures < self.config.max_retries =>
+            {
+                let exponent = self.identity_failures.min(16);
+                self.identity_failures += 1;
+                let delay = self
+                    .config
+                    .retry_backoff
+                    .saturating_mul(1 << exponent)
+                    .min(self.config.retry_backoff_max);
+                self.identity = Identity::Needed(Some(Instant::now() + delay));
+            }
+            Err(error) => {
+                // Nothing can be sent without an identity: every waiting batch fails, and
+                // the next record asks again.
+                self.identity_failures = 0;
+                self.identity = Identity::Needed(None);
+                for p in 0..self.parts.len() {
+                    while !self.parts[p].queue.is_empty() {
+                        self.give_up(p as u32, error.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -1074,6 +1234,7 @@ impl Driver {
                     self.failed(p, error.clone());
                 }
             }
+            Event::Identity(answer) => self.on_identity(answer),
             _ => {} // from a stream already abandoned
         }
     }
@@ -1120,10 +1281,44 @@ impl Driver {
     }
 
     fn failed(&mut self, p: u32, error: Error) {
+        let current = match self.identity {
+            Identity::Known { producer_id, epoch } => Some((producer_id, epoch)),
+            _ => None,
+        };
         let config = &self.config;
         let part = &mut self.parts[p as usize];
         part.in_flight = false;
         let batch = part.queue.front_mut().expect("an in-flight batch");
+        let stamped_now = batch
+            .stamp
+            .is_some_and(|s| Some((s.producer_id, s.epoch)) == current);
+        // The broker refused the batch's sequence: it does not follow what the partition
+        // stored (a batch that failed after its retries may or may not have landed). It
+        // was not stored, so it can be numbered afresh: a new identity restarts every
+        // partition at 0. Likewise a batch fenced by this producer's own newer epoch.
+        let renumber = batch.stamp.is_some()
+            && batch.attempts < config.max_retries
+            && match error.code() {
+                Some(tonic::Code::Aborted) => true,
+                Some(tonic::Code::FailedPrecondition) => {
+                    !stamped_now && error.message().contains("is fenced")
+                }
+                _ => false,
+            };
+        if renumber {
+            batch.attempts += 1;
+            batch.stamp = None;
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            if stamped_now && matches!(error.code(), Some(tonic::Code::Aborted)) {
+                self.identity = Identity::Needed(None);
+            }
+            return;
+        }
+        if !error.is_retryable() && stamped_now {
+            // Refused before it was stored: its sequence numbers are free again. (A batch
+            // given up on after `UNAVAILABLE` keeps them used: it may have landed.)
+            part.next_sequence = batch.stamp.expect("stamped").base_sequence;
+        }
         if error.is_retryable() && batch.attempts < config.max_retries {
             let exponent = batch.attempts.min(16);
             batch.attempts += 1;
@@ -1135,7 +1330,13 @@ impl Driver {
             part.retry_at = Some(Instant::now() + delay);
             return;
         }
-        let batch = part.queue.pop_front().expect("an in-flight batch");
+        self.give_up(p, error);
+    }
+
+    /// Fails the front batch of partition `p` with `error`.
+    fn give_up(&mut self, p: u32, error: Error) {
+        let part = &mut self.parts[p as usize];
+        let batch = part.queue.pop_front().expect("a queued batch");
         self.outstanding.remove(&batch.id);
         for waiter in batch.acks {
             match waiter {

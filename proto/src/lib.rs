@@ -68,6 +68,11 @@ mod tests {
                     },
                 ],
             })),
+            producer: Some(v1::ProducerSequence {
+                producer_id: 7,
+                epoch: 1,
+                base_sequence: 42,
+            }),
         };
 
         let encoded = request.encode_to_vec();
@@ -87,6 +92,7 @@ mod tests {
             topic: "orders".to_owned(),
             partition: None,
             payload: Some(Payload::StorageBatch(Bytes::from_static(&[1, 2, 3, 4]))),
+            producer: None,
         };
         let decoded = PublishRequest::decode(request.encode_to_vec().as_slice()).expect("decodes");
         assert_eq!(decoded, request);

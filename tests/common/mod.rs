@@ -133,6 +133,7 @@ pub async fn publish(
             payload: Some(v1::publish_request::Payload::Records(v1::Records {
                 records,
             })),
+            producer: None,
         })
         .await
         .map(tonic::Response::into_inner)

@@ -325,6 +325,7 @@ mod tests {
                 payload: Some(v1::publish_request::Payload::StorageBatch(Bytes::from(
                     vec![7u8; value_len],
                 ))),
+                producer: None,
             }),
         }
     }

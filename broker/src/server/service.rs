@@ -133,7 +133,15 @@ impl HeraldService {
         let started = Instant::now();
         let queued = async {
             let topic = self.registry.get(&request.topic)?;
-            let batch = self.batch_for(&topic, request.payload)?;
+            let batch = self.batch_for(&topic, request.payload, request.producer)?;
+            if let Some(stamp) = batch.producer() {
+                self.registry.producer_ids().check(stamp)?;
+                if request.partition.is_none() && batch.first_key().is_none() {
+                    return Err(BrokerError::InvalidArgument(
+                        "an idempotent publish names its partition or gives its first record a key: round-robin placement would scatter the producer's sequence".into(),
+                    ));
+                }
+            }
             let partition = topic.pick_partition(request.partition, batch.first_key())?;
             let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
             let committed = partition.enqueue(batch).await?;
@@ -176,7 +184,9 @@ impl HeraldService {
         &self,
         topic: &Topic,
         payload: Option<Payload>,
+        producer: Option<v1::ProducerSequence>,
     ) -> Result<ValidatedBatch, BrokerError> {
+        let producer = producer.map(stamp_of).transpose()?;
         let config = self.registry.config();
         let max_message = topic.settings.max_message_bytes;
         // Plain records are checked against the limit as they are encoded (key + value +
@@ -187,9 +197,19 @@ impl HeraldService {
                     "the publish carries no records: set `records` or `storage_batch`".into(),
                 ));
             }
+            Some(Payload::StorageBatch(_)) if producer.is_some() => {
+                return Err(BrokerError::InvalidArgument(
+                    "a storage_batch carries its producer sequence in its producer block; `producer` is for the records form".into(),
+                ));
+            }
             Some(Payload::StorageBatch(bytes)) => (bytes, true),
             Some(Payload::Records(records)) => (
-                encode_records(&records.records, max_message, config.max_batch_records)?,
+                encode_records(
+                    &records.records,
+                    max_message,
+                    config.max_batch_records,
+                    producer,
+                )?,
                 false,
             ),
         };
@@ -224,6 +244,7 @@ fn encode_records(
     records: &[v1::Record],
     max_message: usize,
     max_records: usize,
+    producer: Option<batch::ProducerStamp>,
 ) -> Result<Bytes, BrokerError> {
     if records.is_empty() {
         return Err(BrokerError::InvalidArgument(
@@ -252,7 +273,11 @@ fn encode_records(
         }
         size += record_bytes + 16 + 4 * r.headers.len();
     }
-    let mut builder = BatchBuilder::with_capacity(batch::HEADER_BYTES + size);
+    let capacity = batch::HEADER_BYTES + batch::PRODUCER_BYTES + size;
+    let mut builder = match producer {
+        Some(stamp) => BatchBuilder::with_producer(capacity, stamp),
+        None => BatchBuilder::with_capacity(capacity),
+    };
     let mut headers: Vec<(&str, &[u8])> = Vec::new();
     for r in records {
         headers.clear();
@@ -269,6 +294,26 @@ fn encode_records(
         });
     }
     Ok(Bytes::from(builder.finish()))
+}
+
+/// The producer block of a records-form idempotent publish.
+fn stamp_of(p: v1::ProducerSequence) -> Result<batch::ProducerStamp, BrokerError> {
+    if p.producer_id == 0 {
+        return Err(BrokerError::InvalidArgument(
+            "producer.producer_id 0 is reserved: get an id from InitProducer".into(),
+        ));
+    }
+    let epoch = u16::try_from(p.epoch).map_err(|_| {
+        BrokerError::InvalidArgument(format!(
+            "producer.epoch {} is above the largest epoch, 65535",
+            p.epoch
+        ))
+    })?;
+    Ok(batch::ProducerStamp {
+        producer_id: p.producer_id,
+        epoch,
+        base_sequence: p.base_sequence,
+    })
 }
 
 /// The API's name for a configured fsync policy (the CLI uses it too).
@@ -409,6 +454,24 @@ impl v1::herald_server::Herald for HeraldService {
         self.check_running()?;
         let committed = self.publish_enqueue(request.into_inner()).await?;
         Ok(Response::new(committed.await?))
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        self.check_running()?;
+        let name = request.into_inner().producer_name;
+        let registry = self.registry.clone();
+        let (producer_id, epoch) = blocking(move || {
+            let name = (!name.is_empty()).then_some(name.as_str());
+            registry.producer_ids().init(name)
+        })
+        .await?;
+        Ok(Response::new(v1::InitProducerResponse {
+            producer_id,
+            epoch: u32::from(epoch),
+        }))
     }
 
     type PublishStreamStream = BoxStream<v1::PublishStreamResponse>;

@@ -17,7 +17,7 @@ use super::batch::{self, BASE_OFFSET_AT, BatchHeader, BatchView, ValidBatch};
 use super::error::{Result, StorageError};
 use super::handoff::{Arc, Handoff, Located, Published};
 use super::index_cursor::IndexCursor;
-use super::producers::{self, Check, ProducerLimits, Producers};
+use super::producers::{self, Check, Producers};
 use super::recovery::{self, Checkpoint};
 use super::segment::{Preparer, Segment, SegmentShape};
 use super::{FsyncPolicy, LogConfig};
@@ -182,7 +182,7 @@ impl LogWriter {
     /// costs a walk over the whole log, never a refusal to open: the state is derived.
     fn rebuild_producers(&mut self) {
         let path = self.dir.join(producers::SNAPSHOT_FILE);
-        let limits = self.producers.limits();
+        let limits = self.config.producers;
         let (mut table, from) = match std::fs::read(&path) {
             Ok(bytes) => match Producers::decode(&bytes, limits) {
                 Ok((table, from)) if from <= self.next_offset => (table, from),
@@ -237,11 +237,6 @@ impl LogWriter {
             }
         }
         self.producers = table;
-    }
-
-    /// Sets the bounds on the idempotent producers this partition remembers.
-    pub fn set_producer_limits(&mut self, limits: ProducerLimits) {
-        self.producers.set_limits(limits);
     }
 
     /// Idempotent producers this partition remembers.

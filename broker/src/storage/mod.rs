@@ -77,6 +77,8 @@ pub struct LogConfig {
     pub retention_ms: Option<u64>,
     /// Closed segments are deleted, oldest first, while the partition holds more than this.
     pub retention_bytes: Option<u64>,
+    /// Bounds on the idempotent producers the partition remembers.
+    pub producers: producers::ProducerLimits,
 }
 
 impl Default for LogConfig {
@@ -87,6 +89,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             retention_ms: None,
             retention_bytes: None,
+            producers: producers::ProducerLimits::default(),
         }
     }
 }
@@ -104,6 +107,11 @@ impl LogConfig {
                 "index_interval_bytes must be within 1..=segment_bytes, got {}",
                 self.index_interval_bytes
             )));
+        }
+        if self.producers.max_producers == 0 || self.producers.idle_expiry_ms <= 0 {
+            return Err(StorageError::InvalidConfig(
+                "producer limits must be positive".into(),
+            ));
         }
         if let FsyncPolicy::Interval(d) = self.fsync
             && d.is_zero()
