@@ -56,12 +56,18 @@ impl Oversized {
         status
     }
 
-    /// The report behind a request stream's error, if the error is this limit's refusal.
-    /// tonic hands the body's own status to the service, source and all.
+    /// The report behind a request stream's error, if the error is this limit's refusal:
+    /// the status the service reads holds the body's own status in its source chain
+    /// (behind hyper's error), and that one holds the report.
     pub fn of(status: &Status) -> Option<Oversized> {
-        std::error::Error::source(status)?
-            .downcast_ref::<Oversized>()
-            .copied()
+        let mut source = std::error::Error::source(status);
+        while let Some(error) = source {
+            if let Some(oversized) = error.downcast_ref::<Oversized>() {
+                return Some(*oversized);
+            }
+            source = error.source();
+        }
+        None
     }
 }
 
@@ -428,6 +434,24 @@ mod tests {
                 }]
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_is_told_apart_by_its_report() {
+        let oversized = Oversized {
+            index: 2,
+            sequence: 0,
+            bytes: 2000,
+            limit: 1000,
+        };
+        let status = oversized.status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(Oversized::of(&status), Some(oversized));
+        // Another status with the same code and text is not one.
+        assert_eq!(
+            Oversized::of(&Status::from(BrokerError::from(oversized))),
+            None
+        );
     }
 
     #[test]
