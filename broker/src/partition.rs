@@ -113,7 +113,7 @@ impl Partition {
             .clone()
             .acquire_many_owned(charge)
             .await
-            .map_err(|_| BrokerError::Unavailable("the partition is closing".into()))?;
+            .map_err(|_| BrokerError::PartitionClosing)?;
         let (tx, rx) = oneshot::channel();
         let reply = move |result| {
             // The room is given back as soon as the writer is done with the batch, whether
@@ -128,9 +128,7 @@ impl Partition {
         Ok(async move {
             match rx.await {
                 Ok(result) => Ok(result?),
-                Err(_) => Err(BrokerError::Unavailable(
-                    "the partition writer stopped".into(),
-                )),
+                Err(_) => Err(StorageError::WriterStopped.into()),
             }
         })
     }

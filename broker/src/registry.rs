@@ -22,7 +22,7 @@ use dashmap::DashMap;
 
 use crate::clock::now_ms;
 use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
-use crate::error::{BrokerError, Result};
+use crate::error::{BrokerError, Limit, Result};
 use crate::meta_file::Loaded;
 use crate::partition::Partition;
 use crate::producer_ids::ProducerIds;
@@ -174,20 +174,18 @@ impl Registry {
             return Ok(topic.clone());
         }
         self.check_not_damaged(name)?;
-        Err(BrokerError::NotFound(format!(
-            "topic {} does not exist",
-            shown(name)
-        )))
+        Err(BrokerError::TopicNotFound {
+            topic: name.to_owned(),
+        })
     }
 
     /// FAILED_PRECONDITION, naming the damaged file, if `name` is a damaged topic.
     fn check_not_damaged(&self, name: &str) -> Result<()> {
         match self.damaged.get(name) {
-            Some(reason) => Err(BrokerError::FailedPrecondition(format!(
-                "topic {} is not loaded because it is damaged ({}); its files are kept until an operator repairs or removes them",
-                shown(name),
-                reason.value()
-            ))),
+            Some(reason) => Err(BrokerError::TopicDamaged {
+                topic: name.to_owned(),
+                reason: reason.value().clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -223,7 +221,7 @@ impl Registry {
     ) -> Result<Arc<Topic>> {
         validate_name("topic", name)?;
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
-            return Err(BrokerError::InvalidArgument(format!(
+            return Err(BrokerError::InvalidSettings(format!(
                 "partitions must be within 1..={MAX_PARTITIONS_PER_TOPIC}, got {partitions}"
             )));
         }
@@ -232,24 +230,24 @@ impl Registry {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         self.check_not_damaged(name)?;
         if self.topics.contains_key(name) {
-            return Err(BrokerError::AlreadyExists(format!(
-                "topic {} already exists",
-                shown(name)
-            )));
+            return Err(BrokerError::TopicExists {
+                topic: name.to_owned(),
+            });
         }
         if self.topics.len() >= self.config.max_topics {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "the broker already holds its maximum of {} topics",
-                self.config.max_topics
-            )));
+            return Err(BrokerError::limit(
+                Limit::Topics,
+                self.topics.len() + 1,
+                self.config.max_topics,
+            ));
         }
         let total = self.partitions_total() + partitions as usize;
         if total > self.config.max_partitions {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "{partitions} more partitions would exceed the broker's maximum of {} (it has {})",
+            return Err(BrokerError::limit(
+                Limit::Partitions { adding: partitions },
+                total,
                 self.config.max_partitions,
-                self.partitions_total()
-            )));
+            ));
         }
         let meta = TopicMeta {
             name: name.to_owned(),
@@ -264,11 +262,10 @@ impl Registry {
         // Never into a directory that is already there: it holds someone's bytes.
         std::fs::create_dir(&dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                BrokerError::FailedPrecondition(format!(
-                    "{} already exists but is not a loaded topic; move it away to create topic {}",
-                    dir.display(),
-                    shown(name)
-                ))
+                BrokerError::TopicDirectoryExists {
+                    topic: name.to_owned(),
+                    path: dir.clone(),
+                }
             } else {
                 BrokerError::io(format!("creating {}", dir.display()), e)
             }
@@ -315,9 +312,12 @@ impl Registry {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         // A damaged topic's bytes are the operator's to keep or remove, not an API call's.
         self.check_not_damaged(name)?;
-        let (_, topic) = self.topics.remove(name).ok_or_else(|| {
-            BrokerError::NotFound(format!("topic {} does not exist", shown(name)))
-        })?;
+        let (_, topic) = self
+            .topics
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound {
+                topic: name.to_owned(),
+            })?;
         close_partitions(&topic.partitions);
         let dir = self.topics_dir.join(name);
         let doomed = self.staging_path(name);

@@ -16,28 +16,17 @@ pub const MAX_NAME_LEN: usize = 249;
 /// File holding a topic's metadata, in the topic's directory.
 pub const META_FILE: &str = "topic.toml";
 
-/// Characters of a client's input (a name) repeated in an error message: enough to
-/// recognise it, while a 20 KB name does not come back whole (a status message travels in
-/// an HTTP/2 header, which clients cap at a few KiB).
-pub const SHOWN_INPUT_CHARS: usize = 64;
-
-/// `input` quoted for an error message, cut to its first `SHOWN_INPUT_CHARS` characters
-/// with its full length said when longer.
-pub fn shown(input: &str) -> String {
-    match input.char_indices().nth(SHOWN_INPUT_CHARS) {
-        None => format!("{input:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &input[..cut], input.len()),
-    }
-}
+pub use crate::error::shown;
 
 /// Checks a topic or group name: 1..=249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
 /// Runs before any path is built from the name.
-pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
     let bad = |why: &str| {
-        Err(BrokerError::InvalidArgument(format!(
-            "invalid {kind} name {}: {why}",
-            shown(name)
-        )))
+        Err(BrokerError::InvalidName {
+            what: kind,
+            name: name.to_owned(),
+            reason: why.to_owned(),
+        })
     };
     if name.is_empty() {
         return bad("it is empty");
@@ -101,7 +90,7 @@ impl TopicSettings {
 
 impl EffectiveSettings {
     pub fn validate(&self, config: &Config) -> Result<()> {
-        let bad = |m: String| Err(BrokerError::InvalidArgument(m));
+        let bad = |m: String| Err(BrokerError::InvalidSettings(m));
         if !(crate::storage::MIN_SEGMENT_BYTES..=crate::storage::MAX_SEGMENT_BYTES)
             .contains(&self.segment_bytes)
         {
@@ -210,13 +199,13 @@ impl Topic {
     }
 
     pub fn partition(&self, id: u32) -> Result<&Partition> {
-        self.partitions.get(id as usize).ok_or_else(|| {
-            BrokerError::NotFound(format!(
-                "topic {} has no partition {id} (it has {})",
-                shown(&self.meta.name),
-                self.partitions.len()
-            ))
-        })
+        self.partitions
+            .get(id as usize)
+            .ok_or_else(|| BrokerError::PartitionNotFound {
+                topic: self.meta.name.clone(),
+                partition: id,
+                partitions: self.partitions.len(),
+            })
     }
 
     /// The partition a publish goes to: the explicit one, else the first record's key

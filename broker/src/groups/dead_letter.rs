@@ -55,9 +55,10 @@ impl Group {
     ) -> Result<Option<DeadLetterCommit>> {
         let dlq = self.lock().config.dead_letter_topic.clone();
         let Some(dlq) = dlq else {
-            return Err(BrokerError::InvalidArgument(
-                "the group has no dead-letter topic".into(),
-            ));
+            return Err(BrokerError::NoDeadLetterTopic {
+                topic: self.topic_name.clone(),
+                group: self.name.clone(),
+            });
         };
         let topic = registry.get(&dlq)?;
         let source = self.topic.partition(dead.partition.0)?;
@@ -123,9 +124,14 @@ impl GroupRegistry {
     /// partition, so a dead letter is redriven once.
     pub async fn redrive(&self, group: &Group, max: u64) -> Result<u64> {
         let _one = group.redrive.lock().await;
-        let dlq = group.config().dead_letter_topic.ok_or_else(|| {
-            BrokerError::InvalidArgument("the group has no dead-letter topic".into())
-        })?;
+        let dlq =
+            group
+                .config()
+                .dead_letter_topic
+                .ok_or_else(|| BrokerError::NoDeadLetterTopic {
+                    topic: group.topic_name.clone(),
+                    group: group.name.clone(),
+                })?;
         let dlq_topic = self.registry.get(&dlq)?;
         let mut cursor = {
             let inner = group.lock();
@@ -241,7 +247,10 @@ impl GroupRegistry {
         if let Some(writer) = writer {
             tokio::task::spawn_blocking(move || writer.write_meta())
                 .await
-                .map_err(|e| BrokerError::io("writing group.toml", std::io::Error::other(e)))??;
+                .map_err(|cause| BrokerError::TaskFailed {
+                    what: "writing group.toml",
+                    cause,
+                })??;
         }
         Ok(count)
     }
@@ -263,8 +272,7 @@ pub(super) fn build_batch(
         headers,
     });
     let max = registry.config().max_batch_bytes;
-    ValidatedBatch::new(Bytes::from(builder.finish()), max)
-        .map_err(|e| BrokerError::InvalidArgument(format!("cannot build the batch: {e}")))
+    ValidatedBatch::new(Bytes::from(builder.finish()), max).map_err(BrokerError::UnbuildableBatch)
 }
 
 fn group_arc(groups: &GroupRegistry, group: &Group) -> Option<Arc<Group>> {

@@ -106,7 +106,7 @@ impl AckRange {
     /// Checks the range's size and bounds.
     pub(super) fn check(&self) -> Result<()> {
         if self.count == 0 || self.count > MAX_ACK_RANGE {
-            return Err(BrokerError::InvalidArgument(format!(
+            return Err(BrokerError::InvalidRequest(format!(
                 "an ack range names 1 to {MAX_ACK_RANGE} messages, not {}",
                 self.count
             )));
@@ -120,7 +120,7 @@ impl AckRange {
                 .checked_add(u64::from(self.count))
                 .is_none()
         {
-            return Err(BrokerError::InvalidArgument(
+            return Err(BrokerError::InvalidRequest(
                 "an ack range runs past the largest offset or sequence number".into(),
             ));
         }

@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use super::GroupConfig;
 use super::delivery::{AckRange, MemberTx, NackTarget, Outgoing};
 use super::driver::{Group, MemberSlot, PendingWithKey};
 use super::read::read_records;
-use super::{GroupConfig, group_error};
-use crate::error::Result;
+use crate::error::{BrokerError, Result};
 use crate::group::{
     AckId, AckOutcome, KeyHash, MemberId, MemberOptions, NackOutcome, Offset, PartitionId,
     PendingFilter, PendingList, SeekTarget,
@@ -28,10 +28,7 @@ impl Group {
         tx: MemberTx,
     ) -> Result<()> {
         let mut inner = self.lock();
-        let partitions = inner
-            .state
-            .join(member, options, self.now_ms())
-            .map_err(group_error)?;
+        let partitions = inner.state.join(member, options, self.now_ms())?;
         // The channel is fresh: this cannot be full.
         let _ = tx.try_send(Ok(Outgoing::Joined {
             member,
@@ -75,7 +72,7 @@ impl Group {
             let id = match AckId::decode(id) {
                 Ok(id) => id,
                 Err(error) => {
-                    result = Err(group_error(error));
+                    result = Err(BrokerError::from(error));
                     break;
                 }
             };
@@ -106,7 +103,7 @@ impl Group {
         reason: &str,
     ) -> Result<()> {
         let ids: Vec<AckId> = match target {
-            NackTarget::Id(ack_id) => vec![AckId::decode(ack_id).map_err(group_error)?],
+            NackTarget::Id(ack_id) => vec![AckId::decode(ack_id)?],
             NackTarget::Range(range) => {
                 range.check()?;
                 range.ids().collect()
@@ -145,7 +142,7 @@ impl Group {
         let mut inner = self.lock();
         let now = self.now_ms();
         for id in ack_ids {
-            let id = AckId::decode(id).map_err(group_error)?;
+            let id = AckId::decode(id)?;
             let _ = inner.state.extend(member, &id, u64::from(extra_ms), now);
         }
         for range in ranges {
@@ -169,10 +166,7 @@ impl Group {
     pub fn update(&self, config: GroupConfig) -> Result<()> {
         {
             let mut inner = self.lock();
-            inner
-                .state
-                .update_settings(config.settings.clone())
-                .map_err(group_error)?;
+            inner.state.update_settings(config.settings.clone())?;
             inner.config = config;
         }
         self.write_meta()?;
@@ -185,13 +179,10 @@ impl Group {
         let mut inner = self.lock();
         let mut moved = Vec::with_capacity(offsets.len());
         for &(partition, offset) in offsets {
-            let done = inner
-                .state
-                .seek(
-                    SeekTarget::Partition(PartitionId(partition)),
-                    Offset(offset),
-                )
-                .map_err(group_error)?;
+            let done = inner.state.seek(
+                SeekTarget::Partition(PartitionId(partition)),
+                Offset(offset),
+            )?;
             moved.extend(done.into_iter().map(|(p, o)| (p.0, o.0)));
         }
         drop(inner);
@@ -232,7 +223,7 @@ impl Group {
         let PendingList {
             messages,
             truncated,
-        } = self.lock().state.pending(&filter).map_err(group_error)?;
+        } = self.lock().state.pending(&filter)?;
         let mut out = Vec::with_capacity(messages.len());
         let mut i = 0;
         while i < messages.len() {

@@ -61,8 +61,7 @@
 
 use std::time::Duration;
 
-use crate::error::BrokerError;
-use crate::group::{GroupError, GroupSettings};
+use crate::group::GroupSettings;
 
 mod dead_letter;
 mod delivery;
@@ -105,15 +104,6 @@ pub const POLL_MAX: usize = 1024;
 pub struct GroupConfig {
     pub settings: GroupSettings,
     pub dead_letter_topic: Option<String>,
-}
-
-fn group_error(error: GroupError) -> BrokerError {
-    match error {
-        GroupError::TooManyMembers { .. } => BrokerError::ResourceExhausted(error.to_string()),
-        GroupError::UnknownPartition { .. } => BrokerError::NotFound(error.to_string()),
-        GroupError::UnknownMember(_) => BrokerError::NotFound(error.to_string()),
-        _ => BrokerError::InvalidArgument(error.to_string()),
-    }
 }
 
 /// `duration` in whole milliseconds, as the group's [`Clock`] counts time.

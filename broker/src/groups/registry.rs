@@ -14,8 +14,8 @@ use tokio::sync::{Notify, watch};
 use super::driver::{Group, GroupCounters, Inner};
 use super::persist::{GroupMeta, META_FILE, STATE_FILE, clamp_to_logs, ordering_from_name};
 use super::supervisor::supervise;
-use super::{Clock, GroupConfig, WallClock, group_error};
-use crate::error::{BrokerError, Result};
+use super::{Clock, GroupConfig, WallClock};
+use crate::error::{BrokerError, Limit, Result};
 use crate::group::{GroupLimits, GroupSettings, GroupSnapshot, GroupState, MemberId, Offset};
 use crate::meta_file;
 use crate::registry::Registry;
@@ -111,7 +111,7 @@ impl GroupRegistry {
                         .data_dir
                         .join(TOPICS_DIR)
                         .join(&topic_name);
-                    if !matches!(error, BrokerError::NotFound(_)) || topic_dir.exists() {
+                    if !matches!(error, BrokerError::TopicNotFound { .. }) || topic_dir.exists() {
                         // The topic is there but did not load (damaged): its groups wait
                         // with it, untouched, for its repair.
                         tracing::warn!(topic = %topic_name, %error, "keeping the groups of a topic that did not load");
@@ -293,9 +293,11 @@ impl GroupRegistry {
             if let Some(error) = self.damaged_error(topic, group) {
                 return Err(error);
             }
-            return Err(BrokerError::NotFound(format!(
-                "group {group:?} of topic {topic:?} does not exist"
-            )));
+            return Err(BrokerError::GroupNotFound {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                topic_deleted: false,
+            });
         };
         let live = self
             .registry
@@ -303,9 +305,11 @@ impl GroupRegistry {
             .is_ok_and(|t| Arc::ptr_eq(&t, &found.topic));
         if !live {
             let _ = self.delete(topic, group).await;
-            return Err(BrokerError::NotFound(format!(
-                "group {group:?} of topic {topic:?} does not exist (its topic was deleted)"
-            )));
+            return Err(BrokerError::GroupNotFound {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                topic_deleted: true,
+            });
         }
         Ok(found)
     }
@@ -318,11 +322,11 @@ impl GroupRegistry {
             .get(&(topic.to_owned(), group.to_owned()))?
             .clone();
         self.registry.get(topic).ok()?;
-        Some(BrokerError::FailedPrecondition(format!(
-            "group {group:?} of topic {topic:?} is not loaded because its files are damaged \
-             ({why}); they are kept: restore them, or delete the group to start it again \
-             (see README, \"Consumer groups under failure\")"
-        )))
+        Some(BrokerError::GroupDamaged {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            reason: why,
+        })
     }
 
     /// Whether the group's files did not load at start (see [`GroupRegistry::open`]).
@@ -353,22 +357,23 @@ impl GroupRegistry {
                 if existing_ok {
                     return Ok(existing);
                 }
-                return Err(BrokerError::AlreadyExists(format!(
-                    "group {name:?} of topic {:?} already exists",
-                    topic.name()
-                )));
+                return Err(BrokerError::GroupExists {
+                    topic: topic.name().to_owned(),
+                    group: name.to_owned(),
+                });
             }
             // A group of a deleted topic with the same name.
             self.remove_locked(&key).await;
         }
         if self.groups.len() >= MAX_GROUPS {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "the broker already holds its maximum of {MAX_GROUPS} groups"
-            )));
+            return Err(BrokerError::limit(
+                Limit::Groups,
+                self.groups.len() + 1,
+                MAX_GROUPS,
+            ));
         }
         let offsets: Vec<Offset> = start_offsets.into_iter().map(Offset).collect();
-        let state = GroupState::new(config.settings.clone(), GroupLimits::default(), &offsets)
-            .map_err(group_error)?;
+        let state = GroupState::new(config.settings.clone(), GroupLimits::default(), &offsets)?;
         let group = self.make_group(
             topic.clone(),
             name.to_owned(),
@@ -404,7 +409,10 @@ impl GroupRegistry {
             Ok(())
         })
         .await
-        .map_err(|e| BrokerError::io("creating a group", std::io::Error::other(e)))??;
+        .map_err(|cause| BrokerError::TaskFailed {
+            what: "creating a group",
+            cause,
+        })??;
         self.groups.insert(key, group.clone());
         tokio::spawn(supervise(group.clone(), self.clone()));
         tracing::info!(topic = %topic.name(), group = %name, "created group");
@@ -423,14 +431,19 @@ impl GroupRegistry {
             let now_ms = self.clock.now_ms();
             tokio::task::spawn_blocking(move || remove_group_dir(&dir, &staging, now_ms))
                 .await
-                .map_err(|e| BrokerError::io("deleting a group", std::io::Error::other(e)))??;
+                .map_err(|cause| BrokerError::TaskFailed {
+                    what: "deleting a group",
+                    cause,
+                })??;
             tracing::info!(topic = %key.0, group = %key.1, "deleted a damaged group");
             return Ok(());
         }
         if !self.groups.contains_key(&key) {
-            return Err(BrokerError::NotFound(format!(
-                "group {group:?} of topic {topic:?} does not exist"
-            )));
+            return Err(BrokerError::GroupNotFound {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                topic_deleted: false,
+            });
         }
         self.remove_locked(&key).await;
         Ok(())
@@ -458,10 +471,10 @@ impl GroupRegistry {
         {
             let mut inner = group.lock();
             for (_, slot) in inner.members.drain() {
-                let _ = slot.tx.try_send(Err(BrokerError::NotFound(format!(
-                    "group {:?} of topic {:?} was deleted",
-                    key.1, key.0
-                ))));
+                let _ = slot.tx.try_send(Err(BrokerError::GroupDeleted {
+                    topic: key.0.clone(),
+                    group: key.1.clone(),
+                }));
             }
         }
         group.wake();

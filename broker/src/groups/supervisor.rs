@@ -97,10 +97,10 @@ impl Group {
             }
         }
         for (_, slot) in inner.members.drain() {
-            let _ = slot.tx.try_send(Err(BrokerError::Unavailable(format!(
-                "group {:?} of topic {:?} restarted after an internal error; join again",
-                self.name, self.topic_name
-            ))));
+            let _ = slot.tx.try_send(Err(BrokerError::GroupRestarted {
+                topic: self.topic_name.clone(),
+                group: self.name.clone(),
+            }));
         }
         drop(inner);
         reset
@@ -157,7 +157,7 @@ mod tests {
             .await
             .expect("the member's stream ends within 10 s");
         assert!(
-            matches!(ended, Some(Err(BrokerError::Unavailable(_)))),
+            matches!(ended, Some(Err(BrokerError::GroupRestarted { .. }))),
             "{ended:?}"
         );
         assert_eq!(groups.task_failures(), 1);

@@ -12,6 +12,8 @@ use herald_proto::v1::{self, position::Kind as PositionKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Status, Streaming};
 
+use super::request_limit::Oversized;
+
 use crate::error::BrokerError;
 use crate::group::{
     AckId, DEFAULT_MEMBER_IN_FLIGHT_BYTES, DEFAULT_MEMBER_IN_FLIGHT_MESSAGES, GroupSettings,
@@ -24,13 +26,17 @@ use crate::groups::{
 use crate::registry::Registry;
 use crate::topic::{Topic, validate_name};
 
-type Result<T, E = Status> = std::result::Result<T, E>;
+type Result<T, E = BrokerError> = std::result::Result<T, E>;
 
 /// Longest client id kept for DescribeGroup.
 const MAX_CLIENT_ID_BYTES: usize = 256;
 
-fn invalid(message: impl Into<String>) -> BrokerError {
-    BrokerError::InvalidArgument(message.into())
+fn invalid_settings(message: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidSettings(message.into())
+}
+
+fn invalid_request(message: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidRequest(message.into())
 }
 
 /// The settings in force, every field set.
@@ -68,7 +74,7 @@ fn resolve_config(
         let s = &mut config.settings;
         if let Some(v) = p.ack_deadline_ms {
             if v == 0 {
-                return Err(invalid("ack_deadline_ms must be at least 1"));
+                return Err(invalid_settings("ack_deadline_ms must be at least 1"));
             }
             s.ack_deadline_ms = u64::from(v);
         }
@@ -90,7 +96,12 @@ fn resolve_config(
             Ok(v1::OrderingMode::Key) => s.ordering = OrderingMode::Key,
             Ok(v1::OrderingMode::Partition) => s.ordering = OrderingMode::Partition,
             Ok(v1::OrderingMode::None) => s.ordering = OrderingMode::None,
-            Err(_) => return Err(invalid(format!("unknown ordering mode {}", p.ordering))),
+            Err(_) => {
+                return Err(invalid_settings(format!(
+                    "unknown ordering mode {}",
+                    p.ordering
+                )));
+            }
         }
         match p.dead_letter_topic {
             None => {}
@@ -98,26 +109,25 @@ fn resolve_config(
             Some(name) => {
                 validate_name("topic", &name)?;
                 if name == topic {
-                    return Err(invalid(
+                    return Err(invalid_settings(
                         "dead_letter_topic must differ from the group's topic",
                     ));
                 }
-                registry.get(&name).map_err(|_| {
-                    BrokerError::NotFound(format!("dead_letter_topic {name:?} does not exist"))
-                })?;
+                registry
+                    .get(&name)
+                    .map_err(|_| BrokerError::DeadLetterTopicNotFound {
+                        topic: name.clone(),
+                    })?;
                 config.dead_letter_topic = Some(name);
             }
         }
     }
     if config.settings.max_delivery_attempts > 0 && config.dead_letter_topic.is_none() {
-        return Err(invalid(
+        return Err(invalid_settings(
             "max_delivery_attempts above 0 requires a dead_letter_topic",
         ));
     }
-    config.settings = config
-        .settings
-        .validated()
-        .map_err(|e| invalid(e.to_string()))?;
+    config.settings = config.settings.validated()?;
     Ok(config)
 }
 
@@ -130,8 +140,7 @@ fn resolve_position(topic: &Topic, partition: u32, kind: &PositionKind) -> Resul
         PositionKind::Latest(_) => end,
         PositionKind::Offset(offset) => (*offset).clamp(start, end),
         PositionKind::TimestampMs(ts) => reader
-            .offset_for_timestamp(*ts)
-            .map_err(|e| Status::from(BrokerError::from(e)))?
+            .offset_for_timestamp(*ts)?
             .unwrap_or(end)
             .clamp(start, end),
     })
@@ -142,7 +151,7 @@ fn start_offsets(topic: &Topic, position: Option<v1::Position>) -> Result<Vec<u6
     let kind = match position {
         None => PositionKind::Latest(v1::Latest {}),
         Some(v1::Position { kind: None }) => {
-            return Err(Status::invalid_argument(
+            return Err(invalid_request(
                 "`start_position` is set but holds no position: set earliest, latest, offset or timestamp_ms",
             ));
         }
@@ -226,7 +235,10 @@ pub async fn update_group(
     let updater = group.clone();
     tokio::task::spawn_blocking(move || updater.update(config))
         .await
-        .map_err(|e| Status::internal(format!("update task failed: {e}")))??;
+        .map_err(|cause| BrokerError::TaskFailed {
+            what: "update task failed",
+            cause,
+        })??;
     Ok(v1::UpdateGroupResponse {
         group: Some(describe(&group)),
     })
@@ -276,7 +288,7 @@ pub async fn seek(groups: &Arc<GroupRegistry>, r: v1::SeekRequest) -> Result<v1:
     let group = groups.get(&r.topic, &r.group).await?;
     let kind = match r.position {
         None | Some(v1::Position { kind: None }) => {
-            return Err(Status::invalid_argument(
+            return Err(invalid_request(
                 "`position` is required: set earliest, latest, offset or timestamp_ms",
             ));
         }
@@ -289,9 +301,12 @@ pub async fn seek(groups: &Arc<GroupRegistry>, r: v1::SeekRequest) -> Result<v1:
             if let PositionKind::Offset(offset) = kind {
                 let (start, end) = (reader.start_offset(), reader.high_watermark());
                 if offset < start || offset > end {
-                    return Err(Status::out_of_range(format!(
-                        "offset {offset} is out of range: partition {partition} holds offsets {start}..{end}"
-                    )));
+                    return Err(BrokerError::OffsetOutOfRange {
+                        offset,
+                        start,
+                        end,
+                        partition: Some(partition),
+                    });
                 }
             }
             vec![(partition, resolve_position(topic, partition, &kind)?)]
@@ -322,7 +337,10 @@ pub async fn list_pending(
         reader.pending(r.partition, r.key.as_deref(), r.limit as usize)
     })
     .await
-    .map_err(|e| Status::internal(format!("list task failed: {e}")))??;
+    .map_err(|cause| BrokerError::TaskFailed {
+        what: "list task failed",
+        cause,
+    })??;
     Ok(v1::ListPendingResponse {
         messages: messages
             .into_iter()
@@ -362,12 +380,6 @@ pub async fn redrive(
     r: v1::RedriveRequest,
 ) -> Result<v1::RedriveResponse> {
     let group = groups.get(&r.topic, &r.group).await?;
-    if group.config().dead_letter_topic.is_none() {
-        return Err(Status::failed_precondition(format!(
-            "group {:?} of topic {:?} has no dead_letter_topic",
-            r.group, r.topic
-        )));
-    }
     let redriven_count = groups.redrive(&group, r.max_messages).await?;
     Ok(v1::RedriveResponse { redriven_count })
 }
@@ -383,7 +395,7 @@ struct MemberStream {
 }
 
 impl Stream for MemberStream {
-    type Item = Result<v1::SubscribeResponse>;
+    type Item = Result<v1::SubscribeResponse, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -477,7 +489,7 @@ pub fn subscribe<S: Send + 'static>(
     slot: S,
     shutdown: watch::Receiver<bool>,
     malformed_ack_ids: prometheus::IntCounter,
-) -> Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse>> + Send>> {
+) -> Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>> {
     let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
     let (gone_tx, gone_rx) = oneshot::channel();
     let group = Arc::new(OnceLock::new());
@@ -506,10 +518,9 @@ async fn join_group(
     validate_name("group", &join.group)?;
     let group = match groups.get(&join.topic, &join.group).await {
         Ok(group) => group,
-        Err(BrokerError::NotFound(_)) => {
+        Err(BrokerError::GroupNotFound { .. }) => {
             let config = resolve_config(groups.registry(), &join.topic, None, join.settings)?;
-            let offsets = start_offsets(&topic, join.start_position)
-                .map_err(|s| BrokerError::InvalidArgument(s.message().to_owned()))?;
+            let offsets = start_offsets(&topic, join.start_position)?;
             groups
                 .create(topic, &join.group, config, offsets, true)
                 .await?
@@ -555,7 +566,7 @@ async fn run_member<S>(
         first = tokio::time::timeout(idle, inbound.next()) => first,
         _ = &mut gone => return,
         _ = shutdown.wait_for(|s| *s) => {
-            let _ = tx.try_send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+            let _ = tx.try_send(Err(BrokerError::ShuttingDown));
             return;
         }
     };
@@ -564,25 +575,20 @@ async fn run_member<S>(
             request: Some(Request::Join(join)),
         }))) => join,
         Ok(Some(Ok(_))) => {
-            let _ = tx.try_send(Err(invalid(
+            let _ = tx.try_send(Err(invalid_request(
                 "the first message of a Subscribe stream must be a Join",
             )));
             return;
         }
         Ok(Some(Err(status))) => {
-            if status.code() == tonic::Code::ResourceExhausted {
-                let _ = tx.try_send(Err(BrokerError::ResourceExhausted(
-                    status.message().to_owned(),
-                )));
+            if let Some(oversized) = Oversized::of(&status) {
+                let _ = tx.try_send(Err(oversized.into()));
             }
             return;
         }
         Ok(None) => return,
         Err(_) => {
-            let _ = tx.try_send(Err(invalid(format!(
-                "no Join within {} ms (idle_stream_timeout_ms)",
-                idle.as_millis()
-            ))));
+            let _ = tx.try_send(Err(BrokerError::NoJoin { idle }));
             return;
         }
     };
@@ -600,7 +606,7 @@ async fn run_member<S>(
             next = inbound.next() => next,
             _ = &mut gone => break,
             _ = shutdown.wait_for(|s| *s) => {
-                let _ = tx.try_send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                let _ = tx.try_send(Err(BrokerError::ShuttingDown));
                 break;
             }
             // Deleted: the driver already ended the stream with NOT_FOUND.
@@ -611,10 +617,8 @@ async fn run_member<S>(
             // A request refused before decoding (over the size limit) ends the stream
             // with that reason, not with OK.
             Some(Err(status)) => {
-                if status.code() == tonic::Code::ResourceExhausted {
-                    let _ = tx.try_send(Err(BrokerError::ResourceExhausted(
-                        status.message().to_owned(),
-                    )));
+                if let Some(oversized) = Oversized::of(&status) {
+                    let _ = tx.try_send(Err(oversized.into()));
                 }
                 break;
             }
@@ -650,7 +654,9 @@ async fn run_member<S>(
                     nack.delay_ms,
                     &nack.reason,
                 ),
-                _ => Err(invalid("a Nack sets exactly one of ack_id and range")),
+                _ => Err(invalid_request(
+                    "a Nack sets exactly one of ack_id and range",
+                )),
             },
             Some(Request::Extend(extend)) => group.extend(
                 member,
@@ -662,10 +668,10 @@ async fn run_member<S>(
                 group.credit(member, credit.messages, credit.bytes);
                 Ok(())
             }
-            Some(Request::Join(_)) => Err(invalid(
+            Some(Request::Join(_)) => Err(invalid_request(
                 "only the first message of a Subscribe stream may be a Join",
             )),
-            None => Err(invalid(
+            None => Err(invalid_request(
                 "the request sets none of join, ack, nack, extend, credit",
             )),
         };

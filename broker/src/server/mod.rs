@@ -67,20 +67,22 @@ impl Broker {
         serve_metrics: bool,
         policy: Policy,
     ) -> Result<Broker> {
-        config
-            .validate()
-            .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+        config.validate()?;
         let registry_config = config.clone();
         let registry = tokio::task::spawn_blocking(move || Registry::open(registry_config))
             .await
-            .map_err(|e| {
-                BrokerError::io("opening the data directory", std::io::Error::other(e))
+            .map_err(|cause| BrokerError::TaskFailed {
+                what: "opening the data directory",
+                cause,
             })??;
         let registry = Arc::new(registry);
         let groups_registry = registry.clone();
         let groups = tokio::task::spawn_blocking(move || GroupRegistry::open(groups_registry))
             .await
-            .map_err(|e| BrokerError::io("loading consumer groups", std::io::Error::other(e)))??;
+            .map_err(|cause| BrokerError::TaskFailed {
+                what: "loading consumer groups",
+                cause,
+            })??;
         let groups = Arc::new(groups);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -174,7 +176,10 @@ impl Broker {
                 server_registry.close()
             })
             .await
-            .map_err(|e| BrokerError::io("closing partitions", std::io::Error::other(e)))?;
+            .map_err(|cause| BrokerError::TaskFailed {
+                what: "closing partitions",
+                cause,
+            })?;
             served.map_err(|e| BrokerError::io("serving gRPC", std::io::Error::other(e)))?;
             closed
         });
@@ -199,8 +204,9 @@ impl Broker {
 
     /// Waits until the broker stops (after `shutdown`, or after a fatal error).
     pub async fn wait(self) -> Result<()> {
-        self.task
-            .await
-            .map_err(|e| BrokerError::io("broker task", std::io::Error::other(e)))?
+        self.task.await.map_err(|cause| BrokerError::TaskFailed {
+            what: "broker task",
+            cause,
+        })?
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -20,6 +21,8 @@ use http_body::Frame;
 use prost::Message;
 use tonic::Status;
 use tonic::body::Body;
+
+use crate::error::{BrokerError, Limit};
 
 /// The gRPC length prefix: a compression flag byte and a big-endian u32.
 const PREFIX_BYTES: usize = 5;
@@ -44,14 +47,47 @@ pub struct Oversized {
 }
 
 impl Oversized {
-    /// The status the request is answered with.
+    /// The status the request is answered with. It carries the report as its source, so
+    /// a service that reads the failed request stream can tell the refusal apart
+    /// ([`Oversized::of`]).
     pub fn status(&self) -> Status {
-        Status::resource_exhausted(format!(
-            "the request is {} bytes; the broker accepts at most {} bytes per request message (max_batch_bytes plus 64 KiB)",
-            self.bytes, self.limit
-        ))
+        let mut status = Status::from(BrokerError::from(*self));
+        status.set_source(Arc::new(*self));
+        status
+    }
+
+    /// The report behind a request stream's error, if the error is this limit's refusal:
+    /// the status the service reads holds the body's own status in its source chain
+    /// (behind hyper's error), and that one holds the report.
+    pub fn of(status: &Status) -> Option<Oversized> {
+        let mut source = std::error::Error::source(status);
+        while let Some(error) = source {
+            if let Some(oversized) = error.downcast_ref::<Oversized>() {
+                return Some(*oversized);
+            }
+            source = error.source();
+        }
+        None
     }
 }
+
+impl From<Oversized> for BrokerError {
+    fn from(o: Oversized) -> BrokerError {
+        BrokerError::limit(Limit::RequestBytes, o.bytes, o.limit)
+    }
+}
+
+impl std::fmt::Display for Oversized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request message {} of {} bytes is over the limit of {}",
+            self.index, self.bytes, self.limit
+        )
+    }
+}
+
+impl std::error::Error for Oversized {}
 
 /// The receiving side of a stream's oversized-request reports, put in the request's
 /// extensions for the service.
@@ -399,6 +435,24 @@ mod tests {
                 }]
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_is_told_apart_by_its_report() {
+        let oversized = Oversized {
+            index: 2,
+            sequence: 0,
+            bytes: 2000,
+            limit: 1000,
+        };
+        let status = oversized.status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(Oversized::of(&status), Some(oversized));
+        // Another status with the same code and text is not one.
+        assert_eq!(
+            Oversized::of(&Status::from(BrokerError::from(oversized))),
+            None
+        );
     }
 
     #[test]

@@ -19,11 +19,11 @@ use super::metrics::Metrics;
 use super::request_limit::{Oversized, OversizedRequests};
 use crate::clock::now_ms;
 use crate::config::FsyncSetting;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Limit};
 use crate::groups::GroupRegistry;
 use crate::registry::Registry;
 use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
-use crate::topic::{Topic, TopicSettings, shown};
+use crate::topic::{Topic, TopicSettings};
 
 /// Responses a stream may have queued for tonic to send: with `FETCH_MAX_BYTES_CAP` per
 /// response, this bounds one fetch stream's memory.
@@ -39,8 +39,9 @@ pub const FETCH_MAX_BYTES_CAP: usize = 3 * 1024 * 1024;
 const PUBLISH_STREAM_IN_FLIGHT: usize = 1024;
 
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-type PendingReply =
-    Pin<Box<dyn std::future::Future<Output = (u64, Result<v1::PublishResponse, Status>)> + Send>>;
+type PendingReply = Pin<
+    Box<dyn std::future::Future<Output = (u64, Result<v1::PublishResponse, BrokerError>)> + Send>,
+>;
 
 pub struct HeraldService {
     registry: Arc<Registry>,
@@ -92,24 +93,26 @@ impl HeraldService {
         }
     }
 
-    fn check_running(&self) -> Result<(), Status> {
+    fn check_running(&self) -> Result<(), BrokerError> {
         if *self.shutdown.borrow() {
-            return Err(Status::unavailable("the broker is shutting down"));
+            return Err(BrokerError::ShuttingDown);
         }
         Ok(())
     }
 
     /// Takes a stream slot for the caller's connection, or RESOURCE_EXHAUSTED.
-    fn open_stream<T>(&self, request: &Request<T>) -> Result<StreamSlot, Status> {
+    fn open_stream<T>(&self, request: &Request<T>) -> Result<StreamSlot, BrokerError> {
         self.check_running()?;
         let peer = request.remote_addr();
         let max = self.registry.config().max_streams_per_connection;
         if let Some(peer) = peer {
             let mut open = self.streams.entry(peer).or_insert(0);
             if *open >= max {
-                return Err(Status::resource_exhausted(format!(
-                    "this connection already has {max} streams open (max_streams_per_connection)"
-                )));
+                return Err(BrokerError::limit(
+                    Limit::StreamsPerConnection,
+                    *open as usize + 1,
+                    max as usize,
+                ));
             }
             *open += 1;
         }
@@ -127,8 +130,8 @@ impl HeraldService {
         &self,
         request: v1::PublishRequest,
     ) -> Result<
-        impl std::future::Future<Output = Result<v1::PublishResponse, Status>> + Send + use<>,
-        Status,
+        impl std::future::Future<Output = Result<v1::PublishResponse, BrokerError>> + Send + use<>,
+        BrokerError,
     > {
         let started = Instant::now();
         let queued = async {
@@ -160,7 +163,7 @@ impl HeraldService {
             Ok(q) => q,
             Err(e) => {
                 count(false);
-                return Err(Status::from(e));
+                return Err(e);
             }
         };
         let metrics = self.metrics.clone();
@@ -193,7 +196,7 @@ impl HeraldService {
         // headers); a pre-encoded batch by each record's encoded length.
         let (bytes, pre_encoded) = match payload {
             None => {
-                return Err(BrokerError::InvalidArgument(
+                return Err(BrokerError::InvalidRequest(
                     "the publish carries no records: set `records` or `storage_batch`".into(),
                 ));
             }
@@ -214,26 +217,27 @@ impl HeraldService {
             ),
         };
         if bytes.len() > config.max_batch_bytes {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "the batch is {} bytes; the limit is {} (max_batch_bytes)",
+            return Err(BrokerError::limit(
+                Limit::BatchBytes,
                 bytes.len(),
-                config.max_batch_bytes
-            )));
+                config.max_batch_bytes,
+            ));
         }
         let batch = ValidatedBatch::new(bytes, config.max_batch_bytes)
-            .map_err(|e| BrokerError::InvalidArgument(format!("malformed storage batch: {e}")))?;
+            .map_err(BrokerError::MalformedBatch)?;
         if batch.header().record_count as usize > config.max_batch_records {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "the batch holds {} records; the limit is {} (max_batch_records)",
-                batch.header().record_count,
-                config.max_batch_records
-            )));
+            return Err(BrokerError::limit(
+                Limit::BatchRecords,
+                batch.header().record_count as usize,
+                config.max_batch_records,
+            ));
         }
         if pre_encoded && batch.largest_record_bytes() > max_message {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "a record is {} bytes; the topic's limit is {max_message} (max_message_bytes)",
-                batch.largest_record_bytes()
-            )));
+            return Err(BrokerError::limit(
+                Limit::MessageBytes { record: None },
+                batch.largest_record_bytes(),
+                max_message,
+            ));
         }
         Ok(batch)
     }
@@ -247,15 +251,16 @@ fn encode_records(
     producer: Option<batch::ProducerStamp>,
 ) -> Result<Bytes, BrokerError> {
     if records.is_empty() {
-        return Err(BrokerError::InvalidArgument(
+        return Err(BrokerError::InvalidRequest(
             "the publish carries no records".into(),
         ));
     }
     if records.len() > max_records {
-        return Err(BrokerError::ResourceExhausted(format!(
-            "the batch holds {} records; the limit is {max_records} (max_batch_records)",
-            records.len()
-        )));
+        return Err(BrokerError::limit(
+            Limit::BatchRecords,
+            records.len(),
+            max_records,
+        ));
     }
     let now = now_ms();
     let mut size = 0;
@@ -267,9 +272,11 @@ fn encode_records(
                 .map(|h| h.key.len() + h.value.len())
                 .sum::<usize>();
         if record_bytes > max_message {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "record {i} is {record_bytes} bytes; the topic's limit is {max_message} (max_message_bytes)"
-            )));
+            return Err(BrokerError::limit(
+                Limit::MessageBytes { record: Some(i) },
+                record_bytes,
+                max_message,
+            ));
         }
         size += record_bytes + 16 + 4 * r.headers.len();
     }
@@ -367,7 +374,7 @@ fn settings_from_proto(config: Option<v1::TopicConfig>) -> Result<TopicSettings,
         Ok(v1::FsyncPolicy::Interval) => Some(FsyncSetting::Interval),
         Ok(v1::FsyncPolicy::Never) => Some(FsyncSetting::Never),
         Err(_) => {
-            return Err(BrokerError::InvalidArgument(format!(
+            return Err(BrokerError::InvalidSettings(format!(
                 "unknown fsync_policy {}",
                 c.fsync_policy
             )));
@@ -389,7 +396,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(format!("admin task failed: {e}")))?
+        .map_err(|cause| BrokerError::TaskFailed {
+            what: "admin task failed",
+            cause,
+        })?
         .map_err(Status::from)
 }
 
@@ -510,9 +520,7 @@ impl v1::herald_server::Herald for HeraldService {
                     next = tokio::time::timeout(idle, inbound.next()), if inbound_open && pending.len() < PUBLISH_STREAM_IN_FLIGHT => {
                         match next {
                             Err(_) if pending.is_empty() => {
-                                let _ = tx.send(Err(Status::deadline_exceeded(format!(
-                                    "no publish for {} ms (idle_stream_timeout_ms)", idle.as_millis()
-                                )))).await;
+                                let _ = tx.send(Err(BrokerError::PublishStreamIdle { idle }.into())).await;
                                 break;
                             }
                             Err(_) => {}
@@ -536,9 +544,9 @@ impl v1::herald_server::Herald for HeraldService {
                                         match next_oversized {
                                             Some(o) if o.index == this => {
                                                 next_oversized = None;
-                                                Err(o.status())
+                                                Err(BrokerError::from(o))
                                             }
-                                            _ => Err(Status::invalid_argument("the request carries no `publish`")),
+                                            _ => Err(BrokerError::InvalidRequest("the request carries no `publish`".into())),
                                         }
                                     }
                                     // Waits here while the partition is full: the stream
@@ -547,7 +555,7 @@ impl v1::herald_server::Herald for HeraldService {
                                 };
                                 let reply: PendingReply = match queued {
                                     Ok(committed) => Box::pin(async move { (sequence, committed.await) }),
-                                    Err(status) => Box::pin(std::future::ready((sequence, Err(status)))),
+                                    Err(error) => Box::pin(std::future::ready((sequence, Err(error)))),
                                 };
                                 pending.push(reply);
                             }
@@ -556,17 +564,20 @@ impl v1::herald_server::Herald for HeraldService {
                     Some((sequence, result)) = pending.next(), if !pending.is_empty() => {
                         let outcome = match result {
                             Ok(published) => v1::publish_stream_response::Outcome::Published(published),
-                            Err(status) => v1::publish_stream_response::Outcome::Error(v1::Error {
-                                code: status.code() as i32,
-                                message: status.message().to_owned(),
-                            }),
+                            Err(error) => {
+                                let status = Status::from(error);
+                                v1::publish_stream_response::Outcome::Error(v1::Error {
+                                    code: status.code() as i32,
+                                    message: status.message().to_owned(),
+                                })
+                            }
                         };
                         if tx.send(Ok(v1::PublishStreamResponse { sequence, outcome: Some(outcome) })).await.is_err() {
                             break;
                         }
                     }
                     _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if pending.is_empty() && inbound_open => {
-                        let _ = tx.send(Err(Status::unavailable("the broker is shutting down"))).await;
+                        let _ = tx.send(Err(BrokerError::ShuttingDown.into())).await;
                         break;
                     }
                     else => break,
@@ -594,9 +605,10 @@ impl v1::herald_server::Herald for HeraldService {
         let start = match r.start {
             None => resolve_start(&reader, None)?,
             Some(v1::Position { kind: None }) => {
-                return Err(Status::invalid_argument(
-                    "`start` is set but holds no position: set earliest, latest, offset or timestamp_ms",
-                ));
+                return Err(BrokerError::InvalidRequest(
+                    "`start` is set but holds no position: set earliest, latest, offset or timestamp_ms".into(),
+                )
+                .into());
             }
             Some(v1::Position { kind }) => resolve_start(&reader, kind)?,
         };
@@ -622,9 +634,7 @@ impl v1::herald_server::Herald for HeraldService {
             let mut end = end_at_request;
             loop {
                 if *shutdown.borrow() {
-                    let _ = tx
-                        .send(Err(Status::unavailable("the broker is shutting down")))
-                        .await;
+                    let _ = tx.send(Err(BrokerError::ShuttingDown.into())).await;
                     break;
                 }
                 // A full response needs room in the broker-wide budget, taken while the
@@ -691,12 +701,12 @@ impl v1::herald_server::Herald for HeraldService {
                                 }
                                 // The writer is gone: the topic was deleted, or the broker
                                 // is stopping.
-                                let status = if *shutdown.borrow() {
-                                    Status::unavailable("the broker is shutting down")
+                                let error = if *shutdown.borrow() {
+                                    BrokerError::ShuttingDown
                                 } else {
-                                    Status::not_found(format!("topic {} was deleted", shown(&r.topic)))
+                                    BrokerError::TopicDeleted { topic: r.topic.clone() }
                                 };
-                                let _ = tx.send(Err(status)).await;
+                                let _ = tx.send(Err(error.into())).await;
                                 break;
                             }
                             _ = timed => {
@@ -713,7 +723,7 @@ impl v1::herald_server::Herald for HeraldService {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::from(BrokerError::from(e)))).await;
+                        let _ = tx.send(Err(BrokerError::from(e).into())).await;
                         break;
                     }
                 };
@@ -740,6 +750,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::create_group(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn update_group(
@@ -750,6 +761,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::update_group(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn delete_group(
@@ -760,6 +772,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::delete_group(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn describe_group(
@@ -769,6 +782,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::describe_group(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn list_groups(
@@ -778,6 +792,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::list_groups(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn seek(
@@ -788,6 +803,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::seek(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn list_pending(
@@ -797,6 +813,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::list_pending(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn redrive(
@@ -807,6 +824,7 @@ impl v1::herald_server::Herald for HeraldService {
         super::groups::redrive(&self.groups, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     type SubscribeStream = BoxStream<v1::SubscribeResponse>;
@@ -815,7 +833,7 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<Streaming<v1::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.subscribe_stream(request).map(Response::new)
+        Ok(Response::new(self.subscribe_stream(request)?))
     }
 }
 
@@ -825,7 +843,7 @@ impl HeraldService {
     pub(super) fn subscribe_stream(
         &self,
         request: Request<Streaming<v1::SubscribeRequest>>,
-    ) -> Result<BoxStream<v1::SubscribeResponse>, Status> {
+    ) -> Result<BoxStream<v1::SubscribeResponse>, BrokerError> {
         let slot = self.open_stream(&request)?;
         Ok(super::groups::subscribe(
             self.groups.clone(),
@@ -859,23 +877,23 @@ impl HeraldService {
 fn resolve_start(
     reader: &crate::storage::LogReader,
     start: Option<PositionKind>,
-) -> Result<u64, Status> {
+) -> Result<u64, BrokerError> {
     let (first, end) = (reader.start_offset(), reader.high_watermark());
     Ok(match start {
         None | Some(PositionKind::Earliest(_)) => first,
         Some(PositionKind::Latest(_)) => end,
         Some(PositionKind::Offset(offset)) => {
             if offset < first || offset > end {
-                return Err(Status::out_of_range(format!(
-                    "offset {offset} is out of range: the partition holds offsets {first}..{end}"
-                )));
+                return Err(BrokerError::OffsetOutOfRange {
+                    offset,
+                    start: first,
+                    end,
+                    partition: None,
+                });
             }
             offset
         }
-        Some(PositionKind::TimestampMs(ts)) => reader
-            .offset_for_timestamp(ts)
-            .map_err(|e| Status::from(BrokerError::from(e)))?
-            .unwrap_or(end),
+        Some(PositionKind::TimestampMs(ts)) => reader.offset_for_timestamp(ts)?.unwrap_or(end),
     })
 }
 

@@ -38,6 +38,7 @@ use tonic::{Request, Status};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::service::{BoxStream, FETCH_SMALL_BYTES, HELD_RESPONSES, HeraldService};
+use crate::error::BrokerError;
 
 /// The gRPC path this route answers itself.
 const SUBSCRIBE_PATH: &str = "/herald.v1.Herald/Subscribe";
@@ -121,10 +122,10 @@ fn subscribe(
     if let Some(encoding) = request.headers().get("grpc-encoding")
         && encoding.as_bytes() != b"identity"
     {
-        return Err(Status::unimplemented(format!(
-            "Content is compressed with `{}` which isn't supported",
-            String::from_utf8_lossy(encoding.as_bytes())
-        )));
+        return Err(BrokerError::CompressionUnsupported {
+            encoding: String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
+        }
+        .into());
     }
     let mut codec =
         tonic_prost::ProstCodec::<v1::SubscribeResponse, v1::SubscribeRequest>::default();
@@ -191,7 +192,7 @@ impl http_body::Body for SubscribeBody {
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
             Poll::Ready(Some(Err(status))) => status,
-            Poll::Ready(None) => Status::ok(""),
+            Poll::Ready(None) => super::status::stream_done(),
         };
         this.ended = true;
         let mut trailers = http::HeaderMap::new();
