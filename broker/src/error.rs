@@ -145,6 +145,13 @@ pub enum BrokerError {
     /// Redrive, or a dead letter, for a group without a dead-letter topic.
     #[error("group {group:?} of topic {topic:?} has no dead_letter_topic")]
     NoDeadLetterTopic { topic: String, group: String },
+    /// The file of named idempotent producers is damaged: named producers are refused
+    /// (anonymous ones still work) and the file is kept.
+    #[error(
+        "{} is damaged and was not loaded ({reason}); named producers are refused until it is repaired or removed (removing it lets old instances of named producers publish until they are re-initialised)",
+        path.display()
+    )]
+    ProducersDamaged { path: PathBuf, reason: String },
 
     // Try again later (or elsewhere).
     #[error("the broker is shutting down")]
@@ -207,6 +214,8 @@ pub enum Limit {
     Partitions { adding: u32 },
     /// The broker's fixed maximum of consumer groups (`groups::MAX_GROUPS`).
     Groups,
+    /// Named idempotent producers the broker keeps (`producer_ids::MAX_NAMED_PRODUCERS`).
+    NamedProducers,
 }
 
 impl Limit {
@@ -234,6 +243,9 @@ impl Limit {
                 requested.saturating_sub(u64::from(adding))
             ),
             Limit::Groups => format!("the broker already holds its maximum of {max} groups"),
+            Limit::NamedProducers => format!(
+                "the broker already keeps its maximum of {max} named producers; use anonymous producers (no name) for short-lived processes"
+            ),
         }
     }
 }

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use herald_format::batch::ProducerStamp;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{BrokerError, Result};
+use crate::error::{BrokerError, Limit, Result};
 use crate::meta_file;
 use crate::topic::validate_name;
 
@@ -49,7 +49,7 @@ pub struct ProducerIds {
     dir: PathBuf,
     /// Named producers, or why `producers.toml` was refused (then named producers are
     /// refused too, and the file is left as it is). Touched by `InitProducer` only.
-    named: Mutex<std::result::Result<ProducersFile, String>>,
+    named: Mutex<std::result::Result<ProducersFile, (PathBuf, String)>>,
     /// Current epoch of every named producer's id: read on every idempotent publish.
     epochs: ArcSwap<HashMap<u64, u16>>,
 }
@@ -68,19 +68,16 @@ impl ProducerIds {
                     Ok(loaded.value)
                 }
                 Err(e) => {
-                    let why = format!(
-                        "{} is damaged and was not loaded: {e}; named producers are refused until it is repaired or removed (removing it lets old instances of named producers publish until they are re-initialised)",
-                        path.display()
-                    );
-                    tracing::error!("{why}");
-                    Err(why)
+                    tracing::error!(file = %path.display(), error = %e,
+                        "the file of named producers is damaged and was not loaded; named producers are refused until it is repaired or removed");
+                    Err((path, e.to_string()))
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProducersFile::default()),
             Err(e) => {
-                let why = format!("{} cannot be read: {e}", path.display());
-                tracing::error!("{why}");
-                Err(why)
+                tracing::error!(file = %path.display(), error = %e,
+                    "the file of named producers cannot be read; named producers are refused");
+                Err((path, format!("cannot be read: {e}")))
             }
         };
         let epochs = named
@@ -104,11 +101,16 @@ impl ProducerIds {
         let mut guard = self.named.lock().unwrap_or_else(|e| e.into_inner());
         let file = guard
             .as_mut()
-            .map_err(|why| BrokerError::FailedPrecondition(why.clone()))?;
+            .map_err(|(path, reason)| BrokerError::ProducersDamaged {
+                path: path.clone(),
+                reason: reason.clone(),
+            })?;
         if !file.producers.contains_key(name) && file.producers.len() >= MAX_NAMED_PRODUCERS {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "the broker already keeps {MAX_NAMED_PRODUCERS} named producers; use anonymous producers (no name) for short-lived processes"
-            )));
+            return Err(BrokerError::limit(
+                Limit::NamedProducers,
+                file.producers.len() + 1,
+                MAX_NAMED_PRODUCERS,
+            ));
         }
         let next = match file.producers.get(name) {
             Some(n) if n.epoch < u16::MAX => Named {
@@ -222,7 +224,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let ids = ProducerIds::open(dir.path());
         let err = ids.init(Some("svc")).unwrap_err();
-        assert!(matches!(err, BrokerError::FailedPrecondition(_)), "{err}");
+        assert!(matches!(err, BrokerError::ProducersDamaged { .. }), "{err}");
         assert!(ids.init(None).is_ok(), "anonymous producers still work");
         assert_eq!(
             std::fs::read(&path).unwrap(),

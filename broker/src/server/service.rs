@@ -140,7 +140,7 @@ impl HeraldService {
             if let Some(stamp) = batch.producer() {
                 self.registry.producer_ids().check(stamp)?;
                 if request.partition.is_none() && batch.first_key().is_none() {
-                    return Err(BrokerError::InvalidArgument(
+                    return Err(BrokerError::InvalidRequest(
                         "an idempotent publish names its partition or gives its first record a key: round-robin placement would scatter the producer's sequence".into(),
                     ));
                 }
@@ -201,7 +201,7 @@ impl HeraldService {
                 ));
             }
             Some(Payload::StorageBatch(_)) if producer.is_some() => {
-                return Err(BrokerError::InvalidArgument(
+                return Err(BrokerError::InvalidRequest(
                     "a storage_batch carries its producer sequence in its producer block; `producer` is for the records form".into(),
                 ));
             }
@@ -306,12 +306,12 @@ fn encode_records(
 /// The producer block of a records-form idempotent publish.
 fn stamp_of(p: v1::ProducerSequence) -> Result<batch::ProducerStamp, BrokerError> {
     if p.producer_id == 0 {
-        return Err(BrokerError::InvalidArgument(
+        return Err(BrokerError::InvalidRequest(
             "producer.producer_id 0 is reserved: get an id from InitProducer".into(),
         ));
     }
     let epoch = u16::try_from(p.epoch).map_err(|_| {
-        BrokerError::InvalidArgument(format!(
+        BrokerError::InvalidRequest(format!(
             "producer.epoch {} is above the largest epoch, 65535",
             p.epoch
         ))

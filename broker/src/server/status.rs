@@ -63,7 +63,8 @@ fn status_of(error: BrokerError) -> Status {
         BrokerError::TopicDamaged { .. }
         | BrokerError::GroupDamaged { .. }
         | BrokerError::TopicDirectoryExists { .. }
-        | BrokerError::NoDeadLetterTopic { .. } => Status::failed_precondition(message),
+        | BrokerError::NoDeadLetterTopic { .. }
+        | BrokerError::ProducersDamaged { .. } => Status::failed_precondition(message),
         BrokerError::ShuttingDown
         | BrokerError::PartitionClosing
         | BrokerError::GroupRestarted { .. } => Status::unavailable(message),
@@ -183,9 +184,10 @@ mod tests {
             BrokerError::Storage(_) => 27,
             BrokerError::TaskFailed { .. } => 28,
             BrokerError::Io { .. } => 29,
+            BrokerError::ProducersDamaged { .. } => 30,
         }
     }
-    const BROKER_VARIANTS: usize = 30;
+    const BROKER_VARIANTS: usize = 31;
 
     fn group_variant(error: &GroupError) -> usize {
         match error {
@@ -220,9 +222,11 @@ mod tests {
             StorageError::InvalidConfig(_) => 10,
             StorageError::Poisoned { .. } => 11,
             StorageError::WriterStopped => 12,
+            StorageError::OutOfOrderSequence { .. } => 13,
+            StorageError::ProducerFenced { .. } => 14,
         }
     }
-    const STORAGE_VARIANTS: usize = 13;
+    const STORAGE_VARIANTS: usize = 15;
 
     fn topic(name: &str) -> String {
         name.to_owned()
@@ -407,6 +411,19 @@ mod tests {
                 limit(Limit::Groups, 10_001, 10_000),
                 Code::ResourceExhausted,
                 "the broker already holds its maximum of 10000 groups",
+            ),
+            (
+                limit(Limit::NamedProducers, 100_001, 100_000),
+                Code::ResourceExhausted,
+                "the broker already keeps its maximum of 100000 named producers; use anonymous producers (no name) for short-lived processes",
+            ),
+            (
+                BrokerError::ProducersDamaged {
+                    path: PathBuf::from("/d/producers.toml"),
+                    reason: "checksum mismatch".into(),
+                },
+                Code::FailedPrecondition,
+                "/d/producers.toml is damaged and was not loaded (checksum mismatch); named producers are refused until it is repaired or removed (removing it lets old instances of named producers publish until they are re-initialised)",
             ),
             (
                 BrokerError::TopicDamaged {
@@ -609,6 +626,23 @@ mod tests {
                 Code::Internal,
             ),
             (StorageError::WriterStopped, Code::Unavailable),
+            (
+                StorageError::OutOfOrderSequence {
+                    producer_id: 7,
+                    epoch: 0,
+                    expected: 10,
+                    got: 12,
+                },
+                Code::Aborted,
+            ),
+            (
+                StorageError::ProducerFenced {
+                    producer_id: 7,
+                    epoch: 0,
+                    current_epoch: 1,
+                },
+                Code::FailedPrecondition,
+            ),
         ];
 
         let mut seen = [false; GROUP_VARIANTS];
