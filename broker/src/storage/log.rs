@@ -325,6 +325,13 @@ impl LogWriter {
             if self.flushed_pos < self.write_pos && self.last_flush.elapsed() >= every)
     }
 
+    /// While something written is unflushed: when the last flush was, which is where the
+    /// `interval` policy counts from. [`tick`](Self::tick) flushes once that is the interval
+    /// ago.
+    pub fn unflushed_since(&self) -> Option<Instant> {
+        (self.flushed_pos < self.write_pos).then_some(self.last_flush)
+    }
+
     /// Whether appending a batch of `len` bytes rolls the segment first (which creates
     /// files and, unless the policy is `never`, flushes and syncs).
     pub fn append_rolls(&self, len: usize) -> bool {

@@ -15,6 +15,8 @@
 //! - `log` — the writer (append, commit with the fsync policy, roll, retention) and reader.
 //! - `recovery` — opening a directory: checkpoint, scan, torn-tail repair.
 //! - `inspect` — read-only verification of a directory, for the offline `log` commands.
+//! - `writer_core` — what a partition's writer decides (groups, answers, housekeeping),
+//!   with no I/O of its own; the writer thread (`committer`) and task drive it.
 //! - `committer` — group commit: many appenders share one writer thread and one flush.
 
 pub use herald_format::batch;
@@ -28,6 +30,7 @@ mod log;
 mod mapping;
 mod recovery;
 mod segment;
+pub mod writer_core;
 
 use std::time::Duration;
 
