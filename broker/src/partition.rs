@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use crate::error::{BrokerError, Result};
 use crate::storage::{
     Appended, Committer, CommitterHandle, FsyncPolicy, LogConfig, LogReader, LogWriter,
-    StorageError, ValidatedBatch, WriterStats, committer,
+    StorageError, ValidatedBatch, WriterStats, writer_core,
 };
 use crate::task_writer::{TaskWriter, TaskWriterHandle};
 
@@ -19,7 +19,7 @@ use crate::task_writer::{TaskWriter, TaskWriterHandle};
 pub const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Every queued batch is charged at least this much of [`QUEUED_BYTES_MAX`], so the count of
 /// queued batches can never exceed the writer's queue depth.
-const QUEUED_BYTES_MIN_CHARGE: usize = QUEUED_BYTES_MAX / committer::QUEUE_DEPTH;
+const QUEUED_BYTES_MIN_CHARGE: usize = QUEUED_BYTES_MAX / writer_core::QUEUE_DEPTH;
 
 pub struct Partition {
     pub id: u32,

@@ -11,23 +11,16 @@
 //! It is still one writer per partition: the task owns the [`LogWriter`], appenders reach
 //! it over a bounded channel. What can block for long (a segment roll, the interval flush,
 //! retention, the final close) runs off the runtime: the task moves the writer into
-//! `spawn_blocking` and takes it back, while new requests wait in the channel.
+//! `spawn_blocking` and takes it back, while new requests wait in the channel. What to do
+//! with each request, and when, is the [`WriterCore`]'s to decide, as for the thread.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
-use crate::storage::committer::{self, MAX_GROUP_BATCHES, QUEUE_DEPTH, RETENTION_EVERY, Reply};
-use crate::storage::{Appended, FsyncPolicy, LogWriter, Result, StorageError, ValidatedBatch};
-
-/// Longest an idle task sleeps between housekeeping checks (retention, interval flush).
-const IDLE_WAKE: Duration = Duration::from_secs(1);
-
-enum Request {
-    Append { batch: ValidatedBatch, reply: Reply },
-    Close(Box<dyn FnOnce(Result<()>) + Send>),
-}
+use crate::storage::writer_core::{CommitMode, QUEUE_DEPTH, Request, WriterCore};
+use crate::storage::{Appended, LogWriter, Result, StorageError, ValidatedBatch};
 
 /// Appends to a partition whose writer is a task. Cheap to clone.
 #[derive(Clone)]
@@ -50,15 +43,11 @@ impl TaskWriter {
         runtime: &tokio::runtime::Handle,
         on_commit: impl Fn(u64) + Send + 'static,
     ) -> Result<TaskWriter> {
-        if writer.config().fsync == FsyncPolicy::Always {
-            return Err(StorageError::InvalidConfig(
-                "a writer task cannot serve fsync always: its flushes block".into(),
-            ));
-        }
+        let core = WriterCore::new(writer.config().fsync, CommitMode::Unflushed, Instant::now())?;
         // One slot more than appends can occupy (the partition's byte budget admits at most
         // `QUEUE_DEPTH`), so the close request always fits.
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH + 1);
-        runtime.spawn(run(writer, rx, on_commit));
+        runtime.spawn(run(writer, core, rx, on_commit));
         Ok(TaskWriter {
             handle: TaskWriterHandle { tx },
         })
@@ -132,14 +121,13 @@ async fn off_runtime<T: Send + 'static>(
     }
 }
 
-async fn run(mut writer: LogWriter, mut rx: mpsc::Receiver<Request>, on_commit: impl Fn(u64)) {
-    let mut group: Vec<(Result<Appended>, Reply)> = Vec::with_capacity(MAX_GROUP_BATCHES);
-    let mut close: Option<Box<dyn FnOnce(Result<()>) + Send>> = None;
-    let mut last_retention = Instant::now();
-    let idle_wake = match writer.config().fsync {
-        FsyncPolicy::Interval(every) => every.min(IDLE_WAKE),
-        FsyncPolicy::Always | FsyncPolicy::Never => IDLE_WAKE,
-    };
+async fn run(
+    mut writer: LogWriter,
+    mut core: WriterCore,
+    mut rx: mpsc::Receiver<Request>,
+    on_commit: impl Fn(u64),
+) {
+    let idle_wake = core.idle_wake();
     // One timer for the task's life, re-armed only when it fires: arming one per request
     // would cost more than the append.
     let housekeeping = tokio::time::sleep(idle_wake);
@@ -156,40 +144,31 @@ async fn run(mut writer: LogWriter, mut rx: mpsc::Receiver<Request>, on_commit: 
             }
         };
         while let Some(request) = next.take() {
-            match request {
-                Request::Append { batch, reply } => {
-                    let result = if writer.append_rolls(batch.len()) {
-                        // A roll creates files and, under `interval`, flushes and syncs.
-                        match off_runtime(writer, move |w| w.append(batch.as_valid())).await {
-                            Some((back, result)) => {
-                                writer = back;
-                                result
-                            }
-                            None => return,
+            if let Some((batch, reply)) = core.receive(request) {
+                if writer.append_rolls(batch.len()) {
+                    // A roll creates files and, under `interval`, flushes and syncs.
+                    match off_runtime(writer, move |w| w.append(batch.as_valid())).await {
+                        Some((back, result)) => {
+                            writer = back;
+                            core.appended(reply, result);
                         }
-                    } else {
-                        writer.append(batch.as_valid())
-                    };
-                    group.push((result, reply));
+                        None => return,
+                    }
+                } else {
+                    core.append(&mut writer, batch, reply);
                 }
-                Request::Close(reply) => close = Some(reply),
             }
-            if group.len() >= MAX_GROUP_BATCHES || close.is_some() {
+            if core.group_full() {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        if !group.is_empty() {
-            let committed = writer.commit_unflushed();
-            if let Ok(high_watermark) = committed {
-                on_commit(high_watermark);
-            }
-            committer::answer(&mut group, &committed);
-        }
-        if close.is_some() {
+        core.commit(&mut writer, &on_commit);
+        if core.closing() {
             break;
         }
-        if writer.flush_due() {
+        let now = Instant::now();
+        if core.flush_due(&writer, now) {
             match off_runtime(writer, |w| w.tick()).await {
                 Some((back, result)) => {
                     writer = back;
@@ -200,8 +179,7 @@ async fn run(mut writer: LogWriter, mut rx: mpsc::Receiver<Request>, on_commit: 
                 None => return,
             }
         }
-        if last_retention.elapsed() >= RETENTION_EVERY {
-            last_retention = Instant::now();
+        if core.retention_due(now) {
             match off_runtime(writer, |w| w.enforce_retention(now_ms())).await {
                 Some((back, result)) => {
                     writer = back;
@@ -217,33 +195,26 @@ async fn run(mut writer: LogWriter, mut rx: mpsc::Receiver<Request>, on_commit: 
     // above; whatever raced in behind the close is refused, not dropped unanswered.
     rx.close();
     while let Ok(request) = rx.try_recv() {
-        match request {
-            Request::Append { reply, .. } => reply(Err(stopped())),
-            Request::Close(reply) => reply(Ok(())),
-        }
+        request.refuse();
     }
     let result = tokio::task::spawn_blocking(move || writer.close())
         .await
         .unwrap_or_else(|_| Err(stopped()));
-    if let Err(error) = &result {
-        tracing::error!(%error, "closing the partition log failed");
-    }
-    if let Some(reply) = close {
-        reply(result);
-    }
+    core.closed(result);
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
     use bytes::Bytes;
     use tokio::sync::oneshot;
 
     use super::*;
     use crate::storage::batch::{self, BatchBuilder, Record};
-    use crate::storage::{LogConfig, LogReader, WriterStats};
+    use crate::storage::{FsyncPolicy, LogConfig, LogReader, WriterStats};
 
     fn batch(n: usize, value: &[u8]) -> ValidatedBatch {
         let mut b = BatchBuilder::default();

@@ -3,45 +3,25 @@
 //! A [`Committer`] owns a partition's [`LogWriter`] on a thread of its own. Appenders
 //! validate their batch on their own thread (the CRC pass runs in parallel), then hand the
 //! bytes over a bounded channel. The writer thread takes everything queued — up to
-//! [`MAX_GROUP_BATCHES`] batches — appends it all, commits once (one flush under
-//! `FsyncPolicy::Always`), and only then answers each appender. Under load the flush cost is
-//! shared by the whole group; an idle partition still answers a lone batch at once.
+//! [`MAX_GROUP_BATCHES`](super::writer_core::MAX_GROUP_BATCHES) batches — appends it all,
+//! commits once (one flush under `FsyncPolicy::Always`), and only then answers each
+//! appender. Under load the flush cost is shared by the whole group; an idle partition
+//! still answers a lone batch at once.
+//!
+//! This module is the thread and its channel; what to do with each request, and when,
+//! is the [`WriterCore`]'s to decide (shared with the writer task of `task_writer`).
 
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::FsyncPolicy;
 use super::batch::ValidatedBatch;
 use super::error::{Result, StorageError};
 use super::log::{Appended, LogReader, LogWriter, WriterStats};
+use super::writer_core::{CommitMode, QUEUE_DEPTH, Request, WriterCore};
 use crate::clock::now_ms;
-
-/// Most batches appended under one commit: bounds how long the first appender of a group
-/// waits for the others.
-pub const MAX_GROUP_BATCHES: usize = 1024;
-/// Requests that may wait in the queue before appenders block: the committer's memory bound.
-pub const QUEUE_DEPTH: usize = 4096;
-/// How often an idle writer wakes for retention (and, under the interval policy, at least
-/// as often as its interval). Long, so that thousands of quiet partitions cost nothing.
-const IDLE_WAKE: Duration = Duration::from_secs(1);
-/// Longest the writer waits for a group to fill up again before it flushes (fsync
-/// `always` only). An appender answered by the previous flush needs a moment to send its
-/// next batch; without the wait, eight steady appenders split into groups of four or five
-/// and pay nearly twice the flushes. A flush costs 0.3–2 ms here, so the wait is cheap.
-const GATHER_WAIT: Duration = Duration::from_micros(200);
-/// How often retention runs.
-pub const RETENTION_EVERY: Duration = Duration::from_secs(10);
-
-/// Answers one appender, on the writer's thread.
-pub type Reply = Box<dyn FnOnce(Result<Appended>) + Send>;
-
-enum Request {
-    Append { batch: ValidatedBatch, reply: Reply },
-    Close(Box<dyn FnOnce(Result<()>) + Send>),
-}
 
 /// A handle to a partition's writer thread. Cheap to clone; every clone appends to the same
 /// log.
@@ -73,13 +53,14 @@ impl Committer {
         max_batch_bytes: usize,
         on_commit: impl Fn(u64) + Send + 'static,
     ) -> Result<Committer> {
+        let core = WriterCore::new(writer.config().fsync, CommitMode::Flushing, Instant::now())?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
         let reader = writer.reader();
         let stats = writer.stats();
         let name = format!("herald-writer-{}", writer.dir().display());
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(writer, rx, on_commit))
+            .spawn(move || run(writer, core, rx, on_commit))
             .map_err(|e| StorageError::Io {
                 op: "spawn writer thread",
                 path: Default::default(),
@@ -183,91 +164,56 @@ impl CommitterHandle {
     }
 }
 
-/// Answers every appender of a group with its append's result, or with the commit's
-/// failure for those whose append succeeded.
-pub fn answer(group: &mut Vec<(Result<Appended>, Reply)>, committed: &Result<u64>) {
-    for (result, reply) in group.drain(..) {
-        reply(match (committed, result) {
-            (Ok(_), result) => result,
-            (Err(e), Ok(_)) => Err(StorageError::Poisoned {
-                reason: e.to_string(),
-            }),
-            (Err(_), Err(e)) => Err(e),
-        });
-    }
-}
-
 fn closed() -> StorageError {
     StorageError::WriterStopped
 }
 
-fn run(mut writer: LogWriter, rx: Receiver<Request>, on_commit: impl Fn(u64)) {
-    let mut group: Vec<(Result<Appended>, Reply)> = Vec::with_capacity(MAX_GROUP_BATCHES);
-    let mut last_retention = std::time::Instant::now();
-    let mut close: Option<Box<dyn FnOnce(Result<()>) + Send>> = None;
-    let gather = writer.config().fsync == FsyncPolicy::Always;
-    let mut last_group = 0;
-    let idle_wake = match writer.config().fsync {
-        FsyncPolicy::Interval(every) => every.min(IDLE_WAKE),
-        FsyncPolicy::Always | FsyncPolicy::Never => IDLE_WAKE,
-    };
+fn run(
+    mut writer: LogWriter,
+    mut core: WriterCore,
+    rx: Receiver<Request>,
+    on_commit: impl Fn(u64),
+) {
     loop {
-        let first = match rx.recv_timeout(idle_wake) {
+        let mut next = match rx.recv_timeout(core.idle_wake()) {
             Ok(request) => Some(request),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut next = first;
-        let gather_until = std::time::Instant::now() + GATHER_WAIT;
+        let started = Instant::now();
         while let Some(request) = next.take() {
-            match request {
-                Request::Append { batch, reply } => {
-                    let result = writer.append(batch.as_valid());
-                    group.push((result, reply));
-                }
-                Request::Close(reply) => close = Some(reply),
-            }
-            if group.len() >= MAX_GROUP_BATCHES || close.is_some() {
+            core.offer(&mut writer, request);
+            if core.group_full() {
                 break;
             }
             next = rx.try_recv().ok();
-            // Nothing queued, but the last group was bigger: its other appenders are
-            // probably about to send again. Worth waiting for only when a flush follows.
-            if next.is_none() && gather && group.len() < last_group {
-                next = rx.recv_deadline(gather_until).ok();
+            if next.is_none()
+                && let Some(until) = core.wait_for_more(started)
+            {
+                next = rx.recv_deadline(until).ok();
             }
         }
-        last_group = group.len();
-        if !group.is_empty() {
-            let committed = writer.commit();
-            if let Ok(high_watermark) = committed {
-                on_commit(high_watermark);
-            }
-            answer(&mut group, &committed);
-        }
-        if close.is_some() {
+        core.commit(&mut writer, &on_commit);
+        if core.closing() {
             break;
         }
-        if matches!(writer.config().fsync, FsyncPolicy::Interval(_))
+        let now = Instant::now();
+        if core.flush_due(&writer, now)
             && let Err(error) = writer.tick()
         {
             tracing::error!(%error, "interval flush failed");
         }
-        if last_retention.elapsed() >= RETENTION_EVERY {
-            last_retention = std::time::Instant::now();
-            if let Err(error) = writer.enforce_retention(now_ms()) {
-                tracing::error!(%error, "retention failed");
-            }
+        if core.retention_due(now)
+            && let Err(error) = writer.enforce_retention(now_ms())
+        {
+            tracing::error!(%error, "retention failed");
         }
     }
     // Everything queued before the close (or before the last handle dropped) was answered
-    // above; whatever arrives now is refused.
+    // above; whatever raced in behind the close is refused, not dropped unanswered.
+    while let Ok(request) = rx.try_recv() {
+        request.refuse();
+    }
     drop(rx);
-    let result = writer.close();
-    if let Err(error) = &result {
-        tracing::error!(%error, "closing the partition log failed");
-    }
-    if let Some(reply) = close {
-        reply(result);
-    }
+    core.closed(writer.close());
 }

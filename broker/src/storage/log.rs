@@ -4,7 +4,7 @@
 //! base offset (`append`) → flush per the fsync policy (`commit`) → publish the committed
 //! length and the high watermark (`handoff`) → return. Appends between two commits share
 //! one flush, which is all group commit needs: whoever drives the writer appends everything
-//! that is queued, then commits once (see `committer`).
+//! that is queued, then commits once (see `writer_core`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -400,8 +400,8 @@ impl LogWriter {
     /// Publishes every appended batch without flushing, whatever the policy, and returns
     /// the new high watermark. For a writer that must not block on a flush (fsync `never`
     /// or `interval`, run on an async runtime): it calls [`tick`](Self::tick) itself, off
-    /// the runtime, once [`flush_due`](Self::flush_due) says so. Under `always` this would
-    /// publish unflushed data, so it is refused.
+    /// the runtime, once [`unflushed_since`](Self::unflushed_since) is the interval ago.
+    /// Under `always` this would publish unflushed data, so it is refused.
     pub fn commit_unflushed(&mut self) -> Result<u64> {
         self.check_poisoned()?;
         if self.config.fsync == FsyncPolicy::Always {
@@ -415,11 +415,11 @@ impl LogWriter {
         Ok(self.committed_offset)
     }
 
-    /// Under `interval`: whether something is unflushed and the interval has passed, so
-    /// that [`tick`](Self::tick) would flush.
-    pub fn flush_due(&self) -> bool {
-        matches!(self.config.fsync, FsyncPolicy::Interval(every)
-            if self.flushed_pos < self.write_pos && self.last_flush.elapsed() >= every)
+    /// While something written is unflushed: when the last flush was, which is where the
+    /// `interval` policy counts from. [`tick`](Self::tick) flushes once that is the interval
+    /// ago.
+    pub fn unflushed_since(&self) -> Option<Instant> {
+        (self.flushed_pos < self.write_pos).then_some(self.last_flush)
     }
 
     /// Whether appending a batch of `len` bytes rolls the segment first (which creates

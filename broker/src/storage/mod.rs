@@ -16,6 +16,8 @@
 //! - `recovery` — opening a directory: checkpoint, scan, torn-tail repair.
 //! - `inspect` — read-only verification of a directory, for the offline `log` commands.
 //! - `producers` — idempotent producers: the per-partition sequence table, its snapshot.
+//! - `writer_core` — what a partition's writer decides (groups, answers, housekeeping),
+//!   with no I/O of its own; the writer thread (`committer`) and task drive it.
 //! - `committer` — group commit: many appenders share one writer thread and one flush.
 
 pub use herald_format::batch;
@@ -30,6 +32,7 @@ mod mapping;
 pub mod producers;
 mod recovery;
 mod segment;
+pub mod writer_core;
 
 use std::time::Duration;
 
