@@ -157,6 +157,12 @@ impl Partition {
             WriterStats::get(&self.stats.flush_nanos) as f64 / 1e9,
         )
     }
+
+    /// Batches of idempotent producers answered as already stored since the partition
+    /// opened.
+    pub fn duplicate_batches(&self) -> u64 {
+        WriterStats::get(&self.stats.duplicates)
+    }
 }
 
 /// Where a partition's appends go.

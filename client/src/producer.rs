@@ -1131,7 +1131,7 @@ impl Driver {
                 }
             }
             Err(error)
-                if error.is_retryable() && self.identity_failures < self.config.max_retries =>
+                if is_transient(&error) && self.identity_failures < self.config.max_retries =>
             {
                 let exponent = self.identity_failures.min(16);
                 self.identity_failures += 1;
@@ -1365,6 +1365,19 @@ impl Driver {
         for (_, waiter) in done {
             let _ = waiter.send(());
         }
+    }
+}
+
+/// Whether a unary call's failure says nothing about the request itself: the broker was
+/// unreachable, restarting, or the connection broke under the call.
+fn is_transient(error: &Error) -> bool {
+    match error {
+        Error::Unavailable(_) | Error::Timeout | Error::Transport(_) => true,
+        Error::Status { code, .. } => matches!(
+            code,
+            tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+        ),
+        _ => false,
     }
 }
 

@@ -38,6 +38,7 @@ pub struct Metrics {
     damaged_topics: IntGauge,
     partitions: IntGauge,
     fsyncs: IntCounter,
+    publish_duplicates: IntCounter,
     fsync_seconds: prometheus::Counter,
     /// Group tasks that panicked and were restarted (a bug; see the ERROR log).
     group_task_failures: IntCounter,
@@ -214,6 +215,11 @@ impl Metrics {
                 "Log flushes (msync/fsync) since start, all partitions",
             )
             .expect("valid metric"),
+            publish_duplicates: IntCounter::new(
+                "publish_duplicates_total",
+                "Batches of idempotent producers sent again and answered with their first offsets instead of being stored twice",
+            )
+            .expect("valid metric"),
             fsync_seconds: prometheus::Counter::new(
                 "fsync_seconds_total",
                 "Time spent in log flushes since start, all partitions",
@@ -246,6 +252,7 @@ impl Metrics {
             Box::new(m.damaged_topics.clone()),
             Box::new(m.partitions.clone()),
             Box::new(m.fsyncs.clone()),
+            Box::new(m.publish_duplicates.clone()),
             Box::new(m.fsync_seconds.clone()),
             Box::new(m.group_task_failures.clone()),
             Box::new(m.group_offsets_reset.clone()),
@@ -265,14 +272,17 @@ impl Metrics {
         self.topics.set(topics.len() as i64);
         self.damaged_topics.set(registry.damaged().len() as i64);
         self.partitions.set(registry.partitions_total() as i64);
-        let (mut flushes, mut seconds) = (0u64, 0f64);
+        let (mut flushes, mut seconds, mut duplicates) = (0u64, 0f64, 0u64);
         for topic in &topics {
             for p in &topic.partitions {
                 let (f, s) = p.flush_stats();
                 flushes += f;
                 seconds += s;
+                duplicates += p.duplicate_batches();
             }
         }
+        self.publish_duplicates.reset();
+        self.publish_duplicates.inc_by(duplicates);
         // The writers keep the running totals; mirror them into the counters. Totals only
         // grow, except when a topic is deleted, which a counter reset tells scrapers.
         self.fsyncs.reset();
