@@ -41,7 +41,7 @@ fn key_vectors() -> String {
                 serde_json::json!({
                     "key_hex": key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
                     "partitions": partitions,
-                    "partition": herald_client::partition_for_key(key, partitions),
+                    "partition": herald_client::partition_for_key(key, partitions).0,
                 })
             })
         })

@@ -299,7 +299,17 @@ export class Consumer extends EventEmitter {
     this.unsettled.clear();
     this.pendingAcks = [];
     this.waiting.length = 0;
-    const call = this.client.raw.Subscribe(this.client.metadata());
+    let call: grpc.ClientDuplexStream<SubscribeRequest, SubscribeResponse__Output>;
+    try {
+      call = this.client.raw.Subscribe(this.client.metadata());
+    } catch (err) {
+      // The channel was closed under the consumer: nothing to rejoin.
+      this.call = undefined;
+      this.failure = new ClosedError(`cannot subscribe: ${(err as Error).message}`);
+      for (const w of this.joinedWaiters.splice(0)) w.reject(this.failure);
+      this.finish();
+      return;
+    }
     this.call = call;
     call.write({
       join: {

@@ -365,7 +365,17 @@ export class Producer {
     const generation = ++this.callGeneration;
     // waitForReady: a stream opened while the broker restarts waits for it instead of
     // failing at once; the retry backoff covers the rest.
-    const call = this.client.raw.PublishStream(this.client.metadata());
+    let call: grpc.ClientDuplexStream<PublishStreamRequest, PublishStreamResponse__Output>;
+    try {
+      call = this.client.raw.PublishStream(this.client.metadata());
+    } catch (err) {
+      // The channel was closed under the producer: what is buffered cannot be sent.
+      const closed = new ClosedError(`cannot publish: ${(err as Error).message}`);
+      for (const [partition, batch] of this.open) this.seal(partition, batch);
+      for (const queue of this.sealed.values()) for (const b of queue) this.retryOrFail(b, closed);
+      this.sealed.clear();
+      return;
+    }
     this.call = call;
     call.on('data', (reply: PublishStreamResponse__Output) => {
       if (generation === this.callGeneration) this.onReply(reply);
