@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const { Client } = require('..');
 const { startBroker, eventually, sleep } = require('./broker');
 
-test('broker restart mid-stream loses nothing and leaves one member', { timeout: 90_000 }, async () => {
+test('broker restart mid-stream loses nothing and leaves one member', { timeout: 90_000 }, async (t) => {
   const broker = await startBroker();
   const client = new Client(broker.addr);
   const admin = client.admin();
@@ -49,6 +49,7 @@ test('broker restart mid-stream loses nothing and leaves one member', { timeout:
     await publishing;
     await producer.close();
     assert.equal(stored.length, TOTAL, 'every publish eventually succeeded');
+    t.diagnostic(`batches retried across the restart: ${producer.retries}`);
 
     await eventually(() => received.size === TOTAL, 30_000, `all ${TOTAL} events consumed (have ${received.size})`);
     for (let i = 0; i < TOTAL; i++) assert.ok(received.has(`event-${i}`), `event-${i} consumed`);
