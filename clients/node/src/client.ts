@@ -1,10 +1,19 @@
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from './proto';
 import type { HeraldClient } from './generated/herald/v1/Herald';
-import { fromGrpc } from './errors';
+import { fromGrpc, isRetryable } from './errors';
 import { Admin } from './admin';
-import { Producer, type ProducerOptions } from './producer';
+import { backoffDelay, Producer, type ProducerOptions } from './producer';
 import { Consumer, type ConsumerOptions } from './consumer';
+
+/**
+ * Methods whose retry cannot change the outcome: reads, and writes that set a value.
+ * Create, delete and redrive are not retried (a retry after a lost reply would report
+ * ALREADY_EXISTS or NOT_FOUND, or redrive twice).
+ */
+const IDEMPOTENT = new Set([
+  'DescribeTopic', 'ListTopics', 'DescribeGroup', 'ListGroups', 'ListPending', 'UpdateGroup', 'Seek',
+]);
 
 /** Largest gRPC message sent or accepted: above the broker's own limits, so its clear errors apply. */
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
@@ -113,16 +122,31 @@ export class Client {
   /**
    * Calls a unary method. Waits for the broker to be reachable (wait-for-ready) within
    * the request timeout, so a call made while the broker restarts succeeds once it is
-   * back instead of failing at once.
+   * back instead of failing at once. A call caught on a connection that drops (the
+   * channel has not noticed yet that the broker is gone) fails with UNAVAILABLE; the
+   * idempotent methods are then retried, with backoff, within the same timeout.
    */
-  unary<Req, Res>(method: string, request: Req, timeoutMs = this.requestTimeoutMs): Promise<Res> {
+  async unary<Req, Res>(method: string, request: Req, timeoutMs = this.requestTimeoutMs): Promise<Res> {
+    const deadline = Date.now() + timeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.unaryOnce<Req, Res>(method, request, deadline);
+      } catch (err) {
+        const delay = backoffDelay(attempt, 50, 1_000);
+        if (!IDEMPOTENT.has(method) || !isRetryable(err) || Date.now() + delay >= deadline) throw err;
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+  }
+
+  private unaryOnce<Req, Res>(method: string, request: Req, deadline: number): Promise<Res> {
     const stub = this.raw as unknown as Record<string, Function>;
     return new Promise((resolve, reject) => {
       stub[method].call(
         this.raw,
         request,
         this.metadata(),
-        { deadline: Date.now() + timeoutMs },
+        { deadline },
         (err: unknown, reply: Res) => (err ? reject(fromGrpc(err)) : resolve(reply)),
       );
     });

@@ -44,8 +44,12 @@ test('broker restart mid-stream loses nothing and leaves one member', { timeout:
 
     await eventually(() => stored.length >= 150, 30_000, 'publishes before the restart');
     await broker.stop('SIGKILL');
+    // A call made while the broker is down waits for it (wait-for-ready) instead of
+    // failing at once with UNAVAILABLE.
+    const describedDuringRestart = admin.describeTopic(topic);
     await sleep(300);
     await broker.start();
+    assert.equal((await describedDuringRestart).partitionCount, 3);
     await publishing;
     await producer.close();
     assert.equal(stored.length, TOTAL, 'every publish eventually succeeded');
