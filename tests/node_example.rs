@@ -21,7 +21,7 @@ const SETUP_HINT: &str = "run ./scripts/test, which installs them \
 
 // Multi-threaded so the broker keeps serving while this test waits on the child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_example_orders_and_email() {
+async fn node_example_orders_email_inventory() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = root.join("examples/node");
     assert!(

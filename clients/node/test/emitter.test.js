@@ -151,3 +151,24 @@ test('once() handles one event; off() removes the listener and leaves the group'
   assert.deepEqual(got, [1]);
   await bus.close();
 });
+
+test('100 orders, a 50 ms listener and a 1 s ack deadline: 100 emails, none twice', async () => {
+  const t = fresh();
+  const orders = new HeraldEmitter({ client });
+  // Two listeners at a time: 100 × 50 ms takes 2.5 s, well past the deadline of the
+  // events waiting their turn, which are extended while they wait.
+  const email = new HeraldEmitter({ client, service: 'email', ackDeadlineMs: 1_000, concurrency: 2 });
+  const sent = new Map();
+  email.on(`${t}:created`, async (order) => {
+    await new Promise((r) => setTimeout(r, 50));
+    sent.set(order.id, (sent.get(order.id) ?? 0) + 1);
+  });
+  await email.ready();
+  await Promise.all(Array.from({ length: 100 }, (_, i) => orders.emit(`${t}:created`, { id: `o-${i}` }, { key: `o-${i}` })));
+  await eventually(() => sent.size === 100, 20_000, 'all emails');
+  await email.close();
+  assert.equal([...sent.values()].reduce((a, b) => a + b, 0), 100, 'no email sent twice');
+  const g = await client.admin().describeGroup(t, 'email');
+  assert.ok(g.partitions.every((p) => p.redelivered === 0n && p.lag === 0n));
+  await orders.close();
+});
