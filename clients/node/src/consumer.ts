@@ -226,9 +226,10 @@ export class Consumer extends EventEmitter {
   /**
    * Leaves the group gracefully: no new handler starts, the running ones finish and their
    * acks are sent, then the stream is closed. Messages received but not started are
-   * delivered again to the other members.
+   * delivered again to the other members. With `timeoutMs`, handlers still running after
+   * that long are abandoned (their messages are delivered again) and the stream closed.
    */
-  async close(): Promise<void> {
+  async close(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.closing) {
       await new Promise<void>((resolve) => (this.ended ? resolve() : this.endWaiters.push(resolve)));
       return;
@@ -238,7 +239,21 @@ export class Consumer extends EventEmitter {
     this.rejoinTimer = undefined;
     this.wake?.();
     this.waiting.length = 0;
-    while (this.running.size > 0) await Promise.all([...this.running]);
+    const giveUp = options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs;
+    while (this.running.size > 0) {
+      const all = Promise.all([...this.running]);
+      if (giveUp === undefined) {
+        await all;
+        continue;
+      }
+      let timer: NodeJS.Timeout | undefined;
+      const late = await Promise.race([
+        all.then(() => false),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), Math.max(0, giveUp - Date.now())))),
+      ]);
+      clearTimeout(timer);
+      if (late) break;
+    }
     this.flushAcks();
     const call = this.call;
     if (call) {

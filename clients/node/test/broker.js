@@ -64,6 +64,8 @@ class Broker {
         { stdio: ['ignore', 'ignore', 'pipe'], env: brokerEnv() },
       );
       this.child = child;
+      live.add(child);
+      child.once('exit', () => live.delete(child));
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
         reject(new Error(`herald did not start within ${START_TIMEOUT_MS} ms:\n${this.log.join('\n')}`));
@@ -117,6 +119,13 @@ class Broker {
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
+
+// Brokers still running when the test process exits (a failed or timed-out test) are
+// killed with it, so nothing is left behind.
+const live = new Set();
+process.on('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
 
 /** A started broker. */
 async function startBroker() {

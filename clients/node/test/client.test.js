@@ -311,3 +311,30 @@ test('close() drains: running handlers finish and are acked, buffered records ar
   assert.ok(committed >= 1n, 'the handled messages were acked');
   assert.ok(committed <= BigInt(started), 'only handled messages were acked');
 });
+
+test('close({ timeoutMs }) gives up on a stuck handler; its message goes to the next member', async () => {
+  const topic = name('stuck');
+  await admin.createTopic(topic, 1);
+  const producer = client.producer(topic);
+  await producer.publish({ key: 'k', value: 'stuck' });
+  await producer.close();
+  const first = client.consumer(topic, 'g', { settings: { ackDeadlineMs: 60_000 } });
+  let entered;
+  const inHandler = new Promise((r) => (entered = r));
+  first.run(() => {
+    entered();
+    return new Promise(() => {}); // never settles
+  });
+  await inHandler;
+  const started = Date.now();
+  await first.close({ timeoutMs: 200 });
+  assert.ok(Date.now() - started < 5_000, 'close returned after its timeout');
+  const second = client.consumer(topic, 'g');
+  for await (const m of second) {
+    assert.equal(m.value.toString(), 'stuck');
+    assert.equal(m.attempt, 2, 'delivered again once the first member left');
+    m.ack();
+    break;
+  }
+  await second.close();
+});
