@@ -219,14 +219,14 @@ test('a handler slower than the ack deadline is not redelivered while it runs', 
 
   const consumer = client.consumer(topic, 'email', {
     concurrency: 3,
-    settings: { ackDeadlineMs: 600 },
+    settings: { ackDeadlineMs: 1_000 },
   });
   const handled = [];
   let finished;
   const all = new Promise((r) => (finished = r));
   const run = consumer.run(async (m) => {
     handled.push({ i: m.value.toString(), attempt: m.attempt });
-    await sleep(1_500); // 2.5 deadlines
+    await sleep(2_000); // two deadlines; the three waiting their turn wait as long
     if (handled.length === COUNT) finished();
   });
   await all;
