@@ -207,6 +207,17 @@ test('a failing handler: nack, redelivery after backoff, then the dead-letter to
   assert.equal(letter.header('herald-dlq-reason'), 'cannot process');
   const g = await drained(topic, 'strict');
   assert.equal(g.partitions[0].deadLettered, 1n);
+
+  // Redrive gives the dead letter another chance: it comes back to the group.
+  assert.equal(await admin.redrive(topic, 'strict'), 1n);
+  const again = client.consumer(topic, 'strict');
+  for await (const m of again) {
+    assert.equal(m.value.toString(), 'bad');
+    assert.equal(m.header('herald-dlq-reason'), undefined, 'the dead-letter headers are gone');
+    m.ack();
+    break;
+  }
+  await again.close();
 });
 
 test('a handler slower than the ack deadline is not redelivered while it runs', async () => {
