@@ -134,6 +134,8 @@ export class Producer {
   private readonly o: Required<ProducerOptions>;
   private partitions?: number;
   private partitionsLookup?: Promise<number>;
+  /** The topic's largest record; a larger one is refused at `send`, before it can sink a batch. */
+  private maxMessageBytes = Infinity;
   private buffered = 0;
   private readonly budgetWaiters: { size: number; go: () => void; fail: (e: Error) => void }[] = [];
   private readonly open = new Map<number, Batch>();
@@ -182,9 +184,15 @@ export class Producer {
     if (this.partitions !== undefined) return Promise.resolve(this.partitions);
     this.partitionsLookup ??= Promise.all([
       hashReady(),
-      this.client.unary<unknown, { topic: { partition_count: number } }>('DescribeTopic', { name: this.topic }),
+      this.client.unary<unknown, { topic: { partition_count: number; config?: { max_message_bytes?: number } } }>(
+        'DescribeTopic',
+        { name: this.topic },
+      ),
     ]).then(
-      ([, reply]) => (this.partitions = reply.topic.partition_count),
+      ([, reply]) => {
+        this.maxMessageBytes = reply.topic.config?.max_message_bytes || Infinity;
+        return (this.partitions = reply.topic.partition_count);
+      },
       (err) => {
         this.partitionsLookup = undefined;
         throw err;
@@ -211,6 +219,15 @@ export class Producer {
         headers.push({ key: k, value: b });
         size += k.length + b.length;
       }
+    }
+    // The broker counts key, value and header names and values, and refuses the whole
+    // batch holding a larger record: refused here alone, it takes no other record down.
+    const brokerSize = size - RECORD_OVERHEAD;
+    if (brokerSize > this.maxMessageBytes) {
+      throw errorFor(
+        grpc.status.RESOURCE_EXHAUSTED,
+        `record of ${brokerSize} bytes exceeds the ${this.maxMessageBytes}-byte limit of topic "${this.topic}"`,
+      );
     }
     let partition: number;
     if (record.partition !== undefined) {

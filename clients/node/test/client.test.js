@@ -8,6 +8,7 @@ const {
   Client,
   AlreadyExistsError,
   NotFoundError,
+  ResourceExhaustedError,
   HeraldError,
   partitionForKey,
   status,
@@ -348,4 +349,20 @@ test('close({ timeoutMs }) gives up on a stuck handler; its message goes to the 
     break;
   }
   await second.close();
+});
+
+test('a record over the topic limit is refused alone, without failing its batch', async () => {
+  const topic = name('limit');
+  await admin.createTopic(topic, 1, { maxMessageBytes: 1024 });
+  const producer = client.producer(topic, { lingerMs: 50 });
+  const before = await producer.send({ key: 'k', value: 'small' });
+  await assert.rejects(producer.send({ key: 'k', value: Buffer.alloc(2048) }), (err) => {
+    assert.ok(err instanceof ResourceExhaustedError);
+    assert.equal(err.code, status.RESOURCE_EXHAUSTED);
+    return true;
+  });
+  const after = await producer.send({ key: 'k', value: 'small too' });
+  await producer.close();
+  assert.equal((await before.acked).offset, 0n);
+  assert.equal((await after.acked).offset, 1n);
 });
