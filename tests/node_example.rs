@@ -1,9 +1,10 @@
 //! The Node.js example (`examples/node`): runs its `node --test test.js` against a real
-//! broker started in-process. The example talks plain gRPC with `@grpc/grpc-js` and
-//! `@grpc/proto-loader`, loading the .proto files at run time.
+//! broker started in-process. The example is the order, email and inventory services on
+//! `HeraldEmitter` from the package in `clients/node`.
 //!
-//! Needs `node` and the example's `node_modules`, which `./scripts/test` installs
-//! (`npm ci --prefix examples/node`). Without them the test fails (it does not skip).
+//! Needs `node`, the package built and the example's `node_modules`, which
+//! `./scripts/test` installs (`npm ci` and `npm run build` in `clients/node`, then
+//! `npm ci --prefix examples/node`). Without them the test fails (it does not skip).
 
 mod common;
 
@@ -16,11 +17,11 @@ use common::*;
 /// Generous: the test takes about a second, but the machine may be busy compiling.
 const NODE_TIMEOUT: Duration = Duration::from_secs(180);
 const SETUP_HINT: &str = "run ./scripts/test, which installs them \
-    (npm ci --prefix examples/node)";
+    (npm ci and npm run build in clients/node, then npm ci --prefix examples/node)";
 
 // Multi-threaded so the broker keeps serving while this test waits on the child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_example_orders_and_email() {
+async fn node_example_orders_email_inventory() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = root.join("examples/node");
     assert!(
@@ -29,9 +30,10 @@ async fn node_example_orders_and_email() {
         example.join("test.js").display()
     );
     assert!(
-        example.join("node_modules/@grpc/grpc-js").is_dir()
-            && example.join("node_modules/@grpc/proto-loader").is_dir(),
-        "{} has no node_modules with @grpc/grpc-js and @grpc/proto-loader; {SETUP_HINT}",
+        example
+            .join("node_modules/herald-broker-client/dist/index.js")
+            .is_file(),
+        "{} has no node_modules with a built herald-broker-client; {SETUP_HINT}",
         example.display()
     );
 

@@ -4,61 +4,63 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { randomUUID } = require('node:crypto');
-
-const herald = require('./herald');
-const { runOrders } = require('./orders');
-const { runEmail } = require('./email');
+const { Client, HeraldEmitter } = require('herald-broker-client');
+const { createOrder } = require('./orders');
+const { startEmail } = require('./email');
+const { startInventory, stock } = require('./inventory');
 
 const ORDERS = 20;
-const PARTITIONS = 3;
 
-test('every order created gets one email, and the group has no lag', { timeout: 60_000 }, async () => {
+test('every order gets one email and one stock reservation, caused by it', { timeout: 60_000 }, async () => {
   assert.ok(process.env.HERALD_ADDR, 'set HERALD_ADDR to the broker address (host:port)');
-  const client = herald.connect(process.env.HERALD_ADDR);
-  const topic = `orders-${randomUUID()}`;
+  const client = new Client(process.env.HERALD_ADDR);
+  const orders = new HeraldEmitter({ client, service: 'orders' });
+  const email = new HeraldEmitter({ client, service: 'email' });
+  const inventory = new HeraldEmitter({ client, service: 'inventory' });
+  const audit = new HeraldEmitter({ client, service: 'audit' });
   try {
-    await herald.call(client, 'CreateTopic', { name: topic, partitions: PARTITIONS });
-
-    const orders = await runOrders(client, topic, ORDERS);
-    assert.equal(orders.length, ORDERS);
-
-    const received = new Map(); // order id -> times emailed
-    const acked = await runEmail(client, topic, {
-      group: 'email',
-      limit: ORDERS,
-      onEmail: ({ order, delivery }) => {
-        assert.equal(delivery.key.toString('utf8'), order.id, 'keyed by order id');
-        assert.equal(typeof delivery.offset, 'string', 'uint64 offsets load as strings');
-        received.set(order.id, (received.get(order.id) || 0) + 1);
-      },
+    const emailed = new Map(); // order id -> emails
+    startEmail(email, async (order) => {
+      emailed.set(order.id, (emailed.get(order.id) || 0) + 1);
     });
-    assert.equal(acked, ORDERS);
-    for (const order of orders) {
-      assert.equal(received.get(order.id), 1, `order ${order.id} emailed exactly once`);
-    }
-    assert.equal(received.size, ORDERS, 'no email for an unknown order');
+    startInventory(inventory);
+    const reserved = [];
+    audit.on('inventory:reserved', (payload, event) => reserved.push({ payload, event }));
+    await Promise.all([email.ready(), inventory.ready(), audit.ready()]);
 
-    // Every ack reached the broker: the group's lag is 0 in every partition and the
-    // committed offsets cover everything published. Acks are applied asynchronously, so
-    // poll briefly.
-    let group;
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      ({ group } = await herald.call(client, 'DescribeGroup', { topic, group: 'email' }));
-      if (group.partitions.every((p) => BigInt(p.lag) === 0n) || Date.now() > deadline) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
+    const created = [];
+    for (let i = 0; i < ORDERS; i++) created.push(await createOrder(orders, `c${i}@example.com`, 10 + i));
+
+    const deadline = Date.now() + 20_000;
+    while ((emailed.size < ORDERS || reserved.length < ORDERS) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
     }
-    assert.equal(group.partitions.length, PARTITIONS);
-    for (const p of group.partitions) {
-      assert.equal(BigInt(p.lag), 0n, `partition ${p.partition} lag: ${JSON.stringify(p)}`);
-      assert.equal(BigInt(p.committed_offset), BigInt(p.end_offset));
-      assert.equal(p.in_flight_count, 0);
+    for (const order of created) {
+      assert.equal(emailed.get(order.id), 1, `order ${order.id} emailed once`);
+      assert.ok(stock.get(order.id), `stock reserved for ${order.id}`);
     }
-    const total = group.partitions.reduce((sum, p) => sum + BigInt(p.end_offset), 0n);
-    assert.equal(total, BigInt(ORDERS));
+    assert.equal(reserved.length, ORDERS);
+    for (const { payload, event } of reserved) {
+      assert.ok(created.some((o) => o.id === payload.orderId));
+      assert.ok(event.causationId, 'the reservation names the order event that caused it');
+      assert.equal(event.correlationId, event.causationId, 'and shares its correlation id');
+    }
+
+    // Every event was acked: no lag in the groups of the order topic. Acks travel after
+    // the handler returns, so poll briefly.
+    const admin = client.admin();
+    for (const group of ['email', 'inventory']) {
+      let g;
+      const until = Date.now() + 10_000;
+      do {
+        g = await admin.describeGroup('order', group);
+      } while (g.partitions.some((p) => p.lag > 0n) && Date.now() < until);
+      const lag = g.partitions.reduce((sum, p) => sum + p.lag, 0n);
+      assert.equal(lag, 0n, `group ${group} has no lag`);
+      assert.equal(g.partitions.reduce((sum, p) => sum + p.endOffset, 0n), BigInt(ORDERS));
+    }
   } finally {
-    await herald.call(client, 'DeleteTopic', { name: topic }).catch(() => {});
+    await Promise.all([orders.close(), email.close(), inventory.close(), audit.close()]);
     client.close();
   }
 });
