@@ -35,14 +35,7 @@ async fn two_groups(dir: &Path) {
         if group == "g1" {
             let acked: Vec<v1::Delivery> = got.into_iter().filter(|d| d.offset < 6).collect();
             m.ack(&acked).await;
-            let settled = eventually(WAIT, || {
-                let mut c = c.clone();
-                async move {
-                    describe_group(&mut c, "t", "g1").await.partitions[0].committed_offset == 6
-                }
-            })
-            .await;
-            assert!(settled);
+            wait_for_group(&c, "t", "g1", |d| d.partitions[0].committed_offset == 6).await;
         }
     }
     drop(c);

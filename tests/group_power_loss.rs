@@ -39,12 +39,7 @@ async fn offsets_past_the_recovered_log_end_come_down_to_it() {
         .unwrap();
     let (got, _) = m.deliveries(10, WAIT).await;
     m.ack(&got).await;
-    let settled = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move { describe_group(&mut c, "t", "g").await.partitions[0].committed_offset == 10 }
-    })
-    .await;
-    assert!(settled);
+    wait_for_group(&c, "t", "g", |d| d.partitions[0].committed_offset == 10).await;
     drop(m);
     drop(c);
     broker.shutdown().await.unwrap();

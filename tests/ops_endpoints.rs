@@ -256,19 +256,16 @@ async fn expect_group_series(
     want: [f64; 8],
 ) {
     let want: Vec<Option<f64>> = want.into_iter().map(Some).collect();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let what = format!("group {topic}/{group}: {GROUP_SERIES:?} reach {want:?}");
+    wait_for(&what, || async {
         let (got, text) = group_series(metrics_addr, topic, group).await;
         if got == want {
-            return;
+            Ok(())
+        } else {
+            Err(Text(format!("{got:?}\n{text}")))
         }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "group {topic}/{group}: {GROUP_SERIES:?}\n  want {want:?}\n  got  {got:?}\n{text}"
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
