@@ -348,15 +348,19 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
     let mut c = client(&broker).await;
     create_topic(&mut c, "idle", 1).await;
 
-    // Busy: a publish every 100 ms for a second keeps the stream open past the timeout.
+    // Busy: publishes one after the other, each sent when the last is answered, for
+    // three timeouts' worth keep the stream open. (Back to back rather than paced, so only
+    // a test thread stalled for a whole timeout could leave a gap that long.)
     let (tx, rx) = mpsc::channel(4);
     let mut replies = c
         .publish_stream(ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
-    let mut last_sent = std::time::Instant::now();
-    for sequence in 0..10 {
+    let busy = std::time::Instant::now();
+    let mut last_sent = busy;
+    let mut sequence = 0;
+    while busy.elapsed() < Duration::from_millis(900) {
         last_sent = std::time::Instant::now();
         tx.send(request(
             sequence,
@@ -366,7 +370,7 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
         .unwrap();
         let reply = replies.message().await.unwrap().expect("a reply");
         assert_eq!(reply.sequence, sequence);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        sequence += 1;
     }
     // Idle: the broker ends the stream on its own, a timeout after the last request (the
     // clock starts when the broker waits for the next one, just after it read the last).
