@@ -33,10 +33,7 @@ async fn broker_with_three_batches() -> (
     herald_broker::server::Broker,
     herald_proto::v1::herald_client::HeraldClient<tonic::transport::Channel>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (dir, broker, mut c) = start_with_topic("t", 1).await;
     publish_three_batches(&mut c).await;
     (dir, broker, c)
 }

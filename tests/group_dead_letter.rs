@@ -22,10 +22,7 @@ fn header_map(headers: &[v1::Header]) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn dead_letters_carry_headers_and_redrive_puts_them_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "src", 2).await;
+    let (_dir, broker, mut c) = start_with_topic("src", 2).await;
     create_topic(&mut c, "dlq", 1).await;
     let mut r = record(Some("k"), "payload");
     r.headers.push(v1::Header {
@@ -169,5 +166,5 @@ async fn dead_letters_carry_headers_and_redrive_puts_them_back() {
     );
     assert_eq!(code, Code::FailedPrecondition);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -14,10 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_backlog_drains_through_the_members_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 2).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 2).await;
     const PER_PARTITION: usize = 10_000;
     for p in 0..2 {
         for chunk in 0..10 {
@@ -72,15 +69,12 @@ async fn a_backlog_drains_through_the_members_window() {
     wait_for_group(&c, "t", "g", |d| d.partitions.iter().all(|p| p.lag == 0)).await;
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn credit_flow_control_sends_only_what_was_granted() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = (0..10).map(|i| record(None, &format!("v{i}"))).collect();
     publish(&mut c, "t", Some(0), records).await.unwrap();
     let mut m = subscribe(
@@ -121,5 +115,5 @@ async fn credit_flow_control_sends_only_what_was_granted() {
     );
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

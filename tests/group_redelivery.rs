@@ -13,10 +13,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn a_nacked_message_is_redelivered_after_the_backoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     publish(&mut c, "t", None, vec![record(Some("k"), "v")])
         .await
         .unwrap();
@@ -65,15 +62,12 @@ async fn a_nacked_message_is_redelivered_after_the_backoff() {
     .await;
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn an_expired_deadline_redelivers() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     publish(&mut c, "t", None, vec![record(None, "v")])
         .await
         .unwrap();
@@ -102,15 +96,12 @@ async fn an_expired_deadline_redelivers() {
     assert_eq!(d.partitions[0].redelivered_count, 1);
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn a_slow_key_does_not_block_other_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = vec![
         record(Some("slow"), "slow-1"),
         record(Some("slow"), "slow-2"),
@@ -163,15 +154,12 @@ async fn a_slow_key_does_not_block_other_keys() {
     m.ack(&next).await;
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn partition_ordering_holds_the_partition_until_the_head_is_acked() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = vec![
         record(Some("a"), "1"),
         record(Some("b"), "2"),
@@ -207,5 +195,5 @@ async fn partition_ordering_holds_the_partition_until_the_head_is_acked() {
     }
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -15,10 +15,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn acks_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = (0..10).map(|i| record(None, &format!("v{i}"))).collect();
     publish(&mut c, "t", Some(0), records).await.unwrap();
     let settings = v1::GroupSettings {
@@ -39,7 +36,7 @@ async fn acks_survive_a_restart() {
     wait_for_group(&c, "t", "g", |d| d.partitions[0].committed_offset == 6).await;
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 
     let broker = start(test_config(dir.path())).await;
     let mut c = client(&broker).await;
@@ -74,15 +71,12 @@ async fn acks_survive_a_restart() {
     marker_arrives_alone(&mut c, &mut m, "t", 0, "marker").await;
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn seek_moves_a_group_by_timestamp_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = (1..=4)
         .map(|i| {
             let mut r = record(None, &format!("at-{i}000"));
@@ -167,10 +161,7 @@ async fn acks_reach_the_disk_within_the_persist_interval() {
     use herald_broker::group::GroupSnapshot;
     use herald_broker::groups::GROUP_PERSIST_INTERVAL;
 
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = (0..5).map(|i| record(None, &format!("v{i}"))).collect();
     publish(&mut c, "t", Some(0), records).await.unwrap();
     let mut m = subscribe(&mut c, join("t", "g", Some(fast_settings(30_000, 20))))
@@ -198,5 +189,5 @@ async fn acks_reach_the_disk_within_the_persist_interval() {
     assert!(acked.elapsed() <= GROUP_PERSIST_INTERVAL * 3);
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -41,10 +41,7 @@ async fn assignment(c: &mut HeraldClient<Channel>, topic: &str) -> BTreeMap<Stri
 
 #[tokio::test]
 async fn members_split_partitions_and_a_new_member_takes_a_share() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "orders", 4).await;
+    let (_dir, broker, mut c) = start_with_topic("orders", 4).await;
     for p in 0..4 {
         publish_to(&mut c, "orders", p, 4, "a").await;
     }
@@ -129,15 +126,12 @@ async fn members_split_partitions_and_a_new_member_takes_a_share() {
     }
     assert_eq!(seen, 8);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn a_dropped_member_hands_its_messages_to_the_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "jobs", 2).await;
+    let (_dir, broker, mut c) = start_with_topic("jobs", 2).await;
     let settings = Some(fast_settings(30_000, 50));
     let mut m1 = subscribe(&mut c, join("jobs", "billing", settings))
         .await
@@ -192,5 +186,5 @@ async fn a_dropped_member_hands_its_messages_to_the_other() {
     .await;
     drop(m2);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -48,7 +48,7 @@ async fn health_check_reports_serving() {
         })
         .await;
     assert_eq!(code_of(unknown), tonic::Code::NotFound);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 async fn try_reflect(
@@ -127,7 +127,7 @@ async fn reflection_lists_and_describes_the_herald_service() {
         Err(status) => status.code(),
     };
     assert_eq!(code, tonic::Code::NotFound);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -216,7 +216,7 @@ async fn metrics_count_what_was_published_and_flushed() {
 
     let (status, _) = http_get(metrics_addr, "/no-such-page").await;
     assert_eq!(status, 404);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// The group series of `(topic, group)` in the order the test compares them: deliveries,
@@ -380,5 +380,5 @@ async fn metrics_count_group_deliveries_acks_nacks_and_lag() {
         "{text}"
     );
     assert!(text.contains("# TYPE herald_group_lag gauge"), "{text}");
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

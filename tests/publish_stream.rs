@@ -293,10 +293,7 @@ async fn a_failed_request_gets_an_error_outcome_and_the_stream_stays_open() {
 /// Half-closing right after sending many requests still gets every reply before the OK.
 #[tokio::test]
 async fn a_half_close_is_answered_in_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "drain", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("drain", 1).await;
     let requests: Vec<_> = (0..300)
         .map(|i| {
             request(
@@ -393,10 +390,7 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
 /// answered and stored, each once, and the stream ends OK only after every reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_answered_alone_and_the_stream_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "big", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("big", 1).await;
     // Several rounds: an early reply once went missing in some runs only.
     for round in 0..5u64 {
         let huge = "x".repeat(2_700_000);

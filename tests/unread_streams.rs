@@ -100,10 +100,7 @@ async fn peak_growth_until_quiet(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_follow_streams_keep_memory_bounded() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "big", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("big", 1).await;
     let value = "v".repeat(VALUE_BYTES);
     for _ in 0..RECORDS / 1024 {
         let records = (0..1024).map(|_| record(None, &value)).collect();
@@ -167,10 +164,7 @@ async fn unread_follow_streams_keep_memory_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_subscribe_streams_keep_memory_bounded() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "big", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("big", 1).await;
     let value = "v".repeat(SUBSCRIBE_VALUE_BYTES);
     for _ in 0..SUBSCRIBE_RECORDS / 64 {
         let records = (0..64).map(|_| record(None, &value)).collect();

@@ -32,6 +32,20 @@ pub async fn start(config: Config) -> Broker {
     Broker::start(config, true).await.expect("broker starts")
 }
 
+/// The set-up most tests start from: a broker on a fresh temp dir (see [`test_config`]),
+/// a client connected to it, and topic `topic` with `partitions` partitions. The dir
+/// must live as long as the broker.
+pub async fn start_with_topic(
+    topic: &str,
+    partitions: u32,
+) -> (tempfile::TempDir, Broker, HeraldClient<Channel>) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let broker = start(test_config(dir.path())).await;
+    let mut client = client(&broker).await;
+    create_topic(&mut client, topic, partitions).await;
+    (dir, broker, client)
+}
+
 /// Shuts a broker down, which must succeed, and fails the test if anything in the broker
 /// panicked meanwhile. Tests use this instead of `broker.shutdown()`.
 pub async fn stop(broker: Broker) {
