@@ -6,16 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use herald_client::{ProducerConfig, Record, TopicConfig};
+use herald_client::{ProducerConfig, Record};
 
 #[tokio::test]
 async fn send_waits_when_the_buffer_is_full() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("slow", 1, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("slow", 1).await;
     // Nothing leaves before a flush: a long linger and a large batch.
     let producer = t.client.producer(
         ProducerConfig::new("slow")
@@ -54,11 +50,7 @@ async fn send_waits_when_the_buffer_is_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fast_producer_stays_within_its_memory_bound() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("fast", 4, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("fast", 4).await;
     const BOUND: usize = 64 * 1024;
     let producer = t.client.producer(
         ProducerConfig::new("fast")

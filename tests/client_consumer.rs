@@ -139,11 +139,7 @@ async fn two_consumers_ack_100k_records_exactly_once_in_key_order() {
 #[tokio::test]
 async fn a_nacked_message_comes_back_with_attempt_2() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("jobs", 1, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("jobs", 1).await;
     produce(
         &t.client,
         "jobs",

@@ -11,6 +11,24 @@ use herald_proto::v1;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// The group's pending messages (in flight or waiting out a backoff), as ListPending
+/// gives them.
+async fn pending(
+    c: &mut herald_proto::HeraldClient<tonic::transport::Channel>,
+    topic: &str,
+    group: &str,
+) -> Vec<v1::PendingMessage> {
+    c.list_pending(v1::ListPendingRequest {
+        topic: topic.into(),
+        group: group.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("pending messages listed")
+    .into_inner()
+    .messages
+}
+
 #[tokio::test]
 async fn a_nacked_message_is_redelivered_after_the_backoff() {
     let (_dir, broker, mut c) = start_with_topic("t", 1).await;
@@ -28,18 +46,10 @@ async fn a_nacked_message_is_redelivered_after_the_backoff() {
     m.nack(&got[0], None, "not yet").await;
     // The pending list shows it waiting out its backoff (an early redelivery is caught by
     // the elapsed time below).
-    let pending = c
-        .list_pending(v1::ListPendingRequest {
-            topic: "t".into(),
-            group: "g".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(pending.messages.len(), 1);
-    assert_eq!(pending.messages[0].state, v1::PendingState::Backoff as i32);
-    assert_eq!(pending.messages[0].key.as_deref(), Some(&b"k"[..]));
+    let pending = pending(&mut c, "t", "g").await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, v1::PendingState::Backoff as i32);
+    assert_eq!(pending[0].key.as_deref(), Some(&b"k"[..]));
     let (again, _) = m.deliveries(1, WAIT).await;
     assert_eq!(again.len(), 1, "redelivered after the backoff");
     assert!(
@@ -178,19 +188,11 @@ async fn partition_ordering_holds_the_partition_until_the_head_is_acked() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].offset, expected);
         // The broker's own list of what is out: the head alone.
-        let pending = c
-            .list_pending(v1::ListPendingRequest {
-                topic: "t".into(),
-                group: "g".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(pending.messages.len(), 1);
-        assert_eq!(pending.messages[0].offset, expected);
-        assert_eq!(pending.messages[0].state, v1::PendingState::InFlight as i32);
-        assert_eq!(pending.messages[0].member_id, m.joined.member_id);
+        let pending = pending(&mut c, "t", "g").await;
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].offset, expected);
+        assert_eq!(pending[0].state, v1::PendingState::InFlight as i32);
+        assert_eq!(pending[0].member_id, m.joined.member_id);
         m.ack(&got).await;
     }
     drop(m);

@@ -109,28 +109,32 @@ fn publish_acks(stdout: &str) -> Vec<(u32, u64, u64)> {
     acks
 }
 
-/// The cells of the partition table row of `partition` in `topic describe` output.
-fn partition_row(describe: &str, partition: u32) -> Vec<String> {
+/// The cells of the row of `partition` in the partition table of a `describe` output,
+/// whose header must be `columns`.
+fn table_row(describe: &str, columns: &[&str], partition: u32) -> Vec<String> {
     let mut rows = describe.lines().skip_while(|l| !l.starts_with("PARTITION"));
     let header: Vec<&str> = rows
         .next()
         .expect("a partition table")
         .split_whitespace()
         .collect();
-    assert_eq!(
-        header,
-        [
-            "PARTITION",
-            "START",
-            "END",
-            "RECORDS",
-            "SIZE_BYTES",
-            "SEGMENTS"
-        ]
-    );
+    assert_eq!(header, columns);
     rows.map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
         .find(|cells| cells[0] == partition.to_string())
         .unwrap_or_else(|| panic!("no row for partition {partition} in\n{describe}"))
+}
+
+/// The cells of the partition table row of `partition` in `topic describe` output.
+fn partition_row(describe: &str, partition: u32) -> Vec<String> {
+    const COLUMNS: [&str; 6] = [
+        "PARTITION",
+        "START",
+        "END",
+        "RECORDS",
+        "SIZE_BYTES",
+        "SEGMENTS",
+    ];
+    table_row(describe, &COLUMNS, partition)
 }
 
 #[test]
@@ -463,28 +467,17 @@ fn unreachable_broker_is_an_error() {
 
 /// The cells of the partition table row of `partition` in `group describe` output.
 fn group_row(describe: &str, partition: u32) -> Vec<String> {
-    let mut rows = describe.lines().skip_while(|l| !l.starts_with("PARTITION"));
-    let header: Vec<&str> = rows
-        .next()
-        .expect("a partition table")
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        [
-            "PARTITION",
-            "COMMITTED",
-            "END",
-            "LAG",
-            "IN_FLIGHT",
-            "REDELIVERED",
-            "DEAD_LETTERED",
-            "OWNER"
-        ]
-    );
-    rows.map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .find(|cells| cells[0] == partition.to_string())
-        .unwrap_or_else(|| panic!("no row for partition {partition} in\n{describe}"))
+    const COLUMNS: [&str; 8] = [
+        "PARTITION",
+        "COMMITTED",
+        "END",
+        "LAG",
+        "IN_FLIGHT",
+        "REDELIVERED",
+        "DEAD_LETTERED",
+        "OWNER",
+    ];
+    table_row(describe, &COLUMNS, partition)
 }
 
 /// (partition, offset, attempt, key, value) of each line `consume` prints.

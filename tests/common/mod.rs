@@ -592,6 +592,28 @@ pub struct ClientBroker {
     _dir: tempfile::TempDir,
 }
 
+impl ClientBroker {
+    /// Creates topic `name` with `partitions` partitions and the default settings.
+    pub async fn create_topic(&self, name: &str, partitions: u32) {
+        self.client
+            .admin()
+            .create_topic(name, partitions, herald_client::TopicConfig::default())
+            .await
+            .expect("topic created");
+    }
+
+    /// How many records topic `name` holds: the sum of its partitions' end offsets.
+    pub async fn records_in(&self, name: &str) -> u64 {
+        let topic = self
+            .client
+            .admin()
+            .describe_topic(name)
+            .await
+            .expect("topic described");
+        topic.partitions.iter().map(|p| p.end_offset.0).sum()
+    }
+}
+
 /// Starts a broker on a fresh temp dir (see [`test_config`]) and connects a Rust client.
 pub async fn start_with_client() -> ClientBroker {
     let dir = tempfile::tempdir().expect("a temp dir");
