@@ -961,20 +961,17 @@ async fn max_streams_per_connection_exceeded_is_resource_exhausted() {
 
     // Closing a stream frees its slot (the server notices the cancel asynchronously).
     drop(first);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let reopened = loop {
-        match c.fetch(follow_request("healthy")).await {
-            Ok(stream) => break stream.into_inner(),
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the slot of a closed stream was never freed"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let reopened = wait_for("the slot of a closed stream is freed", || {
+        let mut c = c.clone();
+        async move {
+            match c.fetch(follow_request("healthy")).await {
+                Ok(stream) => Ok(stream.into_inner()),
+                Err(status) if status.code() == Code::ResourceExhausted => Err(status),
+                Err(status) => panic!("unexpected status {status:?}"),
             }
-            Err(status) => panic!("unexpected status {status:?}"),
         }
-    };
+    })
+    .await;
     // And the limit still holds with the reopened stream.
     assert_eq!(
         code_of(c.fetch(follow_request("healthy")).await),
@@ -1428,15 +1425,11 @@ async fn a_malformed_ack_id_is_ignored_and_counted() {
     }))
     .await
     .unwrap();
-    let acked =
-        eventually(Duration::from_secs(5), || {
-            let mut c = c.clone();
-            async move {
-                describe_group(&mut c, "healthy", "g").await.partitions[0].committed_offset == 2
-            }
-        })
-        .await;
-    assert!(acked, "the well-formed ids were acked");
+    // The well-formed ids were acked.
+    wait_for_group(&c, "healthy", "g", |d| {
+        d.partitions[0].committed_offset == 2
+    })
+    .await;
     // The stream is still open: a new record is delivered on it.
     publish(&mut c, "healthy", Some(0), vec![record(Some("c"), "3")])
         .await

@@ -86,11 +86,8 @@ async fn two_consumers_ack_100k_records_exactly_once_in_key_order() {
             let mut count = 0usize;
             loop {
                 if seen.lock().unwrap().len() == RECORDS {
-                    // Anything more would be a duplicate.
-                    if let Some(m) = next(&mut subscription, Duration::from_millis(300)).await {
-                        panic!("duplicate delivery {}:{}", m.partition(), m.offset());
-                    }
-                    return count;
+                    // Kept open: the group's state is checked with both members in it.
+                    return (count, subscription);
                 }
                 let Some(message) = next(&mut subscription, Duration::from_millis(100)).await
                 else {
@@ -120,7 +117,7 @@ async fn two_consumers_ack_100k_records_exactly_once_in_key_order() {
         })
     };
     let (ta, tb) = (run(a), run(b));
-    let (na, nb) = tokio::time::timeout(Duration::from_secs(120), async {
+    let ((na, a), (nb, b)) = tokio::time::timeout(Duration::from_secs(120), async {
         (ta.await.unwrap(), tb.await.unwrap())
     })
     .await
@@ -128,26 +125,21 @@ async fn two_consumers_ack_100k_records_exactly_once_in_key_order() {
     assert_eq!(na + nb, RECORDS);
     assert!(na > 0 && nb > 0, "both consumers got work: {na} + {nb}");
 
-    // The group has nothing left.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let info = admin.describe_group("events", "workers").await.unwrap();
-        if info.partitions.iter().all(|p| p.lag == 0) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The group has nothing left, and nothing out: a duplicate delivery would be in
+    // flight, never acked.
+    common::wait_for_client_group(&t.client, "events", "workers", |info| {
+        info.partitions
+            .iter()
+            .all(|p| p.lag == 0 && p.in_flight_count == 0)
+    })
+    .await;
+    drop((a, b));
 }
 
 #[tokio::test]
 async fn a_nacked_message_comes_back_with_attempt_2() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("jobs", 1, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("jobs", 1).await;
     produce(
         &t.client,
         "jobs",
@@ -195,12 +187,11 @@ async fn a_nacked_message_comes_back_with_attempt_2() {
     assert_eq!((m.offset().0, m.attempt()), (0, 3));
     m.ack().unwrap();
     again.remove(&1).unwrap().ack().unwrap();
-    assert!(
-        next(&mut subscription, Duration::from_millis(300))
-            .await
-            .is_none(),
-        "acked messages stay acked"
-    );
+    // Acked messages stay acked: nothing is left in flight to come back.
+    common::wait_for_client_group(&t.client, "jobs", "g", |info| {
+        info.partitions[0].committed_offset.0 == 2 && info.partitions[0].in_flight_count == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -233,16 +224,16 @@ async fn credit_bounds_deliveries_and_auto_extend_keeps_held_messages() {
         .await
         .unwrap();
 
-    // Nothing taken yet: the broker sends only the window.
-    let in_flight =
-        || async { admin.describe_group("jobs", "g").await.unwrap().partitions[0].in_flight_count };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while in_flight().await < 5 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(in_flight().await, 5, "no more than the window");
+    // Nothing taken yet: the broker sends the window, no more. (Without the window it
+    // would send all 50 at once, so the first count of at least 5 would be above 5.)
+    let info = common::wait_for_client_group(&t.client, "jobs", "g", |info| {
+        info.partitions[0].in_flight_count >= 5
+    })
+    .await;
+    assert_eq!(
+        info.partitions[0].in_flight_count, 5,
+        "no more than the window"
+    );
 
     // Hold one message for several ack deadlines: auto-extend keeps it from coming back.
     let held = next(&mut subscription, WAIT).await.unwrap();
@@ -267,11 +258,10 @@ async fn credit_bounds_deliveries_and_auto_extend_keeps_held_messages() {
     }
     received.sort_unstable();
     assert_eq!(received, (0..50).collect::<Vec<u64>>());
-    assert!(
-        next(&mut subscription, Duration::from_millis(600))
-            .await
-            .is_none()
-    );
+    common::wait_for_client_group(&t.client, "jobs", "g", |info| {
+        info.partitions[0].committed_offset.0 == 50 && info.partitions[0].in_flight_count == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,15 +303,10 @@ async fn rejoins_after_a_broker_restart_and_gets_only_the_unacked() {
             held.push(m);
         }
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let info = client.admin().describe_group("jobs", "g").await.unwrap();
-        if info.partitions[0].committed_offset.0 == 50 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_client_group(&client, "jobs", "g", |info| {
+        info.partitions[0].committed_offset.0 == 50
+    })
+    .await;
 
     broker.shutdown().await.unwrap();
     let broker = common::start_at(dir.path(), addr).await;
@@ -348,20 +333,11 @@ async fn rejoins_after_a_broker_restart_and_gets_only_the_unacked() {
     for m in again.into_values() {
         m.ack().unwrap();
     }
-    assert!(
-        next(&mut subscription, Duration::from_millis(300))
-            .await
-            .is_none()
-    );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let info = client.admin().describe_group("jobs", "g").await.unwrap();
-        if info.partitions[0].committed_offset.0 == 100 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // All acked: nothing left in flight to come back.
+    common::wait_for_client_group(&client, "jobs", "g", |info| {
+        info.partitions[0].committed_offset.0 == 100 && info.partitions[0].in_flight_count == 0
+    })
+    .await;
     drop(subscription);
     broker.shutdown().await.unwrap();
 }

@@ -14,11 +14,7 @@ async fn errors_are_typed() {
         other => panic!("expected NotFound, got {other:?}"),
     }
 
-    t.client
-        .admin()
-        .create_topic("small", 2, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("small", 2).await;
     let producer = t.client.producer(ProducerConfig::new("small"));
     let error = producer
         .send(Record::new("x").partition(5))

@@ -43,11 +43,7 @@ fn offsets(records: &[FetchedRecord]) -> Vec<u64> {
 #[tokio::test]
 async fn fetch_reads_from_a_position_to_the_end() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("log", 2, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("log", 2).await;
     let producer = t.client.producer(ProducerConfig::new("log"));
     let records = (0..5).map(|i| {
         let record = Record::new(format!("v{i}"))

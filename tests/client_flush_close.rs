@@ -4,16 +4,12 @@ mod common;
 
 use std::time::Duration;
 
-use herald_client::{Error, ProducerConfig, Record, TopicConfig};
+use herald_client::{Error, ProducerConfig, Record};
 
 #[tokio::test]
 async fn flush_and_close_wait_for_every_ack() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("acks", 3, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("acks", 3).await;
     let producer = t
         .client
         .producer(ProducerConfig::new("acks").linger(Duration::from_secs(30)));
@@ -33,16 +29,7 @@ async fn flush_and_close_wait_for_every_ack() {
     for delivery in second {
         common::ready(delivery).expect("close waited").unwrap();
     }
-    let end: u64 = t
-        .client
-        .admin()
-        .describe_topic("acks")
-        .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.end_offset.0)
-        .sum();
+    let end = t.records_in("acks").await;
     assert_eq!(end, 1500);
     assert_eq!(
         producer.send(Record::new("late")).await.err(),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use herald_client::{ProducerConfig, Record, TopicConfig, partition_for_key};
+use herald_client::{ProducerConfig, Record, partition_for_key};
 
 /// A linger sweep seals the batches of all four partitions together, round after round.
 /// The keyless record of each round must land one partition further than the last: sealing
@@ -14,11 +14,7 @@ use herald_client::{ProducerConfig, Record, TopicConfig, partition_for_key};
 #[tokio::test]
 async fn keyless_records_move_on_when_batches_are_sealed_together() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("spread", 4, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("spread", 4).await;
     let producer = t
         .client
         .producer(ProducerConfig::new("spread").linger(Duration::from_millis(5)));

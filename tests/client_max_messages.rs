@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use futures::StreamExt;
-use herald_client::{Client, ConsumerConfig, Position, ProducerConfig, Record, TopicConfig};
+use herald_client::{Client, ConsumerConfig, Position, ProducerConfig, Record};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -29,11 +29,7 @@ async fn take_all(client: &Client, config: ConsumerConfig) -> Vec<(u64, u32)> {
 #[tokio::test]
 async fn a_subscription_stops_at_max_messages() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("jobs", 1, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("jobs", 1).await;
     let producer = t.client.producer(ProducerConfig::new("jobs"));
     let records = (0..20).map(|i| Record::new(format!("job-{i}")));
     producer.send_all(records).await.unwrap().await.unwrap();

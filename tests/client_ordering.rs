@@ -5,16 +5,12 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use herald_client::{ProducerConfig, Record, TopicConfig, partition_for_key};
+use herald_client::{ProducerConfig, Record, partition_for_key};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn produces_100k_records_acked_once_dense_and_in_key_order() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("events", 4, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("events", 4).await;
     let producer = t.client.producer(
         ProducerConfig::new("events")
             .batch_bytes(64 * 1024)

@@ -6,16 +6,12 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use herald_client::{Error, ProducerConfig, Record, TopicConfig, partition_for_key};
+use herald_client::{Error, ProducerConfig, Record, partition_for_key};
 
 #[tokio::test]
 async fn send_all_acks_every_record_in_order_across_partitions_and_batches() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("many", 4, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("many", 4).await;
     // Small batches, so one group spans many batches of each partition.
     let producer = t.client.producer(
         ProducerConfig::new("many")
@@ -73,11 +69,7 @@ async fn send_all_acks_every_record_in_order_across_partitions_and_batches() {
 #[tokio::test]
 async fn send_all_rejects_bad_groups_whole() {
     let t = common::start_with_client().await;
-    t.client
-        .admin()
-        .create_topic("two", 2, TopicConfig::default())
-        .await
-        .unwrap();
+    t.create_topic("two", 2).await;
     let producer = t.client.producer(ProducerConfig::new("two"));
     let bad = vec![Record::new("a"), Record::new("b").partition(2)];
     assert!(matches!(
@@ -85,16 +77,7 @@ async fn send_all_rejects_bad_groups_whole() {
         Some(Error::InvalidArgument(_))
     ));
     producer.flush().await.unwrap();
-    let end: u64 = t
-        .client
-        .admin()
-        .describe_topic("two")
-        .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.end_offset.0)
-        .sum();
+    let end = t.records_in("two").await;
     assert_eq!(end, 0, "nothing of a rejected group is sent");
 
     let missing = t.client.producer(ProducerConfig::new("missing"));

@@ -10,6 +10,31 @@ use herald_broker::config::Config;
 use herald_proto::HeraldClient;
 use herald_proto::v1;
 
+/// Connections complete but not accepted on the listening socket bound to `addr`: for a
+/// socket in LISTEN state, Linux shows its accept queue's length in the `rx_queue` column
+/// of /proc/net/tcp.
+fn waiting_in_backlog(addr: std::net::SocketAddr) -> usize {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("an IPv4 listen address: {addr}")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields[1] == local && fields[3] == "0A";
+            let (_, rx_queue) = fields[4].split_once(':')?;
+            listening.then(|| usize::from_str_radix(rx_queue, 16).expect("a hex queue length"))
+        })
+        .expect("the broker's listening socket is in /proc/net/tcp")
+}
+
 async fn list(c: &mut HeraldClient<tonic::transport::Channel>) -> usize {
     c.list_topics(v1::ListTopicsRequest {})
         .await
@@ -40,7 +65,24 @@ async fn connections_above_max_connections_wait_until_one_closes() {
             .unwrap();
         list(&mut c).await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its TCP connect completes: it waits in the listen backlog, not accepted ...
+    wait_for(
+        "the third connection waits in the listen backlog",
+        || async {
+            match waiting_in_backlog(addr) {
+                1 => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
+    // ... while the broker goes on serving the connections it has.
+    assert_eq!(list(&mut second).await, 1);
+    assert_eq!(
+        waiting_in_backlog(addr),
+        1,
+        "the third connection was accepted"
+    );
     assert!(
         !third.is_finished(),
         "a third connection was served at the cap"

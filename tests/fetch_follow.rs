@@ -46,14 +46,14 @@ fn timed(value: &str, timestamp_ms: i64) -> v1::Record {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_fetch_receives_later_publishes_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "tail", 2).await;
+    let (_dir, broker, mut c) = start_with_topic("tail", 2).await;
     // The stream starts at offset 0 of an empty partition, i.e. at its end.
     let mut stream = open(&mut c, follow("tail", 1, Kind::Offset(0))).await;
 
     let mut publisher = client(&broker).await;
+    // How many records the reader has: every tenth publish waits for it to catch up, so
+    // the stream is woken from an idle wait as well as fed while it is busy.
+    let (caught_up, mut reader_has) = tokio::sync::watch::channel(0usize);
     let writer = tokio::spawn(async move {
         let mut values = Vec::new();
         for i in 0..120 {
@@ -70,7 +70,8 @@ async fn a_follow_fetch_receives_later_publishes_in_order() {
                 .await
                 .unwrap();
             if i % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                let have = values.len();
+                reader_has.wait_for(|n| *n >= have).await.unwrap();
             }
         }
         values
@@ -87,6 +88,7 @@ async fn a_follow_fetch_receives_later_publishes_in_order() {
         assert_eq!(response.next_offset, expected_next);
         assert!(response.high_watermark >= response.next_offset);
         received.extend(response.records);
+        caught_up.send_replace(received.len());
     }
     let values = writer.await.unwrap();
     assert_eq!(received.len(), values.len());
@@ -95,18 +97,19 @@ async fn a_follow_fetch_receives_later_publishes_in_order() {
         assert_eq!(r.value.as_ref(), v.as_bytes());
         assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
     }
-    // Nothing more arrives, and the stream is still open.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), stream.message())
-            .await
-            .is_err(),
-        "a follow fetch without max_wait sends nothing while idle"
-    );
+    // Idle for a while, the stream stays open and sends nothing: without max_wait there
+    // are no heartbeats. The next response is the next record, whatever was (wrongly)
+    // sent before it would come first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     publish(&mut c, "tail", Some(1), vec![record(None, "late")])
         .await
         .unwrap();
     let late = next(&mut stream).await;
-    assert_eq!(late.records.len(), 1);
+    assert_eq!(
+        late.records.len(),
+        1,
+        "a follow fetch without max_wait sends nothing while idle: {late:?}"
+    );
     assert_eq!(late.records[0].offset, 360);
     assert_eq!(late.records[0].value.as_ref(), b"late");
     drop(stream);
@@ -115,10 +118,7 @@ async fn a_follow_fetch_receives_later_publishes_in_order() {
 
 #[tokio::test]
 async fn a_follow_fetch_from_an_old_offset_catches_up_then_tails() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "catch-up", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("catch-up", 1).await;
     for i in 0..10 {
         publish(
             &mut c,
@@ -150,10 +150,7 @@ async fn a_follow_fetch_from_an_old_offset_catches_up_then_tails() {
 
 #[tokio::test]
 async fn heartbeats_arrive_when_max_wait_is_set_and_nothing_is_published() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "quiet", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("quiet", 1).await;
     publish(
         &mut c,
         "quiet",
@@ -241,10 +238,7 @@ fn decode_raw(batches: &[bytes::Bytes]) -> Vec<Row> {
 
 #[tokio::test]
 async fn raw_batches_decode_to_the_same_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "raw", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("raw", 1).await;
     let mut bases = Vec::new();
     for i in 0..20 {
         let records = (0..(1 + i % 4))
@@ -406,10 +400,7 @@ async fn first_offset_at(
 
 #[tokio::test]
 async fn a_fetch_by_timestamp_starts_at_the_first_record_at_or_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "timed", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("timed", 1).await;
     // Offsets:    0     1     2      3      4     5      6      7
     // Timestamps: 1000  1100  1200 | 2000 | 3000  3500 | 2500 | 4000   (| = batch)
     for batch in [
@@ -513,10 +504,7 @@ async fn a_fetch_by_timestamp_searches_across_segments() {
 
 #[tokio::test]
 async fn a_fetch_from_latest_sees_only_new_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "news", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("news", 1).await;
     for i in 0..5 {
         publish(&mut c, "news", None, vec![record(None, &format!("old{i}"))])
             .await
@@ -555,10 +543,7 @@ async fn a_fetch_from_latest_sees_only_new_records() {
 
 #[tokio::test]
 async fn a_non_follow_fetch_of_an_empty_partition_returns_one_empty_response() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "void", 2).await;
+    let (_dir, broker, mut c) = start_with_topic("void", 2).await;
     publish(&mut c, "void", Some(0), vec![record(None, "elsewhere")])
         .await
         .unwrap();
@@ -592,10 +577,7 @@ async fn a_non_follow_fetch_of_an_empty_partition_returns_one_empty_response() {
 
 #[tokio::test]
 async fn a_non_follow_fetch_with_max_wait_and_nothing_to_read_ends_after_the_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "patient", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("patient", 1).await;
     publish(&mut c, "patient", None, vec![record(None, "old")])
         .await
         .unwrap();
@@ -627,34 +609,36 @@ async fn a_non_follow_fetch_with_max_wait_and_nothing_to_read_ends_after_the_wai
 /// to this long for a first record before ending the stream."
 #[tokio::test]
 async fn a_non_follow_fetch_with_max_wait_returns_a_record_published_while_it_waits() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "patient", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("patient", 1).await;
     for pre in [0u64, 1] {
-        let mut publisher = client(&broker).await;
         let started = Instant::now();
-        let late = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            publish(
-                &mut publisher,
-                "patient",
-                None,
-                vec![record(None, "worth the wait")],
-            )
-            .await
-            .unwrap()
-        });
-        let responses = fetch_responses(
+        // The call returns once the broker has resolved `latest` and answered with the
+        // stream's headers: the record published then is after the start.
+        let mut stream = open(
             &mut c,
             v1::FetchRequest {
                 max_wait_ms: 10_000,
                 ..fetch_request("patient", 0, Kind::Latest(v1::Latest {}))
             },
         )
+        .await;
+        let mut publisher = client(&broker).await;
+        publish(
+            &mut publisher,
+            "patient",
+            None,
+            vec![record(None, "worth the wait")],
+        )
         .await
         .unwrap();
-        late.await.unwrap();
+        let mut responses = Vec::new();
+        while let Some(response) = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the stream ends within 5 s")
+            .unwrap()
+        {
+            responses.push(response);
+        }
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -670,10 +654,7 @@ async fn a_non_follow_fetch_with_max_wait_returns_a_record_published_while_it_wa
 
 #[tokio::test]
 async fn a_non_follow_fetch_ends_at_the_end_offset_of_its_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "bounded", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("bounded", 1).await;
     let value = "b".repeat(1000);
     for _ in 0..40 {
         publish(&mut c, "bounded", None, vec![record(None, &value)])
@@ -737,10 +718,7 @@ async fn a_non_follow_fetch_ends_at_the_end_offset_of_its_request() {
 /// herald.proto, DeleteTopic: "Open Fetch and Subscribe streams on it end with NOT_FOUND."
 #[tokio::test]
 async fn a_follow_fetch_ends_with_not_found_when_its_topic_is_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "short-lived", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("short-lived", 1).await;
     let mut stream = open(
         &mut c,
         follow("short-lived", 0, Kind::Latest(v1::Latest {})),

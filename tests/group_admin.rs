@@ -28,10 +28,7 @@ async fn stream_error(m: &mut Member) -> Code {
 
 #[tokio::test]
 async fn create_update_and_delete_a_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     let created = c
         .create_group(v1::CreateGroupRequest {
             topic: "t".into(),
@@ -136,15 +133,12 @@ async fn create_update_and_delete_a_group() {
     assert_eq!(d.partitions[0].redelivered_count, 0);
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn deleting_a_topic_deletes_its_groups() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 2).await;
+    let (dir, broker, mut c) = start_with_topic("t", 2).await;
     let mut m = subscribe(&mut c, join("t", "g", None)).await.unwrap();
     c.delete_topic(v1::DeleteTopicRequest { name: "t".into() })
         .await
@@ -171,7 +165,7 @@ async fn deleting_a_topic_deletes_its_groups() {
     assert!(listed.groups.is_empty());
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
     // Nor does it come back after a restart.
     let broker = start(test_config(dir.path())).await;
     let mut c = client(&broker).await;
@@ -182,5 +176,5 @@ async fn deleting_a_topic_deletes_its_groups() {
         .into_inner();
     assert!(listed.groups.is_empty());
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

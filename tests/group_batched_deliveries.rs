@@ -33,10 +33,7 @@ async fn broker_with_three_batches() -> (
     herald_broker::server::Broker,
     herald_proto::v1::herald_client::HeraldClient<tonic::transport::Channel>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (dir, broker, mut c) = start_with_topic("t", 1).await;
     publish_three_batches(&mut c).await;
     (dir, broker, c)
 }
@@ -124,13 +121,6 @@ fn range(partition: u32, first_offset: u64, count: u32, first_delivery: u64) -> 
     }
 }
 
-async fn committed(
-    c: &mut herald_proto::v1::herald_client::HeraldClient<tonic::transport::Channel>,
-    group: &str,
-) -> u64 {
-    describe_group(c, "t", group).await.partitions[0].committed_offset
-}
-
 #[tokio::test]
 async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
     let (_dir, _broker, mut c) = broker_with_three_batches().await;
@@ -171,14 +161,7 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
         (0..150).map(|o| range(0, o, 1, delivery_of(o))).collect()
     };
     ack_ranges(&m, ranges).await;
-    assert!(
-        eventually(WAIT, || {
-            let mut c = c.clone();
-            async move { committed(&mut c, "g").await == 150 }
-        })
-        .await,
-        "committed offset after acking 0..150"
-    );
+    wait_for_group(&c, "t", "g", |d| d.partitions[0].committed_offset == 150).await;
 
     // Nack offset 150 by range: it comes back alone, as a run of one with attempt 2.
     send(
@@ -202,27 +185,23 @@ async fn runs_arrive_as_stored_batches_and_are_settled_by_ranges() {
 
     // A stale range (offset 150's first delivery) is ignored; the redelivery is acked by
     // its own range, the rest by ranges of one.
-    let mut ranges: Vec<v1::AckRange> =
-        (151..300).map(|o| range(0, o, 1, delivery_of(o))).collect();
-    ranges.push(range(0, 150, 1, delivery_of(150)));
+    // The stale range goes first, so once the others are seen applied, so is it.
+    let mut ranges = vec![range(0, 150, 1, delivery_of(150))];
+    ranges.extend((151..300).map(|o| range(0, o, 1, delivery_of(o))));
     ack_ranges(&m, ranges).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The ranges of one are applied (one request with the stale range): only the
+    // redelivery is left in flight, and the committed offset stays before it.
+    let d = wait_for_group(&c, "t", "g", |d| d.partitions[0].in_flight_count == 1).await;
     assert_eq!(
-        committed(&mut c, "g").await,
-        150,
+        d.partitions[0].committed_offset, 150,
         "a stale range acks nothing"
     );
     ack_ranges(&m, vec![range(0, 150, 1, again.first_delivery)]).await;
-    assert!(
-        eventually(WAIT, || {
-            let mut c = c.clone();
-            async move { committed(&mut c, "g").await == 300 }
-        })
-        .await,
-        "everything acked"
-    );
-    let description = describe_group(&mut c, "t", "g").await;
-    assert_eq!(description.partitions[0].in_flight_count, 0);
+    // Everything acked.
+    wait_for_group(&c, "t", "g", |d| {
+        d.partitions[0].committed_offset == 300 && d.partitions[0].in_flight_count == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -231,7 +210,7 @@ async fn extend_by_range_keeps_run_messages_from_expiring() {
     let join = v1::Join {
         settings: Some(v1::GroupSettings {
             ordering: v1::OrderingMode::None as i32,
-            ..fast_settings(400, 100)
+            ..fast_settings(1_000, 100)
         }),
         ..batched_join("g")
     };
@@ -241,14 +220,16 @@ async fn extend_by_range_keeps_run_messages_from_expiring() {
         .iter()
         .map(|r| range(r.partition, r.first_offset, r.count, r.first_delivery))
         .collect();
-    // Extend every 200 ms for 1.2 s, three deadlines' worth: nothing is redelivered.
-    for _ in 0..6 {
+    // Extend every 200 ms for 1.6 s, past the first deadline: nothing is redelivered.
+    // (Each extension reaches a full deadline ahead, five times the pace, so only a
+    // stall of most of a second could let one expire.)
+    for _ in 0..8 {
         send(
             &m,
             v1::subscribe_request::Request::Extend(v1::Extend {
                 ack_ids: Vec::new(),
                 ranges: ranges.clone(),
-                extra_ms: 400,
+                extra_ms: 1_000,
             }),
         )
         .await;

@@ -35,18 +35,11 @@ async fn two_groups(dir: &Path) {
         if group == "g1" {
             let acked: Vec<v1::Delivery> = got.into_iter().filter(|d| d.offset < 6).collect();
             m.ack(&acked).await;
-            let settled = eventually(WAIT, || {
-                let mut c = c.clone();
-                async move {
-                    describe_group(&mut c, "t", "g1").await.partitions[0].committed_offset == 6
-                }
-            })
-            .await;
-            assert!(settled);
+            wait_for_group(&c, "t", "g1", |d| d.partitions[0].committed_offset == 6).await;
         }
     }
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 async fn describe_status(
@@ -100,7 +93,7 @@ async fn refuses_then_recovers(file: &str, damage: impl FnOnce(&str) -> String) 
     assert_eq!(got.len(), 11);
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
     assert_eq!(
         std::fs::read(&path).unwrap(),
         damage,
@@ -116,7 +109,7 @@ async fn refuses_then_recovers(file: &str, damage: impl FnOnce(&str) -> String) 
         6
     );
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -169,7 +162,7 @@ async fn a_group_toml_without_a_checksum_line_loads_and_is_sealed() {
         6
     );
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         good,
@@ -227,7 +220,7 @@ async fn a_damaged_group_can_be_deleted_and_created_again() {
     assert_eq!(got.len(), 10, "created again from the earliest offset");
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -249,5 +242,5 @@ async fn an_interrupted_create_is_removed_at_start() {
         .groups;
     assert_eq!(listed.len(), 2);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -14,10 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_backlog_drains_through_the_members_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 2).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 2).await;
     const PER_PARTITION: usize = 10_000;
     for p in 0..2 {
         for chunk in 0..10 {
@@ -69,29 +66,15 @@ async fn a_backlog_drains_through_the_members_window() {
             m.ack(&std::mem::take(&mut held)).await;
         }
     }
-    let done = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move {
-            describe_group(&mut c, "t", "g")
-                .await
-                .partitions
-                .iter()
-                .all(|p| p.lag == 0)
-        }
-    })
-    .await;
-    assert!(done);
+    wait_for_group(&c, "t", "g", |d| d.partitions.iter().all(|p| p.lag == 0)).await;
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn credit_flow_control_sends_only_what_was_granted() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = (0..10).map(|i| record(None, &format!("v{i}"))).collect();
     publish(&mut c, "t", Some(0), records).await.unwrap();
     let mut m = subscribe(
@@ -103,22 +86,34 @@ async fn credit_flow_control_sends_only_what_was_granted() {
     )
     .await
     .unwrap();
-    let (none, _) = m.deliveries(1, Duration::from_millis(300)).await;
-    assert!(none.is_empty(), "sent without credit: {none:?}");
-    m.tx.send(v1::SubscribeRequest {
+    let credit = |messages: u32| v1::SubscribeRequest {
         request: Some(v1::subscribe_request::Request::Credit(v1::Credit {
-            messages: 3,
+            messages,
             bytes: 1 << 20,
         })),
-    })
-    .await
-    .unwrap();
-    let (got, _) = m.deliveries(4, Duration::from_secs(1)).await;
-    assert_eq!(got.len(), 3, "exactly the credit granted");
+    };
+    // The stream is read in order: whatever the broker would send without credit, or for
+    // an ack, it has sent (and counts in flight) by the time the next credit is served.
+    m.tx.send(credit(3)).await.unwrap();
+    let (got, _) = m.deliveries(3, WAIT).await;
+    let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
+    assert_eq!(offsets, [0, 1, 2], "exactly the credit granted");
+    let d = describe_group(&mut c, "t", "g").await;
+    assert_eq!(
+        d.partitions[0].in_flight_count, 3,
+        "sent without credit: {d:?}"
+    );
     m.ack(&got).await;
-    let (none, _) = m.deliveries(1, Duration::from_millis(300)).await;
-    assert!(none.is_empty(), "acks do not grant credit");
+    m.tx.send(credit(1)).await.unwrap();
+    let (got, _) = m.deliveries(1, WAIT).await;
+    let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
+    assert_eq!(offsets, [3]);
+    let d = wait_for_group(&c, "t", "g", |d| d.partitions[0].committed_offset == 3).await;
+    assert_eq!(
+        d.partitions[0].in_flight_count, 1,
+        "acks do not grant credit: {d:?}"
+    );
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -28,10 +28,7 @@ fn lose_the_log(partition_dir: &std::path::Path) {
 
 #[tokio::test]
 async fn offsets_past_the_recovered_log_end_come_down_to_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "t", 1).await;
+    let (dir, broker, mut c) = start_with_topic("t", 1).await;
     let records = (0..10).map(|i| record(None, &format!("old{i}"))).collect();
     publish(&mut c, "t", Some(0), records).await.unwrap();
     let mut m = subscribe(&mut c, join("t", "g", Some(fast_settings(30_000, 20))))
@@ -39,15 +36,10 @@ async fn offsets_past_the_recovered_log_end_come_down_to_it() {
         .unwrap();
     let (got, _) = m.deliveries(10, WAIT).await;
     m.ack(&got).await;
-    let settled = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move { describe_group(&mut c, "t", "g").await.partitions[0].committed_offset == 10 }
-    })
-    .await;
-    assert!(settled);
+    wait_for_group(&c, "t", "g", |d| d.partitions[0].committed_offset == 10).await;
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 
     lose_the_log(&dir.path().join("topics/t/0"));
     let broker = start(test_config(dir.path())).await;
@@ -79,5 +71,5 @@ async fn offsets_past_the_recovered_log_end_come_down_to_it() {
     assert_eq!(values, ["new0", "new1", "new2"]);
     drop(m);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -41,10 +41,7 @@ async fn assignment(c: &mut HeraldClient<Channel>, topic: &str) -> BTreeMap<Stri
 
 #[tokio::test]
 async fn members_split_partitions_and_a_new_member_takes_a_share() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "orders", 4).await;
+    let (_dir, broker, mut c) = start_with_topic("orders", 4).await;
     for p in 0..4 {
         publish_to(&mut c, "orders", p, 4, "a").await;
     }
@@ -61,18 +58,13 @@ async fn members_split_partitions_and_a_new_member_takes_a_share() {
     assert_eq!(got.len(), 16, "the only member gets every record");
     assert!(got.iter().all(|d| d.delivery_attempt == 1));
     m1.ack(&got).await;
-    let caught_up = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move {
-            describe_group(&mut c, "orders", "billing")
-                .await
-                .partitions
-                .iter()
-                .all(|p| p.committed_offset == 4 && p.lag == 0 && p.in_flight_count == 0)
-        }
+    // Acks move every committed offset to the end.
+    wait_for_group(&c, "orders", "billing", |d| {
+        d.partitions
+            .iter()
+            .all(|p| p.committed_offset == 4 && p.lag == 0 && p.in_flight_count == 0)
     })
     .await;
-    assert!(caught_up, "acks move every committed offset to the end");
 
     // A second member: nothing is in flight, so two partitions move to it at once.
     let m2 = subscribe(&mut c, join("orders", "billing", None))
@@ -134,15 +126,12 @@ async fn members_split_partitions_and_a_new_member_takes_a_share() {
     }
     assert_eq!(seen, 8);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn a_dropped_member_hands_its_messages_to_the_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "jobs", 2).await;
+    let (_dir, broker, mut c) = start_with_topic("jobs", 2).await;
     let settings = Some(fast_settings(30_000, 50));
     let mut m1 = subscribe(&mut c, join("jobs", "billing", settings))
         .await
@@ -150,9 +139,8 @@ async fn a_dropped_member_hands_its_messages_to_the_other() {
     let mut m2 = subscribe(&mut c, join("jobs", "billing", None))
         .await
         .unwrap();
-    // Let m1 learn it lost a partition to m2.
-    let (none, _) = m1.deliveries(1, Duration::from_millis(300)).await;
-    assert!(none.is_empty());
+    // m1 learns it lost a partition to m2.
+    m1.await_assignment(1).await;
     let owned = assignment(&mut c, "jobs").await;
     let p1 = owned[&m1.joined.member_id].clone();
     let p2 = owned[&m2.joined.member_id].clone();
@@ -188,24 +176,15 @@ async fn a_dropped_member_hands_its_messages_to_the_other() {
     );
     m2.ack(&again).await;
     let lost = p1[0] as usize;
-    let done = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move {
-            let d = describe_group(&mut c, "jobs", "billing").await;
-            d.members.len() == 1
-                && d.partitions
-                    .iter()
-                    .all(|p| p.committed_offset == 5 && p.lag == 0)
-                && d.partitions[lost].redelivered_count == 5
-        }
+    wait_for_group(&c, "jobs", "billing", |d| {
+        d.members.len() == 1
+            && d.partitions
+                .iter()
+                .all(|p| p.committed_offset == 5 && p.lag == 0)
+            && d.partitions[lost].redelivered_count == 5
     })
     .await;
-    assert!(
-        done,
-        "{:?}",
-        describe_group(&mut c, "jobs", "billing").await
-    );
     drop(m2);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -83,15 +83,11 @@ async fn names_at_the_limit_work_for_every_operation() {
         landed,
         "the dead letter reached the 249-character DLQ topic"
     );
-    let committed =
-        eventually(WAIT, || {
-            let (mut c, topic, group) = (c.clone(), topic.clone(), group.clone());
-            async move {
-                describe_group(&mut c, &topic, &group).await.partitions[1].committed_offset == 2
-            }
-        })
-        .await;
-    assert!(committed, "the group's progress is kept");
+    // The group's progress is kept.
+    wait_for_group(&c, &topic, &group, |d| {
+        d.partitions[1].committed_offset == 2
+    })
+    .await;
     drop(m);
     c.seek(v1::SeekRequest {
         topic: topic.clone(),

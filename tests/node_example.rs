@@ -64,5 +64,5 @@ async fn node_example_orders_email_inventory() {
     assert!(output.status.success(), "{report}");
     assert!(stdout.contains("# fail 0"), "{report}");
     println!("{}", stdout.trim_end());
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -48,7 +48,7 @@ async fn health_check_reports_serving() {
         })
         .await;
     assert_eq!(code_of(unknown), tonic::Code::NotFound);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 async fn try_reflect(
@@ -127,7 +127,7 @@ async fn reflection_lists_and_describes_the_herald_service() {
         Err(status) => status.code(),
     };
     assert_eq!(code, tonic::Code::NotFound);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -217,7 +217,7 @@ async fn metrics_count_what_was_published_and_flushed() {
 
     let (status, _) = http_get(metrics_addr, "/no-such-page").await;
     assert_eq!(status, 404);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// The group series of `(topic, group)` in the order the test compares them: deliveries,
@@ -257,19 +257,16 @@ async fn expect_group_series(
     want: [f64; 8],
 ) {
     let want: Vec<Option<f64>> = want.into_iter().map(Some).collect();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let what = format!("group {topic}/{group}: {GROUP_SERIES:?} reach {want:?}");
+    wait_for(&what, || async {
         let (got, text) = group_series(metrics_addr, topic, group).await;
         if got == want {
-            return;
+            Ok(())
+        } else {
+            Err(Text(format!("{got:?}\n{text}")))
         }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "group {topic}/{group}: {GROUP_SERIES:?}\n  want {want:?}\n  got  {got:?}\n{text}"
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -384,5 +381,5 @@ async fn metrics_count_group_deliveries_acks_nacks_and_lag() {
         "{text}"
     );
     assert!(text.contains("# TYPE herald_group_lag gauge"), "{text}");
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

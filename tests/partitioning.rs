@@ -83,7 +83,7 @@ async fn keyed_records_land_in_xxh64_of_the_key_mod_partitions() {
             .collect();
         assert_eq!(got, expected, "partition {p}");
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// The README's test vectors, end to end: what any client computes is where the broker
@@ -116,15 +116,12 @@ async fn the_readme_test_vectors_hold_end_to_end() {
             .unwrap();
         assert_eq!(r.partition, partition, "key {key:?} over {partitions}");
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn only_the_first_record_key_picks_the_partition() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "first-key", 16).await;
+    let (_dir, broker, mut c) = start_with_topic("first-key", 16).await;
 
     // Find two keys that hash to different partitions.
     let a = b"alpha".as_slice();
@@ -170,15 +167,12 @@ async fn only_the_first_record_key_picks_the_partition() {
         .unwrap()
         .into_inner();
     assert_eq!(r.partition, expected_partition(&b, 16));
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn an_explicit_partition_wins_over_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "explicit", 5).await;
+    let (_dir, broker, mut c) = start_with_topic("explicit", 5).await;
     for i in 0..20u32 {
         let key = format!("k{i}");
         let hashed = expected_partition(key.as_bytes(), 5);
@@ -205,7 +199,7 @@ async fn an_explicit_partition_wins_over_the_key() {
             .unwrap();
         assert_eq!(r.partition, 4);
     }
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 #[tokio::test]
@@ -253,7 +247,7 @@ async fn keyless_publishes_go_round_robin() {
         counts[*p as usize] += 1;
     }
     assert_eq!(counts, [5; N as usize]);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }
 
 /// Many publishes of varying sizes from several concurrent clients: each partition's
@@ -337,5 +331,5 @@ async fn offsets_are_dense_per_partition_across_many_publishes() {
         .flat_map(|w| (0..PUBLISHES).map(move |i| (1 + (w * 7 + i * 3) % 9) as u64))
         .sum();
     assert_eq!(total, published);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -6,10 +6,7 @@ use common::*;
 
 #[tokio::test]
 async fn publish_then_fetch_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "orders", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("orders", 1).await;
     for i in 0..10 {
         let r = publish(
             &mut c,
@@ -42,5 +39,5 @@ async fn publish_then_fetch_round_trip() {
     assert_eq!(records[1].key, None);
     let from_7 = fetch_all(&mut c, "orders", 0, 7).await.unwrap();
     assert_eq!(from_7.first().map(|r| r.offset), Some(7));
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -295,10 +295,7 @@ async fn a_failed_request_gets_an_error_outcome_and_the_stream_stays_open() {
 /// Half-closing right after sending many requests still gets every reply before the OK.
 #[tokio::test]
 async fn a_half_close_is_answered_in_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "drain", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("drain", 1).await;
     let requests: Vec<_> = (0..300)
         .map(|i| {
             request(
@@ -350,15 +347,19 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
     let mut c = client(&broker).await;
     create_topic(&mut c, "idle", 1).await;
 
-    // Busy: a publish every 100 ms for a second keeps the stream open past the timeout.
+    // Busy: publishes one after the other, each sent when the last is answered, for
+    // three timeouts' worth keep the stream open. (Back to back rather than paced, so only
+    // a test thread stalled for a whole timeout could leave a gap that long.)
     let (tx, rx) = mpsc::channel(4);
     let mut replies = c
         .publish_stream(ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
-    let mut last_sent = std::time::Instant::now();
-    for sequence in 0..10 {
+    let busy = std::time::Instant::now();
+    let mut last_sent = busy;
+    let mut sequence = 0;
+    while busy.elapsed() < Duration::from_millis(900) {
         last_sent = std::time::Instant::now();
         tx.send(request(
             sequence,
@@ -368,7 +369,7 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
         .unwrap();
         let reply = replies.message().await.unwrap().expect("a reply");
         assert_eq!(reply.sequence, sequence);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        sequence += 1;
     }
     // Idle: the broker ends the stream on its own, a timeout after the last request (the
     // clock starts when the broker waits for the next one, just after it read the last).
@@ -391,10 +392,7 @@ async fn an_idle_stream_is_closed_after_the_idle_timeout() {
 /// answered and stored, each once, and the stream ends OK only after every reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_answered_alone_and_the_stream_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "big", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("big", 1).await;
     // Several rounds: an early reply once went missing in some runs only.
     for round in 0..5u64 {
         let huge = "x".repeat(2_700_000);

@@ -62,5 +62,5 @@ async fn python_grpc_client_publishes_and_fetches() {
     assert!(output.status.success(), "{report}");
     assert!(stdout.contains("herald_smoke: OK"), "{report}");
     println!("{}", stdout.trim_end());
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

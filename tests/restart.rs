@@ -250,7 +250,7 @@ async fn a_restarted_broker_has_every_record_topic_and_setting() {
     );
 
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 
     let broker = start(durable_config(dir.path())).await;
     let mut c = client(&broker).await;
@@ -316,7 +316,7 @@ async fn a_restarted_broker_has_every_record_topic_and_setting() {
         .unwrap();
     assert_eq!(r.base_offset, 0);
     drop(c);
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 
     // And a second restart keeps those too.
     let broker = start(durable_config(dir.path())).await;
@@ -334,5 +334,5 @@ async fn a_restarted_broker_has_every_record_topic_and_setting() {
         describe_topic(&mut c, "empty").await.partitions[3].end_offset,
         1
     );
-    broker.shutdown().await.unwrap();
+    stop(broker).await;
 }

@@ -49,20 +49,64 @@ fn rss_anon_bytes() -> u64 {
     kb * 1024
 }
 
+/// This process's heap once it has settled: two samples 50 ms apart within 1 MiB of each
+/// other (what the publishes left behind is freed by then).
+async fn settled_rss_anon_bytes() -> u64 {
+    let deadline = tokio::time::Instant::now() + CONDITION_WAIT;
+    let mut previous = rss_anon_bytes();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = rss_anon_bytes();
+        if now.abs_diff(previous) < 1024 * 1024 {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heap did not settle: {previous} then {now} bytes"
+        );
+        previous = now;
+    }
+}
+
+/// Samples the heap's growth over `before` until the broker has produced everything it
+/// may ahead of the unread streams: the counter `produced` (summed over its series) has
+/// not moved for a second. Returns the peak growth seen.
+async fn peak_growth_until_quiet(
+    broker: &herald_broker::server::Broker,
+    produced: &str,
+    before: u64,
+) -> u64 {
+    const QUIET: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(60);
+    let started = tokio::time::Instant::now();
+    let (mut peak, mut count, mut moved_at) = (0, f64::NAN, started);
+    loop {
+        peak = peak.max(rss_anon_bytes().saturating_sub(before));
+        let now_count = metric_sum(&metrics(broker).await, produced);
+        let now = tokio::time::Instant::now();
+        if now_count != count {
+            (count, moved_at) = (now_count, now);
+        } else if now - moved_at >= QUIET {
+            return peak;
+        }
+        assert!(
+            now - started < LONGEST,
+            "{produced} still moving after {LONGEST:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_follow_streams_keep_memory_bounded() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "big", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("big", 1).await;
     let value = "v".repeat(VALUE_BYTES);
     for _ in 0..RECORDS / 1024 {
         let records = (0..1024).map(|_| record(None, &value)).collect();
         publish(&mut c, "big", Some(0), records).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_anon_bytes();
+    let before = settled_rss_anon_bytes().await;
 
     let mut streams = Vec::new();
     for _ in 0..STREAMS {
@@ -74,12 +118,8 @@ async fn unread_follow_streams_keep_memory_bounded() {
         // Opened and never read.
         streams.push(c.fetch(request).await.unwrap().into_inner());
     }
-    // Let every stream produce all it is allowed to ahead of the reader.
-    let mut peak = 0;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_anon_bytes().saturating_sub(before));
-    }
+    // Every stream produces all it is allowed to ahead of the reader.
+    let peak = peak_growth_until_quiet(&broker, "herald_fetch_records_total", before).await;
     println!(
         "heap growth with {STREAMS} unread follow streams: {:.1} MiB",
         peak as f64 / (1024.0 * 1024.0)
@@ -124,17 +164,13 @@ async fn unread_follow_streams_keep_memory_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_subscribe_streams_keep_memory_bounded() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(test_config(dir.path())).await;
-    let mut c = client(&broker).await;
-    create_topic(&mut c, "big", 1).await;
+    let (_dir, broker, mut c) = start_with_topic("big", 1).await;
     let value = "v".repeat(SUBSCRIBE_VALUE_BYTES);
     for _ in 0..SUBSCRIBE_RECORDS / 64 {
         let records = (0..64).map(|_| record(None, &value)).collect();
         publish(&mut c, "big", Some(0), records).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_anon_bytes();
+    let before = settled_rss_anon_bytes().await;
 
     // One connection whose windows let every member's stream take its Joined and a
     // little more (200 x 64 KiB fits the connection's 16 MiB), so what piles up is what
@@ -158,11 +194,7 @@ async fn unread_subscribe_streams_keep_memory_bounded() {
         .unwrap_or_else(|_| panic!("member {g} joined within 10 s"));
         members.push(member.unwrap());
     }
-    let mut peak = 0;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_anon_bytes().saturating_sub(before));
-    }
+    let peak = peak_growth_until_quiet(&broker, "herald_group_deliveries_total", before).await;
     println!(
         "heap growth with {STREAMS} unread Subscribe streams: {:.1} MiB",
         peak as f64 / (1024.0 * 1024.0)

@@ -1,16 +1,15 @@
 //! End-to-end tests of the `herald` command line: a real `herald serve` process, driven by
 //! the `topic`, `publish`, `fetch`, `consume` and `group` subcommands of the same binary.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
 
-use common::{HERALD, Server, TIMEOUT, signal, wait_timeout};
+use common::{HERALD, Process, Server, TIMEOUT, Text, signal, wait_for};
 
 /// Runs `herald ARGS` against `server` (through HERALD_SERVER), feeding `stdin`.
 fn herald(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -110,28 +109,32 @@ fn publish_acks(stdout: &str) -> Vec<(u32, u64, u64)> {
     acks
 }
 
-/// The cells of the partition table row of `partition` in `topic describe` output.
-fn partition_row(describe: &str, partition: u32) -> Vec<String> {
+/// The cells of the row of `partition` in the partition table of a `describe` output,
+/// whose header must be `columns`.
+fn table_row(describe: &str, columns: &[&str], partition: u32) -> Vec<String> {
     let mut rows = describe.lines().skip_while(|l| !l.starts_with("PARTITION"));
     let header: Vec<&str> = rows
         .next()
         .expect("a partition table")
         .split_whitespace()
         .collect();
-    assert_eq!(
-        header,
-        [
-            "PARTITION",
-            "START",
-            "END",
-            "RECORDS",
-            "SIZE_BYTES",
-            "SEGMENTS"
-        ]
-    );
+    assert_eq!(header, columns);
     rows.map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
         .find(|cells| cells[0] == partition.to_string())
         .unwrap_or_else(|| panic!("no row for partition {partition} in\n{describe}"))
+}
+
+/// The cells of the partition table row of `partition` in `topic describe` output.
+fn partition_row(describe: &str, partition: u32) -> Vec<String> {
+    const COLUMNS: [&str; 6] = [
+        "PARTITION",
+        "START",
+        "END",
+        "RECORDS",
+        "SIZE_BYTES",
+        "SEGMENTS",
+    ];
+    table_row(describe, &COLUMNS, partition)
 }
 
 #[test]
@@ -407,44 +410,30 @@ fn fetch_follow_tails_until_interrupted() {
     );
     ok(&url, &["publish", "tail", "before"], None);
 
-    let mut follower = Command::new(HERALD)
+    let mut command = Command::new(HERALD);
+    command
         .args(["fetch", "tail", "--follow", "--server", &url])
-        .env_remove("HERALD_SERVER")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || {
-        rx.recv_timeout(TIMEOUT)
-            .expect("a line from fetch --follow")
-    };
-    assert_eq!(next(), "0\t-\tbefore");
+        .env_remove("HERALD_SERVER");
+    let follower = Process::spawn(command);
+    assert_eq!(follower.wait_for_stdout(1), ["0\t-\tbefore"]);
     // Records published after the stream caught up arrive on it, each as it comes.
     ok(&url, &["publish", "tail", "--key", "k", "after-1"], None);
-    assert_eq!(next(), "1\tk\tafter-1");
+    assert_eq!(follower.wait_for_stdout(2)[1], "1\tk\tafter-1");
     ok(&url, &["publish", "tail", "after-2", "after-3"], None);
-    assert_eq!(next(), "2\t-\tafter-2");
-    assert_eq!(next(), "3\t-\tafter-3");
-
-    // Ctrl-C ends it cleanly.
-    signal(follower.id(), "INT");
-    let status = wait_timeout(&mut follower);
-    assert!(
-        status.success(),
-        "fetch --follow exited with {status} on SIGINT"
+    assert_eq!(
+        follower.wait_for_stdout(4)[2..],
+        ["2\t-\tafter-2", "3\t-\tafter-3"]
     );
-    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+
+    // Ctrl-C ends it cleanly, having printed nothing more.
+    follower.signal("INT");
+    let exited = follower.wait();
+    assert!(
+        exited.status.success(),
+        "fetch --follow exited with {} on SIGINT",
+        exited.status
+    );
+    assert_eq!(exited.stdout.len(), 4, "{:?}", exited.stdout);
 
     let (status, _) = server.terminate();
     assert!(status.success(), "herald serve exited with {status}");
@@ -478,28 +467,17 @@ fn unreachable_broker_is_an_error() {
 
 /// The cells of the partition table row of `partition` in `group describe` output.
 fn group_row(describe: &str, partition: u32) -> Vec<String> {
-    let mut rows = describe.lines().skip_while(|l| !l.starts_with("PARTITION"));
-    let header: Vec<&str> = rows
-        .next()
-        .expect("a partition table")
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        [
-            "PARTITION",
-            "COMMITTED",
-            "END",
-            "LAG",
-            "IN_FLIGHT",
-            "REDELIVERED",
-            "DEAD_LETTERED",
-            "OWNER"
-        ]
-    );
-    rows.map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .find(|cells| cells[0] == partition.to_string())
-        .unwrap_or_else(|| panic!("no row for partition {partition} in\n{describe}"))
+    const COLUMNS: [&str; 8] = [
+        "PARTITION",
+        "COMMITTED",
+        "END",
+        "LAG",
+        "IN_FLIGHT",
+        "REDELIVERED",
+        "DEAD_LETTERED",
+        "OWNER",
+    ];
+    table_row(describe, &COLUMNS, partition)
 }
 
 /// (partition, offset, attempt, key, value) of each line `consume` prints.
@@ -611,23 +589,19 @@ fn consume_acks_and_groups_are_administered() {
 
     // A second consumer gets nothing new; it shows as a member while it runs, and Ctrl-C
     // ends it cleanly.
-    let mut consumer = Command::new(HERALD)
+    let mut command = Command::new(HERALD);
+    command
         .args(["consume", "jobs", "--group", "g", "--client-id", "cli-test"])
-        .env("HERALD_SERVER", url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let describe = loop {
+        .env("HERALD_SERVER", url);
+    let consumer = Process::spawn(command);
+    let describe = wait_for("the consumer joins", || {
         let describe = ok(url, &["group", "describe", "jobs", "g"], None);
         if describe.contains("cli-test") {
-            break describe;
+            Ok(describe)
+        } else {
+            Err(Text(describe))
         }
-        assert!(Instant::now() < deadline, "the consumer never joined");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     let member = describe
         .lines()
         .skip_while(|l| !l.starts_with("MEMBER"))
@@ -638,17 +612,30 @@ fn consume_acks_and_groups_are_administered() {
         .collect::<Vec<_>>();
     assert_eq!(member[1..], ["cli-test".to_owned(), "0,1".to_owned()]);
     assert_eq!(group_row(&describe, 0)[7], member[0]);
+    // Its partitions have nothing left to deliver and nothing in flight.
+    for partition in 0..2 {
+        assert_eq!(
+            group_row(&describe, partition)[3..5],
+            ["0", "0"],
+            "{describe}"
+        );
+    }
     assert_eq!(
         ok(url, &["group", "list"], None),
         "TOPIC  GROUP  MEMBERS\njobs   g      1\n"
     );
-    std::thread::sleep(Duration::from_millis(200));
-    signal(consumer.id(), "INT");
-    let status = wait_timeout(&mut consumer);
-    assert!(status.success(), "consume exited with {status} on SIGINT");
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut consumer.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert_eq!(stdout, "", "everything was acked already");
+    consumer.signal("INT");
+    let exited = consumer.wait();
+    assert!(
+        exited.status.success(),
+        "consume exited with {} on SIGINT",
+        exited.status
+    );
+    assert!(
+        exited.stdout.is_empty(),
+        "everything was acked already: {:?}",
+        exited.stdout
+    );
     assert_eq!(
         json_lines(&ok(url, &["group", "list", "jobs", "--json"], None)),
         [serde_json::json!({"topic": "jobs", "group": "g", "member_count": 0})]
@@ -824,18 +811,14 @@ fn consume_nack_dead_letters_and_redrive() {
         None,
     );
     assert_eq!(nacked, "0\t0\t1\tk\tpoison\n0\t0\t2\tk\tpoison\n");
-    let deadline = Instant::now() + TIMEOUT;
-    let describe = loop {
+    let describe = wait_for("the message is dead-lettered", || {
         let describe = ok(url, &["group", "describe", "work", "retry"], None);
         if group_row(&describe, 0)[6] == "1" {
-            break describe;
+            Ok(describe)
+        } else {
+            Err(Text(describe))
         }
-        assert!(
-            Instant::now() < deadline,
-            "never dead-lettered:\n{describe}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert_eq!(
         group_row(&describe, 0)[1..8],
         ["1", "1", "0", "0", "1", "1", "-"]

@@ -42,7 +42,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{Server, TIMEOUT};
+use common::{Server, TIMEOUT, assert_no_panic};
 
 /// Kills per run when `HERALD_CRASH_CYCLES` is unset: enough to cross segment rolls and
 /// group snapshots several times while a debug build stays well under 90 s.
@@ -395,14 +395,7 @@ async fn kill9_loop_keeps_acked_records_and_groups_drain() {
 
 /// Creates the topic and both groups, starting at the earliest offset.
 async fn setup(client: &mut HeraldClient<Channel>) {
-    client
-        .create_topic(v1::CreateTopicRequest {
-            name: TOPIC.into(),
-            partitions: PARTITIONS,
-            config: None,
-        })
-        .await
-        .expect("topic created");
+    common::create_topic(client, TOPIC, PARTITIONS).await;
     for kind in GROUPS {
         client
             .create_group(v1::CreateGroupRequest {
@@ -775,17 +768,7 @@ async fn consume(
 async fn fetch_all(client: &mut HeraldClient<Channel>, partition: u32, ctx: &str) -> Vec<Stored> {
     let read = async {
         let mut stream = client
-            .fetch(v1::FetchRequest {
-                topic: TOPIC.into(),
-                partition,
-                start: Some(v1::Position {
-                    kind: Some(v1::position::Kind::Earliest(v1::Earliest {})),
-                }),
-                max_bytes: 0,
-                follow: false,
-                max_wait_ms: 0,
-                raw_batches: false,
-            })
+            .fetch(common::fetch_from_earliest(TOPIC, partition))
             .await
             .unwrap_or_else(|status| panic!("{ctx}: fetch {partition} failed: {status}"))
             .into_inner();
@@ -1025,17 +1008,5 @@ async fn drain(server: &Server, model: &mut Model, ctx: &str) {
     stop.store(true, Ordering::SeqCst);
     for consumer in consumers {
         consumer.abort();
-    }
-}
-
-/// Fails the test if the broker's output mentions a panic, quoting the lines around it.
-fn assert_no_panic(output: &[String], ctx: &str) {
-    if let Some(at) = output.iter().position(|l| l.contains("panicked")) {
-        let from = at.saturating_sub(5);
-        let to = (at + 20).min(output.len());
-        panic!(
-            "{ctx}: the broker panicked:\n{}",
-            output[from..to].join("\n")
-        );
     }
 }

@@ -9,18 +9,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{Server, TIMEOUT};
-
-async fn create_topic(client: &mut HeraldClient<Channel>, name: &str, partitions: u32) {
-    client
-        .create_topic(v1::CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            config: None,
-        })
-        .await
-        .expect("topic created");
-}
+use common::{Server, TIMEOUT, create_topic, fetch_from_earliest};
 
 /// The records of a publish: `batch` records, keyed by worker, each carrying its position.
 fn batch_records(worker: u32, seq: u32, batch: u32) -> Vec<v1::Record> {
@@ -66,17 +55,7 @@ async fn fetch_all(
     partition: u32,
 ) -> Vec<v1::FetchedRecord> {
     let mut stream = client
-        .fetch(v1::FetchRequest {
-            topic: topic.into(),
-            partition,
-            start: Some(v1::Position {
-                kind: Some(v1::position::Kind::Earliest(v1::Earliest {})),
-            }),
-            max_bytes: 0,
-            follow: false,
-            max_wait_ms: 0,
-            raw_batches: false,
-        })
+        .fetch(fetch_from_earliest(topic, partition))
         .await
         .expect("fetch starts")
         .into_inner();

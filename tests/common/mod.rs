@@ -32,6 +32,20 @@ pub async fn start(config: Config) -> Broker {
     Broker::start(config, true).await.expect("broker starts")
 }
 
+/// The set-up most tests start from: a broker on a fresh temp dir (see [`test_config`]),
+/// a client connected to it, and topic `topic` with `partitions` partitions. The dir
+/// must live as long as the broker.
+pub async fn start_with_topic(
+    topic: &str,
+    partitions: u32,
+) -> (tempfile::TempDir, Broker, HeraldClient<Channel>) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let broker = start(test_config(dir.path())).await;
+    let mut client = client(&broker).await;
+    create_topic(&mut client, topic, partitions).await;
+    (dir, broker, client)
+}
+
 /// Shuts a broker down, which must succeed, and fails the test if anything in the broker
 /// panicked meanwhile. Tests use this instead of `broker.shutdown()`.
 pub async fn stop(broker: Broker) {
@@ -278,6 +292,20 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
         })
 }
 
+/// The sum of every sample of metric `name` (all its label sets) in a Prometheus text
+/// exposition; 0 if it has none.
+pub fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split_once('{').map_or(series, |(m, _)| m);
+            (metric == name).then(|| value.parse::<f64>().expect("a numeric sample"))
+        })
+        .sum()
+}
+
 // ---- consumer groups ----
 
 /// A Join for `(topic, group)` with the given settings, starting at the earliest offset.
@@ -370,6 +398,25 @@ impl Member {
         (out, changes)
     }
 
+    /// Receives until an assignment change leaves this member with `count` partitions,
+    /// and returns that assignment; a delivery meanwhile fails the test.
+    pub async fn await_assignment(&mut self, count: usize) -> Vec<u32> {
+        let deadline = tokio::time::Instant::now() + CONDITION_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await.and_then(|r| r.response) {
+                Some(v1::subscribe_response::Response::Assignment(change))
+                    if change.partitions.len() == count =>
+                {
+                    return change.partitions;
+                }
+                Some(v1::subscribe_response::Response::Assignment(_)) => {}
+                Some(other) => panic!("expected an assignment change, got {other:?}"),
+                None => panic!("no assignment of {count} partitions within {CONDITION_WAIT:?}"),
+            }
+        }
+    }
+
     pub async fn ack(&self, deliveries: &[v1::Delivery]) {
         self.tx
             .send(v1::SubscribeRequest {
@@ -397,6 +444,30 @@ impl Member {
     }
 }
 
+/// Publishes a message of key `key` (its value too) to `partition` and checks it is the
+/// next thing `member` receives, alone; then acks it. Deliveries follow offset order, so
+/// anything the broker had due on this stream before it (a message that must not be sent
+/// yet, or again) would arrive first or with it: a positive witness that nothing was
+/// pending, where waiting a while for nothing proves little.
+pub async fn marker_arrives_alone(
+    client: &mut HeraldClient<Channel>,
+    member: &mut Member,
+    topic: &str,
+    partition: u32,
+    key: &str,
+) {
+    publish(client, topic, Some(partition), vec![record(Some(key), key)])
+        .await
+        .expect("the marker is published");
+    let (got, _) = member.deliveries(1, CONDITION_WAIT).await;
+    let values: Vec<_> = got
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.value).into_owned())
+        .collect();
+    assert_eq!(values, [key], "the marker alone was delivered: {got:?}");
+    member.ack(&got).await;
+}
+
 /// Describes a group, which must exist.
 pub async fn describe_group(
     client: &mut HeraldClient<Channel>,
@@ -415,6 +486,11 @@ pub async fn describe_group(
         .expect("a description")
 }
 
+/// How long a test waits for a condition the broker reaches asynchronously (an ack
+/// applied, a member joined, a metric counted). Generous: a condition that holds is seen
+/// within milliseconds, and only a broker that never reaches it waits this long.
+pub const CONDITION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Polls `check` every 20 ms until it is true or `wait` passes; returns whether it held.
 pub async fn eventually<F, Fut>(wait: std::time::Duration, mut check: F) -> bool
 where
@@ -431,6 +507,69 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Polls `probe` every 20 ms until it gives `Ok(value)`, and returns that value. After
+/// [`CONDITION_WAIT`] it panics naming `what` and showing the last `Err` (what it saw
+/// instead), so a failure says how far the broker got.
+pub async fn wait_for<T, E, F, Fut>(what: &str, mut probe: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + CONDITION_WAIT;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {CONDITION_WAIT:?}; last seen: {seen:#?}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Text that a failure shows as it is (line breaks and all), where `wait_for` shows the
+/// `Debug` form of what it saw.
+pub struct Text(pub String);
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Polls DescribeGroup until `holds` is true of the description, and returns it; panics
+/// with the last description after [`CONDITION_WAIT`].
+pub async fn wait_for_group(
+    client: &HeraldClient<Channel>,
+    topic: &str,
+    group: &str,
+    holds: impl Fn(&v1::GroupDescription) -> bool,
+) -> v1::GroupDescription {
+    let what = format!("group {topic}/{group} reaches the awaited state");
+    wait_for(&what, || {
+        let mut client = client.clone();
+        let holds = &holds;
+        async move {
+            let description = describe_group(&mut client, topic, group).await;
+            if holds(&description) {
+                Ok(description)
+            } else {
+                Err(description)
+            }
+        }
+    })
+    .await
+}
+
+/// The broker's Prometheus exposition, from its metrics endpoint.
+pub async fn metrics(broker: &Broker) -> String {
+    let addr = broker.metrics_addr.expect("the metrics endpoint is served");
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics: {text}");
+    text
 }
 
 /// The value of the per-group sample `name{group=..,topic=..}` in a Prometheus text
@@ -454,6 +593,28 @@ pub struct ClientBroker {
     _dir: tempfile::TempDir,
 }
 
+impl ClientBroker {
+    /// Creates topic `name` with `partitions` partitions and the default settings.
+    pub async fn create_topic(&self, name: &str, partitions: u32) {
+        self.client
+            .admin()
+            .create_topic(name, partitions, herald_client::TopicConfig::default())
+            .await
+            .expect("topic created");
+    }
+
+    /// How many records topic `name` holds: the sum of its partitions' end offsets.
+    pub async fn records_in(&self, name: &str) -> u64 {
+        let topic = self
+            .client
+            .admin()
+            .describe_topic(name)
+            .await
+            .expect("topic described");
+        topic.partitions.iter().map(|p| p.end_offset.0).sum()
+    }
+}
+
 /// Starts a broker on a fresh temp dir (see [`test_config`]) and connects a Rust client.
 pub async fn start_with_client() -> ClientBroker {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -466,6 +627,28 @@ pub async fn start_with_client() -> ClientBroker {
         client,
         _dir: dir,
     }
+}
+
+/// [`wait_for_group`] through the Rust client's admin API.
+pub async fn wait_for_client_group(
+    client: &herald_client::Client,
+    topic: &str,
+    group: &str,
+    holds: impl Fn(&herald_client::GroupInfo) -> bool,
+) -> herald_client::GroupInfo {
+    let what = format!("group {topic}/{group} reaches the awaited state");
+    let admin = client.admin();
+    wait_for(&what, || {
+        let (admin, holds) = (&admin, &holds);
+        async move {
+            let info = admin
+                .describe_group(topic, group)
+                .await
+                .expect("group described");
+            if holds(&info) { Ok(info) } else { Err(info) }
+        }
+    })
+    .await
 }
 
 /// Starts a broker on `listen` with data in `dir` (for restarts on the same address).
