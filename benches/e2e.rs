@@ -100,9 +100,16 @@ impl Env {
     }
 
     fn producer(&self, topic: &str) -> Producer {
+        self.producer_with(topic, true)
+    }
+
+    fn producer_with(&self, topic: &str, idempotent: bool) -> Producer {
         let _guard = self.rt.enter();
-        self.client
-            .producer(ProducerConfig::new(topic).linger(Duration::from_millis(1)))
+        self.client.producer(
+            ProducerConfig::new(topic)
+                .linger(Duration::from_millis(1))
+                .idempotent(idempotent),
+        )
     }
 }
 
@@ -160,6 +167,31 @@ fn e2e_publish(c: &mut Criterion) {
                 });
                 env.rt.block_on(producer.close()).expect("producer closed");
             }
+        }
+    }
+    group.finish();
+}
+
+/// Publishing with and without idempotence, side by side in one run: what the producer
+/// block, the InitProducer call and the partition's sequence check cost.
+fn e2e_idempotence(c: &mut Criterion) {
+    let env = Env::new();
+    let mut group = c.benchmark_group("e2e_idempotence");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+    for (size, size_name) in SIZES {
+        let count = 1000usize;
+        for (idempotent, name) in [(false, "off"), (true, "on")] {
+            let topic = env.topic("idempotence", FsyncPolicy::Never);
+            let producer = env.producer_with(&topic, idempotent);
+            let batch = records(size, count);
+            group.throughput(Throughput::Elements(count as u64));
+            let id = BenchmarkId::new(format!("{size_name}_x{count}"), name);
+            group.bench_function(id, |b| {
+                b.to_async(&env.rt)
+                    .iter(|| publish_acked(&producer, &batch));
+            });
+            env.rt.block_on(producer.close()).expect("producer closed");
         }
     }
     group.finish();
@@ -321,6 +353,7 @@ fn proto_publish(c: &mut Criterion) {
 criterion_group!(
     benches,
     e2e_publish,
+    e2e_idempotence,
     e2e_consume,
     e2e_latency,
     proto_publish

@@ -186,8 +186,8 @@ impl http_body::Body for SubscribeBody {
         let status = match next {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Ok(message))) => {
-                let message = this.next_message(message);
-                encode_chunks(message, &mut this.scratch, &mut this.chunks);
+                let (message, single_lens) = this.next_message(message);
+                encode_chunks(message, &single_lens, &mut this.scratch, &mut this.chunks);
                 let chunk = this.chunks.pop_front().expect("a message has a chunk");
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
@@ -220,8 +220,21 @@ impl SubscribeBody {
     ///
     /// The pieces keep the response's order: its single deliveries first, then its runs,
     /// which is the order in which clients take a response's messages.
-    fn next_message(&mut self, message: v1::SubscribeResponse) -> v1::SubscribeResponse {
-        let cost = heap_len(&message);
+    ///
+    /// Also returns the encoded length of each single delivery of what it returns, so that
+    /// [`encode_chunks`] need not measure them again: with small single deliveries,
+    /// measuring is a good part of the encoding's cost.
+    fn next_message(
+        &mut self,
+        message: v1::SubscribeResponse,
+    ) -> (v1::SubscribeResponse, Vec<usize>) {
+        let mut single_lens = match &message.response {
+            Some(v1::subscribe_response::Response::Deliveries(d)) => {
+                d.deliveries.iter().map(Message::encoded_len).collect()
+            }
+            _ => Vec::new(),
+        };
+        let cost = heap_len_with(&message, &single_lens);
         let permit = if cost <= FETCH_SMALL_BYTES {
             None
         } else {
@@ -234,7 +247,8 @@ impl SubscribeBody {
             message.response,
         ) {
             (false, Some(v1::subscribe_response::Response::Deliveries(mut deliveries))) => {
-                let piece = split_front(&mut deliveries, FETCH_SMALL_BYTES);
+                let piece = split_front_with(&mut deliveries, &single_lens, FETCH_SMALL_BYTES);
+                single_lens.truncate(piece.deliveries.len());
                 if !deliveries.deliveries.is_empty() || !deliveries.runs.is_empty() {
                     self.rest = Some(deliveries);
                 }
@@ -246,7 +260,7 @@ impl SubscribeBody {
         while self.held.len() > HELD_RESPONSES {
             self.held.pop_front();
         }
-        message
+        (message, single_lens)
     }
 }
 
@@ -259,18 +273,34 @@ fn deliveries_response(deliveries: v1::Deliveries) -> v1::SubscribeResponse {
 /// Bytes of `message` that [`encode_chunks`] copies into a buffer of its own (everything
 /// but the records of runs sent as the log's bytes), which stay on the heap until h2
 /// has written them.
+#[cfg(test)]
 fn heap_len(message: &v1::SubscribeResponse) -> usize {
+    let single_lens: Vec<usize> = match &message.response {
+        Some(v1::subscribe_response::Response::Deliveries(d)) => {
+            d.deliveries.iter().map(Message::encoded_len).collect()
+        }
+        _ => Vec::new(),
+    };
+    heap_len_with(message, &single_lens)
+}
+
+/// [`heap_len`], given the encoded length of each single delivery.
+fn heap_len_with(message: &v1::SubscribeResponse, single_lens: &[usize]) -> usize {
     match &message.response {
         Some(v1::subscribe_response::Response::Deliveries(d)) => {
-            d.deliveries.iter().map(single_len).sum::<usize>()
+            single_lens
+                .iter()
+                .map(|&len| single_len(len))
+                .sum::<usize>()
                 + d.runs.iter().map(run_heap_len).sum::<usize>()
         }
         _ => message.encoded_len(),
     }
 }
 
-fn single_len(single: &v1::Delivery) -> usize {
-    prost::encoding::message::encoded_len(DELIVERIES_SINGLES_TAG, single)
+/// Bytes of a single delivery of `len` encoded bytes as a field of `Deliveries`.
+fn single_len(len: usize) -> usize {
+    key_len(DELIVERIES_SINGLES_TAG) + encoded_len_varint(len as u64) + len
 }
 
 fn run_heap_len(run: &v1::DeliveryRun) -> usize {
@@ -284,10 +314,25 @@ fn run_heap_len(run: &v1::DeliveryRun) -> usize {
 
 /// Takes the first deliveries of `deliveries` whose copied bytes stay within `limit` (at
 /// least one): singles first, runs only once every single is taken.
+#[cfg(test)]
 fn split_front(deliveries: &mut v1::Deliveries, limit: usize) -> v1::Deliveries {
+    let single_lens: Vec<usize> = deliveries
+        .deliveries
+        .iter()
+        .map(Message::encoded_len)
+        .collect();
+    split_front_with(deliveries, &single_lens, limit)
+}
+
+/// [`split_front`], given the encoded length of each single delivery.
+fn split_front_with(
+    deliveries: &mut v1::Deliveries,
+    single_lens: &[usize],
+    limit: usize,
+) -> v1::Deliveries {
     let mut used = 0;
     let singles = count_within(
-        deliveries.deliveries.iter().map(single_len),
+        single_lens.iter().map(|&len| single_len(len)),
         &mut used,
         limit,
     );
@@ -318,8 +363,12 @@ fn count_within(lens: impl Iterator<Item = usize>, used: &mut usize, limit: usiz
 
 /// Appends `message` to `out`, gRPC-framed, as chunks: the records of large runs are their
 /// own chunks (the `Bytes` from the log), everything else is written into `scratch`.
+///
+/// `single_lens` holds the encoded length of each single delivery, if the caller measured
+/// them (it is ignored unless it has one per single).
 fn encode_chunks(
     mut message: v1::SubscribeResponse,
+    single_lens: &[usize],
     scratch: &mut BytesMut,
     out: &mut VecDeque<Bytes>,
 ) {
@@ -345,13 +394,25 @@ fn encode_chunks(
         .zip(&records)
         .map(|(run, records)| run.encoded_len() + bytes_field_len(RUN_RECORDS_TAG, records.len()))
         .collect();
-    let deliveries_len = prost::encoding::message::encoded_len_repeated(
-        DELIVERIES_SINGLES_TAG,
-        &deliveries.deliveries,
-    ) + run_lens
+    let measured;
+    let single_lens = if single_lens.len() == deliveries.deliveries.len() {
+        single_lens
+    } else {
+        measured = deliveries
+            .deliveries
+            .iter()
+            .map(Message::encoded_len)
+            .collect::<Vec<_>>();
+        &measured
+    };
+    let deliveries_len = single_lens
         .iter()
-        .map(|len| key_len(DELIVERIES_RUNS_TAG) + encoded_len_varint(*len as u64) + len)
-        .sum::<usize>();
+        .map(|&len| single_len(len))
+        .sum::<usize>()
+        + run_lens
+            .iter()
+            .map(|len| key_len(DELIVERIES_RUNS_TAG) + encoded_len_varint(*len as u64) + len)
+            .sum::<usize>();
     let message_len = key_len(RESPONSE_DELIVERIES_TAG)
         + encoded_len_varint(deliveries_len as u64)
         + deliveries_len;
@@ -366,8 +427,10 @@ fn encode_chunks(
     put_prefix(scratch, message_len);
     encode_key(RESPONSE_DELIVERIES_TAG, WireType::LengthDelimited, scratch);
     encode_varint(deliveries_len as u64, scratch);
-    for single in &deliveries.deliveries {
-        prost::encoding::message::encode(DELIVERIES_SINGLES_TAG, single, scratch);
+    for (single, &len) in deliveries.deliveries.iter().zip(single_lens) {
+        encode_key(DELIVERIES_SINGLES_TAG, WireType::LengthDelimited, scratch);
+        encode_varint(len as u64, scratch);
+        single.encode_raw(scratch);
     }
     for ((run, records), run_len) in deliveries.runs.iter().zip(records).zip(run_lens) {
         encode_key(DELIVERIES_RUNS_TAG, WireType::LengthDelimited, scratch);
@@ -490,8 +553,18 @@ mod tests {
             deliveries(vec![], vec![]),
         ] {
             let mut chunks = VecDeque::new();
-            encode_chunks(message.clone(), &mut BytesMut::new(), &mut chunks);
+            encode_chunks(message.clone(), &[], &mut BytesMut::new(), &mut chunks);
             assert_eq!(decode(&chunks), message);
+            // With the singles measured beforehand, as `next_message` hands them on.
+            let lens: Vec<usize> = match &message.response {
+                Some(v1::subscribe_response::Response::Deliveries(d)) => {
+                    d.deliveries.iter().map(Message::encoded_len).collect()
+                }
+                _ => Vec::new(),
+            };
+            let mut measured = VecDeque::new();
+            encode_chunks(message.clone(), &lens, &mut BytesMut::new(), &mut measured);
+            assert_eq!(measured, chunks);
         }
     }
 
@@ -501,6 +574,7 @@ mod tests {
         let mut chunks = VecDeque::new();
         encode_chunks(
             deliveries(vec![], vec![run(0, big.clone()), run(1, big.clone())]),
+            &[],
             &mut BytesMut::new(),
             &mut chunks,
         );
@@ -560,7 +634,7 @@ mod tests {
             })),
         };
         let mut chunks = VecDeque::new();
-        encode_chunks(joined.clone(), &mut BytesMut::new(), &mut chunks);
+        encode_chunks(joined.clone(), &[], &mut BytesMut::new(), &mut chunks);
         assert_eq!(chunks.len(), 1);
         assert_eq!(decode(&chunks), joined);
     }
@@ -570,8 +644,8 @@ mod tests {
         let mut scratch = BytesMut::new();
         let mut chunks = VecDeque::new();
         let message = deliveries(vec![single(1)], vec![run(0, Bytes::from_static(b"r"))]);
-        encode_chunks(message.clone(), &mut scratch, &mut chunks);
-        encode_chunks(message.clone(), &mut scratch, &mut chunks);
+        encode_chunks(message.clone(), &[], &mut scratch, &mut chunks);
+        encode_chunks(message.clone(), &[], &mut scratch, &mut chunks);
         assert_eq!(chunks.len(), 2);
         assert_eq!(decode(&VecDeque::from([chunks[0].clone()])), message);
         assert_eq!(decode(&VecDeque::from([chunks[1].clone()])), message);

@@ -194,6 +194,11 @@ impl Server {
         Server { process, addr }
     }
 
+    /// The gRPC address it bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The gRPC endpoint, as `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
