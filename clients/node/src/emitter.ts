@@ -9,7 +9,7 @@
 // matches every type of topic `order`). A message no listener wants is acked: like an
 // EventEmitter, an event nobody listens to is dropped for that service.
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { Client, type ClientOptions } from './client';
 import type { Consumer, Message } from './consumer';
 import type { Acked, Producer, ProducerOptions } from './producer';
@@ -38,8 +38,16 @@ export interface HeraldEmitterOptions {
   concurrency?: number;
   /** Where a new group starts (default 'earliest': events emitted before the service first ran are handled too). */
   start?: Position;
-  /** Producer settings (batching, buffer). */
+  /** Producer settings (batching, buffer, `idempotent`, default true). */
   producer?: ProducerOptions;
+  /**
+   * Names the emitter's producers (one per topic, named `<producerName>.<topic>`), so a
+   * restarted instance fences the one it replaces: the older instance's emits then fail
+   * with FailedPreconditionError instead of interleaving with the newer one's. Give each
+   * live instance its own name (instances sharing one would fence each other). Unset:
+   * anonymous producers, still idempotent.
+   */
+  producerName?: string;
 }
 
 /** Metadata of a received event, the second argument of a listener. */
@@ -262,7 +270,9 @@ export class HeraldEmitter {
   private producer(topic: string): Promise<Producer> {
     let p = this.producers.get(topic);
     if (!p) {
-      p = this.ensureTopic(topic).then(() => this.client.producer(topic, { lingerMs: 1, ...this.o.producer }));
+      const name = this.o.producerName ?? this.o.producer?.producerName;
+      const options = { lingerMs: 1, ...this.o.producer, producerName: name && producerNameFor(name, topic) };
+      p = this.ensureTopic(topic).then(() => this.client.producer(topic, options));
       p.catch(() => this.producers.delete(topic));
       this.producers.set(topic, p);
     }
@@ -338,4 +348,11 @@ export class HeraldEmitter {
       Promise.all(regs.map((r) => r.listener(payload, ctx))),
     );
   }
+}
+
+/** Producer names are at most 249 characters: a longer `<name>.<topic>` keeps its start and a digest of the whole. */
+function producerNameFor(name: string, topic: string): string {
+  const full = `${name}.${topic}`;
+  if (full.length <= 249) return full;
+  return `${full.slice(0, 208)}.${createHash('sha256').update(full).digest('hex').slice(0, 40)}`;
 }

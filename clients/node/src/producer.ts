@@ -9,14 +9,37 @@
 //
 // Because a partition never has two batches in flight, a batch that fails with
 // UNAVAILABLE (or whose stream breaks) is retried, after a backoff with jitter, before any
-// later batch of that partition is sent: a key's records are never reordered. A batch
-// retried after a lost reply may be stored twice (at-least-once).
+// later batch of that partition is sent: a key's records are never reordered.
+//
+// Idempotence (on by default). Before its first batch the producer asks the broker for an
+// identity (InitProducer: a producer id and an epoch). Each batch carries that identity
+// and its sequence number in its partition, stamped when the batch is first sent and kept
+// for every retry, so a retry of a batch the broker already stored (its reply was lost to
+// a broken connection or a broker restart) is answered with the first offsets instead of
+// being stored again: each record once, in order. Without it (`idempotent: false`), such
+// a retry stores the batch twice (at-least-once).
 import * as grpc from '@grpc/grpc-js';
 import type { Client } from './client';
 import { ClosedError, errorFor, fromGrpc, HeraldError, isRetryable } from './errors';
 import { hashReady, keyBytes, partitionForKey } from './hash';
 import type { PublishStreamRequest } from './generated/herald/v1/PublishStreamRequest';
 import type { PublishStreamResponse__Output } from './generated/herald/v1/PublishStreamResponse';
+import type { InitProducerResponse__Output } from './generated/herald/v1/InitProducerResponse';
+
+/** What a batch is stamped with (producer ids are uint64, carried as decimal strings). */
+interface ProducerSequence {
+  producer_id: string;
+  epoch: number;
+  base_sequence: number;
+}
+
+/** Where an idempotent producer's identity stands. */
+type Identity =
+  | { state: 'off' }
+  /** To be asked for (again) from this time (ms) on. */
+  | { state: 'needed'; after: number }
+  | { state: 'asking' }
+  | { state: 'known'; producerId: string; epoch: number };
 
 /** Header values: strings are sent as UTF-8. */
 export type Headers = Record<string, string | Buffer> | [string, string | Buffer][];
@@ -57,6 +80,17 @@ export interface ProducerOptions {
   /** First retry delay, doubled each time up to `retryBackoffMaxMs` (defaults 100 ms and 5 s), with jitter. */
   retryBackoffMs?: number;
   retryBackoffMaxMs?: number;
+  /**
+   * Idempotent publishing (default true): a batch retried after a lost reply is stored
+   * once. False: such a retry may store the batch twice.
+   */
+  idempotent?: boolean;
+  /**
+   * Names the producer across restarts (1..=249 characters of `[A-Za-z0-9._-]`): a new
+   * producer with the same name fences the older one, whose later sends then fail with
+   * FailedPreconditionError. Unset: an anonymous producer, never fenced.
+   */
+  producerName?: string;
 }
 
 /** Bytes counted per record on top of its key, value and headers (framing, bookkeeping). */
@@ -113,6 +147,8 @@ interface Batch {
   attempts: number;
   /** Not before this time (ms), after a retryable failure. */
   notBefore: number;
+  /** The identity and sequence the batch was stamped with when first sent; kept for its retries. */
+  stamp?: ProducerSequence;
   settled: Promise<HeraldError | undefined>;
   settle: (e: HeraldError | undefined) => void;
 }
@@ -123,6 +159,19 @@ function toBuffer(v: Buffer | Uint8Array | string): Buffer {
 }
 
 /** Exponential backoff with full jitter in [d/2, d]: retries of many clients spread out. */
+/**
+ * Whether a unary call's failure says nothing about the request itself: the broker was
+ * unreachable, restarting, or the connection broke under the call.
+ */
+function isTransient(err: HeraldError): boolean {
+  return (
+    isRetryable(err) ||
+    err.code === grpc.status.CANCELLED ||
+    err.code === grpc.status.UNKNOWN ||
+    err.code === grpc.status.DEADLINE_EXCEEDED
+  );
+}
+
 export function backoffDelay(attempt: number, minMs: number, maxMs: number): number {
   const d = Math.min(maxMs, minMs * 2 ** Math.max(0, attempt - 1));
   return d / 2 + Math.random() * (d / 2);
@@ -131,7 +180,7 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number): num
 /** A batching, pipelining producer for one topic; made by `client.producer(topic)`. */
 export class Producer {
   readonly topic: string;
-  private readonly o: Required<ProducerOptions>;
+  private readonly o: Required<Omit<ProducerOptions, 'producerName'>> & { producerName?: string };
   private partitions?: number;
   private partitionsLookup?: Promise<number>;
   /** The topic's largest record; a larger one is refused at `send`, before it can sink a batch. */
@@ -154,6 +203,11 @@ export class Producer {
   private closing = false;
   private retriesTotal = 0;
   private callEnded?: () => void;
+  private identity: Identity;
+  /** Failed InitProducer calls in a row, for the backoff. */
+  private identityFailures = 0;
+  /** The sequence number of each partition's next new batch (idempotence). */
+  private readonly nextSequence = new Map<number, number>();
 
   constructor(private readonly client: Client, topic: string, options: ProducerOptions = {}) {
     this.topic = topic;
@@ -166,7 +220,10 @@ export class Producer {
       maxRetries: options.maxRetries ?? 10,
       retryBackoffMs: options.retryBackoffMs ?? 100,
       retryBackoffMaxMs: options.retryBackoffMaxMs ?? 5_000,
+      idempotent: options.idempotent ?? true,
+      producerName: options.producerName,
     };
+    this.identity = this.o.idempotent ? { state: 'needed', after: 0 } : { state: 'off' };
   }
 
   /** Bytes of records currently held (buffered or in flight); never above `maxBufferedBytes` but for one record. */
@@ -375,7 +432,12 @@ export class Producer {
       }
     }
     if (this.sealed.size > 0 && !this.call && this.reopenTimer === undefined) this.openStream();
-    if (this.call) {
+    const identity = this.identity;
+    if (identity.state === 'needed' && this.sealed.size > 0) {
+      if (identity.after <= now) this.askIdentity();
+      else next = Math.min(next, identity.after);
+    }
+    if (this.call && (identity.state === 'off' || identity.state === 'known')) {
       for (const [partition, queue] of this.sealed) {
         if (this.inFlight.size >= this.o.maxInFlight) break;
         if (this.busy.has(partition)) continue;
@@ -393,13 +455,66 @@ export class Producer {
   }
 
   private write(batch: Batch): void {
+    const identity = this.identity;
+    if (identity.state === 'known' && !batch.stamp) {
+      const base = this.nextSequence.get(batch.partition) ?? 0;
+      batch.stamp = { producer_id: identity.producerId, epoch: identity.epoch, base_sequence: base };
+      this.nextSequence.set(batch.partition, (base + batch.records.length) >>> 0);
+    }
     const sequence = (this.sequence++).toString();
     this.busy.add(batch.partition);
     this.inFlight.set(sequence, batch);
+    // The partition is always named: the producer places records itself, and an
+    // idempotent batch must not be scattered by the broker's round-robin.
     this.call!.write({
       sequence,
-      publish: { topic: this.topic, partition: batch.partition, records: { records: batch.records } },
+      publish: {
+        topic: this.topic,
+        partition: batch.partition,
+        records: { records: batch.records },
+        producer: batch.stamp ?? null,
+      },
     } as PublishStreamRequest);
+  }
+
+  /** Asks the broker for this producer's identity; batches wait for the answer. */
+  private askIdentity(): void {
+    this.identity = { state: 'asking' };
+    this.client
+      .unary<unknown, InitProducerResponse__Output>('InitProducer', { producer_name: this.o.producerName ?? '' })
+      .then(
+        (reply) => {
+          this.identityFailures = 0;
+          this.identity = { state: 'known', producerId: String(reply.producer_id), epoch: reply.epoch };
+          // A new identity starts every partition's sequence afresh.
+          this.nextSequence.clear();
+        },
+        (err) => {
+          const error = fromGrpc(err);
+          if (isTransient(error) && this.identityFailures < this.o.maxRetries && !this.closedUnder(error)) {
+            this.identityFailures++;
+            const delay = backoffDelay(this.identityFailures, this.o.retryBackoffMs, this.o.retryBackoffMaxMs);
+            this.identity = { state: 'needed', after: Date.now() + delay };
+            return;
+          }
+          // Nothing can be sent without an identity: every waiting batch fails, and the
+          // next record asks again.
+          this.identityFailures = 0;
+          this.identity = { state: 'needed', after: 0 };
+          const waiting = [...this.sealed.values()].flat();
+          this.sealed.clear();
+          for (const b of waiting) {
+            for (const e of b.entries) e.reject(error);
+            this.finish(b, error);
+          }
+        },
+      )
+      .finally(() => this.pump());
+  }
+
+  /** Whether a failure came from the client's own channel having been closed. */
+  private closedUnder(error: HeraldError): boolean {
+    return this.client.isClosed && error.code !== grpc.status.UNAVAILABLE;
   }
 
   private openStream(): void {
@@ -471,17 +586,53 @@ export class Producer {
   }
 
   private retryOrFail(batch: Batch, err: HeraldError): void {
+    const identity = this.identity;
+    const stamp = batch.stamp;
+    const stampedNow =
+      stamp !== undefined &&
+      identity.state === 'known' &&
+      stamp.producer_id === identity.producerId &&
+      stamp.epoch === identity.epoch;
+    // ABORTED: the batch's sequence does not follow what the partition stored (a batch
+    // given up on after its retries may or may not have landed). It was not stored, so it
+    // is numbered afresh under a new identity, which restarts every partition at 0.
+    // Likewise a batch fenced by a newer epoch of this same producer. Fenced by another
+    // instance (the batch carries the current epoch), it fails below.
+    const renumber =
+      stamp !== undefined &&
+      batch.attempts < this.o.maxRetries &&
+      (err.code === grpc.status.ABORTED ||
+        (err.code === grpc.status.FAILED_PRECONDITION && !stampedNow && err.details.includes('is fenced')));
+    if (renumber) {
+      batch.attempts++;
+      this.retriesTotal++;
+      batch.stamp = undefined;
+      batch.notBefore = 0;
+      if (stampedNow && err.code === grpc.status.ABORTED) this.identity = { state: 'needed', after: 0 };
+      this.requeue(batch);
+      return;
+    }
+    if (stampedNow && !isRetryable(err)) {
+      // Refused before it was stored: its sequence numbers are free again. (A batch given
+      // up on after UNAVAILABLE keeps them used: it may have landed.)
+      this.nextSequence.set(batch.partition, stamp.base_sequence);
+    }
     if (isRetryable(err) && batch.attempts < this.o.maxRetries) {
       batch.attempts++;
       this.retriesTotal++;
       batch.notBefore = Date.now() + backoffDelay(batch.attempts, this.o.retryBackoffMs, this.o.retryBackoffMaxMs);
-      let queue = this.sealed.get(batch.partition);
-      if (!queue) this.sealed.set(batch.partition, (queue = []));
-      queue.unshift(batch);
+      this.requeue(batch);
       return;
     }
     for (const e of batch.entries) e.reject(err);
     this.finish(batch, err);
+  }
+
+  /** Puts a batch back at the head of its partition's queue, before anything later. */
+  private requeue(batch: Batch): void {
+    let queue = this.sealed.get(batch.partition);
+    if (!queue) this.sealed.set(batch.partition, (queue = []));
+    queue.unshift(batch);
   }
 
   private finish(batch: Batch, err: HeraldError | undefined): void {

@@ -4,7 +4,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
-const { Client, HeraldEmitter, eventRoute } = require('..');
+const { Client, FailedPreconditionError, HeraldEmitter, eventRoute } = require('..');
 const { startBroker, eventually } = require('./broker');
 
 let broker;
@@ -171,4 +171,22 @@ test('100 orders, a 50 ms listener and a 1 s ack deadline: 100 emails, none twic
   const g = await client.admin().describeGroup(t, 'email');
   assert.ok(g.partitions.every((p) => p.redelivered === 0n && p.lag === 0n));
   await orders.close();
+});
+
+test('producerName: a restarted instance fences the one it replaces, topic by topic', async () => {
+  const t = fresh();
+  const producerName = `orders-${randomUUID().slice(0, 8)}`;
+  const older = new HeraldEmitter({ client, producerName });
+  // One name, two topics: the emitter's own producers do not fence each other.
+  await older.emit(`${t}a:created`, { n: 1 });
+  await older.emit(`${t}b:created`, { n: 1 });
+  const newer = new HeraldEmitter({ client, producerName });
+  await newer.emit(`${t}a:created`, { n: 2 });
+  await assert.rejects(older.emit(`${t}a:created`, { n: 3 }), FailedPreconditionError);
+  // The other topic's producer has no newer instance yet.
+  await older.emit(`${t}b:created`, { n: 3 });
+  await older.close();
+  await newer.close();
+  const described = await client.admin().describeTopic(`${t}a`);
+  assert.equal(described.partitions.reduce((n, p) => n + p.endOffset, 0n), 2n);
 });
