@@ -414,3 +414,108 @@ async fn a_newer_instance_of_a_named_producer_fences_the_older() {
     assert_eq!(values, ["old-1", "new-1"]);
     stop(cb.broker).await;
 }
+
+fn with_msg_id(topic: &str, id: &str, value: &str) -> v1::PublishRequest {
+    v1::PublishRequest {
+        topic: topic.into(),
+        partition: None,
+        payload: Some(v1::publish_request::Payload::Records(v1::Records {
+            records: vec![v1::Record {
+                value: value.to_owned().into(),
+                headers: vec![v1::Header {
+                    key: "herald-msg-id".into(),
+                    value: id.to_owned().into(),
+                }],
+                ..Default::default()
+            }],
+        })),
+        producer: None,
+    }
+}
+
+/// The message-id window: a keyless publish carrying `herald-msg-id` is placed by its id
+/// and stored once per id within the topic's window, across a restart; after the window
+/// it is stored again; the broker's default window is reported by DescribeTopic.
+#[tokio::test]
+async fn message_ids_are_stored_once_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let mut c = client(&broker).await;
+    create_topic(&mut c, "default-window", 1).await;
+    let described = describe_topic(&mut c, "default-window").await;
+    assert_eq!(described.config.unwrap().dedup_window_ms, Some(120_000));
+    const WINDOW_MS: u64 = 1_500;
+    c.create_topic(v1::CreateTopicRequest {
+        name: "ids".into(),
+        partitions: 4,
+        config: Some(v1::TopicConfig {
+            dedup_window_ms: Some(WINDOW_MS),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+
+    let first = c
+        .publish(with_msg_id("ids", "m-1", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .publish(with_msg_id("ids", "m-1", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again, first,
+        "the same id: the first publish's answer, same partition"
+    );
+    let other = c
+        .publish(with_msg_id("ids", "m-2", "b"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        (other.partition, other.base_offset) != (first.partition, first.base_offset),
+        "another id is stored"
+    );
+    let too_long = c
+        .publish(with_msg_id("ids", &"x".repeat(300), "c"))
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
+
+    // A restart: the window comes back from the log.
+    let addr = broker.addr;
+    stop(broker).await;
+    let broker = start_at(dir.path(), addr).await;
+    let mut c = client(&broker).await;
+    let after_restart = c
+        .publish(with_msg_id("ids", "m-1", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after_restart, first);
+    let stored: usize = {
+        let mut n = 0;
+        for p in 0..4 {
+            n += fetch_all(&mut c, "ids", p, 0).await.unwrap().len();
+        }
+        n
+    };
+    assert_eq!(stored, 2, "m-1 once, m-2 once");
+
+    // Past the window the id is forgotten: the time window itself is what is tested.
+    tokio::time::sleep(Duration::from_millis(WINDOW_MS + 200)).await;
+    let later = c
+        .publish(with_msg_id("ids", "m-1", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(later.partition, first.partition, "placed by its id");
+    assert!(
+        later.base_offset > first.base_offset,
+        "stored again after the window"
+    );
+    stop(broker).await;
+}

@@ -33,6 +33,7 @@ fn configured_topic() -> v1::TopicConfig {
         fsync_policy: v1::FsyncPolicy::Interval as i32,
         fsync_interval_ms: Some(20),
         max_message_bytes: Some(2000),
+        dedup_window_ms: None,
     }
 }
 
@@ -237,6 +238,7 @@ async fn a_restarted_broker_has_every_record_topic_and_setting() {
             fsync_policy: v1::FsyncPolicy::Always as i32,
             fsync_interval_ms: Some(100),
             max_message_bytes: Some(8 * 1024),
+            dedup_window_ms: Some(120_000),
         }
     );
     // The data must span several segments for the restart to be a real test.

@@ -44,6 +44,9 @@ pub const MIN_RESPONSE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_PRODUCER_IDLE_EXPIRY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Idempotent producers a partition remembers by default (about 200 bytes each).
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
+/// How long a `herald-msg-id` is remembered by default: NATS JetStream's default
+/// duplicate window.
+pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 2 * 60 * 1000;
 /// Default size of one fetch response.
 pub const DEFAULT_FETCH_MAX_BYTES: usize = 1024 * 1024;
 
@@ -82,6 +85,8 @@ pub struct Config {
     pub producer_idle_expiry_ms: u64,
     /// Idempotent producers each partition remembers; past it, the least recently seen.
     pub max_producers_per_partition: usize,
+    /// Default for topics: how long a `herald-msg-id` is remembered (0: off).
+    pub dedup_window_ms: u64,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
 }
@@ -117,6 +122,7 @@ impl Default for Config {
             idle_stream_timeout_ms: DEFAULT_IDLE_STREAM_TIMEOUT_MS,
             producer_idle_expiry_ms: DEFAULT_PRODUCER_IDLE_EXPIRY_MS,
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
+            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
             log_json: false,
         }
     }

@@ -62,6 +62,8 @@ pub struct TopicSettings {
     pub fsync: Option<FsyncSetting>,
     pub fsync_interval_ms: Option<u64>,
     pub max_message_bytes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_window_ms: Option<u64>,
 }
 
 /// The settings in force for a topic: its overrides over the broker's defaults.
@@ -73,6 +75,7 @@ pub struct EffectiveSettings {
     pub fsync: FsyncSetting,
     pub fsync_interval_ms: u64,
     pub max_message_bytes: usize,
+    pub dedup_window_ms: u64,
 }
 
 impl TopicSettings {
@@ -84,6 +87,7 @@ impl TopicSettings {
             fsync: self.fsync.unwrap_or(config.fsync),
             fsync_interval_ms: self.fsync_interval_ms.unwrap_or(config.fsync_interval_ms),
             max_message_bytes: self.max_message_bytes.unwrap_or(config.max_message_bytes),
+            dedup_window_ms: self.dedup_window_ms.unwrap_or(config.dedup_window_ms),
         }
     }
 }
@@ -125,6 +129,7 @@ impl EffectiveSettings {
             fsync: self.fsync.policy(self.fsync_interval_ms),
             retention_ms: (self.retention_ms > 0).then_some(self.retention_ms),
             retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
+            msg_id_window_ms: self.dedup_window_ms,
             ..LogConfig::default()
         }
     }

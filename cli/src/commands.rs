@@ -109,6 +109,9 @@ enum TopicCommand {
         /// Largest record accepted.
         #[arg(long)]
         max_message_bytes: Option<u32>,
+        /// How long a publish's herald-msg-id is remembered, in ms (0: off).
+        #[arg(long)]
+        dedup_window_ms: Option<u64>,
     },
     /// List the topics.
     List,
@@ -426,6 +429,7 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
             fsync,
             fsync_interval_ms,
             max_message_bytes,
+            dedup_window_ms,
         } => {
             let config = TopicConfig {
                 retention_ms,
@@ -438,6 +442,7 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
                 }),
                 fsync_interval_ms,
                 max_message_bytes,
+                dedup_window_ms,
             };
             let topic = admin
                 .create_topic(&name, partitions, config)
@@ -519,6 +524,7 @@ fn topic_json(topic: &TopicInfo) -> Value {
             "fsync": fsync_name(c.fsync_policy),
             "fsync_interval_ms": c.fsync_interval_ms,
             "max_message_bytes": c.max_message_bytes,
+            "dedup_window_ms": c.dedup_window_ms,
         },
         "partitions": topic.partitions.iter().map(|p| json!({
             "partition": p.partition.0,
@@ -558,6 +564,7 @@ fn describe_text(topic: &TopicInfo) -> Vec<String> {
             "max_message_bytes".to_owned(),
             opt(c.max_message_bytes.map(u64::from), ""),
         ],
+        vec!["dedup_window_ms".to_owned(), opt(c.dedup_window_ms, "off")],
     ];
     let mut lines = table(&settings);
     lines.push(String::new());

@@ -41,6 +41,8 @@ pub struct TopicConfig {
     pub fsync_interval_ms: Option<u32>,
     /// Largest record accepted, in bytes.
     pub max_message_bytes: Option<u32>,
+    /// How long a publish's `herald-msg-id` is remembered, in ms (0: off).
+    pub dedup_window_ms: Option<u64>,
 }
 
 impl TopicConfig {
@@ -57,6 +59,7 @@ impl TopicConfig {
             } as i32,
             fsync_interval_ms: self.fsync_interval_ms,
             max_message_bytes: self.max_message_bytes,
+            dedup_window_ms: self.dedup_window_ms,
         }
     }
 
@@ -73,6 +76,7 @@ impl TopicConfig {
             },
             fsync_interval_ms: config.fsync_interval_ms,
             max_message_bytes: config.max_message_bytes,
+            dedup_window_ms: config.dedup_window_ms,
         }
     }
 }

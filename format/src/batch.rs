@@ -67,6 +67,10 @@ pub const MAGIC: u16 = 0x4852;
 /// The only format version this build reads and writes.
 pub const VERSION: u8 = 1;
 
+/// The record header that names a publish for the broker's message-id dedup window: a
+/// publish whose first record carries it is stored once per id within the window.
+pub const MSG_ID_HEADER: &str = "herald-msg-id";
+
 /// The `flags` bit that says a producer block follows the header.
 pub const FLAG_PRODUCER: u8 = 0x02;
 /// Bytes in the producer block.
@@ -294,6 +298,8 @@ pub struct RecordFacts {
     pub largest_record_bytes: usize,
     /// Where the first record's key lies in the batch, if it has one.
     first_key: Option<(usize, usize)>,
+    /// Where the value of the first record's [`MSG_ID_HEADER`] lies, if it has one.
+    first_msg_id: Option<(usize, usize)>,
 }
 
 /// A batch that passed [`validate`]: safe to append.
@@ -354,6 +360,13 @@ impl ValidatedBatch {
     pub fn first_key(&self) -> Option<&[u8]> {
         self.facts.first_key.map(|(from, to)| &self.bytes[from..to])
     }
+    /// The value of the first record's [`MSG_ID_HEADER`]: what identifies the publish in
+    /// the broker's message-id dedup window.
+    pub fn first_msg_id(&self) -> Option<&[u8]> {
+        self.facts
+            .first_msg_id
+            .map(|(from, to)| &self.bytes[from..to])
+    }
 }
 
 impl<'a> ValidBatch<'a> {
@@ -366,6 +379,12 @@ impl<'a> ValidBatch<'a> {
     /// The producer block, if the batch has one.
     pub fn producer(&self) -> Option<ProducerStamp> {
         self.producer
+    }
+    /// See [`ValidatedBatch::first_msg_id`].
+    pub fn first_msg_id(&self) -> Option<&'a [u8]> {
+        self.facts
+            .first_msg_id
+            .map(|(from, to)| &self.bytes[from..to])
     }
 }
 
@@ -411,6 +430,13 @@ fn check_records(header: &BatchHeader, batch: &[u8]) -> Result<RecordFacts, Batc
                 let from = key.as_ptr() as usize - batch.as_ptr() as usize;
                 (from, from + key.len())
             });
+            facts.first_msg_id = record
+                .headers()
+                .find(|(name, _)| *name == MSG_ID_HEADER)
+                .map(|(_, id)| {
+                    let from = id.as_ptr() as usize - batch.as_ptr() as usize;
+                    (from, from + id.len())
+                });
         }
         facts.largest_record_bytes = facts.largest_record_bytes.max(records.last_len);
         actual_max = actual_max.max(record.timestamp);

@@ -145,7 +145,19 @@ impl HeraldService {
                     ));
                 }
             }
-            let partition = topic.pick_partition(request.partition, batch.first_key())?;
+            if let Some(id) = batch.first_msg_id()
+                && id.len() > crate::storage::msg_ids::MAX_MSG_ID_BYTES
+            {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "the herald-msg-id header is {} bytes; at most {} are allowed",
+                    id.len(),
+                    crate::storage::msg_ids::MAX_MSG_ID_BYTES
+                )));
+            }
+            // A keyless publish with a message id is placed by the id, so its retries reach
+            // the partition whose window remembers it.
+            let placement = batch.first_key().or(batch.first_msg_id());
+            let partition = topic.pick_partition(request.partition, placement)?;
             let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
             let committed = partition.enqueue(batch).await?;
             Ok::<_, BrokerError>((id, records, bytes, committed))
@@ -346,6 +358,7 @@ fn describe(topic: &Topic) -> v1::TopicDescription {
             fsync_policy: v1::FsyncPolicy::from(s.fsync) as i32,
             fsync_interval_ms: Some(s.fsync_interval_ms.min(u64::from(u32::MAX)) as u32),
             max_message_bytes: Some(s.max_message_bytes.min(u32::MAX as usize) as u32),
+            dedup_window_ms: Some(s.dedup_window_ms),
         }),
         partitions: topic
             .partitions
@@ -387,6 +400,7 @@ fn settings_from_proto(config: Option<v1::TopicConfig>) -> Result<TopicSettings,
         fsync,
         fsync_interval_ms: c.fsync_interval_ms.map(u64::from),
         max_message_bytes: c.max_message_bytes.map(|v| v as usize),
+        dedup_window_ms: c.dedup_window_ms,
     })
 }
 

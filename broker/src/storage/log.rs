@@ -17,6 +17,7 @@ use super::batch::{self, BASE_OFFSET_AT, BatchHeader, BatchView, ValidBatch};
 use super::error::{Result, StorageError};
 use super::handoff::{Arc, Handoff, Located, Published};
 use super::index_cursor::IndexCursor;
+use super::msg_ids::MsgIds;
 use super::producers::{self, Check, Producers};
 use super::recovery::{self, Checkpoint};
 use super::segment::{Preparer, Segment, SegmentShape};
@@ -94,6 +95,8 @@ pub struct LogWriter {
     name: std::sync::Arc<str>,
     /// Idempotent producers' sequences (see `producers`); the writer alone touches it.
     producers: Producers,
+    /// The message-id dedup window (see `msg_ids`); the writer alone touches it.
+    msg_ids: MsgIds,
     // Held for the writer's life: an exclusive `flock` on the directory's lock file.
     _lock: File,
 }
@@ -171,9 +174,11 @@ impl LogWriter {
             checkpoint: rec.checkpoint,
             name,
             producers: Producers::default(),
+            msg_ids: MsgIds::default(),
             _lock: lock,
         };
         writer.rebuild_producers();
+        writer.rebuild_msg_ids();
         Ok(writer)
     }
 
@@ -237,6 +242,56 @@ impl LogWriter {
             }
         }
         self.producers = table;
+    }
+
+    /// Rebuilds the message-id window from the batches whose newest record is inside it:
+    /// each one's first record is read for its `herald-msg-id`.
+    fn rebuild_msg_ids(&mut self) {
+        let mut window = MsgIds::new(self.config.msg_id_window_ms);
+        if !window.enabled() {
+            self.msg_ids = window;
+            return;
+        }
+        let now = now_ms();
+        let cutoff = now.saturating_sub(self.config.msg_id_window_ms.min(i64::MAX as u64) as i64);
+        let last = self.segments.len() - 1;
+        for (i, segment) in self.segments.iter().enumerate() {
+            if i < last && segment.max_timestamp() < cutoff {
+                continue;
+            }
+            let limit = if i == last {
+                self.write_pos
+            } else {
+                segment.committed_len()
+            };
+            let mut position = 0u64;
+            while let Some(header) = segment.header_at(position, limit) {
+                let len = u64::from(header.batch_len);
+                if len == 0 || position + len > limit {
+                    break;
+                }
+                if header.max_timestamp >= cutoff && !header.has_producer() {
+                    let bytes = segment.bytes(position, position + len);
+                    let first = BatchView::new(bytes)
+                        .ok()
+                        .and_then(|view| view.records().next())
+                        .and_then(Result::ok);
+                    if let Some(id) = first.and_then(|r| {
+                        r.headers()
+                            .find(|(name, _)| *name == batch::MSG_ID_HEADER)
+                            .map(|(_, id)| id)
+                    }) {
+                        let appended = Appended {
+                            base_offset: header.base_offset,
+                            last_offset: header.last_offset(),
+                        };
+                        window.record(id, appended, header.max_timestamp);
+                    }
+                }
+                position += len;
+            }
+        }
+        self.msg_ids = window;
     }
 
     /// Idempotent producers this partition remembers.
@@ -324,6 +379,17 @@ impl LogWriter {
             WriterStats::add(&self.stats.duplicates, 1);
             return Ok(first);
         }
+        // Batches of idempotent producers are told apart by their sequences alone.
+        let msg_id = batch
+            .first_msg_id()
+            .filter(|_| producer.is_none() && self.msg_ids.enabled());
+        let now = msg_id.map(|_| now_ms());
+        if let (Some(id), Some(now)) = (msg_id, now)
+            && let Some(first) = self.msg_ids.check(id, now)
+        {
+            WriterStats::add(&self.stats.duplicates, 1);
+            return Ok(first);
+        }
         let bytes = batch.bytes();
         let len = bytes.len() as u64;
         if len > self.config.segment_bytes {
@@ -374,6 +440,9 @@ impl LogWriter {
         if let Some(stamp) = producer {
             self.producers
                 .record(stamp, header.record_count, appended, now_ms());
+        }
+        if let (Some(id), Some(now)) = (msg_id, now) {
+            self.msg_ids.record(id, appended, now);
         }
         Ok(appended)
     }
@@ -525,6 +594,7 @@ impl LogWriter {
     /// Also forgets idempotent producers idle past their expiry.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome> {
         self.producers.expire(now_ms);
+        self.msg_ids.expire(now_ms);
         let mut total: u64 = self.segments.iter().map(|s| s.committed_len()).sum();
         let sealed = self.segments.len() - 1;
         let mut doomed = 0;

@@ -15,6 +15,7 @@
 //! - `log` — the writer (append, commit with the fsync policy, roll, retention) and reader.
 //! - `recovery` — opening a directory: checkpoint, scan, torn-tail repair.
 //! - `inspect` — read-only verification of a directory, for the offline `log` commands.
+//! - `msg_ids` — the message-id dedup window (`herald-msg-id`), per partition.
 //! - `producers` — idempotent producers: the per-partition sequence table, its snapshot.
 //! - `writer_core` — what a partition's writer decides (groups, answers, housekeeping),
 //!   with no I/O of its own; the writer thread (`committer`) and task drive it.
@@ -29,6 +30,7 @@ mod index_cursor;
 pub mod inspect;
 mod log;
 mod mapping;
+pub mod msg_ids;
 pub mod producers;
 mod recovery;
 mod segment;
@@ -82,6 +84,8 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// Bounds on the idempotent producers the partition remembers.
     pub producers: producers::ProducerLimits,
+    /// How long a `herald-msg-id` is remembered (0: the window is off).
+    pub msg_id_window_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -93,6 +97,7 @@ impl Default for LogConfig {
             retention_ms: None,
             retention_bytes: None,
             producers: producers::ProducerLimits::default(),
+            msg_id_window_ms: 0,
         }
     }
 }
