@@ -33,7 +33,7 @@ fn configured_topic() -> v1::TopicConfig {
         fsync_policy: v1::FsyncPolicy::Interval as i32,
         fsync_interval_ms: Some(20),
         max_message_bytes: Some(2000),
-        dedup_window_ms: None,
+        dedup_window_ms: Some(30_000),
     }
 }
 
