@@ -24,12 +24,7 @@ use super::segment::{Preparer, Segment, SegmentShape};
 use super::{FsyncPolicy, LogConfig};
 use crate::clock::now_ms;
 
-/// Offsets a committed append was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub base_offset: u64,
-    pub last_offset: u64,
-}
+pub use super::appended::Appended;
 
 /// Counters a writer keeps; shared so a metrics exporter can read them while it runs.
 #[derive(Debug, Default)]

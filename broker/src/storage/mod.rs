@@ -21,6 +21,7 @@
 //!   with no I/O of its own; the writer thread (`committer`) and task drive it.
 //! - `committer` — group commit: many appenders share one writer thread and one flush.
 
+mod appended;
 pub use herald_format::batch;
 pub mod committer;
 mod error;

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::log::Appended;
+use super::appended::Appended;
 
 /// Ids a partition remembers at most: with ids of 36 bytes (a UUID), about 14 MiB.
 pub const MAX_MSG_IDS: usize = 100_000;

@@ -48,7 +48,7 @@ use std::path::Path;
 use herald_format::batch::ProducerStamp;
 
 use super::error::{Result, StorageError};
-use super::log::Appended;
+use super::appended::Appended;
 
 /// Batches remembered per producer: how many a producer may have in flight to one
 /// partition and still have every one of them recognised when it is sent again.
