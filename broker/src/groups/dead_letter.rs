@@ -7,28 +7,18 @@
 //! commit (an fsync under fsync `always`) comes back, so a slow dead-letter topic holds up
 //! only the dead letters' own keys, never the group's other messages.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use std::sync::Arc;
 
 use super::driver::Group;
 use super::read::FETCH_CHUNK_BYTES;
 use super::read::{StoredRecord, is_gone, read_records};
-use super::registry::GroupRegistry;
 use crate::error::{BrokerError, Result};
 use crate::group::DeadLetter;
 use crate::registry::Registry;
 use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
-
-/// Delay before retrying dead-letter appends that failed (dead-letter topic deleted, full).
-pub(super) const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
-/// Most dead letters a group has handed to writers and not seen committed. Each holds its
-/// batch in a partition queue; more wait in the task's queue, which the machine's tables
-/// bound (a dead letter stays tracked until confirmed).
-pub(super) const DEAD_LETTERS_IN_FLIGHT_MAX: usize = 64;
 
 /// A dead letter handed to its partition's writer: resolves when the append is committed
 /// (or failed).
@@ -118,11 +108,21 @@ impl Group {
     }
 }
 
-impl GroupRegistry {
+impl Group {
     /// Republishes up to `max` (0 = all) of the group's dead letters to their source
     /// partitions, without the `herald-dlq-*` headers. Progress is kept per dead-letter
-    /// partition, so a dead letter is redriven once.
-    pub async fn redrive(&self, group: &Group, max: u64) -> Result<u64> {
+    /// partition, so a dead letter is redriven once. (`GroupRegistry::redrive` is the
+    /// entry point.)
+    ///
+    /// `registered` is the group as its registry holds it now, if it still does: the one
+    /// whose `group.toml` records the progress.
+    pub(super) async fn redrive(
+        &self,
+        registry: &Registry,
+        registered: Option<Arc<Group>>,
+        max: u64,
+    ) -> Result<u64> {
+        let group = self;
         let _one = group.redrive.lock().await;
         let dlq =
             group
@@ -132,7 +132,7 @@ impl GroupRegistry {
                     topic: group.topic_name.clone(),
                     group: group.name.clone(),
                 })?;
-        let dlq_topic = self.registry.get(&dlq)?;
+        let dlq_topic = registry.get(&dlq)?;
         let mut cursor = {
             let inner = group.lock();
             if inner.redrive_topic.as_deref() == Some(dlq.as_str())
@@ -211,7 +211,7 @@ impl GroupRegistry {
                         .map(|(k, v)| (k.as_str(), v.as_ref()))
                         .collect();
                     let batch = build_batch(
-                        &self.registry,
+                        registry,
                         record.timestamp,
                         record.key.as_deref(),
                         &record.value,
@@ -243,8 +243,7 @@ impl GroupRegistry {
             inner.redrive_topic = Some(dlq);
             inner.redrive_cursor = cursor;
         }
-        let writer = group_arc(self, group);
-        if let Some(writer) = writer {
+        if let Some(writer) = registered {
             tokio::task::spawn_blocking(move || writer.write_meta())
                 .await
                 .map_err(|cause| BrokerError::TaskFailed {
@@ -275,16 +274,11 @@ pub(super) fn build_batch(
     ValidatedBatch::new(Bytes::from(builder.finish()), max).map_err(BrokerError::UnbuildableBatch)
 }
 
-fn group_arc(groups: &GroupRegistry, group: &Group) -> Option<Arc<Group>> {
-    groups
-        .groups
-        .get(&(group.topic_name.clone(), group.name.clone()))
-        .map(|g| g.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use crate::groups::GroupRegistry;
 
     use tokio::sync::mpsc;
 

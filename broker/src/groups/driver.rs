@@ -15,14 +15,34 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 
-use super::dead_letter::{DEAD_LETTER_RETRY, DEAD_LETTERS_IN_FLIGHT_MAX};
 use super::delivery::{MemberTx, Outgoing, shape_deliveries, skip_missing};
 use super::read::{Feed, MachineAccess, fill_partition, is_gone};
-use super::registry::GroupRegistry;
 use super::{Clock, GROUP_PERSIST_INTERVAL, GroupConfig, POLL_MAX, millis};
 use crate::error::Result;
 use crate::group::{AssignmentChange, DeadLetter, GroupState, MemberId, PartitionId};
+use crate::registry::Registry;
 use crate::topic::Topic;
+
+/// Delay before retrying dead-letter appends that failed (dead-letter topic deleted, full).
+pub(super) const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+/// Most dead letters a group has handed to writers and not seen committed. Each holds its
+/// batch in a partition queue; more wait in the task's queue, which the machine's tables
+/// bound (a dead letter stays tracked until confirmed).
+pub(super) const DEAD_LETTERS_IN_FLIGHT_MAX: usize = 64;
+
+/// What a group's task needs of the registry that runs it: the topics, and a way to take
+/// itself out when its topic is gone. A trait, so that the driver does not import the
+/// registry that imports it (`GroupRegistry` implements it).
+pub(super) trait GroupHome: Send + Sync + 'static {
+    /// The broker's topics.
+    fn topics(&self) -> Arc<Registry>;
+    /// Removes `group` if it is still the registered group of its name.
+    fn remove_if_same<'a>(&'a self, group: &'a Arc<Group>) -> BoxFuture<'a, ()>;
+    /// Counts a group task that panicked (`herald_group_task_failures_total`).
+    fn count_task_failure(&self);
+    /// Counts group positions brought down to their log's end.
+    fn count_offsets_reset(&self, n: u64);
+}
 
 /// A member's slot: its stream and what waits to be sent on it.
 pub(super) struct MemberSlot {
@@ -292,8 +312,8 @@ impl Group {
     }
 
     /// The driver loop; ends when the group stops.
-    pub(super) async fn run(self: Arc<Self>, groups: Arc<GroupRegistry>) {
-        let registry = groups.registry.clone();
+    pub(super) async fn run(self: Arc<Self>, groups: Arc<dyn GroupHome>) {
+        let registry = groups.topics();
         let mut stop = self.stop.subscribe();
         let mut watches: Vec<Option<watch::Receiver<u64>>> = self
             .topic

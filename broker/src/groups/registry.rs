@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 
-use super::driver::{Group, GroupCounters, Inner};
+use super::driver::{Group, GroupCounters, GroupHome, Inner};
 use super::persist::{GroupMeta, META_FILE, STATE_FILE, clamp_to_logs, ordering_from_name};
 use super::supervisor::supervise;
 use super::{Clock, GroupConfig, WallClock};
@@ -542,3 +543,33 @@ fn remove_group_dir(dir: &Path, staging: &Path, now_ms: u64) -> Result<()> {
 
 /// Tells apart the names of directories moved aside in one process.
 static NEXT_ASIDE: AtomicU64 = AtomicU64::new(0);
+
+impl GroupRegistry {
+    /// Republishes up to `max` (0 = all) of the group's dead letters to their source
+    /// partitions, without the `herald-dlq-*` headers; see `dead_letter`.
+    pub async fn redrive(&self, group: &Group, max: u64) -> Result<u64> {
+        let registered = self
+            .groups
+            .get(&(group.topic_name.clone(), group.name.clone()))
+            .map(|g| g.clone());
+        group.redrive(&self.registry, registered, max).await
+    }
+}
+
+impl GroupHome for GroupRegistry {
+    fn topics(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    fn remove_if_same<'a>(&'a self, group: &'a Arc<Group>) -> BoxFuture<'a, ()> {
+        Box::pin(GroupRegistry::remove_if_same(self, group))
+    }
+
+    fn count_task_failure(&self) {
+        self.task_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_offsets_reset(&self, n: u64) {
+        self.offsets_reset.fetch_add(n, Ordering::Relaxed);
+    }
+}

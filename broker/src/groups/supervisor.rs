@@ -3,13 +3,11 @@
 //! stalling silently.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::driver::Group;
+use super::driver::{Group, GroupHome};
 use super::millis;
 use super::persist::clamp_to_logs;
-use super::registry::GroupRegistry;
 use crate::error::BrokerError;
 use crate::group::{GroupLimits, GroupSnapshot, GroupState};
 
@@ -28,7 +26,7 @@ const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(60);
 /// (`herald_group_task_failures_total`), and the group is restored from its last
 /// persisted state after a backoff (see [`RESTART_BACKOFF_MIN`]), so delivery resumes
 /// instead of stalling silently. Ends when the driver ends (the group stopped).
-pub(super) async fn supervise(group: Arc<Group>, groups: Arc<GroupRegistry>) {
+pub(super) async fn supervise(group: Arc<Group>, groups: Arc<dyn GroupHome>) {
     let mut backoff = RESTART_BACKOFF_MIN;
     let mut stop = group.stop.subscribe();
     loop {
@@ -40,7 +38,7 @@ pub(super) async fn supervise(group: Arc<Group>, groups: Arc<GroupRegistry>) {
             Err(error) if !error.is_panic() => return,
             Err(error) => panic_message(error.into_panic()),
         };
-        groups.task_failures.fetch_add(1, Ordering::Relaxed);
+        groups.count_task_failure();
         if group.now_ms().saturating_sub(started_ms) >= millis(RESTART_BACKOFF_RESET) {
             backoff = RESTART_BACKOFF_MIN;
         }
@@ -54,7 +52,7 @@ pub(super) async fn supervise(group: Arc<Group>, groups: Arc<GroupRegistry>) {
         }
         backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
         let reset = group.restore_persisted();
-        groups.offsets_reset.fetch_add(reset, Ordering::Relaxed);
+        groups.count_offsets_reset(reset);
     }
 }
 
@@ -113,9 +111,11 @@ mod tests {
 
     use super::*;
     use crate::group::{GroupSettings, MemberId, MemberOptions};
+    use crate::groups::GroupRegistry;
     use crate::groups::dead_letter::build_batch;
     use crate::groups::test_support::{receive, test_registry};
     use crate::groups::{GroupConfig, MEMBER_QUEUE};
+    use std::sync::atomic::Ordering;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_task_that_panics_is_counted_and_restarted_from_its_persisted_state() {

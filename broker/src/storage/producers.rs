@@ -47,8 +47,8 @@ use std::path::Path;
 
 use herald_format::batch::ProducerStamp;
 
-use super::error::{Result, StorageError};
 use super::appended::Appended;
+use super::error::{Result, StorageError};
 
 /// Batches remembered per producer: how many a producer may have in flight to one
 /// partition and still have every one of them recognised when it is sent again.
