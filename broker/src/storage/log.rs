@@ -206,10 +206,33 @@ impl LogWriter {
             }
         };
         let now = now_ms();
+        self.walk_batches(
+            |_, next_base| next_base.is_none_or(|b| b > from),
+            |header, bytes| {
+                if header.has_producer() && header.base_offset >= from {
+                    let block = bytes.get(..header.records_at()).unwrap_or_default();
+                    if let Ok(Some(stamp)) = batch::producer_of(block) {
+                        table.record(stamp, header.record_count, appended_of(header), now);
+                    }
+                }
+            },
+        );
+        self.producers = table;
+    }
+
+    /// Calls `visit` with the header and bytes of every whole batch of the segments that
+    /// `wanted` keeps (given the segment and the next one's base offset, `None` for the
+    /// active one), in log order: the one walk both rebuilds at open make. A batch frame
+    /// that does not fit ends its segment's walk (recovery has checked the log already).
+    fn walk_batches(
+        &self,
+        wanted: impl Fn(&Segment, Option<u64>) -> bool,
+        mut visit: impl FnMut(&BatchHeader, &[u8]),
+    ) {
         let last = self.segments.len() - 1;
         for (i, segment) in self.segments.iter().enumerate() {
             let next_base = self.segments.get(i + 1).map(|s| s.base_offset());
-            if next_base.is_some_and(|b| b <= from) {
+            if !wanted(segment, next_base) {
                 continue;
             }
             let limit = if i == last {
@@ -223,20 +246,10 @@ impl LogWriter {
                 if len == 0 || position + len > limit {
                     break;
                 }
-                if header.has_producer() && header.base_offset >= from {
-                    let end = position + header.records_at() as u64;
-                    if let Ok(Some(stamp)) = batch::producer_of(segment.bytes(position, end)) {
-                        let appended = Appended {
-                            base_offset: header.base_offset,
-                            last_offset: header.last_offset(),
-                        };
-                        table.record(stamp, header.record_count, appended, now);
-                    }
-                }
+                visit(&header, segment.bytes(position, position + len));
                 position += len;
             }
         }
-        self.producers = table;
     }
 
     /// Rebuilds the message-id window from the batches whose newest record is inside it:
@@ -249,43 +262,26 @@ impl LogWriter {
         }
         let now = now_ms();
         let cutoff = now.saturating_sub(self.config.msg_id_window_ms.min(i64::MAX as u64) as i64);
-        let last = self.segments.len() - 1;
-        for (i, segment) in self.segments.iter().enumerate() {
-            if i < last && segment.max_timestamp() < cutoff {
-                continue;
-            }
-            let limit = if i == last {
-                self.write_pos
-            } else {
-                segment.committed_len()
-            };
-            let mut position = 0u64;
-            while let Some(header) = segment.header_at(position, limit) {
-                let len = u64::from(header.batch_len);
-                if len == 0 || position + len > limit {
-                    break;
+        self.walk_batches(
+            |segment, next_base| next_base.is_none() || segment.max_timestamp() >= cutoff,
+            |header, bytes| {
+                if header.max_timestamp < cutoff || header.has_producer() {
+                    return;
                 }
-                if header.max_timestamp >= cutoff && !header.has_producer() {
-                    let bytes = segment.bytes(position, position + len);
-                    let first = BatchView::new(bytes)
-                        .ok()
-                        .and_then(|view| view.records().next())
-                        .and_then(Result::ok);
-                    if let Some(id) = first.and_then(|r| {
-                        r.headers()
-                            .find(|(name, _)| *name == batch::MSG_ID_HEADER)
-                            .map(|(_, id)| id)
-                    }) {
-                        let appended = Appended {
-                            base_offset: header.base_offset,
-                            last_offset: header.last_offset(),
-                        };
-                        window.record(id, appended, header.max_timestamp);
-                    }
+                let first = BatchView::new(bytes)
+                    .ok()
+                    .and_then(|view| view.records().next())
+                    .and_then(Result::ok);
+                let id = first.and_then(|r| {
+                    r.headers()
+                        .find(|(name, _)| *name == batch::MSG_ID_HEADER)
+                        .map(|(_, id)| id)
+                });
+                if let Some(id) = id {
+                    window.record(id, appended_of(header), header.max_timestamp);
                 }
-                position += len;
-            }
-        }
+            },
+        );
         self.msg_ids = window;
     }
 
@@ -428,10 +424,7 @@ impl LogWriter {
         WriterStats::add(&self.stats.batches, 1);
         WriterStats::add(&self.stats.records, u64::from(header.record_count));
         WriterStats::add(&self.stats.bytes, len);
-        let appended = Appended {
-            base_offset: header.base_offset,
-            last_offset: header.last_offset(),
-        };
+        let appended = appended_of(&header);
         if let Some(stamp) = producer {
             self.producers
                 .record(stamp, header.record_count, appended, now_ms());
@@ -661,6 +654,14 @@ impl LogWriter {
             start_offset: Some(self.segments[0].base_offset()),
         }
         .write(&self.dir, true)
+    }
+}
+
+/// The offsets a stored batch was given.
+fn appended_of(header: &BatchHeader) -> Appended {
+    Appended {
+        base_offset: header.base_offset,
+        last_offset: header.last_offset(),
     }
 }
 
