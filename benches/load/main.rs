@@ -109,6 +109,11 @@ struct Args {
     /// Herald producer linger in ms.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Herald producers wait the linger before sending even when their partition has
+    /// nothing in flight (the client's `send_when_idle(false)`); by default a record for
+    /// an idle partition is sent at once.
+    #[arg(long)]
+    fixed_linger: bool,
     /// Exit 0 even if records were lost or errors happened.
     #[arg(long)]
     no_fail: bool,
@@ -329,6 +334,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         fsync: args.fsync,
         reuse: args.reuse || args.consume_only,
         linger: Duration::from_millis(args.linger_ms),
+        fixed_linger: args.fixed_linger,
     };
     let settings_json = json!({
         "target": args.target,
@@ -352,6 +358,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         "fsync": args.fsync.to_string(),
         "warmup_s": args.warmup,
         "linger_ms": args.linger_ms,
+        "fixed_linger": args.fixed_linger,
     });
     let wl = Arc::new(Workload::new(settings));
     prepare(target, &wl).await.context("preparing the target")?;

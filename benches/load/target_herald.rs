@@ -96,6 +96,7 @@ pub async fn produce(
     let producer = client.producer(
         ProducerConfig::new(wl.settings.topic.clone())
             .linger(wl.settings.linger)
+            .send_when_idle(!wl.settings.fixed_linger)
             .max_in_flight(wl.settings.in_flight),
     );
     let keys: Vec<Bytes> = (0..wl.settings.keys)

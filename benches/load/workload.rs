@@ -81,6 +81,8 @@ pub struct Settings {
     pub reuse: bool,
     /// Herald producer linger.
     pub linger: Duration,
+    /// Herald producers wait `linger` even when nothing is in flight (no adaptive batching).
+    pub fixed_linger: bool,
 }
 
 /// State shared by all tasks of a run.

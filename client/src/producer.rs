@@ -132,8 +132,17 @@ pub struct ProducerConfig {
     /// Keep it below the broker's `max_batch_bytes` (default 2 MiB).
     pub batch_bytes: usize,
     /// How long a batch waits for more records before it is sealed (default 5 ms). Zero
-    /// sends at once whatever was queued together, for the lowest latency.
+    /// sends at once whatever was queued together, for the lowest latency. With
+    /// [`ProducerConfig::send_when_idle`] (the default) a batch only waits while its
+    /// partition has a batch in flight.
     pub linger: Duration,
+    /// Adaptive batching (default true): records for a partition with nothing in flight
+    /// are sent at once; records that arrive while a batch is in flight are batched until
+    /// it is acked, `linger` passes or the batch is full. A producer at a low rate then
+    /// pays one round trip per record instead of `linger`, and one at a high rate still
+    /// sends full batches, because its partitions are always busy. False: every batch
+    /// waits `linger` (or fills) before it is sent.
+    pub send_when_idle: bool,
     /// Bytes of records held by the producer (buffered or in flight) at most; `send`
     /// waits while the budget is spent (default 32 MiB).
     pub max_buffered_bytes: usize,
@@ -164,6 +173,7 @@ impl ProducerConfig {
             topic: topic.into(),
             batch_bytes: 1024 * 1024,
             linger: Duration::from_millis(5),
+            send_when_idle: true,
             max_buffered_bytes: 32 * 1024 * 1024,
             max_in_flight: 16,
             max_retries: 10,
@@ -196,6 +206,12 @@ impl ProducerConfig {
     /// Sets [`ProducerConfig::linger`].
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
+        self
+    }
+
+    /// Sets [`ProducerConfig::send_when_idle`].
+    pub fn send_when_idle(mut self, on: bool) -> Self {
+        self.send_when_idle = on;
         self
     }
 
@@ -732,6 +748,9 @@ impl Driver {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut commands_open = true;
         loop {
+            if self.config.send_when_idle {
+                self.seal_idle();
+            }
             self.dispatch();
             self.resolve_flushes();
             if self.closing && self.outstanding.is_empty() && self.all_open_empty() {
@@ -988,6 +1007,18 @@ impl Driver {
     fn seal_all(&mut self) {
         for p in 0..self.parts.len() as u32 {
             self.seal(p);
+        }
+    }
+
+    /// Seals the open batch of every partition with nothing queued or in flight (and no
+    /// retry pending), so it is sent now: waiting for more records only pays while a
+    /// batch of the partition is on its way anyway.
+    fn seal_idle(&mut self) {
+        for p in 0..self.parts.len() {
+            let part = &self.parts[p];
+            if part.open.is_some() && part.queue.is_empty() && !part.in_flight {
+                self.seal(p as u32);
+            }
         }
     }
 
