@@ -32,8 +32,21 @@ enum Command {
     /// Inspect a partition log directory directly (offline: no broker may be using it).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Ask a running broker whether it is ready (`/readyz` on its metrics address); exit
+    /// 0 if so, 1 otherwise. For container health checks and scripts.
+    Health(HealthArgs),
     #[command(flatten)]
     Client(commands::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// The broker's metrics address (an unspecified IP, such as 0.0.0.0, means this host).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
+    /// Only check that the process is up (`/healthz`), not that it is ready.
+    #[arg(long)]
+    live: bool,
 }
 
 #[derive(clap::Args)]
@@ -191,8 +204,55 @@ fn run(command: Command) -> anyhow::Result<()> {
             init_logging(false);
             log_command(command)
         }
+        Command::Health(args) => health(args),
         Command::Client(command) => commands::run(command),
     }
+}
+
+/// How long `herald health` waits for the broker's answer.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One HTTP/1.0 GET of `/readyz` (or `/healthz`): the status line decides. Hand-written
+/// because it is all the HTTP this binary ever sends, and the runtime image has no curl.
+fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = args.metrics_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let path = if args.live { "/healthz" } else { "/readyz" };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(HEALTH_TIMEOUT, async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream
+                .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+                .await?;
+            let mut response = Vec::new();
+            stream.take(4096).read_to_end(&mut response).await?;
+            std::io::Result::Ok(response)
+        })
+        .await
+    });
+    let response = match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => anyhow::bail!("cannot reach http://{addr}{path}: {e}"),
+        Err(_) => anyhow::bail!("no answer from http://{addr}{path} within {HEALTH_TIMEOUT:?}"),
+    };
+    let text = String::from_utf8_lossy(&response);
+    let status = text.lines().next().unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    anyhow::ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "http://{addr}{path}: {status}: {body}"
+    );
+    println!("{body}");
+    Ok(())
 }
 
 fn log_command(command: LogCommand) -> anyhow::Result<()> {
