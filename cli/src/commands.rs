@@ -66,7 +66,8 @@ pub enum ClientCommand {
     Topic(TopicArgs),
     /// Publish records: the VALUEs given, or else one record per line of stdin.
     Publish(PublishArgs),
-    /// Read one partition from a position; with --follow, keep tailing it until Ctrl-C.
+    /// Read a topic (every partition, merged by timestamp) or one partition from a position;
+    /// with --follow, keep tailing until Ctrl-C.
     Fetch(FetchArgs),
     /// Join a consumer group and print (then ack) its deliveries until Ctrl-C or --max.
     Consume(ConsumeArgs),
@@ -152,19 +153,21 @@ pub struct FetchArgs {
     opts: ClientOpts,
     /// The topic to read.
     topic: String,
-    /// The partition to read.
-    #[arg(long, default_value_t = 0)]
-    partition: u32,
-    /// Where to start: an offset, `earliest`, `latest`, or `ts:MILLIS` (the first record
-    /// at or after that time, in ms since the Unix epoch).
-    #[arg(long, default_value = "earliest", value_name = "POSITION", value_parser = parse_position)]
+    /// Read only this partition [default: every partition, merged by timestamp].
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Where to start in each partition: an offset, `earliest`, `latest`, or a time
+    /// (`ts:MILLIS`, RFC 3339 such as `2026-12-07T09:30:00Z`, or `-1h` for an hour ago):
+    /// the first record at or after it.
+    #[arg(long, default_value = "earliest", value_name = "POSITION", value_parser = parse_position, allow_hyphen_values = true)]
     from: Position,
-    /// Keep the stream open and print new records as they arrive, until Ctrl-C.
+    /// Keep the stream open and print new records as they arrive, until Ctrl-C; reconnect
+    /// when the broker restarts.
     #[arg(long)]
     follow: bool,
     /// Stop after this many records.
-    #[arg(long, value_name = "N")]
-    max_records: Option<u64>,
+    #[arg(long = "limit", alias = "max-records", value_name = "N")]
+    limit: Option<u64>,
 }
 
 #[derive(Args)]
@@ -177,12 +180,13 @@ pub struct ConsumeArgs {
     #[arg(long)]
     group: String,
     /// Where the group starts if this command creates it: an offset, `earliest`, `latest`
-    /// or `ts:MILLIS` [default: latest]. Ignored when the group exists.
-    #[arg(long, value_name = "POSITION", value_parser = parse_position)]
+    /// or a time (`ts:MILLIS`, RFC 3339, `-1h`) [default: latest]. Ignored when the group
+    /// exists.
+    #[arg(long, value_name = "POSITION", value_parser = parse_position, allow_hyphen_values = true)]
     from: Option<Position>,
     /// Stop after this many deliveries (redeliveries count too).
-    #[arg(long, value_name = "N")]
-    max: Option<u64>,
+    #[arg(long = "limit", alias = "max", value_name = "N")]
+    limit: Option<u64>,
     /// Nack every delivery (after printing it) instead of acking it, to test redelivery
     /// and dead-lettering.
     #[arg(long)]
@@ -231,9 +235,9 @@ enum GroupCommand {
         /// Cap of the redelivery delay [default: the broker's].
         #[arg(long, value_name = "MS")]
         retry_backoff_max_ms: Option<u32>,
-        /// Where the group starts in each partition: an offset, `earliest`, `latest` or
-        /// `ts:MILLIS` [default: latest].
-        #[arg(long, value_name = "POSITION", value_parser = parse_position)]
+        /// Where the group starts in each partition: an offset, `earliest`, `latest` or a
+        /// time (`ts:MILLIS`, RFC 3339, `-1h`) [default: latest].
+        #[arg(long, value_name = "POSITION", value_parser = parse_position, allow_hyphen_values = true)]
         from: Option<Position>,
     },
     /// List the consumer groups, of every topic or of one.
@@ -254,8 +258,9 @@ enum GroupCommand {
         topic: String,
         /// The group.
         group: String,
-        /// The new position: an offset, `earliest`, `latest` or `ts:MILLIS`.
-        #[arg(long, value_name = "POSITION", value_parser = parse_position)]
+        /// The new position: an offset, `earliest`, `latest` or a time (`ts:MILLIS`,
+        /// RFC 3339, `-1h`).
+        #[arg(long, value_name = "POSITION", value_parser = parse_position, allow_hyphen_values = true)]
         to: Position,
         /// Only this partition [default: every partition].
         #[arg(long)]
@@ -268,8 +273,8 @@ enum GroupCommand {
         /// The group.
         group: String,
         /// Move at most this many messages [default: all].
-        #[arg(long, value_name = "N")]
-        max_messages: Option<u64>,
+        #[arg(long = "limit", alias = "max-messages", value_name = "N")]
+        limit: Option<u64>,
     },
     /// Delete a consumer group and its committed offsets.
     Delete {
@@ -291,22 +296,51 @@ enum Ordering {
     None,
 }
 
-/// A position (`--from`, `--to`): `earliest`, `latest`, an offset, or `ts:MILLIS`.
+/// A position (`--from`, `--to`): `earliest`, `latest`, an offset, or a time: `ts:MILLIS`
+/// (ms since the Unix epoch), an RFC 3339 time (`2026-12-07T09:30:00Z`,
+/// `2026-12-07T10:30:00+01:00`, with or without `ts:`), or a time relative to now
+/// (`-1h`, `-15m`, `-1h30m`, `-2d`: that long ago).
 fn parse_position(s: &str) -> Result<Position, String> {
+    parse_position_at(s, jiff::Timestamp::now())
+}
+
+fn parse_position_at(s: &str, now: jiff::Timestamp) -> Result<Position, String> {
+    const FORMS: &str = "an offset, `earliest`, `latest`, `ts:MILLIS`, an RFC 3339 time \
+        (2026-12-07T09:30:00Z) or a time ago (-1h, -15m, -2d)";
     match s {
-        "earliest" => Ok(Position::Earliest),
-        "latest" => Ok(Position::Latest),
-        _ => {
-            if let Some(ts) = s.strip_prefix("ts:") {
-                return ts
-                    .parse()
-                    .map(Position::Timestamp)
-                    .map_err(|_| format!("{ts:?} is not a timestamp in ms since the Unix epoch"));
-            }
-            s.parse()
-                .map(Position::Offset)
-                .map_err(|_| format!("{s:?} is not an offset, `earliest`, `latest` or `ts:MILLIS`"))
-        }
+        "earliest" => return Ok(Position::Earliest),
+        "latest" => return Ok(Position::Latest),
+        _ => {}
+    }
+    if let Ok(offset) = s.parse() {
+        return Ok(Position::Offset(offset));
+    }
+    // Bare digits are an offset (above); ms since the epoch take the `ts:` prefix.
+    let (time, prefixed) = match s.strip_prefix("ts:") {
+        Some(time) => (time, true),
+        None => (s, false),
+    };
+    if prefixed && let Ok(ms) = time.parse::<i64>() {
+        return Ok(Position::Timestamp(ms));
+    }
+    if let Some(ago) = time.strip_prefix('-') {
+        let span: jiff::Span = ago
+            .parse()
+            .map_err(|e| format!("{s:?} is not a time ago such as -1h or -15m: {e}"))?;
+        // Days are 24 hours here: a relative position means elapsed time, not calendar days.
+        let past = span
+            .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+            .ok()
+            .and_then(|d| now.checked_sub(d).ok())
+            .ok_or_else(|| format!("{s:?} reaches too far back"))?;
+        return Ok(Position::Timestamp(past.as_millisecond()));
+    }
+    match time.parse::<jiff::Timestamp>() {
+        Ok(t) => Ok(Position::Timestamp(t.as_millisecond())),
+        Err(_) if time.contains(['T', ':', ' ']) || prefixed => Err(format!(
+            "{s:?} is not a time: use RFC 3339 with a zone, e.g. 2026-12-07T09:30:00Z, or ms since the Unix epoch"
+        )),
+        Err(_) => Err(format!("{s:?} is not {FORMS}")),
     }
 }
 
@@ -844,17 +878,28 @@ fn offset_runs(acked: &[Acked]) -> Vec<(u32, u64, u64)> {
 
 async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let client = connect(&args.opts).await?;
-    if args.max_records == Some(0) {
+    if args.limit == Some(0) {
         return Ok(());
     }
-    let mut config = FetchConfig::new(args.topic.clone(), args.partition)
-        .start(args.from)
-        .follow(args.follow);
-    if let Some(max) = args.max_records {
-        config = config.max_records(max);
-    }
-    let mut records = client.fetch(config).await.map_err(CallError)?;
-    let mut out = Out::new();
+    let partitions: Vec<u32> = match args.partition {
+        Some(partition) => vec![partition],
+        None => {
+            let topic = client
+                .admin()
+                .describe_topic(&args.topic)
+                .await
+                .map_err(CallError)?;
+            (0..topic.partition_count).collect()
+        }
+    };
+    let mut reading = Reading {
+        show_partition: args.partition.is_none(),
+        json: args.opts.json,
+        next: partitions.iter().map(|&p| (p, args.from)).collect(),
+        left: args.limit,
+        out: Out::new(),
+        connected: false,
+    };
     // Ctrl-C ends a --follow cleanly (exit 0). Without --follow the default action stays.
     let interrupted = async {
         if args.follow {
@@ -864,29 +909,216 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(interrupted);
+
+    // First what is there now, every partition up to its end, merged by timestamp.
+    let caught_up = tokio::select! {
+        caught_up = reading.catch_up(&client, &args) => caught_up,
+        () = &mut interrupted => {
+            reading.out.flush()?;
+            return Ok(());
+        }
+    };
+    match caught_up {
+        Ok(()) => {}
+        // --follow rides out a broker restart: reconnect below.
+        Err(Stop::Broker(error)) if args.follow && broker_gone(&error) => {}
+        Err(stop) => return Err(stop.into()),
+    }
+    if !args.follow || reading.left == Some(0) {
+        reading.out.flush()?;
+        return Ok(());
+    }
+    // Then new records as they arrive, in arrival order across partitions.
+    let mut delays = reconnect_delays();
     loop {
-        // Stdout is flushed whenever the next record is not there yet: a long read goes
-        // out in large writes, and --follow shows each record as it comes.
-        let record = match records.next().now_or_never() {
-            Some(record) => record,
-            None => {
-                out.flush()?;
+        let ended = tokio::select! {
+            ended = reading.follow(&client, &args) => ended,
+            () = &mut interrupted => break,
+        };
+        if std::mem::take(&mut reading.connected) {
+            // It was connected again: the next outage starts its waits from the shortest.
+            delays = reconnect_delays();
+        }
+        match ended {
+            Ok(()) => break,
+            Err(Stop::Broker(error)) if broker_gone(&error) => {
+                let delay = delays.next().unwrap_or(RECONNECT_MAX);
+                eprintln!(
+                    "{}; reconnecting in {} ms",
+                    CallError(error),
+                    delay.as_millis()
+                );
                 tokio::select! {
-                    record = records.next() => record,
+                    () = tokio::time::sleep(delay) => {}
                     () = &mut interrupted => break,
                 }
             }
-        };
-        let Some(record) = record else { break };
-        let record = record.map_err(CallError)?;
-        if args.opts.json {
-            out.json(&record_json(&args.topic, &record))?;
-        } else {
-            out.line(record_text(&record))?;
+            Err(stop) => return Err(stop.into()),
         }
     }
-    out.flush()?;
+    reading.out.flush()?;
     Ok(())
+}
+
+/// Why a reading stopped: the broker's error, or stdout's.
+enum Stop {
+    Broker(herald_client::Error),
+    Output(io::Error),
+}
+
+impl From<herald_client::Error> for Stop {
+    fn from(error: herald_client::Error) -> Stop {
+        Stop::Broker(error)
+    }
+}
+
+impl From<io::Error> for Stop {
+    fn from(error: io::Error) -> Stop {
+        Stop::Output(error)
+    }
+}
+
+impl From<Stop> for anyhow::Error {
+    fn from(stop: Stop) -> anyhow::Error {
+        match stop {
+            Stop::Broker(error) => CallError(error).into(),
+            // Kept an io::Error, so `run` can tell a closed pipe.
+            Stop::Output(error) => error.into(),
+        }
+    }
+}
+
+/// First and longest wait between attempts to reach a broker that went away.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Exponential waits with jitter, so many followers of one broker do not all come back at
+/// the same instant; never gives up (Ctrl-C does).
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RECONNECT_MIN)
+        .with_max_delay(RECONNECT_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Whether an error means the broker (or the connection to it) went away, rather than a
+/// refusal: a restart, a shutdown, a cut connection.
+fn broker_gone(error: &herald_client::Error) -> bool {
+    use herald_client::Error;
+    match error {
+        Error::Unavailable(_) | Error::Transport(_) => true,
+        // A connection cut mid-stream surfaces as UNKNOWN or CANCELLED from the transport.
+        Error::Status { .. } => matches!(error.code_name(), Some("UNKNOWN" | "CANCELLED")),
+        _ => false,
+    }
+}
+
+/// What `fetch` has printed and where each partition goes on.
+struct Reading {
+    show_partition: bool,
+    json: bool,
+    /// Set when `follow` has opened its streams.
+    connected: bool,
+    /// Per partition, where to read next.
+    next: Vec<(u32, Position)>,
+    /// Records still to print (`--limit`), if limited.
+    left: Option<u64>,
+    out: Out,
+}
+
+impl Reading {
+    fn print(&mut self, topic: &str, record: &FetchedRecord) -> io::Result<()> {
+        if let Some((_, next)) = self.next.iter_mut().find(|(p, _)| *p == record.partition.0) {
+            *next = Position::Offset(record.offset.0 + 1);
+        }
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_sub(1);
+        }
+        if self.json {
+            self.out.json(&record_json(topic, record))
+        } else if self.show_partition {
+            self.out.line(format_args!(
+                "{}\t{}",
+                record.partition,
+                record_text(record)
+            ))
+        } else {
+            self.out.line(record_text(record))
+        }
+    }
+
+    fn config(&self, topic: &str, partition: u32, start: Position, follow: bool) -> FetchConfig {
+        let mut config = FetchConfig::new(topic, partition)
+            .start(start)
+            .follow(follow);
+        if let Some(left) = self.left {
+            config = config.max_records(left);
+        }
+        config
+    }
+
+    /// Every partition up to its end as of the request, merged: the record with the
+    /// lowest timestamp (then partition, then offset) of the partitions' next records goes
+    /// first.
+    async fn catch_up(&mut self, client: &Client, args: &FetchArgs) -> Result<(), Stop> {
+        let mut streams = Vec::with_capacity(self.next.len());
+        for &(partition, start) in &self.next {
+            let config = self.config(&args.topic, partition, start, false);
+            streams.push(client.fetch(config).await?);
+        }
+        let mut heads: Vec<Option<FetchedRecord>> = Vec::with_capacity(streams.len());
+        for stream in &mut streams {
+            heads.push(stream.next().await.transpose()?);
+        }
+        while self.left != Some(0) {
+            let first = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, head)| head.as_ref().map(|r| (i, r)))
+                .min_by_key(|(_, r)| (r.timestamp_ms, r.partition.0, r.offset.0))
+                .map(|(i, _)| i);
+            let Some(i) = first else { break };
+            let record = heads[i].take().expect("the head just picked");
+            self.print(&args.topic, &record)?;
+            // The next record may take a while (a slow broker): show what is printed.
+            let next = match streams[i].next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.out.flush()?;
+                    streams[i].next().await
+                }
+            };
+            heads[i] = next.transpose()?;
+        }
+        Ok(())
+    }
+
+    /// Follows every partition from where the reading got to, printing records as they
+    /// come; returns when `--limit` is reached, or with the error that ended a stream.
+    async fn follow(&mut self, client: &Client, args: &FetchArgs) -> Result<(), Stop> {
+        let mut streams = Vec::with_capacity(self.next.len());
+        for &(partition, start) in &self.next {
+            let config = self.config(&args.topic, partition, start, true);
+            streams.push(client.fetch(config).await?);
+        }
+        self.connected = true;
+        let mut merged = futures::stream::select_all(streams);
+        while self.left != Some(0) {
+            let record = match merged.next().now_or_never() {
+                Some(record) => record,
+                None => {
+                    self.out.flush()?;
+                    merged.next().await
+                }
+            };
+            let Some(record) = record else { break };
+            self.print(&args.topic, &record?)?;
+        }
+        Ok(())
+    }
 }
 
 /// `offset<TAB>key<TAB>value`, then `<TAB>[name=value, ...]` when the record has headers.
@@ -982,7 +1214,7 @@ fn base64(bytes: &[u8]) -> String {
 
 async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = connect(&args.opts).await?;
-    if args.max == Some(0) {
+    if args.limit == Some(0) {
         return Ok(());
     }
     let client_id = args
@@ -997,7 +1229,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     if let Some(from) = args.from {
         config = config.start_position(from);
     }
-    if let Some(max) = args.max {
+    if let Some(max) = args.limit {
         // Credit for exactly that many: none is taken (and its delivery attempt used)
         // only to be dropped unprinted.
         config = config.max_messages(max);
@@ -1231,10 +1463,10 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
         GroupCommand::Redrive {
             topic,
             group,
-            max_messages,
+            limit,
         } => {
             let count = admin
-                .redrive(&topic, &group, max_messages.unwrap_or(0))
+                .redrive(&topic, &group, limit.unwrap_or(0))
                 .await
                 .map_err(CallError)?;
             if json {
@@ -1435,6 +1667,46 @@ mod tests {
         assert!(parse_position("ts:soon").is_err());
         assert!(parse_position("-1").is_err());
         assert!(parse_position("first").is_err());
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_and_relative() {
+        // 2023-11-14T22:13:20Z
+        let now = jiff::Timestamp::from_millisecond(1_700_000_000_000).unwrap();
+        let at = |s: &str| parse_position_at(s, now);
+        for s in [
+            "2023-11-14T22:13:20Z",
+            "ts:2023-11-14T22:13:20Z",
+            "2023-11-14T23:13:20+01:00",
+            "2023-11-14T22:13:20.000Z",
+        ] {
+            assert_eq!(at(s), Ok(Position::Timestamp(1_700_000_000_000)), "{s}");
+        }
+        assert_eq!(
+            at("-1h"),
+            Ok(Position::Timestamp(1_700_000_000_000 - 3_600_000))
+        );
+        assert_eq!(
+            at("-15m"),
+            Ok(Position::Timestamp(1_700_000_000_000 - 900_000))
+        );
+        assert_eq!(
+            at("-1h30m"),
+            Ok(Position::Timestamp(1_700_000_000_000 - 5_400_000))
+        );
+        assert_eq!(
+            at("-2d"),
+            Ok(Position::Timestamp(1_700_000_000_000 - 172_800_000))
+        );
+        assert_eq!(
+            at("ts:-10s"),
+            Ok(Position::Timestamp(1_700_000_000_000 - 10_000))
+        );
+        // A time without a zone is ambiguous: refused with the form to use.
+        let error = at("2023-11-14T22:13:20").unwrap_err();
+        assert!(error.contains("RFC 3339"), "{error}");
+        assert!(at("-soon").is_err());
+        assert!(at("yesterday").unwrap_err().contains("time ago"));
     }
 
     #[test]
