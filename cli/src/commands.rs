@@ -18,8 +18,8 @@ use futures::{FutureExt, StreamExt};
 use herald_broker::config::FsyncSetting;
 use herald_client::{
     Acked, Client, ConsumerConfig, FetchConfig, FetchedRecord, FsyncPolicy, GroupInfo,
-    GroupSettings, Message, OrderingMode, Partition, Position, ProducerConfig, Record, TopicConfig,
-    TopicInfo,
+    GroupSettings, Message, OrderingMode, Partition, PendingFilter, Position, ProducerConfig,
+    Record, TopicConfig, TopicInfo,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -71,7 +71,8 @@ pub enum ClientCommand {
     Fetch(FetchArgs),
     /// Join a consumer group and print (then ack) its deliveries until Ctrl-C or --max.
     Consume(ConsumeArgs),
-    /// Create, list, describe, seek, redrive and delete consumer groups.
+    /// Create, update, list, describe, seek, redrive and delete consumer groups, and list
+    /// their pending messages.
     Group(GroupArgs),
 }
 
@@ -137,8 +138,12 @@ pub struct PublishArgs {
     /// Record values. With none, each line of stdin is a record (without its line end).
     values: Vec<OsString>,
     /// Key of every record; it picks the partition unless --partition is given.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "key_separator")]
     key: Option<String>,
+    /// Each value (line) is KEY, this separator, then VALUE: a key per record, which picks
+    /// its partition unless --partition is given. A value without it is an error.
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
     /// A header `name=value` added to every record; repeat for more.
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
@@ -215,30 +220,39 @@ enum GroupCommand {
         topic: String,
         /// The group's name: 1 to 249 of A-Z a-z 0-9 . _ -
         group: String,
-        /// Time a member has to ack a delivery before it is due again [default: 30000].
-        #[arg(long, value_name = "MS")]
-        ack_deadline_ms: Option<u32>,
-        /// Deliveries after which an unacked message is dead-lettered (0 = never, the
-        /// default). Above 0 it needs --dead-letter-topic.
-        #[arg(long, value_name = "N")]
-        max_delivery_attempts: Option<u32>,
-        /// Topic that receives the group's dead letters (it must exist).
-        #[arg(long, value_name = "TOPIC")]
-        dead_letter_topic: Option<String>,
-        /// Delivery order within a partition [default: key].
-        #[arg(long, value_enum)]
-        ordering: Option<Ordering>,
-        /// Redelivery delay after a first failure, doubled on each further one [default:
-        /// the broker's].
-        #[arg(long, value_name = "MS")]
-        retry_backoff_min_ms: Option<u32>,
-        /// Cap of the redelivery delay [default: the broker's].
-        #[arg(long, value_name = "MS")]
-        retry_backoff_max_ms: Option<u32>,
+        #[command(flatten)]
+        settings: GroupSettingsArgs,
         /// Where the group starts in each partition: an offset, `earliest`, `latest` or a
         /// time (`ts:MILLIS`, RFC 3339, `-1h`) [default: latest].
         #[arg(long, value_name = "POSITION", value_parser = parse_position, allow_hyphen_values = true)]
         from: Option<Position>,
+    },
+    /// Change a group's settings; those not given stay as they are. Deliveries made after
+    /// the change follow it; messages in flight keep their deadlines.
+    Update {
+        /// The group's topic.
+        topic: String,
+        /// The group.
+        group: String,
+        #[command(flatten)]
+        settings: GroupSettingsArgs,
+    },
+    /// List the messages a group has delivered and not yet acked (in flight, or waiting
+    /// out a retry backoff).
+    Pending {
+        /// The group's topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// Only this partition's.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Only messages with exactly this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// At most this many [default: 100; the broker caps at 10000].
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
     },
     /// List the consumer groups, of every topic or of one.
     List {
@@ -283,6 +297,45 @@ enum GroupCommand {
         /// The group.
         group: String,
     },
+}
+
+/// A group's settings, as `group create` and `group update` take them.
+#[derive(Args)]
+struct GroupSettingsArgs {
+    /// Time a member has to ack a delivery before it is due again [default: 30000].
+    #[arg(long, value_name = "MS")]
+    ack_deadline_ms: Option<u32>,
+    /// Deliveries after which an unacked message is dead-lettered (0 = never, the
+    /// default). Above 0 it needs --dead-letter-topic.
+    #[arg(long, value_name = "N")]
+    max_delivery_attempts: Option<u32>,
+    /// Topic that receives the group's dead letters (it must exist).
+    #[arg(long, value_name = "TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// Delivery order within a partition [default: key].
+    #[arg(long, value_enum)]
+    ordering: Option<Ordering>,
+    /// Redelivery delay after a first failure, doubled on each further one [default:
+    /// the broker's].
+    #[arg(long, value_name = "MS")]
+    retry_backoff_min_ms: Option<u32>,
+    /// Cap of the redelivery delay [default: the broker's].
+    #[arg(long, value_name = "MS")]
+    retry_backoff_max_ms: Option<u32>,
+}
+
+impl GroupSettingsArgs {
+    fn settings(self) -> GroupSettings {
+        let ms = |ms: Option<u32>| ms.map(|ms| Duration::from_millis(u64::from(ms)));
+        GroupSettings {
+            ack_deadline: ms(self.ack_deadline_ms),
+            retry_backoff_min: ms(self.retry_backoff_min_ms),
+            retry_backoff_max: ms(self.retry_backoff_max_ms),
+            max_delivery_attempts: self.max_delivery_attempts,
+            dead_letter_topic: self.dead_letter_topic,
+            ordering: self.ordering.map(Ordering::mode),
+        }
+    }
 }
 
 /// A group's `--ordering`.
@@ -370,6 +423,30 @@ impl fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
+impl ClientCommand {
+    /// Whether `--json` was given: errors then print as JSON too.
+    pub fn json(&self) -> bool {
+        match self {
+            ClientCommand::Topic(a) => a.opts.json,
+            ClientCommand::Publish(a) => a.opts.json,
+            ClientCommand::Fetch(a) => a.opts.json,
+            ClientCommand::Consume(a) => a.opts.json,
+            ClientCommand::Group(a) => a.opts.json,
+        }
+    }
+}
+
+/// An error as one JSON object: `{"error": {"code": "NOT_FOUND", "message": "..."}}`, the
+/// gRPC status code name when the broker answered with one (else `null`) and the message;
+/// `text` is the whole error on one line, used when it did not come from the broker.
+pub fn error_json(error: &anyhow::Error, text: &str) -> Value {
+    let call = error.chain().find_map(|e| e.downcast_ref::<CallError>());
+    match call.and_then(|c| c.0.code_name().map(|code| (code, c.0.message()))) {
+        Some((code, message)) => json!({"error": {"code": code, "message": message}}),
+        None => json!({"error": {"code": Value::Null, "message": text}}),
+    }
+}
+
 /// Runs one client command on a single-threaded runtime.
 pub fn run(command: ClientCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -412,12 +489,21 @@ async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     match connected {
         Ok(client) => Ok(client),
         Err(herald_client::Error::InvalidArgument(message)) => {
-            anyhow::bail!("invalid --server: {message}")
+            // Say where the address came from when it was not on the command line.
+            let from_env = std::env::var("HERALD_SERVER").is_ok_and(|v| v == opts.server)
+                && !std::env::args().any(|a| a == "--server" || a.starts_with("--server="));
+            let source = if from_env {
+                "--server (from environment variable HERALD_SERVER)"
+            } else {
+                "--server"
+            };
+            anyhow::bail!("invalid {source}: {message}")
         }
-        Err(error) => anyhow::bail!(
-            "UNAVAILABLE: cannot connect to the broker at {url}: {}",
+        Err(error) => Err(CallError(herald_client::Error::Unavailable(format!(
+            "cannot connect to the broker at {url}: {}",
             error.message()
-        ),
+        )))
+        .into()),
     }
 }
 
@@ -742,6 +828,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let batch_limit = PUBLISH_BATCH_BYTES.min(max_message.saturating_sub(256).max(1));
 
     let key = args.key.map(Bytes::from);
+    let from_stdin = args.values.is_empty();
     let headers: Vec<(String, Bytes)> = args
         .headers
         .into_iter()
@@ -758,21 +845,46 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     // each starting at partition 0.
     let partitions = topic.partition_count.max(1);
     let mut round_robin = RandomState::new().hash_one(std::process::id()) as u32 % partitions;
-    let record = |value: Vec<u8>, round_robin: u32| {
+    let separator = args
+        .key_separator
+        .as_deref()
+        .map(str::as_bytes)
+        .filter(|sep| !sep.is_empty());
+    if args.key_separator.is_some() && separator.is_none() {
+        anyhow::bail!("--key-separator must not be empty");
+    }
+    let mut numbered = 0u64;
+    let mut record = |value: Vec<u8>, round_robin: u32| -> anyhow::Result<Record> {
+        numbered += 1;
+        let (key, value) = match separator {
+            None => (key.clone(), Bytes::from(value)),
+            Some(sep) => {
+                let Some(at) = memchr::memmem::find(&value, sep) else {
+                    let what = if from_stdin { "line" } else { "value" };
+                    anyhow::bail!(
+                        "{what} {numbered} has no key separator {:?}",
+                        String::from_utf8_lossy(sep)
+                    );
+                };
+                let value = Bytes::from(value);
+                (Some(value.slice(..at)), value.slice(at + sep.len()..))
+            }
+        };
         let mut record = Record::new(value);
-        if let Some(key) = &key {
-            record = record.key(key.clone());
+        let keyed = key.is_some();
+        if let Some(key) = key {
+            record = record.key(key);
         }
         for (name, value) in &headers {
             record = record.header(name.clone(), value.clone());
         }
-        match (args.partition, &key) {
-            (Some(partition), _) => record.partition(partition),
-            (None, None) => record.partition(round_robin),
-            (None, Some(_)) => record,
-        }
+        Ok(match args.partition {
+            Some(partition) => record.partition(partition),
+            None if !keyed => record.partition(round_robin),
+            None => record,
+        })
     };
-    let mut values = if args.values.is_empty() {
+    let mut values = if from_stdin {
         Values::stdin()
     } else {
         Values::args(args.values)
@@ -814,7 +926,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             }
             until.get_or_insert_with(|| Instant::now() + PUBLISH_LINGER);
             bytes += size;
-            records.push(record(value, round_robin));
+            records.push(record(value, round_robin)?);
         }
         if records.is_empty() {
             break;
@@ -1361,23 +1473,10 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
         GroupCommand::Create {
             topic,
             group,
-            ack_deadline_ms,
-            max_delivery_attempts,
-            dead_letter_topic,
-            ordering,
-            retry_backoff_min_ms,
-            retry_backoff_max_ms,
+            settings,
             from,
         } => {
-            let ms = |ms: Option<u32>| ms.map(|ms| Duration::from_millis(u64::from(ms)));
-            let settings = GroupSettings {
-                ack_deadline: ms(ack_deadline_ms),
-                retry_backoff_min: ms(retry_backoff_min_ms),
-                retry_backoff_max: ms(retry_backoff_max_ms),
-                max_delivery_attempts,
-                dead_letter_topic,
-                ordering: ordering.map(Ordering::mode),
-            };
+            let settings = settings.settings();
             // A group starts at the end unless told otherwise, as one created by a join.
             let start = from.unwrap_or(Position::Latest);
             let description = admin
@@ -1391,6 +1490,98 @@ async fn group(args: GroupArgs) -> anyhow::Result<()> {
                     "created group {:?} of topic {:?}",
                     description.group, description.topic
                 ))?;
+            }
+        }
+        GroupCommand::Update {
+            topic,
+            group,
+            settings,
+        } => {
+            let description = admin
+                .update_group(&topic, &group, settings.settings())
+                .await
+                .map_err(CallError)?;
+            if json {
+                out.json(&group_json(&description))?;
+            } else {
+                out.line(format_args!(
+                    "updated group {:?} of topic {:?}",
+                    description.group, description.topic
+                ))?;
+                for line in group_text(&description)
+                    .into_iter()
+                    .take_while(|l| !l.is_empty())
+                {
+                    out.line(line)?;
+                }
+            }
+        }
+        GroupCommand::Pending {
+            topic,
+            group,
+            partition,
+            key,
+            limit,
+        } => {
+            let filter = PendingFilter {
+                partition: partition.map(Partition),
+                key: key.map(Bytes::from),
+                limit: limit.unwrap_or(0),
+            };
+            let (pending, truncated) = admin
+                .list_pending(&topic, &group, filter)
+                .await
+                .map_err(CallError)?;
+            if json {
+                for m in &pending {
+                    out.json(&json!({
+                        "topic": topic,
+                        "group": group,
+                        "partition": m.partition.0,
+                        "offset": m.offset.0,
+                        "key": m.key.as_ref().map(|k| bytes_json(k)),
+                        "delivery_attempt": m.delivery_attempt,
+                        "state": if m.in_flight { "in_flight" } else { "backoff" },
+                        "deadline_ms": m.deadline_ms,
+                        "member_id": (!m.member_id.is_empty()).then_some(&m.member_id),
+                    }))?;
+                }
+                if truncated {
+                    out.json(&json!({"truncated": true}))?;
+                }
+            } else if pending.is_empty() {
+                out.line("no pending messages")?;
+            } else {
+                let mut rows = vec![
+                    [
+                        "PARTITION",
+                        "OFFSET",
+                        "KEY",
+                        "ATTEMPT",
+                        "STATE",
+                        "DEADLINE",
+                        "MEMBER",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                ];
+                rows.extend(pending.iter().map(|m| {
+                    vec![
+                        m.partition.to_string(),
+                        m.offset.to_string(),
+                        m.key.as_deref().map_or("-".to_owned(), printable),
+                        m.delivery_attempt.to_string(),
+                        if m.in_flight { "in_flight" } else { "backoff" }.to_owned(),
+                        time_text(m.deadline_ms),
+                        dash_if_empty(&m.member_id),
+                    ]
+                }));
+                for line in table(&rows) {
+                    out.line(line)?;
+                }
+                if truncated {
+                    out.line("(more pending messages than --limit; raise it to see them)")?;
+                }
             }
         }
         GroupCommand::List { topic } => {
@@ -1629,6 +1820,11 @@ fn group_text(group: &GroupInfo) -> Vec<String> {
     }));
     lines.extend(table(&rows));
     lines
+}
+
+/// A time in ms since the Unix epoch as RFC 3339 in UTC, to the millisecond.
+fn time_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| format!("{t:.3}"))
 }
 
 fn dash_if_empty(s: &str) -> String {

@@ -7,7 +7,7 @@ mod commands;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::net::SocketAddr;
 
 use herald_broker::config::{Config, FsyncSetting};
@@ -32,6 +32,12 @@ enum Command {
     /// Inspect a partition log directory directly (offline: no broker may be using it).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`
+    /// (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Ask a running broker whether it is ready (`/readyz` on its metrics address); exit
     /// 0 if so, 1 otherwise. For container health checks and scripts.
     Health(HealthArgs),
@@ -171,13 +177,65 @@ fn install_panic_hook() {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        if let Some(variable) = env_source(&error) {
+            // clap names the flag; the value came from the environment, so say which
+            // variable holds it.
+            let text = error.to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprintln!("error: in environment variable {variable}: {text}");
+            std::process::exit(2);
+        }
+        error.exit()
+    });
+    let json = matches!(&cli.command, Command::Client(c) if c.json());
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if json => {
+            // With --json, errors are JSON too (on stderr, as the text form).
+            eprintln!("{}", commands::error_json(&error, &error_text(&error)));
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("error: {}", error_text(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The environment variable a bad value came from, when clap refused a value that was not
+/// on the command line but in the flag's `env` variable.
+fn env_source(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(flag) = error.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let ContextValue::String(value) = error.get(ContextKind::InvalidValue)? else {
+        return None;
+    };
+    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?;
+    // On the command line, clap's message is already right.
+    let on_command_line = std::env::args_os().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+    });
+    if on_command_line {
+        return None;
+    }
+    fn find(command: &clap::Command, long: &str, value: &str) -> Option<String> {
+        command
+            .get_arguments()
+            .filter(|a| a.get_long() == Some(long))
+            .filter_map(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .find(|env| std::env::var(env).is_ok_and(|v| v == value))
+            .or_else(|| {
+                command
+                    .get_subcommands()
+                    .find_map(|sub| find(sub, long, value))
+            })
+    }
+    find(&Cli::command(), long, value)
 }
 
 /// The error and its causes on one line. Many error types already print their source in
@@ -205,6 +263,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             log_command(command)
         }
         Command::Health(args) => health(args),
+        Command::Completions { shell } => {
+            // Into a buffer first: the generator panics on a write error, such as a
+            // closed pipe (`herald completions bash | head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
         Command::Client(command) => commands::run(command),
     }
 }

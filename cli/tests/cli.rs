@@ -522,6 +522,166 @@ fn fetch_merges_every_partition_by_timestamp() {
     assert!(status.success(), "herald serve exited with {status}");
 }
 
+#[test]
+fn publish_keys_per_line_and_groups_update_and_list_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    ok(
+        &url,
+        &["topic", "create", "keyed", "--partitions", "4"],
+        None,
+    );
+    // KEY:VALUE per line: each record keyed, placed by its key, the separator removed.
+    let input = b"user-1:a=1\nuser-2:b\nuser-1:c\n";
+    ok(
+        &url,
+        &[
+            "publish",
+            "keyed",
+            "--key-separator",
+            ":",
+            "--header",
+            "src=cli",
+        ],
+        Some(input),
+    );
+    let records = json_lines(&ok(&url, &["fetch", "keyed", "--json"], None));
+    assert_eq!(records.len(), 3);
+    let find = |value: &str| {
+        records
+            .iter()
+            .find(|r| r["value"] == value)
+            .unwrap_or_else(|| panic!("{value} not fetched: {records:?}"))
+    };
+    assert_eq!(find("a=1")["key"], "user-1");
+    assert_eq!(find("b")["key"], "user-2");
+    assert_eq!(find("c")["key"], "user-1");
+    assert_eq!(find("a=1")["partition"], find("c")["partition"]);
+    assert_eq!(find("b")["headers"][0]["key"], "src");
+    // A line without the separator is refused, naming it.
+    let stderr = fails(
+        &url,
+        &["publish", "keyed", "--key-separator", "|", "k|v", "novalue"],
+    );
+    assert!(stderr.contains("value 2 has no key separator"), "{stderr}");
+
+    // group update changes what it is given and keeps the rest.
+    ok(
+        &url,
+        &[
+            "group",
+            "create",
+            "keyed",
+            "g",
+            "--from",
+            "earliest",
+            "--ack-deadline-ms",
+            "60000",
+        ],
+        None,
+    );
+    let updated = json_lines(&ok(
+        &url,
+        &[
+            "group",
+            "update",
+            "keyed",
+            "g",
+            "--ordering",
+            "none",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(updated[0]["settings"]["ordering"], "none");
+    assert_eq!(updated[0]["settings"]["ack_deadline_ms"], 60000);
+
+    // Nacked messages wait out their backoff: group pending lists them.
+    ok(
+        &url,
+        &["consume", "keyed", "--group", "g", "--nack", "--limit", "3"],
+        None,
+    );
+    let pending = json_lines(&ok(
+        &url,
+        &["group", "pending", "keyed", "g", "--json"],
+        None,
+    ));
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    assert!(
+        pending
+            .iter()
+            .all(|p| p["state"] == "backoff" && p["delivery_attempt"] == 1)
+    );
+    let only = json_lines(&ok(
+        &url,
+        &[
+            "group", "pending", "keyed", "g", "--key", "user-2", "--json",
+        ],
+        None,
+    ));
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0]["key"], "user-2");
+    let text = ok(
+        &url,
+        &["group", "pending", "keyed", "g", "--limit", "1"],
+        None,
+    );
+    assert!(text.starts_with("PARTITION  OFFSET  KEY"), "{text}");
+    assert!(
+        text.contains("more pending messages than --limit"),
+        "{text}"
+    );
+
+    let (status, _) = server.terminate();
+    assert!(status.success(), "herald serve exited with {status}");
+}
+
+#[test]
+fn errors_follow_json_and_name_their_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    // With --json the error is one JSON object, code and message apart.
+    let stderr = fails(&url, &["topic", "describe", "nope", "--json"]);
+    let error: Value = serde_json::from_str(stderr.trim()).expect("a JSON error");
+    assert_eq!(error["error"]["code"], "NOT_FOUND");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("nope"),
+        "{error}"
+    );
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    // A bad value from the environment names the variable.
+    let output = Command::new(HERALD)
+        .args(["serve"])
+        .env("HERALD_LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("environment variable HERALD_LISTEN"),
+        "{stderr}"
+    );
+    let stderr = fails("http://[bad", &["topic", "list"]);
+    assert!(stderr.contains("HERALD_SERVER"), "{stderr}");
+
+    // Shell completions.
+    let output = Command::new(HERALD)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let script = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        script.contains("_herald()") && script.contains("pending"),
+        "{script}"
+    );
+}
+
 /// `herald serve` on `data_dir` and the given gRPC address, waiting until it serves.
 fn serve_at(data_dir: &std::path::Path, addr: std::net::SocketAddr) -> Process {
     let mut command = Command::new(HERALD);
