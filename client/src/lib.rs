@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod backoff;
 mod consumer;
 mod error;
 mod fetch;
