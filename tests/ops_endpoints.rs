@@ -383,3 +383,276 @@ async fn metrics_count_group_deliveries_acks_nacks_and_lag() {
     assert!(text.contains("# TYPE herald_group_lag gauge"), "{text}");
     stop(broker).await;
 }
+
+#[tokio::test]
+async fn health_and_readiness_answer_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let metrics_addr = broker.metrics_addr.expect("metrics are served");
+    assert_eq!(
+        http_get(metrics_addr, "/healthz").await,
+        (200, "ok\n".into())
+    );
+    // Start returns once topics and groups are loaded and gRPC accepts: ready.
+    assert_eq!(
+        http_get(metrics_addr, "/readyz").await,
+        (200, "ready\n".into())
+    );
+    stop(broker).await;
+}
+
+/// The exposition's sample of `name` with exactly these labels, in any order.
+fn labelled(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{')?;
+            let mut got: Vec<&str> = rest.strip_suffix('}')?.split(',').collect();
+            let mut want: Vec<String> =
+                labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            (metric == name && got == want).then(|| value.parse().expect("a numeric sample"))
+        })
+}
+
+#[tokio::test]
+async fn metrics_per_topic_traffic_disk_errors_process_and_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let metrics_addr = broker.metrics_addr.expect("metrics are served");
+    let mut c = client(&broker).await;
+    create_topic(&mut c, "busy", 2).await;
+    create_topic(&mut c, "idle", 1).await;
+    for i in 0..4 {
+        let batch = (0..5).map(|j| record(None, &format!("{i}.{j}"))).collect();
+        publish(&mut c, "busy", Some(i % 2), batch).await.unwrap();
+    }
+    let fetched = fetch_all(&mut c, "busy", 0, 0).await.unwrap().len();
+    assert_eq!(fetched, 10);
+    // Errors, each counted under its code: NOT_FOUND for a unary call and for a Fetch
+    // refused before its stream starts, OUT_OF_RANGE for another.
+    publish(&mut c, "missing", None, vec![record(None, "x")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_of(fetch_all(&mut c, "missing", 0, 0).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        code_of(fetch_all(&mut c, "busy", 1, 1_000).await),
+        tonic::Code::OutOfRange
+    );
+    // A third NOT_FOUND ends a stream that had started: a tailing Fetch of a topic that is
+    // deleted meanwhile. Its status comes in the trailers.
+    create_topic(&mut c, "doomed", 1).await;
+    let mut tail = c
+        .fetch(v1::FetchRequest {
+            topic: "doomed".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.delete_topic(v1::DeleteTopicRequest {
+        name: "doomed".into(),
+    })
+    .await
+    .unwrap();
+    let ended = loop {
+        match tail.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(code_of(ended), tonic::Code::NotFound);
+
+    let (status, text) = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let topic = |name: &str, t: &str| {
+        labelled(&text, name, &[("topic", t)])
+            .unwrap_or_else(|| panic!("{name}{{topic={t:?}}} missing from:\n{text}"))
+    };
+    assert_eq!(topic("herald_topic_publish_requests_total", "busy"), 4.0);
+    assert_eq!(topic("herald_topic_publish_records_total", "busy"), 20.0);
+    assert_eq!(topic("herald_topic_fetch_records_total", "busy"), 10.0);
+    assert!(topic("herald_topic_publish_bytes_total", "busy") > 20.0);
+    assert!(topic("herald_topic_fetch_bytes_total", "busy") > 10.0);
+    assert_eq!(topic("herald_topic_publish_records_total", "idle"), 0.0);
+    assert_eq!(topic("herald_topic_disk_used_bytes", "idle"), 0.0);
+    // Used is the committed length of the segments, as DescribeTopic reports it.
+    let described = c
+        .describe_topic(v1::DescribeTopicRequest {
+            name: "busy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    let size: u64 = described.partitions.iter().map(|p| p.size_bytes).sum();
+    assert!(size > 0);
+    assert_eq!(topic("herald_topic_disk_used_bytes", "busy"), size as f64);
+    // Allocated counts the preallocated segment files: at least what is used.
+    assert!(topic("herald_topic_disk_allocated_bytes", "busy") >= size as f64);
+    assert!(topic("herald_topic_disk_allocated_bytes", "idle") > 0.0);
+
+    let errors = |code: &str| labelled(&text, "herald_grpc_errors_total", &[("code", code)]);
+    assert_eq!(errors("NOT_FOUND"), Some(3.0), "{text}");
+    assert_eq!(errors("OUT_OF_RANGE"), Some(1.0), "{text}");
+    assert_eq!(errors("INTERNAL"), Some(0.0), "{text}");
+    assert_eq!(errors("OK"), Some(0.0), "successes are not errors");
+
+    // Process metrics, under their standard names.
+    assert!(metric_value(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 0.0);
+    assert!(metric_value(&text, "process_open_fds").unwrap_or(0.0) > 0.0);
+    assert!(
+        metric_value(&text, "process_cpu_seconds_total").is_some(),
+        "{text}"
+    );
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert_eq!(
+        labelled(
+            &text,
+            "herald_build_info",
+            &[("version", env!("CARGO_PKG_VERSION")), ("profile", profile)]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A deleted topic's series go with it.
+    c.delete_topic(v1::DeleteTopicRequest {
+        name: "idle".into(),
+    })
+    .await
+    .unwrap();
+    let (_, text) = http_get(metrics_addr, "/metrics").await;
+    assert!(!text.contains("topic=\"idle\""), "{text}");
+    stop(broker).await;
+}
+
+#[tokio::test]
+async fn metrics_show_lag_and_oldest_unacked_age_per_partition() {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let metrics_addr = broker.metrics_addr.expect("metrics are served");
+    let mut c = client(&broker).await;
+    create_topic(&mut c, "aged", 2).await;
+    // Three records in partition 0 stamped 300, 120 and 60 seconds ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch = [300, 120, 60]
+        .iter()
+        .map(|ago| v1::Record {
+            timestamp_ms: now - ago * 1000,
+            ..record(None, &format!("{ago}s ago"))
+        })
+        .collect();
+    publish(&mut c, "aged", Some(0), batch).await.unwrap();
+
+    let mut m = subscribe(&mut c, join("aged", "g", Some(fast_settings(60_000, 10))))
+        .await
+        .unwrap();
+    let (got, _) = m.deliveries(3, WAIT).await;
+    assert_eq!(got.len(), 3);
+    // The oldest is done: the oldest unacked is the one from 120 s ago.
+    m.ack(&got[..1]).await;
+    let series = |text: &str, name: &str, partition: &str| {
+        labelled(
+            text,
+            name,
+            &[("topic", "aged"), ("group", "g"), ("partition", partition)],
+        )
+    };
+    wait_for("partition 0's lag to come down to 2", || async {
+        let (_, text) = http_get(metrics_addr, "/metrics").await;
+        match series(&text, "herald_group_partition_lag", "0") {
+            Some(2.0) => Ok(text),
+            other => Err(Text(format!("lag {other:?}\n{text}"))),
+        }
+    })
+    .await;
+    let (_, text) = http_get(metrics_addr, "/metrics").await;
+    let age = series(&text, "herald_group_oldest_unacked_age_seconds", "0").expect("an age");
+    // Scraped right after: at least 120 s, and not the acked record's 300 s.
+    assert!((120.0..290.0).contains(&age), "age {age}\n{text}");
+    assert_eq!(series(&text, "herald_group_partition_lag", "1"), Some(0.0));
+    assert_eq!(
+        series(&text, "herald_group_oldest_unacked_age_seconds", "1"),
+        Some(0.0)
+    );
+    m.ack(&got[1..]).await;
+    wait_for("every age to be 0 once all is acked", || async {
+        let (_, text) = http_get(metrics_addr, "/metrics").await;
+        match series(&text, "herald_group_oldest_unacked_age_seconds", "0") {
+            Some(0.0) => Ok(()),
+            other => Err(Text(format!("age {other:?}\n{text}"))),
+        }
+    })
+    .await;
+    drop(m);
+    stop(broker).await;
+}
+
+/// Every metric the Grafana dashboard in `deploy/` queries is one the broker exports.
+#[tokio::test]
+async fn grafana_dashboard_queries_exported_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(test_config(dir.path())).await;
+    let metrics_addr = broker.metrics_addr.expect("metrics are served");
+    let mut c = client(&broker).await;
+    // A topic and a group, so their series exist.
+    create_topic(&mut c, "shown", 1).await;
+    publish(&mut c, "shown", None, vec![record(None, "x")])
+        .await
+        .unwrap();
+    let m = subscribe(&mut c, join("shown", "g", None)).await.unwrap();
+    let (_, text) = http_get(metrics_addr, "/metrics").await;
+    let exported: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            // Metric names: identifiers starting herald_ or process_, before a `{`.
+            for (at, _) in expr.match_indices(['h', 'p']) {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let starts_word = at == 0
+                    || !expr[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+                if starts_word && (name.starts_with("herald_") || name.starts_with("process_")) {
+                    queried.push(name);
+                }
+            }
+        }
+    }
+    assert!(queried.len() > 20, "{queried:?}");
+    for name in &queried {
+        // Histograms are queried by their `_bucket` series.
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            exported.contains(family),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+    drop(m);
+    stop(broker).await;
+}

@@ -1,6 +1,7 @@
 //! The gRPC API from another language, without a Herald SDK: runs
 //! `tests/python/herald_smoke.py` (stubs generated at run time from the .proto files with
-//! grpcio-tools) against a real broker started in-process.
+//! grpcio-tools) and `tests/python/reflection_v1alpha.py` (no .proto files: the schema from
+//! server reflection v1alpha) against a real broker started in-process.
 //!
 //! Needs `python3` with the packages of `tests/python/requirements.txt`, which
 //! `./scripts/test` installs. Without them the test fails (it does not skip).
@@ -23,10 +24,23 @@ const SETUP_HINT: &str = "run ./scripts/test, which installs them \
 // Multi-threaded so the broker keeps serving while this test waits on the child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpc_client_publishes_and_fetches() {
+    run_script("herald_smoke.py", "herald_smoke: OK").await;
+}
+
+/// A generic client that knows Herald only through server reflection v1alpha (grpcio's
+/// `ProtoReflectionDescriptorDatabase`, the version older grpcurl, grpc-js and
+/// grpc_requests speak) lists the services, loads the schema and calls RPCs with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_reflection_v1alpha_client_calls_rpcs() {
+    run_script("reflection_v1alpha.py", "reflection_v1alpha: OK").await;
+}
+
+/// Runs `tests/python/<name>` against a fresh broker and expects `ok` in its output.
+async fn run_script(name: &str, ok: &str) {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(test_config(dir.path())).await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("tests/python/herald_smoke.py");
+    let script = root.join("tests/python").join(name);
     assert!(script.is_file(), "{} is missing", script.display());
 
     let started = Instant::now();
@@ -45,12 +59,12 @@ async fn python_grpc_client_publishes_and_fetches() {
         });
     let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("herald_smoke.py did not finish within {SCRIPT_TIMEOUT:?}"))
-        .expect("waiting for herald_smoke.py");
+        .unwrap_or_else(|_| panic!("{name} did not finish within {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("waiting for {name}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let report = format!(
-        "herald_smoke.py exited with {} after {:?}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
+        "{name} exited with {} after {:?}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
         output.status,
         started.elapsed()
     );
@@ -60,7 +74,7 @@ async fn python_grpc_client_publishes_and_fetches() {
         "Python packages for this test are missing; {SETUP_HINT}\n{report}"
     );
     assert!(output.status.success(), "{report}");
-    assert!(stdout.contains("herald_smoke: OK"), "{report}");
+    assert!(stdout.contains(ok), "{report}");
     println!("{}", stdout.trim_end());
     stop(broker).await;
 }

@@ -137,6 +137,11 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Where a topic's files live (`<data_dir>/topics/<name>`).
+    pub fn topic_dir(&self, name: &str) -> PathBuf {
+        self.topics_dir.join(name)
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -187,6 +187,33 @@ pub struct Topic {
     pub partitions: Vec<Partition>,
     /// Next partition for a keyless publish.
     round_robin: AtomicU64,
+    /// What was published to and fetched from this topic since it was loaded.
+    pub counters: TopicCounters,
+}
+
+/// Per-topic traffic totals. They live on the topic, which every publish and fetch
+/// already holds, so counting is a relaxed atomic add: no label lookup, no lock. The
+/// metrics endpoint reads them at scrape time, and a deleted topic's series go with it.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
+    pub publish_requests: AtomicU64,
+    pub publish_records: AtomicU64,
+    pub publish_bytes: AtomicU64,
+    pub fetch_records: AtomicU64,
+    pub fetch_bytes: AtomicU64,
+}
+
+impl TopicCounters {
+    pub fn published(&self, records: u64, bytes: u64) {
+        self.publish_requests.fetch_add(1, Ordering::Relaxed);
+        self.publish_records.fetch_add(records, Ordering::Relaxed);
+        self.publish_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn fetched(&self, records: u64, bytes: u64) {
+        self.fetch_records.fetch_add(records, Ordering::Relaxed);
+        self.fetch_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Topic {
@@ -196,6 +223,7 @@ impl Topic {
             settings,
             partitions,
             round_robin: AtomicU64::new(0),
+            counters: TopicCounters::default(),
         }
     }
 

@@ -7,7 +7,7 @@ mod commands;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::net::SocketAddr;
 
 use herald_broker::config::{Config, FsyncSetting};
@@ -32,8 +32,27 @@ enum Command {
     /// Inspect a partition log directory directly (offline: no broker may be using it).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`
+    /// (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Ask a running broker whether it is ready (`/readyz` on its metrics address); exit
+    /// 0 if so, 1 otherwise. For container health checks and scripts.
+    Health(HealthArgs),
     #[command(flatten)]
     Client(commands::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// The broker's metrics address (an unspecified IP, such as 0.0.0.0, means this host).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
+    /// Only check that the process is up (`/healthz`), not that it is ready.
+    #[arg(long)]
+    live: bool,
 }
 
 #[derive(clap::Args)]
@@ -158,13 +177,65 @@ fn install_panic_hook() {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        if let Some(variable) = env_source(&error) {
+            // clap names the flag; the value came from the environment, so say which
+            // variable holds it.
+            let text = error.to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprintln!("error: in environment variable {variable}: {text}");
+            std::process::exit(2);
+        }
+        error.exit()
+    });
+    let json = matches!(&cli.command, Command::Client(c) if c.json());
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if json => {
+            // With --json, errors are JSON too (on stderr, as the text form).
+            eprintln!("{}", commands::error_json(&error, &error_text(&error)));
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("error: {}", error_text(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The environment variable a bad value came from, when clap refused a value that was not
+/// on the command line but in the flag's `env` variable.
+fn env_source(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(flag) = error.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let ContextValue::String(value) = error.get(ContextKind::InvalidValue)? else {
+        return None;
+    };
+    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?;
+    // On the command line, clap's message is already right.
+    let on_command_line = std::env::args_os().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+    });
+    if on_command_line {
+        return None;
+    }
+    fn find(command: &clap::Command, long: &str, value: &str) -> Option<String> {
+        command
+            .get_arguments()
+            .filter(|a| a.get_long() == Some(long))
+            .filter_map(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .find(|env| std::env::var(env).is_ok_and(|v| v == value))
+            .or_else(|| {
+                command
+                    .get_subcommands()
+                    .find_map(|sub| find(sub, long, value))
+            })
+    }
+    find(&Cli::command(), long, value)
 }
 
 /// The error and its causes on one line. Many error types already print their source in
@@ -191,8 +262,65 @@ fn run(command: Command) -> anyhow::Result<()> {
             init_logging(false);
             log_command(command)
         }
+        Command::Health(args) => health(args),
+        Command::Completions { shell } => {
+            // Into a buffer first: the generator panics on a write error, such as a
+            // closed pipe (`herald completions bash | head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
         Command::Client(command) => commands::run(command),
     }
+}
+
+/// How long `herald health` waits for the broker's answer.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One HTTP/1.0 GET of `/readyz` (or `/healthz`): the status line decides. Hand-written
+/// because it is all the HTTP this binary ever sends, and the runtime image has no curl.
+fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = args.metrics_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let path = if args.live { "/healthz" } else { "/readyz" };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(HEALTH_TIMEOUT, async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream
+                .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+                .await?;
+            let mut response = Vec::new();
+            stream.take(4096).read_to_end(&mut response).await?;
+            std::io::Result::Ok(response)
+        })
+        .await
+    });
+    let response = match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => anyhow::bail!("cannot reach http://{addr}{path}: {e}"),
+        Err(_) => anyhow::bail!("no answer from http://{addr}{path} within {HEALTH_TIMEOUT:?}"),
+    };
+    let text = String::from_utf8_lossy(&response);
+    let status = text.lines().next().unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    anyhow::ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "http://{addr}{path}: {status}: {body}"
+    );
+    println!("{body}");
+    Ok(())
 }
 
 fn log_command(command: LogCommand) -> anyhow::Result<()> {

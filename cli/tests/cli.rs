@@ -415,14 +415,15 @@ fn fetch_follow_tails_until_interrupted() {
         .args(["fetch", "tail", "--follow", "--server", &url])
         .env_remove("HERALD_SERVER");
     let follower = Process::spawn(command);
-    assert_eq!(follower.wait_for_stdout(1), ["0\t-\tbefore"]);
+    // Without --partition every partition is read, and each line starts with it.
+    assert_eq!(follower.wait_for_stdout(1), ["0\t0\t-\tbefore"]);
     // Records published after the stream caught up arrive on it, each as it comes.
     ok(&url, &["publish", "tail", "--key", "k", "after-1"], None);
-    assert_eq!(follower.wait_for_stdout(2)[1], "1\tk\tafter-1");
+    assert_eq!(follower.wait_for_stdout(2)[1], "0\t1\tk\tafter-1");
     ok(&url, &["publish", "tail", "after-2", "after-3"], None);
     assert_eq!(
         follower.wait_for_stdout(4)[2..],
-        ["2\t-\tafter-2", "3\t-\tafter-3"]
+        ["0\t2\t-\tafter-2", "0\t3\t-\tafter-3"]
     );
 
     // Ctrl-C ends it cleanly, having printed nothing more.
@@ -437,6 +438,328 @@ fn fetch_follow_tails_until_interrupted() {
 
     let (status, _) = server.terminate();
     assert!(status.success(), "herald serve exited with {status}");
+}
+
+#[test]
+fn fetch_merges_every_partition_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    ok(
+        &url,
+        &["topic", "create", "spread", "--partitions", "3"],
+        None,
+    );
+    for i in 0..9 {
+        let partition = (i * 2 % 3).to_string();
+        let value = format!("v{i}");
+        ok(
+            &url,
+            &["publish", "spread", "--partition", &partition, &value],
+            None,
+        );
+    }
+    let records = json_lines(&ok(&url, &["fetch", "spread", "--json"], None));
+    assert_eq!(records.len(), 9);
+    // In timestamp order (ties: partition, then offset), each partition's in offset order.
+    let key = |r: &Value| {
+        (
+            r["timestamp_ms"].as_i64().unwrap(),
+            r["partition"].as_u64().unwrap(),
+            r["offset"].as_u64().unwrap(),
+        )
+    };
+    assert!(
+        records.windows(2).all(|w| key(&w[0]) <= key(&w[1])),
+        "{records:?}"
+    );
+    let mut partitions: Vec<u64> = records
+        .iter()
+        .map(|r| r["partition"].as_u64().unwrap())
+        .collect();
+    partitions.sort_unstable();
+    assert_eq!(partitions, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+
+    // Text shows the partition first; --limit counts records across partitions.
+    let text = ok(&url, &["fetch", "spread", "--limit", "4"], None);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines.iter().all(|l| l.split('\t').count() == 4), "{text}");
+    // The old name of the flag still works.
+    let text = ok(&url, &["fetch", "spread", "--max-records", "2"], None);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    // With --partition, one partition, as before: no partition column.
+    let text = ok(&url, &["fetch", "spread", "--partition", "1"], None);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().all(|l| l.split('\t').count() == 3), "{text}");
+
+    // Times: an hour ago reads everything; a time after the last record reads nothing.
+    assert_eq!(
+        ok(&url, &["fetch", "spread", "--from", "-1h"], None)
+            .lines()
+            .count(),
+        9
+    );
+    assert_eq!(
+        ok(
+            &url,
+            &["fetch", "spread", "--from", "2999-01-01T00:00:00Z"],
+            None
+        ),
+        ""
+    );
+    // A time without a zone is a usage error (exit 2) that says which form to use.
+    let refused = herald(
+        &url,
+        &["fetch", "spread", "--from", "2026-12-07 10:00"],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("RFC 3339"), "{stderr}");
+
+    let (status, _) = server.terminate();
+    assert!(status.success(), "herald serve exited with {status}");
+}
+
+#[test]
+fn publish_keys_per_line_and_groups_update_and_list_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    ok(
+        &url,
+        &["topic", "create", "keyed", "--partitions", "4"],
+        None,
+    );
+    // KEY:VALUE per line: each record keyed, placed by its key, the separator removed.
+    let input = b"user-1:a=1\nuser-2:b\nuser-1:c\n";
+    ok(
+        &url,
+        &[
+            "publish",
+            "keyed",
+            "--key-separator",
+            ":",
+            "--header",
+            "src=cli",
+        ],
+        Some(input),
+    );
+    let records = json_lines(&ok(&url, &["fetch", "keyed", "--json"], None));
+    assert_eq!(records.len(), 3);
+    let find = |value: &str| {
+        records
+            .iter()
+            .find(|r| r["value"] == value)
+            .unwrap_or_else(|| panic!("{value} not fetched: {records:?}"))
+    };
+    assert_eq!(find("a=1")["key"], "user-1");
+    assert_eq!(find("b")["key"], "user-2");
+    assert_eq!(find("c")["key"], "user-1");
+    assert_eq!(find("a=1")["partition"], find("c")["partition"]);
+    assert_eq!(find("b")["headers"][0]["key"], "src");
+    // A line without the separator is refused, naming it.
+    let stderr = fails(
+        &url,
+        &["publish", "keyed", "--key-separator", "|", "k|v", "novalue"],
+    );
+    assert!(stderr.contains("value 2 has no key separator"), "{stderr}");
+
+    // group update changes what it is given and keeps the rest.
+    ok(
+        &url,
+        &[
+            "group",
+            "create",
+            "keyed",
+            "g",
+            "--from",
+            "earliest",
+            "--ack-deadline-ms",
+            "60000",
+        ],
+        None,
+    );
+    let updated = json_lines(&ok(
+        &url,
+        &[
+            "group",
+            "update",
+            "keyed",
+            "g",
+            "--ordering",
+            "none",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(updated[0]["settings"]["ordering"], "none");
+    assert_eq!(updated[0]["settings"]["ack_deadline_ms"], 60000);
+
+    // Nacked messages wait out their backoff: group pending lists them.
+    ok(
+        &url,
+        &["consume", "keyed", "--group", "g", "--nack", "--limit", "3"],
+        None,
+    );
+    let pending = json_lines(&ok(
+        &url,
+        &["group", "pending", "keyed", "g", "--json"],
+        None,
+    ));
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    assert!(
+        pending
+            .iter()
+            .all(|p| p["state"] == "backoff" && p["delivery_attempt"] == 1)
+    );
+    let only = json_lines(&ok(
+        &url,
+        &[
+            "group", "pending", "keyed", "g", "--key", "user-2", "--json",
+        ],
+        None,
+    ));
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0]["key"], "user-2");
+    let text = ok(
+        &url,
+        &["group", "pending", "keyed", "g", "--limit", "1"],
+        None,
+    );
+    assert!(text.starts_with("PARTITION  OFFSET  KEY"), "{text}");
+    assert!(
+        text.contains("more pending messages than --limit"),
+        "{text}"
+    );
+
+    let (status, _) = server.terminate();
+    assert!(status.success(), "herald serve exited with {status}");
+}
+
+#[test]
+fn errors_follow_json_and_name_their_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url();
+    // With --json the error is one JSON object, code and message apart.
+    let stderr = fails(&url, &["topic", "describe", "nope", "--json"]);
+    let error: Value = serde_json::from_str(stderr.trim()).expect("a JSON error");
+    assert_eq!(error["error"]["code"], "NOT_FOUND");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("nope"),
+        "{error}"
+    );
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    // A bad value from the environment names the variable.
+    let output = Command::new(HERALD)
+        .args(["serve"])
+        .env("HERALD_LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("environment variable HERALD_LISTEN"),
+        "{stderr}"
+    );
+    let stderr = fails("http://[bad", &["topic", "list"]);
+    assert!(stderr.contains("HERALD_SERVER"), "{stderr}");
+
+    // Shell completions.
+    let output = Command::new(HERALD)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let script = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        script.contains("_herald()") && script.contains("pending"),
+        "{script}"
+    );
+}
+
+/// `herald serve` on `data_dir` and the given gRPC address, waiting until it serves.
+fn serve_at(data_dir: &std::path::Path, addr: std::net::SocketAddr) -> Process {
+    let mut command = Command::new(HERALD);
+    command
+        .args(["serve", "--log-json", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        // Small segments: recovery after the kill -9 scans less.
+        .args(["--segment-bytes", "4194304"])
+        .env_remove("HERALD_CONFIG")
+        .env_remove("HERALD_FSYNC")
+        .env("RUST_LOG", "info");
+    let process = Process::spawn(command);
+    process.wait_for_line("the broker serves", common::serving_addr);
+    process
+}
+
+#[test]
+fn fetch_follow_reconnects_when_the_broker_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed address, so the restarted broker is where the follower looks.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let broker = serve_at(dir.path(), addr);
+    ok(
+        &url,
+        &["topic", "create", "kept", "--partitions", "2"],
+        None,
+    );
+    ok(
+        &url,
+        &["publish", "kept", "--partition", "1", "first"],
+        None,
+    );
+
+    let mut command = Command::new(HERALD);
+    command
+        .args(["fetch", "kept", "--follow", "--server", &url])
+        .env_remove("HERALD_SERVER");
+    let follower = Process::spawn(command);
+    assert_eq!(follower.wait_for_stdout(1), ["1\t0\t-\tfirst"]);
+
+    broker.kill9();
+    let broker = serve_at(dir.path(), addr);
+    ok(
+        &url,
+        &["publish", "kept", "--partition", "0", "second"],
+        None,
+    );
+    ok(
+        &url,
+        &["publish", "kept", "--partition", "1", "third"],
+        None,
+    );
+    // Nothing printed twice, nothing missed: it went on from where it was.
+    let mut lines = follower.wait_for_stdout(3)[1..].to_vec();
+    lines.sort();
+    assert_eq!(lines, ["0\t0\t-\tsecond", "1\t1\t-\tthird"]);
+    assert!(
+        follower.log().iter().any(|l| l.contains("reconnecting")),
+        "{:?}",
+        follower.log()
+    );
+
+    follower.signal("INT");
+    let exited = follower.wait();
+    assert!(exited.status.success(), "{:?}", exited.log);
+    assert_eq!(exited.stdout.len(), 3, "{:?}", exited.stdout);
+    broker.signal("TERM");
+    assert!(broker.wait().status.success());
 }
 
 #[test]

@@ -325,6 +325,38 @@ pub struct GroupSummary {
     pub member_count: u32,
 }
 
+/// A message a group has delivered and not yet acked, from [`Admin::list_pending`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMessage {
+    /// Its partition.
+    pub partition: Partition,
+    /// Its offset.
+    pub offset: Offset,
+    /// Its key; `None` when the message has none.
+    pub key: Option<bytes::Bytes>,
+    /// Deliveries so far (1 after the first).
+    pub delivery_attempt: u32,
+    /// In ms since the Unix epoch: the ack deadline when in flight, or when it is due
+    /// again when in backoff.
+    pub deadline_ms: i64,
+    /// `true`: delivered to `member_id`, waiting for its ack. `false`: nacked or expired,
+    /// waiting out its retry backoff.
+    pub in_flight: bool,
+    /// The member holding it when in flight; empty otherwise.
+    pub member_id: String,
+}
+
+/// Which pending messages [`Admin::list_pending`] lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingFilter {
+    /// Only this partition's.
+    pub partition: Option<Partition>,
+    /// Only messages with exactly this key.
+    pub key: Option<bytes::Bytes>,
+    /// At most this many (0: the broker's default, 100; it caps at 10,000).
+    pub limit: u32,
+}
+
 fn missing(what: &str) -> Error {
     Error::Protocol(format!("the reply carries no {what}"))
 }
@@ -522,6 +554,39 @@ impl Admin {
             .into_iter()
             .map(|p| (Partition(p.partition), Offset(p.offset)))
             .collect())
+    }
+
+    /// The messages a group has delivered and not yet acked, by partition then offset, and
+    /// whether more matched than the filter's limit allowed.
+    pub async fn list_pending(
+        &self,
+        topic: &str,
+        group: &str,
+        filter: PendingFilter,
+    ) -> Result<(Vec<PendingMessage>, bool)> {
+        let mut raw = self.client.raw();
+        let request = v1::ListPendingRequest {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            partition: filter.partition.map(|p| p.0),
+            key: filter.key,
+            limit: filter.limit,
+        };
+        let reply = self.client.unary(raw.list_pending(request)).await?;
+        let messages = reply
+            .messages
+            .into_iter()
+            .map(|m| PendingMessage {
+                partition: Partition(m.partition),
+                offset: Offset(m.offset),
+                key: m.key,
+                delivery_attempt: m.delivery_attempt,
+                deadline_ms: m.deadline_ms,
+                in_flight: m.state == v1::PendingState::InFlight as i32,
+                member_id: m.member_id,
+            })
+            .collect();
+        Ok((messages, reply.truncated))
     }
 
     /// Republishes up to `max_messages` (0: all) of a group's dead letters to its topic;

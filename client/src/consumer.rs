@@ -84,9 +84,10 @@ pub struct ConsumerConfig {
     /// (received, not yet acked, nacked or dropped) to now + `d`. `None` (default): no
     /// automatic extension.
     pub auto_extend: Option<Duration>,
-    /// First delay before joining again after the stream broke (default 100 ms).
+    /// First delay before joining again after the stream broke (default 100 ms); doubled
+    /// on each failed attempt, each plus a random jitter of up to as much again.
     pub reconnect_backoff: Duration,
-    /// Largest delay between attempts to join again (default 5 s).
+    /// Largest delay between attempts to join again, before jitter (default 5 s).
     pub reconnect_backoff_max: Duration,
     /// Ask the broker for batched deliveries (default `true`): runs of messages come as
     /// the stored batch that holds them and are acked as ranges, so neither side encodes
@@ -791,8 +792,12 @@ impl StreamTask {
             self.link.generation.fetch_add(1, Ordering::AcqRel);
             self.queue.clear();
             self.held.clear();
-            let mut backoff = self.config.reconnect_backoff;
+            let mut delays = crate::backoff::delays(
+                self.config.reconnect_backoff,
+                self.config.reconnect_backoff_max,
+            );
             stream = loop {
+                let backoff = delays.next().unwrap_or(self.config.reconnect_backoff_max);
                 let until = tokio::time::Instant::now() + backoff;
                 loop {
                     tokio::select! {
@@ -812,9 +817,7 @@ impl StreamTask {
                 }
                 match self.join().await {
                     Ok(stream) => break stream,
-                    Err(error) if retryable(&error) => {
-                        backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
-                    }
+                    Err(error) if retryable(&error) => {}
                     Err(error) => {
                         let _ = self.out_tx.send(Err(error)).await;
                         return;

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod backoff;
 mod consumer;
 mod error;
 mod fetch;
@@ -43,7 +44,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use admin::{
     Admin, FsyncPolicy, GroupInfo, GroupMember, GroupPartition, GroupSettings, GroupSummary,
-    OrderingMode, PartitionInfo, Position, TopicConfig, TopicInfo, TopicSummary,
+    OrderingMode, PartitionInfo, PendingFilter, PendingMessage, Position, TopicConfig, TopicInfo,
+    TopicSummary,
 };
 pub use consumer::{Consumer, ConsumerConfig, Message, Subscription};
 pub use error::{Error, Result, code_name};

@@ -152,9 +152,10 @@ pub struct ProducerConfig {
     /// Retries of a batch that fails with `UNAVAILABLE` before its records fail
     /// (default 10).
     pub max_retries: u32,
-    /// Delay before the first retry; doubled on each further one (default 100 ms).
+    /// Delay before the first retry; doubled on each further one, each plus a random
+    /// jitter of up to as much again (default 100 ms).
     pub retry_backoff: Duration,
-    /// Longest delay between retries (default 5 s).
+    /// Longest delay between retries, before jitter (default 5 s).
     pub retry_backoff_max: Duration,
     /// Whether batches carry a producer identity and sequence numbers, so that the broker
     /// stores a retried batch once (default true).
@@ -1164,13 +1165,12 @@ impl Driver {
             Err(error)
                 if is_transient(&error) && self.identity_failures < self.config.max_retries =>
             {
-                let exponent = self.identity_failures.min(16);
+                let delay = crate::backoff::nth(
+                    self.config.retry_backoff,
+                    self.config.retry_backoff_max,
+                    self.identity_failures,
+                );
                 self.identity_failures += 1;
-                let delay = self
-                    .config
-                    .retry_backoff
-                    .saturating_mul(1 << exponent)
-                    .min(self.config.retry_backoff_max);
                 self.identity = Identity::Needed(Some(Instant::now() + delay));
             }
             Err(error) => {
@@ -1351,13 +1351,13 @@ impl Driver {
             part.next_sequence = batch.stamp.expect("stamped").base_sequence;
         }
         if error.is_retryable() && batch.attempts < config.max_retries {
-            let exponent = batch.attempts.min(16);
+            let delay = crate::backoff::nth(
+                config.retry_backoff,
+                config.retry_backoff_max,
+                batch.attempts,
+            );
             batch.attempts += 1;
             self.retries.fetch_add(1, Ordering::Relaxed);
-            let delay = config
-                .retry_backoff
-                .saturating_mul(1 << exponent)
-                .min(config.retry_backoff_max);
             part.retry_at = Some(Instant::now() + delay);
             return;
         }

@@ -234,12 +234,9 @@ impl GroupSnapshot {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
+/// LEB128, as protobuf writes it.
+fn put_varint(out: &mut Vec<u8>, value: u64) {
+    prost::encoding::encode_varint(value, out);
 }
 
 /// A cursor over the snapshot body.
@@ -249,24 +246,16 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self) -> Result<u64, SnapshotError> {
-        let mut value = 0u64;
-        for (i, &byte) in self.bytes.iter().take(MAX_VARINT_BYTES).enumerate() {
-            let bits = u64::from(byte & 0x7f);
-            let shift = 7 * i as u32;
-            if shift == 63 && bits > 1 {
-                return Err(invalid("varint overflows u64"));
+        let before = self.bytes;
+        prost::encoding::decode_varint(&mut self.bytes).map_err(|_| {
+            // Cut short by the end of the body (every byte left says "more follows") is
+            // a truncation; anything else overflows u64 or runs past 10 bytes.
+            if before.len() < MAX_VARINT_BYTES && before.iter().all(|b| b & 0x80 != 0) {
+                SnapshotError::Truncated
+            } else {
+                invalid("varint overflows u64 or is longer than 10 bytes")
             }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                self.bytes = &self.bytes[i + 1..];
-                return Ok(value);
-            }
-        }
-        if self.bytes.len() < MAX_VARINT_BYTES {
-            Err(SnapshotError::Truncated)
-        } else {
-            Err(invalid("varint longer than 10 bytes"))
-        }
+        })
     }
 
     /// A count, refused above `max` before anything is allocated for it.

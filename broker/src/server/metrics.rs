@@ -1,18 +1,33 @@
-//! Prometheus metrics and the `/metrics` HTTP endpoint.
+//! Prometheus metrics, and the operator's HTTP endpoint that serves them: `/metrics`,
+//! `/healthz` (the process is up) and `/readyz` (topics and groups are loaded and the gRPC
+//! listener accepts).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry as PromRegistry, TextEncoder,
 };
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
 
 use crate::groups::GroupRegistry;
 use crate::registry::Registry;
+use crate::storage::LogReader;
+use crate::storage::batch;
 
 /// Labels of the per-group series. Bounded: a broker holds at most `MAX_GROUPS` groups.
 const GROUP_LABELS: &[&str] = &["topic", "group"];
+/// Labels of the per-group, per-partition series.
+const GROUP_PARTITION_LABELS: &[&str] = &["topic", "group", "partition"];
+/// Labels of the per-topic series. Bounded by `max_topics`.
+const TOPIC_LABELS: &[&str] = &["topic"];
 
 /// Latency buckets in seconds: 50 µs to 5 s, roughly ×2 apart, so an fsync (~0.1–0.4 ms)
 /// and a loopback round trip both land in distinct buckets.
@@ -45,6 +60,11 @@ pub struct Metrics {
     /// Group partition positions found past their log's end and brought down to it.
     group_offsets_reset: IntCounter,
     groups: GroupMetrics,
+    topic_series: TopicMetrics,
+    grpc_errors: GrpcErrors,
+    /// `process_*` (CPU, memory, file descriptors, threads) under their standard names,
+    /// which dashboards expect: a registry without the `herald_` prefix.
+    process: PromRegistry,
     /// Held while refreshing and gathering, so concurrent scrapes never see each other's
     /// half-refreshed values.
     scrape: Mutex<()>,
@@ -61,6 +81,8 @@ struct GroupMetrics {
     dead_letters: IntCounterVec,
     lag: IntGaugeVec,
     members: IntGaugeVec,
+    partition_lag: IntGaugeVec,
+    oldest_unacked_age: prometheus::GaugeVec,
 }
 
 impl GroupMetrics {
@@ -98,6 +120,22 @@ impl GroupMetrics {
                 "Messages not yet done: sum over partitions of end offset minus committed offset",
             ),
             members: gauge("group_members", "Members connected to the group"),
+            partition_lag: IntGaugeVec::new(
+                Opts::new(
+                    "group_partition_lag",
+                    "Messages of the partition not yet done by the group: end offset minus committed offset",
+                ),
+                GROUP_PARTITION_LABELS,
+            )
+            .expect("valid metric"),
+            oldest_unacked_age: prometheus::GaugeVec::new(
+                Opts::new(
+                    "group_oldest_unacked_age_seconds",
+                    "Age (now minus publish time) of the partition's oldest message the group has not acked; 0 when none is left",
+                ),
+                GROUP_PARTITION_LABELS,
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -111,6 +149,8 @@ impl GroupMetrics {
             Box::new(self.dead_letters.clone()),
             Box::new(self.lag.clone()),
             Box::new(self.members.clone()),
+            Box::new(self.partition_lag.clone()),
+            Box::new(self.oldest_unacked_age.clone()),
         ]
     }
 
@@ -130,6 +170,9 @@ impl GroupMetrics {
         }
         self.lag.reset();
         self.members.reset();
+        self.partition_lag.reset();
+        self.oldest_unacked_age.reset();
+        let now_ms = crate::clock::now_ms();
         for group in groups.list(None) {
             let labels = [group.topic_name.as_str(), group.name.as_str()];
             let counts = group.counts();
@@ -139,12 +182,33 @@ impl GroupMetrics {
                 redeliveries += p.redelivered_count;
                 dead_letters += p.dead_lettered_count;
                 // Read after the committed offset, so the end is never behind it.
-                let end = group
+                let reader = group
                     .topic
                     .partitions
                     .get(p.partition.index())
-                    .map_or(0, |partition| partition.reader().high_watermark());
-                lag += end.saturating_sub(p.committed.0);
+                    .map(|partition| partition.reader());
+                let end = reader.map_or(0, LogReader::high_watermark);
+                let partition_lag = end.saturating_sub(p.committed.0);
+                lag += partition_lag;
+                let partition = p.partition.index().to_string();
+                let partition_labels = [labels[0], labels[1], partition.as_str()];
+                self.partition_lag
+                    .with_label_values(&partition_labels)
+                    .set(i64::try_from(partition_lag).unwrap_or(i64::MAX));
+                // The committed offset is the lowest message not done, so its record is
+                // the oldest unacked one. A log cut below it by retention has no age.
+                let age_ms = if partition_lag == 0 {
+                    Some(0)
+                } else {
+                    reader
+                        .and_then(|r| timestamp_at(r, p.committed.0))
+                        .map(|ts| now_ms.saturating_sub(ts).max(0))
+                };
+                if let Some(age_ms) = age_ms {
+                    self.oldest_unacked_age
+                        .with_label_values(&partition_labels)
+                        .set(age_ms as f64 / 1000.0);
+                }
             }
             let values = [
                 counts.deliveries,
@@ -167,10 +231,337 @@ impl GroupMetrics {
     }
 }
 
+/// The timestamp of the record at `offset`, read back from the log (one batch).
+fn timestamp_at(reader: &LogReader, offset: u64) -> Option<i64> {
+    let chunk = reader.read(offset, 1).ok()??;
+    let view = batch::batches(&chunk.bytes).next()?.ok()?;
+    if view.header.base_offset == offset {
+        return Some(view.header.first_timestamp);
+    }
+    view.records()
+        .map_while(Result::ok)
+        .find(|r| r.offset == offset)
+        .map(|r| r.timestamp)
+}
+
+/// Per-topic series: traffic from the topic's own atomics ([`crate::topic::TopicCounters`])
+/// and disk use, both read at scrape time.
+struct TopicMetrics {
+    publish_requests: IntCounterVec,
+    publish_records: IntCounterVec,
+    publish_bytes: IntCounterVec,
+    fetch_records: IntCounterVec,
+    fetch_bytes: IntCounterVec,
+    disk_used: IntGaugeVec,
+    disk_allocated: IntGaugeVec,
+}
+
+impl TopicMetrics {
+    fn new() -> TopicMetrics {
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), TOPIC_LABELS).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), TOPIC_LABELS).expect("valid metric")
+        };
+        TopicMetrics {
+            publish_requests: counter(
+                "topic_publish_requests_total",
+                "Publish requests (batches) stored in the topic",
+            ),
+            publish_records: counter("topic_publish_records_total", "Records stored in the topic"),
+            publish_bytes: counter(
+                "topic_publish_bytes_total",
+                "Batch bytes stored in the topic",
+            ),
+            fetch_records: counter(
+                "topic_fetch_records_total",
+                "Records of the topic sent by Fetch",
+            ),
+            fetch_bytes: counter(
+                "topic_fetch_bytes_total",
+                "Batch bytes of the topic sent by Fetch",
+            ),
+            disk_used: gauge(
+                "topic_disk_used_bytes",
+                "Bytes of records in the topic's segments (committed length, all partitions)",
+            ),
+            disk_allocated: gauge(
+                "topic_disk_allocated_bytes",
+                "Disk blocks allocated to the topic's files (segments, indexes, metadata), in bytes",
+            ),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.publish_requests.clone()),
+            Box::new(self.publish_records.clone()),
+            Box::new(self.publish_bytes.clone()),
+            Box::new(self.fetch_records.clone()),
+            Box::new(self.fetch_bytes.clone()),
+            Box::new(self.disk_used.clone()),
+            Box::new(self.disk_allocated.clone()),
+        ]
+    }
+
+    fn refresh(&self, registry: &Registry, topics: &[Arc<crate::topic::Topic>]) {
+        let counters = [
+            &self.publish_requests,
+            &self.publish_records,
+            &self.publish_bytes,
+            &self.fetch_records,
+            &self.fetch_bytes,
+        ];
+        for vec in counters {
+            vec.reset();
+        }
+        self.disk_used.reset();
+        self.disk_allocated.reset();
+        for topic in topics {
+            let labels = [topic.name()];
+            let c = &topic.counters;
+            let values = [
+                &c.publish_requests,
+                &c.publish_records,
+                &c.publish_bytes,
+                &c.fetch_records,
+                &c.fetch_bytes,
+            ];
+            for (vec, value) in counters.into_iter().zip(values) {
+                vec.with_label_values(&labels)
+                    .inc_by(value.load(Ordering::Relaxed));
+            }
+            let used: u64 = topic
+                .partitions
+                .iter()
+                .map(|p| p.reader().size_bytes())
+                .sum();
+            self.disk_used
+                .with_label_values(&labels)
+                .set(i64::try_from(used).unwrap_or(i64::MAX));
+            let allocated = allocated_bytes(&registry.topic_dir(topic.name()));
+            self.disk_allocated
+                .with_label_values(&labels)
+                .set(i64::try_from(allocated).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Bytes of disk allocated to the files under `dir` (`st_blocks` × 512, the unit POSIX
+/// gives it in), so preallocated but unwritten segment space counts and holes do not.
+/// Files that vanish meanwhile (retention, a delete) are skipped.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += allocated_bytes(&entry.path());
+        } else {
+            total += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
+/// gRPC status code names, indexed by code, as the `code` label shows them.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// `herald_grpc_errors_total{code}`: every error status the server sent, whichever service
+/// or route answered. The counters are resolved once, so counting is one atomic add.
+#[derive(Clone)]
+pub struct GrpcErrors {
+    by_code: Arc<[IntCounter]>,
+}
+
+impl GrpcErrors {
+    fn new(vec: &IntCounterVec) -> GrpcErrors {
+        GrpcErrors {
+            by_code: GRPC_CODES
+                .iter()
+                .map(|code| vec.with_label_values(&[code]))
+                .collect(),
+        }
+    }
+
+    /// Counts the status in `grpc-status`, if the headers hold one and it is an error.
+    fn count(&self, headers: &http::HeaderMap) -> bool {
+        let Some(code) = headers.get("grpc-status") else {
+            return false;
+        };
+        let code = code
+            .to_str()
+            .ok()
+            .and_then(|c| c.parse::<usize>().ok())
+            // A code outside the table is still an error: count it as UNKNOWN.
+            .map_or(2, |c| if c < GRPC_CODES.len() { c } else { 2 });
+        if code != 0 {
+            self.by_code[code].inc();
+        }
+        true
+    }
+}
+
+/// The tower layer that counts the status of every gRPC response into [`GrpcErrors`]:
+/// from the headers of a trailers-only response (most errors), else from the trailers at
+/// the end of the body (a stream that ends in an error).
+#[derive(Clone)]
+pub struct StatusCountLayer {
+    errors: GrpcErrors,
+}
+
+impl StatusCountLayer {
+    pub fn new(metrics: &Metrics) -> StatusCountLayer {
+        StatusCountLayer {
+            errors: metrics.grpc_errors.clone(),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for StatusCountLayer {
+    type Service = StatusCounted<S>;
+
+    fn layer(&self, inner: S) -> StatusCounted<S> {
+        StatusCounted {
+            inner,
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StatusCounted<S> {
+    inner: S,
+    errors: GrpcErrors,
+}
+
+impl<S> Service<http::Request<Body>> for StatusCounted<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let response = self.inner.call(request);
+        let errors = self.errors.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            if errors.count(response.headers()) {
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                Body::new(CountedBody {
+                    inner: body,
+                    errors: Some(errors),
+                })
+            }))
+        })
+    }
+}
+
+/// A response body whose trailers are counted as they pass.
+struct CountedBody {
+    inner: Body,
+    /// Taken when the trailers are counted.
+    errors: Option<GrpcErrors>,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+            && let Some(errors) = self.errors.take()
+        {
+            errors.count(trailers);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = PromRegistry::new_custom(Some("herald".into()), None).expect("valid prefix");
+        let grpc_errors = IntCounterVec::new(
+            Opts::new(
+                "grpc_errors_total",
+                "gRPC responses with an error status, by status code",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1; the labels say which build of the broker is running",
+            ),
+            &["version", "profile"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                },
+            ])
+            .set(1);
+        let process = PromRegistry::new();
+        #[cfg(target_os = "linux")]
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
         let m = Metrics {
+            grpc_errors: GrpcErrors::new(&grpc_errors),
+            topic_series: TopicMetrics::new(),
+            process,
             publish_requests: IntCounterVec::new(
                 Opts::new(
                     "publish_requests_total",
@@ -259,15 +650,32 @@ impl Metrics {
         ]
         .into_iter()
         .chain(m.groups.collectors())
-        {
+        .chain(m.topic_series.collectors())
+        .chain([
+            Box::new(grpc_errors) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info),
+        ]) {
             m.registry.register(c).expect("metric names are unique");
         }
         Arc::new(m)
     }
 
-    /// The text exposition, after refreshing the values read from the registry.
-    pub fn render(&self, registry: &Registry, groups: &GroupRegistry) -> String {
+    /// The text exposition, after refreshing the values read from the registry. Before
+    /// the data directory is loaded (`loaded` is `None`) only the series that do not
+    /// depend on it are filled in.
+    pub fn render(&self, loaded: Option<(&Registry, &GroupRegistry)>) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((registry, groups)) = loaded {
+            self.refresh(registry, groups);
+        }
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn refresh(&self, registry: &Registry, groups: &GroupRegistry) {
         let topics = registry.list();
         self.topics.set(topics.len() as i64);
         self.damaged_topics.set(registry.damaged().len() as i64);
@@ -293,28 +701,102 @@ impl Metrics {
         self.group_task_failures.inc_by(groups.task_failures());
         self.group_offsets_reset.reset();
         self.group_offsets_reset.inc_by(groups.offsets_reset());
+        self.topic_series.refresh(registry, &topics);
         self.groups.refresh(groups);
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Where the broker is in its life, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Opening the data directory: recovering partitions, loading groups.
+    Loading = 0,
+    /// Topics and groups loaded, gRPC listening.
+    Ready = 1,
+    /// Shutting down: no new connections.
+    Stopping = 2,
+}
+
+/// What the operator's endpoint reads: the phase, and the registries once loaded.
+pub struct Ops {
+    phase: AtomicU8,
+    loaded: OnceLock<(Arc<Registry>, Arc<GroupRegistry>)>,
+}
+
+impl Ops {
+    pub fn new() -> Arc<Ops> {
+        Arc::new(Ops {
+            phase: AtomicU8::new(Phase::Loading as u8),
+            loaded: OnceLock::new(),
+        })
+    }
+
+    pub fn loaded(&self, registry: Arc<Registry>, groups: Arc<GroupRegistry>) {
+        let _ = self.loaded.set((registry, groups));
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Loading,
+            1 => Phase::Ready,
+            _ => Phase::Stopping,
+        }
+    }
+}
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`
+/// resolves. It starts before the data directory is opened, so a supervisor sees the
+/// process alive (`/healthz`) while a long recovery runs, and not ready (`/readyz`) until
+/// it is done.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
-    groups: Arc<GroupRegistry>,
+    ops: Arc<Ops>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (metrics, registry, groups) = (metrics.clone(), registry.clone(), groups.clone());
-            async move { metrics.render(&registry, &groups) }
-        }),
-    );
+    use axum::http::StatusCode;
+    let ready_ops = ops.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (metrics, ops) = (metrics.clone(), ops.clone());
+                async move {
+                    // Reading disk use walks the data directory: off the runtime's threads.
+                    tokio::task::spawn_blocking(move || {
+                        let loaded = ops.loaded.get().map(|(r, g)| (&**r, &**g));
+                        metrics.render(loaded)
+                    })
+                    .await
+                    .unwrap_or_default()
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let phase = ready_ops.phase();
+                async move {
+                    match phase {
+                        Phase::Ready => (StatusCode::OK, "ready\n"),
+                        Phase::Loading => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: loading topics and groups\n",
+                        ),
+                        Phase::Stopping => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: shutting down\n",
+                        ),
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

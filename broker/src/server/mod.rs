@@ -68,6 +68,30 @@ impl Broker {
         policy: Policy,
     ) -> Result<Broker> {
         config.validate()?;
+        let metrics = Metrics::new();
+        let ops = metrics::Ops::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // The operator's endpoint comes up first, so `/healthz` answers during recovery.
+        // If the start fails below, `stop_tx` is dropped, which ends it.
+        let metrics_addr = if serve_metrics {
+            let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+                .await
+                .map_err(|e| BrokerError::io(format!("binding {}", config.metrics_listen), e))?;
+            let metrics_addr = listener.local_addr().ok();
+            let mut stop = stop_rx.clone();
+            let (m, o) = (metrics.clone(), ops.clone());
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(error) = metrics::serve(listener, m, o, shutdown).await {
+                    tracing::error!(%error, "metrics endpoint failed");
+                }
+            });
+            metrics_addr
+        } else {
+            None
+        };
         let registry_config = config.clone();
         let registry = tokio::task::spawn_blocking(move || Registry::open(registry_config))
             .await
@@ -90,39 +114,23 @@ impl Broker {
         let addr = listener
             .local_addr()
             .map_err(|e| BrokerError::io("reading the listen address", e))?;
-        let metrics = Metrics::new();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let metrics_addr = if serve_metrics {
-            let listener = tokio::net::TcpListener::bind(config.metrics_listen)
-                .await
-                .map_err(|e| BrokerError::io(format!("binding {}", config.metrics_listen), e))?;
-            let metrics_addr = listener.local_addr().ok();
-            let mut stop = stop_rx.clone();
-            let (m, r, g) = (metrics.clone(), registry.clone(), groups.clone());
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(error) = metrics::serve(listener, m, r, g, shutdown).await {
-                    tracing::error!(%error, "metrics endpoint failed");
-                }
-            });
-            metrics_addr
-        } else {
-            None
-        };
+        ops.loaded(registry.clone(), groups.clone());
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<HeraldServer<HeraldService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| {
-                BrokerError::io("building the reflection service", std::io::Error::other(e))
-            })?;
+        // Reflection in both versions: v1, and v1alpha, the only one that grpcurl before
+        // 1.9, grpc-js and Python's grpc_requests speak.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_error =
+            |e| BrokerError::io("building the reflection service", std::io::Error::other(e));
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+        let reflection = reflection().build_v1().map_err(reflection_error)?;
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
         groups.start();
         // The generated server, with Subscribe's responses written by the route itself.
@@ -144,10 +152,13 @@ impl Broker {
         );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server_registry = registry.clone();
+        let server_ops = ops.clone();
+        let status_counts = metrics::StatusCountLayer::new(&metrics);
         let task = tokio::spawn(async move {
             let signal = async move {
                 let _ = shutdown_rx.await;
                 tracing::info!("shutting down: no new connections; finishing in-flight requests");
+                server_ops.set_phase(metrics::Phase::Stopping);
                 let _ = stop_tx.send(true);
                 health_reporter
                     .set_not_serving::<HeraldServer<HeraldService>>()
@@ -159,11 +170,14 @@ impl Broker {
                 .max_frame_size(Some(HTTP2_MAX_FRAME))
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                // Outermost, so refusals by the policy are counted too.
+                .layer(status_counts)
                 // The one place for rules that hold for every RPC (see `policy`).
                 .layer(policy::PolicyLayer::new(policy, message_max))
                 .add_service(herald)
                 .add_service(health_service)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await;
             if let Err(error) = &served {
@@ -183,6 +197,8 @@ impl Broker {
             served.map_err(|e| BrokerError::io("serving gRPC", std::io::Error::other(e)))?;
             closed
         });
+        // The listener is bound and the server task owns it: connections are accepted.
+        ops.set_phase(metrics::Phase::Ready);
         tracing::info!(%addr, metrics = %metrics::describe(metrics_addr), data_dir = %config.data_dir.display(), "herald is serving");
         Ok(Broker {
             addr,

@@ -160,7 +160,7 @@ impl HeraldService {
             let partition = topic.pick_partition(request.partition, placement)?;
             let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
             let committed = partition.enqueue(batch).await?;
-            Ok::<_, BrokerError>((id, records, bytes, committed))
+            Ok::<_, BrokerError>((id, records, bytes, committed, topic.clone()))
         }
         .await;
         let metrics = self.metrics.clone();
@@ -171,7 +171,7 @@ impl HeraldService {
                 .publish_latency
                 .observe(started.elapsed().as_secs_f64());
         };
-        let (partition, records, bytes, committed) = match queued {
+        let (partition, records, bytes, committed, topic) = match queued {
             Ok(q) => q,
             Err(e) => {
                 count(false);
@@ -185,6 +185,7 @@ impl HeraldService {
             let appended = appended?;
             metrics.publish_records.inc_by(u64::from(records));
             metrics.publish_bytes.inc_by(bytes as u64);
+            topic.counters.published(u64::from(records), bytes as u64);
             Ok(v1::PublishResponse {
                 partition,
                 base_offset: appended.base_offset,
@@ -639,7 +640,7 @@ impl v1::herald_server::Herald for HeraldService {
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let _topic = topic; // keeps the partition alive while the stream runs
+            // Holding the topic keeps the partition alive while the stream runs.
             let mut at = start;
             let mut sent_any = false;
             let mut waited = false;
@@ -682,7 +683,7 @@ impl v1::herald_server::Herald for HeraldService {
                             range,
                             r.raw_batches,
                             record_bytes_max,
-                            &metrics,
+                            (&metrics, &topic.counters),
                             reader.start_offset(),
                         );
                         at = response.next_offset;
@@ -998,7 +999,7 @@ fn build_fetch_response(
     wanted: std::ops::Range<u64>,
     raw: bool,
     record_bytes_max: usize,
-    metrics: &Metrics,
+    (metrics, topic): (&Metrics, &crate::topic::TopicCounters),
     log_start_offset: u64,
 ) -> v1::FetchResponse {
     let mut response = v1::FetchResponse {
@@ -1053,5 +1054,6 @@ fn build_fetch_response(
     }
     metrics.fetch_records.inc_by(records);
     metrics.fetch_bytes.inc_by(chunk.bytes.len() as u64);
+    topic.fetched(records, chunk.bytes.len() as u64);
     response
 }
