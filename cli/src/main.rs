@@ -3,6 +3,7 @@
 //! `commands`.
 
 mod commands;
+mod security;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,15 @@ enum Command {
     /// Inspect a partition log directory directly (offline: no broker may be using it).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Bearer tokens: make one and the hash the broker's configuration keeps.
+    #[command(subcommand)]
+    Auth(security::AuthCommand),
+    /// The ACL rules of a broker's ACL file.
+    #[command(subcommand)]
+    Acl(security::AclCommand),
+    /// Make a CA and certificates for TLS (servers and clients), for a quick setup.
+    #[command(subcommand)]
+    Cert(security::CertCommand),
     #[command(flatten)]
     Client(commands::ClientCommand),
 }
@@ -65,6 +75,21 @@ struct ServeArgs {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "HERALD_LOG_JSON")]
     log_json: bool,
+    /// The server certificate chain (PEM): TLS on, with --tls-key.
+    #[arg(long = "tls-cert", env = "HERALD_TLS_CERT")]
+    tls_cert_file: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    #[arg(long = "tls-key", env = "HERALD_TLS_KEY")]
+    tls_key_file: Option<PathBuf>,
+    /// CA (PEM) client certificates must chain to: mutual TLS, and authentication on.
+    #[arg(long = "tls-client-ca", env = "HERALD_TLS_CLIENT_CA")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// The ACL file, read again on SIGHUP (see README "Security").
+    #[arg(long, env = "HERALD_ACL_FILE")]
+    acl_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS (refused otherwise).
+    #[arg(long, env = "HERALD_INSECURE")]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -89,7 +114,16 @@ impl ServeArgs {
             segment_bytes,
             max_message_bytes
         );
+        macro_rules! set_some {
+            ($($field:ident),*) => {$(
+                if let Some(v) = self.$field.clone() {
+                    config.$field = Some(v);
+                }
+            )*};
+        }
+        set_some!(tls_cert_file, tls_key_file, tls_client_ca_file, acl_file);
         config.log_json |= self.log_json;
+        config.insecure |= self.insecure;
         config.validate()?;
         Ok(config)
     }
@@ -191,6 +225,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             init_logging(false);
             log_command(command)
         }
+        Command::Auth(command) => security::auth(command),
+        Command::Acl(command) => security::acl(command),
+        Command::Cert(command) => security::cert(command),
         Command::Client(command) => commands::run(command),
     }
 }
@@ -247,7 +284,8 @@ fn log_command(command: LogCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the broker until SIGTERM or SIGINT, then shuts down gracefully.
+/// Runs the broker until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reads the
+/// TLS certificates and the ACL file again.
 fn serve(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -259,10 +297,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // instead of killing the process halfway through its start.
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let broker = Broker::start(config, true).await?;
-        tokio::select! {
-            _ = sigint.recv() => tracing::info!("SIGINT received"),
-            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => {
+                    tracing::info!("SIGINT received");
+                    break;
+                }
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM received");
+                    break;
+                }
+                _ = sighup.recv() => {
+                    tracing::info!("SIGHUP received: reloading TLS certificates and the ACL file");
+                    if let Err(error) = broker.reload() {
+                        tracing::error!(%error, "reload failed; what was in force stays");
+                    }
+                }
+            }
         }
         broker.shutdown().await?;
         tracing::info!("stopped cleanly");

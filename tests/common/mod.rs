@@ -200,10 +200,16 @@ pub fn fetch_request(topic: &str, partition: u32, start: v1::position::Kind) -> 
 }
 
 /// Runs a non-follow fetch and collects every response until the stream ends.
-pub async fn fetch_responses(
-    client: &mut HeraldClient<Channel>,
+pub async fn fetch_responses<T>(
+    client: &mut HeraldClient<T>,
     request: v1::FetchRequest,
-) -> Result<Vec<v1::FetchResponse>, tonic::Status> {
+) -> Result<Vec<v1::FetchResponse>, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let mut stream = client.fetch(request).await?.into_inner();
     let mut out = Vec::new();
     while let Some(response) = stream.message().await? {
