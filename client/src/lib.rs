@@ -471,6 +471,8 @@ mod tests {
             tonic::Code::ResourceExhausted,
             tonic::Code::FailedPrecondition,
             tonic::Code::Unavailable,
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
             tonic::Code::Internal,
         ] {
             let error = Error::from(tonic::Status::new(code, "why"));

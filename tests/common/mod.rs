@@ -3,6 +3,8 @@
 //! `client_*` tests).
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::path::Path;
 
 use herald_broker::config::{Config, FsyncSetting};
@@ -251,6 +253,11 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
+    http_response(raw)
+}
+
+/// The status code and body of a whole HTTP/1.1 response.
+pub fn http_response(raw: Vec<u8>) -> (u16, String) {
     let text = String::from_utf8(raw).expect("a UTF-8 HTTP response");
     let (head, body) = text
         .split_once("\r\n\r\n")
