@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{TokenEntry, Tokens};
 use crate::storage::{self, FsyncPolicy};
 
 /// Largest record (key + value + header names and values) accepted by default. Bigger events belong in an
@@ -89,6 +90,27 @@ pub struct Config {
     pub dedup_window_ms: u64,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
+    /// The server's certificate chain (PEM). With `tls_key_file`, the gRPC and metrics
+    /// listeners speak TLS only; both files are read again on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to: mutual TLS. A
+    /// verified certificate's subject common name is its principal, and authentication
+    /// is on.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With `tls_client_ca_file`: let clients without a certificate connect (they then
+    /// authenticate with a bearer token). Off: the handshake requires one.
+    pub tls_client_cert_optional: bool,
+    /// Serve a listener that is not on a loopback address without TLS. Without it, such a
+    /// configuration is refused at start.
+    pub insecure: bool,
+    /// The ACL file (see `auth::acl`), read at start and again on SIGHUP. Needs
+    /// authentication on; with authentication on and no file, only nothing is allowed.
+    pub acl_file: Option<PathBuf>,
+    /// Bearer tokens, as `herald auth hash-token` prints them: principal and SHA-256. Any
+    /// token turns authentication on. Last: TOML writes tables after plain keys.
+    pub tokens: Vec<TokenEntry>,
 }
 
 /// The fsync policy as written in configuration.
@@ -124,6 +146,13 @@ impl Default for Config {
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
             log_json: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_client_cert_optional: false,
+            insecure: false,
+            acl_file: None,
+            tokens: Vec::new(),
         }
     }
 }
@@ -199,7 +228,55 @@ impl Config {
                 "producer_idle_expiry_ms and max_producers_per_partition must be at least 1".into(),
             );
         }
+        self.validate_security()
+    }
+
+    /// TLS files come in pairs, a client CA needs TLS, an ACL needs authentication, and a
+    /// listener off loopback needs TLS unless `insecure` says otherwise.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid(
+                "tls_cert_file and tls_key_file go together: set both or neither".into(),
+            );
+        }
+        if self.tls_client_ca_file.is_some() && !self.tls_enabled() {
+            return invalid(
+                "tls_client_ca_file needs TLS on (tls_cert_file and tls_key_file)".into(),
+            );
+        }
+        if self.tls_client_cert_optional && self.tls_client_ca_file.is_none() {
+            return invalid("tls_client_cert_optional needs tls_client_ca_file".into());
+        }
+        Tokens::new(&self.tokens).map_err(ConfigError::Invalid)?;
+        if self.acl_file.is_some() && !self.auth_enabled() {
+            return invalid(
+                "acl_file needs authentication on: configure tokens or tls_client_ca_file".into(),
+            );
+        }
+        if !self.tls_enabled() && !self.insecure {
+            for (what, addr) in [
+                ("listen", self.listen),
+                ("metrics_listen", self.metrics_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return invalid(format!(
+                        "{what} = {addr} is not a loopback address and TLS is off: set tls_cert_file and tls_key_file, or insecure = true (--insecure) to serve plaintext anyway"
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the listeners speak TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_key_file.is_some()
+    }
+
+    /// Whether every request must carry a credential (a token or a client certificate).
+    pub fn auth_enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.tls_client_ca_file.is_some()
     }
 
     /// What each partition remembers of idempotent producers.
@@ -253,5 +330,28 @@ mod tests {
         assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
         let bad: Config = toml::from_str("segment_bytes = 10").unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_listener_off_loopback_needs_tls_or_insecure() {
+        let open = |text: &str| toml::from_str::<Config>(text).unwrap().validate();
+        let error = open("listen = \"0.0.0.0:50051\"").unwrap_err().to_string();
+        assert!(error.contains("not a loopback address"), "{error}");
+        assert!(open("metrics_listen = \"10.0.0.1:9464\"").is_err());
+        open("listen = \"0.0.0.0:50051\"\ninsecure = true").unwrap();
+        open("listen = \"[::1]:50051\"").unwrap();
+        open("listen = \"0.0.0.0:50051\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"")
+            .unwrap();
+        assert!(open("tls_cert_file = \"c.pem\"").is_err());
+        assert!(open("tls_client_ca_file = \"ca.pem\"").is_err());
+        assert!(open("acl_file = \"acl.toml\"").is_err());
+        let hash = crate::auth::token::hash("t");
+        let c: Config = toml::from_str(&format!(
+            "acl_file = \"acl.toml\"\n[[tokens]]\nprincipal = \"a\"\nhash = \"{hash}\""
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.auth_enabled());
+        assert!(open("[[tokens]]\nprincipal = \"a\"\nhash = \"sha256:00\"").is_err());
     }
 }

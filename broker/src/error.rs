@@ -177,6 +177,25 @@ pub enum BrokerError {
     #[error(transparent)]
     Storage(#[from] StorageError),
 
+    // Who is asking, and whether they may.
+    /// The request carries no credential the broker accepts: no token or client
+    /// certificate, an unknown token, a malformed `authorization` value. `reason` never
+    /// holds the secret.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    /// The principal is known but no ACL rule lets it do `operation` on `resource`, or a
+    /// rule denies it.
+    #[error(
+        "permission denied: {operation} on {resource} for principal {}",
+        shown(principal)
+    )]
+    PermissionDenied {
+        principal: String,
+        operation: crate::auth::Operation,
+        /// The resource as the message names it, e.g. `topic "orders"`.
+        resource: String,
+    },
+
     // The broker's own failures.
     /// A blocking task (`spawn_blocking`) panicked or was cancelled; `what` is the work it
     /// did, as the message starts.

@@ -6,10 +6,12 @@
 //!   loop, timers, dead letters, delivery to streams, persistence).
 //! - [`server`] — the gRPC service, the metrics endpoint, start and graceful shutdown: the
 //!   only place that knows tonic and the proto types.
+//! - [`auth`] — bearer tokens, client-certificate principals and ACL rules.
 //! - [`config`] — configuration with defaults, TOML, env and flags.
 //! - [`clock`] — the wall clock in milliseconds, for every layer.
 //! - [`meta_file`] — the checksummed form of `topic.toml` and `group.toml`.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;

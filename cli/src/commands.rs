@@ -10,7 +10,10 @@ use std::ffi::OsString;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
@@ -57,6 +60,22 @@ pub struct ClientOpts {
     /// Print one JSON object per line instead of human-readable text.
     #[arg(long, global = true)]
     json: bool,
+    /// Bearer token for a broker with authentication on (sent as `authorization`).
+    #[arg(long, env = "HERALD_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust for the broker's TLS certificate: TLS on
+    /// (`https://` is then assumed when no scheme is given).
+    #[arg(long, env = "HERALD_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --tls-key.
+    #[arg(long, env = "HERALD_CLIENT_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "HERALD_CLIENT_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the broker's certificate must carry, when not the host of --server.
+    #[arg(long, env = "HERALD_TLS_DOMAIN", global = true)]
+    tls_domain: Option<String>,
 }
 
 /// The client subcommands, flattened into the binary's `Command`.
@@ -474,18 +493,36 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
 }
 
 async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+    let tls = opts.tls_ca.is_some() || opts.tls_cert.is_some();
     let url = if opts.server.contains("://") {
         opts.server.clone()
+    } else if tls {
+        format!("https://{}", opts.server)
     } else {
         format!("http://{}", opts.server)
     };
-    let connected = Client::builder(url.clone())
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    let mut builder = Client::builder(url.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         // A command waits as long as its call takes (Ctrl-C ends it), as gRPC tools do.
         .no_request_timeout()
-        .keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-        .connect()
-        .await;
+        .keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+    if let Some(token) = &opts.token {
+        builder = builder.token(token.trim());
+    }
+    if let Some(ca) = &opts.tls_ca {
+        builder = builder.tls_ca_pem(read(ca, "CA certificate")?);
+    }
+    if let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) {
+        builder =
+            builder.tls_identity_pem(read(cert, "client certificate")?, read(key, "client key")?);
+    }
+    if let Some(domain) = &opts.tls_domain {
+        builder = builder.tls_domain(domain.clone());
+    }
+    let connected = builder.connect().await;
     match connected {
         Ok(client) => Ok(client),
         Err(herald_client::Error::InvalidArgument(message)) => {

@@ -3,6 +3,7 @@
 //! `commands`.
 
 mod commands;
+mod security;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,15 @@ enum Command {
     /// Ask a running broker whether it is ready (`/readyz` on its metrics address); exit
     /// 0 if so, 1 otherwise. For container health checks and scripts.
     Health(HealthArgs),
+    /// Bearer tokens: make one and the hash the broker's configuration keeps.
+    #[command(subcommand)]
+    Auth(security::AuthCommand),
+    /// The ACL rules of a broker's ACL file.
+    #[command(subcommand)]
+    Acl(security::AclCommand),
+    /// Make a CA and certificates for TLS (servers and clients), for a quick setup.
+    #[command(subcommand)]
+    Cert(security::CertCommand),
     #[command(flatten)]
     Client(commands::ClientCommand),
 }
@@ -84,6 +94,21 @@ struct ServeArgs {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "HERALD_LOG_JSON")]
     log_json: bool,
+    /// The server certificate chain (PEM): TLS on, with --tls-key.
+    #[arg(long = "tls-cert", env = "HERALD_TLS_CERT")]
+    tls_cert_file: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    #[arg(long = "tls-key", env = "HERALD_TLS_KEY")]
+    tls_key_file: Option<PathBuf>,
+    /// CA (PEM) client certificates must chain to: mutual TLS, and authentication on.
+    #[arg(long = "tls-client-ca", env = "HERALD_TLS_CLIENT_CA")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// The ACL file, read again on SIGHUP (see README "Security").
+    #[arg(long, env = "HERALD_ACL_FILE")]
+    acl_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS (refused otherwise).
+    #[arg(long, env = "HERALD_INSECURE")]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -108,7 +133,16 @@ impl ServeArgs {
             segment_bytes,
             max_message_bytes
         );
+        macro_rules! set_some {
+            ($($field:ident),*) => {$(
+                if let Some(v) = self.$field.clone() {
+                    config.$field = Some(v);
+                }
+            )*};
+        }
+        set_some!(tls_cert_file, tls_key_file, tls_client_ca_file, acl_file);
         config.log_json |= self.log_json;
+        config.insecure |= self.insecure;
         config.validate()?;
         Ok(config)
     }
@@ -273,6 +307,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 _ => Ok(()),
             }
         }
+        Command::Auth(command) => security::auth(command),
+        Command::Acl(command) => security::acl(command),
+        Command::Cert(command) => security::cert(command),
         Command::Client(command) => commands::run(command),
     }
 }
@@ -375,7 +412,8 @@ fn log_command(command: LogCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the broker until SIGTERM or SIGINT, then shuts down gracefully.
+/// Runs the broker until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reads the
+/// TLS certificates and the ACL file again.
 fn serve(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -387,10 +425,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // instead of killing the process halfway through its start.
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let broker = Broker::start(config, true).await?;
-        tokio::select! {
-            _ = sigint.recv() => tracing::info!("SIGINT received"),
-            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => {
+                    tracing::info!("SIGINT received");
+                    break;
+                }
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM received");
+                    break;
+                }
+                _ = sighup.recv() => {
+                    tracing::info!("SIGHUP received: reloading TLS certificates and the ACL file");
+                    if let Err(error) = broker.reload() {
+                        tracing::error!(%error, "reload failed; what was in force stays");
+                    }
+                }
+            }
         }
         broker.shutdown().await?;
         tracing::info!("stopped cleanly");

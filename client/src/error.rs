@@ -42,6 +42,14 @@ pub enum Error {
     /// retries these itself before reporting them.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// `UNAUTHENTICATED`: the broker has authentication on and the call carried no
+    /// credential it accepts (see [`crate::ClientBuilder::token`]).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// `PERMISSION_DENIED`: the caller's principal may not do this; the message names the
+    /// operation and the resource.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Any other gRPC status.
     #[error("broker error ({code:?}): {message}")]
     Status {
@@ -77,6 +85,8 @@ impl Error {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Status { code, .. } => *code,
             Error::Timeout => Code::DeadlineExceeded,
             Error::Transport(_) | Error::Closed | Error::Protocol(_) => return None,
@@ -107,6 +117,8 @@ impl Error {
             | Error::ResourceExhausted(message)
             | Error::FailedPrecondition(message)
             | Error::Unavailable(message)
+            | Error::Unauthenticated(message)
+            | Error::PermissionDenied(message)
             | Error::Status { message, .. }
             | Error::Transport(message)
             | Error::Protocol(message) => message,
@@ -138,6 +150,8 @@ impl From<tonic::Status> for Error {
             Code::ResourceExhausted => Error::ResourceExhausted(message),
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             Code::Unavailable => Error::Unavailable(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
             code => Error::Status { code, message },
         }
     }

@@ -40,6 +40,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use herald_proto::HeraldClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use admin::{
@@ -87,6 +89,40 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> Partition {
     Partition((hash % u64::from(partitions.max(1))) as u32)
 }
 
+/// The generated gRPC client as [`Client::raw`] hands it out: every call carries the
+/// client's credentials.
+pub type RawClient = HeraldClient<InterceptedService<Channel, Credentials>>;
+
+/// What every call of a [`Client`] carries: the bearer token, if one was set
+/// ([`ClientBuilder::token`]), as `authorization: Bearer <token>` metadata.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl fmt::Debug for Credentials {
+    // Never the token itself: a client may be logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// A connection to a Herald broker.
 ///
 /// Cloning is cheap: clones share one HTTP/2 channel, which multiplexes every call.
@@ -100,7 +136,7 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> Partition {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Client {
-    raw: HeraldClient<Channel>,
+    raw: RawClient,
     request_timeout: Option<Duration>,
 }
 
@@ -116,6 +152,23 @@ impl Client {
     /// ```
     pub async fn connect(url: impl Into<String>) -> Result<Client> {
         Client::builder(url).connect().await
+    }
+
+    /// Connects over TLS to the broker at `url` (e.g. `"https://broker.internal:50051"`),
+    /// trusting the CA certificates in `ca_pem` (PEM) and checking the broker's
+    /// certificate names the host of `url`. For a client certificate, a token or another
+    /// server name, use [`ClientBuilder`]'s `tls_*` and [`ClientBuilder::token`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> herald_client::Result<()> {
+    /// let ca = std::fs::read("certs/ca.pem").unwrap();
+    /// let client = herald_client::Client::connect_tls("https://localhost:50051", ca).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub async fn connect_tls(url: impl Into<String>, ca_pem: impl AsRef<[u8]>) -> Result<Client> {
+        Client::builder(url).tls_ca_pem(ca_pem).connect().await
     }
 
     /// A builder to set timeouts (and TLS) before connecting.
@@ -137,6 +190,9 @@ impl Client {
             connect_timeout: Some(Duration::from_secs(5)),
             request_timeout: Some(Duration::from_secs(30)),
             keep_alive: None,
+            token: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -210,7 +266,7 @@ impl Client {
 
     /// The generated gRPC client on this connection, for calls this crate does not wrap
     /// (e.g. `ListPending`).
-    pub fn raw(&self) -> HeraldClient<Channel> {
+    pub fn raw(&self) -> RawClient {
         self.raw.clone()
     }
 
@@ -231,11 +287,9 @@ impl Client {
 
 /// Settings of a [`Client`]'s connection; made by [`Client::builder`].
 ///
-/// TLS: the crate does not enable tonic's TLS features, which pull in native crypto
-/// crates. To connect over TLS, enable tonic's `tls-ring` (or `tls-aws-lc`) feature in
-/// your build and pass a `tonic::transport::ClientTlsConfig` to
-/// `Endpoint::tls_config`, then use [`ClientBuilder::connect_with_endpoint`] with that
-/// endpoint.
+/// TLS needs the crate's `tls` feature (tonic's rustls with ring), off by default so
+/// plaintext users do not compile a TLS stack: then [`ClientBuilder::tls_ca_pem`],
+/// [`ClientBuilder::tls_identity_pem`] (mutual TLS) and [`ClientBuilder::tls_domain`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     url: String,
@@ -243,6 +297,9 @@ pub struct ClientBuilder {
     request_timeout: Option<Duration>,
     /// HTTP/2 ping interval and how long to wait for the answer.
     keep_alive: Option<(Duration, Duration)>,
+    token: Option<String>,
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientBuilder {
@@ -275,7 +332,44 @@ impl ClientBuilder {
         self
     }
 
-    /// The tonic endpoint these settings describe, to customise further (TLS, keep-alive,
+    /// Sends `token` as `authorization: Bearer <token>` with every call, for a broker
+    /// with authentication on (the CLI reads it from `--token` or `HERALD_TOKEN`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Speaks TLS, trusting the CA certificates in `ca_pem` (PEM) for the broker's
+    /// certificate (and only them: the system's roots are not consulted).
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
+        let ca = tonic::transport::Certificate::from_pem(ca_pem);
+        self.tls = Some(self.tls.take().unwrap_or_default().ca_certificate(ca));
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM) to a broker that asks for
+    /// one (mutual TLS); its subject common name is the principal.
+    #[cfg(feature = "tls")]
+    pub fn tls_identity_pem(
+        mut self,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+        self.tls = Some(self.tls.take().unwrap_or_default().identity(identity));
+        self
+    }
+
+    /// Checks the broker's certificate against `name` instead of the URL's host (e.g.
+    /// connecting by IP address to a broker whose certificate names its DNS name).
+    #[cfg(feature = "tls")]
+    pub fn tls_domain(mut self, name: impl Into<String>) -> Self {
+        self.tls = Some(self.tls.take().unwrap_or_default().domain_name(name));
+        self
+    }
+
+    /// The tonic endpoint these settings describe, to customise further (keep-alive,
     /// window sizes) before [`ClientBuilder::connect_with_endpoint`].
     pub fn endpoint(&self) -> Result<Endpoint> {
         let mut endpoint = Endpoint::from_shared(self.url.clone())
@@ -293,6 +387,12 @@ impl ClientBuilder {
                 .http2_keep_alive_interval(interval)
                 .keep_alive_timeout(timeout);
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
+        }
         Ok(endpoint)
     }
 
@@ -305,18 +405,34 @@ impl ClientBuilder {
     /// Connects through `endpoint` (e.g. from [`ClientBuilder::endpoint`] with TLS added),
     /// keeping this builder's request timeout.
     pub async fn connect_with_endpoint(self, endpoint: Endpoint) -> Result<Client> {
+        let credentials = self.credentials()?;
         let channel = endpoint.connect().await?;
-        Ok(self.with_channel(channel))
+        Ok(self.with_channel(channel, credentials))
     }
 
     /// Builds the client without connecting: the connection is made on first use.
     pub fn connect_lazy(self) -> Result<Client> {
+        let credentials = self.credentials()?;
         let channel = self.endpoint()?.connect_lazy();
-        Ok(self.with_channel(channel))
+        Ok(self.with_channel(channel, credentials))
     }
 
-    fn with_channel(self, channel: Channel) -> Client {
-        let raw = HeraldClient::new(channel)
+    fn credentials(&self) -> Result<Credentials> {
+        let authorization = match &self.token {
+            None => None,
+            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(
+                |_| {
+                    Error::InvalidArgument(
+                        "the token holds characters a gRPC header cannot carry".into(),
+                    )
+                },
+            )?),
+        };
+        Ok(Credentials { authorization })
+    }
+
+    fn with_channel(self, channel: Channel, credentials: Credentials) -> Client {
+        let raw = HeraldClient::with_interceptor(channel, credentials)
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
         Client {
@@ -357,6 +473,8 @@ mod tests {
             tonic::Code::ResourceExhausted,
             tonic::Code::FailedPrecondition,
             tonic::Code::Unavailable,
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
             tonic::Code::Internal,
         ] {
             let error = Error::from(tonic::Status::new(code, "why"));

@@ -32,13 +32,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_format::batch::{self, BatchBuilder, ProducerStamp, Record as BatchRecord};
-use herald_proto::HeraldClient;
 use herald_proto::v1;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-use crate::{Client, Error, Offset, Partition, Result, partition_for_key};
+use crate::{Client, Error, Offset, Partition, RawClient, Result, partition_for_key};
 
 /// Most records put in one batch (the broker's default `max_batch_records` is 100 000).
 const MAX_BATCH_RECORDS: u32 = 50_000;
@@ -668,7 +666,7 @@ struct OpenStream {
 /// The background task that owns every batch: it alone touches the partitions' state, so
 /// none of it needs a lock.
 struct Driver {
-    raw: HeraldClient<Channel>,
+    raw: RawClient,
     config: ProducerConfig,
     /// One per partition, made on the first record (when the count is known).
     parts: Vec<PartitionState>,
@@ -713,7 +711,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(raw: HeraldClient<Channel>, config: ProducerConfig, retries: Arc<AtomicU64>) -> Driver {
+    fn new(raw: RawClient, config: ProducerConfig, retries: Arc<AtomicU64>) -> Driver {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let config_idempotent = config.idempotent;
         Driver {

@@ -3,6 +3,8 @@
 //! `client_*` tests).
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::path::Path;
 
 use herald_broker::config::{Config, FsyncSetting};
@@ -200,10 +202,16 @@ pub fn fetch_request(topic: &str, partition: u32, start: v1::position::Kind) -> 
 }
 
 /// Runs a non-follow fetch and collects every response until the stream ends.
-pub async fn fetch_responses(
-    client: &mut HeraldClient<Channel>,
+pub async fn fetch_responses<T>(
+    client: &mut HeraldClient<T>,
     request: v1::FetchRequest,
-) -> Result<Vec<v1::FetchResponse>, tonic::Status> {
+) -> Result<Vec<v1::FetchResponse>, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let mut stream = client.fetch(request).await?.into_inner();
     let mut out = Vec::new();
     while let Some(response) = stream.message().await? {
@@ -245,6 +253,11 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
+    http_response(raw)
+}
+
+/// The status code and body of a whole HTTP/1.1 response.
+pub fn http_response(raw: Vec<u8>) -> (u16, String) {
     let text = String::from_utf8(raw).expect("a UTF-8 HTTP response");
     let (head, body) = text
         .split_once("\r\n\r\n")

@@ -12,8 +12,10 @@ use herald_proto::v1::{self, position::Kind as PositionKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Status, Streaming};
 
+use super::auth::Access;
 use super::request_limit::Oversized;
 
+use crate::auth::{Operation, Resource};
 use crate::error::BrokerError;
 use crate::group::{
     AckId, DEFAULT_MEMBER_IN_FLIGHT_BYTES, DEFAULT_MEMBER_IN_FLIGHT_MESSAGES, GroupSettings,
@@ -207,8 +209,10 @@ fn describe(group: &Group) -> v1::GroupDescription {
 
 pub async fn create_group(
     groups: &Arc<GroupRegistry>,
+    access: &Access,
     r: v1::CreateGroupRequest,
 ) -> Result<v1::CreateGroupResponse> {
+    access.authorize(Operation::Create, Resource::group(&r.group))?;
     let topic = groups.registry().get(&r.topic)?;
     validate_name("group", &r.group)?;
     let config = resolve_config(groups.registry(), &r.topic, None, r.settings)?;
@@ -223,8 +227,10 @@ pub async fn create_group(
 
 pub async fn update_group(
     groups: &Arc<GroupRegistry>,
+    access: &Access,
     r: v1::UpdateGroupRequest,
 ) -> Result<v1::UpdateGroupResponse> {
+    access.authorize(Operation::Alter, Resource::group(&r.group))?;
     let group = groups.get(&r.topic, &r.group).await?;
     let config = resolve_config(
         groups.registry(),
@@ -246,8 +252,10 @@ pub async fn update_group(
 
 pub async fn delete_group(
     groups: &Arc<GroupRegistry>,
+    access: &Access,
     r: v1::DeleteGroupRequest,
 ) -> Result<v1::DeleteGroupResponse> {
+    access.authorize(Operation::Delete, Resource::group(&r.group))?;
     // Through `get`, so a group of a deleted topic is NOT_FOUND; a damaged group (not
     // loaded) can be deleted, which is how an operator starts it again.
     if !groups.is_damaged(&r.topic, &r.group) {
@@ -259,8 +267,13 @@ pub async fn delete_group(
 
 pub async fn describe_group(
     groups: &Arc<GroupRegistry>,
+    access: &Access,
     r: v1::DescribeGroupRequest,
 ) -> Result<v1::DescribeGroupResponse> {
+    // A group's description shows its topic's partitions, offsets and lag: it takes the
+    // right to describe both.
+    access.authorize(Operation::Describe, Resource::group(&r.group))?;
+    access.authorize(Operation::Describe, Resource::topic(&r.topic))?;
     let group = groups.get(&r.topic, &r.group).await?;
     Ok(v1::DescribeGroupResponse {
         group: Some(describe(&group)),
@@ -269,12 +282,21 @@ pub async fn describe_group(
 
 pub async fn list_groups(
     groups: &Arc<GroupRegistry>,
+    access: &Access,
     r: v1::ListGroupsRequest,
 ) -> Result<v1::ListGroupsResponse> {
+    if let Access::Unmarked = access {
+        access.authorize(Operation::Describe, Resource::cluster())?;
+    }
+    // Only the groups the caller may describe, on topics it may describe.
     Ok(v1::ListGroupsResponse {
         groups: groups
             .list(r.topic.as_deref())
             .iter()
+            .filter(|g| {
+                access.may(Operation::Describe, Resource::group(&g.name))
+                    && access.may(Operation::Describe, Resource::topic(&g.topic_name))
+            })
             .map(|g| v1::GroupSummary {
                 topic: g.topic_name.clone(),
                 group: g.name.clone(),
@@ -284,7 +306,12 @@ pub async fn list_groups(
     })
 }
 
-pub async fn seek(groups: &Arc<GroupRegistry>, r: v1::SeekRequest) -> Result<v1::SeekResponse> {
+pub async fn seek(
+    groups: &Arc<GroupRegistry>,
+    access: &Access,
+    r: v1::SeekRequest,
+) -> Result<v1::SeekResponse> {
+    access.authorize(Operation::Seek, Resource::group(&r.group))?;
     let group = groups.get(&r.topic, &r.group).await?;
     let kind = match r.position {
         None | Some(v1::Position { kind: None }) => {
@@ -326,8 +353,10 @@ pub async fn seek(groups: &Arc<GroupRegistry>, r: v1::SeekRequest) -> Result<v1:
 
 pub async fn list_pending(
     groups: &Arc<GroupRegistry>,
+    access: &Access,
     r: v1::ListPendingRequest,
 ) -> Result<v1::ListPendingResponse> {
+    access.authorize(Operation::Describe, Resource::group(&r.group))?;
     let group = groups.get(&r.topic, &r.group).await?;
     if let Some(partition) = r.partition {
         group.topic.partition(partition)?;
@@ -377,8 +406,13 @@ pub async fn list_pending(
 
 pub async fn redrive(
     groups: &Arc<GroupRegistry>,
+    access: &Access,
     r: v1::RedriveRequest,
 ) -> Result<v1::RedriveResponse> {
+    // Redrive reads the group's dead letters and writes them back to its topic: the
+    // right on both.
+    access.authorize(Operation::Redrive, Resource::group(&r.group))?;
+    access.authorize(Operation::Redrive, Resource::topic(&r.topic))?;
     let group = groups.get(&r.topic, &r.group).await?;
     let redriven_count = groups.redrive(&group, r.max_messages).await?;
     Ok(v1::RedriveResponse { redriven_count })
@@ -485,6 +519,7 @@ fn response(message: Outgoing) -> v1::SubscribeResponse {
 /// Starts a Subscribe stream. `slot` is held until the stream's task ends.
 pub fn subscribe<S: Send + 'static>(
     groups: Arc<GroupRegistry>,
+    access: Access,
     inbound: Streaming<v1::SubscribeRequest>,
     slot: S,
     shutdown: watch::Receiver<bool>,
@@ -495,6 +530,7 @@ pub fn subscribe<S: Send + 'static>(
     let group = Arc::new(OnceLock::new());
     tokio::spawn(run_member(
         groups,
+        access,
         inbound,
         tx,
         shutdown,
@@ -551,8 +587,11 @@ async fn join_group(
     Ok((group, member))
 }
 
+// The member task's inputs, each moved in once at spawn: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn run_member<S>(
     groups: Arc<GroupRegistry>,
+    access: Access,
     mut inbound: Streaming<v1::SubscribeRequest>,
     tx: MemberTx,
     mut shutdown: watch::Receiver<bool>,
@@ -592,6 +631,16 @@ async fn run_member<S>(
             return;
         }
     };
+    // Consuming takes the right on the topic and on the group (a group made by this Join
+    // needs no more). Dead letters are then written by the broker on the group's behalf:
+    // members need no right on the dead-letter topic.
+    let allowed = access
+        .authorize(Operation::Consume, Resource::topic(&join.topic))
+        .and_then(|()| access.authorize(Operation::Consume, Resource::group(&join.group)));
+    if let Err(denied) = allowed {
+        let _ = tx.try_send(Err(denied));
+        return;
+    }
     let (group, member) = match join_group(&groups, join, tx.clone()).await {
         Ok(joined) => joined,
         Err(error) => {

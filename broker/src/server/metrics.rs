@@ -48,6 +48,10 @@ pub struct Metrics {
     pub open_streams: IntGauge,
     /// Ack ids in Ack, Nack and Extend requests that are not ack ids at all (ignored).
     pub malformed_ack_ids: IntCounter,
+    /// Requests and TLS handshakes refused for want of a valid credential, by reason.
+    pub auth_failures: IntCounterVec,
+    /// Authenticated requests refused by the ACL.
+    pub auth_denied: IntCounter,
     topics: IntGauge,
     /// Topics not loaded because their metadata or a partition log is damaged (see `registry`).
     damaged_topics: IntGauge,
@@ -593,6 +597,19 @@ impl Metrics {
                 "Malformed ack ids received on Subscribe streams (ignored)",
             )
             .expect("valid metric"),
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "auth_failures_total",
+                    "Requests refused as UNAUTHENTICATED and failed TLS handshakes, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            auth_denied: IntCounter::new(
+                "auth_denied_total",
+                "Authenticated requests refused as PERMISSION_DENIED by the ACL",
+            )
+            .expect("valid metric"),
             topics: IntGauge::new("topics", "Topics").expect("valid metric"),
             damaged_topics: IntGauge::new(
                 "damaged_topics",
@@ -639,6 +656,8 @@ impl Metrics {
             Box::new(m.fetch_bytes.clone()),
             Box::new(m.open_streams.clone()),
             Box::new(m.malformed_ack_ids.clone()),
+            Box::new(m.auth_failures.clone()),
+            Box::new(m.auth_denied.clone()),
             Box::new(m.topics.clone()),
             Box::new(m.damaged_topics.clone()),
             Box::new(m.partitions.clone()),
@@ -753,12 +772,15 @@ impl Ops {
 /// resolves. It starts before the data directory is opened, so a supervisor sees the
 /// process alive (`/healthz`) while a long recovery runs, and not ready (`/readyz`) until
 /// it is done.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     metrics: Arc<Metrics>,
     ops: Arc<Ops>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     use axum::http::StatusCode;
     let ready_ops = ops.clone();
     let app = axum::Router::new()

@@ -1,6 +1,7 @@
 //! Starting and stopping the broker: the gRPC server (Herald, health, reflection), the
 //! metrics endpoint, and graceful shutdown. The only module that knows tonic.
 
+mod auth;
 mod connections;
 mod groups;
 mod metrics;
@@ -9,6 +10,7 @@ mod request_limit;
 mod service;
 mod status;
 mod subscribe_route;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+pub use auth::{Access, Authenticator};
 pub use metrics::Metrics;
 pub use policy::{Check, Policy};
 pub use service::{FETCH_MAX_BYTES_CAP, HeraldService};
@@ -49,6 +52,9 @@ pub struct Broker {
     /// The metrics address, if metrics are served.
     pub metrics_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
+    /// TLS configurations and the authenticator, for `reload`.
+    tls: Option<Arc<tls::Tls>>,
+    auth: Option<Arc<Authenticator>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -70,9 +76,16 @@ impl Broker {
         config.validate()?;
         let metrics = Metrics::new();
         let ops = metrics::Ops::new();
+        let tls = tls::Tls::from_config(&config)?.map(Arc::new);
+        let auth = Authenticator::from_config(
+            &config,
+            metrics.auth_failures.clone(),
+            metrics.auth_denied.clone(),
+        )?;
         let (stop_tx, stop_rx) = watch::channel(false);
         // The operator's endpoint comes up first, so `/healthz` answers during recovery.
-        // If the start fails below, `stop_tx` is dropped, which ends it.
+        // If the start fails below, `stop_tx` is dropped, which ends it. Under TLS it
+        // speaks HTTPS with the gRPC port's certificate.
         let metrics_addr = if serve_metrics {
             let listener = tokio::net::TcpListener::bind(config.metrics_listen)
                 .await
@@ -80,14 +93,31 @@ impl Broker {
             let metrics_addr = listener.local_addr().ok();
             let mut stop = stop_rx.clone();
             let (m, o) = (metrics.clone(), ops.clone());
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(error) = metrics::serve(listener, m, o, shutdown).await {
-                    tracing::error!(%error, "metrics endpoint failed");
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            match &tls {
+                Some(tls) => {
+                    let https = tls::HttpsListener::new(
+                        listener,
+                        tls.http.clone(),
+                        metrics.auth_failures.clone(),
+                    )
+                    .map_err(|e| BrokerError::io("reading the metrics address", e))?;
+                    tokio::spawn(async move {
+                        if let Err(error) = metrics::serve(https, m, o, shutdown).await {
+                            tracing::error!(%error, "metrics endpoint failed");
+                        }
+                    });
                 }
-            });
+                None => {
+                    tokio::spawn(async move {
+                        if let Err(error) = metrics::serve(listener, m, o, shutdown).await {
+                            tracing::error!(%error, "metrics endpoint failed");
+                        }
+                    });
+                }
+            }
             metrics_addr
         } else {
             None
@@ -154,6 +184,10 @@ impl Broker {
         let server_registry = registry.clone();
         let server_ops = ops.clone();
         let status_counts = metrics::StatusCountLayer::new(&metrics);
+        let policy = policy.with_auth(auth.clone());
+        let grpc_tls = tls
+            .as_ref()
+            .map(|t| (t.grpc.clone(), metrics.auth_failures.clone()));
         let task = tokio::spawn(async move {
             let signal = async move {
                 let _ = shutdown_rx.await;
@@ -164,7 +198,7 @@ impl Broker {
                     .set_not_serving::<HeraldServer<HeraldService>>()
                     .await;
             };
-            let served = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
                 .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
                 .max_frame_size(Some(HTTP2_MAX_FRAME))
@@ -177,9 +211,18 @@ impl Broker {
                 .add_service(herald)
                 .add_service(health_service)
                 .add_service(reflection)
-                .add_service(reflection_v1alpha)
-                .serve_with_incoming_shutdown(incoming, signal)
-                .await;
+                .add_service(reflection_v1alpha);
+            let served = match grpc_tls {
+                Some((config, failures)) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tls::accept(incoming, config, failures),
+                            signal,
+                        )
+                        .await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, signal).await,
+            };
             if let Err(error) = &served {
                 tracing::error!(%error, "gRPC server failed");
             }
@@ -199,14 +242,30 @@ impl Broker {
         });
         // The listener is bound and the server task owns it: connections are accepted.
         ops.set_phase(metrics::Phase::Ready);
-        tracing::info!(%addr, metrics = %metrics::describe(metrics_addr), data_dir = %config.data_dir.display(), "herald is serving");
+        tracing::info!(%addr, metrics = %metrics::describe(metrics_addr), data_dir = %config.data_dir.display(), tls = tls.is_some(), authentication = auth.is_some(), "herald is serving");
         Ok(Broker {
             addr,
             metrics_addr,
             registry,
+            tls,
+            auth,
             shutdown: Some(shutdown_tx),
             task,
         })
+    }
+
+    /// Reads the TLS certificate, key and client CA files and the ACL file again (what
+    /// SIGHUP does). New connections handshake with the new certificates; open ones keep
+    /// theirs. Each part that fails to load keeps what is in force and is reported.
+    pub fn reload(&self) -> Result<()> {
+        let tls = self.tls.as_ref().map_or(Ok(()), |tls| tls.reload());
+        let acl = self.auth.as_ref().map_or(Ok(()), |auth| auth.reload_acl());
+        tls.and(acl)
+    }
+
+    /// The ACL rules in force, when authentication is on.
+    pub fn acl(&self) -> Option<Arc<crate::auth::Acl>> {
+        self.auth.as_ref().map(|auth| auth.acl())
     }
 
     /// Stops accepting, answers in-flight requests, ends open streams with UNAVAILABLE,

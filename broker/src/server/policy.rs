@@ -7,8 +7,10 @@
 //! silently not apply to it. Rules that must hold for every RPC therefore live here, as a
 //! tower layer installed once on the tonic server in front of all its services: the
 //! request size limit (`request_limit`) and the [`Policy`] checks, which see the method's
-//! path, metadata and connection info of each request before any service does. This is
-//! where authentication and authorisation go.
+//! path, metadata and connection info of each request before any service does.
+//! Authentication happens here too (`auth`): every request leaves the layer with an
+//! [`Access`] in its extensions, which the handlers authorise against, or is answered
+//! UNAUTHENTICATED.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -19,6 +21,7 @@ use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::{Request, Status};
 
+use super::auth::{Access, Authenticator};
 use super::request_limit;
 
 /// A check run on every request: the method's path (`/herald.v1.Herald/Publish`) and the
@@ -30,6 +33,8 @@ pub type Check = Arc<dyn Fn(&str, &Request<()>) -> Result<(), Status> + Send + S
 #[derive(Clone, Default)]
 pub struct Policy {
     checks: Vec<Check>,
+    /// Set when authentication is on.
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Policy {
@@ -42,11 +47,21 @@ impl Policy {
         self
     }
 
+    pub(super) fn with_auth(mut self, auth: Option<Arc<Authenticator>>) -> Policy {
+        self.auth = auth;
+        self
+    }
+
     fn check(
         &self,
         path: &str,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
     ) -> Result<http::request::Parts, Status> {
+        let access = match &self.auth {
+            None => Access::Open,
+            Some(auth) => auth.authenticate(path, &parts)?,
+        };
+        parts.extensions.insert(access);
         if self.checks.is_empty() {
             return Ok(parts);
         }

@@ -15,8 +15,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Access;
 use super::metrics::Metrics;
 use super::request_limit::{Oversized, OversizedRequests};
+use crate::auth::{Operation, Resource};
 use crate::clock::now_ms;
 use crate::config::FsyncSetting;
 use crate::error::{BrokerError, Limit};
@@ -425,7 +427,9 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         self.check_running()?;
+        let access = Access::of(&request);
         let r = request.into_inner();
+        access.authorize(Operation::Create, Resource::topic(&r.name))?;
         let settings = settings_from_proto(r.config)?;
         let registry = self.registry.clone();
         let topic = blocking(move || registry.create(&r.name, r.partitions, settings)).await?;
@@ -439,7 +443,9 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         self.check_running()?;
+        let access = Access::of(&request);
         let name = request.into_inner().name;
+        access.authorize(Operation::Delete, Resource::topic(&name))?;
         let registry = self.registry.clone();
         blocking(move || registry.delete(&name)).await?;
         Ok(Response::new(v1::DeleteTopicResponse {}))
@@ -447,13 +453,19 @@ impl v1::herald_server::Herald for HeraldService {
 
     async fn list_topics(
         &self,
-        _request: Request<v1::ListTopicsRequest>,
+        request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        // Only the topics the caller may describe: a principal learns no other's names.
+        let access = Access::of(&request);
+        if let Access::Unmarked = access {
+            access.authorize(Operation::Describe, Resource::cluster())?;
+        }
         Ok(Response::new(v1::ListTopicsResponse {
             topics: self
                 .registry
                 .list()
                 .iter()
+                .filter(|t| access.may(Operation::Describe, Resource::topic(t.name())))
                 .map(|t| v1::TopicSummary {
                     name: t.name().to_owned(),
                     partition_count: t.meta.partitions,
@@ -466,7 +478,10 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
-        let topic = self.registry.get(&request.into_inner().name)?;
+        let access = Access::of(&request);
+        let name = request.into_inner().name;
+        access.authorize(Operation::Describe, Resource::topic(&name))?;
+        let topic = self.registry.get(&name)?;
         Ok(Response::new(v1::DescribeTopicResponse {
             topic: Some(describe(&topic)),
         }))
@@ -477,7 +492,10 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         self.check_running()?;
-        let committed = self.publish_enqueue(request.into_inner()).await?;
+        let access = Access::of(&request);
+        let publish = request.into_inner();
+        access.authorize(Operation::Publish, Resource::topic(&publish.topic))?;
+        let committed = self.publish_enqueue(publish).await?;
         Ok(Response::new(committed.await?))
     }
 
@@ -486,6 +504,9 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
         self.check_running()?;
+        // Producer ids are the broker's, not a topic's: a principal that may publish to
+        // some topic may ask for one (as Kafka lets any topic writer be idempotent).
+        Access::of(&request).authorize(Operation::Publish, Resource::any_topic())?;
         let name = request.into_inner().producer_name;
         let registry = self.registry.clone();
         let (producer_id, epoch) = blocking(move || {
@@ -505,6 +526,10 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<Streaming<v1::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let access = Access::of(&request);
+        if let Access::Unmarked = access {
+            access.authorize(Operation::Publish, Resource::cluster())?;
+        }
         let slot = self.open_stream(&request)?;
         // Requests above the size limit arrive as stand-ins (`publish` unset) reported
         // here, in order; see `request_limit`.
@@ -564,9 +589,14 @@ impl v1::herald_server::Herald for HeraldService {
                                             _ => Err(BrokerError::InvalidRequest("the request carries no `publish`".into())),
                                         }
                                     }
-                                    // Waits here while the partition is full: the stream
-                                    // stops reading, and HTTP/2 flow control pushes back.
-                                    Some(publish) => service.publish_enqueue(publish).await,
+                                    // Each publish names its topic: authorised one by one,
+                                    // a refusal answering that publish alone.
+                                    Some(publish) => match access.authorize(Operation::Publish, Resource::topic(&publish.topic)) {
+                                        // Waits here while the partition is full: the stream
+                                        // stops reading, and HTTP/2 flow control pushes back.
+                                        Ok(()) => service.publish_enqueue(publish).await,
+                                        Err(denied) => Err(denied),
+                                    },
                                 };
                                 let reply: PendingReply = match queued {
                                     Ok(committed) => Box::pin(async move { (sequence, committed.await) }),
@@ -611,6 +641,8 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
+        Access::of(&request)
+            .authorize(Operation::Fetch, Resource::topic(&request.get_ref().topic))?;
         let slot = self.open_stream(&request)?;
         let r = request.into_inner();
         let topic = self.registry.get(&r.topic)?;
@@ -762,7 +794,8 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::CreateGroupRequest>,
     ) -> Result<Response<v1::CreateGroupResponse>, Status> {
         self.check_running()?;
-        super::groups::create_group(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::create_group(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -773,7 +806,8 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::UpdateGroupRequest>,
     ) -> Result<Response<v1::UpdateGroupResponse>, Status> {
         self.check_running()?;
-        super::groups::update_group(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::update_group(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -784,7 +818,8 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::DeleteGroupRequest>,
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
         self.check_running()?;
-        super::groups::delete_group(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::delete_group(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -794,7 +829,8 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
-        super::groups::describe_group(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::describe_group(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -804,7 +840,8 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
-        super::groups::list_groups(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::list_groups(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -815,7 +852,8 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::SeekRequest>,
     ) -> Result<Response<v1::SeekResponse>, Status> {
         self.check_running()?;
-        super::groups::seek(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::seek(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -825,7 +863,8 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<v1::ListPendingRequest>,
     ) -> Result<Response<v1::ListPendingResponse>, Status> {
-        super::groups::list_pending(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::list_pending(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -836,7 +875,8 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::RedriveRequest>,
     ) -> Result<Response<v1::RedriveResponse>, Status> {
         self.check_running()?;
-        super::groups::redrive(&self.groups, request.into_inner())
+        let access = Access::of(&request);
+        super::groups::redrive(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -859,9 +899,14 @@ impl HeraldService {
         &self,
         request: Request<Streaming<v1::SubscribeRequest>>,
     ) -> Result<BoxStream<v1::SubscribeResponse>, BrokerError> {
+        let access = Access::of(&request);
+        if let Access::Unmarked = access {
+            access.authorize(Operation::Consume, Resource::cluster())?;
+        }
         let slot = self.open_stream(&request)?;
         Ok(super::groups::subscribe(
             self.groups.clone(),
+            access,
             request.into_inner(),
             slot,
             self.shutdown.clone(),

@@ -70,6 +70,8 @@ fn status_of(error: BrokerError) -> Status {
         | BrokerError::GroupRestarted { .. } => Status::unavailable(message),
         BrokerError::PublishStreamIdle { .. } => Status::deadline_exceeded(message),
         BrokerError::CompressionUnsupported { .. } => Status::unimplemented(message),
+        BrokerError::Unauthenticated { .. } => Status::unauthenticated(message),
+        BrokerError::PermissionDenied { .. } => Status::permission_denied(message),
         BrokerError::Group(e) => group_status(e, message),
         BrokerError::Storage(e) => storage_status(e),
         BrokerError::TaskFailed { .. } | BrokerError::Io { .. } => {
@@ -185,9 +187,11 @@ mod tests {
             BrokerError::TaskFailed { .. } => 28,
             BrokerError::Io { .. } => 29,
             BrokerError::ProducersDamaged { .. } => 30,
+            BrokerError::Unauthenticated { .. } => 31,
+            BrokerError::PermissionDenied { .. } => 32,
         }
     }
-    const BROKER_VARIANTS: usize = 31;
+    const BROKER_VARIANTS: usize = 33;
 
     fn group_variant(error: &GroupError) -> usize {
         match error {
@@ -416,6 +420,22 @@ mod tests {
                 limit(Limit::NamedProducers, 100_001, 100_000),
                 Code::ResourceExhausted,
                 "the broker already keeps its maximum of 100000 named producers; use anonymous producers (no name) for short-lived processes",
+            ),
+            (
+                BrokerError::Unauthenticated {
+                    reason: "no bearer token or client certificate".into(),
+                },
+                Code::Unauthenticated,
+                "unauthenticated: no bearer token or client certificate",
+            ),
+            (
+                BrokerError::PermissionDenied {
+                    principal: "orders".into(),
+                    operation: crate::auth::Operation::Publish,
+                    resource: crate::auth::Resource::topic("payments").to_string(),
+                },
+                Code::PermissionDenied,
+                "permission denied: publish on topic \"payments\" for principal \"orders\"",
             ),
             (
                 BrokerError::ProducersDamaged {
