@@ -828,3 +828,54 @@ where
 pub fn describe(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "disabled".into(), |a| format!("http://{a}/metrics"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+        (status, body)
+    }
+
+    /// Before the data directory is loaded (a long recovery), the endpoint already says
+    /// the process is alive and not ready, and serves the metrics that need no registry.
+    #[tokio::test]
+    async fn alive_and_not_ready_while_loading_then_ready_then_stopping() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ops = Ops::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Metrics::new(), ops.clone(), async {
+            let _ = stopped.await;
+        }));
+        assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
+        let (status, body) = get(addr, "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready: loading topics and groups\n")
+        );
+        let (status, metrics) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(metrics.contains("herald_build_info{"), "{metrics}");
+        assert!(
+            !metrics.contains("herald_topic_disk_used_bytes{"),
+            "{metrics}"
+        );
+
+        ops.set_phase(Phase::Ready);
+        assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+        ops.set_phase(Phase::Stopping);
+        let (status, body) = get(addr, "/readyz").await;
+        assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+}
