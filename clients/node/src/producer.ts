@@ -71,6 +71,13 @@ export interface ProducerOptions {
   batchRecords?: number;
   /** How long a batch waits for more records (default 5 ms; 0 = send what was queued in the same tick). */
   lingerMs?: number;
+  /**
+   * Adaptive batching (default true): a batch for a partition with nothing queued or in flight
+   * goes at the end of the current tick instead of after `lingerMs`, so a low rate costs a round
+   * trip rather than the linger; records arriving while a batch is in flight batch behind it.
+   * False: every batch waits `lingerMs` (or fills).
+   */
+  sendWhenIdle?: boolean;
   /** Bytes of records held (buffered or in flight) at most; `send` waits beyond (default 32 MiB). */
   maxBufferedBytes?: number;
   /** Batches in flight at most, across partitions (default 16); a partition never has more than one. */
@@ -215,6 +222,7 @@ export class Producer {
       batchBytes: options.batchBytes ?? 512 * 1024,
       batchRecords: options.batchRecords ?? 10_000,
       lingerMs: options.lingerMs ?? 5,
+      sendWhenIdle: options.sendWhenIdle ?? true,
       maxBufferedBytes: options.maxBufferedBytes ?? 32 * 1024 * 1024,
       maxInFlight: options.maxInFlight ?? 16,
       maxRetries: options.maxRetries ?? 10,
@@ -374,7 +382,7 @@ export class Producer {
       const settled = new Promise<HeraldError | undefined>((r) => (settle = r));
       batch = { partition, records: [], entries: [], bytes: 0, openedAt: Date.now(), attempts: 0, notBefore: 0, settled, settle };
       this.open.set(partition, batch);
-      this.schedulePump(this.o.lingerMs);
+      this.schedulePump(this.o.sendWhenIdle && this.idle(partition) ? 0 : this.o.lingerMs);
     }
     batch.records.push(record);
     batch.entries.push(entry);
@@ -392,6 +400,11 @@ export class Producer {
     queue.push(batch);
     // Keyless records stick to one partition per batch, so they form full batches.
     if (partition === this.sticky % (this.partitions ?? 1)) this.sticky++;
+  }
+
+  /** Nothing of `partition` is queued or in flight. */
+  private idle(partition: number): boolean {
+    return !this.busy.has(partition) && !this.sealed.get(partition)?.length;
   }
 
   /** Runs `pump` after `ms` (coalesced: the earliest request wins). */
@@ -425,8 +438,8 @@ export class Producer {
     // partition keeps filling its batch instead of queueing small ones.
     for (const [partition, batch] of this.open) {
       const due = batch.openedAt + this.o.lingerMs;
-      if (due <= now || this.closing) {
-        if (!this.busy.has(partition) && !this.sealed.get(partition)?.length) this.seal(partition, batch);
+      if (due <= now || this.closing || (this.o.sendWhenIdle && this.idle(partition))) {
+        if (this.idle(partition)) this.seal(partition, batch);
       } else {
         next = Math.min(next, due);
       }

@@ -366,3 +366,34 @@ test('a record over the topic limit is refused alone, without failing its batch'
   assert.equal((await before.acked).offset, 0n);
   assert.equal((await after.acked).offset, 1n);
 });
+
+test('adaptive batching: a record for an idle partition goes at once, whatever the linger', async () => {
+  const topic = name('adaptive');
+  await admin.createTopic(topic, 1);
+  // A linger far beyond the test's bound: a record that waited for it would fail the test.
+  const producer = client.producer(topic, { lingerMs: 600_000 });
+  for (let i = 0; i < 3; i++) {
+    const { acked: ack } = await producer.send({ value: `r${i}` });
+    const acked = await Promise.race([
+      ack,
+      sleep(30_000).then(() => assert.fail('the record waited for the linger')),
+    ]);
+    assert.equal(acked.offset, BigInt(i));
+  }
+  // Records sent together while a batch is in flight are batched behind it and all acked,
+  // in order, without a flush.
+  const sent = [];
+  for (let i = 0; i < 2_000; i++) sent.push((await producer.send({ value: `b${i}` })).acked);
+  const acks = await Promise.all(sent);
+  acks.forEach((a, i) => assert.equal(a.offset, BigInt(3 + i)));
+  await producer.close();
+
+  const fixed = client.producer(topic, { lingerMs: 600_000, sendWhenIdle: false });
+  let acked = false;
+  const pending = (await fixed.send({ value: 'waits' })).acked.then(() => (acked = true));
+  await sleep(300);
+  assert.equal(acked, false, 'a fixed linger holds the record');
+  await fixed.flush();
+  await pending;
+  await fixed.close();
+});
