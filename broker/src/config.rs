@@ -89,6 +89,10 @@ pub struct Config {
     pub dedup_window_ms: u64,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
+    /// Cluster mode (`[cluster]`): unset, the broker is a single node and never runs
+    /// consensus. See `cluster::ClusterSettings`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// The fsync policy as written in configuration.
@@ -124,6 +128,7 @@ impl Default for Config {
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
             log_json: false,
+            cluster: None,
         }
     }
 }

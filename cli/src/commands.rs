@@ -56,7 +56,7 @@ pub struct ClientOpts {
     server: String,
     /// Print one JSON object per line instead of human-readable text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The client subcommands, flattened into the binary's `Command`.
@@ -362,7 +362,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     let url = if opts.server.contains("://") {
         opts.server.clone()
     } else {

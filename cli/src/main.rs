@@ -2,6 +2,7 @@
 //! plus the client commands (`topic`, `publish`, `fetch`, `consume`, `group`) in
 //! `commands`.
 
+mod cluster;
 mod commands;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
     Log(LogCommand),
     #[command(flatten)]
     Client(commands::ClientCommand),
+    /// Show the cluster as the node at --server sees it.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +69,8 @@ struct ServeArgs {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "HERALD_LOG_JSON")]
     log_json: bool,
+    #[command(flatten)]
+    cluster: cluster::ServeClusterArgs,
 }
 
 impl ServeArgs {
@@ -90,6 +96,7 @@ impl ServeArgs {
             max_message_bytes
         );
         config.log_json |= self.log_json;
+        config.cluster = self.cluster.settings(config.cluster.take())?;
         config.validate()?;
         Ok(config)
     }
@@ -192,6 +199,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             log_command(command)
         }
         Command::Client(command) => commands::run(command),
+        Command::Cluster(command) => cluster::run(command),
     }
 }
 

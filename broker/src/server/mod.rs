@@ -1,6 +1,7 @@
 //! Starting and stopping the broker: the gRPC server (Herald, health, reflection), the
 //! metrics endpoint, and graceful shutdown. The only module that knows tonic.
 
+mod cluster_status;
 mod connections;
 mod groups;
 mod metrics;
@@ -49,6 +50,8 @@ pub struct Broker {
     /// The metrics address, if metrics are served.
     pub metrics_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
+    /// Cluster mode's node, when the broker runs in a cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -123,16 +126,21 @@ impl Broker {
             .map_err(|e| {
                 BrokerError::io("building the reflection service", std::io::Error::other(e))
             })?;
+        // Cluster mode only: a single node never starts openraft.
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                Some(crate::cluster::Cluster::start(settings, registry.clone()).await?)
+            }
+            None => None,
+        };
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
         groups.start();
         // The generated server, with Subscribe's responses written by the route itself.
         let herald = subscribe_route::SubscribeRoute::new(
-            Arc::new(HeraldService::new(
-                registry.clone(),
-                groups.clone(),
-                metrics.clone(),
-                stop_rx,
-            )),
+            Arc::new(
+                HeraldService::new(registry.clone(), groups.clone(), metrics.clone(), stop_rx)
+                    .with_cluster(cluster.clone(), addr),
+            ),
             message_max,
             message_max.max(FETCH_MAX_BYTES_CAP + REQUEST_OVERHEAD_BYTES),
         );
@@ -144,6 +152,7 @@ impl Broker {
         );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server_registry = registry.clone();
+        let server_cluster = cluster.clone();
         let task = tokio::spawn(async move {
             let signal = async move {
                 let _ = shutdown_rx.await;
@@ -169,6 +178,9 @@ impl Broker {
             if let Err(error) = &served {
                 tracing::error!(%error, "gRPC server failed");
             }
+            if let Some(cluster) = &server_cluster {
+                cluster.shutdown().await;
+            }
             // Every request has been answered: persist every group's state, then flush and
             // checkpoint every partition.
             let closed = tokio::task::spawn_blocking(move || {
@@ -188,6 +200,7 @@ impl Broker {
             addr,
             metrics_addr,
             registry,
+            cluster,
             shutdown: Some(shutdown_tx),
             task,
         })
