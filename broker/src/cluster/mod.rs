@@ -48,10 +48,10 @@ pub use types::{MetaCommand, MetaResponse, MetaState, NodeAddr, NodeId, Refusal,
 /// The directory under the data dir that holds the metadata group's files.
 pub const CLUSTER_DIR: &str = "cluster";
 /// Leader heartbeats. With the election timeout below, a follower notices a dead leader
-/// within about a second and a half, and an idle group wakes a few times a second.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 150;
+/// within about a second, and an idle group wakes ten times a second.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// A follower that hears no heartbeat for a random time in this range stands for election.
-pub const ELECTION_TIMEOUT_MS: (u64, u64) = (750, 1500);
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1000);
 /// How long a metadata change (create or delete a topic) may take, forwarding and
 /// elections included, before the caller gets UNAVAILABLE.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
