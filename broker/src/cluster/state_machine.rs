@@ -363,7 +363,7 @@ impl RaftStateMachine<MetaTypes> for StateMachine {
             state
                 .topics
                 .values()
-                .filter(|t| t.hosted_by(self.node_id) && old.get(&t.name) != Some(&t))
+                .filter(|t| t.hosted_by(self.node_id) && old.get(&t.name) != Some(t))
                 .map(|t| Local::Create(t.clone())),
         );
         self.state = state;
