@@ -552,4 +552,20 @@ mod tests {
         };
         assert!(settings.members().is_err());
     }
+
+    #[test]
+    fn the_configuration_file_takes_a_cluster_table() {
+        let config: crate::config::Config = toml::from_str(
+            "listen = \"127.0.0.1:50052\"\n[cluster]\nnode_id = 2\npeer_listen = \"127.0.0.1:7002\"\ninitial_members = \"1=127.0.0.1:50051@127.0.0.1:7001,2=127.0.0.1:50052@127.0.0.1:7002\"\n",
+        )
+        .unwrap();
+        let cluster = config.cluster.clone().expect("cluster settings");
+        assert_eq!(cluster.node_id, 2);
+        assert_eq!(cluster.members().unwrap().len(), 2);
+        // And it writes back as it was read.
+        let again: crate::config::Config =
+            toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+        assert!(crate::config::Config::default().cluster.is_none());
+    }
 }
