@@ -278,6 +278,33 @@ async fn a_topic_created_on_a_follower_reaches_every_node_with_its_placement() {
         );
     }
 
+    // A consumer group reads its node's logs: refused on a node that does not serve
+    // every partition, naming one that serves a partition it lacks.
+    let refused = client
+        .create_group(v1::CreateGroupRequest {
+            topic: "orders".into(),
+            group: "g".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code_of(refused), Code::FailedPrecondition);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(v1::SubscribeRequest {
+        request: Some(v1::subscribe_request::Request::Join(common::join(
+            "orders", "g", None,
+        ))),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = stream.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("served by node"), "{status:?}");
+
     client
         .delete_topic(v1::DeleteTopicRequest {
             name: "orders".into(),

@@ -47,11 +47,13 @@ pub use types::{MetaCommand, MetaResponse, MetaState, NodeAddr, NodeId, Refusal,
 
 /// The directory under the data dir that holds the metadata group's files.
 pub const CLUSTER_DIR: &str = "cluster";
-/// Leader heartbeats. With the election timeout below, a follower notices a dead leader
-/// within about a second, and an idle group wakes ten times a second.
+/// Leader heartbeats: an idle group wakes ten times a second.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
-/// A follower that hears no heartbeat for a random time in this range stands for election.
-pub const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1000);
+/// openraft's election timeout range. A follower stands for election once it has heard
+/// no leader for its leader lease (the range's maximum) plus a random time in the range:
+/// 0.9 to 1.2 s here, so a new leader is in place within about 1.5 s of a leader's death
+/// (see README, "Cluster").
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (300, 600);
 /// How long a metadata change (create or delete a topic) may take, forwarding and
 /// elections included, before the caller gets UNAVAILABLE.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);

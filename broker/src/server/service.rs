@@ -791,6 +791,9 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::CreateGroupRequest>,
     ) -> Result<Response<v1::CreateGroupResponse>, Status> {
         self.check_running()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check_topic(&request.get_ref().topic)?;
+        }
         super::groups::create_group(&self.groups, request.into_inner())
             .await
             .map(Response::new)
@@ -906,6 +909,7 @@ impl HeraldService {
             slot,
             self.shutdown.clone(),
             self.metrics.malformed_ack_ids.clone(),
+            self.cluster.clone(),
         ))
     }
 }
