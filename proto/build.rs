@@ -12,8 +12,13 @@ const PROTOS: &[&str] = &[
     "proto/herald/v1/fetch.proto",
     "proto/herald/v1/groups.proto",
     "proto/herald/v1/subscribe.proto",
+    "proto/herald/v1/cluster.proto",
     "proto/herald/v1/herald.proto",
 ];
+
+/// The node-to-node protocol, compiled into its own module and descriptor set: it is not
+/// part of the public API and is not served by reflection.
+const PEER_PROTOS: &[&str] = &["proto/herald/peer/v1/peer.proto"];
 
 /// Import root: files import each other as `herald/v1/<name>.proto`.
 const INCLUDE_DIR: &str = "proto";
@@ -35,6 +40,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         .file_descriptor_set_path(out_dir.join("herald_v1_descriptor.bin"))
         .compile_protos(PROTOS, &[INCLUDE_DIR])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .bytes(".")
+        .file_descriptor_set_path(out_dir.join("herald_peer_v1_descriptor.bin"))
+        .compile_protos(PEER_PROTOS, &[INCLUDE_DIR])?;
 
     println!("cargo:rerun-if-changed={INCLUDE_DIR}");
     Ok(())

@@ -111,6 +111,10 @@ pub struct Config {
     /// Bearer tokens, as `herald auth hash-token` prints them: principal and SHA-256. Any
     /// token turns authentication on. Last: TOML writes tables after plain keys.
     pub tokens: Vec<TokenEntry>,
+    /// Cluster mode (`[cluster]`): unset, the broker is a single node and never runs
+    /// consensus. See `cluster::ClusterSettings`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// The fsync policy as written in configuration.
@@ -153,6 +157,7 @@ impl Default for Config {
             insecure: false,
             acl_file: None,
             tokens: Vec::new(),
+            cluster: None,
         }
     }
 }

@@ -153,9 +153,27 @@ pub enum BrokerError {
     )]
     ProducersDamaged { path: PathBuf, reason: String },
 
+    /// In cluster mode, a partition another node serves: until partitions are
+    /// replicated only that node holds its records.
+    #[error(
+        "partition {partition} of topic {} is served by node {node} at {address}, not by this node ({this}): send its publishes and reads there",
+        shown(topic)
+    )]
+    NotPartitionHome {
+        topic: String,
+        partition: u32,
+        node: u64,
+        address: String,
+        this: u64,
+    },
+
     // Try again later (or elsewhere).
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// In cluster mode, the metadata group could not take a change (no leader, no
+    /// quorum); the message says what was seen.
+    #[error("{0}")]
+    ClusterUnavailable(String),
     /// A publish reached a partition being closed (its topic deleted, or shutdown).
     #[error("the partition is closing")]
     PartitionClosing,

@@ -10,9 +10,12 @@
 //! - [`config`] — configuration with defaults, TOML, env and flags.
 //! - [`clock`] — the wall clock in milliseconds, for every layer.
 //! - [`meta_file`] — the checksummed form of `topic.toml` and `group.toml`.
+//! - [`cluster`] — cluster mode: the metadata group on openraft and the peer transport;
+//!   unused by a single node.
 
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod group;

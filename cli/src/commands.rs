@@ -59,7 +59,7 @@ pub struct ClientOpts {
     server: String,
     /// Print one JSON object per line instead of human-readable text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// Bearer token for a broker with authentication on (sent as `authorization`).
     #[arg(long, env = "HERALD_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -492,7 +492,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     let tls = opts.tls_ca.is_some() || opts.tls_cert.is_some();
     let url = if opts.server.contains("://") {
         opts.server.clone()

@@ -2,6 +2,7 @@
 //! plus the client commands (`topic`, `publish`, `fetch`, `consume`, `group`) in
 //! `commands`.
 
+mod cluster;
 mod commands;
 mod security;
 
@@ -53,6 +54,9 @@ enum Command {
     Cert(security::CertCommand),
     #[command(flatten)]
     Client(commands::ClientCommand),
+    /// Show the cluster as the node at --server sees it.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(clap::Args)]
@@ -109,6 +113,8 @@ struct ServeArgs {
     /// Serve a non-loopback address without TLS (refused otherwise).
     #[arg(long, env = "HERALD_INSECURE")]
     insecure: bool,
+    #[command(flatten)]
+    cluster: cluster::ServeClusterArgs,
 }
 
 impl ServeArgs {
@@ -143,6 +149,7 @@ impl ServeArgs {
         set_some!(tls_cert_file, tls_key_file, tls_client_ca_file, acl_file);
         config.log_json |= self.log_json;
         config.insecure |= self.insecure;
+        config.cluster = self.cluster.settings(config.cluster.take())?;
         config.validate()?;
         Ok(config)
     }
@@ -311,6 +318,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Acl(command) => security::acl(command),
         Command::Cert(command) => security::cert(command),
         Command::Client(command) => commands::run(command),
+        Command::Cluster(command) => cluster::run(command),
     }
 }
 

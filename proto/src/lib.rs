@@ -17,6 +17,14 @@ pub mod v1 {
     tonic::include_proto!("herald.v1");
 }
 
+/// The node-to-node protocol, package `herald.peer.v1`: the `Peer` service that carries
+/// the consensus engine's messages between the nodes of a cluster. Not part of the public
+/// API.
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+pub mod peer {
+    tonic::include_proto!("herald.peer.v1");
+}
+
 pub use v1::herald_client::HeraldClient;
 pub use v1::herald_server::{Herald, HeraldServer, SERVICE_NAME};
 
@@ -25,6 +33,11 @@ pub use v1::herald_server::{Herald, HeraldServer, SERVICE_NAME};
 /// `register_encoded_file_descriptor_set`) so generic tools can discover the API.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/herald_v1_descriptor.bin"));
+
+/// The encoded descriptor set of `herald.peer.v1`, kept apart from
+/// [`FILE_DESCRIPTOR_SET`] so reflection never advertises the peer protocol.
+pub const PEER_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/herald_peer_v1_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {
@@ -113,6 +126,7 @@ mod tests {
             "fetch",
             "groups",
             "subscribe",
+            "cluster",
             "herald",
         ] {
             let path = format!("herald/v1/{name}.proto");
@@ -141,6 +155,27 @@ mod tests {
     /// field, oneof, enum, enum value, service and RPC must carry a leading comment.
     #[test]
     fn every_element_is_documented() {
+        assert_documented(&descriptor_set());
+    }
+
+    /// The peer protocol is held to the same rule as the public API.
+    #[test]
+    fn every_peer_element_is_documented() {
+        let set = FileDescriptorSet::decode(PEER_FILE_DESCRIPTOR_SET).expect("decodes");
+        assert!(
+            set.file
+                .iter()
+                .any(|file| file.name() == "herald/peer/v1/peer.proto")
+        );
+        assert!(
+            set.file
+                .iter()
+                .all(|file| file.package() == "herald.peer.v1")
+        );
+        assert_documented(&set);
+    }
+
+    fn assert_documented(set: &FileDescriptorSet) {
         // Field numbers of `FileDescriptorProto`, `DescriptorProto`, `EnumDescriptorProto`
         // and `ServiceDescriptorProto` that `SourceCodeInfo` paths are built from.
         const FILE_MESSAGE: i32 = 4;
@@ -201,7 +236,7 @@ mod tests {
         }
 
         let mut undocumented = Vec::new();
-        for file in &descriptor_set().file {
+        for file in &set.file {
             let mut paths = Vec::new();
             for (i, message) in file.message_type.iter().enumerate() {
                 message_paths(&[FILE_MESSAGE, index(i)], message, &mut paths);

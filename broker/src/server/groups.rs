@@ -524,6 +524,7 @@ pub fn subscribe<S: Send + 'static>(
     slot: S,
     shutdown: watch::Receiver<bool>,
     malformed_ack_ids: prometheus::IntCounter,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>> {
     let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
     let (gone_tx, gone_rx) = oneshot::channel();
@@ -536,7 +537,7 @@ pub fn subscribe<S: Send + 'static>(
         shutdown,
         gone_rx,
         group.clone(),
-        (slot, malformed_ack_ids),
+        (slot, malformed_ack_ids, cluster),
     ));
     Box::pin(MemberStream {
         rx,
@@ -597,7 +598,11 @@ async fn run_member<S>(
     mut shutdown: watch::Receiver<bool>,
     mut gone: oneshot::Receiver<()>,
     shared: Arc<OnceLock<Arc<Group>>>,
-    (_slot, malformed_ack_ids): (S, prometheus::IntCounter),
+    (_slot, malformed_ack_ids, cluster): (
+        S,
+        prometheus::IntCounter,
+        Option<Arc<crate::cluster::Cluster>>,
+    ),
 ) {
     use v1::subscribe_request::Request;
     let idle = groups.registry().config().idle_stream_timeout();
@@ -639,6 +644,11 @@ async fn run_member<S>(
         .and_then(|()| access.authorize(Operation::Consume, Resource::group(&join.group)));
     if let Err(denied) = allowed {
         let _ = tx.try_send(Err(denied));
+        return;
+    }
+    // In cluster mode a group reads this node's logs, so it must serve every partition.
+    if let Some(Err(error)) = cluster.map(|c| c.check_topic(&join.topic)) {
+        let _ = tx.try_send(Err(error));
         return;
     }
     let (group, member) = match join_group(&groups, join, tx.clone()).await {

@@ -2,6 +2,7 @@
 //! metrics endpoint, and graceful shutdown. The only module that knows tonic.
 
 mod auth;
+mod cluster_status;
 mod connections;
 mod groups;
 mod metrics;
@@ -55,6 +56,8 @@ pub struct Broker {
     /// TLS configurations and the authenticator, for `reload`.
     tls: Option<Arc<tls::Tls>>,
     auth: Option<Arc<Authenticator>>,
+    /// Cluster mode's node, when the broker runs in a cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -161,16 +164,21 @@ impl Broker {
             |e| BrokerError::io("building the reflection service", std::io::Error::other(e));
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
         let reflection = reflection().build_v1().map_err(reflection_error)?;
+        // Cluster mode only: a single node never starts openraft.
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                Some(crate::cluster::Cluster::start(settings, registry.clone()).await?)
+            }
+            None => None,
+        };
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
         groups.start();
         // The generated server, with Subscribe's responses written by the route itself.
         let herald = subscribe_route::SubscribeRoute::new(
-            Arc::new(HeraldService::new(
-                registry.clone(),
-                groups.clone(),
-                metrics.clone(),
-                stop_rx,
-            )),
+            Arc::new(
+                HeraldService::new(registry.clone(), groups.clone(), metrics.clone(), stop_rx)
+                    .with_cluster(cluster.clone(), addr),
+            ),
             message_max,
             message_max.max(FETCH_MAX_BYTES_CAP + REQUEST_OVERHEAD_BYTES),
         );
@@ -188,6 +196,7 @@ impl Broker {
         let grpc_tls = tls
             .as_ref()
             .map(|t| (t.grpc.clone(), metrics.auth_failures.clone()));
+        let server_cluster = cluster.clone();
         let task = tokio::spawn(async move {
             let signal = async move {
                 let _ = shutdown_rx.await;
@@ -226,6 +235,9 @@ impl Broker {
             if let Err(error) = &served {
                 tracing::error!(%error, "gRPC server failed");
             }
+            if let Some(cluster) = &server_cluster {
+                cluster.shutdown().await;
+            }
             // Every request has been answered: persist every group's state, then flush and
             // checkpoint every partition.
             let closed = tokio::task::spawn_blocking(move || {
@@ -249,6 +261,7 @@ impl Broker {
             registry,
             tls,
             auth,
+            cluster,
             shutdown: Some(shutdown_tx),
             task,
         })

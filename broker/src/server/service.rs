@@ -1,6 +1,7 @@
 //! The `herald.v1.Herald` gRPC service: admin, publish and fetch; the group RPCs are in
 //! `groups`.
 
+use crate::cluster::Cluster;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -56,6 +57,10 @@ pub struct HeraldService {
     /// The broker-wide budget, in bytes, for responses produced ahead of HTTP/2 flow
     /// control (`response_buffer_bytes`); see [`response_cost`].
     response_budget: Arc<Semaphore>,
+    /// Cluster mode; `None` on a single node, which then never consults it.
+    cluster: Option<Arc<Cluster>>,
+    /// The gRPC address clients reach this broker at, for ClusterStatus.
+    client_addr: Option<SocketAddr>,
 }
 
 /// Counts a stream against its connection's limit until dropped.
@@ -92,7 +97,17 @@ impl HeraldService {
             response_budget,
             shutdown,
             streams: Arc::new(DashMap::new()),
+            cluster: None,
+            client_addr: None,
         }
+    }
+
+    /// Serves in cluster mode when `cluster` is set; `client_addr` is the address the
+    /// broker is bound to.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>, client_addr: SocketAddr) -> Self {
+        self.cluster = cluster;
+        self.client_addr = Some(client_addr);
+        self
     }
 
     fn check_running(&self) -> Result<(), BrokerError> {
@@ -160,6 +175,9 @@ impl HeraldService {
             // the partition whose window remembers it.
             let placement = batch.first_key().or(batch.first_msg_id());
             let partition = topic.pick_partition(request.partition, placement)?;
+            if let Some(cluster) = &self.cluster {
+                cluster.check_partition(topic.name(), partition.id)?;
+            }
             let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
             let committed = partition.enqueue(batch).await?;
             Ok::<_, BrokerError>((id, records, bytes, committed, topic.clone()))
@@ -349,7 +367,7 @@ impl From<FsyncSetting> for v1::FsyncPolicy {
     }
 }
 
-fn describe(topic: &Topic) -> v1::TopicDescription {
+pub(super) fn describe(topic: &Topic) -> v1::TopicDescription {
     let s = &topic.settings;
     v1::TopicDescription {
         name: topic.name().to_owned(),
@@ -431,6 +449,11 @@ impl v1::herald_server::Herald for HeraldService {
         let r = request.into_inner();
         access.authorize(Operation::Create, Resource::topic(&r.name))?;
         let settings = settings_from_proto(r.config)?;
+        if let Some(cluster) = &self.cluster {
+            let topic =
+                super::cluster_status::create_topic(cluster, &self.registry, r, settings).await?;
+            return Ok(Response::new(topic));
+        }
         let registry = self.registry.clone();
         let topic = blocking(move || registry.create(&r.name, r.partitions, settings)).await?;
         Ok(Response::new(v1::CreateTopicResponse {
@@ -446,6 +469,10 @@ impl v1::herald_server::Herald for HeraldService {
         let access = Access::of(&request);
         let name = request.into_inner().name;
         access.authorize(Operation::Delete, Resource::topic(&name))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.delete_topic(&name).await?;
+            return Ok(Response::new(v1::DeleteTopicResponse {}));
+        }
         let registry = self.registry.clone();
         blocking(move || registry.delete(&name)).await?;
         Ok(Response::new(v1::DeleteTopicResponse {}))
@@ -647,6 +674,9 @@ impl v1::herald_server::Herald for HeraldService {
         let r = request.into_inner();
         let topic = self.registry.get(&r.topic)?;
         let partition = topic.partition(r.partition)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check_partition(&r.topic, r.partition)?;
+        }
         let reader = partition.reader().clone();
         let mut high_watermark = partition.watch_high_watermark();
         let start = match r.start {
@@ -795,6 +825,9 @@ impl v1::herald_server::Herald for HeraldService {
     ) -> Result<Response<v1::CreateGroupResponse>, Status> {
         self.check_running()?;
         let access = Access::of(&request);
+        if let Some(cluster) = &self.cluster {
+            cluster.check_topic(&request.get_ref().topic)?;
+        }
         super::groups::create_group(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
@@ -882,6 +915,19 @@ impl v1::herald_server::Herald for HeraldService {
             .map_err(Status::from)
     }
 
+    async fn cluster_status(
+        &self,
+        request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        // Nodes, addresses and every topic's placement: the cluster's to describe.
+        Access::of(&request).authorize(Operation::Describe, Resource::cluster())?;
+        Ok(Response::new(super::cluster_status::status(
+            &self.registry,
+            self.cluster.as_deref(),
+            self.client_addr,
+        )))
+    }
+
     type SubscribeStream = BoxStream<v1::SubscribeResponse>;
 
     async fn subscribe(
@@ -911,6 +957,7 @@ impl HeraldService {
             slot,
             self.shutdown.clone(),
             self.metrics.malformed_ack_ids.clone(),
+            self.cluster.clone(),
         ))
     }
 }
@@ -930,6 +977,8 @@ impl HeraldService {
             shutdown: self.shutdown.clone(),
             streams: self.streams.clone(),
             response_budget: self.response_budget.clone(),
+            cluster: self.cluster.clone(),
+            client_addr: self.client_addr,
         })
     }
 }

@@ -64,8 +64,10 @@ fn status_of(error: BrokerError) -> Status {
         | BrokerError::GroupDamaged { .. }
         | BrokerError::TopicDirectoryExists { .. }
         | BrokerError::NoDeadLetterTopic { .. }
-        | BrokerError::ProducersDamaged { .. } => Status::failed_precondition(message),
-        BrokerError::ShuttingDown
+        | BrokerError::ProducersDamaged { .. }
+        | BrokerError::NotPartitionHome { .. } => Status::failed_precondition(message),
+        BrokerError::ClusterUnavailable(_)
+        | BrokerError::ShuttingDown
         | BrokerError::PartitionClosing
         | BrokerError::GroupRestarted { .. } => Status::unavailable(message),
         BrokerError::PublishStreamIdle { .. } => Status::deadline_exceeded(message),
@@ -189,9 +191,11 @@ mod tests {
             BrokerError::ProducersDamaged { .. } => 30,
             BrokerError::Unauthenticated { .. } => 31,
             BrokerError::PermissionDenied { .. } => 32,
+            BrokerError::NotPartitionHome { .. } => 33,
+            BrokerError::ClusterUnavailable(_) => 34,
         }
     }
-    const BROKER_VARIANTS: usize = 33;
+    const BROKER_VARIANTS: usize = 35;
 
     fn group_variant(error: &GroupError) -> usize {
         match error {
@@ -477,6 +481,22 @@ mod tests {
                 },
                 Code::FailedPrecondition,
                 "group \"g\" of topic \"t\" has no dead_letter_topic",
+            ),
+            (
+                BrokerError::NotPartitionHome {
+                    topic: topic("t"),
+                    partition: 2,
+                    node: 3,
+                    address: "10.0.0.3:50051".into(),
+                    this: 1,
+                },
+                Code::FailedPrecondition,
+                "partition 2 of topic \"t\" is served by node 3 at 10.0.0.3:50051, not by this node (1): send its publishes and reads there",
+            ),
+            (
+                BrokerError::ClusterUnavailable("no metadata leader is known".into()),
+                Code::Unavailable,
+                "no metadata leader is known",
             ),
             (
                 BrokerError::ShuttingDown,

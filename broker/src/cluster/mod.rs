@@ -1,0 +1,573 @@
+//! Cluster mode: the nodes of a Herald cluster agree on membership and topic metadata
+//! through one openraft group (the metadata group), talking over the `herald.peer.v1`
+//! gRPC service on each node's peer port. See ARCHITECTURE.md, "Cluster", for the whole
+//! design and what lands in which stage.
+//!
+//! - [`types`] — openraft's type configuration, the commands and the state.
+//! - [`log_store`] — the durable Raft log and vote (an append-only, CRC-framed journal).
+//! - [`state_machine`] — applies commands, creates and deletes this node's partition logs,
+//!   keeps the state and its snapshots durable.
+//! - [`placement`] — which nodes hold each partition.
+//! - [`network`], [`peer_service`] — the peer transport's client and server.
+//!
+//! Nothing here runs unless the broker is started with cluster settings: a single node
+//! never touches openraft.
+
+pub mod log_store;
+pub mod network;
+pub mod peer_service;
+pub mod placement;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use herald_proto::peer::peer_server::PeerServer;
+use herald_proto::peer::{Group, RaftRequest};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::error::{BrokerError, Result};
+use crate::registry::Registry;
+use crate::topic::{TopicSettings, validate_name};
+use log_store::LogStore;
+use network::{Health, Network, PEER_CALL_TIMEOUT, PEER_MAX_MESSAGE_BYTES, peer_client};
+use peer_service::PeerService;
+use state_machine::StateMachine;
+pub use types::{MetaCommand, MetaResponse, MetaState, NodeAddr, NodeId, Refusal, TopicRecord};
+
+/// The directory under the data dir that holds the metadata group's files.
+pub const CLUSTER_DIR: &str = "cluster";
+/// Leader heartbeats: an idle group wakes ten times a second.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// openraft's election timeout range. A follower stands for election once it has heard
+/// no leader for its leader lease (the range's maximum) plus a random time in the range:
+/// 0.9 to 1.2 s here, so a new leader is in place within about 1.5 s of a leader's death
+/// (see README, "Cluster").
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (300, 600);
+/// How long a metadata change (create or delete a topic) may take, forwarding and
+/// elections included, before the caller gets UNAVAILABLE.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How a node joins a cluster: `[cluster]` in the configuration file, or the `serve`
+/// flags `--node-id`, `--peer-listen` and `--initial-members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id, at least 1, unique in the cluster.
+    pub node_id: NodeId,
+    /// Where this node listens for other nodes.
+    pub peer_listen: SocketAddr,
+    /// Every node of the cluster at its start, this one included:
+    /// `1=client_addr@peer_addr,2=...`.
+    pub initial_members: String,
+}
+
+impl ClusterSettings {
+    /// The initial members, parsed and checked against this node's id.
+    pub fn members(&self) -> Result<BTreeMap<NodeId, NodeAddr>> {
+        let members = parse_members(&self.initial_members)?;
+        if self.node_id == 0 {
+            return Err(invalid("node_id must be at least 1".into()));
+        }
+        if !members.contains_key(&self.node_id) {
+            return Err(invalid(format!(
+                "initial_members does not list this node's id {}",
+                self.node_id
+            )));
+        }
+        Ok(members)
+    }
+}
+
+fn invalid(message: String) -> BrokerError {
+    BrokerError::InvalidSettings(format!("cluster: {message}"))
+}
+
+/// Parses `1=client@peer,2=client@peer,...`.
+pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, NodeAddr>> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addrs) = item
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("member {item:?} is not id=client_addr@peer_addr")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid(format!("member {item:?}: {id:?} is not a node id")))?;
+        let (client, peer) = addrs
+            .split_once('@')
+            .ok_or_else(|| invalid(format!("member {item:?} is not id=client_addr@peer_addr")))?;
+        for addr in [client, peer] {
+            addr.trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| invalid(format!("member {item:?}: {addr:?} is not host:port")))?;
+        }
+        if id == 0 {
+            return Err(invalid(format!("member {item:?}: node ids start at 1")));
+        }
+        let node = NodeAddr {
+            client: client.trim().to_owned(),
+            peer: peer.trim().to_owned(),
+        };
+        if members.insert(id, node).is_some() {
+            return Err(invalid(format!("node id {id} is listed twice")));
+        }
+    }
+    if members.is_empty() {
+        return Err(invalid("initial_members lists no node".into()));
+    }
+    Ok(members)
+}
+
+/// What a node answers to a forwarded metadata change.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardOutcome {
+    /// Committed and applied at this log index.
+    Applied { index: u64, response: MetaResponse },
+    /// This node does not lead; it believes `leader` does.
+    NotLeader { leader: Option<NodeId> },
+    /// The change could not be made (the group is shutting down, storage failed).
+    Failed(String),
+}
+
+/// Proposes `command` on this node's openraft instance.
+pub(crate) async fn write_locally(
+    raft: &Raft<types::MetaTypes>,
+    command: MetaCommand,
+) -> ForwardOutcome {
+    match raft.client_write(command).await {
+        Ok(written) => ForwardOutcome::Applied {
+            index: written.log_id.index,
+            response: written.data,
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+            ForwardOutcome::NotLeader {
+                leader: to.leader_id,
+            }
+        }
+        Err(error) => ForwardOutcome::Failed(error.to_string()),
+    }
+}
+
+/// One node's view of the cluster, for `cluster status`.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub metadata_leader: Option<NodeId>,
+    pub metadata_term: u64,
+    pub applied_index: u64,
+    /// Every member: id, addresses, time since last heard (none for itself).
+    pub nodes: Vec<(NodeId, NodeAddr, Option<Duration>)>,
+    pub topics: Vec<TopicRecord>,
+}
+
+/// A running cluster node: its metadata group and peer server.
+pub struct Cluster {
+    node_id: NodeId,
+    members: BTreeMap<NodeId, NodeAddr>,
+    raft: Raft<types::MetaTypes>,
+    view: Arc<ArcSwap<MetaState>>,
+    health: Arc<Health>,
+    /// The address other nodes reach this one at (useful when bound to port 0).
+    pub peer_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Cluster {
+    /// Opens this node's metadata group from `<data_dir>/cluster`, serves the peer port
+    /// and, on the lowest-numbered initial member of a cluster not yet initialised,
+    /// initialises the group with every initial member as a voter. The other members wait
+    /// for the leader's first message.
+    pub async fn start(
+        settings: &ClusterSettings,
+        registry: Arc<Registry>,
+    ) -> Result<Arc<Cluster>> {
+        let members = settings.members()?;
+        let node_id = settings.node_id;
+        let dir = registry.config().data_dir.join(CLUSTER_DIR);
+        let view = Arc::new(ArcSwap::from_pointee(MetaState::default()));
+        let (log_dir, sm_view, sm_registry) = (dir.clone(), view.clone(), registry.clone());
+        let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
+            let log_store = LogStore::open(&log_dir)?;
+            let state_machine = StateMachine::open(node_id, &log_dir, sm_registry, sm_view)?;
+            Ok::<_, std::io::Error>((log_store, state_machine))
+        })
+        .await
+        .map_err(|cause| BrokerError::TaskFailed {
+            what: "opening the cluster's metadata",
+            cause,
+        })?
+        .map_err(|e| BrokerError::io(format!("opening {}", dir.display()), e))?;
+
+        let config = openraft::Config {
+            cluster_name: "herald".into(),
+            heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MS.0,
+            election_timeout_max: ELECTION_TIMEOUT_MS.1,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 100,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| invalid(e.to_string()))?;
+        let health = Arc::new(Health::default());
+        let network = Network {
+            node_id,
+            health: health.clone(),
+        };
+        let raft = Raft::new(node_id, Arc::new(config), network, log_store, state_machine)
+            .await
+            .map_err(|e| {
+                BrokerError::io("starting the metadata group", std::io::Error::other(e))
+            })?;
+
+        let listener = tokio::net::TcpListener::bind(settings.peer_listen)
+            .await
+            .map_err(|e| BrokerError::io(format!("binding {}", settings.peer_listen), e))?;
+        let peer_addr = listener
+            .local_addr()
+            .map_err(|e| BrokerError::io("reading the peer address", e))?;
+        let (stop, mut stopped) = watch::channel(false);
+        let service = PeerServer::new(PeerService {
+            node_id,
+            raft: raft.clone(),
+            health: health.clone(),
+        })
+        .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
+        let server = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .timeout(PEER_CALL_TIMEOUT)
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the peer server failed");
+            }
+        });
+
+        let lowest = *members.keys().next().expect("members are never empty");
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| BrokerError::io("reading the metadata group", std::io::Error::other(e)))?;
+        if node_id == lowest && !initialized {
+            tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initialising the cluster's metadata group");
+            if let Err(error) = raft.initialize(members.clone()).await {
+                tracing::warn!(%error, "initialising the metadata group");
+            }
+        }
+        tracing::info!(node_id, %peer_addr, "cluster node started");
+        Ok(Arc::new(Cluster {
+            node_id,
+            members,
+            raft,
+            view,
+            health,
+            peer_addr,
+            stop,
+            server: std::sync::Mutex::new(Some(server)),
+        }))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The applied metadata, read without a lock.
+    pub fn metadata(&self) -> Arc<MetaState> {
+        self.view.load_full()
+    }
+
+    /// The openraft instance (for tests and status).
+    pub fn raft(&self) -> &Raft<types::MetaTypes> {
+        &self.raft
+    }
+
+    /// The node's addresses as the membership holds them, else as the initial members
+    /// gave them.
+    fn address_of(&self, node: NodeId) -> Option<NodeAddr> {
+        types::members(&self.view.load())
+            .remove(&node)
+            .or_else(|| self.members.get(&node).cloned())
+    }
+
+    /// Commits `command` through the metadata group, from any node: proposed here when
+    /// this node leads, else forwarded to the leader, retried across elections until
+    /// [`PROPOSE_TIMEOUT`]. Returns once this node has applied it too, so what the caller
+    /// reads next on this node includes the change.
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse> {
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        let mut last_problem = "no metadata leader is known".to_owned();
+        while Instant::now() < deadline {
+            let outcome = match write_locally(&self.raft, command.clone()).await {
+                ForwardOutcome::NotLeader {
+                    leader: Some(leader),
+                } if leader != self.node_id => self.forward(leader, &command).await,
+                outcome => outcome,
+            };
+            match outcome {
+                ForwardOutcome::Applied { index, response } => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let waited = self
+                        .raft
+                        .wait(Some(left.max(Duration::from_millis(1))))
+                        .applied_index_at_least(Some(index), "the change to apply here")
+                        .await;
+                    if let Err(error) = waited {
+                        tracing::warn!(%error, index, "a committed metadata change is not applied on this node yet");
+                    }
+                    return Ok(response);
+                }
+                ForwardOutcome::NotLeader { leader } => {
+                    last_problem = match leader {
+                        Some(l) => format!("node {l} was named leader but did not take the change"),
+                        None => "no metadata leader is known (an election is under way, or too few nodes are reachable)".to_owned(),
+                    };
+                }
+                ForwardOutcome::Failed(problem) => last_problem = problem,
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        Err(BrokerError::ClusterUnavailable(format!(
+            "the cluster could not commit the change within {} s: {last_problem}",
+            PROPOSE_TIMEOUT.as_secs()
+        )))
+    }
+
+    /// Sends `command` to `leader`'s peer port.
+    async fn forward(&self, leader: NodeId, command: &MetaCommand) -> ForwardOutcome {
+        let Some(node) = self.address_of(leader) else {
+            return ForwardOutcome::Failed(format!("the address of leader {leader} is unknown"));
+        };
+        let payload = match bincode::serialize(command) {
+            Ok(p) => p,
+            Err(e) => return ForwardOutcome::Failed(e.to_string()),
+        };
+        let mut client = match peer_client(&node.peer) {
+            Ok(c) => c,
+            Err(e) => return ForwardOutcome::Failed(e.to_string()),
+        };
+        let request = RaftRequest {
+            to: leader,
+            from: self.node_id,
+            group: Group::Metadata as i32,
+            payload: Bytes::from(payload),
+        };
+        match tokio::time::timeout(PEER_CALL_TIMEOUT, client.forward(request)).await {
+            Err(_) => ForwardOutcome::Failed(format!("leader {leader} did not answer in time")),
+            Ok(Err(status)) => ForwardOutcome::Failed(format!(
+                "forwarding to leader {leader}: {}",
+                status.message()
+            )),
+            Ok(Ok(reply)) => {
+                self.health.heard(leader);
+                bincode::deserialize(&reply.into_inner().payload)
+                    .unwrap_or_else(|e| ForwardOutcome::Failed(e.to_string()))
+            }
+        }
+    }
+
+    /// Creates a topic cluster-wide; returns its placement.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        settings: &TopicSettings,
+        registry: &Registry,
+    ) -> Result<TopicRecord> {
+        // Refuse what every node would refuse before it enters the log.
+        validate_name("topic", name)?;
+        if !(1..=crate::config::MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
+            return Err(BrokerError::InvalidSettings(format!(
+                "partitions must be within 1..={}, got {partitions}",
+                crate::config::MAX_PARTITIONS_PER_TOPIC
+            )));
+        }
+        settings
+            .effective(registry.config())
+            .validate(registry.config())?;
+        let settings_toml = toml::to_string(settings)
+            .map_err(|e| BrokerError::InvalidSettings(format!("topic settings: {e}")))?;
+        let command = MetaCommand::CreateTopic {
+            name: name.to_owned(),
+            partitions,
+            replication_factor,
+            settings_toml,
+        };
+        match self.propose(command).await? {
+            MetaResponse::Created(record) => Ok(record),
+            other => Err(refusal_error(name, other)),
+        }
+    }
+
+    /// Deletes a topic cluster-wide.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        match self
+            .propose(MetaCommand::DeleteTopic {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            MetaResponse::Deleted => Ok(()),
+            other => Err(refusal_error(name, other)),
+        }
+    }
+
+    /// Whether this node serves `partition` of `topic`. Until partitions are replicated,
+    /// only a partition's first replica holds its records, so every other node refuses
+    /// its publishes and reads with the node to send them to. Lock-free.
+    pub fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let view = self.view.load();
+        let Some(record) = view.topics.get(topic) else {
+            return Ok(());
+        };
+        match record.home(partition) {
+            Some(home) if home != self.node_id => Err(BrokerError::NotPartitionHome {
+                topic: topic.to_owned(),
+                partition,
+                node: home,
+                address: self
+                    .address_of(home)
+                    .map_or_else(|| "unknown address".to_owned(), |a| a.client),
+                this: self.node_id,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this node serves every partition of `topic` (what a consumer group on this
+    /// node needs until groups move through the cluster).
+    pub fn check_topic(&self, topic: &str) -> Result<()> {
+        let partitions = self
+            .view
+            .load()
+            .topics
+            .get(topic)
+            .map_or(0, |t| t.partitions);
+        (0..partitions).try_for_each(|p| self.check_partition(topic, p))
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let view = self.view.load();
+        let mut members = types::members(&view);
+        if members.is_empty() {
+            members = self.members.clone();
+        }
+        ClusterStatus {
+            node_id: self.node_id,
+            metadata_leader: metrics.current_leader,
+            metadata_term: metrics.current_term,
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            nodes: members
+                .into_iter()
+                .map(|(id, addr)| {
+                    let heard = (id != self.node_id)
+                        .then(|| self.health.since(id))
+                        .flatten();
+                    (id, addr, heard)
+                })
+                .collect(),
+            topics: view.topics.values().cloned().collect(),
+        }
+    }
+
+    /// Stops the metadata group and the peer server.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "stopping the metadata group");
+        }
+        let _ = self.stop.send(true);
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+    }
+}
+
+fn refusal_error(topic: &str, response: MetaResponse) -> BrokerError {
+    match response {
+        MetaResponse::Refused {
+            refusal: Refusal::Exists,
+            ..
+        } => BrokerError::TopicExists {
+            topic: topic.to_owned(),
+        },
+        MetaResponse::Refused {
+            refusal: Refusal::NotFound,
+            ..
+        } => BrokerError::TopicNotFound {
+            topic: topic.to_owned(),
+        },
+        MetaResponse::Refused { message, .. } => BrokerError::InvalidSettings(message),
+        other => BrokerError::ClusterUnavailable(format!("unexpected answer {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_parse_and_refuse_what_is_wrong() {
+        let members =
+            parse_members("1=127.0.0.1:50051@127.0.0.1:7001, 2=127.0.0.1:50052@127.0.0.1:7002")
+                .unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[&2].peer, "127.0.0.1:7002");
+        for bad in [
+            "",
+            "1=127.0.0.1:1",
+            "x=127.0.0.1:1@127.0.0.1:2",
+            "0=127.0.0.1:1@127.0.0.1:2",
+            "1=a@b",
+            "1=127.0.0.1:1@127.0.0.1:2,1=127.0.0.1:3@127.0.0.1:4",
+        ] {
+            assert!(parse_members(bad).is_err(), "{bad:?} was accepted");
+        }
+        let settings = ClusterSettings {
+            node_id: 3,
+            peer_listen: "127.0.0.1:0".parse().unwrap(),
+            initial_members: "1=127.0.0.1:1@127.0.0.1:2".into(),
+        };
+        assert!(settings.members().is_err());
+    }
+
+    #[test]
+    fn the_configuration_file_takes_a_cluster_table() {
+        let config: crate::config::Config = toml::from_str(
+            "listen = \"127.0.0.1:50052\"\n[cluster]\nnode_id = 2\npeer_listen = \"127.0.0.1:7002\"\ninitial_members = \"1=127.0.0.1:50051@127.0.0.1:7001,2=127.0.0.1:50052@127.0.0.1:7002\"\n",
+        )
+        .unwrap();
+        let cluster = config.cluster.clone().expect("cluster settings");
+        assert_eq!(cluster.node_id, 2);
+        assert_eq!(cluster.members().unwrap().len(), 2);
+        // And it writes back as it was read.
+        let again: crate::config::Config =
+            toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+        assert!(crate::config::Config::default().cluster.is_none());
+    }
+}

@@ -1,0 +1,202 @@
+//! The client side of the peer transport: openraft's `RaftNetwork` over the
+//! `herald.peer.v1.Peer` gRPC service. Every call is bounded (a connect timeout, and the
+//! smaller of openraft's deadline for the call and [`PEER_CALL_TIMEOUT`]) and every message
+//! by [`PEER_MAX_MESSAGE_BYTES`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use herald_proto::peer::peer_client::PeerClient;
+use herald_proto::peer::{Group, RaftReply, RaftRequest};
+use openraft::RPCTypes;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{MetaTypes, NodeAddr, NodeId};
+
+/// Largest peer message either way: a snapshot chunk (`snapshot_max_chunk_size`) or a
+/// batch of entries (`max_payload_entries`) with room to spare.
+pub const PEER_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// How long a peer may take to accept a connection.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest any one peer call may take.
+pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When this node last exchanged a message with each other node, for `cluster status`.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_heard: DashMap<NodeId, Instant>,
+}
+
+impl Health {
+    pub fn heard(&self, node: NodeId) {
+        self.last_heard.insert(node, Instant::now());
+    }
+
+    pub fn since(&self, node: NodeId) -> Option<Duration> {
+        self.last_heard.get(&node).map(|at| at.elapsed())
+    }
+}
+
+/// A lazily connected gRPC client of a peer's `Peer` service.
+pub fn peer_client(addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(PEER_CONNECT_TIMEOUT)
+        .timeout(PEER_CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(PeerClient::new(channel)
+        .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES))
+}
+
+/// Makes a [`Peer`] per target node for openraft.
+pub struct Network {
+    pub node_id: NodeId,
+    pub health: Arc<Health>,
+}
+
+impl RaftNetworkFactory<MetaTypes> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Peer {
+        Peer {
+            from: self.node_id,
+            to: target,
+            client: peer_client(&node.peer).map_err(|e| e.to_string()),
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one node.
+pub struct Peer {
+    from: NodeId,
+    to: NodeId,
+    /// An address that does not parse is reported on every call, as the node being
+    /// unreachable.
+    client: Result<PeerClient<Channel>, String>,
+    health: Arc<Health>,
+}
+
+/// Why a peer call failed before the peer answered.
+enum CallError {
+    Unreachable(String),
+    Timeout(Duration),
+    Codec(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+impl Peer {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        rpc: RPCTypes,
+        request: &Req,
+        deadline: Duration,
+    ) -> Result<Resp, CallError> {
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| CallError::Unreachable(e.clone()))?;
+        let payload = bincode::serialize(request).map_err(|e| CallError::Codec(e.to_string()))?;
+        let message = RaftRequest {
+            to: self.to,
+            from: self.from,
+            group: Group::Metadata as i32,
+            payload: Bytes::from(payload),
+        };
+        let deadline = deadline.min(PEER_CALL_TIMEOUT);
+        let call = async {
+            match rpc {
+                RPCTypes::AppendEntries => client.append_entries(message).await,
+                RPCTypes::Vote => client.vote(message).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(message).await,
+            }
+        };
+        let reply: RaftReply = match tokio::time::timeout(deadline, call).await {
+            Err(_) => return Err(CallError::Timeout(deadline)),
+            Ok(Err(status)) => return Err(CallError::Unreachable(status.to_string())),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        self.health.heard(self.to);
+        bincode::deserialize(&reply.payload).map_err(|e| CallError::Codec(e.to_string()))
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        rpc: RPCTypes,
+        error: CallError,
+    ) -> RPCError<NodeId, NodeAddr, RaftError<NodeId, E>> {
+        match error {
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Message(m))),
+            CallError::Timeout(timeout) => RPCError::Timeout(Timeout {
+                action: rpc,
+                id: self.from,
+                target: self.to,
+                timeout,
+            }),
+            CallError::Codec(m) => RPCError::Network(NetworkError::new(&Message(m))),
+        }
+    }
+}
+
+type PeerResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
+
+impl RaftNetwork<MetaTypes> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MetaTypes>,
+        option: RPCOption,
+    ) -> PeerResult<AppendEntriesResponse<NodeId>> {
+        let kind = RPCTypes::AppendEntries;
+        let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
+            .call(kind, &rpc, option.hard_ttl())
+            .await
+            .map_err(|e| self.rpc_error(kind, e))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<MetaTypes>,
+        option: RPCOption,
+    ) -> PeerResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let kind = RPCTypes::InstallSnapshot;
+        let answer: Result<
+            InstallSnapshotResponse<NodeId>,
+            RaftError<NodeId, InstallSnapshotError>,
+        > = self
+            .call(kind, &rpc, option.hard_ttl())
+            .await
+            .map_err(|e| self.rpc_error(kind, e))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> PeerResult<VoteResponse<NodeId>> {
+        let kind = RPCTypes::Vote;
+        let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self
+            .call(kind, &rpc, option.hard_ttl())
+            .await
+            .map_err(|e| self.rpc_error(kind, e))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+}

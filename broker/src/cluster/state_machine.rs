@@ -1,0 +1,443 @@
+//! The metadata state machine: applies committed [`MetaCommand`]s to a [`MetaState`],
+//! makes the local side of each change (creating or deleting this node's partition logs),
+//! and keeps the state durable.
+//!
+//! The state is small, so it is written whole (`state.bin`) after every applied batch,
+//! before openraft is told the batch is applied: a restarted node resumes from what it
+//! applied instead of replaying the log into topics it already created. A crash between a
+//! local change and that write re-applies one batch, and local changes are idempotent
+//! (create skips a topic that exists, delete one that does not). Snapshots are the same
+//! bytes with openraft's metadata (`snapshot.bin`). Both files are a magic, a CRC-32C and
+//! the bincode body, replaced atomically (temporary file, sync, rename, directory sync).
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::placement;
+use super::types::{
+    MetaCommand, MetaResponse, MetaState, MetaTypes, NodeAddr, NodeId, Refusal, TopicRecord,
+};
+use crate::error::BrokerError;
+use crate::registry::Registry;
+use crate::topic::TopicSettings;
+
+/// The applied state, written after every applied batch.
+pub const STATE_FILE: &str = "state.bin";
+/// The last snapshot built or installed.
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// The first bytes of both files.
+const MAGIC: &[u8; 8] = b"HRLDMETA";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// A snapshot as stored in `snapshot.bin`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, NodeAddr>,
+    data: Vec<u8>,
+}
+
+/// Writes `value` as `dir/name`: magic, CRC-32C, bincode; atomically. Blocking.
+pub fn write_checked<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    use std::io::Write;
+    let body = bincode::serialize(value).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(body.len() + 12);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    crate::storage::sync_dir(dir).map_err(std::io::Error::other)
+}
+
+/// Reads what [`write_checked`] wrote; `None` if there is no file. A file that fails its
+/// checks is an error naming it: these files are only ever replaced whole, so damage is
+/// not a torn write and must not pass for an empty state.
+pub fn read_checked<T: DeserializeOwned>(dir: &Path, name: &str) -> std::io::Result<Option<T>> {
+    let path = dir.join(name);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let damaged = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is damaged: {why}", path.display()),
+        )
+    };
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return Err(damaged("no Herald metadata header"));
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&bytes[12..]) != crc {
+        return Err(damaged("checksum mismatch"));
+    }
+    bincode::deserialize(&bytes[12..])
+        .map(Some)
+        .map_err(|e| damaged(&e.to_string()))
+}
+
+/// The metadata state machine (openraft's `RaftStateMachine`).
+pub struct StateMachine {
+    node_id: NodeId,
+    dir: PathBuf,
+    state: MetaState,
+    /// The applied state, published for readers (status, publish routing) without a lock.
+    view: Arc<ArcSwap<MetaState>>,
+    registry: Arc<Registry>,
+    snapshot: Option<StoredSnapshot>,
+}
+
+impl StateMachine {
+    /// Loads the state machine from `dir` (empty if new). Blocking.
+    pub fn open(
+        node_id: NodeId,
+        dir: &Path,
+        registry: Arc<Registry>,
+        view: Arc<ArcSwap<MetaState>>,
+    ) -> std::io::Result<StateMachine> {
+        let state: MetaState = read_checked(dir, STATE_FILE)?.unwrap_or_default();
+        let snapshot = read_checked(dir, SNAPSHOT_FILE)?;
+        view.store(Arc::new(state.clone()));
+        Ok(StateMachine {
+            node_id,
+            dir: dir.to_owned(),
+            state,
+            view,
+            registry,
+            snapshot,
+        })
+    }
+
+    /// Applies one command to the state; returns the response and the local change due.
+    fn apply_command(&mut self, command: MetaCommand) -> (MetaResponse, Option<Local>) {
+        match command {
+            MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                settings_toml,
+            } => {
+                if self.state.topics.contains_key(&name) {
+                    return refused(Refusal::Exists, format!("topic {name:?} already exists"));
+                }
+                let nodes: Vec<NodeId> = self.state.membership.voter_ids().collect();
+                let factor = match replication_factor {
+                    0 => placement::default_replication_factor(nodes.len()),
+                    n => n,
+                };
+                if factor as usize > nodes.len() || factor == 0 {
+                    return refused(
+                        Refusal::Invalid,
+                        format!(
+                            "replication_factor {factor} is more than the cluster's {} nodes",
+                            nodes.len()
+                        ),
+                    );
+                }
+                let replicas =
+                    placement::place(&nodes, partitions, factor, self.state.topics_created);
+                self.state.topics_created += 1;
+                let record = TopicRecord {
+                    name: name.clone(),
+                    partitions,
+                    replication_factor: factor,
+                    settings_toml,
+                    replicas,
+                };
+                self.state.topics.insert(name, record.clone());
+                let local = record
+                    .hosted_by(self.node_id)
+                    .then(|| Local::Create(record.clone()));
+                (MetaResponse::Created(record), local)
+            }
+            MetaCommand::DeleteTopic { name } => {
+                if self.state.topics.remove(&name).is_none() {
+                    return refused(Refusal::NotFound, format!("topic {name:?} does not exist"));
+                }
+                (MetaResponse::Deleted, Some(Local::Delete(name)))
+            }
+        }
+    }
+
+    /// Persists the state and publishes it to readers.
+    async fn persist(&self) -> StorageResult<()> {
+        let (dir, state) = (self.dir.clone(), self.state.clone());
+        let written =
+            tokio::task::spawn_blocking(move || write_checked(&dir, STATE_FILE, &state)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StorageIOError::write_state_machine(AnyError::new(&e)).into()),
+            Err(e) => return Err(StorageIOError::write_state_machine(AnyError::new(&e)).into()),
+        }
+        self.view.store(Arc::new(self.state.clone()));
+        Ok(())
+    }
+
+    fn snapshot_of(&self) -> StoredSnapshot {
+        let data = bincode::serialize(&self.state).unwrap_or_default();
+        let snapshot_id = match self.state.last_applied {
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
+            None => "empty".to_owned(),
+        };
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: self.state.last_applied,
+                last_membership: self.state.membership.clone(),
+                snapshot_id,
+            },
+            data,
+        }
+    }
+}
+
+fn refused(refusal: Refusal, message: String) -> (MetaResponse, Option<Local>) {
+    (MetaResponse::Refused { refusal, message }, None)
+}
+
+/// A change this node makes to its own partition logs after the group agreed on it.
+enum Local {
+    Create(TopicRecord),
+    Delete(String),
+}
+
+/// Makes the local changes on a blocking thread. They are logged, never returned: the
+/// group has committed the change, and a node that cannot follow it locally (a full disk)
+/// must not stop applying the log.
+async fn make_local(registry: Arc<Registry>, changes: Vec<Local>) {
+    if changes.is_empty() {
+        return;
+    }
+    let done = tokio::task::spawn_blocking(move || {
+        for change in changes {
+            match change {
+                Local::Create(record) => {
+                    let settings: TopicSettings = match toml::from_str(&record.settings_toml) {
+                        Ok(settings) => settings,
+                        Err(error) => {
+                            tracing::error!(topic = %record.name, %error, "the cluster's settings of a topic do not parse; created with the broker's defaults");
+                            TopicSettings::default()
+                        }
+                    };
+                    match registry.create(&record.name, record.partitions, settings) {
+                        Ok(_) | Err(BrokerError::TopicExists { .. }) => {}
+                        Err(error) => {
+                            tracing::error!(topic = %record.name, %error, "cannot create this node's partition logs of a topic the cluster created")
+                        }
+                    }
+                }
+                Local::Delete(name) => match registry.delete(&name) {
+                    Ok(()) | Err(BrokerError::TopicNotFound { .. }) => {}
+                    Err(error) => {
+                        tracing::error!(topic = %name, %error, "cannot delete this node's partition logs of a topic the cluster deleted")
+                    }
+                },
+            }
+        }
+    })
+    .await;
+    if let Err(error) = done {
+        tracing::error!(%error, "applying the cluster's topic changes locally failed");
+    }
+}
+
+/// Builds snapshots from a copy of the state taken when openraft asked for a builder.
+pub struct SnapshotBuilder {
+    dir: PathBuf,
+    snapshot: Option<StoredSnapshot>,
+}
+
+impl RaftSnapshotBuilder<MetaTypes> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<MetaTypes>> {
+        let stored = self.snapshot.take().unwrap_or(StoredSnapshot {
+            meta: SnapshotMeta::default(),
+            data: Vec::new(),
+        });
+        let dir = self.dir.clone();
+        let (meta, data) = (stored.meta.clone(), stored.data.clone());
+        let written =
+            tokio::task::spawn_blocking(move || write_checked(&dir, SNAPSHOT_FILE, &stored)).await;
+        let failed = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(AnyError::new(&e)),
+            Err(e) => Some(AnyError::new(&e)),
+        };
+        if let Some(e) = failed {
+            return Err(StorageIOError::write_snapshot(Some(meta.signature()), e).into());
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<MetaTypes> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>)> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<MetaResponse>>
+    where
+        I: IntoIterator<Item = Entry<MetaTypes>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let mut local = Vec::new();
+        for entry in entries {
+            self.state.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => MetaResponse::Nothing,
+                EntryPayload::Membership(membership) => {
+                    self.state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    MetaResponse::Nothing
+                }
+                EntryPayload::Normal(command) => {
+                    let (response, change) = self.apply_command(command);
+                    local.extend(change);
+                    response
+                }
+            };
+            responses.push(response);
+        }
+        make_local(self.registry.clone(), local).await;
+        self.persist().await?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            snapshot: Some(self.snapshot_of()),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let state: MetaState = bincode::deserialize(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
+        })?;
+        // The local logs follow the state: topics that are gone are deleted, hosted topics
+        // that are new are created.
+        let mut changes: Vec<Local> = self
+            .state
+            .topics
+            .keys()
+            .filter(|name| !state.topics.contains_key(*name))
+            .map(|name| Local::Delete(name.clone()))
+            .collect();
+        let old: BTreeMap<&String, &TopicRecord> = self.state.topics.iter().collect();
+        changes.extend(
+            state
+                .topics
+                .values()
+                .filter(|t| t.hosted_by(self.node_id) && old.get(&t.name) != Some(t))
+                .map(|t| Local::Create(t.clone())),
+        );
+        self.state = state;
+        make_local(self.registry.clone(), changes).await;
+        self.persist().await?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let dir = self.dir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            write_checked(&dir, SNAPSHOT_FILE, &stored).map(|()| stored)
+        })
+        .await;
+        match written {
+            Ok(Ok(stored)) => {
+                self.snapshot = Some(stored);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            )
+            .into()),
+            Err(e) => Err(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            )
+            .into()),
+        }
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<MetaTypes>>> {
+        if self.snapshot.is_none() {
+            let dir = self.dir.clone();
+            self.snapshot = tokio::task::spawn_blocking(move || {
+                read_checked::<StoredSnapshot>(&dir, SNAPSHOT_FILE)
+            })
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        }
+        Ok(self.snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_files_round_trip_and_refuse_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = MetaState {
+            topics_created: 7,
+            ..MetaState::default()
+        };
+        write_checked(dir.path(), STATE_FILE, &state).unwrap();
+        let back: MetaState = read_checked(dir.path(), STATE_FILE).unwrap().unwrap();
+        assert_eq!(back, state);
+        let path = dir.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let error = read_checked::<MetaState>(dir.path(), STATE_FILE).unwrap_err();
+        assert!(error.to_string().contains("checksum mismatch"), "{error}");
+        assert!(
+            read_checked::<MetaState>(dir.path(), "absent")
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! The metadata group's types: openraft's type configuration, a node's addresses, the
+//! commands the group's log carries and the state they build.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id in the cluster (openraft's `NodeId`).
+pub type NodeId = u64;
+
+/// What the cluster knows of a node: where clients and other nodes reach it. Carried in
+/// openraft's membership, so every node learns every node's addresses from the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// The node's gRPC `listen` address, for clients.
+    pub client: String,
+    /// The node's `peer_listen` address, for other nodes.
+    pub peer: String,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.client, self.peer)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The metadata group's openraft types.
+    pub MetaTypes:
+        D = MetaCommand,
+        R = MetaResponse,
+        NodeId = NodeId,
+        Node = NodeAddr,
+        Entry = openraft::Entry<MetaTypes>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A change to the cluster's metadata: one entry of the metadata group's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Create a topic. `replication_factor` 0 means the default, min(3, nodes).
+    /// `settings_toml` is the topic's `TopicSettings` as TOML (its serde form skips unset
+    /// fields, which a compact binary encoding cannot carry).
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        settings_toml: String,
+    },
+    /// Delete a topic.
+    DeleteTopic { name: String },
+}
+
+impl fmt::Display for MetaCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaCommand::CreateTopic {
+                name, partitions, ..
+            } => write!(f, "create topic {name:?} ({partitions} partitions)"),
+            MetaCommand::DeleteTopic { name } => write!(f, "delete topic {name:?}"),
+        }
+    }
+}
+
+/// Why the metadata group refused a command (it was committed but changed nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The topic already exists.
+    Exists,
+    /// The topic does not exist.
+    NotFound,
+    /// The command cannot be applied as it is (e.g. more replicas than nodes).
+    Invalid,
+}
+
+/// The outcome of applying a [`MetaCommand`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    /// A topic was created with this placement.
+    Created(TopicRecord),
+    /// A topic was deleted.
+    Deleted,
+    /// The command was refused; the message says why.
+    Refused { refusal: Refusal, message: String },
+    /// What openraft's blank and membership entries apply to.
+    #[default]
+    Nothing,
+}
+
+/// A topic as the metadata group holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    /// The topic's settings as TOML (see [`MetaCommand::CreateTopic`]).
+    pub settings_toml: String,
+    /// Per partition, the nodes that hold it, its preferred leader first.
+    pub replicas: Vec<Vec<NodeId>>,
+}
+
+impl TopicRecord {
+    /// The node that serves partition `partition` until partitions are replicated: its
+    /// first replica.
+    pub fn home(&self, partition: u32) -> Option<NodeId> {
+        self.replicas
+            .get(partition as usize)
+            .and_then(|r| r.first().copied())
+    }
+
+    /// Whether `node` holds any of the topic's partitions.
+    pub fn hosted_by(&self, node: NodeId) -> bool {
+        self.replicas.iter().any(|r| r.contains(&node))
+    }
+}
+
+/// The metadata state machine's data: what every node agrees on once it has applied the
+/// log up to `last_applied`. Small: it is written whole after every applied batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    pub last_applied: Option<openraft::LogId<NodeId>>,
+    pub membership: openraft::StoredMembership<NodeId, NodeAddr>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    /// Topics created so far: where the next topic's placement starts, so that topics'
+    /// first replicas rotate over the nodes.
+    pub topics_created: u64,
+}
+
+/// The cluster's nodes as the membership holds them, by id.
+pub fn members(state: &MetaState) -> BTreeMap<NodeId, NodeAddr> {
+    state
+        .membership
+        .nodes()
+        .map(|(id, node)| (*id, node.clone()))
+        .collect()
+}

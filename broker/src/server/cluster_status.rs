@@ -1,0 +1,124 @@
+//! The cluster's RPCs on the public service: ClusterStatus, and CreateTopic in cluster
+//! mode (through the metadata group, from any node).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herald_proto::v1;
+
+use super::service::describe;
+use crate::cluster::{Cluster, TopicRecord};
+use crate::error::Result;
+use crate::registry::Registry;
+use crate::topic::TopicSettings;
+
+/// Creates a topic through the metadata group. The reply describes this node's copy when
+/// it holds the topic's partitions, else the topic as the cluster holds it (every
+/// partition empty, as after any create).
+pub async fn create_topic(
+    cluster: &Arc<Cluster>,
+    registry: &Arc<Registry>,
+    request: v1::CreateTopicRequest,
+    settings: TopicSettings,
+) -> Result<v1::CreateTopicResponse> {
+    let record = cluster
+        .create_topic(&request.name, request.partitions, 0, &settings, registry)
+        .await?;
+    let topic = match registry.get(&record.name) {
+        Ok(topic) => describe(&topic),
+        Err(_) => empty_description(&record),
+    };
+    Ok(v1::CreateTopicResponse { topic: Some(topic) })
+}
+
+fn empty_description(record: &TopicRecord) -> v1::TopicDescription {
+    v1::TopicDescription {
+        name: record.name.clone(),
+        partition_count: record.partitions,
+        config: None,
+        partitions: (0..record.partitions)
+            .map(|partition| v1::PartitionDescription {
+                partition,
+                ..v1::PartitionDescription::default()
+            })
+            .collect(),
+    }
+}
+
+/// This node's view of the cluster; a single node answers as a cluster of one (id 0)
+/// holding every local topic.
+pub fn status(
+    registry: &Registry,
+    cluster: Option<&Cluster>,
+    client_addr: Option<SocketAddr>,
+) -> v1::ClusterStatusResponse {
+    let Some(cluster) = cluster else {
+        let address = client_addr.unwrap_or(registry.config().listen).to_string();
+        return v1::ClusterStatusResponse {
+            node_id: 0,
+            cluster_mode: false,
+            metadata_leader: Some(0),
+            metadata_term: 0,
+            metadata_applied_index: 0,
+            nodes: vec![v1::ClusterNode {
+                node_id: 0,
+                client_address: address,
+                peer_address: String::new(),
+                is_self: true,
+                last_heard_ms_ago: None,
+            }],
+            topics: registry
+                .list()
+                .iter()
+                .map(|t| v1::ClusterTopic {
+                    name: t.name().to_owned(),
+                    replication_factor: 1,
+                    partitions: (0..t.meta.partitions)
+                        .map(|partition| v1::ClusterPartition {
+                            partition,
+                            replicas: vec![0],
+                            leader: 0,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+    };
+    let status = cluster.status();
+    v1::ClusterStatusResponse {
+        node_id: status.node_id,
+        cluster_mode: true,
+        metadata_leader: status.metadata_leader,
+        metadata_term: status.metadata_term,
+        metadata_applied_index: status.applied_index,
+        nodes: status
+            .nodes
+            .into_iter()
+            .map(|(id, addr, heard)| v1::ClusterNode {
+                node_id: id,
+                client_address: addr.client,
+                peer_address: addr.peer,
+                is_self: id == status.node_id,
+                last_heard_ms_ago: heard.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
+            })
+            .collect(),
+        topics: status
+            .topics
+            .iter()
+            .map(|t| v1::ClusterTopic {
+                name: t.name.clone(),
+                replication_factor: t.replication_factor,
+                partitions: t
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(p, replicas)| v1::ClusterPartition {
+                        partition: p as u32,
+                        replicas: replicas.clone(),
+                        leader: replicas.first().copied().unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,201 @@
+//! Cluster mode with the real binary: three `herald serve` processes on loopback, a topic
+//! created through node 3 and seen by `herald cluster status` on node 1, then the metadata
+//! leader killed with SIGKILL and a new one elected. Prints what it measures (idle CPU of
+//! the three nodes, time to a new leader); asserts only generous bounds. Any panic in any
+//! node's log fails the test.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{HERALD, Process, assert_no_panic, serving_addr, signal, wait_for};
+use herald_proto::HeraldClient;
+use herald_proto::v1;
+use serde_json::Value;
+
+/// The bound on electing a new leader after a kill -9: far above the ~1-2 s it takes, so
+/// only a broken failover fails it.
+const FAILOVER_BOUND: Duration = Duration::from_secs(20);
+
+fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+struct Node {
+    id: u64,
+    client: SocketAddr,
+    process: Option<Process>,
+}
+
+fn serve(dir: &Path, id: u64, client: SocketAddr, peer: SocketAddr, members: &str) -> Process {
+    let mut command = Command::new(HERALD);
+    command
+        .args(["serve", "--log-json", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &client.to_string()])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--node-id", &id.to_string()])
+        .args(["--peer-listen", &peer.to_string()])
+        .args(["--initial-members", members])
+        .env_remove("HERALD_CONFIG")
+        .env_remove("HERALD_FSYNC")
+        .env("RUST_LOG", "info");
+    let process = Process::spawn(command);
+    let bound = process.wait_for_line("the node reports its address", serving_addr);
+    assert_eq!(bound, client);
+    process
+}
+
+/// `herald cluster status --json` against `server`.
+fn cluster_status(server: SocketAddr) -> Result<Value, String> {
+    let out = Command::new(HERALD)
+        .args(["cluster", "status", "--json", "--server"])
+        .arg(server.to_string())
+        .env_remove("HERALD_SERVER")
+        .output()
+        .expect("herald runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_agree_on_topics_and_elect_a_new_leader_after_kill_9() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = free_ports(6);
+    let members = (0..3)
+        .map(|i| format!("{}={}@{}", i + 1, ports[2 * i], ports[2 * i + 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let id = i as u64 + 1;
+            let dir = root.path().join(format!("node{id}"));
+            Node {
+                id,
+                client: ports[2 * i],
+                process: Some(serve(&dir, id, ports[2 * i], ports[2 * i + 1], &members)),
+            }
+        })
+        .collect();
+
+    // Created through node 3, whichever node leads.
+    let mut client = HeraldClient::connect(format!("http://{}", nodes[2].client))
+        .await
+        .unwrap();
+    client
+        .create_topic(v1::CreateTopicRequest {
+            name: "payments".into(),
+            partitions: 3,
+            config: None,
+        })
+        .await
+        .expect("topic created through node 3");
+
+    let status = wait_for("node 1's status shows the topic", || {
+        let status = cluster_status(nodes[0].client)?;
+        let has = status["topics"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "payments"));
+        if has && status["metadata_leader"].is_u64() {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    });
+    assert_eq!(status["node_id"], 1);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    let leader = status["metadata_leader"].as_u64().unwrap();
+
+    // Idle: three nodes, one topic, nothing published.
+    let pids: Vec<u32> = nodes
+        .iter()
+        .map(|n| n.process.as_ref().unwrap().id())
+        .collect();
+    let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let window = Duration::from_secs(5);
+    std::thread::sleep(window);
+    let used: Vec<f64> = pids
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| cpu_seconds(*p) - b)
+        .collect();
+    println!(
+        "idle CPU over {window:?}: {:?} s per node, {:.2}% of one core for the cluster",
+        used,
+        used.iter().sum::<f64>() / window.as_secs_f64() * 100.0
+    );
+
+    // Kill -9 the metadata leader; a survivor names a new one.
+    let victim = nodes.iter_mut().find(|n| n.id == leader).unwrap();
+    let victim_log = victim.process.take().unwrap().kill9();
+    assert_no_panic(&victim_log, &format!("node {leader}"));
+    let killed_at = Instant::now();
+    let survivor = nodes.iter().find(|n| n.id != leader).unwrap();
+    let mut survivor_client = HeraldClient::connect(format!("http://{}", survivor.client))
+        .await
+        .unwrap();
+    let new_leader = loop {
+        let status = survivor_client
+            .cluster_status(v1::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(l) = status.metadata_leader.filter(|l| *l != leader) {
+            break l;
+        }
+        assert!(
+            killed_at.elapsed() < FAILOVER_BOUND,
+            "no new leader within {FAILOVER_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "new metadata leader {new_leader} seen {:?} after kill -9 of leader {leader}",
+        killed_at.elapsed()
+    );
+    let status = wait_for("`cluster status` shows the new leader", || {
+        let status = cluster_status(survivor.client)?;
+        match status["metadata_leader"].as_u64() {
+            Some(l) if l != leader => Ok(status),
+            _ => Err(status.to_string()),
+        }
+    });
+    assert_eq!(status["metadata_leader"], new_leader);
+
+    // The cluster takes metadata changes again, through either survivor.
+    survivor_client
+        .create_topic(v1::CreateTopicRequest {
+            name: "after-failover".into(),
+            partitions: 1,
+            config: None,
+        })
+        .await
+        .expect("topic created after the failover");
+
+    for node in nodes.iter_mut() {
+        if let Some(process) = node.process.take() {
+            signal(process.id(), "TERM");
+            let exited = process.wait();
+            assert_no_panic(&exited.log, &format!("node {}", node.id));
+            assert!(exited.status.success(), "node {} exits cleanly", node.id);
+        }
+    }
+}
