@@ -531,6 +531,9 @@ impl GroupState {
     ) -> usize {
         let index = partition.index();
         let candidates = self.partitions[index].candidates(self.settings.ordering, now, want);
+        // Sized for them once: grown by doubling, a poll of thousands of deliveries copied
+        // them over and over.
+        out.reserve(candidates.len());
         let deadline_ms = now.saturating_add(self.settings.ack_deadline_ms);
         let mut delivered = 0;
         for candidate in candidates {
