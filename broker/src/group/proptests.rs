@@ -426,7 +426,7 @@ impl Harness {
 
     fn ack(&mut self, member: MemberId, d: &Delivery) {
         let outcome = self.g.ack(member, &d.ack_id).unwrap();
-        let state = self.msg(d.partition, d.offset).state.clone();
+        let state = self.msg(d.partition, d.offset).state;
         let expected = self.settle_ack(member, d);
         assert_eq!(outcome, expected, "ack of {d:?} in {state:?}");
     }
