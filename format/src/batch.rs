@@ -876,7 +876,16 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads an unsigned LEB128 varint of at most 10 bytes.
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // Most fields of a record (deltas, short lengths, counts) fit one byte: decoding
+        // every record of every read, that case is worth a branch of its own.
+        if let Some((&byte, rest)) = self.0.split_first()
+            && byte & 0x80 == 0
+        {
+            self.0 = rest;
+            return Some(u64::from(byte));
+        }
         let mut value = 0u64;
         for (i, &byte) in self.0.iter().take(10).enumerate() {
             value |= u64::from(byte & 0x7f) << (7 * i);

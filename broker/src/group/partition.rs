@@ -12,6 +12,7 @@
 //! This module knows nothing of members' windows, the deadline index or the group's
 //! totals: `state` does that bookkeeping around these operations.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::queue::OffsetQueue;
@@ -428,6 +429,26 @@ impl PartitionState {
             deadline_ms,
         };
         self.in_flight.insert(offset, entry);
+        Some(entry)
+    }
+
+    /// Removes the in-flight entry at `offset` if it is delivery `delivery` to `member`
+    /// (the entry an ack names); the key stops being busy. One table lookup, where a check
+    /// and then a removal took two on every ack.
+    pub(crate) fn take_live(
+        &mut self,
+        offset: u64,
+        delivery: u64,
+        member: MemberId,
+    ) -> Option<InFlight> {
+        let Entry::Occupied(slot) = self.in_flight.entry(offset) else {
+            return None;
+        };
+        if slot.get().delivery != delivery || slot.get().member != member {
+            return None;
+        }
+        let entry = slot.remove();
+        self.set_busy(entry.meta.key, false);
         Some(entry)
     }
 

@@ -234,9 +234,17 @@ impl Harness {
                 let Some(member) = self.slots[slot] else {
                     return;
                 };
-                for d in self.held.get(&member).cloned().unwrap_or_default() {
-                    self.ack(member, &d);
-                }
+                // At once, as a range ack settles a run: the same outcomes as one by one.
+                let held = self.held.get(&member).cloned().unwrap_or_default();
+                let acked = self
+                    .g
+                    .ack_many(member, held.iter().map(|d| d.ack_id))
+                    .unwrap();
+                let expected = held
+                    .iter()
+                    .filter(|d| self.settle_ack(member, d) == AckOutcome::Acked)
+                    .count();
+                assert_eq!(acked, expected as u64, "ack_many of {held:?}");
             }
             Op::Nack(slot, pick, delay) => {
                 let Some((member, d)) = self.pick(slot, pick) else {
@@ -418,6 +426,13 @@ impl Harness {
 
     fn ack(&mut self, member: MemberId, d: &Delivery) {
         let outcome = self.g.ack(member, &d.ack_id).unwrap();
+        let state = self.msg(d.partition, d.offset).state;
+        let expected = self.settle_ack(member, d);
+        assert_eq!(outcome, expected, "ack of {d:?} in {state:?}");
+    }
+
+    /// What the model says an ack of `d` by `member` does, applied to the model.
+    fn settle_ack(&mut self, member: MemberId, d: &Delivery) -> AckOutcome {
         let message = self.msg(d.partition, d.offset).clone();
         let expected = match message.state {
             State::Live {
@@ -426,13 +441,13 @@ impl Harness {
             State::Waiting { .. } if message.last == Some((d.ack_id, member)) => AckOutcome::Acked,
             _ => AckOutcome::Stale,
         };
-        assert_eq!(outcome, expected, "ack of {d:?} in {:?}", message.state);
         if let Some(held) = self.held.get_mut(&member) {
             held.retain(|h| h.ack_id != d.ack_id);
         }
-        if outcome == AckOutcome::Acked {
+        if expected == AckOutcome::Acked {
             self.done(d.partition, d.offset);
         }
+        expected
     }
 
     fn done(&mut self, p: PartitionId, o: Offset) {

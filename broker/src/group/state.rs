@@ -531,6 +531,9 @@ impl GroupState {
     ) -> usize {
         let index = partition.index();
         let candidates = self.partitions[index].candidates(self.settings.ordering, now, want);
+        // Sized for them once: grown by doubling, a poll of thousands of deliveries copied
+        // them over and over.
+        out.reserve(candidates.len());
         let deadline_ms = now.saturating_add(self.settings.ack_deadline_ms);
         let mut delivered = 0;
         for candidate in candidates {
@@ -588,20 +591,22 @@ impl GroupState {
 
     /// Removes the live delivery `ack_id` names, if it is one, and frees its window room.
     fn take_live(&mut self, index: usize, ack_id: &AckId, member: MemberId) -> Option<InFlight> {
-        if !self.is_live(index, ack_id, member) {
-            return None;
-        }
-        let offset = ack_id.offset.0;
-        let entry = self.partitions[index].take_in_flight(offset)?;
+        let entry = self.partitions[index].take_live(ack_id.offset.0, ack_id.delivery, member)?;
         self.deadlines.remove();
         self.release(entry.member, entry.meta.size_bytes);
         Some(entry)
     }
 
     fn release(&mut self, member: MemberId, size_bytes: u32) {
+        self.release_many(member, 1, u64::from(size_bytes));
+    }
+
+    /// Frees `messages` deliveries of `bytes` in all from `member`'s window. Saturating,
+    /// so freeing them together is freeing them one by one.
+    fn release_many(&mut self, member: MemberId, messages: u32, bytes: u64) {
         if let Some(entry) = self.members.get_mut(&member) {
-            entry.in_flight_messages = entry.in_flight_messages.saturating_sub(1);
-            entry.in_flight_bytes = entry.in_flight_bytes.saturating_sub(u64::from(size_bytes));
+            entry.in_flight_messages = entry.in_flight_messages.saturating_sub(messages);
+            entry.in_flight_bytes = entry.in_flight_bytes.saturating_sub(bytes);
         }
     }
 
@@ -638,15 +643,53 @@ impl GroupState {
     /// that expired is still honoured while the message waits for its redelivery.
     pub fn ack(&mut self, member: MemberId, ack_id: &AckId) -> Result<AckOutcome> {
         self.check_member(member)?;
+        let mut freed = (0, 0);
+        let outcome = self.ack_one(member, ack_id, &mut freed);
+        self.release_many(member, freed.0, freed.1);
+        outcome
+    }
+
+    /// Acks each of `ack_ids` as [`ack`](Self::ack) does, in order, and returns how many
+    /// were `Acked`; ids this machine never issued count as stale. The member is looked up
+    /// and its window freed once for them all: how a range of a run is settled.
+    pub fn ack_many(
+        &mut self,
+        member: MemberId,
+        ack_ids: impl IntoIterator<Item = AckId>,
+    ) -> Result<u64> {
+        self.check_member(member)?;
+        let mut freed = (0, 0);
+        let mut acked = 0;
+        for ack_id in ack_ids {
+            if let Ok(AckOutcome::Acked) = self.ack_one(member, &ack_id, &mut freed) {
+                acked += 1;
+            }
+        }
+        self.release_many(member, freed.0, freed.1);
+        Ok(acked)
+    }
+
+    /// `ack` for a known member, adding the window room the ack frees to `freed`
+    /// (messages, bytes) for the caller to release.
+    fn ack_one(
+        &mut self,
+        member: MemberId,
+        ack_id: &AckId,
+        freed: &mut (u32, u64),
+    ) -> Result<AckOutcome> {
         let index = self.check_ack_id(ack_id)?;
         let offset = ack_id.offset.0;
-        if let Some(entry) = self.take_live(index, ack_id, member) {
-            self.partitions[index].complete(offset, entry.meta.key);
+        let partition = &mut self.partitions[index];
+        if let Some(entry) = partition.take_live(offset, ack_id.delivery, member) {
+            partition.complete(offset, entry.meta.key);
+            self.deadlines.remove();
+            freed.0 = freed.0.saturating_add(1);
+            freed.1 = freed.1.saturating_add(u64::from(entry.meta.size_bytes));
             self.tracked_total -= 1;
             self.after_in_flight_removed(index);
             return Ok(AckOutcome::Acked);
         }
-        if self.partitions[index].ack_waiting(offset, ack_id.delivery, member) {
+        if partition.ack_waiting(offset, ack_id.delivery, member) {
             self.tracked_total -= 1;
             return Ok(AckOutcome::Acked);
         }

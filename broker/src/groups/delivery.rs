@@ -153,7 +153,7 @@ pub(crate) fn shape_deliveries<'a, L: LogSource + 'a>(
     deliveries.sort_by_key(|d| (d.partition, d.offset));
     let mut responses = Vec::new();
     let mut missing = Vec::new();
-    let mut shaper = Shaper::new(batched);
+    let mut shaper = Shaper::new(batched, deliveries.len());
     let mut i = 0;
     while i < deliveries.len() {
         let p = deliveries[i].partition;
@@ -223,10 +223,12 @@ struct Shaper {
 }
 
 impl Shaper {
-    fn new(batched: bool) -> Shaper {
+    /// A shaper for `deliveries` deliveries: a run can hold them all, so its buffer is
+    /// sized once rather than copied over as it doubles.
+    fn new(batched: bool, deliveries: usize) -> Shaper {
         Shaper {
             batched,
-            run: Vec::new(),
+            run: Vec::with_capacity(if batched { deliveries } else { 0 }),
             current: OutDeliveries::default(),
             current_bytes: 0,
             undecodable: Vec::new(),
@@ -329,7 +331,7 @@ mod tests {
 
     fn shape(batched: bool, items: Vec<(Delivery, RecordRef)>) -> Vec<OutDeliveries> {
         let mut responses = Vec::new();
-        let mut shaper = Shaper::new(batched);
+        let mut shaper = Shaper::new(batched, items.len());
         for (d, r) in items {
             shaper.push(d, r, &mut responses);
         }

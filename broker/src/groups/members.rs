@@ -13,8 +13,8 @@ use super::driver::{Group, MemberSlot, PendingWithKey};
 use super::read::read_records;
 use crate::error::{BrokerError, Result};
 use crate::group::{
-    AckId, AckOutcome, KeyHash, MemberId, MemberOptions, NackOutcome, Offset, PartitionId,
-    PendingFilter, PendingList, SeekTarget,
+    AckId, KeyHash, MemberId, MemberOptions, NackOutcome, Offset, PartitionId, PendingFilter,
+    PendingList, SeekTarget,
 };
 
 impl Group {
@@ -65,28 +65,21 @@ impl Group {
         for range in ranges {
             range.check()?;
         }
-        let mut inner = self.lock();
-        let mut acked = 0;
+        // The ids before a malformed one are acked, as if one by one.
         let mut result = Ok(());
+        let mut ids = Vec::with_capacity(ack_ids.len());
         for id in ack_ids {
-            let id = match AckId::decode(id) {
-                Ok(id) => id,
+            match AckId::decode(id) {
+                Ok(id) => ids.push(id),
                 Err(error) => {
                     result = Err(BrokerError::from(error));
                     break;
                 }
-            };
-            if let Ok(AckOutcome::Acked) = inner.state.ack(member, &id) {
-                acked += 1;
             }
         }
-        for range in ranges {
-            for id in range.ids() {
-                if let Ok(AckOutcome::Acked) = inner.state.ack(member, &id) {
-                    acked += 1;
-                }
-            }
-        }
+        let mut inner = self.lock();
+        let ids = ids.into_iter().chain(ranges.iter().flat_map(AckRange::ids));
+        let acked = inner.state.ack_many(member, ids).unwrap_or(0);
         drop(inner);
         self.counters.acks.fetch_add(acked, Ordering::Relaxed);
         result?;
