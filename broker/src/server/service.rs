@@ -371,6 +371,7 @@ fn describe(topic: &Topic) -> v1::TopicDescription {
                     end_offset: r.high_watermark(),
                     size_bytes: r.size_bytes(),
                     segment_count: r.segment_count() as u32,
+                    allocated_bytes: r.allocated_bytes(),
                 }
             })
             .collect(),
