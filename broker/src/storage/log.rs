@@ -509,15 +509,15 @@ impl LogWriter {
             return Ok(());
         }
         let lead = allocation_lead(end);
-        let sync = self.preparer.shape().sync;
         let interval = self.config.index_interval_bytes;
+        // Growth is never synced on its own: the next flush of data makes the new length
+        // durable with it, and a sync on the side made that flush wait behind it (appends
+        // of 100 KiB under fsync `always` took 1.6 times as long).
         if end > allocated {
-            // Not synced: on this path it would cost a journal commit, and the next flush
-            // makes the new length durable with the data anyway.
             return segment.grow(end + lead, interval, false);
         }
         if allocated - end < lead / 2
-            && let Some(growth) = Segment::grow_in_background(segment, end + lead, interval, sync)
+            && let Some(growth) = Segment::grow_in_background(segment, end + lead, interval, false)
         {
             self.growth = Some(growth);
         }
