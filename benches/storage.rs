@@ -18,6 +18,10 @@
 //! | `storage_append/always_1KiB_x1_{1,8}writer(s)` | as the two above, with one-record batches (`Elements(1)`: records/s) | **yes**, as `1writer` |
 //! | `storage_read/1KiB_x100` | `LogReader::read` of one whole batch, copied into a reusable buffer | — (log preloaded) |
 //!
+//! Segment files are allocated as they fill (see `storage::segment`): in every id, the
+//! allocator thread's `fallocate`s a step ahead of the writer run inside the timed region,
+//! and an append that outruns them allocates in place, timed.
+//!
 //! Retention keeps each data directory near 1 GiB. In `never_1KiB_x100` and
 //! `never_100B_x1000` it runs after every roll and is timed (a broker runs it on the writer
 //! thread too); `noroll` runs it with the clock stopped. In the `always` ids the committer

@@ -158,3 +158,39 @@ async fn connecting_to_nothing_is_a_transport_error() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// DescribeTopic shows the disk a partition holds beside the bytes it stores: an empty
+/// partition of a 256 MiB-segment topic holds about a megabyte, not a segment, and a
+/// written one holds at least what it stores.
+#[tokio::test]
+async fn describe_shows_allocated_bytes_beside_used_bytes() {
+    let t = common::start_with_client().await;
+    let admin = t.client.admin();
+    let config = TopicConfig {
+        segment_bytes: Some(256 * 1024 * 1024),
+        ..TopicConfig::default()
+    };
+    admin.create_topic("roomy", 3, config).await.unwrap();
+    let producer = t.client.producer(ProducerConfig::new("roomy"));
+    producer
+        .send_batch((0..60).map(|i| Record::new(vec![i as u8; 20_000]).partition(0)))
+        .await
+        .unwrap();
+    producer.close().await.unwrap();
+    let described = admin.describe_topic("roomy").await.unwrap();
+    let written = &described.partitions[0];
+    assert!(written.size_bytes >= 1_200_000, "{written:?}");
+    assert!(written.allocated_bytes >= written.size_bytes, "{written:?}");
+    assert!(
+        written.allocated_bytes <= written.size_bytes + 20 * 1024 * 1024,
+        "{written:?}"
+    );
+    for idle in &described.partitions[1..] {
+        assert_eq!(idle.size_bytes, 0);
+        assert!(
+            (1 << 20..=4 << 20).contains(&idle.allocated_bytes),
+            "an idle partition holds {} bytes",
+            idle.allocated_bytes
+        );
+    }
+}

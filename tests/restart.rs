@@ -263,8 +263,18 @@ async fn a_restarted_broker_has_every_record_topic_and_setting() {
     );
     for before in &described_before {
         let after = describe_topic(&mut c, &before.name).await;
+        // Disk allocated ahead of the data is not the log's state: an open deletes a next
+        // segment prepared before the stop.
+        let unallocated = |d: &v1::TopicDescription| {
+            let mut d = d.clone();
+            for p in &mut d.partitions {
+                p.allocated_bytes = 0;
+            }
+            d
+        };
         assert_eq!(
-            &after, before,
+            unallocated(&after),
+            unallocated(before),
             "DescribeTopic of {} after restart",
             before.name
         );

@@ -145,8 +145,9 @@ async fn run(
         };
         while let Some(request) = next.take() {
             if let Some((batch, reply)) = core.receive(request) {
-                if writer.append_rolls(batch.len()) {
-                    // A roll creates files and, under `interval`, flushes and syncs.
+                if writer.append_blocks(batch.len()) {
+                    // A roll creates files and, under `interval`, flushes and syncs; an
+                    // allocation in place waits for the file system.
                     match off_runtime(writer, move |w| w.append(batch.as_valid())).await {
                         Some((back, result)) => {
                             writer = back;

@@ -217,8 +217,12 @@ impl BatchLoc {
 #[derive(Debug)]
 struct Seg {
     base: u64,
-    /// Size of the segment file, fixed when it was created.
+    /// The most the segment may hold: the configured size when it was made, or when the log
+    /// was last opened, whichever is larger.
     capacity: u64,
+    /// Length of the segment file. The segments of this model are smaller than a new
+    /// segment's first allocation (1 MiB), so their file is allocated whole when made.
+    file: u64,
     batches: Vec<BatchLoc>,
     /// Bytes written into the segment, committed or not.
     used: u64,
@@ -231,6 +235,7 @@ impl Seg {
         Seg {
             base,
             capacity,
+            file: capacity,
             batches: Vec::new(),
             used: 0,
             committed: 0,
@@ -292,6 +297,9 @@ impl Model {
         let base = self.next();
         let count = recs.len() as u64;
         let active = self.active();
+        // Every append keeps the file allocated at least half a megabyte ahead (in steps of
+        // 1 MiB, at most the capacity), before the writer is gone.
+        active.file = active.capacity;
         active.batches.push(BatchLoc {
             position: active.used,
             len,
@@ -319,12 +327,11 @@ impl Model {
         for seg in &mut self.segs {
             seg.committed = seg.used;
         }
-        // An empty active segment smaller than configured is made anew at the configured size.
+        // The active segment is mapped at the configured size and grows into it; a file
+        // larger than that (made under a larger size) keeps its length.
         let segment_bytes = self.segment_bytes;
         let active = self.active();
-        if active.used == 0 && active.capacity < segment_bytes {
-            active.capacity = segment_bytes;
-        }
+        active.capacity = active.file.max(segment_bytes);
         self.hw = self.next();
     }
 

@@ -118,7 +118,8 @@ enum TopicCommand {
         /// Per partition: remove the oldest segments above this size (0 = no limit).
         #[arg(long)]
         retention_bytes: Option<u64>,
-        /// Size of each segment file.
+        /// Size of each segment, from 4096 (the minimum) to 4294967295 bytes; files are
+        /// allocated as they fill.
         #[arg(long)]
         segment_bytes: Option<u64>,
         /// When appended records are flushed to disk (and so when a publish is acked).
@@ -688,6 +689,7 @@ fn topic_json(topic: &TopicInfo) -> Value {
             "start_offset": p.start_offset.0,
             "end_offset": p.end_offset.0,
             "size_bytes": p.size_bytes,
+            "allocated_bytes": p.allocated_bytes,
             "segment_count": p.segment_count,
         })).collect::<Vec<_>>(),
     })
@@ -732,6 +734,7 @@ fn describe_text(topic: &TopicInfo) -> Vec<String> {
             "END",
             "RECORDS",
             "SIZE_BYTES",
+            "ALLOCATED_BYTES",
             "SEGMENTS",
         ]
         .map(str::to_owned)
@@ -744,6 +747,7 @@ fn describe_text(topic: &TopicInfo) -> Vec<String> {
             p.end_offset.to_string(),
             p.end_offset.0.saturating_sub(p.start_offset.0).to_string(),
             p.size_bytes.to_string(),
+            p.allocated_bytes.to_string(),
             p.segment_count.to_string(),
         ]
     }));

@@ -89,7 +89,9 @@ struct ServeArgs {
     /// Flush period for --fsync interval [default: 100].
     #[arg(long, env = "HERALD_FSYNC_INTERVAL_MS")]
     fsync_interval_ms: Option<u64>,
-    /// Default segment size for new topics [default: 268435456].
+    /// Default segment size for new topics, from 4096 (the minimum) to 4294967295 bytes.
+    /// Segment files are allocated as they fill, from 1 MiB, so a segment's size costs no
+    /// disk until data needs it [default: 268435456].
     #[arg(long, env = "HERALD_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
     /// Largest record accepted [default: 1048576].
@@ -457,4 +459,27 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped cleanly");
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// `--help` states the segment size bounds the broker enforces.
+    #[test]
+    fn help_states_the_segment_size_bounds() {
+        let help = Cli::command()
+            .find_subcommand_mut("serve")
+            .expect("a serve command")
+            .render_long_help()
+            .to_string();
+        let min = herald_broker::storage::MIN_SEGMENT_BYTES.to_string();
+        let max = herald_broker::storage::MAX_SEGMENT_BYTES.to_string();
+        assert!(
+            help.contains(&format!("from {min} (the minimum) to {max} bytes")),
+            "{help}"
+        );
+    }
 }

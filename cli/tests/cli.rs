@@ -126,12 +126,13 @@ fn table_row(describe: &str, columns: &[&str], partition: u32) -> Vec<String> {
 
 /// The cells of the partition table row of `partition` in `topic describe` output.
 fn partition_row(describe: &str, partition: u32) -> Vec<String> {
-    const COLUMNS: [&str; 6] = [
+    const COLUMNS: [&str; 7] = [
         "PARTITION",
         "START",
         "END",
         "RECORDS",
         "SIZE_BYTES",
+        "ALLOCATED_BYTES",
         "SEGMENTS",
     ];
     table_row(describe, &COLUMNS, partition)

@@ -112,10 +112,13 @@ pub struct PartitionInfo {
     pub start_offset: Offset,
     /// The next offset to be written (the high watermark).
     pub end_offset: Offset,
-    /// Bytes on disk.
+    /// Bytes of record batches stored.
     pub size_bytes: u64,
     /// Number of segment files.
     pub segment_count: u32,
+    /// Bytes of disk allocated to the partition's files (at least `size_bytes`: files are
+    /// allocated ahead of the data).
+    pub allocated_bytes: u64,
 }
 
 impl TopicInfo {
@@ -133,6 +136,7 @@ impl TopicInfo {
                     end_offset: Offset(p.end_offset),
                     size_bytes: p.size_bytes,
                     segment_count: p.segment_count,
+                    allocated_bytes: p.allocated_bytes,
                 })
                 .collect(),
         }

@@ -111,7 +111,7 @@ fuzz_target!(|input: Input| {
         } => {
             let (mut bytes, next) = valid_segment(batches);
             let len = bytes.len() as u64;
-            // Room after the batches, as in a preallocated segment.
+            // Room after the batches, as a segment file allocated ahead of its data has.
             bytes.resize(bytes.len() + 256, 0);
             for (at, value) in edits.into_iter().take(8) {
                 let at = usize::from(at) % bytes.len();

@@ -392,6 +392,7 @@ pub(super) fn describe(topic: &Topic) -> v1::TopicDescription {
                     end_offset: r.high_watermark(),
                     size_bytes: r.size_bytes(),
                     segment_count: r.segment_count() as u32,
+                    allocated_bytes: r.allocated_bytes(),
                 }
             })
             .collect(),

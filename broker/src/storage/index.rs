@@ -1,6 +1,6 @@
 //! Sparse, memory-mapped indexes of a segment: offset → position and timestamp → position.
 //!
-//! An index file is preallocated like its segment and holds fixed-size little-endian entries.
+//! An index file is allocated like its segment, growing with it, and holds fixed-size little-endian entries.
 //! The writer adds an entry every `index_interval_bytes` of log and publishes the entry count
 //! with a Release store; readers binary-search the entries below the count they load. Slots
 //! past the count are zero, which is how a reopened file tells where its entries end.
@@ -15,14 +15,11 @@
 //!   offsets, so a zero relative offset marks the end. A sealed (or cleanly closed) segment
 //!   ends with an entry carrying its exact largest timestamp.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use memmap2::MmapRaw;
-
 use super::error::{Result, StorageError};
-use super::mapping::{create_mapped, map_existing};
+use super::mapping::GrowingMap;
 
 /// A fixed-size index entry.
 pub(crate) trait Entry: Copy + std::fmt::Debug {
@@ -83,45 +80,70 @@ impl Entry for TimeEntry {
 }
 
 /// One memory-mapped index file. Only the partition's writer calls the `&self` methods that
-/// change it (`push`, `truncate`); the log's single-writer design guarantees that.
+/// change it (`push`, `truncate`, `grow`); the log's single-writer design guarantees that.
+///
+/// The file is mapped for `capacity` entries but allocated for fewer: it grows with its log
+/// (see `Segment::grow`), and an entry is only ever stored or loaded below the allocated
+/// length (see `mapping`).
 pub(crate) struct IndexFile<E> {
     path: PathBuf,
-    // Kept open so the mapping's file stays the one we created, and for fsync.
-    _file: File,
-    map: MmapRaw,
+    map: GrowingMap,
     capacity: usize,
     len: AtomicUsize,
     _entry: std::marker::PhantomData<E>,
 }
 
 impl<E: Entry> IndexFile<E> {
-    /// Creates a zeroed, preallocated index with room for `capacity` entries.
-    pub(crate) fn create(path: &Path, capacity: usize, sync: bool) -> Result<Self> {
-        let (file, map) = create_mapped(path, (capacity * E::BYTES) as u64, sync, true)?;
-        Ok(Self::from_parts(path.to_owned(), file, map, 0))
+    /// Creates a zeroed index with room for `capacity` entries, `initial` of them allocated.
+    pub(crate) fn create(path: &Path, capacity: usize, initial: usize, sync: bool) -> Result<Self> {
+        let map = GrowingMap::create(
+            path,
+            (capacity * E::BYTES) as u64,
+            (initial.min(capacity) * E::BYTES) as u64,
+            sync,
+            true,
+        )?;
+        Ok(Self::from_parts(path.to_owned(), map))
     }
 
-    /// Maps an existing index and counts its entries.
-    pub(crate) fn open(path: &Path) -> Result<Self> {
-        let (file, map) = map_existing(path)?;
-        let index = Self::from_parts(path.to_owned(), file, map, 0);
-        let len = (0..index.capacity)
+    /// Maps an existing index (with room for at least `capacity` entries) and counts its
+    /// entries.
+    pub(crate) fn open(path: &Path, capacity: usize) -> Result<Self> {
+        let map = GrowingMap::open(path, (capacity * E::BYTES) as u64)?;
+        let index = Self::from_parts(path.to_owned(), map);
+        let len = (0..index.room())
             .take_while(|&i| index.get(i).present(i))
             .count();
         index.len.store(len, Ordering::Release);
         Ok(index)
     }
 
-    fn from_parts(path: PathBuf, file: File, map: MmapRaw, len: usize) -> Self {
-        let capacity = map.len() / E::BYTES;
+    fn from_parts(path: PathBuf, map: GrowingMap) -> Self {
+        let capacity = map.capacity() as usize / E::BYTES;
         IndexFile {
             path,
-            _file: file,
             map,
             capacity,
-            len: AtomicUsize::new(len),
+            len: AtomicUsize::new(0),
             _entry: std::marker::PhantomData,
         }
+    }
+
+    /// Entries the allocated part of the file holds.
+    fn room(&self) -> usize {
+        (self.map.allocated() as usize / E::BYTES).min(self.capacity)
+    }
+
+    /// Bytes allocated to the file.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        self.map.allocated()
+    }
+
+    /// Allocates room for `entries` entries (at most the capacity); see `GrowingMap::grow`.
+    pub(crate) fn grow(&self, entries: usize, sync: bool) -> Result<()> {
+        let entries = entries.min(self.capacity);
+        self.map
+            .grow(&self.path, (entries * E::BYTES) as u64, sync, true)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -138,8 +160,8 @@ impl<E: Entry> IndexFile<E> {
     }
 
     pub(crate) fn get(&self, i: usize) -> E {
-        assert!(i < self.capacity);
-        // Safety: `i` is within the mapping, and entries below the published count are never
+        assert!(i < self.room());
+        // Safety: `i` is within the allocated part of the mapping, and entries below the published count are never
         // written again; a slot at or above it is read only by the writer or by `open`.
         let bytes =
             unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(i * E::BYTES), E::BYTES) };
@@ -150,16 +172,17 @@ impl<E: Entry> IndexFile<E> {
         self.len().checked_sub(1).map(|i| self.get(i))
     }
 
-    /// Writer only: appends an entry. A full index drops it: the index only gets sparser and
-    /// reads stay correct, they just scan further.
+    /// Writer only: appends an entry. A full index (or one whose allocation lags, which the
+    /// log's allocation order rules out) drops it: the index only gets sparser and reads
+    /// stay correct, they just scan further.
     pub(crate) fn push(&self, entry: E) {
         let len = self.len.load(Ordering::Relaxed);
-        if len == self.capacity {
+        if len >= self.room() {
             return;
         }
         let mut bytes = [0u8; 16];
         entry.encode(&mut bytes[..E::BYTES]);
-        // Safety: slot `len` is within the mapping and not yet published, so no reader
+        // Safety: slot `len` is allocated and not yet published, so no reader
         // looks at it; only the single writer calls `push`.
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -174,13 +197,14 @@ impl<E: Entry> IndexFile<E> {
     /// Writer only (recovery): forgets entries from `keep` on and zeroes every slot after
     /// them, so that stray bytes left by a crash can never be counted as entries later.
     pub(crate) fn truncate(&self, keep: usize) {
-        let end = self.capacity * E::BYTES;
-        let from = keep.min(self.capacity) * E::BYTES;
+        let room = self.room();
+        let end = room * E::BYTES;
+        let from = keep.min(room) * E::BYTES;
         if from < end {
-            // Safety: recovery runs before any reader exists; the range is within the map.
+            // Safety: recovery runs before any reader exists; the range is allocated.
             unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(from), 0, end - from) };
         }
-        self.len.store(keep.min(self.capacity), Ordering::Release);
+        self.len.store(keep.min(room), Ordering::Release);
     }
 
     /// Number of leading entries for which `pred` holds (entries must be sorted by it).
@@ -200,7 +224,7 @@ impl<E: Entry> IndexFile<E> {
     /// Flushes the whole file, entries and zeroed slots alike (after a wipe).
     pub(crate) fn flush_all(&self) -> Result<()> {
         self.map
-            .flush()
+            .flush_range(0, self.map.allocated())
             .map_err(|e| StorageError::io("flush index", &self.path, e))
     }
 
@@ -211,7 +235,7 @@ impl<E: Entry> IndexFile<E> {
             return Ok(());
         }
         self.map
-            .flush_range(0, bytes)
+            .flush_range(0, bytes as u64)
             .map_err(|e| StorageError::io("flush index", &self.path, e))
     }
 }
@@ -224,7 +248,7 @@ mod tests {
     fn entries_survive_reopen_and_truncate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.index");
-        let index = IndexFile::<OffsetEntry>::create(&path, 8, false).unwrap();
+        let index = IndexFile::<OffsetEntry>::create(&path, 8, 8, false).unwrap();
         for i in 0..5u32 {
             index.push(OffsetEntry {
                 relative_offset: i * 10,
@@ -234,12 +258,12 @@ mod tests {
         assert_eq!(index.partition_point(|e| e.relative_offset <= 25), 3);
         index.flush().unwrap();
         drop(index);
-        let index = IndexFile::<OffsetEntry>::open(&path).unwrap();
+        let index = IndexFile::<OffsetEntry>::open(&path, 8).unwrap();
         assert_eq!(index.len(), 5);
         index.truncate(2);
         assert_eq!(index.len(), 2);
         drop(index);
-        let index = IndexFile::<OffsetEntry>::open(&path).unwrap();
+        let index = IndexFile::<OffsetEntry>::open(&path, 8).unwrap();
         assert_eq!(index.len(), 2);
         assert_eq!(
             index.last(),
@@ -256,5 +280,42 @@ mod tests {
             });
         }
         assert_eq!(index.len(), 8);
+    }
+
+    /// Entries go only where the file is allocated: past it they are dropped (never stored
+    /// into the unallocated mapping), and after growing they land again. A reopened index
+    /// counts only the allocated part.
+    #[test]
+    fn entries_stay_within_the_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.index");
+        let index = IndexFile::<OffsetEntry>::create(&path, 1024, 2, true).unwrap();
+        assert_eq!(index.allocated_bytes(), 16);
+        let entry = |i: u32| OffsetEntry {
+            relative_offset: i,
+            position: i * 100,
+        };
+        for i in 0..4 {
+            index.push(entry(i));
+        }
+        assert_eq!(index.len(), 2);
+        index.grow(600, true).unwrap();
+        assert_eq!(index.allocated_bytes(), 4800);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4800);
+        for i in 2..5 {
+            index.push(entry(i));
+        }
+        assert_eq!(index.len(), 5);
+        index.grow(5000, false).unwrap();
+        assert_eq!(
+            index.allocated_bytes(),
+            1024 * 8,
+            "growth stops at the capacity"
+        );
+        index.flush().unwrap();
+        drop(index);
+        let index = IndexFile::<OffsetEntry>::open(&path, 16).unwrap();
+        assert_eq!(index.len(), 5);
+        assert_eq!(index.last(), Some(entry(4)));
     }
 }

@@ -20,7 +20,7 @@ use super::index_cursor::IndexCursor;
 use super::msg_ids::MsgIds;
 use super::producers::{self, Check, Producers};
 use super::recovery::{self, Checkpoint};
-use super::segment::{Preparer, Segment, SegmentShape};
+use super::segment::{Preparer, Segment, SegmentShape, allocation_lead};
 use super::{FsyncPolicy, LogConfig};
 use crate::clock::now_ms;
 
@@ -92,6 +92,9 @@ pub struct LogWriter {
     producers: Producers,
     /// The message-id dedup window (see `msg_ids`); the writer alone touches it.
     msg_ids: MsgIds,
+    /// Disconnects when the last growth asked of the allocator thread is done (see
+    /// `Segment::grow_in_background`); waited for when the writer goes.
+    growth: Option<crossbeam_channel::Receiver<()>>,
     // Held for the writer's life: an exclusive `flock` on the directory's lock file.
     _lock: File,
 }
@@ -116,6 +119,8 @@ pub struct LogReader {
     handoff: Arc<Handoff<Segment>>,
     /// What errors call this log ("topic T partition P", or its directory).
     name: std::sync::Arc<str>,
+    /// Disk held by the prepared and recycled segments (see `Preparer`).
+    spare: std::sync::Arc<StdAtomicU64>,
 }
 
 struct MappedRange {
@@ -139,6 +144,7 @@ impl LogWriter {
             dir: dir.clone(),
             segment_bytes: config.segment_bytes,
             index_entries: config.index_entries(),
+            index_interval: config.index_interval_bytes,
             sync: config.fsync != FsyncPolicy::Never,
         };
         let name = dir.display().to_string().into();
@@ -170,6 +176,7 @@ impl LogWriter {
             name,
             producers: Producers::default(),
             msg_ids: MsgIds::default(),
+            growth: None,
             _lock: lock,
         };
         writer.rebuild_producers();
@@ -299,6 +306,7 @@ impl LogWriter {
         LogReader {
             handoff: self.handoff.clone(),
             name: self.name.clone(),
+            spare: self.preparer.spare(),
         }
     }
 
@@ -400,6 +408,7 @@ impl LogWriter {
             }
             self.roll()?;
         }
+        self.allocate_for(self.write_pos + len)?;
         let segment = self.active().clone();
         let position = self.write_pos;
         // The CRC leaves the base offset out, so stamping it is the only change to the
@@ -479,10 +488,40 @@ impl LogWriter {
         (self.flushed_pos < self.write_pos).then_some(self.last_flush)
     }
 
-    /// Whether appending a batch of `len` bytes rolls the segment first (which creates
-    /// files and, unless the policy is `never`, flushes and syncs).
-    pub fn append_rolls(&self, len: usize) -> bool {
-        self.write_pos > 0 && self.write_pos + len as u64 > self.active().capacity()
+    /// Whether appending a batch of `len` bytes may wait for the disk: it rolls the segment
+    /// first (which creates files and, unless the policy is `never`, flushes and syncs), or
+    /// it would cross the active segment's allocated length (the allocator thread has not
+    /// kept up, so the append allocates in place).
+    pub fn append_blocks(&self, len: usize) -> bool {
+        let end = self.write_pos + len as u64;
+        let active = self.active();
+        (self.write_pos > 0 && end > active.capacity()) || end > active.allocated()
+    }
+
+    /// Makes sure the active segment is allocated up to `end` before a write reaches it:
+    /// normally it already is, and the allocator thread is asked to stay a lead ahead; if a
+    /// write would cross the allocated length, the space is allocated here. A full disk is
+    /// `DiskFull` for this append alone: nothing was written, so the log is not poisoned.
+    fn allocate_for(&mut self, end: u64) -> Result<()> {
+        let segment = self.active();
+        let allocated = segment.allocated();
+        if allocated >= segment.capacity() {
+            return Ok(());
+        }
+        let lead = allocation_lead(end);
+        let interval = self.config.index_interval_bytes;
+        // Growth is never synced on its own: the next flush of data makes the new length
+        // durable with it, and a sync on the side made that flush wait behind it (appends
+        // of 100 KiB under fsync `always` took 1.6 times as long).
+        if end > allocated {
+            return segment.grow(end + lead, interval, false);
+        }
+        if allocated - end < lead / 2
+            && let Some(growth) = Segment::grow_in_background(segment, end + lead, interval, false)
+        {
+            self.growth = Some(growth);
+        }
+        Ok(())
     }
 
     /// Appends one batch and commits it.
@@ -657,6 +696,16 @@ impl LogWriter {
     }
 }
 
+impl Drop for LogWriter {
+    /// Waits for a growth of the active segment still queued or running, so that the next
+    /// writer of the directory (or a test) finds the files as this one left them.
+    fn drop(&mut self) {
+        if let Some(growth) = self.growth.take() {
+            let _ = growth.recv();
+        }
+    }
+}
+
 /// The offsets a stored batch was given.
 fn appended_of(header: &BatchHeader) -> Appended {
     Appended {
@@ -674,6 +723,19 @@ impl LogReader {
     /// The offset after the last committed record.
     pub fn high_watermark(&self) -> u64 {
         self.handoff.high_watermark()
+    }
+
+    /// Disk allocated to the log's segment files: every segment's log and index files as
+    /// far as they are allocated, and the next segment if one is prepared (or kept for
+    /// reuse). Checkpoint and snapshot files (under 4 KiB each) are not counted.
+    pub fn allocated_bytes(&self) -> u64 {
+        let segments: u64 = self
+            .handoff
+            .segments()
+            .iter()
+            .map(|s| s.allocated_bytes())
+            .sum();
+        segments + self.spare.load(StdOrdering::Relaxed)
     }
 
     /// Committed bytes across all segments.
@@ -1442,5 +1504,119 @@ mod tests {
             first[0].1
         );
         assert!(r.start_offset() > 0);
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    /// Disk blocks a file holds, as `du` counts them.
+    fn file_disk(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// A new partition at the default segment size costs its first allocation, not a
+    /// segment: what `du` sees is what `allocated_bytes` reports.
+    #[test]
+    fn an_idle_log_costs_its_first_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LogWriter::open(dir.path(), LogConfig::default()).unwrap();
+        let r = w.reader();
+        let log = dir.path().join("00000000000000000000.log");
+        assert_eq!(file_len(&log), super::super::segment::FIRST_ALLOCATION);
+        let on_disk: u64 = ["log", "index", "timeindex"]
+            .iter()
+            .map(|s| file_disk(&dir.path().join(format!("00000000000000000000.{s}"))))
+            .sum();
+        assert!(on_disk <= 4 << 20, "{on_disk} bytes on disk");
+        assert!(
+            r.allocated_bytes() <= on_disk + 2 * 4096,
+            "{} reported, {on_disk} on disk",
+            r.allocated_bytes()
+        );
+        assert_eq!(r.size_bytes(), 0);
+    }
+
+    /// Appends run ahead of nothing: the file grows before each write reaches past its end
+    /// (under every policy, through crashes and reopens), the index files grow with it, and
+    /// everything reads back. A segment still rolls at its configured size.
+    #[test]
+    fn appends_grow_the_file_ahead_of_the_write_position() {
+        for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = LogConfig {
+                segment_bytes: 6 << 20,
+                index_interval_bytes: 4096,
+                fsync,
+                ..LogConfig::default()
+            };
+            let log = dir.path().join("00000000000000000000.log");
+            let value = vec![7u8; 60_000];
+            let mut written = Vec::new();
+            let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+            let mut i = 0i64;
+            while w.reader().segment_count() == 1 {
+                let b = batch(i, 1, &value);
+                let end = w.write_pos + b.len() as u64;
+                append(&mut w, &b);
+                written.push(i);
+                if w.reader().segment_count() == 1 {
+                    assert!(
+                        file_len(&log) >= end,
+                        "the write reached past the file's end"
+                    );
+                    assert!(file_len(&log) <= end + (2 << 20), "allocated too far ahead");
+                }
+                i += 1;
+                if i == 40 {
+                    // A crash halfway: the next writer finds the file as this one grew it.
+                    drop(w);
+                    w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+                }
+            }
+            assert_eq!(file_len(&log), 6 << 20, "a full segment's file is whole");
+            let offsets = dir.path().join("00000000000000000000.index");
+            assert!(
+                file_len(&offsets) >= ((6 << 20) / 4096) * 8,
+                "the offset index grew with its log"
+            );
+            let got: Vec<i64> = read_all(&w.reader(), 0).iter().map(|r| r.1).collect();
+            assert_eq!(got, written);
+            drop(w);
+            let w = LogWriter::open(dir.path(), cfg).unwrap();
+            let got: Vec<i64> = read_all(&w.reader(), 0).iter().map(|r| r.1).collect();
+            assert_eq!(got, written, "{fsync:?}");
+        }
+    }
+
+    /// A batch larger than what is allocated ahead is allocated in place before it is
+    /// written; a log whose active file was cut (a crash before a growth reached the disk,
+    /// under fsync `never`) reopens with the batches the file still holds and grows again.
+    #[test]
+    fn a_large_batch_and_a_cut_file_are_allocated_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 64 << 20,
+            index_interval_bytes: 4096,
+            fsync: FsyncPolicy::Never,
+            ..LogConfig::default()
+        };
+        let log = dir.path().join("00000000000000000000.log");
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        let small = batch(0, 1, b"small");
+        let big = batch(1, 1, &vec![1u8; 5 << 20]);
+        append(&mut w, &small);
+        append(&mut w, &big);
+        assert!(file_len(&log) >= (small.len() + big.len()) as u64);
+        drop(w);
+        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(small.len() as u64).unwrap();
+        drop(f);
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        assert_eq!(w.next_offset(), 1, "the cut batch is a torn tail");
+        append(&mut w, &big);
+        let got: Vec<i64> = read_all(&w.reader(), 0).iter().map(|r| r.1).collect();
+        assert_eq!(got, vec![0, 1]);
     }
 }

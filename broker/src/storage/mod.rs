@@ -1,5 +1,5 @@
-//! The storage engine: a partition's append-only log of record batches in memory-mapped,
-//! preallocated segment files.
+//! The storage engine: a partition's append-only log of record batches in memory-mapped
+//! segment files, allocated on disk a step ahead of the data.
 //!
 //! This layer knows files, bytes and offsets; it knows nothing of tokio, gRPC or the proto
 //! types. One [`LogWriter`] owns a partition's directory and is the only thing that writes
@@ -50,7 +50,7 @@ pub use segment::sync_dir;
 
 /// Default segment size: big enough that rolls (and their fsyncs) are rare.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
-/// Smallest segment size accepted: one page, so tests can roll often.
+/// Smallest segment size accepted: one page, so tests can roll often. `--help` states it.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
 /// Largest segment size: index entries store positions as u32.
 pub const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
@@ -74,7 +74,7 @@ pub enum FsyncPolicy {
 /// How a partition log is laid out and kept.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Size of each segment file, preallocated.
+    /// Most bytes a segment holds; its files are allocated as it fills (see `segment`).
     pub segment_bytes: u64,
     /// Bytes of log between two sparse index entries.
     pub index_interval_bytes: u64,

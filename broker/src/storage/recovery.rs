@@ -242,11 +242,12 @@ struct Scan {
 
 /// Validates batches of `segment` from `from` on; see the module docs.
 fn scan(segment: &Segment, from: u64, mut next_offset: u64, mut indexer: IndexCursor) -> Scan {
-    let capacity = segment.capacity();
+    // The file's end, not the segment's size: pages past it are not to be touched.
+    let file_end = segment.allocated();
     let mut at = from;
     let stop = loop {
-        let Some(header) = segment.header_at(at, capacity) else {
-            let rest = segment.bytes(at, capacity);
+        let Some(header) = segment.header_at(at, file_end) else {
+            let rest = segment.bytes(at, file_end);
             break if rest.iter().all(|&b| b == 0) {
                 Stop::End
             } else {
@@ -260,7 +261,7 @@ fn scan(segment: &Segment, from: u64, mut next_offset: u64, mut indexer: IndexCu
         {
             break Stop::End;
         }
-        if let Err(e) = header.check_frame((capacity - at) as usize) {
+        if let Err(e) = header.check_frame((file_end - at) as usize) {
             break Stop::Damaged(e.to_string());
         }
         if header.base_offset != next_offset {
@@ -291,19 +292,19 @@ fn scan(segment: &Segment, from: u64, mut next_offset: u64, mut indexer: IndexCu
 
 /// The position of the first batch at or after `from` whose frame and CRC check out.
 fn find_valid_batch(segment: &Segment, from: u64) -> Option<u64> {
-    let capacity = segment.capacity();
+    let file_end = segment.allocated();
     let search_from = from + MAGIC_PATTERN_AT as u64;
-    if search_from >= capacity {
+    if search_from >= file_end {
         return None;
     }
-    let haystack = segment.bytes(search_from, capacity);
+    let haystack = segment.bytes(search_from, file_end);
     memchr::memmem::find_iter(haystack, &MAGIC_PATTERN)
         .map(|hit| from + hit as u64)
         .find(|&at| {
             segment
-                .header_at(at, capacity)
+                .header_at(at, file_end)
                 .is_some_and(|h: BatchHeader| {
-                    h.check_frame((capacity - at) as usize).is_ok()
+                    h.check_frame((file_end - at) as usize).is_ok()
                         && batch::crc_of(segment.bytes(at, at + u64::from(h.batch_len))) == h.crc
                 })
         })
@@ -312,8 +313,8 @@ fn find_valid_batch(segment: &Segment, from: u64) -> Option<u64> {
 /// The end of the last non-zero 4 KiB block at or after `from` (or `from` if none).
 fn dirty_end(segment: &Segment, from: u64) -> u64 {
     const BLOCK: u64 = 4096;
-    let capacity = segment.capacity();
-    let mut end = capacity;
+    let file_end = segment.allocated();
+    let mut end = file_end;
     while end > from {
         let start = end.saturating_sub(BLOCK).max(from);
         if segment.bytes(start, end).iter().any(|&b| b != 0) {
@@ -329,17 +330,17 @@ fn dirty_end(segment: &Segment, from: u64) -> u64 {
 fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCursor)> {
     let last = segment.offsets.last()?;
     segment.times.last()?;
-    let capacity = segment.capacity();
+    let file_end = segment.allocated();
     let mut at = u64::from(last.position);
     let mut next_offset = segment.base_offset() + u64::from(last.relative_offset);
     let mut hops = 0;
-    while let Some(header) = segment.header_at(at, capacity) {
+    while let Some(header) = segment.header_at(at, file_end) {
         if header.batch_len == 0 && header.magic == 0 {
             break;
         }
         // The hop covers at most an index interval and the last batch: checking their CRCs
         // is cheap, and the record count that sets the next offset is under the CRC.
-        if header.check_frame((capacity - at) as usize).is_err()
+        if header.check_frame((file_end - at) as usize).is_err()
             || header.base_offset != next_offset
             || batch::crc_of(segment.bytes(at, at + u64::from(header.batch_len))) != header.crc
         {
@@ -358,7 +359,7 @@ fn trusted_end(segment: &Segment, interval: u64) -> Option<(u64, u64, IndexCurso
             .times
             .last()
             .is_some_and(|e| u64::from(e.position) >= at)
-        || segment.bytes(at, capacity).iter().any(|&b| b != 0)
+        || segment.bytes(at, file_end).iter().any(|&b| b != 0)
     {
         return None;
     }
@@ -410,8 +411,8 @@ fn delete_segment_files(dir: &Path, base: u64) -> Result<()> {
 }
 
 /// Whether the segment file `base` holds any valid batch (an unreadable file holds none).
-fn holds_batches(dir: &Path, base: u64, index_entries: usize) -> Result<Option<u64>> {
-    match Segment::open(dir, base, index_entries) {
+fn holds_batches(shape: &SegmentShape, base: u64) -> Result<Option<u64>> {
+    match Segment::open(shape, base) {
         Ok(segment) => Ok(find_valid_batch(&segment, 0)),
         Err(StorageError::Corrupt { .. }) => Ok(None),
         Err(e) => Err(e),
@@ -430,7 +431,8 @@ fn missing(dir: &Path, base: u64, why: String) -> StorageError {
 /// The error for a log that ends at `end` where it should go on to `wanted` (a later
 /// segment, or what the checkpoint vouches for). Names the file that should hold offset
 /// `end`: the last segment if it is short (its file ends where its batches do, below the
-/// configured size: it was cut), else the missing next one.
+/// configured size: it was cut, since allocation always runs ahead of the batches), else the
+/// missing next one.
 fn gap(
     dir: &Path,
     shape: &SegmentShape,
@@ -440,8 +442,8 @@ fn gap(
     wanted: u64,
 ) -> StorageError {
     if let (Some(last), Some((last_end, _))) = (last, active)
-        && *last_end == last.capacity()
-        && last.capacity() < shape.segment_bytes
+        && *last_end == last.allocated()
+        && last.allocated() < shape.segment_bytes
     {
         return StorageError::Corrupt {
             path: last.path().to_owned(),
@@ -517,7 +519,7 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         if base != next_offset {
             // A segment that does not continue the log may only be an empty leftover, and
             // only if no durable checkpoint vouches for offsets past the gap.
-            let holds = holds_batches(dir, base, shape.index_entries)?;
+            let holds = holds_batches(shape, base)?;
             if base > next_offset && (holds.is_some() || vouched > next_offset) {
                 return Err(gap(dir, shape, segments.last(), &active, next_offset, base));
             }
@@ -537,7 +539,7 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
             delete_segment_files(dir, base)?;
             continue;
         }
-        let segment = match Segment::open(dir, base, shape.index_entries) {
+        let segment = match Segment::open(shape, base) {
             Ok(segment) => segment,
             // An empty file: a crash between creating and allocating a segment.
             Err(StorageError::Corrupt { .. }) if later.is_empty() => {
@@ -571,7 +573,7 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
             Some(c)
                 if c.segment_base == base
                     && !trusted
-                    && c.position <= segment.capacity()
+                    && c.position <= segment.allocated()
                     && segment.offsets.len() > 0
                     && segment.times.len() > 0 =>
             {
@@ -622,7 +624,7 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
         }
         if let Stop::Damaged(reason) = &result.stop {
             for &base in later {
-                if let Some(at) = holds_batches(dir, base, shape.index_entries)? {
+                if let Some(at) = holds_batches(shape, base)? {
                     return Err(StorageError::Corrupt {
                         path: segment.path().to_owned(),
                         position: result.end,
@@ -666,15 +668,6 @@ pub(crate) fn recover(config: &LogConfig, shape: &SegmentShape) -> Result<Recove
             next_offset,
             vouched,
         ));
-    }
-    // An empty active segment smaller than configured (its file was cut short, or it was made
-    // under a smaller size) would refuse every batch larger than itself: make a new one.
-    if let (Some((0, _)), Some(last)) = (&active, segments.last())
-        && last.capacity() < shape.segment_bytes
-    {
-        last.delete_files()?;
-        segments.pop();
-        active = None;
     }
     let (write_pos, indexer) = match active {
         Some((end, indexer)) => (end, indexer),
