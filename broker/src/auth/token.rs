@@ -205,7 +205,7 @@ mod tests {
             principal: "orders".into(),
             hash: hash(&token),
         };
-        let tokens = Tokens::new(&[entry.clone()]).unwrap();
+        let tokens = Tokens::new(std::slice::from_ref(&entry)).unwrap();
         assert_eq!(tokens.principal(&token), Some("orders"));
         assert_eq!(tokens.principal(&format!("{token}x")), None);
         assert_eq!(tokens.principal(""), None);

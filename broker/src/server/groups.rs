@@ -530,13 +530,12 @@ pub fn subscribe<S: Send + 'static>(
     let group = Arc::new(OnceLock::new());
     tokio::spawn(run_member(
         groups,
-        access,
         inbound,
         tx,
         shutdown,
         gone_rx,
         group.clone(),
-        (slot, malformed_ack_ids),
+        (slot, malformed_ack_ids, access),
     ));
     Box::pin(MemberStream {
         rx,
@@ -589,13 +588,12 @@ async fn join_group(
 
 async fn run_member<S>(
     groups: Arc<GroupRegistry>,
-    access: Access,
     mut inbound: Streaming<v1::SubscribeRequest>,
     tx: MemberTx,
     mut shutdown: watch::Receiver<bool>,
     mut gone: oneshot::Receiver<()>,
     shared: Arc<OnceLock<Arc<Group>>>,
-    (_slot, malformed_ack_ids): (S, prometheus::IntCounter),
+    (_slot, malformed_ack_ids, access): (S, prometheus::IntCounter, Access),
 ) {
     use v1::subscribe_request::Request;
     let idle = groups.registry().config().idle_stream_timeout();
