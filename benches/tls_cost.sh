@@ -30,8 +30,9 @@ serve() { # serve MODE PORT
     extra=(--config "$WORK/secure.toml" --tls-cert "$WORK/certs/server.pem" --tls-key "$WORK/certs/server.key")
   fi
   rm -rf "$WORK/data-$1"
+  : >"$WORK/serve-$1.log"
   "$HERALD" serve --data-dir "$WORK/data-$1" --listen "127.0.0.1:$2" --metrics-listen 127.0.0.1:0 \
-    "${extra[@]}" 2>"$WORK/serve-$1.log" &
+    "${extra[@]}" 2>>"$WORK/serve-$1.log" &
   for _ in $(seq 100); do grep -q "herald is serving" "$WORK/serve-$1.log" && return; sleep 0.1; done
   echo "broker did not start"; cat "$WORK/serve-$1.log"; exit 1
 }
