@@ -78,3 +78,60 @@ async fn run_script(name: &str, ok: &str) {
     println!("{}", stdout.trim_end());
     stop(broker).await;
 }
+
+/// The README's Python snippet for a secured broker (`tests/python/herald_secure.py`): TLS
+/// with the broker's CA and a bearer token through grpcio's own credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_client_speaks_tls_with_a_token() {
+    use herald_broker::auth::{TokenEntry, token};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new("python CA");
+    let server = ca.server(&["localhost"], common::pki::Validity::Now);
+    let mut config = common::pki::with_tls(
+        test_config(&dir.path().join("data")),
+        dir.path(),
+        &server,
+        None,
+    );
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[rule]]\nprincipal = \"py\"\noperations = [\"all\"]\nresource = \"topic\"\nname = \"py.\"\npattern = \"prefix\"\n",
+    )
+    .unwrap();
+    config.acl_file = Some(acl);
+    let secret = token::generate().unwrap();
+    config.tokens = vec![TokenEntry {
+        principal: "py".into(),
+        hash: token::hash(&secret),
+    }];
+    let broker = start(config).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new("python3")
+        .arg(root.join("tests/python/herald_secure.py"))
+        .arg(format!("localhost:{}", broker.addr.port()))
+        .current_dir(root)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("HERALD_TLS_CA", ca.write(dir.path(), "ca"))
+        .env("HERALD_TOKEN", &secret)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, output)
+        .await
+        .expect("herald_secure.py finishes")
+        .expect("python3 runs");
+    let report = format!(
+        "herald_secure.py exited with {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_ne!(
+        output.status.code(),
+        Some(EXIT_MISSING_DEPENDENCY),
+        "{SETUP_HINT}\n{report}"
+    );
+    assert!(output.status.success(), "{report}");
+    stop(broker).await;
+}

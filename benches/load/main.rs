@@ -123,6 +123,12 @@ struct Args {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Herald over TLS, trusting this CA certificate (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Herald bearer token (also HERALD_TOKEN).
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,8 +323,20 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
             args.consumers - partitions
         );
     }
+    let tls_ca = match &args.tls_ca {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let url = match (&tls_ca, url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => url,
+    };
     let settings = Settings {
         url,
+        tls_ca,
+        token: args.token.clone(),
         topic: topic.clone(),
         group: args.group.clone(),
         partitions,

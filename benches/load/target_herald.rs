@@ -24,8 +24,15 @@ use crate::workload::{Fsync, Generator, GroupOrdering, Workload, next_or_idle};
 const MAX_PENDING_BATCHES: usize = 4096;
 
 async fn connect(wl: &Workload) -> anyhow::Result<Client> {
-    Client::builder(wl.settings.url.clone())
-        .request_timeout(Duration::from_secs(30))
+    let mut builder =
+        Client::builder(wl.settings.url.clone()).request_timeout(Duration::from_secs(30));
+    if let Some(ca) = &wl.settings.tls_ca {
+        builder = builder.tls_ca_pem(ca);
+    }
+    if let Some(token) = &wl.settings.token {
+        builder = builder.token(token.clone());
+    }
+    builder
         .connect()
         .await
         .with_context(|| format!("connecting to {}", wl.settings.url))

@@ -61,6 +61,10 @@ impl std::fmt::Display for Fsync {
 pub struct Settings {
     /// The address as the target's client wants it (e.g. `http://…` for Herald).
     pub url: String,
+    /// Herald: the CA certificate (PEM) to trust over TLS.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Herald: the bearer token.
+    pub token: Option<String>,
     pub topic: String,
     pub group: String,
     pub partitions: u32,

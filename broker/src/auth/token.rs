@@ -224,6 +224,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The fuzz target `auth_metadata`'s property, on every `cargo test`: any bytes
+        /// parse or are refused without a panic, and what parses is a token that parses
+        /// back to itself.
+        #[test]
+        fn any_authorization_bytes_parse_or_are_refused(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), bearer in proptest::prelude::any::<bool>()) {
+            let mut value = value;
+            if bearer {
+                value.splice(0..0, b"Bearer ".iter().copied());
+            }
+            if let Ok(token) = parse_authorization(&value) {
+                proptest::prop_assert!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()));
+                let again = format!("bEaReR {token}");
+                proptest::prop_assert_eq!(parse_authorization(again.as_bytes()), Ok(token));
+            }
+        }
+    }
+
     #[test]
     fn the_hash_is_sha256_in_hex() {
         assert_eq!(

@@ -531,13 +531,12 @@ pub fn subscribe<S: Send + 'static>(
     let group = Arc::new(OnceLock::new());
     tokio::spawn(run_member(
         groups,
-        access,
         inbound,
         tx,
         shutdown,
         gone_rx,
         group.clone(),
-        (slot, malformed_ack_ids, cluster),
+        (slot, malformed_ack_ids, cluster, access),
     ));
     Box::pin(MemberStream {
         rx,
@@ -588,20 +587,18 @@ async fn join_group(
     Ok((group, member))
 }
 
-// The member task's inputs, each moved in once at spawn: a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
 async fn run_member<S>(
     groups: Arc<GroupRegistry>,
-    access: Access,
     mut inbound: Streaming<v1::SubscribeRequest>,
     tx: MemberTx,
     mut shutdown: watch::Receiver<bool>,
     mut gone: oneshot::Receiver<()>,
     shared: Arc<OnceLock<Arc<Group>>>,
-    (_slot, malformed_ack_ids, cluster): (
+    (_slot, malformed_ack_ids, cluster, access): (
         S,
         prometheus::IntCounter,
         Option<Arc<crate::cluster::Cluster>>,
+        Access,
     ),
 ) {
     use v1::subscribe_request::Request;

@@ -194,6 +194,11 @@ impl Server {
         Server { process, addr }
     }
 
+    /// Its process id, to signal it.
+    pub fn id(&self) -> u32 {
+        self.process.id()
+    }
+
     /// The gRPC address it bound.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -36,8 +36,10 @@ function brokerEnv() {
 }
 
 class Broker {
-  constructor() {
+  /** `args`: more `herald serve` flags (e.g. TLS and a config file). */
+  constructor(args = []) {
     this.bin = heraldBin();
+    this.args = args;
     this.dataDir = mkdtempSync(path.join(tmpdir(), 'herald-node-'));
     this.port = 0;
     this.child = undefined;
@@ -60,6 +62,7 @@ class Broker {
           // Small segments: recovery after a kill scans the open segment, which in a
           // debug build takes seconds for the default 256 MiB.
           '--segment-bytes', String(4 * 1024 * 1024),
+          ...this.args,
         ],
         { stdio: ['ignore', 'ignore', 'pipe'], env: brokerEnv() },
       );
@@ -128,8 +131,8 @@ process.on('exit', () => {
 });
 
 /** A started broker. */
-async function startBroker() {
-  const broker = new Broker();
+async function startBroker(args = []) {
+  const broker = new Broker(args);
   await broker.start();
   return broker;
 }
