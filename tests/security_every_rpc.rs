@@ -177,6 +177,7 @@ fn request_for(method: &str) -> Vec<u8> {
             ..Default::default()
         }
         .encode_to_vec(),
+        "ClusterStatus" => v1::ClusterStatusRequest {}.encode_to_vec(),
         "ListPending" => v1::ListPendingRequest {
             topic: TOPIC.into(),
             group: GROUP.into(),
