@@ -44,6 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".")
+        // Forwarded client requests carry the public messages: use the `v1` module's
+        // types rather than generating a second copy of them.
+        .extern_path(".herald.v1", "crate::v1")
         .file_descriptor_set_path(out_dir.join("herald_peer_v1_descriptor.bin"))
         .compile_protos(PEER_PROTOS, &[INCLUDE_DIR])?;
 

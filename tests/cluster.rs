@@ -259,23 +259,13 @@ async fn a_topic_created_on_a_follower_reaches_every_node_with_its_placement() {
         "partition leaders spread over the nodes: {topic:?}"
     );
 
-    // A partition's publishes go to its node; the others name it.
+    // Any node takes a partition's publishes: the others forward them to its node.
     for p in &topic.partitions {
-        let mut home = cluster.client(p.leader).await;
-        publish(&mut home, "orders", p.partition)
-            .await
-            .expect("its node takes it");
-        let elsewhere = (1..=3).find(|id| *id != p.leader).unwrap();
-        let refused = publish(&mut cluster.client(elsewhere).await, "orders", p.partition).await;
-        let status = refused.unwrap_err();
-        assert_eq!(status.code(), Code::FailedPrecondition);
-        assert!(
-            status
-                .message()
-                .contains(&format!("served by node {}", p.leader)),
-            "{}",
-            status.message()
-        );
+        for node in 1..=3 {
+            publish(&mut cluster.client(node).await, "orders", p.partition)
+                .await
+                .expect("any node takes it");
+        }
     }
 
     // A consumer group reads its node's logs: refused on a node that does not serve
@@ -367,4 +357,281 @@ async fn a_single_node_describes_itself_as_a_cluster_of_one() {
     assert_eq!(status.nodes[0].client_address, broker.addr.to_string());
     assert_eq!(status.topics[0].partitions.len(), 2);
     common::stop(broker).await;
+}
+
+/// Fetches every record of `partition` through `client`, following until `count` arrived.
+async fn fetch_all(
+    client: &mut HeraldClient<Channel>,
+    topic: &str,
+    partition: u32,
+    count: usize,
+) -> Vec<v1::FetchedRecord> {
+    let mut stream = client
+        .fetch(v1::FetchRequest {
+            topic: topic.into(),
+            partition,
+            start: Some(v1::Position {
+                kind: Some(v1::position::Kind::Offset(0)),
+            }),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("fetch opens")
+        .into_inner();
+    let mut records = Vec::new();
+    while records.len() < count {
+        let response = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("records arrive")
+            .expect("the stream stays healthy")
+            .expect("the stream stays open");
+        records.extend(response.records);
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_takes_publishes_and_serves_reads_for_every_partition() {
+    let cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    let mut first = cluster.client(1).await;
+    create(&mut first, "orders", 3).await;
+    for broker in cluster.running() {
+        eventually("every node holds the topic", || has_topic(broker, "orders")).await;
+    }
+    let placement = cluster.brokers[0]
+        .as_ref()
+        .unwrap()
+        .cluster
+        .as_ref()
+        .unwrap()
+        .metadata();
+    let home = |p: u32| placement.topics["orders"].replicas[p as usize][0];
+
+    // A follow-mode Fetch forwarded to the partition's node outlives the peer port's
+    // per-call timeout (5 s): only the call's start is bounded, not its stream.
+    let waiting = {
+        let away = (1..=3).find(|id| *id != home(0)).unwrap();
+        let mut client = cluster.client(away).await;
+        tokio::spawn(async move {
+            let mut stream = client
+                .fetch(v1::FetchRequest {
+                    topic: "orders".into(),
+                    partition: 0,
+                    start: Some(v1::Position {
+                        kind: Some(v1::position::Kind::Latest(v1::Latest {})),
+                    }),
+                    follow: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("fetch opens")
+                .into_inner();
+            tokio::time::timeout(WAIT, stream.message()).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // Every node publishes to every partition, explicitly and by key; each answer's
+    // offsets follow the last one's on that partition, wherever it was sent.
+    let mut clients = Vec::new();
+    for id in 1..=3 {
+        clients.push(cluster.client(id).await);
+    }
+    let mut next = [0u64; 3];
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for round in 0..4 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            for p in 0..3u32 {
+                let value = format!("r{round}-n{}-p{p}", i + 1);
+                let answer = client
+                    .publish(v1::PublishRequest {
+                        topic: "orders".into(),
+                        partition: Some(p),
+                        payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                            records: vec![record(None, &value)],
+                        })),
+                        producer: None,
+                    })
+                    .await
+                    .expect("published")
+                    .into_inner();
+                assert_eq!(
+                    (answer.partition, answer.base_offset),
+                    (p, next[p as usize])
+                );
+                next[p as usize] += 1;
+                sent[p as usize].push(value);
+            }
+            let key = format!("user-{round}-{i}");
+            let answer = client
+                .publish(v1::PublishRequest {
+                    topic: "orders".into(),
+                    partition: None,
+                    payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                        records: vec![record(Some(&key), &key)],
+                    })),
+                    producer: None,
+                })
+                .await
+                .expect("published by key")
+                .into_inner();
+            let p = herald_client::partition_for_key(key.as_bytes(), 3).0;
+            assert_eq!(
+                (answer.partition, answer.base_offset),
+                (p, next[p as usize])
+            );
+            next[p as usize] += 1;
+            sent[p as usize].push(key);
+        }
+    }
+    let woke = waiting
+        .await
+        .unwrap()
+        .expect("the waiting fetch got records");
+    assert!(
+        !woke
+            .expect("the waiting fetch stays healthy")
+            .unwrap()
+            .records
+            .is_empty()
+    );
+
+    // The records are stored on each partition's node only, and every node reads them
+    // all, in order.
+    for p in 0..3u32 {
+        for broker in cluster.running() {
+            let id = broker.cluster.as_ref().unwrap().node_id();
+            let stored = broker
+                .registry
+                .get("orders")
+                .unwrap()
+                .partition(p)
+                .unwrap()
+                .reader()
+                .high_watermark();
+            let expected = if id == home(p) { next[p as usize] } else { 0 };
+            assert_eq!(stored, expected, "node {id}, partition {p}");
+        }
+        for client in clients.iter_mut() {
+            let records = fetch_all(client, "orders", p, sent[p as usize].len()).await;
+            let values: Vec<String> = records
+                .iter()
+                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                .collect();
+            assert_eq!(values, sent[p as usize], "partition {p}");
+            let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
+            assert_eq!(offsets, (0..next[p as usize]).collect::<Vec<_>>());
+        }
+    }
+
+    // The serving node's refusals reach the client unchanged.
+    let away = (1..=3).find(|id| *id != home(1)).unwrap();
+    let mut stream = clients[away as usize - 1]
+        .fetch(v1::FetchRequest {
+            topic: "orders".into(),
+            partition: 1,
+            start: Some(v1::Position {
+                kind: Some(v1::position::Kind::Offset(1_000_000)),
+            }),
+            ..Default::default()
+        })
+        .await;
+    let status = match &mut stream {
+        Ok(stream) => stream.get_mut().message().await.unwrap_err(),
+        Err(status) => status.clone(),
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+    // A PublishStream through one node reaches every partition.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for p in 0..3u32 {
+        tx.send(v1::PublishStreamRequest {
+            sequence: u64::from(p),
+            publish: Some(v1::PublishRequest {
+                topic: "orders".into(),
+                partition: Some(p),
+                payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                    records: vec![record(None, "streamed")],
+                })),
+                producer: None,
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let mut replies = clients[0]
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = BTreeSet::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        match reply.outcome {
+            Some(v1::publish_stream_response::Outcome::Published(published)) => {
+                assert_eq!(published.base_offset, next[published.partition as usize]);
+                answered.insert(published.partition);
+            }
+            other => panic!("publish {} failed: {other:?}", reply.sequence),
+        }
+    }
+    assert_eq!(answered, BTreeSet::from([0, 1, 2]));
+
+    // The peer port refuses a forwarded request for a partition its node does not
+    // serve: a forwarded request is never forwarded again.
+    let target = 1u64;
+    let elsewhere = (0..3u32).find(|p| home(*p) != target).unwrap();
+    let peer = cluster.brokers[0]
+        .as_ref()
+        .unwrap()
+        .cluster
+        .as_ref()
+        .unwrap()
+        .peer_addr;
+    let mut peer = herald_proto::peer::peer_client::PeerClient::connect(format!("http://{peer}"))
+        .await
+        .unwrap();
+    let forwarded = |to: u64| herald_proto::peer::ForwardedPublish {
+        to,
+        from: 2,
+        request: Some(v1::PublishRequest {
+            topic: "orders".into(),
+            partition: Some(elsewhere),
+            payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                records: vec![record(None, "loop")],
+            })),
+            producer: None,
+        }),
+    };
+    let refused = peer.publish(forwarded(target)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("served by node {}", home(elsewhere))),
+        "{refused:?}"
+    );
+    let wrong_node = peer.publish(forwarded(7)).await.unwrap_err();
+    assert_eq!(
+        wrong_node.code(),
+        Code::FailedPrecondition,
+        "{wrong_node:?}"
+    );
+
+    // With a partition's node down, the others say so rather than hang.
+    let mut cluster = cluster;
+    let gone = home(2);
+    cluster.stop(gone).await;
+    let other = (1..=3).find(|id| *id != gone).unwrap();
+    let refused = publish(&mut cluster.client(other).await, "orders", 2)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!("node {gone}")),
+        "{refused:?}"
+    );
+    cluster.shutdown().await;
 }

@@ -167,6 +167,16 @@ pub enum BrokerError {
         this: u64,
     },
 
+    /// In cluster mode, the answer of the node a request was forwarded to (the node that
+    /// serves the partition), passed on to the client unchanged.
+    #[error("{message}")]
+    Forwarded {
+        node: u64,
+        /// The gRPC status code the serving node answered with.
+        code: i32,
+        message: String,
+    },
+
     // Try again later (or elsewhere).
     #[error("the broker is shutting down")]
     ShuttingDown,

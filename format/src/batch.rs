@@ -340,6 +340,11 @@ impl ValidatedBatch {
             producer: self.producer,
         }
     }
+    /// The batch's bytes, as checked.
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+
     /// The producer block, if the batch has one.
     pub fn producer(&self) -> Option<ProducerStamp> {
         self.producer

@@ -9,10 +9,13 @@
 //!   keeps the state and its snapshots durable.
 //! - [`placement`] — which nodes hold each partition.
 //! - [`network`], [`peer_service`] — the peer transport's client and server.
+//! - [`forward`] — client publishes and reads sent on to the node that serves the
+//!   partition, so a client needs the address of one node only.
 //!
 //! Nothing here runs unless the broker is started with cluster settings: a single node
 //! never touches openraft.
 
+pub mod forward;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
@@ -22,7 +25,7 @@ pub mod types;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -39,6 +42,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::error::{BrokerError, Result};
 use crate::registry::Registry;
 use crate::topic::{TopicSettings, validate_name};
+use forward::{FetchStream, ForwardedRequests, Forwarder, LocalService};
+use herald_proto::v1;
 use log_store::LogStore;
 use network::{Health, Network, PEER_CALL_TIMEOUT, PEER_MAX_MESSAGE_BYTES, peer_client};
 use peer_service::PeerService;
@@ -57,6 +62,8 @@ pub const ELECTION_TIMEOUT_MS: (u64, u64) = (300, 600);
 /// How long a metadata change (create or delete a topic) may take, forwarding and
 /// elections included, before the caller gets UNAVAILABLE.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for a forwarded publish's fields around its batch.
+const FORWARD_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -184,6 +191,10 @@ pub struct Cluster {
     pub peer_addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Connections to the other nodes for forwarded client requests.
+    forwarder: Forwarder,
+    /// This node's handling of requests forwarded to it, once the gRPC service exists.
+    local: Arc<LocalService>,
 }
 
 impl Cluster {
@@ -202,7 +213,7 @@ impl Cluster {
         let (log_dir, sm_view, sm_registry) = (dir.clone(), view.clone(), registry.clone());
         let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
             let log_store = LogStore::open(&log_dir)?;
-            let state_machine = StateMachine::open(node_id, &log_dir, sm_registry, sm_view)?;
+            let state_machine = StateMachine::open(&log_dir, sm_registry, sm_view)?;
             Ok::<_, std::io::Error>((log_store, state_machine))
         })
         .await
@@ -242,13 +253,19 @@ impl Cluster {
             .local_addr()
             .map_err(|e| BrokerError::io("reading the peer address", e))?;
         let (stop, mut stopped) = watch::channel(false);
+        // Forwarded publishes carry a whole batch: the peer port takes the largest batch
+        // the client port does.
+        let message_max =
+            PEER_MAX_MESSAGE_BYTES.max(registry.config().max_batch_bytes + FORWARD_OVERHEAD_BYTES);
+        let local: Arc<LocalService> = Arc::default();
         let service = PeerServer::new(PeerService {
             node_id,
             raft: raft.clone(),
             health: health.clone(),
+            local: local.clone(),
         })
-        .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(message_max)
+        .max_encoding_message_size(message_max);
         let server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .timeout(PEER_CALL_TIMEOUT)
@@ -286,7 +303,15 @@ impl Cluster {
             peer_addr,
             stop,
             server: std::sync::Mutex::new(Some(server)),
+            forwarder: Forwarder::new(message_max),
+            local,
         }))
+    }
+
+    /// Registers this node's handling of requests other nodes forward to it. Until then
+    /// (while the broker starts) forwarded requests get UNAVAILABLE.
+    pub fn serve_forwarded(&self, service: Weak<dyn ForwardedRequests>) {
+        let _ = self.local.set(service);
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -434,26 +459,65 @@ impl Cluster {
         }
     }
 
-    /// Whether this node serves `partition` of `topic`. Until partitions are replicated,
-    /// only a partition's first replica holds its records, so every other node refuses
-    /// its publishes and reads with the node to send them to. Lock-free.
-    pub fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
+    /// The other node that serves `partition` of `topic`, if not this one. Until
+    /// partitions are replicated, only a partition's first replica holds its records.
+    /// Lock-free.
+    pub fn served_elsewhere(&self, topic: &str, partition: u32) -> Option<NodeId> {
         let view = self.view.load();
-        let Some(record) = view.topics.get(topic) else {
-            return Ok(());
-        };
-        match record.home(partition) {
-            Some(home) if home != self.node_id => Err(BrokerError::NotPartitionHome {
-                topic: topic.to_owned(),
-                partition,
-                node: home,
-                address: self
-                    .address_of(home)
-                    .map_or_else(|| "unknown address".to_owned(), |a| a.client),
-                this: self.node_id,
-            }),
-            _ => Ok(()),
+        let home = view.topics.get(topic)?.home(partition)?;
+        (home != self.node_id).then_some(home)
+    }
+
+    /// The refusal of a request for a partition `home` serves, naming where to send it.
+    pub fn not_served_here(&self, topic: &str, partition: u32, home: NodeId) -> BrokerError {
+        BrokerError::NotPartitionHome {
+            topic: topic.to_owned(),
+            partition,
+            node: home,
+            address: self
+                .address_of(home)
+                .map_or_else(|| "unknown address".to_owned(), |a| a.client),
+            this: self.node_id,
         }
+    }
+
+    /// Whether this node serves `partition` of `topic`; if not, the refusal naming the
+    /// node that does.
+    pub fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        match self.served_elsewhere(topic, partition) {
+            Some(home) => Err(self.not_served_here(topic, partition, home)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a client's publish to `node`, which serves its partition.
+    pub async fn forward_publish(
+        &self,
+        node: NodeId,
+        request: v1::PublishRequest,
+    ) -> Result<v1::PublishResponse> {
+        let addr = self.peer_address(node)?;
+        self.forwarder
+            .publish(self.node_id, node, &addr, request)
+            .await
+    }
+
+    /// Opens a client's Fetch on `node`, which serves its partition.
+    pub async fn forward_fetch(
+        &self,
+        node: NodeId,
+        request: v1::FetchRequest,
+    ) -> Result<FetchStream> {
+        let addr = self.peer_address(node)?;
+        self.forwarder
+            .fetch(self.node_id, node, &addr, request)
+            .await
+    }
+
+    fn peer_address(&self, node: NodeId) -> Result<NodeAddr> {
+        self.address_of(node).ok_or_else(|| {
+            BrokerError::ClusterUnavailable(format!("the address of node {node} is unknown"))
+        })
     }
 
     /// Whether this node serves every partition of `topic` (what a consumer group on this

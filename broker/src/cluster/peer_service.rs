@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_proto::peer::peer_server::Peer;
-use herald_proto::peer::{Group, RaftReply, RaftRequest};
+use herald_proto::peer::{ForwardedFetch, ForwardedPublish, Group, RaftReply, RaftRequest};
+use herald_proto::v1;
 use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use super::forward::{FetchStream, ForwardedRequests, LocalService};
 use super::network::Health;
 use super::types::{MetaCommand, MetaTypes, NodeId};
 use super::{ForwardOutcome, write_locally};
@@ -21,6 +23,8 @@ pub struct PeerService {
     pub node_id: NodeId,
     pub raft: Raft<MetaTypes>,
     pub health: Arc<Health>,
+    /// The broker's own handling of forwarded client requests.
+    pub local: Arc<LocalService>,
 }
 
 impl PeerService {
@@ -42,6 +46,28 @@ impl PeerService {
         self.health.heard(request.from);
         bincode::deserialize(&request.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
+    }
+}
+
+impl PeerService {
+    /// Checks a forwarded request's envelope and finds the broker service to run it.
+    fn forwarded(&self, to: NodeId, from: NodeId) -> Result<Arc<dyn ForwardedRequests>, Status> {
+        if to != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {to}: the sender's address for node {to} is stale",
+                self.node_id
+            )));
+        }
+        self.health.heard(from);
+        self.local
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "node {} is starting or stopping and serves no requests",
+                    self.node_id
+                ))
+            })
     }
 }
 
@@ -80,5 +106,31 @@ impl Peer for PeerService {
         let command: MetaCommand = self.open(request)?;
         let outcome: ForwardOutcome = write_locally(&self.raft, command).await;
         reply(&outcome)
+    }
+
+    async fn publish(
+        &self,
+        request: Request<ForwardedPublish>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        let forwarded = request.into_inner();
+        let service = self.forwarded(forwarded.to, forwarded.from)?;
+        let publish = forwarded
+            .request
+            .ok_or_else(|| Status::invalid_argument("the forwarded publish carries no request"))?;
+        service.publish(publish).await.map(Response::new)
+    }
+
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        request: Request<ForwardedFetch>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let forwarded = request.into_inner();
+        let service = self.forwarded(forwarded.to, forwarded.from)?;
+        let fetch = forwarded
+            .request
+            .ok_or_else(|| Status::invalid_argument("the forwarded fetch carries no request"))?;
+        service.fetch(fetch).await.map(Response::new)
     }
 }

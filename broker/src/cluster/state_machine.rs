@@ -93,7 +93,6 @@ pub fn read_checked<T: DeserializeOwned>(dir: &Path, name: &str) -> std::io::Res
 
 /// The metadata state machine (openraft's `RaftStateMachine`).
 pub struct StateMachine {
-    node_id: NodeId,
     dir: PathBuf,
     state: MetaState,
     /// The applied state, published for readers (status, publish routing) without a lock.
@@ -105,7 +104,6 @@ pub struct StateMachine {
 impl StateMachine {
     /// Loads the state machine from `dir` (empty if new). Blocking.
     pub fn open(
-        node_id: NodeId,
         dir: &Path,
         registry: Arc<Registry>,
         view: Arc<ArcSwap<MetaState>>,
@@ -114,7 +112,6 @@ impl StateMachine {
         let snapshot = read_checked(dir, SNAPSHOT_FILE)?;
         view.store(Arc::new(state.clone()));
         Ok(StateMachine {
-            node_id,
             dir: dir.to_owned(),
             state,
             view,
@@ -160,9 +157,10 @@ impl StateMachine {
                     replicas,
                 };
                 self.state.topics.insert(name, record.clone());
-                let local = record
-                    .hosted_by(self.node_id)
-                    .then(|| Local::Create(record.clone()));
+                // Every node holds every topic locally, whether or not it serves one of
+                // its partitions: a node checks and places a client's publish before it
+                // forwards it, and reads the topic's settings, from its own copy.
+                let local = Some(Local::Create(record.clone()));
                 (MetaResponse::Created(record), local)
             }
             MetaCommand::DeleteTopic { name } => {
@@ -363,7 +361,7 @@ impl RaftStateMachine<MetaTypes> for StateMachine {
             state
                 .topics
                 .values()
-                .filter(|t| t.hosted_by(self.node_id) && old.get(&t.name) != Some(t))
+                .filter(|t| old.get(&t.name) != Some(t))
                 .map(|t| Local::Create(t.clone())),
         );
         self.state = state;

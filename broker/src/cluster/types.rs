@@ -110,11 +110,6 @@ impl TopicRecord {
             .get(partition as usize)
             .and_then(|r| r.first().copied())
     }
-
-    /// Whether `node` holds any of the topic's partitions.
-    pub fn hosted_by(&self, node: NodeId) -> bool {
-        self.replicas.iter().any(|r| r.contains(&node))
-    }
 }
 
 /// The metadata state machine's data: what every node agrees on once it has applied the

@@ -174,11 +174,17 @@ impl Broker {
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
         groups.start();
         // The generated server, with Subscribe's responses written by the route itself.
+        let service = Arc::new(
+            HeraldService::new(registry.clone(), groups.clone(), metrics.clone(), stop_rx)
+                .with_cluster(cluster.clone(), addr),
+        );
+        if let Some(cluster) = &cluster {
+            // Requests other nodes forward here are served by this same service.
+            let forwarded: Arc<dyn crate::cluster::forward::ForwardedRequests> = service.clone();
+            cluster.serve_forwarded(Arc::downgrade(&forwarded));
+        }
         let herald = subscribe_route::SubscribeRoute::new(
-            Arc::new(
-                HeraldService::new(registry.clone(), groups.clone(), metrics.clone(), stop_rx)
-                    .with_cluster(cluster.clone(), addr),
-            ),
+            service,
             message_max,
             message_max.max(FETCH_MAX_BYTES_CAP + REQUEST_OVERHEAD_BYTES),
         );

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures::future::Either;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use herald_proto::v1::{self, position::Kind as PositionKind, publish_request::Payload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -141,11 +142,173 @@ impl HeraldService {
         })
     }
 
+    /// Serves a Fetch from this node's log of the partition. `slot` is the stream's place
+    /// in its connection's limit (none for a Fetch another node forwarded, which counts
+    /// there). A forwarded Fetch for a partition this node does not serve is refused.
+    fn fetch_stream(
+        &self,
+        slot: Option<StreamSlot>,
+        r: v1::FetchRequest,
+        forwarded: bool,
+    ) -> Result<BoxStream<v1::FetchResponse>, Status> {
+        let topic = self.registry.get(&r.topic)?;
+        let partition = topic.partition(r.partition)?;
+        if forwarded
+            && let Some(cluster) = &self.cluster
+            && let Some(home) = cluster.served_elsewhere(&r.topic, r.partition)
+        {
+            return Err(cluster.not_served_here(&r.topic, r.partition, home).into());
+        }
+        let reader = partition.reader().clone();
+        let mut high_watermark = partition.watch_high_watermark();
+        let start = match r.start {
+            None => resolve_start(&reader, None)?,
+            Some(v1::Position { kind: None }) => {
+                return Err(BrokerError::InvalidRequest(
+                    "`start` is set but holds no position: set earliest, latest, offset or timestamp_ms".into(),
+                )
+                .into());
+            }
+            Some(v1::Position { kind }) => resolve_start(&reader, kind)?,
+        };
+        let max_bytes = match r.max_bytes as usize {
+            0 => crate::config::DEFAULT_FETCH_MAX_BYTES,
+            n => n.min(FETCH_MAX_BYTES_CAP),
+        };
+        let max_wait = Duration::from_millis(u64::from(r.max_wait_ms));
+        let end_at_request = reader.high_watermark();
+        let (tx, rx) = mpsc::channel::<FetchItem>(FETCH_QUEUE);
+        let metrics = self.metrics.clone();
+        let budget = self.response_budget.clone();
+        let budget_bytes = self.registry.config().response_buffer_bytes;
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            // Holding the topic keeps the partition alive while the stream runs.
+            let mut at = start;
+            let mut sent_any = false;
+            let mut waited = false;
+            // Without follow, the stream ends at the end offset the request saw, or, if it
+            // had to wait for a first record, at the end offset when that record arrived.
+            let mut end = end_at_request;
+            loop {
+                if *shutdown.borrow() {
+                    let _ = tx.send(Err(BrokerError::ShuttingDown.into())).await;
+                    break;
+                }
+                // A full response needs room in the broker-wide budget, taken while the
+                // chunk is only a view of the mapping. Without room (other streams'
+                // readers lag and their responses still wait on flow control), the
+                // stream goes on with small responses: readers that keep up are never
+                // stopped by those that do not.
+                let mut permit = None;
+                let mut record_bytes_max = usize::MAX;
+                let read = reader.read(at, max_bytes).and_then(|chunk| match chunk {
+                    Some(chunk) if chunk.bytes.len() > FETCH_SMALL_BYTES => {
+                        let cost = response_cost(&chunk, r.raw_batches).min(budget_bytes);
+                        match budget.clone().try_acquire_many_owned(cost as u32) {
+                            Ok(p) => {
+                                permit = Some(p);
+                                Ok(Some(chunk))
+                            }
+                            Err(_) => {
+                                record_bytes_max = FETCH_SMALL_BYTES;
+                                reader.read(at, FETCH_SMALL_BYTES)
+                            }
+                        }
+                    }
+                    other => Ok(other),
+                });
+                let response = match read {
+                    Ok(Some(chunk)) => {
+                        let range = wanted_range(at, r.follow, end);
+                        let response = build_fetch_response(
+                            &chunk,
+                            range,
+                            r.raw_batches,
+                            record_bytes_max,
+                            (&metrics, &topic.counters),
+                            reader.start_offset(),
+                        );
+                        at = response.next_offset;
+                        response
+                    }
+                    Ok(None) => {
+                        let done =
+                            !r.follow && (sent_any || waited || max_wait.is_zero() || at < end);
+                        if done {
+                            if !sent_any {
+                                let _ = tx.send(Ok((empty_response(&reader, at), None))).await;
+                            }
+                            break;
+                        }
+                        // Wait for the watermark to move past `at`, a heartbeat, or shutdown.
+                        waited = true;
+                        let moved = async { high_watermark.wait_for(|hw| *hw > at).await.is_ok() };
+                        let timed = async {
+                            if max_wait.is_zero() {
+                                std::future::pending::<()>().await
+                            } else {
+                                tokio::time::sleep(max_wait).await
+                            }
+                        };
+                        tokio::select! {
+                            moved = moved => {
+                                if moved {
+                                    end = reader.high_watermark();
+                                    continue;
+                                }
+                                // The writer is gone: the topic was deleted, or the broker
+                                // is stopping.
+                                let error = if *shutdown.borrow() {
+                                    BrokerError::ShuttingDown
+                                } else {
+                                    BrokerError::TopicDeleted { topic: r.topic.clone() }
+                                };
+                                let _ = tx.send(Err(error.into())).await;
+                                break;
+                            }
+                            _ = timed => {
+                                if r.follow {
+                                    if tx.send(Ok((empty_response(&reader, at), None))).await.is_err() {
+                                        break;
+                                    }
+                                    sent_any = true;
+                                }
+                                continue;
+                            }
+                            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => continue,
+                            _ = tx.closed() => break,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(BrokerError::from(e).into())).await;
+                        break;
+                    }
+                };
+                if tx.send(Ok((response, permit))).await.is_err() {
+                    break;
+                }
+                sent_any = true;
+                if !r.follow && at >= end {
+                    break;
+                }
+            }
+        });
+        Ok(Box::pin(BudgetedResponses {
+            rx,
+            held: VecDeque::with_capacity(HELD_RESPONSES + 1),
+        }))
+    }
+
     /// Validates a publish, picks its partition and queues it there; the returned future
-    /// resolves with the reply once the batch is committed.
+    /// resolves with the reply once the batch is committed. In cluster mode, a publish for
+    /// a partition another node serves is sent on to that node, unless it was forwarded
+    /// here already (`forwarded`), which is then refused.
     async fn publish_enqueue(
         &self,
         request: v1::PublishRequest,
+        forwarded: bool,
     ) -> Result<
         impl std::future::Future<Output = Result<v1::PublishResponse, BrokerError>> + Send + use<>,
         BrokerError,
@@ -175,12 +338,35 @@ impl HeraldService {
             // the partition whose window remembers it.
             let placement = batch.first_key().or(batch.first_msg_id());
             let partition = topic.pick_partition(request.partition, placement)?;
-            if let Some(cluster) = &self.cluster {
-                cluster.check_partition(topic.name(), partition.id)?;
-            }
             let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
+            if let Some(cluster) = &self.cluster
+                && let Some(home) = cluster.served_elsewhere(topic.name(), partition.id)
+            {
+                if forwarded {
+                    return Err(cluster.not_served_here(topic.name(), partition.id, home));
+                }
+                // Sent on as the checked storage batch, its partition fixed: the serving
+                // node checks it again but places nothing.
+                let publish = v1::PublishRequest {
+                    topic: topic.name().to_owned(),
+                    partition: Some(partition.id),
+                    producer: None,
+                    payload: Some(Payload::StorageBatch(batch.bytes().clone())),
+                };
+                let cluster = cluster.clone();
+                let remote = async move {
+                    let answer = cluster.forward_publish(home, publish).await?;
+                    Ok(crate::storage::Appended {
+                        base_offset: answer.base_offset,
+                        last_offset: answer.last_offset,
+                    })
+                };
+                // Counted as records where they are stored, not here too.
+                let stored_here = false;
+                return Ok((id, records, bytes, Either::Right(Box::pin(remote)), topic.clone(), stored_here));
+            }
             let committed = partition.enqueue(batch).await?;
-            Ok::<_, BrokerError>((id, records, bytes, committed, topic.clone()))
+            Ok::<_, BrokerError>((id, records, bytes, Either::Left(committed), topic.clone(), true))
         }
         .await;
         let metrics = self.metrics.clone();
@@ -191,7 +377,7 @@ impl HeraldService {
                 .publish_latency
                 .observe(started.elapsed().as_secs_f64());
         };
-        let (partition, records, bytes, committed, topic) = match queued {
+        let (partition, records, bytes, committed, topic, stored_here) = match queued {
             Ok(q) => q,
             Err(e) => {
                 count(false);
@@ -203,9 +389,11 @@ impl HeraldService {
             let appended = committed.await;
             count(appended.is_ok());
             let appended = appended?;
-            metrics.publish_records.inc_by(u64::from(records));
-            metrics.publish_bytes.inc_by(bytes as u64);
-            topic.counters.published(u64::from(records), bytes as u64);
+            if stored_here {
+                metrics.publish_records.inc_by(u64::from(records));
+                metrics.publish_bytes.inc_by(bytes as u64);
+                topic.counters.published(u64::from(records), bytes as u64);
+            }
             Ok(v1::PublishResponse {
                 partition,
                 base_offset: appended.base_offset,
@@ -523,7 +711,7 @@ impl v1::herald_server::Herald for HeraldService {
         let access = Access::of(&request);
         let publish = request.into_inner();
         access.authorize(Operation::Publish, Resource::topic(&publish.topic))?;
-        let committed = self.publish_enqueue(publish).await?;
+        let committed = self.publish_enqueue(publish, false).await?;
         Ok(Response::new(committed.await?))
     }
 
@@ -622,7 +810,7 @@ impl v1::herald_server::Herald for HeraldService {
                                     Some(publish) => match access.authorize(Operation::Publish, Resource::topic(&publish.topic)) {
                                         // Waits here while the partition is full: the stream
                                         // stops reading, and HTTP/2 flow control pushes back.
-                                        Ok(()) => service.publish_enqueue(publish).await,
+                                        Ok(()) => service.publish_enqueue(publish, false).await,
                                         Err(denied) => Err(denied),
                                     },
                                 };
@@ -674,150 +862,19 @@ impl v1::herald_server::Herald for HeraldService {
         let slot = self.open_stream(&request)?;
         let r = request.into_inner();
         let topic = self.registry.get(&r.topic)?;
-        let partition = topic.partition(r.partition)?;
-        if let Some(cluster) = &self.cluster {
-            cluster.check_partition(&r.topic, r.partition)?;
+        topic.partition(r.partition)?;
+        if let Some(cluster) = &self.cluster
+            && let Some(home) = cluster.served_elsewhere(&r.topic, r.partition)
+        {
+            // Read where the records are; the stream counts against this connection's
+            // limit for as long as it runs.
+            let remote = cluster.forward_fetch(home, r).await?;
+            return Ok(Response::new(Box::pin(remote.map(move |item| {
+                let _slot = &slot;
+                item
+            }))));
         }
-        let reader = partition.reader().clone();
-        let mut high_watermark = partition.watch_high_watermark();
-        let start = match r.start {
-            None => resolve_start(&reader, None)?,
-            Some(v1::Position { kind: None }) => {
-                return Err(BrokerError::InvalidRequest(
-                    "`start` is set but holds no position: set earliest, latest, offset or timestamp_ms".into(),
-                )
-                .into());
-            }
-            Some(v1::Position { kind }) => resolve_start(&reader, kind)?,
-        };
-        let max_bytes = match r.max_bytes as usize {
-            0 => crate::config::DEFAULT_FETCH_MAX_BYTES,
-            n => n.min(FETCH_MAX_BYTES_CAP),
-        };
-        let max_wait = Duration::from_millis(u64::from(r.max_wait_ms));
-        let end_at_request = reader.high_watermark();
-        let (tx, rx) = mpsc::channel::<FetchItem>(FETCH_QUEUE);
-        let metrics = self.metrics.clone();
-        let budget = self.response_budget.clone();
-        let budget_bytes = self.registry.config().response_buffer_bytes;
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            // Holding the topic keeps the partition alive while the stream runs.
-            let mut at = start;
-            let mut sent_any = false;
-            let mut waited = false;
-            // Without follow, the stream ends at the end offset the request saw, or, if it
-            // had to wait for a first record, at the end offset when that record arrived.
-            let mut end = end_at_request;
-            loop {
-                if *shutdown.borrow() {
-                    let _ = tx.send(Err(BrokerError::ShuttingDown.into())).await;
-                    break;
-                }
-                // A full response needs room in the broker-wide budget, taken while the
-                // chunk is only a view of the mapping. Without room (other streams'
-                // readers lag and their responses still wait on flow control), the
-                // stream goes on with small responses: readers that keep up are never
-                // stopped by those that do not.
-                let mut permit = None;
-                let mut record_bytes_max = usize::MAX;
-                let read = reader.read(at, max_bytes).and_then(|chunk| match chunk {
-                    Some(chunk) if chunk.bytes.len() > FETCH_SMALL_BYTES => {
-                        let cost = response_cost(&chunk, r.raw_batches).min(budget_bytes);
-                        match budget.clone().try_acquire_many_owned(cost as u32) {
-                            Ok(p) => {
-                                permit = Some(p);
-                                Ok(Some(chunk))
-                            }
-                            Err(_) => {
-                                record_bytes_max = FETCH_SMALL_BYTES;
-                                reader.read(at, FETCH_SMALL_BYTES)
-                            }
-                        }
-                    }
-                    other => Ok(other),
-                });
-                let response = match read {
-                    Ok(Some(chunk)) => {
-                        let range = wanted_range(at, r.follow, end);
-                        let response = build_fetch_response(
-                            &chunk,
-                            range,
-                            r.raw_batches,
-                            record_bytes_max,
-                            (&metrics, &topic.counters),
-                            reader.start_offset(),
-                        );
-                        at = response.next_offset;
-                        response
-                    }
-                    Ok(None) => {
-                        let done =
-                            !r.follow && (sent_any || waited || max_wait.is_zero() || at < end);
-                        if done {
-                            if !sent_any {
-                                let _ = tx.send(Ok((empty_response(&reader, at), None))).await;
-                            }
-                            break;
-                        }
-                        // Wait for the watermark to move past `at`, a heartbeat, or shutdown.
-                        waited = true;
-                        let moved = async { high_watermark.wait_for(|hw| *hw > at).await.is_ok() };
-                        let timed = async {
-                            if max_wait.is_zero() {
-                                std::future::pending::<()>().await
-                            } else {
-                                tokio::time::sleep(max_wait).await
-                            }
-                        };
-                        tokio::select! {
-                            moved = moved => {
-                                if moved {
-                                    end = reader.high_watermark();
-                                    continue;
-                                }
-                                // The writer is gone: the topic was deleted, or the broker
-                                // is stopping.
-                                let error = if *shutdown.borrow() {
-                                    BrokerError::ShuttingDown
-                                } else {
-                                    BrokerError::TopicDeleted { topic: r.topic.clone() }
-                                };
-                                let _ = tx.send(Err(error.into())).await;
-                                break;
-                            }
-                            _ = timed => {
-                                if r.follow {
-                                    if tx.send(Ok((empty_response(&reader, at), None))).await.is_err() {
-                                        break;
-                                    }
-                                    sent_any = true;
-                                }
-                                continue;
-                            }
-                            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => continue,
-                            _ = tx.closed() => break,
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(BrokerError::from(e).into())).await;
-                        break;
-                    }
-                };
-                if tx.send(Ok((response, permit))).await.is_err() {
-                    break;
-                }
-                sent_any = true;
-                if !r.follow && at >= end {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(BudgetedResponses {
-            rx,
-            held: VecDeque::with_capacity(HELD_RESPONSES + 1),
-        })))
+        self.fetch_stream(Some(slot), r, false).map(Response::new)
     }
 
     async fn create_group(
@@ -1151,4 +1208,23 @@ fn build_fetch_response(
     metrics.fetch_bytes.inc_by(chunk.bytes.len() as u64);
     topic.fetched(records, chunk.bytes.len() as u64);
     response
+}
+
+/// Requests other nodes of the cluster forward here: handled as the node's own, without a
+/// second authorization (the node the client called made it) and never forwarded again.
+#[tonic::async_trait]
+impl crate::cluster::forward::ForwardedRequests for HeraldService {
+    async fn publish(&self, request: v1::PublishRequest) -> Result<v1::PublishResponse, Status> {
+        self.check_running()?;
+        let committed = self.publish_enqueue(request, true).await?;
+        Ok(committed.await?)
+    }
+
+    async fn fetch(
+        &self,
+        request: v1::FetchRequest,
+    ) -> Result<crate::cluster::forward::FetchStream, Status> {
+        self.check_running()?;
+        self.fetch_stream(None, request, true)
+    }
 }

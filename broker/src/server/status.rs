@@ -74,6 +74,7 @@ fn status_of(error: BrokerError) -> Status {
         BrokerError::CompressionUnsupported { .. } => Status::unimplemented(message),
         BrokerError::Unauthenticated { .. } => Status::unauthenticated(message),
         BrokerError::PermissionDenied { .. } => Status::permission_denied(message),
+        BrokerError::Forwarded { code, .. } => Status::new(tonic::Code::from(code), message),
         BrokerError::Group(e) => group_status(e, message),
         BrokerError::Storage(e) => storage_status(e),
         BrokerError::TaskFailed { .. } | BrokerError::Io { .. } => {
@@ -193,9 +194,10 @@ mod tests {
             BrokerError::PermissionDenied { .. } => 32,
             BrokerError::NotPartitionHome { .. } => 33,
             BrokerError::ClusterUnavailable(_) => 34,
+            BrokerError::Forwarded { .. } => 35,
         }
     }
-    const BROKER_VARIANTS: usize = 35;
+    const BROKER_VARIANTS: usize = 36;
 
     fn group_variant(error: &GroupError) -> usize {
         match error {
@@ -492,6 +494,15 @@ mod tests {
                 },
                 Code::FailedPrecondition,
                 "partition 2 of topic \"t\" is served by node 3 at 10.0.0.3:50051, not by this node (1): send its publishes and reads there",
+            ),
+            (
+                BrokerError::Forwarded {
+                    node: 3,
+                    code: Code::ResourceExhausted as i32,
+                    message: "the partition is full".into(),
+                },
+                Code::ResourceExhausted,
+                "the partition is full",
             ),
             (
                 BrokerError::ClusterUnavailable("no metadata leader is known".into()),

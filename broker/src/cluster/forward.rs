@@ -1,0 +1,144 @@
+//! Forwarding of client requests: in cluster mode any node answers any Publish or Fetch.
+//! The node a client calls authenticates and authorizes the request, picks the partition
+//! (a key's partition is the same on every node) and, when another node serves that
+//! partition, sends the request on over the peer port and passes the answer back
+//! unchanged. The serving node handles it as its own, without a second authorization (the
+//! peer port is only for nodes), and never forwards it again: if it does not serve the
+//! partition either (the two nodes' metadata disagree for a moment), it refuses with
+//! FAILED_PRECONDITION, so a request can never circle between nodes.
+
+use std::pin::Pin;
+use std::sync::{OnceLock, Weak};
+
+use dashmap::DashMap;
+use futures::{Stream, StreamExt};
+use herald_proto::peer::peer_client::PeerClient;
+use herald_proto::peer::{ForwardedFetch, ForwardedPublish};
+use herald_proto::v1;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use super::network::peer_client;
+use super::types::{NodeAddr, NodeId};
+use crate::error::BrokerError;
+
+/// A stream of Fetch responses, as the Fetch RPC returns it.
+pub type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+
+/// What a node does with a client request another node forwarded to it: the broker's own
+/// handling of the request, minus the caller's authorization (done by the node the client
+/// called) and minus forwarding.
+#[tonic::async_trait]
+pub trait ForwardedRequests: Send + Sync + 'static {
+    /// Appends a forwarded publish (its partition is set) and answers once it is committed.
+    async fn publish(&self, request: v1::PublishRequest) -> Result<v1::PublishResponse, Status>;
+    /// Serves a forwarded Fetch.
+    async fn fetch(&self, request: v1::FetchRequest) -> Result<FetchStream, Status>;
+}
+
+/// The broker's handling of forwarded requests, registered once the gRPC service exists
+/// (after the cluster has started). Held weakly: the service holds the cluster, and the
+/// cluster must not keep the service alive.
+pub type LocalService = OnceLock<Weak<dyn ForwardedRequests>>;
+
+/// Cached connections to other nodes' peer ports for forwarding: one HTTP/2 connection
+/// per node carries every forwarded request, instead of a handshake per request.
+pub struct Forwarder {
+    clients: DashMap<NodeId, (String, PeerClient<Channel>)>,
+    /// Largest message either way: a whole publish batch or Fetch response.
+    message_max: usize,
+}
+
+impl Forwarder {
+    pub fn new(message_max: usize) -> Forwarder {
+        Forwarder {
+            clients: DashMap::new(),
+            message_max,
+        }
+    }
+
+    /// The connection to `node` at `addr`, made on first use and remade when the node's
+    /// peer address changes.
+    fn client(&self, node: NodeId, addr: &NodeAddr) -> Result<PeerClient<Channel>, BrokerError> {
+        if let Some(entry) = self.clients.get(&node)
+            && entry.0 == addr.peer
+        {
+            return Ok(entry.1.clone());
+        }
+        let client = peer_client(&addr.peer)
+            .map_err(|e| unreachable_node(node, addr, &e.to_string()))?
+            .max_decoding_message_size(self.message_max)
+            .max_encoding_message_size(self.message_max);
+        self.clients
+            .insert(node, (addr.peer.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// Sends a publish to `node`, which serves its partition, and returns its answer.
+    pub async fn publish(
+        &self,
+        from: NodeId,
+        node: NodeId,
+        addr: &NodeAddr,
+        request: v1::PublishRequest,
+    ) -> Result<v1::PublishResponse, BrokerError> {
+        let mut client = self.client(node, addr)?;
+        let forwarded = ForwardedPublish {
+            to: node,
+            from,
+            request: Some(request),
+        };
+        client
+            .publish(forwarded)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| answer_of(node, addr, status))
+    }
+
+    /// Opens a Fetch on `node`, which serves its partition; its responses (and the status
+    /// that ends them) pass through as they come.
+    pub async fn fetch(
+        &self,
+        from: NodeId,
+        node: NodeId,
+        addr: &NodeAddr,
+        request: v1::FetchRequest,
+    ) -> Result<FetchStream, BrokerError> {
+        let mut client = self.client(node, addr)?;
+        let forwarded = ForwardedFetch {
+            to: node,
+            from,
+            request: Some(request),
+        };
+        let stream = client
+            .fetch(forwarded)
+            .await
+            .map_err(|status| answer_of(node, addr, status))?
+            .into_inner();
+        let (peer, addr) = (node, addr.clone());
+        Ok(Box::pin(stream.map(move |item| {
+            item.map_err(|status| answer_of(peer, &addr, status).into())
+        })))
+    }
+}
+
+/// The serving node's answer as the client gets it: its own status and message, except
+/// UNAVAILABLE, which also says which node was tried (it is what a transport failure
+/// looks like too, and then the message comes from the connection, not the node).
+fn answer_of(node: NodeId, addr: &NodeAddr, status: Status) -> BrokerError {
+    if status.code() == tonic::Code::Unavailable {
+        return unreachable_node(node, addr, status.message());
+    }
+    BrokerError::Forwarded {
+        node,
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
+}
+
+fn unreachable_node(node: NodeId, addr: &NodeAddr, problem: &str) -> BrokerError {
+    BrokerError::ClusterUnavailable(format!(
+        "node {node} (peer address {}), which serves the partition, is unavailable: {problem}",
+        addr.peer
+    ))
+}
