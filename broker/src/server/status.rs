@@ -123,6 +123,7 @@ fn storage_status(error: StorageError) -> Status {
             Status::data_loss(message)
         }
         StorageError::Poisoned { .. }
+        | StorageError::BadBoundary { .. }
         | StorageError::Io { .. }
         | StorageError::NotADirectory { .. }
         | StorageError::NotAPartitionLog { .. } => {
@@ -234,9 +235,10 @@ mod tests {
             StorageError::WriterStopped => 12,
             StorageError::OutOfOrderSequence { .. } => 13,
             StorageError::ProducerFenced { .. } => 14,
+            StorageError::BadBoundary { .. } => 15,
         }
     }
-    const STORAGE_VARIANTS: usize = 15;
+    const STORAGE_VARIANTS: usize = 16;
 
     fn topic(name: &str) -> String {
         name.to_owned()
@@ -677,6 +679,14 @@ mod tests {
                 Code::Internal,
             ),
             (StorageError::WriterStopped, Code::Unavailable),
+            (
+                StorageError::BadBoundary {
+                    op: "cut",
+                    offset: 5,
+                    reason: "no batch starts there".into(),
+                },
+                Code::Internal,
+            ),
             (
                 StorageError::OutOfOrderSequence {
                     producer_id: 7,

@@ -71,6 +71,14 @@ pub enum StorageError {
     /// The partition's writer is gone: the topic is being deleted or the broker is
     /// shutting down. Nothing is wrong with the log; a retry (elsewhere, or later) may
     /// succeed, so it is not told apart from a poisoned log only by its message.
+    /// A cut or publish of the log's tail at an offset the log cannot take it at: not
+    /// the start of an appended batch, or below what readers have already seen.
+    #[error("cannot {op} the log at offset {offset}: {reason}")]
+    BadBoundary {
+        op: &'static str,
+        offset: u64,
+        reason: String,
+    },
     #[error("the partition writer has stopped (topic deleted or broker shutting down)")]
     WriterStopped,
     /// An idempotent producer's batch does not follow its last one here: it would leave a

@@ -207,6 +207,33 @@ impl<E: Entry> IndexFile<E> {
         self.len.store(keep.min(room), Ordering::Release);
     }
 
+    /// Writer only, while readers run: forgets entries from `keep` on and zeroes them,
+    /// durably (left in the file, a later open would count them as entries again). For a
+    /// cut of the log's unpublished tail (`LogWriter::truncate`). A reader only looks up
+    /// offsets below the high watermark, which no entry past the cut matches; one that
+    /// loaded the old length may still compare against these slots while they are zeroed.
+    /// They are zeroed one whole entry at a time from the lowest, so the slots it sees are
+    /// the kept entries, then zeroed ones (which say "offset 0 at byte 0": it scans from
+    /// the segment's start, correctly, only further), then untouched ones past the cut:
+    /// the order its binary search needs.
+    pub(crate) fn cut(&self, keep: usize) -> Result<()> {
+        let len = self.len();
+        if keep >= len {
+            return Ok(());
+        }
+        self.len.store(keep, Ordering::Release);
+        for slot in keep..len {
+            // Safety: below the old published count, so allocated; only the single writer
+            // writes, and readers read these slots only as described above.
+            unsafe {
+                std::ptr::write_bytes(self.map.as_mut_ptr().add(slot * E::BYTES), 0, E::BYTES)
+            };
+        }
+        self.map
+            .flush_range((keep * E::BYTES) as u64, (len * E::BYTES) as u64)
+            .map_err(|e| StorageError::io("flush index", &self.path, e))
+    }
+
     /// Number of leading entries for which `pred` holds (entries must be sorted by it).
     pub(crate) fn partition_point(&self, pred: impl Fn(&E) -> bool) -> usize {
         let (mut lo, mut hi) = (0, self.len());

@@ -41,6 +41,29 @@ impl IndexCursor {
             .times
             .partition_point(|e| u64::from(e.position) < position);
         segment.times.truncate(keep);
+        Self::continue_at(segment, position, interval)
+    }
+
+    /// Like [`resume`](Self::resume), for a log whose readers run (a cut of its
+    /// unpublished tail; see `Index::cut`).
+    pub(crate) fn cut(
+        segment: &Segment,
+        position: u64,
+        interval: u64,
+    ) -> super::error::Result<Self> {
+        let keep = segment
+            .offsets
+            .partition_point(|e| u64::from(e.position) < position);
+        segment.offsets.cut(keep)?;
+        let keep = segment
+            .times
+            .partition_point(|e| u64::from(e.position) < position);
+        segment.times.cut(keep)?;
+        Ok(Self::continue_at(segment, position, interval))
+    }
+
+    /// The cursor for appends at `position`, given the entries kept below it.
+    fn continue_at(segment: &Segment, position: u64, interval: u64) -> Self {
         let last_time_entry = segment.times.last();
         // The time index holds the running maximum only every interval, and drops entries once
         // full: batches after its last entry may be newer. Hop their headers (below

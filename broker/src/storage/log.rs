@@ -95,6 +95,9 @@ pub struct LogWriter {
     /// Disconnects when the last growth asked of the allocator thread is done (see
     /// `Segment::grow_in_background`); waited for when the writer goes.
     growth: Option<crossbeam_channel::Receiver<()>>,
+    /// Tests of crash safety stop a cut after zeroing this many batches, as a crash would.
+    #[cfg(test)]
+    stop_cut_after: Option<usize>,
     // Held for the writer's life: an exclusive `flock` on the directory's lock file.
     _lock: File,
 }
@@ -177,6 +180,8 @@ impl LogWriter {
             producers: Producers::default(),
             msg_ids: MsgIds::default(),
             growth: None,
+            #[cfg(test)]
+            stop_cut_after: None,
             _lock: lock,
         };
         writer.rebuild_producers();
@@ -550,6 +555,225 @@ impl LogWriter {
         self.flush_active()?;
         self.publish();
         Ok(())
+    }
+
+    /// Makes what is appended durable per the fsync policy without making it readable, and
+    /// returns the offset after it. For a log whose readers may only see what a quorum of
+    /// nodes holds (a replicated partition), durability and visibility are two steps: what
+    /// lies between them may still be cut ([`truncate`](Self::truncate)).
+    pub fn sync_unpublished(&mut self) -> Result<u64> {
+        self.check_poisoned()?;
+        match self.config.fsync {
+            FsyncPolicy::Always => self.flush_active()?,
+            FsyncPolicy::Interval(every) if self.last_flush.elapsed() >= every => {
+                self.flush_active()?
+            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {}
+        }
+        Ok(self.next_offset)
+    }
+
+    /// Makes the offsets below `offset` readable, where `offset` is the start of an
+    /// appended batch (or the log's end). Never moves the high watermark back. It does
+    /// not flush: call [`sync_unpublished`](Self::sync_unpublished) first where that
+    /// matters.
+    pub fn publish_to(&mut self, offset: u64) -> Result<u64> {
+        self.check_poisoned()?;
+        if offset <= self.committed_offset {
+            return Ok(self.committed_offset);
+        }
+        if offset >= self.next_offset {
+            if offset > self.next_offset {
+                return Err(self.bad_boundary("publish", offset, "it is past the log's end"));
+            }
+            self.publish();
+            return Ok(self.committed_offset);
+        }
+        let (i, position) = self.boundary("publish", offset)?;
+        let segment = self.segments[i].clone();
+        // A sealed segment was published whole when it was sealed: readers stop at the
+        // watermark, never at its length.
+        let bytes = if i + 1 == self.segments.len() {
+            position
+        } else {
+            segment.committed_len()
+        };
+        self.handoff.publish_commit(&segment, bytes, offset);
+        self.committed_offset = offset;
+        Ok(offset)
+    }
+
+    /// Lowers the high watermark to `offset` (a batch start) on a log that no reader has
+    /// seen yet: an open publishes everything it recovers, but a replicated partition may
+    /// publish only what its group has committed, and may have to cut the rest.
+    pub fn withhold_from(&mut self, offset: u64) -> Result<()> {
+        if Arc::strong_count(&self.handoff) > 1 {
+            return Err(self.bad_boundary("withhold", offset, "readers of the log exist already"));
+        }
+        if offset >= self.committed_offset {
+            return Ok(());
+        }
+        let (i, position) = self.boundary("withhold", offset)?;
+        self.handoff
+            .publish_commit(&self.segments[i], position, offset);
+        self.committed_offset = offset;
+        Ok(())
+    }
+
+    /// Cuts the log back to `offset`: every batch from there on is removed, and the next
+    /// append gets `offset`. Only what was never published can be cut (`offset` is at or
+    /// above the high watermark, at the start of an appended batch), so no reader has
+    /// seen, or holds, any byte that changes. A replicated partition cuts a tail that its
+    /// leader never committed this way.
+    ///
+    /// Crash safety: a checkpoint that vouches for no more than `offset` is written first;
+    /// then later segments are deleted and the cut batches are zeroed from the last to the
+    /// first, each made durable before the one before it is touched. A crash part way leaves
+    /// a log that opens with a prefix of the old one that reaches at least `offset` (a
+    /// partly zeroed batch is a torn tail to recovery); the caller repeats the cut.
+    pub fn truncate(&mut self, offset: u64) -> Result<()> {
+        self.check_poisoned()?;
+        if offset == self.next_offset {
+            return Ok(());
+        }
+        if offset < self.committed_offset {
+            return Err(self.bad_boundary(
+                "cut",
+                offset,
+                &format!(
+                    "readers may already have offsets up to {}; only what was never published can be cut",
+                    self.committed_offset
+                ),
+            ));
+        }
+        if offset > self.next_offset {
+            return Err(self.bad_boundary("cut", offset, "it is past the log's end"));
+        }
+        let (i, position) = self.boundary("cut", offset)?;
+        let segment = self.segments[i].clone();
+        let checkpoint = Checkpoint {
+            segment_base: segment.base_offset(),
+            position,
+            next_offset: offset,
+            clean: false,
+            durable: true,
+            start_offset: Some(self.segments[0].base_offset()),
+        };
+        checkpoint.write(&self.dir, true)?;
+        self.checkpoint = checkpoint;
+
+        // Later segments hold only cut batches. Dropped from the readers' table first
+        // (none can be reading them: their offsets are all at or above the watermark).
+        let later: Vec<Arc<Segment>> = self.segments.drain(i + 1..).collect();
+        if !later.is_empty() {
+            self.handoff.publish_segments(self.segments.clone());
+        }
+        for doomed in later.iter().rev() {
+            let result = doomed.delete_files();
+            self.guard(result)?;
+        }
+        if !later.is_empty() {
+            let result = super::segment::sync_dir(&self.dir);
+            self.guard(result)?;
+        }
+
+        // Zero the cut batches of this segment, last first.
+        let end = if later.is_empty() {
+            self.write_pos
+        } else {
+            segment.committed_len()
+        };
+        let mut batches = Vec::new();
+        let mut at = position;
+        while let Some(header) = segment.header_at(at, end) {
+            let len = u64::from(header.batch_len);
+            if len == 0 || at + len > end {
+                break;
+            }
+            batches.push((at, at + len));
+            at += len;
+        }
+        for (zeroed, &(from, to)) in batches.iter().rev().enumerate() {
+            #[cfg(test)]
+            if self.stop_cut_after == Some(zeroed) {
+                // Half of this batch reached the disk before the "crash".
+                let result = segment.zero(from + (to - from) / 2, to);
+                self.guard(result)?;
+                return Ok(());
+            }
+            let _ = zeroed;
+            let result = segment.zero(from, to);
+            self.guard(result)?;
+        }
+        let result = segment.zero(at, end);
+        self.guard(result)?;
+
+        let indexer = IndexCursor::cut(&segment, position, self.config.index_interval_bytes);
+        self.indexer = self.guard(indexer)?;
+        segment.set_max_timestamp(self.indexer.max_timestamp);
+        self.write_pos = position;
+        self.flushed_pos = position;
+        self.next_offset = offset;
+        // The watermark stays where it is (at or below `offset`); the active segment's
+        // readable length is what lies below it.
+        let readable = if self.committed_offset == offset {
+            position
+        } else {
+            segment.committed_len().min(position)
+        };
+        self.handoff
+            .publish_commit(&segment, readable, self.committed_offset);
+        // Sequences and message ids of cut batches are forgotten: a retry of one appends
+        // it again.
+        self.rebuild_producers();
+        self.rebuild_msg_ids();
+        tracing::info!(dir = %self.dir.display(), offset, batches = batches.len(), segments = later.len(), "cut the log's unpublished tail");
+        Ok(())
+    }
+
+    /// The segment (its index in the table) and byte position where the appended batch
+    /// starting at `offset` lies.
+    fn boundary(&self, op: &'static str, offset: u64) -> Result<(usize, u64)> {
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .checked_sub(1)
+            .ok_or_else(|| self.bad_boundary(op, offset, "it is below the log's start"))?;
+        let segment = &self.segments[i];
+        let end = if i + 1 == self.segments.len() {
+            self.write_pos
+        } else {
+            segment.committed_len()
+        };
+        let relative = offset - segment.base_offset();
+        let k = segment
+            .offsets
+            .partition_point(|e| u64::from(e.relative_offset) <= relative);
+        let mut at = match k {
+            0 => 0,
+            k => u64::from(segment.offsets.get(k - 1).position),
+        };
+        while let Some(header) = segment.header_at(at, end) {
+            if header.base_offset == offset {
+                return Ok((i, at));
+            }
+            if header.base_offset > offset || header.batch_len == 0 {
+                break;
+            }
+            at += u64::from(header.batch_len);
+        }
+        if at == end && i + 1 == self.segments.len() && offset == self.next_offset {
+            return Ok((i, at));
+        }
+        Err(self.bad_boundary(op, offset, "no appended batch starts there"))
+    }
+
+    fn bad_boundary(&self, op: &'static str, offset: u64, reason: &str) -> StorageError {
+        StorageError::BadBoundary {
+            op,
+            offset,
+            reason: format!("{} ({})", reason, self.dir.display()),
+        }
     }
 
     fn publish(&mut self) {
@@ -1059,6 +1283,10 @@ fn checked_header(segment: &Segment, at: u64, committed: u64) -> Result<BatchHea
         .map_err(|e| corrupt(segment, at, e.to_string()))?;
     Ok(header)
 }
+
+#[cfg(test)]
+#[path = "log_cut_tests.rs"]
+mod cut_tests;
 
 #[cfg(test)]
 mod tests {
