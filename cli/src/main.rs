@@ -9,10 +9,11 @@ mod security;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::Serialize;
 use std::net::SocketAddr;
 
-use herald_broker::config::{Config, FsyncSetting};
+use herald_broker::config::{self, Config, ConfigError, FsyncSetting};
 use herald_broker::server::Broker;
 use herald_broker::storage::inspect;
 
@@ -74,87 +75,160 @@ struct ServeArgs {
     /// TOML configuration file (every key optional; see README "Configuration").
     #[arg(long, env = "HERALD_CONFIG")]
     config: Option<PathBuf>,
+    /// Print the effective configuration as TOML, each value followed by where it came
+    /// from (default, file, environment variable or flag), and exit without serving.
+    /// Token hashes are not shown.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    settings: SettingFlags,
+}
+
+/// The flags of the configuration's settings, one per key of the file except `tokens`
+/// (`[[tokens]]` tables: file only). Each is also read from its variable, named by the
+/// key: `HERALD_<KEY>`, and `HERALD_CLUSTER_<KEY>` for the cluster table. Serialized
+/// into the configuration's shape for the flags' layer (`config::Flags`).
+#[derive(clap::Args, Serialize)]
+struct SettingFlags {
     /// Data directory [default: ./herald-data].
-    #[arg(long, env = "HERALD_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:50051].
-    #[arg(long, env = "HERALD_LISTEN")]
+    #[arg(long)]
     listen: Option<SocketAddr>,
     /// Prometheus metrics listen address [default: 127.0.0.1:9464].
-    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// Default fsync policy for topics [default: always].
-    #[arg(long, env = "HERALD_FSYNC")]
+    #[arg(long)]
     fsync: Option<FsyncSetting>,
     /// Flush period for --fsync interval [default: 100].
-    #[arg(long, env = "HERALD_FSYNC_INTERVAL_MS")]
+    #[arg(long)]
     fsync_interval_ms: Option<u64>,
     /// Default segment size for new topics, from 4096 (the minimum) to 4294967295 bytes.
     /// Segment files are allocated as they fill, from 1 MiB, so a segment's size costs no
     /// disk until data needs it [default: 268435456].
-    #[arg(long, env = "HERALD_SEGMENT_BYTES")]
+    #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Default retention by age for new topics, 0 = forever [default: 0].
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Default retention by size per partition for new topics, 0 = no limit [default: 0].
+    #[arg(long)]
+    retention_bytes: Option<u64>,
     /// Largest record accepted [default: 1048576].
-    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES")]
+    #[arg(long)]
     max_message_bytes: Option<usize>,
-    /// Log JSON lines instead of human-readable text.
-    #[arg(long, env = "HERALD_LOG_JSON")]
-    log_json: bool,
+    /// Largest publish batch accepted [default: 2097152].
+    #[arg(long)]
+    max_batch_bytes: Option<usize>,
+    /// Most records in one batch [default: 100000].
+    #[arg(long)]
+    max_batch_records: Option<usize>,
+    /// Most topics [default: 10000].
+    #[arg(long)]
+    max_topics: Option<usize>,
+    /// Most partitions across all topics [default: 8192].
+    #[arg(long)]
+    max_partitions: Option<usize>,
+    /// Streams one connection may have open [default: 1024].
+    #[arg(long)]
+    max_streams_per_connection: Option<u32>,
+    /// Client connections served at once; more wait in the listen backlog [default: 1024].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Heap for responses waiting on HTTP/2 flow control, broker-wide, at least 16 MiB
+    /// [default: 134217728].
+    #[arg(long)]
+    response_buffer_bytes: Option<usize>,
+    /// A streaming RPC idle this long is closed [default: 300000].
+    #[arg(long)]
+    idle_stream_timeout_ms: Option<u64>,
+    /// An idempotent producer idle this long on a partition is forgotten there
+    /// [default: 86400000].
+    #[arg(long)]
+    producer_idle_expiry_ms: Option<u64>,
+    /// Idempotent producers each partition remembers [default: 10000].
+    #[arg(long)]
+    max_producers_per_partition: Option<usize>,
+    /// Default for topics: how long a herald-msg-id is remembered, 0 = off
+    /// [default: 120000].
+    #[arg(long)]
+    dedup_window_ms: Option<u64>,
+    /// Log JSON lines instead of human-readable text (`--log-json=false` turns off what
+    /// the file or environment turned on).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    log_json: Option<bool>,
     /// The server certificate chain (PEM): TLS on, with --tls-key.
-    #[arg(long = "tls-cert", env = "HERALD_TLS_CERT")]
+    #[arg(long = "tls-cert", alias = "tls-cert-file")]
     tls_cert_file: Option<PathBuf>,
     /// The server certificate's private key (PEM).
-    #[arg(long = "tls-key", env = "HERALD_TLS_KEY")]
+    #[arg(long = "tls-key", alias = "tls-key-file")]
     tls_key_file: Option<PathBuf>,
     /// CA (PEM) client certificates must chain to: mutual TLS, and authentication on.
-    #[arg(long = "tls-client-ca", env = "HERALD_TLS_CLIENT_CA")]
+    #[arg(long = "tls-client-ca", alias = "tls-client-ca-file")]
     tls_client_ca_file: Option<PathBuf>,
-    /// The ACL file, read again on SIGHUP (see README "Security").
-    #[arg(long, env = "HERALD_ACL_FILE")]
-    acl_file: Option<PathBuf>,
+    /// With --tls-client-ca, also accept clients without a certificate (they use tokens).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    tls_client_cert_optional: Option<bool>,
     /// Serve a non-loopback address without TLS (refused otherwise).
-    #[arg(long, env = "HERALD_INSECURE")]
-    insecure: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    insecure: Option<bool>,
+    /// The ACL file, read again on SIGHUP (see README "Security").
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
     #[command(flatten)]
     cluster: cluster::ServeClusterArgs,
 }
 
 impl ServeArgs {
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        macro_rules! set {
-            ($($field:ident),*) => {$(
-                if let Some(v) = self.$field.clone() {
-                    config.$field = v;
-                }
-            )*};
-        }
-        set!(
-            data_dir,
-            listen,
-            metrics_listen,
-            fsync,
-            fsync_interval_ms,
-            segment_bytes,
-            max_message_bytes
-        );
-        macro_rules! set_some {
-            ($($field:ident),*) => {$(
-                if let Some(v) = self.$field.clone() {
-                    config.$field = Some(v);
-                }
-            )*};
-        }
-        set_some!(tls_cert_file, tls_key_file, tls_client_ca_file, acl_file);
-        config.log_json |= self.log_json;
-        config.insecure |= self.insecure;
-        config.cluster = self.cluster.settings(config.cluster.take())?;
-        config.validate()?;
-        Ok(config)
+    /// The configuration from its layers, not yet validated.
+    fn load(&self) -> anyhow::Result<config::Layered> {
+        let command = cli_command();
+        let serve = command
+            .find_subcommand("serve")
+            .expect("herald has a serve command");
+        let flags = config::Flags::new(&self.settings, |field| {
+            serve
+                .get_arguments()
+                .find(|a| a.get_id() == field)
+                .and_then(|a| a.get_long())
+                .map(|long| format!("--{long}"))
+        })?;
+        let env = |name: &str| std::env::var(name).ok();
+        Ok(config::load(self.config.as_deref(), &env, flags)?)
     }
+}
+
+/// The command line, with each `serve` setting's variable in its help (clap's own `env`
+/// is not used for them: the configuration's layers read the variables).
+fn cli_command() -> clap::Command {
+    let keys = config::setting_keys();
+    Cli::command().mut_subcommand("serve", |serve| {
+        let ids: Vec<String> = serve
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        ids.into_iter().fold(serve, |serve, id| {
+            let Some(key) = keys
+                .iter()
+                .find(|k| k.rsplit('.').next() == Some(id.as_str()))
+            else {
+                return serve;
+            };
+            let mut names = vec![config::env_name(key)];
+            names.extend(config::env_aliases(key).map(String::from));
+            let env = format!("[env: {}]", names.join(", "));
+            serve.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                let arg = arg.help(format!("{help} {env}"));
+                match arg.get_long_help().map(ToString::to_string) {
+                    Some(long) => arg.long_help(format!("{long} {env}")),
+                    None => arg,
+                }
+            })
+        })
+    })
 }
 
 #[derive(Subcommand)]
@@ -220,17 +294,20 @@ fn install_panic_hook() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|error| {
-        if let Some(variable) = env_source(&error) {
-            // clap names the flag; the value came from the environment, so say which
-            // variable holds it.
-            let text = error.to_string();
-            let text = text.strip_prefix("error: ").unwrap_or(&text);
-            eprintln!("error: in environment variable {variable}: {text}");
-            std::process::exit(2);
-        }
-        error.exit()
-    });
+    let cli = cli_command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .unwrap_or_else(|error| {
+            if let Some(variable) = env_source(&error) {
+                // clap names the flag; the value came from the environment, so say which
+                // variable holds it.
+                let text = error.to_string();
+                let text = text.strip_prefix("error: ").unwrap_or(&text);
+                eprintln!("error: in environment variable {variable}: {text}");
+                std::process::exit(2);
+            }
+            error.exit()
+        });
     let json = matches!(&cli.command, Command::Client(c) if c.json());
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,7 +318,13 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {}", error_text(&error));
-            ExitCode::FAILURE
+            // A value the configuration cannot take is a usage error, as clap's are.
+            match error.downcast_ref::<ConfigError>() {
+                Some(ConfigError::Setting { .. } | ConfigError::UnknownKey { .. }) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -297,9 +380,16 @@ fn error_text(error: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let config = args.config()?;
-            init_logging(config.log_json);
-            serve(config)
+            let layered = args.load()?;
+            if args.print_config {
+                print!("{}", layered.to_toml());
+                // Shown whether or not it is valid: that is when it helps most.
+                layered.config.validate()?;
+                return Ok(());
+            }
+            layered.config.validate()?;
+            init_logging(layered.config.log_json);
+            serve(layered.config)
         }
         Command::Log(command) => {
             init_logging(false);
@@ -310,7 +400,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             // Into a buffer first: the generator panics on a write error, such as a
             // closed pipe (`herald completions bash | head`).
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            clap_complete::generate(shell, &mut cli_command(), "herald", &mut script);
             match std::io::Write::write_all(&mut std::io::stdout(), &script) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
                 _ => Ok(()),
