@@ -464,3 +464,336 @@ pub(crate) fn field_names<'de, T: serde::Deserialize<'de>>() -> &'static [&'stat
     let _ = T::deserialize(Fields(&mut fields));
     fields
 }
+
+/// A valid value of each setting other than its default, as an environment variable or a
+/// flag spells it; `None` for a key it does not know, so a test walking the settings
+/// fails on a new one until it has an example (and so a flag and a variable).
+#[doc(hidden)]
+pub fn example(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "data_dir" => "/srv/herald",
+        "listen" => "127.0.0.1:50061",
+        "metrics_listen" => "127.0.0.1:9470",
+        "fsync" => "interval",
+        "fsync_interval_ms" => "250",
+        "segment_bytes" => "8388608",
+        "retention_ms" => "3600000",
+        "retention_bytes" => "1073741824",
+        "max_message_bytes" => "65536",
+        "max_batch_bytes" => "524288",
+        "max_batch_records" => "5000",
+        "max_topics" => "7",
+        "max_partitions" => "70",
+        "max_streams_per_connection" => "64",
+        "max_connections" => "32",
+        "response_buffer_bytes" => "33554432",
+        "idle_stream_timeout_ms" => "60000",
+        "producer_idle_expiry_ms" => "3600000",
+        "max_producers_per_partition" => "500",
+        "dedup_window_ms" => "0",
+        "log_json" => "true",
+        "tls_cert_file" => "/etc/herald/server.pem",
+        "tls_key_file" => "/etc/herald/server.key",
+        "tls_client_ca_file" => "/etc/herald/ca.pem",
+        "tls_client_cert_optional" => "true",
+        "insecure" => "true",
+        "acl_file" => "/etc/herald/acl.toml",
+        "cluster.node_id" => "2",
+        "cluster.peer_listen" => "127.0.0.1:7002",
+        "cluster.initial_members" => {
+            "1=127.0.0.1:50051@127.0.0.1:7001,2=127.0.0.1:50061@127.0.0.1:7002"
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    /// The flags' layer as the binary makes it: a struct with `None` for flags not given.
+    #[derive(Serialize, Default)]
+    struct TestFlags {
+        listen: Option<String>,
+        cluster: TestClusterFlags,
+    }
+
+    #[derive(Serialize, Default)]
+    struct TestClusterFlags {
+        node_id: Option<u64>,
+    }
+
+    fn flags(args: &TestFlags) -> Flags {
+        Flags::new(args, |field| Some(format!("--{}", field.replace('_', "-")))).unwrap()
+    }
+
+    /// The value of `key` in `config`, as an environment variable would spell it.
+    fn value_of(config: &Config, key: &str) -> Option<String> {
+        let table = toml::Value::try_from(config).unwrap();
+        let value = key.split('.').try_fold(&table, |v, k| v.get(k))?;
+        Some(match value {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1001\"\nmax_topics = 3\n[cluster]\nnode_id = 1\npeer_listen = \"127.0.0.1:7001\"\ninitial_members = \"1=127.0.0.1:1@127.0.0.1:7001,2=127.0.0.1:2@127.0.0.1:7002\"\n",
+        )
+        .unwrap();
+        let no_env = env_of(&[]);
+
+        // Defaults alone.
+        let layered = load(None, &no_env, Flags::default()).unwrap();
+        assert_eq!(layered.config, Config::default());
+        assert_eq!(layered.origin("listen"), Origin::Default);
+
+        // The file over the defaults.
+        let layered = load(Some(&file), &no_env, Flags::default()).unwrap();
+        assert_eq!(layered.config.listen.port(), 1001);
+        assert_eq!(layered.origin("listen"), Origin::File(file.clone()));
+        assert_eq!(layered.origin("max_topics"), Origin::File(file.clone()));
+        assert_eq!(layered.origin("fsync"), Origin::Default);
+        assert_eq!(layered.config.cluster.as_ref().unwrap().node_id, 1);
+
+        // The environment over the file.
+        let env = env_of(&[
+            ("HERALD_LISTEN", "127.0.0.1:1002"),
+            ("HERALD_CLUSTER_NODE_ID", "2"),
+        ]);
+        let layered = load(Some(&file), &env, Flags::default()).unwrap();
+        assert_eq!(layered.config.listen.port(), 1002);
+        assert_eq!(
+            layered.origin("listen"),
+            Origin::Env("HERALD_LISTEN".into())
+        );
+        assert_eq!(layered.config.max_topics, 3);
+        assert_eq!(layered.config.cluster.as_ref().unwrap().node_id, 2);
+        assert_eq!(
+            layered.origin("cluster.node_id"),
+            Origin::Env("HERALD_CLUSTER_NODE_ID".into())
+        );
+        assert_eq!(
+            layered.origin("cluster.peer_listen"),
+            Origin::File(file.clone())
+        );
+
+        // Flags over the environment.
+        let args = TestFlags {
+            listen: Some("127.0.0.1:1003".into()),
+            cluster: TestClusterFlags { node_id: Some(1) },
+        };
+        let layered = load(Some(&file), &env, flags(&args)).unwrap();
+        assert_eq!(layered.config.listen.port(), 1003);
+        assert_eq!(layered.origin("listen"), Origin::Flag("--listen".into()));
+        assert_eq!(layered.config.cluster.as_ref().unwrap().node_id, 1);
+        assert_eq!(
+            layered.origin("cluster.node_id"),
+            Origin::Flag("--node-id".into())
+        );
+        layered.config.validate().unwrap();
+
+        // A flag not given leaves the layers below as they were.
+        let layered = load(Some(&file), &env, flags(&TestFlags::default())).unwrap();
+        assert_eq!(layered.config.listen.port(), 1002);
+    }
+
+    /// Every setting but the file-only ones can be set by its `HERALD_*` variable. The
+    /// keys are read from the types, so a new field fails here until it has an example
+    /// value (and then it has a variable by the rule).
+    #[test]
+    fn every_setting_is_reachable_by_its_environment_variable() {
+        let keys = setting_keys();
+        assert!(keys.contains(&"cluster.node_id".to_owned()), "{keys:?}");
+        assert!(keys.contains(&"tokens".to_owned()), "{keys:?}");
+        for key in keys.iter().filter(|k| !FILE_ONLY.contains(&k.as_str())) {
+            let value = example(key).unwrap_or_else(|| {
+                panic!("setting {key} has no example: give it one, and a flag in `herald serve`")
+            });
+            let name = env_name(key);
+            let mut vars = vec![(name.as_str(), value)];
+            // A cluster setting alone is refused: the other cluster settings are set by
+            // their variables too.
+            let others: Vec<(String, &str)> = keys
+                .iter()
+                .filter(|k| k.starts_with("cluster.") && key.starts_with("cluster.") && *k != key)
+                .map(|k| (env_name(k), example(k).unwrap()))
+                .collect();
+            vars.extend(others.iter().map(|(n, v)| (n.as_str(), *v)));
+            let layered = load(None, &env_of(&vars), Flags::default())
+                .unwrap_or_else(|e| panic!("{name}={value}: {e}"));
+            assert_eq!(layered.origin(key), Origin::Env(name.clone()), "{key}");
+            assert_eq!(
+                value_of(&layered.config, key).as_deref(),
+                Some(value),
+                "{name}={value}"
+            );
+            assert_ne!(
+                value_of(&Config::default(), key).as_deref(),
+                Some(value),
+                "the example of {key} is its default: it shows no change"
+            );
+        }
+    }
+
+    #[test]
+    fn the_older_variable_names_still_work_and_the_rule_wins() {
+        let env = env_of(&[("HERALD_TLS_CERT", "a.pem"), ("HERALD_TLS_KEY", "a.key")]);
+        let layered = load(None, &env, Flags::default()).unwrap();
+        assert_eq!(layered.config.tls_cert_file, Some("a.pem".into()));
+        assert_eq!(
+            layered.origin("tls_cert_file"),
+            Origin::Env("HERALD_TLS_CERT".into())
+        );
+        let env = env_of(&[
+            ("HERALD_TLS_CERT", "a.pem"),
+            ("HERALD_TLS_CERT_FILE", "b.pem"),
+            ("HERALD_NODE_ID", "1"),
+            ("HERALD_PEER_LISTEN", "127.0.0.1:7001"),
+            ("HERALD_INITIAL_MEMBERS", "1=127.0.0.1:1@127.0.0.1:7001"),
+        ]);
+        let layered = load(None, &env, Flags::default()).unwrap();
+        assert_eq!(layered.config.tls_cert_file, Some("b.pem".into()));
+        assert_eq!(layered.config.cluster.as_ref().unwrap().node_id, 1);
+        assert_eq!(
+            layered.origin("cluster.initial_members"),
+            Origin::Env("HERALD_INITIAL_MEMBERS".into())
+        );
+        // Empty counts as unset.
+        let env = env_of(&[("HERALD_LISTEN", "")]);
+        assert_eq!(
+            load(None, &env, Flags::default()).unwrap().config,
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_where_it_came_from() {
+        let error = load(
+            None,
+            &env_of(&[("HERALD_MAX_TOPICS", "many")]),
+            Flags::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.starts_with("in environment variable HERALD_MAX_TOPICS: max_topics: "),
+            "{error}"
+        );
+        let error = load(None, &env_of(&[("HERALD_NODE_ID", "x")]), Flags::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("environment variable HERALD_NODE_ID"),
+            "{error}"
+        );
+        let error = load(
+            None,
+            &env_of(&[("HERALD_CLUSTER_NODE_ID", "1")]),
+            Flags::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("cluster.peer_listen is not set")
+                && error.contains("HERALD_CLUSTER_PEER_LISTEN"),
+            "{error}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "fsync = \"sometimes\"\n").unwrap();
+        let error = load(Some(&file), &env_of(&[]), Flags::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains(&format!(
+                "in file {}: fsync: `sometimes` is not one of always, interval, never",
+                file.display()
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_file_stays_strict_about_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        let refused = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            load(Some(&file), &env_of(&[]), Flags::default())
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        let error = refused("lisen = \"127.0.0.1:1\"\n");
+        assert!(
+            error.contains("unknown key `lisen` (did you mean `listen`?)"),
+            "{error}"
+        );
+        let error = refused("[cluster]\nnode = 1\n");
+        assert!(error.contains("unknown key `cluster.node`"), "{error}");
+        let error = refused("[[tokens]]\nprincipal = \"a\"\nhash = \"sha256:00\"\nsalt = 1\n");
+        assert!(error.contains("salt"), "{error}");
+        // No variable but the settings' own is read: the clients' HERALD_SERVER and
+        // HERALD_TOKEN live in the same environment.
+        let env = env_of(&[("HERALD_SERVER", "x"), ("HERALD_TOKEN", "y")]);
+        assert_eq!(
+            load(None, &env, Flags::default()).unwrap().config,
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn print_config_shows_origins_and_hides_token_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        let hash = crate::auth::token::hash("secret");
+        std::fs::write(
+            &file,
+            format!("fsync = \"never\"\n[[tokens]]\nprincipal = \"alice\"\nhash = \"{hash}\"\n"),
+        )
+        .unwrap();
+        let env = env_of(&[("HERALD_MAX_TOPICS", "9")]);
+        let args = TestFlags {
+            listen: Some("127.0.0.1:1003".into()),
+            ..TestFlags::default()
+        };
+        let layered = load(Some(&file), &env, flags(&args)).unwrap();
+        let text = layered.to_toml();
+        assert!(!text.contains(&hash), "{text}");
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{key} = ")))
+                .unwrap_or_else(|| panic!("no {key} in {text}"))
+        };
+        assert!(line("fsync").ends_with(&format!("# file {}", file.display())));
+        assert!(line("max_topics").ends_with("# environment variable HERALD_MAX_TOPICS"));
+        assert!(line("listen").ends_with("# flag --listen"));
+        assert!(line("data_dir").ends_with("# default"));
+        // It reads back as the same configuration, but for the hidden hashes.
+        let mut read: Config = toml::from_str(&text).unwrap();
+        assert_eq!(read.tokens[0].hash, "<hashed>");
+        read.tokens = layered.config.tokens.clone();
+        assert_eq!(read, layered.config);
+    }
+}
