@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{TokenEntry, Tokens};
 use crate::storage::{self, FsyncPolicy};
 
-pub use layered::{FILE_ONLY, Flags, Layered, Origin, env_aliases, env_name, load, setting_keys};
+pub use layered::{
+    FILE_ONLY, Flags, Layered, Origin, env_aliases, env_name, example, load, setting_keys,
+};
 
 /// Largest record (key + value + header names and values) accepted by default. Bigger events belong in an
 /// object store with a pointer in the event.

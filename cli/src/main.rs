@@ -31,6 +31,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker. Settings: defaults < config file < HERALD_* environment < flags.
+    ///
+    /// Every setting has a flag and a variable (shown with each flag) except `tokens`, a
+    /// list of `[[tokens]]` tables that only the file sets. `--print-config` shows the
+    /// effective settings and where each came from.
     Serve(ServeArgs),
     /// Inspect a partition log directory directly (offline: no broker may be using it).
     #[command(subcommand)]
@@ -77,7 +81,7 @@ struct ServeArgs {
     config: Option<PathBuf>,
     /// Print the effective configuration as TOML, each value followed by where it came
     /// from (default, file, environment variable or flag), and exit without serving.
-    /// Token hashes are not shown.
+    /// Token hashes show as `<hashed>`.
     #[arg(long)]
     print_config: bool,
     #[command(flatten)]
@@ -184,20 +188,26 @@ struct SettingFlags {
 impl ServeArgs {
     /// The configuration from its layers, not yet validated.
     fn load(&self) -> anyhow::Result<config::Layered> {
+        self.load_with(&|name| std::env::var(name).ok())
+    }
+
+    fn load_with(&self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<config::Layered> {
         let command = cli_command();
         let serve = command
             .find_subcommand("serve")
             .expect("herald has a serve command");
-        let flags = config::Flags::new(&self.settings, |field| {
-            serve
-                .get_arguments()
-                .find(|a| a.get_id() == field)
-                .and_then(|a| a.get_long())
-                .map(|long| format!("--{long}"))
-        })?;
-        let env = |name: &str| std::env::var(name).ok();
-        Ok(config::load(self.config.as_deref(), &env, flags)?)
+        let flags = config::Flags::new(&self.settings, |field| flag_of(serve, field))?;
+        Ok(config::load(self.config.as_deref(), env, flags)?)
     }
+}
+
+/// The flag of a setting's field: the `serve` argument of the same id.
+fn flag_of(serve: &clap::Command, field: &str) -> Option<String> {
+    serve
+        .get_arguments()
+        .find(|a| a.get_id() == field)
+        .and_then(|a| a.get_long())
+        .map(|long| format!("--{long}"))
 }
 
 /// The command line, with each `serve` setting's variable in its help (clap's own `env`
@@ -556,6 +566,118 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    fn serve_args(args: &[String]) -> ServeArgs {
+        let matches = cli_command()
+            .try_get_matches_from(
+                ["herald", "serve"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(args.iter().cloned()),
+            )
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match Cli::from_arg_matches(&matches).unwrap().command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Every setting but the file-only ones has a `serve` flag that sets it over the
+    /// environment. The keys come from the configuration's types, so a new setting fails
+    /// here until it has a flag.
+    #[test]
+    fn every_setting_has_a_flag_over_its_variable() {
+        let command = cli_command();
+        let serve = command.find_subcommand("serve").unwrap();
+        let keys = config::setting_keys();
+        let cluster: Vec<&String> = keys.iter().filter(|k| k.starts_with("cluster.")).collect();
+        let flag = |key: &str| {
+            flag_of(serve, key.rsplit('.').next().unwrap())
+                .unwrap_or_else(|| panic!("setting {key} has no `herald serve` flag"))
+        };
+        let example = |key: &str| {
+            config::example(key).unwrap_or_else(|| panic!("setting {key} has no example"))
+        };
+        for key in keys
+            .iter()
+            .filter(|k| !config::FILE_ONLY.contains(&k.as_str()))
+        {
+            let mut args = vec![format!("{}={}", flag(key), example(key))];
+            if key.starts_with("cluster.") {
+                // Cluster mode takes its settings together.
+                for other in cluster.iter().filter(|k| **k != key) {
+                    args.push(format!("{}={}", flag(other), example(other)));
+                }
+            }
+            // The variable says otherwise; the flag wins.
+            let env = |name: &str| (name == config::env_name(key)).then(|| "1".to_owned());
+            let layered = serve_args(&args)
+                .load_with(&env)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(
+                layered.origin(key),
+                config::Origin::Flag(flag(key)),
+                "{key}"
+            );
+            let table = toml::Value::try_from(&layered.config).unwrap();
+            let value = key.split('.').try_fold(&table, |v, k| v.get(k)).unwrap();
+            let value = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            assert_eq!(value, example(key), "{args:?}");
+        }
+        // --print-config and --config are no settings.
+        let layered = serve_args(&["--print-config".into()])
+            .load_with(&|_| None)
+            .unwrap();
+        assert_eq!(layered.config, Config::default());
+        // Boolean flags turn off what a lower layer turned on.
+        let env = |name: &str| (name == "HERALD_LOG_JSON").then(|| "true".to_owned());
+        assert!(serve_args(&[]).load_with(&env).unwrap().config.log_json);
+        assert!(
+            !serve_args(&["--log-json=false".into()])
+                .load_with(&env)
+                .unwrap()
+                .config
+                .log_json
+        );
+        assert!(
+            serve_args(&["--log-json".into()])
+                .load_with(&|_| None)
+                .unwrap()
+                .config
+                .log_json
+        );
+    }
+
+    /// README's configuration table names every setting with its variable and flag.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Configuration section");
+        let command = cli_command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for key in config::setting_keys() {
+            let row = section
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("README's configuration table has no row for `{key}`"));
+            if config::FILE_ONLY.contains(&key.as_str()) {
+                continue;
+            }
+            let env = config::env_name(&key);
+            let flag = flag_of(serve, key.rsplit('.').next().unwrap()).unwrap();
+            assert!(
+                row.contains(&format!("`{env}`")) && row.contains(&format!("`{flag}`")),
+                "README's row for `{key}` does not name `{env}` and `{flag}`: {row}"
+            );
+        }
+    }
 
     /// `--help` states the segment size bounds the broker enforces.
     #[test]

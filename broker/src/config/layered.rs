@@ -291,7 +291,7 @@ impl Layered {
         let line = |(text, origin): &(String, String)| format!("{text:<width$}  # {origin}\n");
         let mut out = String::from(
             "# The effective configuration of `herald serve`: defaults < file < HERALD_* environment < flags.\n\
-             # After each value, where it came from. Token hashes are not shown.\n",
+             # After each value, where it came from. Token hashes show as <hashed>.\n",
         );
         out.extend(lines.iter().map(line));
         let tokens_origin = self.origin("tokens");
