@@ -84,8 +84,9 @@ struct ServeArgs {
     /// Token hashes show as `<hashed>`.
     #[arg(long)]
     print_config: bool,
+    // Boxed: the settings make this the largest command by far.
     #[command(flatten)]
-    settings: SettingFlags,
+    settings: Box<SettingFlags>,
 }
 
 /// The flags of the configuration's settings, one per key of the file except `tokens`
