@@ -13,7 +13,8 @@ use crate::auth::{TokenEntry, Tokens};
 use crate::storage::{self, FsyncPolicy};
 
 pub use layered::{
-    FILE_ONLY, Flags, Layered, Origin, env_aliases, env_name, example, load, setting_keys,
+    FILE_ONLY, Flags, Layered, Origin, default_value, env_aliases, env_name, example, load,
+    setting_keys,
 };
 
 /// Largest record (key + value + header names and values) accepted by default. Bigger events belong in an

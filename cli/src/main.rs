@@ -95,69 +95,66 @@ struct ServeArgs {
 /// into the configuration's shape for the flags' layer (`config::Flags`).
 #[derive(clap::Args, Serialize)]
 struct SettingFlags {
-    /// Data directory [default: ./herald-data].
+    /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051].
+    /// gRPC listen address.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Prometheus metrics listen address [default: 127.0.0.1:9464].
+    /// Prometheus metrics listen address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Default fsync policy for topics [default: always].
+    /// Default fsync policy for topics.
     #[arg(long)]
     fsync: Option<FsyncSetting>,
-    /// Flush period for --fsync interval [default: 100].
+    /// Flush period for --fsync interval.
     #[arg(long)]
     fsync_interval_ms: Option<u64>,
     /// Default segment size for new topics, from 4096 (the minimum) to 4294967295 bytes.
     /// Segment files are allocated as they fill, from 1 MiB, so a segment's size costs no
-    /// disk until data needs it [default: 268435456].
+    /// disk until data needs it.
     #[arg(long)]
     segment_bytes: Option<u64>,
-    /// Default retention by age for new topics, 0 = forever [default: 0].
+    /// Default retention by age for new topics, 0 = forever.
     #[arg(long)]
     retention_ms: Option<u64>,
-    /// Default retention by size per partition for new topics, 0 = no limit [default: 0].
+    /// Default retention by size per partition for new topics, 0 = no limit.
     #[arg(long)]
     retention_bytes: Option<u64>,
-    /// Largest record accepted [default: 1048576].
+    /// Largest record accepted.
     #[arg(long)]
     max_message_bytes: Option<usize>,
-    /// Largest publish batch accepted [default: 2097152].
+    /// Largest publish batch accepted.
     #[arg(long)]
     max_batch_bytes: Option<usize>,
-    /// Most records in one batch [default: 100000].
+    /// Most records in one batch.
     #[arg(long)]
     max_batch_records: Option<usize>,
-    /// Most topics [default: 10000].
+    /// Most topics.
     #[arg(long)]
     max_topics: Option<usize>,
-    /// Most partitions across all topics [default: 8192].
+    /// Most partitions across all topics.
     #[arg(long)]
     max_partitions: Option<usize>,
-    /// Streams one connection may have open [default: 1024].
+    /// Streams one connection may have open.
     #[arg(long)]
     max_streams_per_connection: Option<u32>,
-    /// Client connections served at once; more wait in the listen backlog [default: 1024].
+    /// Client connections served at once; more wait in the listen backlog.
     #[arg(long)]
     max_connections: Option<usize>,
-    /// Heap for responses waiting on HTTP/2 flow control, broker-wide, at least 16 MiB
-    /// [default: 134217728].
+    /// Heap for responses waiting on HTTP/2 flow control, broker-wide, at least 16 MiB.
     #[arg(long)]
     response_buffer_bytes: Option<usize>,
-    /// A streaming RPC idle this long is closed [default: 300000].
+    /// A streaming RPC idle this long is closed.
     #[arg(long)]
     idle_stream_timeout_ms: Option<u64>,
-    /// An idempotent producer idle this long on a partition is forgotten there
-    /// [default: 86400000].
+    /// An idempotent producer idle this long on a partition is forgotten there.
     #[arg(long)]
     producer_idle_expiry_ms: Option<u64>,
-    /// Idempotent producers each partition remembers [default: 10000].
+    /// Idempotent producers each partition remembers.
     #[arg(long)]
     max_producers_per_partition: Option<usize>,
-    /// Default for topics: how long a herald-msg-id is remembered, 0 = off
-    /// [default: 120000].
+    /// Default for topics: how long a herald-msg-id is remembered, 0 = off.
     #[arg(long)]
     dedup_window_ms: Option<u64>,
     /// Log JSON lines instead of human-readable text (`--log-json=false` turns off what
@@ -229,7 +226,10 @@ fn cli_command() -> clap::Command {
             };
             let mut names = vec![config::env_name(key)];
             names.extend(config::env_aliases(key).map(String::from));
-            let env = format!("[env: {}]", names.join(", "));
+            let mut env = format!("[env: {}]", names.join(", "));
+            if let Some(default) = config::default_value(key) {
+                env = format!("[default: {default}] {env}");
+            }
             serve.mut_arg(id, |arg| {
                 let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
                 let arg = arg.help(format!("{help} {env}"));
@@ -670,6 +670,12 @@ mod tests {
                 .unwrap_or_else(|| panic!("README's configuration table has no row for `{key}`"));
             if config::FILE_ONLY.contains(&key.as_str()) {
                 continue;
+            }
+            if let Some(default) = config::default_value(&key) {
+                assert!(
+                    row.contains(&format!("`{default}`")),
+                    "README's row for `{key}` does not give its default `{default}`: {row}"
+                );
             }
             let env = config::env_name(&key);
             let flag = flag_of(serve, key.rsplit('.').next().unwrap()).unwrap();

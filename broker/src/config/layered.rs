@@ -73,6 +73,16 @@ pub fn env_aliases(key: &str) -> impl Iterator<Item = &'static str> + '_ {
         .map(|(_, name)| *name)
 }
 
+/// The default of a setting as a variable or flag spells it (`None`: unset by default).
+pub fn default_value(key: &str) -> Option<String> {
+    let defaults = toml::Value::try_from(Config::default()).ok()?;
+    let value = key.split('.').try_fold(&defaults, |v, k| v.get(k))?;
+    Some(match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
 /// Where an effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
