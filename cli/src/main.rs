@@ -398,7 +398,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 layered.config.validate()?;
                 return Ok(());
             }
-            layered.config.validate()?;
+            layered.config.validate().map_err(|error| {
+                anyhow::anyhow!(
+                    "{error} (`herald serve --print-config` shows where each setting came from)"
+                )
+            })?;
             init_logging(layered.config.log_json);
             serve(layered.config)
         }
