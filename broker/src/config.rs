@@ -1,5 +1,7 @@
 //! Broker configuration: defaults that run with no configuration at all, overridden by a
-//! TOML file, then by `HERALD_*` environment variables and flags (see `main.rs`).
+//! TOML file, then by `HERALD_*` environment variables, then by flags (`layered`).
+
+mod layered;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{TokenEntry, Tokens};
 use crate::storage::{self, FsyncPolicy};
+
+pub use layered::{
+    FILE_ONLY, Flags, Layered, Origin, default_value, env_aliases, env_name, example, load,
+    setting_keys,
+};
 
 /// Largest record (key + value + header names and values) accepted by default. Bigger events belong in an
 /// object store with a pointer in the event.
@@ -175,21 +182,28 @@ pub enum ConfigError {
         path: PathBuf,
         cause: Box<toml::de::Error>,
     },
+    #[error("{}: unknown key `{key}`{hint}; see README \"Configuration\" for every key", path.display())]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        hint: String,
+    },
+    /// A value that is not what its setting takes, and where it came from.
+    #[error("in {origin}: {key}: {message}")]
+    Setting {
+        origin: Origin,
+        key: String,
+        message: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
 impl Config {
-    /// Reads a TOML file; fields it leaves out keep their defaults.
+    /// Reads a TOML file alone (no environment, no flags); fields it leaves out keep
+    /// their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            cause: source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            cause: Box::new(source),
-        })
+        load(Some(path), &|_| None, Flags::default()).map(|layered| layered.config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -232,6 +246,11 @@ impl Config {
             return invalid(
                 "producer_idle_expiry_ms and max_producers_per_partition must be at least 1".into(),
             );
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .members()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         self.validate_security()
     }

@@ -5,67 +5,25 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use clap::{Args, Subcommand};
-use herald_broker::cluster::ClusterSettings;
 use herald_proto::v1;
 
 use crate::commands::{CallError, ClientOpts, connect};
 
-/// `serve` flags for cluster mode. Without them (and without `[cluster]` in the
-/// configuration file) the broker is a single node.
-#[derive(Args, Debug, Default)]
+/// `serve` flags for cluster mode: the `[cluster]` table of the configuration (also
+/// `HERALD_CLUSTER_<KEY>`; see `config::layered`). Without any of them the broker is a
+/// single node.
+#[derive(Args, Debug, Default, serde::Serialize)]
 pub struct ServeClusterArgs {
     /// This node's id in the cluster (at least 1; unique).
-    #[arg(long, env = "HERALD_NODE_ID")]
+    #[arg(long)]
     node_id: Option<u64>,
     /// Where this node listens for the other nodes (the peer port).
-    #[arg(long, env = "HERALD_PEER_LISTEN")]
+    #[arg(long)]
     peer_listen: Option<SocketAddr>,
     /// Every node at the cluster's start, this one included:
     /// `1=CLIENT_ADDR@PEER_ADDR,2=...,3=...`.
-    #[arg(long, env = "HERALD_INITIAL_MEMBERS")]
+    #[arg(long)]
     initial_members: Option<String>,
-}
-
-impl ServeClusterArgs {
-    /// The cluster settings: the file's `[cluster]` table, with each flag given over it.
-    pub fn settings(
-        &self,
-        from_file: Option<ClusterSettings>,
-    ) -> anyhow::Result<Option<ClusterSettings>> {
-        let any_flag =
-            self.node_id.is_some() || self.peer_listen.is_some() || self.initial_members.is_some();
-        let settings = match (from_file, any_flag) {
-            (None, false) => return Ok(None),
-            (Some(mut settings), _) => {
-                if let Some(id) = self.node_id {
-                    settings.node_id = id;
-                }
-                if let Some(addr) = self.peer_listen {
-                    settings.peer_listen = addr;
-                }
-                if let Some(members) = &self.initial_members {
-                    settings.initial_members = members.clone();
-                }
-                settings
-            }
-            (None, true) => {
-                let (Some(node_id), Some(peer_listen), Some(initial_members)) =
-                    (self.node_id, self.peer_listen, self.initial_members.clone())
-                else {
-                    anyhow::bail!(
-                        "cluster mode needs --node-id, --peer-listen and --initial-members together"
-                    );
-                };
-                ClusterSettings {
-                    node_id,
-                    peer_listen,
-                    initial_members,
-                }
-            }
-        };
-        settings.members()?;
-        Ok(Some(settings))
-    }
 }
 
 /// `herald cluster ...`.

@@ -170,6 +170,73 @@ pub struct PublishArgs {
     /// Target partition [default: from the key, else round-robin per request].
     #[arg(long)]
     partition: Option<u32>,
+    /// What a value (line) is: `text`, the record's value; or `json`, a record as `fetch
+    /// --json` prints it, with its own key and headers (other fields are ignored), so
+    /// `fetch --json` piped into `publish --input json` copies records.
+    #[arg(long, value_enum, default_value_t = PublishInput::Text, conflicts_with_all = ["key", "key_separator"])]
+    input: PublishInput,
+}
+
+/// How `publish` reads each value or line.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishInput {
+    Text,
+    Json,
+}
+
+/// A record of `publish --input json`: `{"key": K, "value": V, "headers": H}`, where `K`
+/// (optional, or null) and `V` are strings or `{"base64": "..."}`, as `fetch --json`
+/// prints them, and `H` (optional) is `fetch --json`'s list of `{"key": NAME, "value":
+/// V}` or an object of names to values.
+type JsonRecord = (Option<Bytes>, Bytes, Vec<(String, Bytes)>);
+
+fn json_record(line: &[u8]) -> Result<JsonRecord, String> {
+    let Value::Object(fields) = serde_json::from_slice(line).map_err(|e| e.to_string())? else {
+        return Err("not a JSON object".into());
+    };
+    fn bytes(what: &str, value: &Value) -> Result<Bytes, String> {
+        use base64::Engine;
+        match value {
+            Value::String(text) => Ok(Bytes::from(text.clone())),
+            Value::Object(o) if o.len() == 1 => {
+                let encoded = o.get("base64").and_then(Value::as_str).ok_or_else(|| {
+                    format!("{what} is neither a string nor {{\"base64\": \"...\"}}")
+                })?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map(Bytes::from)
+                    .map_err(|e| format!("{what}: {e}"))
+            }
+            _ => Err(format!(
+                "{what} is neither a string nor {{\"base64\": \"...\"}}"
+            )),
+        }
+    }
+    let key = match fields.get("key") {
+        None | Some(Value::Null) => None,
+        Some(key) => Some(bytes("key", key)?),
+    };
+    let value = bytes("value", fields.get("value").ok_or("it has no \"value\"")?)?;
+    let headers = match fields.get("headers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|header| {
+                let name = header
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .ok_or("a header has no string \"key\"")?;
+                let value = header.get("value").ok_or("a header has no \"value\"")?;
+                Ok((name.to_owned(), bytes("a header's value", value)?))
+            })
+            .collect::<Result<_, String>>()?,
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(name, value)| Ok((name.clone(), bytes("a header's value", value)?)))
+            .collect::<Result<_, String>>()?,
+        Some(_) => return Err("\"headers\" is neither a list nor an object".into()),
+    };
+    Ok((key, value, headers))
 }
 
 #[derive(Args)]
@@ -897,11 +964,18 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let mut numbered = 0u64;
     let mut record = |value: Vec<u8>, round_robin: u32| -> anyhow::Result<Record> {
         numbered += 1;
+        let what = if from_stdin { "line" } else { "value" };
+        let mut own_headers = Vec::new();
         let (key, value) = match separator {
+            _ if args.input == PublishInput::Json => {
+                let (key, value, headers) = json_record(&value)
+                    .map_err(|e| anyhow::anyhow!("{what} {numbered} is not a record: {e}"))?;
+                own_headers = headers;
+                (key, value)
+            }
             None => (key.clone(), Bytes::from(value)),
             Some(sep) => {
                 let Some(at) = memchr::memmem::find(&value, sep) else {
-                    let what = if from_stdin { "line" } else { "value" };
                     anyhow::bail!(
                         "{what} {numbered} has no key separator {:?}",
                         String::from_utf8_lossy(sep)
@@ -916,8 +990,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         if let Some(key) = key {
             record = record.key(key);
         }
-        for (name, value) in &headers {
-            record = record.header(name.clone(), value.clone());
+        for (name, value) in own_headers.into_iter().chain(headers.iter().cloned()) {
+            record = record.header(name, value);
         }
         Ok(match args.partition {
             Some(partition) => record.partition(partition),

@@ -9,10 +9,11 @@ mod security;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::Serialize;
 use std::net::SocketAddr;
 
-use herald_broker::config::{Config, FsyncSetting};
+use herald_broker::config::{self, Config, ConfigError, FsyncSetting};
 use herald_broker::server::Broker;
 use herald_broker::storage::inspect;
 
@@ -30,6 +31,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker. Settings: defaults < config file < HERALD_* environment < flags.
+    ///
+    /// Every setting has a flag and a variable (shown with each flag) except `tokens`, a
+    /// list of `[[tokens]]` tables that only the file sets. `--print-config` shows the
+    /// effective settings and where each came from.
     Serve(ServeArgs),
     /// Inspect a partition log directory directly (offline: no broker may be using it).
     #[command(subcommand)]
@@ -74,87 +79,167 @@ struct ServeArgs {
     /// TOML configuration file (every key optional; see README "Configuration").
     #[arg(long, env = "HERALD_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory [default: ./herald-data].
-    #[arg(long, env = "HERALD_DATA_DIR")]
+    /// Print the effective configuration as TOML, each value followed by where it came
+    /// from (default, file, environment variable or flag), and exit without serving.
+    /// Token hashes show as `<hashed>`.
+    #[arg(long)]
+    print_config: bool,
+    // Boxed: the settings make this the largest command by far.
+    #[command(flatten)]
+    settings: Box<SettingFlags>,
+}
+
+/// The flags of the configuration's settings, one per key of the file except `tokens`
+/// (`[[tokens]]` tables: file only). Each is also read from its variable, named by the
+/// key: `HERALD_<KEY>`, and `HERALD_CLUSTER_<KEY>` for the cluster table. Serialized
+/// into the configuration's shape for the flags' layer (`config::Flags`).
+#[derive(clap::Args, Serialize)]
+struct SettingFlags {
+    /// Data directory.
+    #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051].
-    #[arg(long, env = "HERALD_LISTEN")]
+    /// gRPC listen address.
+    #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Prometheus metrics listen address [default: 127.0.0.1:9464].
-    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    /// Prometheus metrics listen address.
+    #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Default fsync policy for topics [default: always].
-    #[arg(long, env = "HERALD_FSYNC")]
+    /// Default fsync policy for topics.
+    #[arg(long)]
     fsync: Option<FsyncSetting>,
-    /// Flush period for --fsync interval [default: 100].
-    #[arg(long, env = "HERALD_FSYNC_INTERVAL_MS")]
+    /// Flush period for --fsync interval.
+    #[arg(long)]
     fsync_interval_ms: Option<u64>,
     /// Default segment size for new topics, from 4096 (the minimum) to 4294967295 bytes.
     /// Segment files are allocated as they fill, from 1 MiB, so a segment's size costs no
-    /// disk until data needs it [default: 268435456].
-    #[arg(long, env = "HERALD_SEGMENT_BYTES")]
+    /// disk until data needs it.
+    #[arg(long)]
     segment_bytes: Option<u64>,
-    /// Largest record accepted [default: 1048576].
-    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES")]
+    /// Default retention by age for new topics, 0 = forever.
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Default retention by size per partition for new topics, 0 = no limit.
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Largest record accepted.
+    #[arg(long)]
     max_message_bytes: Option<usize>,
-    /// Log JSON lines instead of human-readable text.
-    #[arg(long, env = "HERALD_LOG_JSON")]
-    log_json: bool,
+    /// Largest publish batch accepted.
+    #[arg(long)]
+    max_batch_bytes: Option<usize>,
+    /// Most records in one batch.
+    #[arg(long)]
+    max_batch_records: Option<usize>,
+    /// Most topics.
+    #[arg(long)]
+    max_topics: Option<usize>,
+    /// Most partitions across all topics.
+    #[arg(long)]
+    max_partitions: Option<usize>,
+    /// Streams one connection may have open.
+    #[arg(long)]
+    max_streams_per_connection: Option<u32>,
+    /// Client connections served at once; more wait in the listen backlog.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Heap for responses waiting on HTTP/2 flow control, broker-wide, at least 16 MiB.
+    #[arg(long)]
+    response_buffer_bytes: Option<usize>,
+    /// A streaming RPC idle this long is closed.
+    #[arg(long)]
+    idle_stream_timeout_ms: Option<u64>,
+    /// An idempotent producer idle this long on a partition is forgotten there.
+    #[arg(long)]
+    producer_idle_expiry_ms: Option<u64>,
+    /// Idempotent producers each partition remembers.
+    #[arg(long)]
+    max_producers_per_partition: Option<usize>,
+    /// Default for topics: how long a herald-msg-id is remembered, 0 = off.
+    #[arg(long)]
+    dedup_window_ms: Option<u64>,
+    /// Log JSON lines instead of human-readable text (`--log-json=false` turns off what
+    /// the file or environment turned on).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    log_json: Option<bool>,
     /// The server certificate chain (PEM): TLS on, with --tls-key.
-    #[arg(long = "tls-cert", env = "HERALD_TLS_CERT")]
+    #[arg(long = "tls-cert", alias = "tls-cert-file")]
     tls_cert_file: Option<PathBuf>,
     /// The server certificate's private key (PEM).
-    #[arg(long = "tls-key", env = "HERALD_TLS_KEY")]
+    #[arg(long = "tls-key", alias = "tls-key-file")]
     tls_key_file: Option<PathBuf>,
     /// CA (PEM) client certificates must chain to: mutual TLS, and authentication on.
-    #[arg(long = "tls-client-ca", env = "HERALD_TLS_CLIENT_CA")]
+    #[arg(long = "tls-client-ca", alias = "tls-client-ca-file")]
     tls_client_ca_file: Option<PathBuf>,
-    /// The ACL file, read again on SIGHUP (see README "Security").
-    #[arg(long, env = "HERALD_ACL_FILE")]
-    acl_file: Option<PathBuf>,
+    /// With --tls-client-ca, also accept clients without a certificate (they use tokens).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    tls_client_cert_optional: Option<bool>,
     /// Serve a non-loopback address without TLS (refused otherwise).
-    #[arg(long, env = "HERALD_INSECURE")]
-    insecure: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    insecure: Option<bool>,
+    /// The ACL file, read again on SIGHUP (see README "Security").
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
     #[command(flatten)]
     cluster: cluster::ServeClusterArgs,
 }
 
 impl ServeArgs {
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        macro_rules! set {
-            ($($field:ident),*) => {$(
-                if let Some(v) = self.$field.clone() {
-                    config.$field = v;
-                }
-            )*};
-        }
-        set!(
-            data_dir,
-            listen,
-            metrics_listen,
-            fsync,
-            fsync_interval_ms,
-            segment_bytes,
-            max_message_bytes
-        );
-        macro_rules! set_some {
-            ($($field:ident),*) => {$(
-                if let Some(v) = self.$field.clone() {
-                    config.$field = Some(v);
-                }
-            )*};
-        }
-        set_some!(tls_cert_file, tls_key_file, tls_client_ca_file, acl_file);
-        config.log_json |= self.log_json;
-        config.insecure |= self.insecure;
-        config.cluster = self.cluster.settings(config.cluster.take())?;
-        config.validate()?;
-        Ok(config)
+    /// The configuration from its layers, not yet validated.
+    fn load(&self) -> anyhow::Result<config::Layered> {
+        self.load_with(&|name| std::env::var(name).ok())
     }
+
+    fn load_with(&self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<config::Layered> {
+        let command = cli_command();
+        let serve = command
+            .find_subcommand("serve")
+            .expect("herald has a serve command");
+        let flags = config::Flags::new(&self.settings, |field| flag_of(serve, field))?;
+        Ok(config::load(self.config.as_deref(), env, flags)?)
+    }
+}
+
+/// The flag of a setting's field: the `serve` argument of the same id.
+fn flag_of(serve: &clap::Command, field: &str) -> Option<String> {
+    serve
+        .get_arguments()
+        .find(|a| a.get_id() == field)
+        .and_then(|a| a.get_long())
+        .map(|long| format!("--{long}"))
+}
+
+/// The command line, with each `serve` setting's variable in its help (clap's own `env`
+/// is not used for them: the configuration's layers read the variables).
+fn cli_command() -> clap::Command {
+    let keys = config::setting_keys();
+    Cli::command().mut_subcommand("serve", |serve| {
+        let ids: Vec<String> = serve
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        ids.into_iter().fold(serve, |serve, id| {
+            let Some(key) = keys
+                .iter()
+                .find(|k| k.rsplit('.').next() == Some(id.as_str()))
+            else {
+                return serve;
+            };
+            let mut names = vec![config::env_name(key)];
+            names.extend(config::env_aliases(key).map(String::from));
+            let mut env = format!("[env: {}]", names.join(", "));
+            if let Some(default) = config::default_value(key) {
+                env = format!("[default: {default}] {env}");
+            }
+            serve.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                let arg = arg.help(format!("{help} {env}"));
+                match arg.get_long_help().map(ToString::to_string) {
+                    Some(long) => arg.long_help(format!("{long} {env}")),
+                    None => arg,
+                }
+            })
+        })
+    })
 }
 
 #[derive(Subcommand)]
@@ -220,17 +305,20 @@ fn install_panic_hook() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|error| {
-        if let Some(variable) = env_source(&error) {
-            // clap names the flag; the value came from the environment, so say which
-            // variable holds it.
-            let text = error.to_string();
-            let text = text.strip_prefix("error: ").unwrap_or(&text);
-            eprintln!("error: in environment variable {variable}: {text}");
-            std::process::exit(2);
-        }
-        error.exit()
-    });
+    let cli = cli_command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .unwrap_or_else(|error| {
+            if let Some(variable) = env_source(&error) {
+                // clap names the flag; the value came from the environment, so say which
+                // variable holds it.
+                let text = error.to_string();
+                let text = text.strip_prefix("error: ").unwrap_or(&text);
+                eprintln!("error: in environment variable {variable}: {text}");
+                std::process::exit(2);
+            }
+            error.exit()
+        });
     let json = matches!(&cli.command, Command::Client(c) if c.json());
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,7 +329,13 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {}", error_text(&error));
-            ExitCode::FAILURE
+            // A value the configuration cannot take is a usage error, as clap's are.
+            match error.downcast_ref::<ConfigError>() {
+                Some(ConfigError::Setting { .. } | ConfigError::UnknownKey { .. }) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -297,9 +391,20 @@ fn error_text(error: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let config = args.config()?;
-            init_logging(config.log_json);
-            serve(config)
+            let layered = args.load()?;
+            if args.print_config {
+                print!("{}", layered.to_toml());
+                // Shown whether or not it is valid: that is when it helps most.
+                layered.config.validate()?;
+                return Ok(());
+            }
+            layered.config.validate().map_err(|error| {
+                anyhow::anyhow!(
+                    "{error} (`herald serve --print-config` shows where each setting came from)"
+                )
+            })?;
+            init_logging(layered.config.log_json);
+            serve(layered.config)
         }
         Command::Log(command) => {
             init_logging(false);
@@ -310,7 +415,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             // Into a buffer first: the generator panics on a write error, such as a
             // closed pipe (`herald completions bash | head`).
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            clap_complete::generate(shell, &mut cli_command(), "herald", &mut script);
             match std::io::Write::write_all(&mut std::io::stdout(), &script) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
                 _ => Ok(()),
@@ -466,6 +571,124 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    fn serve_args(args: &[String]) -> ServeArgs {
+        let matches = cli_command()
+            .try_get_matches_from(
+                ["herald", "serve"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(args.iter().cloned()),
+            )
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match Cli::from_arg_matches(&matches).unwrap().command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Every setting but the file-only ones has a `serve` flag that sets it over the
+    /// environment. The keys come from the configuration's types, so a new setting fails
+    /// here until it has a flag.
+    #[test]
+    fn every_setting_has_a_flag_over_its_variable() {
+        let command = cli_command();
+        let serve = command.find_subcommand("serve").unwrap();
+        let keys = config::setting_keys();
+        let cluster: Vec<&String> = keys.iter().filter(|k| k.starts_with("cluster.")).collect();
+        let flag = |key: &str| {
+            flag_of(serve, key.rsplit('.').next().unwrap())
+                .unwrap_or_else(|| panic!("setting {key} has no `herald serve` flag"))
+        };
+        let example = |key: &str| {
+            config::example(key).unwrap_or_else(|| panic!("setting {key} has no example"))
+        };
+        for key in keys
+            .iter()
+            .filter(|k| !config::FILE_ONLY.contains(&k.as_str()))
+        {
+            let mut args = vec![format!("{}={}", flag(key), example(key))];
+            if key.starts_with("cluster.") {
+                // Cluster mode takes its settings together.
+                for other in cluster.iter().filter(|k| **k != key) {
+                    args.push(format!("{}={}", flag(other), example(other)));
+                }
+            }
+            // The variable says otherwise; the flag wins.
+            let env = |name: &str| (name == config::env_name(key)).then(|| "1".to_owned());
+            let layered = serve_args(&args)
+                .load_with(&env)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(
+                layered.origin(key),
+                config::Origin::Flag(flag(key)),
+                "{key}"
+            );
+            let table = toml::Value::try_from(&layered.config).unwrap();
+            let value = key.split('.').try_fold(&table, |v, k| v.get(k)).unwrap();
+            let value = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            assert_eq!(value, example(key), "{args:?}");
+        }
+        // --print-config and --config are no settings.
+        let layered = serve_args(&["--print-config".into()])
+            .load_with(&|_| None)
+            .unwrap();
+        assert_eq!(layered.config, Config::default());
+        // Boolean flags turn off what a lower layer turned on.
+        let env = |name: &str| (name == "HERALD_LOG_JSON").then(|| "true".to_owned());
+        assert!(serve_args(&[]).load_with(&env).unwrap().config.log_json);
+        assert!(
+            !serve_args(&["--log-json=false".into()])
+                .load_with(&env)
+                .unwrap()
+                .config
+                .log_json
+        );
+        assert!(
+            serve_args(&["--log-json".into()])
+                .load_with(&|_| None)
+                .unwrap()
+                .config
+                .log_json
+        );
+    }
+
+    /// README's configuration table names every setting with its variable and flag.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Configuration section");
+        let command = cli_command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for key in config::setting_keys() {
+            let row = section
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("README's configuration table has no row for `{key}`"));
+            if config::FILE_ONLY.contains(&key.as_str()) {
+                continue;
+            }
+            if let Some(default) = config::default_value(&key) {
+                assert!(
+                    row.contains(&format!("`{default}`")),
+                    "README's row for `{key}` does not give its default `{default}`: {row}"
+                );
+            }
+            let env = config::env_name(&key);
+            let flag = flag_of(serve, key.rsplit('.').next().unwrap()).unwrap();
+            assert!(
+                row.contains(&format!("`{env}`")) && row.contains(&format!("`{flag}`")),
+                "README's row for `{key}` does not name `{env}` and `{flag}`: {row}"
+            );
+        }
+    }
 
     /// `--help` states the segment size bounds the broker enforces.
     #[test]
