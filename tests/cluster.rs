@@ -84,6 +84,26 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts a new node that is not yet a member: its initial members are the cluster's
+    /// plus itself, so it is not the lowest id and waits to be added. Returns its id.
+    async fn start_joiner(&mut self) -> u64 {
+        let ports = free_ports(2);
+        let id = self.specs.len() as u64 + 1;
+        let spec = NodeSpec {
+            id,
+            client: ports[0],
+            peer: ports[1],
+            dir: self._root.path().join(format!("node{id}")),
+        };
+        let members = format!("{},{id}={}@{}", self.members, spec.client, spec.peer);
+        let broker = Broker::start(config(&spec, &members), false)
+            .await
+            .expect("node starts");
+        self.specs.push(spec);
+        self.brokers.push(Some(broker));
+        id
+    }
+
     async fn boot(&self, i: usize) -> Broker {
         Broker::start(config(&self.specs[i], &self.members), false)
             .await
@@ -634,4 +654,110 @@ async fn any_node_takes_publishes_and_serves_reads_for_every_partition() {
         "{refused:?}"
     );
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_catches_up_and_is_removed() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    create(&mut cluster.client(1).await, "before", 1).await;
+
+    let new = cluster.start_joiner().await;
+    let spec = &cluster.specs[cluster.index_of(new)];
+    let (client_address, peer_address) = (spec.client.to_string(), spec.peer.to_string());
+    let mut admin = cluster.client(follower).await;
+    let added = admin
+        .add_node(v1::AddNodeRequest {
+            node_id: new,
+            client_address: client_address.clone(),
+            peer_address: peer_address.clone(),
+        })
+        .await
+        .expect("node added through a follower")
+        .into_inner();
+    let ids: Vec<u64> = added.nodes.iter().map(|n| n.node_id).collect();
+    assert_eq!(ids, vec![1, 2, 3, new]);
+    let joined = cluster.brokers[cluster.index_of(new)].as_ref().unwrap();
+    eventually(
+        "the new node has the metadata from before it joined",
+        || has_topic(joined, "before"),
+    )
+    .await;
+    let again = admin
+        .add_node(v1::AddNodeRequest {
+            node_id: new,
+            client_address,
+            peer_address,
+        })
+        .await;
+    assert_eq!(code_of(again), Code::AlreadyExists);
+
+    // New topics are placed over four nodes, and the new one votes: with it the cluster
+    // has four voters, so three must agree.
+    create(&mut cluster.client(new).await, "after", 4).await;
+    let status = cluster
+        .client(new)
+        .await
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.nodes.len(), 4);
+    let after = status.topics.iter().find(|t| t.name == "after").unwrap();
+    assert!(
+        after.partitions.iter().any(|p| p.leader == new),
+        "{after:?}"
+    );
+
+    // The only holder of a partition's records cannot leave; once its topic is gone, it
+    // can.
+    let refused = admin
+        .remove_node(v1::RemoveNodeRequest { node_id: new })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("only copy"), "{refused:?}");
+    admin
+        .delete_topic(v1::DeleteTopicRequest {
+            name: "after".into(),
+        })
+        .await
+        .unwrap();
+    let removed = admin
+        .remove_node(v1::RemoveNodeRequest { node_id: new })
+        .await
+        .expect("node removed")
+        .into_inner();
+    let ids: Vec<u64> = removed.nodes.iter().map(|n| n.node_id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let missing = admin
+        .remove_node(v1::RemoveNodeRequest { node_id: 9 })
+        .await;
+    assert_eq!(code_of(missing), Code::NotFound);
+
+    // The removed node is stopped; the three others go on.
+    cluster.stop(new).await;
+    create(&mut cluster.client(follower).await, "later", 1).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_need_cluster_mode() {
+    record_panics();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(test_config(dir.path()), false).await.unwrap();
+    let mut client = HeraldClient::connect(format!("http://{}", broker.addr))
+        .await
+        .unwrap();
+    let refused = client
+        .add_node(v1::AddNodeRequest {
+            node_id: 2,
+            client_address: "127.0.0.1:1".into(),
+            peer_address: "127.0.0.1:2".into(),
+        })
+        .await;
+    assert_eq!(code_of(refused), Code::FailedPrecondition);
+    broker.shutdown().await.unwrap();
+    assert_no_broker_panics();
 }

@@ -178,6 +178,13 @@ fn request_for(method: &str) -> Vec<u8> {
         }
         .encode_to_vec(),
         "ClusterStatus" => v1::ClusterStatusRequest {}.encode_to_vec(),
+        "AddNode" => v1::AddNodeRequest {
+            node_id: 9,
+            client_address: "127.0.0.1:1".into(),
+            peer_address: "127.0.0.1:2".into(),
+        }
+        .encode_to_vec(),
+        "RemoveNode" => v1::RemoveNodeRequest { node_id: 9 }.encode_to_vec(),
         "ListPending" => v1::ListPendingRequest {
             topic: TOPIC.into(),
             group: GROUP.into(),

@@ -167,6 +167,21 @@ pub enum BrokerError {
         this: u64,
     },
 
+    /// In cluster mode, an AddNode for a node that is a member already.
+    #[error("node {node} is a member of the cluster already")]
+    NodeExists { node: u64 },
+    /// In cluster mode, a RemoveNode for a node that is not a member.
+    #[error("node {node} is not a member of the cluster")]
+    NodeNotFound { node: u64 },
+    /// In cluster mode, a RemoveNode the cluster cannot take now.
+    #[error("node {node} cannot be removed: {reason}")]
+    NodeInUse { node: u64, reason: String },
+    /// A cluster operation on a broker that is not in cluster mode.
+    #[error(
+        "this broker is not in cluster mode (start it with --node-id, --peer-listen and --initial-members)"
+    )]
+    NotClustered,
+
     /// In cluster mode, the answer of the node a request was forwarded to (the node that
     /// serves the partition), passed on to the client unchanged.
     #[error("{message}")]

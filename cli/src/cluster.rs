@@ -35,6 +35,29 @@ pub enum ClusterCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Adds a started node to the cluster (it catches up, then votes). Start it first with
+    /// its own --node-id, --listen, --peer-listen and --initial-members listing at least
+    /// itself.
+    AddNode {
+        /// The new node's id.
+        node_id: u64,
+        /// Where clients reach it (its --listen address).
+        #[arg(long)]
+        client: String,
+        /// Where the other nodes reach it (its --peer-listen address).
+        #[arg(long)]
+        peer: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Removes a node from the cluster (refused while it holds the only copy of a
+    /// partition's records). Stop the node afterwards.
+    RemoveNode {
+        /// The id of the node to remove.
+        node_id: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
 }
 
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
@@ -61,8 +84,65 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
+            ClusterCommand::AddNode {
+                node_id,
+                client,
+                peer,
+                opts,
+            } => {
+                let connected = connect(&opts).await?;
+                let reply = connected
+                    .raw()
+                    .add_node(v1::AddNodeRequest {
+                        node_id,
+                        client_address: client,
+                        peer_address: peer,
+                    })
+                    .await
+                    .map_err(|status| CallError(herald_client::Error::from(status)))?
+                    .into_inner();
+                print!("{}", members(&reply.nodes, opts.json));
+                Ok(())
+            }
+            ClusterCommand::RemoveNode { node_id, opts } => {
+                let connected = connect(&opts).await?;
+                let reply = connected
+                    .raw()
+                    .remove_node(v1::RemoveNodeRequest { node_id })
+                    .await
+                    .map_err(|status| CallError(herald_client::Error::from(status)))?
+                    .into_inner();
+                print!("{}", members(&reply.nodes, opts.json));
+                Ok(())
+            }
         }
     })
+}
+
+/// The members after a change: one line per node, or a JSON array.
+fn members(nodes: &[v1::ClusterNode], json: bool) -> String {
+    if json {
+        let list: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node_id": n.node_id,
+                    "client_address": n.client_address,
+                    "peer_address": n.peer_address,
+                })
+            })
+            .collect();
+        return format!("{}\n", serde_json::Value::Array(list));
+    }
+    let mut out = String::from("NODE  CLIENT                 PEER\n");
+    for n in nodes {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<22} {}",
+            n.node_id, n.client_address, n.peer_address
+        );
+    }
+    out
 }
 
 fn text(status: &v1::ClusterStatusResponse) -> String {

@@ -48,7 +48,9 @@ use log_store::LogStore;
 use network::{Health, Network, PEER_CALL_TIMEOUT, PEER_MAX_MESSAGE_BYTES, peer_client};
 use peer_service::PeerService;
 use state_machine::StateMachine;
-pub use types::{MetaCommand, MetaResponse, MetaState, NodeAddr, NodeId, Refusal, TopicRecord};
+pub use types::{
+    MetaCommand, MetaRequest, MetaResponse, MetaState, NodeAddr, NodeId, Refusal, TopicRecord,
+};
 
 /// The directory under the data dir that holds the metadata group's files.
 pub const CLUSTER_DIR: &str = "cluster";
@@ -149,22 +151,126 @@ pub enum ForwardOutcome {
     Failed(String),
 }
 
-/// Proposes `command` on this node's openraft instance.
+/// How long a new node may take to catch up with the metadata as a learner before it is
+/// made a voter; within the peer call timeout, so the forwarding node hears the outcome.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Makes `request` on this node's openraft instance, which must lead the metadata group.
 pub(crate) async fn write_locally(
     raft: &Raft<types::MetaTypes>,
-    command: MetaCommand,
+    view: &MetaState,
+    request: MetaRequest,
 ) -> ForwardOutcome {
-    match raft.client_write(command).await {
+    match request {
+        MetaRequest::Command(command) => match raft.client_write(command).await {
+            Ok(written) => ForwardOutcome::Applied {
+                index: written.log_id.index,
+                response: written.data,
+            },
+            Err(error) => failed_write(error),
+        },
+        MetaRequest::AddNode { id, addr } => {
+            let members = raft.metrics().borrow().membership_config.clone();
+            if members.membership().voter_ids().any(|v| v == id) {
+                return refused_change(
+                    Refusal::Exists,
+                    format!("node {id} is a member of the cluster already"),
+                );
+            }
+            // A learner first, so that the node has the whole metadata before its vote
+            // counts: a voter that lags would make the quorum wait for it.
+            match tokio::time::timeout(CATCH_UP_TIMEOUT, raft.add_learner(id, addr.clone(), true))
+                .await
+            {
+                Err(_) => {
+                    return ForwardOutcome::Failed(format!(
+                        "node {id} did not catch up within {} s: is it running, with peer address {}? It stays a non-voting learner until it is added again",
+                        CATCH_UP_TIMEOUT.as_secs(),
+                        addr.peer
+                    ));
+                }
+                Ok(Err(error)) => return failed_write(error),
+                Ok(Ok(_)) => {}
+            }
+            let change = openraft::ChangeMembers::AddVoterIds([id].into_iter().collect());
+            membership_outcome(raft.change_membership(change, false).await)
+        }
+        MetaRequest::RemoveNode { id } => {
+            let members = raft.metrics().borrow().membership_config.clone();
+            let voters: Vec<NodeId> = members.membership().voter_ids().collect();
+            if !members.membership().nodes().any(|(n, _)| *n == id) {
+                return refused_change(
+                    Refusal::NotFound,
+                    format!("node {id} is not a member of the cluster"),
+                );
+            }
+            if voters == [id] {
+                return refused_change(
+                    Refusal::Invalid,
+                    "it is the cluster's last voting node".into(),
+                );
+            }
+            // Until partitions are replicated, a partition's records live on its first
+            // replica only: removing that node would lose them.
+            let held: Vec<String> = view
+                .topics
+                .values()
+                .flat_map(|t| {
+                    (0..t.partitions)
+                        .filter(|p| t.home(*p) == Some(id))
+                        .map(|p| format!("{} partition {p}", t.name))
+                })
+                .collect();
+            if !held.is_empty() {
+                return refused_change(
+                    Refusal::Invalid,
+                    format!(
+                        "it holds the only copy of {} partition(s) ({}{}); delete those topics first",
+                        held.len(),
+                        held.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                        if held.len() > 5 { ", ..." } else { "" }
+                    ),
+                );
+            }
+            let change = openraft::ChangeMembers::RemoveVoters([id].into_iter().collect());
+            membership_outcome(raft.change_membership(change, false).await)
+        }
+    }
+}
+
+fn refused_change(refusal: Refusal, message: String) -> ForwardOutcome {
+    ForwardOutcome::Applied {
+        index: 0,
+        response: MetaResponse::Refused { refusal, message },
+    }
+}
+
+fn failed_write(error: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> ForwardOutcome {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => ForwardOutcome::NotLeader {
+            leader: to.leader_id,
+        },
+        error => ForwardOutcome::Failed(error.to_string()),
+    }
+}
+
+fn membership_outcome(
+    written: std::result::Result<
+        openraft::raft::ClientWriteResponse<types::MetaTypes>,
+        RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
+    >,
+) -> ForwardOutcome {
+    match written {
         Ok(written) => ForwardOutcome::Applied {
             index: written.log_id.index,
-            response: written.data,
+            response: MetaResponse::Members(
+                written
+                    .membership
+                    .map(|m| m.nodes().map(|(id, addr)| (*id, addr.clone())).collect())
+                    .unwrap_or_default(),
+            ),
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-            ForwardOutcome::NotLeader {
-                leader: to.leader_id,
-            }
-        }
-        Err(error) => ForwardOutcome::Failed(error.to_string()),
+        Err(error) => failed_write(error),
     }
 }
 
@@ -263,6 +369,7 @@ impl Cluster {
             raft: raft.clone(),
             health: health.clone(),
             local: local.clone(),
+            view: view.clone(),
         })
         .max_decoding_message_size(message_max)
         .max_encoding_message_size(message_max);
@@ -341,13 +448,19 @@ impl Cluster {
     /// [`PROPOSE_TIMEOUT`]. Returns once this node has applied it too, so what the caller
     /// reads next on this node includes the change.
     pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse> {
+        self.submit(MetaRequest::Command(command)).await
+    }
+
+    /// Makes `request` through the metadata group's leader, as [`propose`](Self::propose).
+    async fn submit(&self, request: MetaRequest) -> Result<MetaResponse> {
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         let mut last_problem = "no metadata leader is known".to_owned();
         while Instant::now() < deadline {
-            let outcome = match write_locally(&self.raft, command.clone()).await {
+            let view = self.view.load_full();
+            let outcome = match write_locally(&self.raft, &view, request.clone()).await {
                 ForwardOutcome::NotLeader {
                     leader: Some(leader),
-                } if leader != self.node_id => self.forward(leader, &command).await,
+                } if leader != self.node_id => self.forward(leader, &request).await,
                 outcome => outcome,
             };
             match outcome {
@@ -379,12 +492,36 @@ impl Cluster {
         )))
     }
 
-    /// Sends `command` to `leader`'s peer port.
-    async fn forward(&self, leader: NodeId, command: &MetaCommand) -> ForwardOutcome {
+    /// Adds a started node to the cluster; returns the membership afterwards.
+    pub async fn add_node(&self, id: NodeId, addr: NodeAddr) -> Result<BTreeMap<NodeId, NodeAddr>> {
+        if id == 0 {
+            return Err(BrokerError::InvalidRequest("node ids start at 1".into()));
+        }
+        for address in [&addr.client, &addr.peer] {
+            address.parse::<SocketAddr>().map_err(|_| {
+                BrokerError::InvalidRequest(format!("{address:?} is not host:port"))
+            })?;
+        }
+        match self.submit(MetaRequest::AddNode { id, addr }).await? {
+            MetaResponse::Members(members) => Ok(members),
+            other => Err(node_refusal(id, other)),
+        }
+    }
+
+    /// Removes a node from the cluster; returns the membership afterwards.
+    pub async fn remove_node(&self, id: NodeId) -> Result<BTreeMap<NodeId, NodeAddr>> {
+        match self.submit(MetaRequest::RemoveNode { id }).await? {
+            MetaResponse::Members(members) => Ok(members),
+            other => Err(node_refusal(id, other)),
+        }
+    }
+
+    /// Sends `request` to `leader`'s peer port.
+    async fn forward(&self, leader: NodeId, request: &MetaRequest) -> ForwardOutcome {
         let Some(node) = self.address_of(leader) else {
             return ForwardOutcome::Failed(format!("the address of leader {leader} is unknown"));
         };
-        let payload = match bincode::serialize(command) {
+        let payload = match bincode::serialize(request) {
             Ok(p) => p,
             Err(e) => return ForwardOutcome::Failed(e.to_string()),
         };
@@ -568,6 +705,24 @@ impl Cluster {
         if let Some(server) = server {
             let _ = server.await;
         }
+    }
+}
+
+fn node_refusal(node: NodeId, response: MetaResponse) -> BrokerError {
+    match response {
+        MetaResponse::Refused {
+            refusal: Refusal::Exists,
+            ..
+        } => BrokerError::NodeExists { node },
+        MetaResponse::Refused {
+            refusal: Refusal::NotFound,
+            ..
+        } => BrokerError::NodeNotFound { node },
+        MetaResponse::Refused { message, .. } => BrokerError::NodeInUse {
+            node,
+            reason: message,
+        },
+        other => BrokerError::ClusterUnavailable(format!("unexpected answer {other:?}")),
     }
 }
 

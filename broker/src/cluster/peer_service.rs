@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::forward::{FetchStream, ForwardedRequests, LocalService};
 use super::network::Health;
-use super::types::{MetaCommand, MetaTypes, NodeId};
+use super::types::{MetaRequest, MetaState, MetaTypes, NodeId};
 use super::{ForwardOutcome, write_locally};
 
 /// This node's `Peer` service.
@@ -25,6 +25,8 @@ pub struct PeerService {
     pub health: Arc<Health>,
     /// The broker's own handling of forwarded client requests.
     pub local: Arc<LocalService>,
+    /// The applied metadata (what a removal is checked against).
+    pub view: Arc<arc_swap::ArcSwap<MetaState>>,
 }
 
 impl PeerService {
@@ -103,8 +105,9 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let command: MetaCommand = self.open(request)?;
-        let outcome: ForwardOutcome = write_locally(&self.raft, command).await;
+        let request: MetaRequest = self.open(request)?;
+        let view = self.view.load_full();
+        let outcome: ForwardOutcome = write_locally(&self.raft, &view, request).await;
         reply(&outcome)
     }
 

@@ -65,6 +65,22 @@ impl fmt::Display for MetaCommand {
     }
 }
 
+/// What a node asks of the metadata group's leader: a command for the log, or a change of
+/// membership (which openraft makes itself, through its own log entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    Command(MetaCommand),
+    /// Add a node: as a learner until it has caught up, then as a voter.
+    AddNode {
+        id: NodeId,
+        addr: NodeAddr,
+    },
+    /// Remove a node from the membership.
+    RemoveNode {
+        id: NodeId,
+    },
+}
+
 /// Why the metadata group refused a command (it was committed but changed nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
@@ -85,6 +101,8 @@ pub enum MetaResponse {
     Deleted,
     /// The command was refused; the message says why.
     Refused { refusal: Refusal, message: String },
+    /// The membership after a node was added or removed.
+    Members(BTreeMap<NodeId, NodeAddr>),
     /// What openraft's blank and membership entries apply to.
     #[default]
     Nothing,

@@ -122,3 +122,20 @@ pub fn status(
             .collect(),
     }
 }
+
+/// The members after a membership change, as ClusterStatus lists nodes.
+pub fn nodes(
+    cluster: &Cluster,
+    members: std::collections::BTreeMap<crate::cluster::NodeId, crate::cluster::NodeAddr>,
+) -> Vec<v1::ClusterNode> {
+    members
+        .into_iter()
+        .map(|(id, addr)| v1::ClusterNode {
+            node_id: id,
+            client_address: addr.client,
+            peer_address: addr.peer,
+            is_self: id == cluster.node_id(),
+            last_heard_ms_ago: None,
+        })
+        .collect()
+}

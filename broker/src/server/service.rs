@@ -986,6 +986,37 @@ impl v1::herald_server::Herald for HeraldService {
         )))
     }
 
+    async fn add_node(
+        &self,
+        request: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::AddNodeResponse>, Status> {
+        self.check_running()?;
+        Access::of(&request).authorize(Operation::Alter, Resource::cluster())?;
+        let cluster = self.cluster.as_ref().ok_or(BrokerError::NotClustered)?;
+        let r = request.into_inner();
+        let addr = crate::cluster::NodeAddr {
+            client: r.client_address,
+            peer: r.peer_address,
+        };
+        let members = cluster.add_node(r.node_id, addr).await?;
+        Ok(Response::new(v1::AddNodeResponse {
+            nodes: super::cluster_status::nodes(cluster, members),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
+        self.check_running()?;
+        Access::of(&request).authorize(Operation::Alter, Resource::cluster())?;
+        let cluster = self.cluster.as_ref().ok_or(BrokerError::NotClustered)?;
+        let members = cluster.remove_node(request.into_inner().node_id).await?;
+        Ok(Response::new(v1::RemoveNodeResponse {
+            nodes: super::cluster_status::nodes(cluster, members),
+        }))
+    }
+
     type SubscribeStream = BoxStream<v1::SubscribeResponse>;
 
     async fn subscribe(

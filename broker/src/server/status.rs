@@ -47,10 +47,11 @@ fn status_of(error: BrokerError) -> Status {
         | BrokerError::GroupNotFound { .. }
         | BrokerError::DeadLetterTopicNotFound { .. }
         | BrokerError::TopicDeleted { .. }
-        | BrokerError::GroupDeleted { .. } => Status::not_found(message),
-        BrokerError::TopicExists { .. } | BrokerError::GroupExists { .. } => {
-            Status::already_exists(message)
-        }
+        | BrokerError::GroupDeleted { .. }
+        | BrokerError::NodeNotFound { .. } => Status::not_found(message),
+        BrokerError::TopicExists { .. }
+        | BrokerError::GroupExists { .. }
+        | BrokerError::NodeExists { .. } => Status::already_exists(message),
         BrokerError::InvalidName { .. }
         | BrokerError::InvalidSettings(_)
         | BrokerError::Config(_)
@@ -65,7 +66,9 @@ fn status_of(error: BrokerError) -> Status {
         | BrokerError::TopicDirectoryExists { .. }
         | BrokerError::NoDeadLetterTopic { .. }
         | BrokerError::ProducersDamaged { .. }
-        | BrokerError::NotPartitionHome { .. } => Status::failed_precondition(message),
+        | BrokerError::NotPartitionHome { .. }
+        | BrokerError::NodeInUse { .. }
+        | BrokerError::NotClustered => Status::failed_precondition(message),
         BrokerError::ClusterUnavailable(_)
         | BrokerError::ShuttingDown
         | BrokerError::PartitionClosing
@@ -196,9 +199,13 @@ mod tests {
             BrokerError::NotPartitionHome { .. } => 33,
             BrokerError::ClusterUnavailable(_) => 34,
             BrokerError::Forwarded { .. } => 35,
+            BrokerError::NodeExists { .. } => 36,
+            BrokerError::NodeNotFound { .. } => 37,
+            BrokerError::NodeInUse { .. } => 38,
+            BrokerError::NotClustered => 39,
         }
     }
-    const BROKER_VARIANTS: usize = 36;
+    const BROKER_VARIANTS: usize = 40;
 
     fn group_variant(error: &GroupError) -> usize {
         match error {
@@ -496,6 +503,29 @@ mod tests {
                 },
                 Code::FailedPrecondition,
                 "partition 2 of topic \"t\" is served by node 3 at 10.0.0.3:50051, not by this node (1): send its publishes and reads there",
+            ),
+            (
+                BrokerError::NodeExists { node: 4 },
+                Code::AlreadyExists,
+                "node 4 is a member of the cluster already",
+            ),
+            (
+                BrokerError::NodeNotFound { node: 4 },
+                Code::NotFound,
+                "node 4 is not a member of the cluster",
+            ),
+            (
+                BrokerError::NodeInUse {
+                    node: 4,
+                    reason: "it is the cluster's last voting node".into(),
+                },
+                Code::FailedPrecondition,
+                "node 4 cannot be removed: it is the cluster's last voting node",
+            ),
+            (
+                BrokerError::NotClustered,
+                Code::FailedPrecondition,
+                "this broker is not in cluster mode (start it with --node-id, --peer-listen and --initial-members)",
             ),
             (
                 BrokerError::Forwarded {
