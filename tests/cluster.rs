@@ -761,3 +761,90 @@ async fn membership_changes_need_cluster_mode() {
     broker.shutdown().await.unwrap();
     assert_no_broker_panics();
 }
+
+/// A metadata leader cut off from the others (both ways) must never acknowledge a change:
+/// the change cannot reach a majority. The majority side elects a new leader and takes
+/// changes; once the cut heals, the old leader follows it, and every node holds exactly
+/// the changes that were acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_acknowledges_nothing_and_rejoins_the_majority() {
+    let cluster = TestCluster::start(3).await;
+    let old = cluster.leader().await;
+    let cut = |isolated: bool| {
+        cluster.brokers[cluster.index_of(old)]
+            .as_ref()
+            .unwrap()
+            .cluster
+            .as_ref()
+            .unwrap()
+            .set_isolated(isolated)
+    };
+    cut(true);
+
+    // The isolated leader takes the request but cannot commit it: the caller hears
+    // UNAVAILABLE (after the leader's commit wait), never success.
+    let mut isolated = cluster.client(old).await;
+    let started = Instant::now();
+    let during = tokio::time::timeout(
+        WAIT,
+        isolated.create_topic(v1::CreateTopicRequest {
+            name: "during".into(),
+            partitions: 1,
+            config: None,
+        }),
+    )
+    .await
+    .expect("the isolated leader answers within its bounds instead of hanging");
+    assert_eq!(code_of(during), Code::Unavailable);
+    assert!(started.elapsed() < WAIT);
+
+    // The majority elects one of its own and takes changes.
+    let other = (1..=3).find(|id| *id != old).unwrap();
+    let mut majority = cluster.client(other).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let created = majority
+            .create_topic(v1::CreateTopicRequest {
+                name: "majority".into(),
+                partitions: 1,
+                config: None,
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::AlreadyExists => break,
+            Err(status) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the majority never took a change: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    // Healed, the old leader follows the new one: every node has what was acknowledged
+    // and nothing that was not.
+    cut(false);
+    for broker in cluster.running() {
+        eventually("every node has the majority's change", || {
+            has_topic(broker, "majority")
+        })
+        .await;
+    }
+    let new = cluster.leader().await;
+    assert_ne!(new, old, "the old leader lost its place");
+    for broker in cluster.running() {
+        assert!(
+            !broker
+                .cluster
+                .as_ref()
+                .unwrap()
+                .metadata()
+                .topics
+                .contains_key("during"),
+            "an unacknowledged change was applied"
+        );
+    }
+    cluster.shutdown().await;
+}

@@ -149,11 +149,18 @@ pub enum ForwardOutcome {
     NotLeader { leader: Option<NodeId> },
     /// The change could not be made (the group is shutting down, storage failed).
     Failed(String),
+    /// The change was handed to a leader but not seen committed in time: it may still
+    /// commit (this node lost its quorum, or the leader is slow), so it is not retried.
+    Unsure(String),
 }
 
+/// How long a leader waits for a change to commit before answering that it does not know
+/// the outcome: within the peer call timeout, so a forwarding node hears the answer. A
+/// leader cut off from its quorum never commits, and must not hang its callers.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long a new node may take to catch up with the metadata as a learner before it is
 /// made a voter; within the peer call timeout, so the forwarding node hears the outcome.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(4);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Makes `request` on this node's openraft instance, which must lead the metadata group.
 pub(crate) async fn write_locally(
@@ -162,13 +169,16 @@ pub(crate) async fn write_locally(
     request: MetaRequest,
 ) -> ForwardOutcome {
     match request {
-        MetaRequest::Command(command) => match raft.client_write(command).await {
-            Ok(written) => ForwardOutcome::Applied {
-                index: written.log_id.index,
-                response: written.data,
-            },
-            Err(error) => failed_write(error),
-        },
+        MetaRequest::Command(command) => {
+            match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await {
+                Err(_) => not_committed(),
+                Ok(Ok(written)) => ForwardOutcome::Applied {
+                    index: written.log_id.index,
+                    response: written.data,
+                },
+                Ok(Err(error)) => failed_write(error),
+            }
+        }
         MetaRequest::AddNode { id, addr } => {
             let members = raft.metrics().borrow().membership_config.clone();
             if members.membership().voter_ids().any(|v| v == id) {
@@ -193,7 +203,11 @@ pub(crate) async fn write_locally(
                 Ok(Ok(_)) => {}
             }
             let change = openraft::ChangeMembers::AddVoterIds([id].into_iter().collect());
-            membership_outcome(raft.change_membership(change, false).await)
+            match tokio::time::timeout(COMMIT_TIMEOUT, raft.change_membership(change, false)).await
+            {
+                Err(_) => not_committed(),
+                Ok(written) => membership_outcome(written),
+            }
         }
         MetaRequest::RemoveNode { id } => {
             let members = raft.metrics().borrow().membership_config.clone();
@@ -233,9 +247,20 @@ pub(crate) async fn write_locally(
                 );
             }
             let change = openraft::ChangeMembers::RemoveVoters([id].into_iter().collect());
-            membership_outcome(raft.change_membership(change, false).await)
+            match tokio::time::timeout(COMMIT_TIMEOUT, raft.change_membership(change, false)).await
+            {
+                Err(_) => not_committed(),
+                Ok(written) => membership_outcome(written),
+            }
         }
     }
+}
+
+fn not_committed() -> ForwardOutcome {
+    ForwardOutcome::Unsure(format!(
+        "the metadata leader took the change but did not see it committed within {} s (it may have lost its quorum); it may still be applied: check before retrying",
+        COMMIT_TIMEOUT.as_secs()
+    ))
 }
 
 fn refused_change(refusal: Refusal, message: String) -> ForwardOutcome {
@@ -483,6 +508,9 @@ impl Cluster {
                     };
                 }
                 ForwardOutcome::Failed(problem) => last_problem = problem,
+                ForwardOutcome::Unsure(problem) => {
+                    return Err(BrokerError::ClusterUnavailable(problem));
+                }
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
@@ -516,8 +544,19 @@ impl Cluster {
         }
     }
 
+    /// Cuts this node off from the others, both ways, or heals it: for fault-injection
+    /// tests of what a network partition does (peer messages and forwarded requests fail
+    /// as if the network dropped them; clients still reach the node).
+    #[doc(hidden)]
+    pub fn set_isolated(&self, isolated: bool) {
+        self.health.set_isolated(isolated);
+    }
+
     /// Sends `request` to `leader`'s peer port.
     async fn forward(&self, leader: NodeId, request: &MetaRequest) -> ForwardOutcome {
+        if self.health.isolated() {
+            return ForwardOutcome::Failed("this node is cut off (fault injection)".into());
+        }
         let Some(node) = self.address_of(leader) else {
             return ForwardOutcome::Failed(format!("the address of leader {leader} is unknown"));
         };
@@ -536,7 +575,10 @@ impl Cluster {
             payload: Bytes::from(payload),
         };
         match tokio::time::timeout(PEER_CALL_TIMEOUT, client.forward(request)).await {
-            Err(_) => ForwardOutcome::Failed(format!("leader {leader} did not answer in time")),
+            Err(_) => ForwardOutcome::Unsure(format!(
+                "leader {leader} did not answer within {} s; the change may still be applied: check before retrying",
+                PEER_CALL_TIMEOUT.as_secs()
+            )),
             Ok(Err(status)) => ForwardOutcome::Failed(format!(
                 "forwarding to leader {leader}: {}",
                 status.message()
@@ -634,6 +676,7 @@ impl Cluster {
         request: v1::PublishRequest,
     ) -> Result<v1::PublishResponse> {
         let addr = self.peer_address(node)?;
+        self.check_reachable(node)?;
         self.forwarder
             .publish(self.node_id, node, &addr, request)
             .await
@@ -649,6 +692,15 @@ impl Cluster {
         self.forwarder
             .fetch(self.node_id, node, &addr, request)
             .await
+    }
+
+    fn check_reachable(&self, node: NodeId) -> Result<()> {
+        if self.health.isolated() {
+            return Err(BrokerError::ClusterUnavailable(format!(
+                "node {node}, which serves the partition, is unreachable: this node is cut off (fault injection)"
+            )));
+        }
+        Ok(())
     }
 
     fn peer_address(&self, node: NodeId) -> Result<NodeAddr> {

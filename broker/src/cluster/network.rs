@@ -37,9 +37,21 @@ pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct Health {
     last_heard: DashMap<NodeId, Instant>,
+    /// Set by fault-injection tests: the node neither sends nor takes peer messages, as
+    /// if a network partition cut it off.
+    isolated: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated
+            .store(isolated, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn heard(&self, node: NodeId) {
         self.last_heard.insert(node, Instant::now());
     }
@@ -108,6 +120,11 @@ impl Peer {
         request: &Req,
         deadline: Duration,
     ) -> Result<Resp, CallError> {
+        if self.health.isolated() {
+            return Err(CallError::Unreachable(
+                "this node is cut off (fault injection)".into(),
+            ));
+        }
         let client = self
             .client
             .as_mut()

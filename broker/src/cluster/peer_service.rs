@@ -32,6 +32,7 @@ pub struct PeerService {
 impl PeerService {
     /// Checks the envelope and decodes its payload.
     fn open<T: DeserializeOwned>(&self, request: Request<RaftRequest>) -> Result<T, Status> {
+        self.check_reachable()?;
         let request = request.into_inner();
         if request.to != self.node_id {
             return Err(Status::failed_precondition(format!(
@@ -52,8 +53,19 @@ impl PeerService {
 }
 
 impl PeerService {
+    /// Refuses everything while a fault-injection test has cut this node off.
+    fn check_reachable(&self) -> Result<(), Status> {
+        if self.health.isolated() {
+            return Err(Status::unavailable(
+                "this node is cut off (fault injection)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a forwarded request's envelope and finds the broker service to run it.
     fn forwarded(&self, to: NodeId, from: NodeId) -> Result<Arc<dyn ForwardedRequests>, Status> {
+        self.check_reachable()?;
         if to != self.node_id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {to}: the sender's address for node {to} is stale",
