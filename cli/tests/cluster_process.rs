@@ -199,3 +199,201 @@ async fn three_processes_agree_on_topics_and_elect_a_new_leader_after_kill_9() {
         }
     }
 }
+
+/// Publishes `value` with `key` through `client` (no partition: placed by the key).
+async fn publish_keyed(
+    client: &mut HeraldClient<tonic::transport::Channel>,
+    topic: &str,
+    key: &str,
+    value: &str,
+) -> Result<v1::PublishResponse, tonic::Status> {
+    client
+        .publish(v1::PublishRequest {
+            topic: topic.into(),
+            partition: None,
+            payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                records: vec![v1::Record {
+                    key: Some(key.as_bytes().to_vec().into()),
+                    value: value.as_bytes().to_vec().into(),
+                    ..Default::default()
+                }],
+            })),
+            producer: None,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Keyed publishes go through node 1 alone, which forwards two thirds of them to the
+/// partitions' nodes. Those nodes are killed with SIGKILL and restarted, one after the
+/// other, while publishing goes on. A checker then reads every partition through node 1:
+/// every acknowledged record is there at the offset its acknowledgement named, offsets
+/// are dense, and each key's records keep the order they were acknowledged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_publishes_forwarded_by_one_node_survive_kill_9_of_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = free_ports(6);
+    let members = (0..3)
+        .map(|i| format!("{}={}@{}", i + 1, ports[2 * i], ports[2 * i + 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dirs: Vec<_> = (1..=3)
+        .map(|id| root.path().join(format!("node{id}")))
+        .collect();
+    let mut processes: Vec<Option<Process>> = (0..3)
+        .map(|i| {
+            Some(serve(
+                &dirs[i],
+                i as u64 + 1,
+                ports[2 * i],
+                ports[2 * i + 1],
+                &members,
+            ))
+        })
+        .collect();
+    let entry = ports[0];
+    let mut client = HeraldClient::connect(format!("http://{entry}"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    while let Err(status) = client
+        .create_topic(v1::CreateTopicRequest {
+            name: "ledger".into(),
+            partitions: 3,
+            config: None,
+        })
+        .await
+    {
+        assert!(Instant::now() < deadline, "topic not created: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // (partition, offset) -> value, for every acknowledged publish, and per key the
+    // acknowledged values in order.
+    let mut acked: std::collections::BTreeMap<(u32, u64), String> = Default::default();
+    let mut refused = 0usize;
+    let mut seq = 0u64;
+    let mut round = || {
+        seq += 1;
+        let key = format!("account-{}", seq % 30);
+        let value = format!("{key}:{seq}");
+        (key, value)
+    };
+    for victim in [2usize, 3] {
+        for phase in 0..3 {
+            // Before the kill, while the victim is down, and after its restart.
+            for _ in 0..60 {
+                let (key, value) = round();
+                match publish_keyed(&mut client, "ledger", &key, &value).await {
+                    Ok(answer) => {
+                        acked.insert((answer.partition, answer.base_offset), value);
+                    }
+                    Err(status) => {
+                        assert_eq!(
+                            status.code(),
+                            tonic::Code::Unavailable,
+                            "only a down node's partitions refuse: {status:?}"
+                        );
+                        assert_eq!(phase, 1, "refused while every node runs: {status:?}");
+                        refused += 1;
+                    }
+                }
+            }
+            match phase {
+                0 => {
+                    let log = processes[victim - 1].take().unwrap().kill9();
+                    assert_no_panic(&log, &format!("node {victim}"));
+                }
+                1 => {
+                    let i = victim - 1;
+                    processes[i] = Some(serve(
+                        &dirs[i],
+                        victim as u64,
+                        ports[2 * i],
+                        ports[2 * i + 1],
+                        &members,
+                    ));
+                    // Until the restarted node answers its peers again, its partitions'
+                    // forwarded publishes may still be refused.
+                    let deadline = Instant::now() + FAILOVER_BOUND;
+                    loop {
+                        let (key, value) = round();
+                        match publish_keyed(&mut client, "ledger", &key, &value).await {
+                            Ok(answer) => {
+                                acked.insert((answer.partition, answer.base_offset), value);
+                                if answer.partition == (victim as u32 - 1) % 3
+                                    || Instant::now() > deadline
+                                {
+                                    break;
+                                }
+                            }
+                            Err(_) => {
+                                assert!(
+                                    Instant::now() < deadline,
+                                    "node {victim} never served again"
+                                );
+                                refused += 1;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    println!(
+        "{} publishes acknowledged, {refused} refused while their node was down",
+        acked.len()
+    );
+    assert!(refused > 0, "the kills made some partitions unavailable");
+
+    // The checker: every partition read through node 1 (forwarded for two of them).
+    for partition in 0..3u32 {
+        let mut stream = client
+            .fetch(common::fetch_from_earliest("ledger", partition))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut stored: Vec<(u64, String)> = Vec::new();
+        while let Some(response) = stream.message().await.unwrap() {
+            for record in response.records {
+                stored.push((
+                    record.offset,
+                    String::from_utf8(record.value.to_vec()).unwrap(),
+                ));
+            }
+        }
+        let offsets: Vec<u64> = stored.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..stored.len() as u64).collect::<Vec<_>>(),
+            "dense offsets"
+        );
+        for ((p, offset), value) in acked.iter().filter(|((p, _), _)| *p == partition) {
+            assert_eq!(
+                stored.get(*offset as usize).map(|(_, v)| v),
+                Some(value),
+                "acknowledged record at partition {p} offset {offset}"
+            );
+        }
+        // Per key, sequence numbers only grow along the partition.
+        let mut last: std::collections::HashMap<String, u64> = Default::default();
+        for (_, value) in &stored {
+            let (key, n) = value.split_once(':').unwrap();
+            let n: u64 = n.parse().unwrap();
+            if let Some(previous) = last.insert(key.to_owned(), n) {
+                assert!(previous < n, "key {key} out of order: {previous} then {n}");
+            }
+        }
+    }
+
+    for (i, process) in processes.iter_mut().enumerate() {
+        if let Some(process) = process.take() {
+            signal(process.id(), "TERM");
+            let exited = process.wait();
+            assert_no_panic(&exited.log, &format!("node {}", i + 1));
+            assert!(exited.status.success(), "node {} exits cleanly", i + 1);
+        }
+    }
+}
