@@ -7,116 +7,29 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use common::rpc::{RawCodec, method_paths};
 use common::*;
 use herald_broker::server::{Broker, Policy};
-use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
-
-/// The parts of `google.protobuf.FileDescriptorSet` this test reads.
-#[derive(Clone, PartialEq, Message)]
-struct FileDescriptorSet {
-    #[prost(message, repeated, tag = "1")]
-    file: Vec<FileDescriptorProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct FileDescriptorProto {
-    #[prost(string, optional, tag = "2")]
-    package: Option<String>,
-    #[prost(message, repeated, tag = "6")]
-    service: Vec<ServiceDescriptorProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ServiceDescriptorProto {
-    #[prost(string, optional, tag = "1")]
-    name: Option<String>,
-    #[prost(message, repeated, tag = "2")]
-    method: Vec<MethodDescriptorProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct MethodDescriptorProto {
-    #[prost(string, optional, tag = "1")]
-    name: Option<String>,
-}
-
-/// `/package.Service/Method` of every method in an encoded descriptor set.
-fn method_paths(encoded: &[u8]) -> Vec<String> {
-    let set = FileDescriptorSet::decode(encoded).expect("a descriptor set");
-    let mut paths = Vec::new();
-    for file in set.file {
-        let package = file.package.unwrap_or_default();
-        for service in file.service {
-            let service_name = service.name.unwrap_or_default();
-            for method in service.method {
-                paths.push(format!(
-                    "/{package}.{service_name}/{}",
-                    method.name.unwrap_or_default()
-                ));
-            }
-        }
-    }
-    paths
-}
-
-/// Encodes every message as empty and reads any reply as `()`: enough to call a method
-/// by its path alone.
-struct EmptyCodec;
-
-impl tonic::codec::Codec for EmptyCodec {
-    type Encode = ();
-    type Decode = ();
-    type Encoder = EmptyCodec;
-    type Decoder = EmptyCodec;
-
-    fn encoder(&mut self) -> EmptyCodec {
-        EmptyCodec
-    }
-
-    fn decoder(&mut self) -> EmptyCodec {
-        EmptyCodec
-    }
-}
-
-impl tonic::codec::Encoder for EmptyCodec {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn encode(&mut self, (): (), _: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for EmptyCodec {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
-        use bytes::Buf;
-        buf.advance(buf.remaining());
-        Ok(Some(()))
-    }
-}
 
 /// Calls `path` with one empty message and the `x-test-deny` header, as a stream (which
 /// every gRPC method accepts on the wire); returns the status it ends with.
 async fn call_denied(channel: Channel, path: &str) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("the channel is ready");
-    let mut request = tonic::Request::new(futures::stream::iter([()]));
+    let mut request = tonic::Request::new(futures::stream::iter([bytes::Bytes::new()]));
     request
         .metadata_mut()
         .insert("x-test-deny", "yes".parse().unwrap());
     let path = tonic::codegen::http::uri::PathAndQuery::try_from(path.to_owned()).unwrap();
-    match grpc.streaming(request, path, EmptyCodec).await {
+    match grpc.streaming(request, path, RawCodec).await {
         Err(status) => status,
         Ok(response) => {
             let mut stream = response.into_inner();
             loop {
                 match stream.message().await {
-                    Ok(Some(())) => continue,
+                    Ok(Some(_)) => continue,
                     Ok(None) => return tonic::Status::ok("ended"),
                     Err(status) => return status,
                 }

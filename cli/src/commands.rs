@@ -1977,26 +1977,19 @@ mod tests {
         ] {
             assert_eq!(at(s), Ok(Position::Timestamp(1_700_000_000_000)), "{s}");
         }
-        assert_eq!(
-            at("-1h"),
-            Ok(Position::Timestamp(1_700_000_000_000 - 3_600_000))
-        );
-        assert_eq!(
-            at("-15m"),
-            Ok(Position::Timestamp(1_700_000_000_000 - 900_000))
-        );
-        assert_eq!(
-            at("-1h30m"),
-            Ok(Position::Timestamp(1_700_000_000_000 - 5_400_000))
-        );
-        assert_eq!(
-            at("-2d"),
-            Ok(Position::Timestamp(1_700_000_000_000 - 172_800_000))
-        );
-        assert_eq!(
-            at("ts:-10s"),
-            Ok(Position::Timestamp(1_700_000_000_000 - 10_000))
-        );
+        for (ago, ms) in [
+            ("-1h", 3_600_000),
+            ("-15m", 900_000),
+            ("-1h30m", 5_400_000),
+            ("-2d", 172_800_000),
+            ("ts:-10s", 10_000),
+        ] {
+            assert_eq!(
+                at(ago),
+                Ok(Position::Timestamp(1_700_000_000_000 - ms)),
+                "{ago}"
+            );
+        }
         // A time without a zone is ambiguous: refused with the form to use.
         let error = at("2023-11-14T22:13:20").unwrap_err();
         assert!(error.contains("RFC 3339"), "{error}");
