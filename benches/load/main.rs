@@ -7,6 +7,7 @@
 //! and with `--json FILE` the same as JSON. See `docs/load-generator.md`.
 
 mod check;
+mod cpu;
 mod stats;
 mod target_herald;
 mod target_nats;
@@ -129,6 +130,10 @@ struct Args {
     /// Herald bearer token (also HERALD_TOKEN).
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The broker's process id (repeat for a cluster's nodes): reports the broker's CPU
+    /// per record of each phase, from /proc (the broker must run on this machine).
+    #[arg(long = "broker-pid")]
+    broker_pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,6 +438,12 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
     };
 
     // Produce.
+    let cpu_at = || {
+        (!args.broker_pids.is_empty())
+            .then(|| cpu::total_ns(&args.broker_pids))
+            .transpose()
+    };
+    let cpu_start = cpu_at().context("reading the broker's CPU time")?;
     let mut sent = vec![0u64; keys as usize];
     let mut produce_window = Window {
         start_ns: wl.now_ns(),
@@ -462,6 +473,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         }
     }
     let p_total = wl.producers.totals();
+    let cpu_produced = cpu_at().context("reading the broker's CPU time")?;
     let failed = std::mem::take(&mut *wl.failed.lock().unwrap_or_else(|e| e.into_inner()));
     let n_failed: u64 = failed.values().map(|v| v.len() as u64).sum();
     let acked = sent.iter().sum::<u64>() - n_failed;
@@ -489,6 +501,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
             task.await.context("a consumer task panicked")?;
         }
     }
+    let cpu_consumed = cpu_at().context("reading the broker's CPU time")?;
     if let Some(progress) = progress {
         progress.abort();
     }
@@ -512,6 +525,15 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         eprintln!("note: cleanup failed: {e:#}");
     }
     let c_total = wl.consumers.totals();
+    let broker_cpu = match (cpu_start, cpu_produced, cpu_consumed) {
+        (Some(start), Some(produced), Some(consumed)) => Some(cpu::BrokerCpu::of(
+            args.broker_pids.clone(),
+            [start, produced, consumed],
+            p_total.records,
+            (args.consumers > 0 && !concurrent).then_some(c_total.records),
+        )),
+        _ => None,
+    };
     let lost = (args.consumers > 0 && !args.consume_only).then(|| wl.checker.lost(&sent, &failed));
     let errors = Errors {
         publish: p_total.errors,
@@ -541,6 +563,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
             .flatten(),
         errors,
         check,
+        broker_cpu,
         ok,
     })
 }

@@ -210,6 +210,8 @@ pub struct Summary {
     pub e2e_latency_us: Option<Latency>,
     pub errors: Errors,
     pub check: Check,
+    /// The broker's CPU per record, with `--broker-pid`.
+    pub broker_cpu: Option<crate::cpu::BrokerCpu>,
     /// No errors, nothing lost, duplicated, out of order or malformed.
     pub ok: bool,
 }
@@ -257,6 +259,17 @@ impl Summary {
         ] {
             let [a, b, c, d, e] = fmt_lat(l);
             let _ = writeln!(s, "{name:<14} {a:>9} {b:>9} {c:>9} {d:>9} {e:>9}");
+        }
+        if let Some(cpu) = &self.broker_cpu {
+            let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+            let _ = writeln!(
+                s,
+                "broker CPU: produce phase {:.2} s ({} µs/record), consume phase {:.2} s ({} µs/record)",
+                cpu.produce_phase_s,
+                us(cpu.produce_us_per_record),
+                cpu.consume_phase_s,
+                us(cpu.consume_us_per_record)
+            );
         }
         let c = &self.check;
         let lost = c.lost.map_or("n/a".to_owned(), |l| l.to_string());

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# What forwarding costs in cluster mode: the same herald-load workloads sent to the node
+# that serves the partition (direct) and to another node, which forwards every publish
+# and read to it over the peer port (forwarded). One 3-node cluster on loopback, runs
+# alternated, medians printed with their forwarded/direct ratios.
+#
+#   benches/forward_cost.sh [ROUNDS]     (default 3; release builds of herald and herald-load)
+#
+# Workloads, each on a fresh 1-partition topic with 100 B records, fsync never, one
+# producer and no consumer (herald-load consumes through a group, which runs only on a
+# node that holds every partition): (1) publish throughput, 300,000 records; (2) publish
+# latency at a fixed 10,000 records/s for 10 s (2 s warm-up).
+set -euo pipefail
+ROUNDS=${1:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+HERALD=$BIN/herald
+LOAD=$BIN/herald-load
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+BASE=$((52000 + RANDOM % 2000))
+MEMBERS=""
+for i in 1 2 3; do
+  MEMBERS="$MEMBERS${MEMBERS:+,}$i=127.0.0.1:$((BASE + i))@127.0.0.1:$((BASE + 10 + i))"
+done
+for i in 1 2 3; do
+  "$HERALD" serve --data-dir "$WORK/n$i" --listen "127.0.0.1:$((BASE + i))" --metrics-listen 127.0.0.1:0 \
+    --fsync never --node-id "$i" --peer-listen "127.0.0.1:$((BASE + 10 + i))" \
+    --initial-members "$MEMBERS" 2>"$WORK/serve-$i.log" &
+done
+for i in 1 2 3; do
+  for _ in $(seq 100); do grep -q "herald is serving" "$WORK/serve-$i.log" && break; sleep 0.1; done
+done
+PIDS=()
+for pid in $(jobs -p); do PIDS+=(--broker-pid "$pid"); done
+
+# The node that serves a topic's only partition, from `cluster status`.
+home() {
+  "$HERALD" cluster status --json --server "127.0.0.1:$((BASE + 1))" |
+    python3 -c "import json,sys; s=json.load(sys.stdin); print([t for t in s['topics'] if t['name']=='$1'][0]['partitions'][0]['leader'])"
+}
+
+run=0
+load() { # load KIND MODE TOPIC ARGS...
+  local kind=$1 mode=$2 topic=$3; shift 3
+  local node
+  node=$(home "$topic")
+  if [ "$mode" = forwarded ]; then node=$((node % 3 + 1)); fi
+  "$LOAD" --target "herald://127.0.0.1:$((BASE + node))" --topic "$topic" --reuse --quiet \
+    --json "$WORK/$kind-$mode-$run.json" --partitions 1 --record-size 100 --producers 1 \
+    "${PIDS[@]}" "$@" >/dev/null
+}
+
+create() {
+  for _ in $(seq 100); do
+    "$HERALD" topic create "$1" --partitions 1 --server "127.0.0.1:$((BASE + 1))" >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  echo "could not create $1"; exit 1
+}
+
+for round in $(seq "$ROUNDS"); do
+  run=$round
+  for mode in direct forwarded; do
+    create "thr-$mode-$round"
+    load thr "$mode" "thr-$mode-$round" --batch-size 1000 --records 300000 --consumers 0
+    create "lat-$mode-$round"
+    load lat "$mode" "lat-$mode-$round" --batch-size 10 --rate 10000 --duration 10 --warmup 2 \
+      --linger-ms 0 --consumers 0
+  done
+done
+
+python3 - "$WORK" "$ROUNDS" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def runs(kind, mode):
+    return [json.load(open(f"{work}/{kind}-{mode}-{r}.json")) for r in range(1, rounds + 1)]
+rows = [
+    ("publish throughput (records/s)", "thr", lambda s: s["produced"]["msgs_per_s"]),
+    ("CPU of the 3 nodes (µs/record)", "thr", lambda s: s["broker_cpu"]["produce_us_per_record"]),
+    ("publish p50 at 10k/s (µs)", "lat", lambda s: s["publish_latency_us"]["p50"]),
+    ("publish p99 at 10k/s (µs)", "lat", lambda s: s["publish_latency_us"]["p99"]),
+]
+print(f"{'metric':34} {'direct':>12} {'forwarded':>12} {'fwd/direct':>10}   runs direct | forwarded")
+for name, kind, get in rows:
+    d = [get(s) for s in runs(kind, "direct")]
+    f = [get(s) for s in runs(kind, "forwarded")]
+    md, mf = statistics.median(d), statistics.median(f)
+    fmt = (lambda v: f"{v:,.2f}") if md < 100 else (lambda v: f"{v:,.0f}")
+    print(f"{name:34} {fmt(md):>12} {fmt(mf):>12} {mf / md:>10.2f}   "
+          f"{' / '.join(fmt(v) for v in d)} | {' / '.join(fmt(v) for v in f)}")
+bad = [f"{k}-{m}-{r}" for k in ("thr", "lat") for m in ("direct", "forwarded") for r, s in enumerate(runs(k, m), 1) if not s["ok"]]
+if bad:
+    print("runs with errors:", ", ".join(bad))
+PY
