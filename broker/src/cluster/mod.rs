@@ -401,6 +401,9 @@ impl Cluster {
         let server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .timeout(PEER_CALL_TIMEOUT)
+                .initial_stream_window_size(Some(crate::server::HTTP2_STREAM_WINDOW))
+                .initial_connection_window_size(Some(crate::server::HTTP2_CONNECTION_WINDOW))
+                .max_frame_size(Some(crate::server::HTTP2_MAX_FRAME))
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -67,6 +67,10 @@ pub fn peer_client(addr: &str) -> Result<PeerClient<Channel>, tonic::transport::
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .timeout(PEER_CALL_TIMEOUT)
         .tcp_nodelay(true)
+        // The client port's windows: a forwarded batch or fetch response of a few MiB
+        // flows without waiting for window updates at HTTP/2's 64 KiB default.
+        .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW)
         .connect_lazy();
     Ok(PeerClient::new(channel)
         .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
