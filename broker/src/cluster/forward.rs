@@ -41,8 +41,9 @@ pub trait ForwardedRequests: Send + Sync + 'static {
 /// cluster must not keep the service alive.
 pub type LocalService = OnceLock<Weak<dyn ForwardedRequests>>;
 
-/// Cached connections to other nodes' peer ports for forwarding: one HTTP/2 connection
-/// per node carries every forwarded request, instead of a handshake per request.
+/// Cached connections to other nodes' peer ports for forwarding (client requests and
+/// metadata changes): one HTTP/2 connection per node carries every forwarded request,
+/// instead of a handshake per request.
 pub struct Forwarder {
     clients: DashMap<NodeId, (String, PeerClient<Channel>)>,
     /// Largest message either way: a whole publish batch or Fetch response.
@@ -59,7 +60,11 @@ impl Forwarder {
 
     /// The connection to `node` at `addr`, made on first use and remade when the node's
     /// peer address changes.
-    fn client(&self, node: NodeId, addr: &NodeAddr) -> Result<PeerClient<Channel>, BrokerError> {
+    pub(crate) fn client(
+        &self,
+        node: NodeId,
+        addr: &NodeAddr,
+    ) -> Result<PeerClient<Channel>, BrokerError> {
         if let Some(entry) = self.clients.get(&node)
             && entry.0 == addr.peer
         {

@@ -45,7 +45,7 @@ use crate::topic::{TopicSettings, validate_name};
 use forward::{FetchStream, ForwardedRequests, Forwarder, LocalService};
 use herald_proto::v1;
 use log_store::LogStore;
-use network::{Health, Network, PEER_CALL_TIMEOUT, PEER_MAX_MESSAGE_BYTES, peer_client};
+use network::{Health, Network, PEER_CALL_TIMEOUT, PEER_MAX_MESSAGE_BYTES};
 use peer_service::PeerService;
 use state_machine::StateMachine;
 pub use types::{
@@ -567,7 +567,7 @@ impl Cluster {
             Ok(p) => p,
             Err(e) => return ForwardOutcome::Failed(e.to_string()),
         };
-        let mut client = match peer_client(&node.peer) {
+        let mut client = match self.forwarder.client(leader, &node) {
             Ok(c) => c,
             Err(e) => return ForwardOutcome::Failed(e.to_string()),
         };
