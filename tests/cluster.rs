@@ -616,6 +616,7 @@ async fn any_node_takes_publishes_and_serves_reads_for_every_partition() {
     let forwarded = |to: u64| herald_proto::peer::ForwardedPublish {
         to,
         from: 2,
+        metadata_applied: 0,
         request: Some(v1::PublishRequest {
             topic: "orders".into(),
             partition: Some(elsewhere),
@@ -845,6 +846,27 @@ async fn an_isolated_leader_acknowledges_nothing_and_rejoins_the_majority() {
                 .contains_key("during"),
             "an unacknowledged change was applied"
         );
+    }
+    cluster.shutdown().await;
+}
+
+/// A topic created through a node takes publishes through that node at once, for every
+/// partition: a node that forwards a publish hands on how much metadata it has applied,
+/// and the serving node catches up to that before it looks the topic up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_just_created_takes_forwarded_publishes_at_once() {
+    let cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    for round in 0..5 {
+        let node = round % 3 + 1;
+        let mut client = cluster.client(node).await;
+        let name = format!("fresh-{round}");
+        create(&mut client, &name, 3).await;
+        for partition in 0..3 {
+            publish(&mut client, &name, partition)
+                .await
+                .unwrap_or_else(|status| panic!("{name} partition {partition}: {status:?}"));
+        }
     }
     cluster.shutdown().await;
 }

@@ -83,6 +83,7 @@ impl Forwarder {
     pub async fn publish(
         &self,
         from: NodeId,
+        metadata_applied: u64,
         node: NodeId,
         addr: &NodeAddr,
         request: v1::PublishRequest,
@@ -92,6 +93,7 @@ impl Forwarder {
             to: node,
             from,
             request: Some(request),
+            metadata_applied,
         };
         client
             .publish(forwarded)
@@ -105,6 +107,7 @@ impl Forwarder {
     pub async fn fetch(
         &self,
         from: NodeId,
+        metadata_applied: u64,
         node: NodeId,
         addr: &NodeAddr,
         request: v1::FetchRequest,
@@ -114,6 +117,7 @@ impl Forwarder {
             to: node,
             from,
             request: Some(request),
+            metadata_applied,
         };
         let stream = client
             .fetch(forwarded)

@@ -681,7 +681,7 @@ impl Cluster {
         let addr = self.peer_address(node)?;
         self.check_reachable(node)?;
         self.forwarder
-            .publish(self.node_id, node, &addr, request)
+            .publish(self.node_id, self.applied_index(), node, &addr, request)
             .await
     }
 
@@ -693,8 +693,17 @@ impl Cluster {
     ) -> Result<FetchStream> {
         let addr = self.peer_address(node)?;
         self.forwarder
-            .fetch(self.node_id, node, &addr, request)
+            .fetch(self.node_id, self.applied_index(), node, &addr, request)
             .await
+    }
+
+    /// The highest metadata log index this node has applied.
+    fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     fn check_reachable(&self, node: NodeId) -> Result<()> {

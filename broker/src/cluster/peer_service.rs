@@ -18,6 +18,9 @@ use super::network::Health;
 use super::types::{MetaRequest, MetaState, MetaTypes, NodeId};
 use super::{ForwardOutcome, write_locally};
 
+/// How long a forwarded request waits for this node to apply the metadata its sender had.
+const METADATA_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// This node's `Peer` service.
 pub struct PeerService {
     pub node_id: NodeId,
@@ -61,6 +64,20 @@ impl PeerService {
             ));
         }
         Ok(())
+    }
+
+    /// Waits (a bounded time) until this node has applied the metadata the sender had, so
+    /// that a topic just created through the sender is known here. If it takes longer,
+    /// the request is served with what this node knows (and may get NOT_FOUND).
+    async fn catch_up(&self, index: u64) {
+        if index == 0 {
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(METADATA_CATCH_UP))
+            .applied_index_at_least(Some(index), "the sender's metadata")
+            .await;
     }
 
     /// Checks a forwarded request's envelope and finds the broker service to run it.
@@ -129,6 +146,7 @@ impl Peer for PeerService {
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let forwarded = request.into_inner();
         let service = self.forwarded(forwarded.to, forwarded.from)?;
+        self.catch_up(forwarded.metadata_applied).await;
         let publish = forwarded
             .request
             .ok_or_else(|| Status::invalid_argument("the forwarded publish carries no request"))?;
@@ -143,6 +161,7 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::FetchStream>, Status> {
         let forwarded = request.into_inner();
         let service = self.forwarded(forwarded.to, forwarded.from)?;
+        self.catch_up(forwarded.metadata_applied).await;
         let fetch = forwarded
             .request
             .ok_or_else(|| Status::invalid_argument("the forwarded fetch carries no request"))?;
