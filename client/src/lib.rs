@@ -46,8 +46,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use admin::{
     Admin, FsyncPolicy, GroupInfo, GroupMember, GroupPartition, GroupSettings, GroupSummary,
-    OrderingMode, PartitionInfo, PendingFilter, PendingMessage, Position, TopicConfig, TopicInfo,
-    TopicSummary,
+    OrderingMode, PartitionInfo, PendingFilter, PendingMessage, Position, TopicAlter, TopicConfig,
+    TopicInfo, TopicSummary,
 };
 pub use consumer::{Consumer, ConsumerConfig, Message, Subscription};
 pub use error::{Error, Result, code_name};

@@ -167,9 +167,30 @@ impl Group {
         self.wake.notify_one();
     }
 
-    /// Reads the log where the machine wants records and offers them.
-    fn fill(&self, feed: &mut Feed, watches: &mut [Option<watch::Receiver<u64>>]) {
-        for (index, partition) in self.topic.partitions.iter().enumerate() {
+    /// Reads the log where the machine wants records and offers them. Partitions the
+    /// topic gained since the last pass join the machine (and the watches) first.
+    fn fill(&self, feed: &mut Feed, watches: &mut Vec<Option<watch::Receiver<u64>>>) {
+        let layout = self.topic.layout();
+        let count = layout.partitions.len();
+        {
+            // Also after a create that raced an alter, or a restore from state written
+            // before one: the machine may know fewer partitions than the watches.
+            let mut inner = self.lock();
+            if inner.state.partition_count() < count
+                && let Err(error) = inner.state.add_partitions(count)
+            {
+                tracing::error!(topic = %self.topic_name, group = %self.name, %error, "cannot take up the topic's new partitions");
+            }
+        }
+        if count > watches.len() {
+            let known = watches.len();
+            watches.extend(
+                layout.partitions[known..]
+                    .iter()
+                    .map(|p| Some(p.watch_high_watermark())),
+            );
+        }
+        for (index, partition) in layout.partitions.iter().enumerate() {
             if let Some(w) = watches[index].as_mut() {
                 w.borrow_and_update();
             }
@@ -241,10 +262,11 @@ impl Group {
         }
         let mut built = Vec::with_capacity(polled.len());
         let mut missing = Vec::new();
+        let layout = self.topic.layout();
         for (member, batched, deliveries) in polled {
             let (responses, gone) = shape_deliveries(
                 feed,
-                |p| self.topic.partition(p.0).ok().map(|p| p.reader()),
+                |p| layout.partitions.get(p.0 as usize).map(|p| p.reader()),
                 batched,
                 deliveries,
             );
@@ -317,10 +339,12 @@ impl Group {
         let mut stop = self.stop.subscribe();
         let mut watches: Vec<Option<watch::Receiver<u64>>> = self
             .topic
+            .layout()
             .partitions
             .iter()
             .map(|p| Some(p.watch_high_watermark()))
             .collect();
+        let mut layout_changes = self.topic.watch_layout();
         // What the loop keeps between its passes over the logs (decoded records, fill
         // cursors): owned by this task, so reading and shaping take no lock, and a
         // restart after a panic starts from an empty one.
@@ -401,6 +425,7 @@ impl Group {
             let woken = tokio::select! {
                 _ = self.wake.notified() => Woken::Other,
                 _ = tokio::time::sleep(until) => Woken::Other,
+                Ok(()) = layout_changes.changed() => Woken::Other,
                 d = any_changed(&mut watches) => d.map_or(Woken::Other, Woken::WriterGone),
                 Some((d, result)) = committing.next(), if !committing.is_empty() => {
                     Woken::DeadLetterCommitted(d, result)

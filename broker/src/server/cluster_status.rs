@@ -73,7 +73,7 @@ pub fn status(
                 .map(|t| v1::ClusterTopic {
                     name: t.name().to_owned(),
                     replication_factor: 1,
-                    partitions: (0..t.meta.partitions)
+                    partitions: (0..t.partition_count())
                         .map(|partition| v1::ClusterPartition {
                             partition,
                             replicas: vec![0],

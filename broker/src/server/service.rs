@@ -26,7 +26,7 @@ use crate::error::{BrokerError, Limit};
 use crate::groups::GroupRegistry;
 use crate::registry::Registry;
 use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
-use crate::topic::{Topic, TopicSettings};
+use crate::topic::{Topic, TopicAlter, TopicSettings};
 
 /// Responses a stream may have queued for tonic to send: with `FETCH_MAX_BYTES_CAP` per
 /// response, this bounds one fetch stream's memory.
@@ -224,7 +224,7 @@ impl HeraldService {
     ) -> Result<ValidatedBatch, BrokerError> {
         let producer = producer.map(stamp_of).transpose()?;
         let config = self.registry.config();
-        let max_message = topic.settings.max_message_bytes;
+        let max_message = topic.layout().settings.max_message_bytes;
         // Plain records are checked against the limit as they are encoded (key + value +
         // headers); a pre-encoded batch by each record's encoded length.
         let (bytes, pre_encoded) = match payload {
@@ -368,10 +368,11 @@ impl From<FsyncSetting> for v1::FsyncPolicy {
 }
 
 pub(super) fn describe(topic: &Topic) -> v1::TopicDescription {
-    let s = &topic.settings;
+    let layout = topic.layout();
+    let s = &layout.settings;
     v1::TopicDescription {
         name: topic.name().to_owned(),
-        partition_count: topic.meta.partitions,
+        partition_count: layout.meta.partitions,
         config: Some(v1::TopicConfig {
             retention_ms: Some(s.retention_ms),
             retention_bytes: Some(s.retention_bytes),
@@ -381,7 +382,7 @@ pub(super) fn describe(topic: &Topic) -> v1::TopicDescription {
             max_message_bytes: Some(s.max_message_bytes.min(u32::MAX as usize) as u32),
             dedup_window_ms: Some(s.dedup_window_ms),
         }),
-        partitions: topic
+        partitions: layout
             .partitions
             .iter()
             .map(|p| {
@@ -479,6 +480,35 @@ impl v1::herald_server::Herald for HeraldService {
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
+    async fn alter_topic(
+        &self,
+        request: Request<v1::AlterTopicRequest>,
+    ) -> Result<Response<v1::AlterTopicResponse>, Status> {
+        self.check_running()?;
+        let access = Access::of(&request);
+        let r = request.into_inner();
+        access.authorize(Operation::Alter, Resource::topic(&r.name))?;
+        if self.cluster.is_some() {
+            // The topic's settings and placement live in the replicated metadata, which
+            // has no alter command yet: a change on one node would be undone by the next.
+            return Err(BrokerError::Unsupported(
+                "AlterTopic is not available in cluster mode yet".into(),
+            )
+            .into());
+        }
+        let change = TopicAlter {
+            retention_ms: r.retention_ms,
+            retention_bytes: r.retention_bytes,
+            max_message_bytes: r.max_message_bytes.map(|v| v as usize),
+            partitions: r.partitions,
+        };
+        let registry = self.registry.clone();
+        let topic = blocking(move || registry.alter(&r.name, &change)).await?;
+        Ok(Response::new(v1::AlterTopicResponse {
+            topic: Some(describe(&topic)),
+        }))
+    }
+
     async fn list_topics(
         &self,
         request: Request<v1::ListTopicsRequest>,
@@ -496,7 +526,7 @@ impl v1::herald_server::Herald for HeraldService {
                 .filter(|t| access.may(Operation::Describe, Resource::topic(t.name())))
                 .map(|t| v1::TopicSummary {
                     name: t.name().to_owned(),
-                    partition_count: t.meta.partitions,
+                    partition_count: t.partition_count(),
                 })
                 .collect(),
         }))
