@@ -349,7 +349,7 @@ mod tests {
         group
             .nack(member, NackTarget::Id(&ack_id), None, "failed")
             .unwrap();
-        let dlq_log = dlq.partition(0).unwrap().reader();
+        let dlq_log = dlq.partition(0).unwrap().reader().clone();
         for _ in 0..1_000 {
             if dlq_log.high_watermark() == 1 {
                 break;
@@ -374,7 +374,7 @@ mod tests {
             p.dead_lettering == 0 && p.dead_lettered_count == 1
         })
         .await;
-        let copied = read_records(dlq_log, &[0]).pop().flatten().unwrap();
+        let copied = read_records(&dlq_log, &[0]).pop().flatten().unwrap();
         assert_eq!(copied.value.as_ref(), b"a");
         assert!(
             copied
