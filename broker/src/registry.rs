@@ -15,8 +15,8 @@
 //! never leaves a half-deleted topic in `topics/`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
@@ -24,6 +24,7 @@ use crate::clock::now_ms;
 use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Limit, Result};
 use crate::meta_file::Loaded;
+use crate::otel::Otel;
 use crate::partition::Partition;
 use crate::producer_ids::ProducerIds;
 use crate::storage::{LogConfig, StorageError, sync_dir};
@@ -54,6 +55,9 @@ pub struct Registry {
     admin: std::sync::Mutex<()>,
     /// Idempotent producers' identities (`InitProducer`).
     producer_ids: ProducerIds,
+    /// The span exporter, when `otlp_endpoint` is set (see `otel`): set once at start,
+    /// read by publishes and group drivers.
+    otel: OnceLock<Arc<Otel>>,
 }
 
 impl Registry {
@@ -81,6 +85,7 @@ impl Registry {
             staging_seq: AtomicU64::new(0),
             admin: std::sync::Mutex::new(()),
             producer_ids: ProducerIds::open(&config.data_dir),
+            otel: OnceLock::new(),
             config,
         };
         let entries = std::fs::read_dir(&registry.topics_dir).map_err(|e| {
@@ -149,6 +154,16 @@ impl Registry {
 
     pub fn producer_ids(&self) -> &ProducerIds {
         &self.producer_ids
+    }
+
+    /// Installs the span exporter (once, at start).
+    pub fn set_otel(&self, otel: Arc<Otel>) {
+        let _ = self.otel.set(otel);
+    }
+
+    /// The span exporter, if spans are exported.
+    pub fn otel(&self) -> Option<&Arc<Otel>> {
+        self.otel.get()
     }
 
     fn open_topic(&self, dir: &Path, meta: TopicMeta) -> Result<Topic> {

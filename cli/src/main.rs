@@ -100,6 +100,10 @@ struct ServeArgs {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "HERALD_LOG_JSON")]
     log_json: bool,
+    /// Export publish and deliver spans to this OTLP/gRPC collector, e.g.
+    /// http://127.0.0.1:4317 [default: off].
+    #[arg(long, env = "HERALD_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// The server certificate chain (PEM): TLS on, with --tls-key.
     #[arg(long = "tls-cert", env = "HERALD_TLS_CERT")]
     tls_cert_file: Option<PathBuf>,
@@ -148,7 +152,13 @@ impl ServeArgs {
                 }
             )*};
         }
-        set_some!(tls_cert_file, tls_key_file, tls_client_ca_file, acl_file);
+        set_some!(
+            tls_cert_file,
+            tls_key_file,
+            tls_client_ca_file,
+            acl_file,
+            otlp_endpoint
+        );
         config.log_json |= self.log_json;
         config.insecure |= self.insecure;
         config.cluster = self.cluster.settings(config.cluster.take())?;

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -15,12 +15,14 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 
-use super::delivery::{MemberTx, Outgoing, shape_deliveries, skip_missing};
+use super::delivery::{MemberTx, OutDeliveries, Outgoing, shape_deliveries, skip_missing};
 use super::read::{Feed, MachineAccess, fill_partition, is_gone};
 use super::{Clock, GROUP_PERSIST_INTERVAL, GroupConfig, POLL_MAX, millis};
 use crate::error::Result;
 use crate::group::{AssignmentChange, DeadLetter, GroupState, MemberId, PartitionId};
+use crate::otel::{DeliverSpan, Otel, traceparent_of};
 use crate::registry::Registry;
+use crate::storage::batch;
 use crate::topic::Topic;
 
 /// Delay before retrying dead-letter appends that failed (dead-letter topic deleted, full).
@@ -232,7 +234,8 @@ impl Group {
 
     /// Sends what members' outboxes hold while their streams have room, then polls
     /// members with room and an empty outbox. Returns whether anything was delivered.
-    fn deliver(&self, feed: &mut Feed) -> bool {
+    fn deliver(&self, feed: &mut Feed, otel: Option<&Otel>) -> bool {
+        let started = otel.map(|_| SystemTime::now());
         let mut inner = self.lock();
         flush_all(&mut inner);
         let ready: Vec<(MemberId, bool)> = inner
@@ -273,6 +276,15 @@ impl Group {
             missing.extend(gone.into_iter().map(|id| (member, id)));
             built.push((member, responses));
         }
+        if let (Some(otel), Some(started)) = (otel, started) {
+            for (_, responses) in &built {
+                for response in responses {
+                    if let Outgoing::Deliveries(deliveries) = response {
+                        self.trace(otel, deliveries, started);
+                    }
+                }
+            }
+        }
         // A record the log still holds but cannot serve (its batch is damaged: reads answer
         // DATA_LOSS) is not done: it stays in flight unsent, expires and is retried, and
         // after max_delivery_attempts it is dead-lettered like any message that keeps
@@ -312,6 +324,39 @@ impl Group {
         self.counters.deliveries.fetch_add(sent, Ordering::Relaxed);
         flush_all(&mut inner);
         true
+    }
+
+    /// Ends a `deliver` span per message going out, the child of the record's
+    /// `traceparent`. Runs are decoded here only for their headers: this happens only
+    /// with span export on.
+    fn trace(&self, otel: &Otel, deliveries: &OutDeliveries, started: SystemTime) {
+        let span = |partition: u32, offset: u64, attempt: u32| DeliverSpan {
+            topic: &self.topic_name,
+            group: &self.name,
+            partition,
+            offset,
+            attempt,
+            started,
+        };
+        for single in &deliveries.singles {
+            let headers = single.record.headers.iter();
+            let parent = traceparent_of(headers.map(|(k, v)| (k.as_str(), v.as_ref())));
+            let d = &single.delivery;
+            otel.deliver(parent, span(d.partition.0, d.offset.0, d.attempt));
+        }
+        for run in &deliveries.runs {
+            let records = batch::Records::resume(
+                run.base_offset,
+                run.first_timestamp,
+                run.first_offset,
+                &run.records,
+            );
+            for record in records.into_iter().flatten().take(run.count as usize) {
+                let Ok(record) = record else { break };
+                let parent = traceparent_of(record.headers());
+                otel.deliver(parent, span(run.partition.0, record.offset, run.attempt));
+            }
+        }
     }
 
     /// A dead letter's append came back: committed, the message is done; failed, it is
@@ -391,7 +436,7 @@ impl Group {
                     }
                 }
             }
-            let delivered = self.deliver(&mut feed);
+            let delivered = self.deliver(&mut feed, registry.otel().map(|o| &**o));
             if self.now_ms() >= next_persist_ms
                 && persisting.as_ref().is_none_or(|p| p.is_finished())
             {

@@ -151,6 +151,8 @@ impl HeraldService {
         BrokerError,
     > {
         let started = Instant::now();
+        let otel = self.registry.otel().cloned();
+        let wall_started = otel.as_ref().map(|_| std::time::SystemTime::now());
         let queued = async {
             let topic = self.registry.get(&request.topic)?;
             let batch = self.batch_for(&topic, request.payload, request.producer)?;
@@ -179,8 +181,11 @@ impl HeraldService {
                 cluster.check_partition(topic.name(), partition.id)?;
             }
             let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
+            let parent = otel
+                .as_ref()
+                .and_then(|_| crate::otel::first_traceparent(batch.as_valid().bytes()));
             let committed = partition.enqueue(batch).await?;
-            Ok::<_, BrokerError>((id, records, bytes, committed, topic.clone()))
+            Ok::<_, BrokerError>((id, records, bytes, committed, topic.clone(), parent))
         }
         .await;
         let metrics = self.metrics.clone();
@@ -191,7 +196,7 @@ impl HeraldService {
                 .publish_latency
                 .observe(started.elapsed().as_secs_f64());
         };
-        let (partition, records, bytes, committed, topic) = match queued {
+        let (partition, records, bytes, committed, topic, parent) = match queued {
             Ok(q) => q,
             Err(e) => {
                 count(false);
@@ -206,6 +211,19 @@ impl HeraldService {
             metrics.publish_records.inc_by(u64::from(records));
             metrics.publish_bytes.inc_by(bytes as u64);
             topic.counters.published(u64::from(records), bytes as u64);
+            if let (Some(otel), Some(started)) = (otel, wall_started) {
+                otel.publish(
+                    parent,
+                    crate::otel::PublishSpan {
+                        topic: topic.name(),
+                        partition,
+                        base_offset: appended.base_offset,
+                        last_offset: appended.last_offset,
+                        records,
+                        started,
+                    },
+                );
+            }
             Ok(v1::PublishResponse {
                 partition,
                 base_offset: appended.base_offset,
