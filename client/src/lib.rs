@@ -52,7 +52,7 @@ pub use admin::{
 pub use consumer::{Consumer, ConsumerConfig, Message, Subscription};
 pub use error::{Error, Result, code_name};
 pub use fetch::{Fetch, FetchConfig, FetchedRecord};
-pub use producer::{Acked, BatchDelivery, Delivery, Producer, ProducerConfig, Record};
+pub use producer::{Acked, BatchDelivery, Delivery, Producer, ProducerConfig, Record, TRACEPARENT};
 
 /// Largest gRPC message the client sends or accepts. Above the broker's batch and fetch
 /// limits (a few MiB), so those limits, with their clear errors, are what applies.
