@@ -5,11 +5,16 @@
 //! storage and delivery, so every delivery of the record carries it unchanged. With
 //! `otlp_endpoint` set, the broker also exports spans over OTLP/gRPC:
 //!
-//! - `publish`, one per appended batch: the child of the batch's first record's
-//!   `traceparent` (a root span when it has none), from the request's arrival to its
-//!   commit, with the topic, partition, first and last offset and record count;
-//! - `deliver`, one per delivery of a record to a group member: the child of that record's
-//!   `traceparent`, with the group, topic, partition, offset and attempt.
+//! - `publish`, one per appended batch whose first record carries a `traceparent`: its
+//!   child, from the request's arrival to its commit, with the topic, partition, first and
+//!   last offset and record count;
+//! - `deliver`, one per delivery to a group member of a record that carries a
+//!   `traceparent`: its child, with the group, topic, partition, offset and attempt.
+//!
+//! Sampling is the publisher's: a span is recorded only under a parent whose `sampled`
+//! flag is set, and records without a trace context make no spans (a root span per
+//! untraced record would cost a span per message and flood the collector with one-span
+//! traces; measured in the README).
 //!
 //! Spans go through the SDK's batch span processor: a bounded queue
 //! ([`MAX_QUEUED_SPANS`]) drained by its own thread. Ending a span never waits: when the
@@ -163,8 +168,11 @@ impl Otel {
         Ok(Otel { provider, tracer })
     }
 
-    /// Ends a `publish` span for one appended batch.
+    /// Ends a `publish` span for one appended batch, if `parent` is a sampled trace.
     pub fn publish(&self, parent: Option<SpanContext>, span: PublishSpan<'_>) {
+        let Some(parent) = parent.filter(SpanContext::is_sampled) else {
+            return;
+        };
         let attributes = vec![
             KeyValue::new("messaging.system", "herald"),
             KeyValue::new("messaging.operation.type", "send"),
@@ -186,8 +194,12 @@ impl Otel {
         );
     }
 
-    /// Ends a `deliver` span for one delivery of a record to a group member.
+    /// Ends a `deliver` span for one delivery of a record to a group member, if `parent`
+    /// is a sampled trace.
     pub fn deliver(&self, parent: Option<SpanContext>, span: DeliverSpan<'_>) {
+        let Some(parent) = parent.filter(SpanContext::is_sampled) else {
+            return;
+        };
         let attributes = vec![
             KeyValue::new("messaging.system", "herald"),
             KeyValue::new("messaging.operation.type", "deliver"),
@@ -213,16 +225,13 @@ impl Otel {
         &self,
         name: &'static str,
         kind: SpanKind,
-        parent: Option<SpanContext>,
+        parent: SpanContext,
         started: SystemTime,
         attributes: Vec<KeyValue>,
     ) {
         // Built from an empty context, not the thread's current one: the parent is the
-        // record's, or none.
-        let context = match parent {
-            Some(parent) => Context::new().with_remote_span_context(parent),
-            None => Context::new(),
-        };
+        // record's.
+        let context = Context::new().with_remote_span_context(parent);
         let mut span = self
             .tracer
             .span_builder(name)
