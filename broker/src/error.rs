@@ -188,10 +188,6 @@ pub enum BrokerError {
     /// none). The message is tonic's for the same refusal.
     #[error("Content is compressed with `{encoding}` which isn't supported")]
     CompressionUnsupported { encoding: String },
-    /// A request this broker's mode cannot serve yet (AlterTopic in cluster mode); the
-    /// message says what.
-    #[error("{0}")]
-    Unsupported(String),
 
     /// From the group machine; `server::status` says which are the client's doing.
     #[error(transparent)]

@@ -506,20 +506,18 @@ impl v1::herald_server::Herald for HeraldService {
         let access = Access::of(&request);
         let r = request.into_inner();
         access.authorize(Operation::Alter, Resource::topic(&r.name))?;
-        if self.cluster.is_some() {
-            // The topic's settings and placement live in the replicated metadata, which
-            // has no alter command yet: a change on one node would be undone by the next.
-            return Err(BrokerError::Unsupported(
-                "AlterTopic is not available in cluster mode yet".into(),
-            )
-            .into());
-        }
         let change = TopicAlter {
             retention_ms: r.retention_ms,
             retention_bytes: r.retention_bytes,
             max_message_bytes: r.max_message_bytes.map(|v| v as usize),
             partitions: r.partitions,
         };
+        if let Some(cluster) = &self.cluster {
+            let reply =
+                super::cluster_status::alter_topic(cluster, &self.registry, &r.name, &change)
+                    .await?;
+            return Ok(Response::new(reply));
+        }
         let registry = self.registry.clone();
         let topic = blocking(move || registry.alter(&r.name, &change)).await?;
         Ok(Response::new(v1::AlterTopicResponse {

@@ -71,9 +71,7 @@ fn status_of(error: BrokerError) -> Status {
         | BrokerError::PartitionClosing
         | BrokerError::GroupRestarted { .. } => Status::unavailable(message),
         BrokerError::PublishStreamIdle { .. } => Status::deadline_exceeded(message),
-        BrokerError::CompressionUnsupported { .. } | BrokerError::Unsupported(_) => {
-            Status::unimplemented(message)
-        }
+        BrokerError::CompressionUnsupported { .. } => Status::unimplemented(message),
         BrokerError::Unauthenticated { .. } => Status::unauthenticated(message),
         BrokerError::PermissionDenied { .. } => Status::permission_denied(message),
         BrokerError::Group(e) => group_status(e, message),
@@ -195,10 +193,9 @@ mod tests {
             BrokerError::PermissionDenied { .. } => 32,
             BrokerError::NotPartitionHome { .. } => 33,
             BrokerError::ClusterUnavailable(_) => 34,
-            BrokerError::Unsupported(_) => 35,
         }
     }
-    const BROKER_VARIANTS: usize = 36;
+    const BROKER_VARIANTS: usize = 35;
 
     fn group_variant(error: &GroupError) -> usize {
         match error {
@@ -532,11 +529,6 @@ mod tests {
                 },
                 Code::Unimplemented,
                 "Content is compressed with `gzip` which isn't supported",
-            ),
-            (
-                BrokerError::Unsupported("AlterTopic is not available in cluster mode yet".into()),
-                Code::Unimplemented,
-                "AlterTopic is not available in cluster mode yet",
             ),
             (
                 BrokerError::TaskFailed {
