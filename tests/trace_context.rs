@@ -50,7 +50,7 @@ impl TraceService for Collector {
 }
 
 /// Serves the collector on 127.0.0.1:0; returns its endpoint and the spans it receives.
-async fn collector() -> (String, mpsc::UnboundedReceiver<Span>) {
+async fn collector() -> (String, Spans) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -59,7 +59,13 @@ async fn collector() -> (String, mpsc::UnboundedReceiver<Span>) {
             .add_service(TraceServiceServer::new(Collector(tx)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    (format!("http://{addr}"), rx)
+    (
+        format!("http://{addr}"),
+        Spans {
+            rx,
+            backlog: Vec::new(),
+        },
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -81,21 +87,53 @@ fn attributes(span: &Span) -> HashMap<String, String> {
         .collect()
 }
 
-/// Receives spans until `n` named `name` have come (or 10 s pass, which fails).
-async fn spans_named(rx: &mut mpsc::UnboundedReceiver<Span>, name: &str, n: usize) -> Vec<Span> {
-    let mut found = Vec::new();
-    let deadline = tokio::time::Instant::now() + CONDITION_WAIT;
-    while found.len() < n {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(span)) if span.name == name => found.push(span),
-            Ok(Some(_)) => {}
-            _ => panic!(
-                "{} of {n} {name:?} spans within {CONDITION_WAIT:?}",
-                found.len()
-            ),
+/// The spans the collector received, in arrival order, and those arrived but not yet
+/// taken (spans of different names arrive in any order: a delivery may end its span
+/// before the publish that stored the record ends its own).
+struct Spans {
+    rx: mpsc::UnboundedReceiver<Span>,
+    backlog: Vec<Span>,
+}
+
+impl Spans {
+    /// Takes `n` spans named `name`, waiting for them (10 s at most, which fails).
+    async fn named(&mut self, name: &str, n: usize) -> Vec<Span> {
+        let deadline = tokio::time::Instant::now() + CONDITION_WAIT;
+        loop {
+            let matching = self.backlog.iter().filter(|s| s.name == name).count();
+            if matching >= n {
+                let mut taken = Vec::new();
+                let mut kept = Vec::new();
+                for span in self.backlog.drain(..) {
+                    if span.name == name && taken.len() < n {
+                        taken.push(span);
+                    } else {
+                        kept.push(span);
+                    }
+                }
+                self.backlog = kept;
+                return taken;
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(span)) => self.backlog.push(span),
+                _ => panic!("{matching} of {n} {name:?} spans within {CONDITION_WAIT:?}"),
+            }
         }
     }
-    found
+
+    /// Fails if any span arrived that no test step took.
+    fn assert_none_left(&mut self) {
+        while let Ok(span) = self.rx.try_recv() {
+            self.backlog.push(span);
+        }
+        if let Some(span) = self.backlog.first() {
+            panic!(
+                "an unexpected span: {} of trace {}",
+                span.name,
+                hex(&span.trace_id)
+            );
+        }
+    }
 }
 
 fn traced_config(dir: &std::path::Path, endpoint: String) -> Config {
@@ -133,7 +171,7 @@ async fn publish_and_deliver_spans_are_children_of_the_records_traceparent() {
     assert_eq!(got[0].headers[0].key, "traceparent");
     assert_eq!(got[0].headers[0].value, traceparent.as_bytes());
 
-    let publish_span = spans_named(&mut spans, "publish", 1).await.remove(0);
+    let publish_span = spans.named("publish", 1).await.remove(0);
     assert_eq!(hex(&publish_span.trace_id), TRACE);
     assert_eq!(hex(&publish_span.parent_span_id), PARENT);
     assert!(publish_span.end_time_unix_nano >= publish_span.start_time_unix_nano);
@@ -146,7 +184,7 @@ async fn publish_and_deliver_spans_are_children_of_the_records_traceparent() {
 
     // A deliver span per delivery of a traced record, its child; the plain record makes
     // none (checked below: every deliver span that arrives is of the trace).
-    let child = spans_named(&mut spans, "deliver", 1).await.remove(0);
+    let child = spans.named("deliver", 1).await.remove(0);
     assert_eq!(hex(&child.trace_id), TRACE);
     assert_eq!(hex(&child.parent_span_id), PARENT);
     let a = attributes(&child);
@@ -161,7 +199,7 @@ async fn publish_and_deliver_spans_are_children_of_the_records_traceparent() {
     member.nack(first, Some(0), "again").await;
     let (again, _) = member.deliveries(1, CONDITION_WAIT).await;
     assert_eq!(again[0].delivery_attempt, 2);
-    let redelivered = spans_named(&mut spans, "deliver", 1).await.remove(0);
+    let redelivered = spans.named("deliver", 1).await.remove(0);
     assert_eq!(hex(&redelivered.trace_id), TRACE);
     assert_eq!(hex(&redelivered.parent_span_id), PARENT);
     assert_eq!(attributes(&redelivered)["herald.delivery_attempt"], "2");
@@ -182,13 +220,7 @@ async fn publish_and_deliver_spans_are_children_of_the_records_traceparent() {
     );
     stop(broker).await;
     // Shutdown exported everything queued: nothing but the spans above came.
-    if let Ok(span) = spans.try_recv() {
-        panic!(
-            "an unexpected span: {} of trace {}",
-            span.name,
-            hex(&span.trace_id)
-        );
-    }
+    spans.assert_none_left();
 }
 
 /// The Rust client's `Record::traceparent` and batched deliveries (runs, which the
@@ -238,7 +270,8 @@ async fn the_rust_clients_traceparent_reaches_spans_and_messages() {
         );
         message.ack().unwrap();
     }
-    let mut parents: Vec<(u64, String)> = spans_named(&mut spans, "deliver", 5)
+    let mut parents: Vec<(u64, String)> = spans
+        .named("deliver", 5)
         .await
         .iter()
         .map(|s| {
