@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use herald_broker::config::Config;
@@ -72,19 +73,21 @@ async fn lowering_retention_removes_old_segments_at_the_next_pass() {
     assert_eq!(config.retention_bytes, Some(64 * 1024));
     assert_eq!(config.retention_ms, before.config.unwrap().retention_ms);
 
-    // A retention pass runs every 10 s per partition.
-    let after = wait_for("retention removes the old segments", || {
+    // A retention pass runs every 10 s per partition (counted from the writer's start,
+    // checked on its 1 s idle wake), so this waits longer than CONDITION_WAIT.
+    let trimmed = eventually(Duration::from_secs(30), || {
         let mut c = c.clone();
         async move {
             let p = describe_topic(&mut c, "t").await.partitions.swap_remove(0);
-            if p.start_offset > 0 && p.segment_count <= 2 {
-                Ok(p)
-            } else {
-                Err(p)
-            }
+            p.start_offset > 0 && p.segment_count <= 2
         }
     })
     .await;
+    let after = describe_topic(&mut c, "t").await.partitions.swap_remove(0);
+    assert!(
+        trimmed,
+        "retention did not remove the old segments: {after:?}"
+    );
     assert_eq!(after.end_offset, 96);
     let kept = fetch_all(&mut c, "t", 0, after.start_offset).await.unwrap();
     assert_eq!(kept.first().unwrap().offset, after.start_offset);
