@@ -870,3 +870,67 @@ async fn a_topic_just_created_takes_forwarded_publishes_at_once() {
     }
     cluster.shutdown().await;
 }
+
+/// AlterTopic through any node: every node applies the new settings and partitions, a new
+/// partition's replicas continue the topic's rotation, and it takes publishes on its home
+/// node; fewer partitions are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_topic_through_any_node_reaches_every_node() {
+    let cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    let mut c3 = cluster.client(3).await;
+    create(&mut c3, "orders", 2).await;
+    eventually("every node has the topic", || {
+        cluster.running().all(|b| has_topic(b, "orders"))
+    })
+    .await;
+    let mut c2 = cluster.client(2).await;
+    let altered = c2
+        .alter_topic(v1::AlterTopicRequest {
+            name: "orders".into(),
+            partitions: Some(3),
+            retention_ms: Some(60_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    assert_eq!(altered.partition_count, 3);
+    eventually("every node applied the alter", || {
+        cluster.running().all(|b| {
+            b.cluster.as_ref().unwrap().metadata().topics["orders"].partitions == 3
+                && b.registry.get("orders").is_ok_and(|t| {
+                    t.partition_count() == 3 && t.layout().settings.retention_ms == 60_000
+                })
+        })
+    })
+    .await;
+    let record = cluster.brokers[0]
+        .as_ref()
+        .unwrap()
+        .cluster
+        .as_ref()
+        .unwrap()
+        .metadata()
+        .topics["orders"]
+        .clone();
+    assert_eq!(record.replicas.len(), 3);
+    let after = |node: u64| node % 3 + 1;
+    assert_eq!(record.replicas[2][0], after(record.replicas[1][0]));
+    let home = record.replicas[2][0];
+    let mut c = cluster.client(home).await;
+    publish(&mut c, "orders", 2)
+        .await
+        .expect("the new partition takes publishes");
+    let fewer = c3
+        .alter_topic(v1::AlterTopicRequest {
+            name: "orders".into(),
+            partitions: Some(2),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code_of(fewer), Code::InvalidArgument);
+    cluster.shutdown().await;
+}

@@ -39,6 +39,12 @@ fn request_for(method: &str) -> Vec<u8> {
         }
         .encode_to_vec(),
         "DeleteTopic" => v1::DeleteTopicRequest { name: TOPIC.into() }.encode_to_vec(),
+        "AlterTopic" => v1::AlterTopicRequest {
+            name: TOPIC.into(),
+            retention_ms: Some(60_000),
+            ..Default::default()
+        }
+        .encode_to_vec(),
         "ListTopics" => v1::ListTopicsRequest {}.encode_to_vec(),
         "DescribeTopic" => v1::DescribeTopicRequest { name: TOPIC.into() }.encode_to_vec(),
         "Publish" => v1::PublishRequest {

@@ -115,6 +115,10 @@ struct Args {
     /// an idle partition is sent at once.
     #[arg(long)]
     fixed_linger: bool,
+    /// Herald records carry a sampled W3C `traceparent` header (a trace per key and
+    /// sequence number), for measuring the broker's span export.
+    #[arg(long)]
+    traceparent: bool,
     /// Exit 0 even if records were lost or errors happened.
     #[arg(long)]
     no_fail: bool,
@@ -358,6 +362,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         reuse: args.reuse || args.consume_only,
         linger: Duration::from_millis(args.linger_ms),
         fixed_linger: args.fixed_linger,
+        traceparent: args.traceparent,
     };
     let settings_json = json!({
         "target": args.target,
@@ -382,6 +387,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         "warmup_s": args.warmup,
         "linger_ms": args.linger_ms,
         "fixed_linger": args.fixed_linger,
+        "traceparent": args.traceparent,
     });
     let wl = Arc::new(Workload::new(settings));
     prepare(target, &wl).await.context("preparing the target")?;

@@ -117,7 +117,17 @@ pub async fn produce(
         let mut records = Vec::with_capacity(batch.len());
         for out in batch {
             meta.push((out.key, out.seq, out.sent_ns, out.payload.len()));
-            records.push(Record::new(out.payload).key(keys[out.key as usize].clone()));
+            let record = Record::new(out.payload).key(keys[out.key as usize].clone());
+            records.push(if wl.settings.traceparent {
+                record.traceparent(format!(
+                    "00-{:016x}{:016x}-{:016x}-01",
+                    u64::from(out.key) + 1,
+                    out.seq,
+                    out.seq + 1
+                ))
+            } else {
+                record
+            });
         }
         match producer.send_all(records).await {
             Ok(delivery) => {

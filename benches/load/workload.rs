@@ -87,6 +87,8 @@ pub struct Settings {
     pub linger: Duration,
     /// Herald producers wait `linger` even when nothing is in flight (no adaptive batching).
     pub fixed_linger: bool,
+    /// Herald records carry a sampled `traceparent`.
+    pub traceparent: bool,
 }
 
 /// State shared by all tasks of a run.

@@ -97,6 +97,10 @@ pub struct Config {
     pub dedup_window_ms: u64,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
+    /// An OTLP/gRPC collector (`http://host:4317`) to export publish and deliver spans
+    /// to (see `otel`). Unset: no spans, and no cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// The server's certificate chain (PEM). With `tls_key_file`, the gRPC and metrics
     /// listeners speak TLS only; both files are read again on SIGHUP.
     pub tls_cert_file: Option<PathBuf>,
@@ -157,6 +161,7 @@ impl Default for Config {
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
             log_json: false,
+            otlp_endpoint: None,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,

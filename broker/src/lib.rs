@@ -10,6 +10,7 @@
 //! - [`config`] — configuration with defaults, TOML, env and flags.
 //! - [`clock`] — the wall clock in milliseconds, for every layer.
 //! - [`meta_file`] — the checksummed form of `topic.toml` and `group.toml`.
+//! - [`otel`] — W3C `traceparent` on records, and OTLP export of publish and deliver spans.
 //! - [`cluster`] — cluster mode: the metadata group on openraft and the peer transport;
 //!   unused by a single node.
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod group;
 pub mod groups;
 pub mod meta_file;
+pub mod otel;
 pub mod partition;
 pub mod producer_ids;
 pub mod registry;

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use crate::error::{BrokerError, Result};
 use crate::storage::{
     Appended, Committer, CommitterHandle, FsyncPolicy, LogConfig, LogReader, LogWriter,
-    StorageError, ValidatedBatch, WriterStats, writer_core,
+    RetentionLimits, StorageError, ValidatedBatch, WriterStats, writer_core,
 };
 use crate::task_writer::{TaskWriter, TaskWriterHandle};
 
@@ -30,6 +30,8 @@ pub struct Partition {
     high_watermark: watch::Receiver<u64>,
     queued_bytes: Arc<Semaphore>,
     stats: Arc<WriterStats>,
+    /// The writer's retention limits, which AlterTopic changes in place.
+    retention: Arc<RetentionLimits>,
 }
 
 impl Partition {
@@ -53,6 +55,7 @@ impl Partition {
         let (tx, rx) = watch::channel(writer.high_watermark());
         let reader = writer.reader();
         let stats = writer.stats();
+        let retention = writer.retention();
         let on_commit = move |hw| {
             tx.send_replace(hw);
         };
@@ -78,6 +81,7 @@ impl Partition {
             appender,
             reader,
             stats,
+            retention,
             owner: Mutex::new(Some(owner)),
             high_watermark: rx,
             queued_bytes: Arc::new(Semaphore::new(QUEUED_BYTES_MAX)),
@@ -86,6 +90,12 @@ impl Partition {
 
     pub fn reader(&self) -> &LogReader {
         &self.reader
+    }
+
+    /// Changes the retention limits (`None`: no limit); the writer's next retention pass,
+    /// at most `RETENTION_EVERY` away, applies them.
+    pub fn set_retention(&self, ms: Option<u64>, bytes: Option<u64>) {
+        self.retention.set(ms, bytes);
     }
 
     /// Whether the writer is a task on the runtime (fsync `never` or `interval`) rather

@@ -15,8 +15,8 @@
 //! never leaves a half-deleted topic in `topics/`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
@@ -24,10 +24,11 @@ use crate::clock::now_ms;
 use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Limit, Result};
 use crate::meta_file::Loaded;
+use crate::otel::Otel;
 use crate::partition::Partition;
 use crate::producer_ids::ProducerIds;
 use crate::storage::{LogConfig, StorageError, sync_dir};
-use crate::topic::{Topic, TopicMeta, TopicSettings, shown, validate_name};
+use crate::topic::{Layout, Topic, TopicAlter, TopicMeta, TopicSettings, shown, validate_name};
 
 const TOPICS_DIR: &str = "topics";
 const STAGING_DIR: &str = "staging";
@@ -54,6 +55,9 @@ pub struct Registry {
     admin: std::sync::Mutex<()>,
     /// Idempotent producers' identities (`InitProducer`).
     producer_ids: ProducerIds,
+    /// The span exporter, when `otlp_endpoint` is set (see `otel`): set once at start,
+    /// read by publishes and group drivers.
+    otel: OnceLock<Arc<Otel>>,
 }
 
 impl Registry {
@@ -81,6 +85,7 @@ impl Registry {
             staging_seq: AtomicU64::new(0),
             admin: std::sync::Mutex::new(()),
             producer_ids: ProducerIds::open(&config.data_dir),
+            otel: OnceLock::new(),
             config,
         };
         let entries = std::fs::read_dir(&registry.topics_dir).map_err(|e| {
@@ -128,10 +133,11 @@ impl Registry {
             if !loaded.sealed {
                 crate::meta_file::reseal(&path, crate::topic::META_FILE, &loaded.body);
             }
+            let count = topic.partition_count();
             registry
                 .partitions_total
-                .fetch_add(topic.partitions.len(), Ordering::Relaxed);
-            tracing::info!(topic = %name, partitions = topic.partitions.len(), "opened topic");
+                .fetch_add(count as usize, Ordering::Relaxed);
+            tracing::info!(topic = %name, partitions = count, "opened topic");
             registry.topics.insert(name, Arc::new(topic));
         }
         Ok(registry)
@@ -148,6 +154,16 @@ impl Registry {
 
     pub fn producer_ids(&self) -> &ProducerIds {
         &self.producer_ids
+    }
+
+    /// Installs the span exporter (once, at start).
+    pub fn set_otel(&self, otel: Arc<Otel>) {
+        let _ = self.otel.set(otel);
+    }
+
+    /// The span exporter, if spans are exported.
+    pub fn otel(&self) -> Option<&Arc<Otel>> {
+        self.otel.get()
     }
 
     fn open_topic(&self, dir: &Path, meta: TopicMeta) -> Result<Topic> {
@@ -291,7 +307,7 @@ impl Registry {
                 })
                 .and_then(|()| Ok(sync_dir(&dir)?));
             if let Err(e) = written {
-                close_partitions(&topic.partitions);
+                close_partitions(&topic.layout().partitions);
                 return Err(e);
             }
             Ok(topic)
@@ -310,6 +326,103 @@ impl Registry {
         Ok(topic)
     }
 
+    /// Changes a live topic's settings and adds partitions (see [`TopicAlter`]). Blocking:
+    /// it creates partition logs and syncs files.
+    ///
+    /// The new partitions' logs are created first, then `topic.toml` is replaced
+    /// atomically, and only then does the topic serve them: a crash before the rename
+    /// leaves the old metadata and empty partition directories past its count, which
+    /// nothing reads (a later alter that adds partitions opens them again); after it, the
+    /// topic loads with the new count. Partitions are never removed: their records would go
+    /// with them, and every key's placement would change again.
+    pub fn alter(&self, name: &str, change: &TopicAlter) -> Result<Arc<Topic>> {
+        validate_name("topic", name)?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_not_damaged(name)?;
+        let topic =
+            self.topics
+                .get(name)
+                .map(|t| t.clone())
+                .ok_or_else(|| BrokerError::TopicNotFound {
+                    topic: name.to_owned(),
+                })?;
+        let old = topic.layout();
+        let current = old.meta.partitions;
+        let partitions = change.partitions.unwrap_or(current);
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
+            return Err(BrokerError::InvalidSettings(format!(
+                "partitions must be within 1..={MAX_PARTITIONS_PER_TOPIC}, got {partitions}"
+            )));
+        }
+        if partitions < current {
+            return Err(BrokerError::InvalidSettings(format!(
+                "topic {} has {current} partitions; partitions can be added but not removed (asked for {partitions})",
+                shown(name)
+            )));
+        }
+        let adding = partitions - current;
+        let total = self.partitions_total() + adding as usize;
+        if adding > 0 && total > self.config.max_partitions {
+            return Err(BrokerError::limit(
+                Limit::Partitions { adding },
+                total,
+                self.config.max_partitions,
+            ));
+        }
+        let overrides = change.apply(&old.meta.settings);
+        let settings = overrides.effective(&self.config);
+        settings.validate(&self.config)?;
+        let meta = TopicMeta {
+            partitions,
+            settings: overrides,
+            ..old.meta.clone()
+        };
+        let dir = self.topics_dir.join(name);
+        let log_config = LogConfig {
+            producers: self.config.producer_limits(),
+            ..settings.log_config()
+        };
+        let mut added = Vec::with_capacity(adding as usize);
+        for id in current..partitions {
+            match Partition::open(
+                &dir.join(id.to_string()),
+                id,
+                log_config.clone(),
+                self.config.max_batch_bytes,
+            ) {
+                Ok(p) => added.push(Arc::new(p)),
+                Err(e) => {
+                    close_partitions(&added);
+                    return Err(e);
+                }
+            }
+        }
+        let written = if adding > 0 {
+            sync_dir(&dir).map_err(BrokerError::from)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| meta.replace(&dir));
+        if let Err(e) = written {
+            close_partitions(&added);
+            return Err(e);
+        }
+        let mut partitions_now = old.partitions.clone();
+        partitions_now.extend(added);
+        for partition in &partitions_now {
+            partition.set_retention(log_config.retention_ms, log_config.retention_bytes);
+        }
+        self.partitions_total
+            .fetch_add(adding as usize, Ordering::Relaxed);
+        topic.set_layout(Layout {
+            meta,
+            settings,
+            partitions: partitions_now,
+        });
+        tracing::info!(topic = %name, partitions, added = adding, ?change, "altered topic");
+        Ok(topic)
+    }
+
     /// Deletes a topic and its data. Blocking. Publishes already in flight to it fail;
     /// fetches already reading keep their mapped bytes until they finish.
     pub fn delete(&self, name: &str) -> Result<()> {
@@ -323,19 +436,20 @@ impl Registry {
             .ok_or_else(|| BrokerError::TopicNotFound {
                 topic: name.to_owned(),
             })?;
-        close_partitions(&topic.partitions);
+        let layout = topic.layout();
+        close_partitions(&layout.partitions);
         let dir = self.topics_dir.join(name);
         let doomed = self.staging_path(name);
         if let Err(error) = std::fs::rename(&dir, &doomed) {
             // The topic is still whole in `topics/`: serve it again rather than let it
             // vanish until the next start.
-            match self.open_topic(&dir, topic.meta.clone()) {
+            match self.open_topic(&dir, layout.meta.clone()) {
                 Ok(reopened) => {
                     self.topics.insert(name.to_owned(), Arc::new(reopened));
                 }
                 Err(reopen) => {
                     self.partitions_total
-                        .fetch_sub(topic.partitions.len(), Ordering::Relaxed);
+                        .fetch_sub(layout.partitions.len(), Ordering::Relaxed);
                     tracing::error!(topic = %name, error = %reopen, "reopening a topic whose delete failed");
                 }
             }
@@ -345,7 +459,7 @@ impl Registry {
             ));
         }
         self.partitions_total
-            .fetch_sub(topic.partitions.len(), Ordering::Relaxed);
+            .fetch_sub(layout.partitions.len(), Ordering::Relaxed);
         sync_dir(&self.topics_dir)?;
         std::fs::remove_dir_all(&doomed)
             .map_err(|e| BrokerError::io(format!("deleting {}", doomed.display()), e))?;
@@ -369,7 +483,7 @@ impl Registry {
     pub fn close(&self) -> Result<()> {
         let mut first_error = None;
         for topic in self.list() {
-            for partition in &topic.partitions {
+            for partition in &topic.layout().partitions {
                 if let Err(error) = partition.close() {
                     tracing::error!(topic = %topic.name(), partition = partition.id, %error, "closing partition failed");
                     first_error.get_or_insert(error);
@@ -409,8 +523,8 @@ fn read_meta(dir: &Path, name: &str) -> Result<Loaded<TopicMeta>, String> {
     Ok(loaded)
 }
 
-fn close_partitions(partitions: &[Partition]) {
-    for partition in partitions {
+fn close_partitions<P: std::borrow::Borrow<Partition>>(partitions: &[P]) {
+    for partition in partitions.iter().map(P::borrow) {
         if let Err(error) = partition.close() {
             tracing::error!(partition = partition.id, %error, "closing partition failed");
         }

@@ -1,9 +1,12 @@
 //! Topics: names, per-topic settings, metadata on disk, and how a publish picks a partition.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::config::{Config, FsyncSetting};
 use crate::error::{BrokerError, Result};
@@ -64,6 +67,30 @@ pub struct TopicSettings {
     pub max_message_bytes: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_window_ms: Option<u64>,
+}
+
+/// What AlterTopic changes; `None` leaves a setting as it is. Only what can change under a
+/// running topic is here: retention (applied by the writers' next retention pass), the
+/// largest record (checked at the next publish) and the partition count (only upwards).
+/// Segment size, fsync policy and the dedup window shape the open logs and stay as created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicAlter {
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub max_message_bytes: Option<usize>,
+    pub partitions: Option<u32>,
+}
+
+impl TopicAlter {
+    /// The topic's overrides with this change applied.
+    pub fn apply(&self, settings: &TopicSettings) -> TopicSettings {
+        TopicSettings {
+            retention_ms: self.retention_ms.or(settings.retention_ms),
+            retention_bytes: self.retention_bytes.or(settings.retention_bytes),
+            max_message_bytes: self.max_message_bytes.or(settings.max_message_bytes),
+            ..settings.clone()
+        }
+    }
 }
 
 /// The settings in force for a topic: its overrides over the broker's defaults.
@@ -164,8 +191,28 @@ impl TopicMeta {
     /// Writes the metadata, sealed, and syncs it; the caller renames the directory into
     /// place.
     pub fn write(&self, dir: &Path) -> Result<()> {
+        self.write_as(dir, META_FILE)
+    }
+
+    /// Replaces the `topic.toml` of a live topic atomically: written whole to a temporary
+    /// file, synced, renamed over the old one, and the directory synced. A crash leaves
+    /// the old file or the new one, never a mix (the temporary file is ignored at load).
+    pub fn replace(&self, dir: &Path) -> Result<()> {
+        let temporary = format!("{META_FILE}.new");
+        self.write_as(dir, &temporary)?;
+        let (from, to) = (dir.join(&temporary), dir.join(META_FILE));
+        std::fs::rename(&from, &to).map_err(|e| {
+            BrokerError::io(
+                format!("renaming {} to {}", from.display(), to.display()),
+                e,
+            )
+        })?;
+        Ok(crate::storage::sync_dir(dir)?)
+    }
+
+    fn write_as(&self, dir: &Path, file: &str) -> Result<()> {
         use std::io::Write;
-        let path = dir.join(META_FILE);
+        let path = dir.join(file);
         let text = toml::to_string(self).map_err(|e| {
             BrokerError::io(
                 format!("encoding {}", path.display()),
@@ -180,15 +227,31 @@ impl TopicMeta {
     }
 }
 
-/// A live topic: its metadata and open partitions.
+/// A live topic. Its name and creation time never change; its partitions, metadata and
+/// settings form a [`Layout`] that AlterTopic replaces whole (partitions are only ever
+/// added, and the existing ones are shared by the old and new layout). A publish or fetch
+/// loads the layout once (lock-free) and works with that copy, so it sees either the old
+/// or the new layout, never half of each. The `Topic` itself is the topic's identity
+/// (groups compare it by pointer to tell a topic from a later one of the same name), so
+/// an alter changes it in place instead of replacing it.
 pub struct Topic {
-    pub meta: TopicMeta,
-    pub settings: EffectiveSettings,
-    pub partitions: Vec<Partition>,
+    name: String,
+    created_ms: i64,
+    layout: ArcSwap<Layout>,
     /// Next partition for a keyless publish.
     round_robin: AtomicU64,
     /// What was published to and fetched from this topic since it was loaded.
     pub counters: TopicCounters,
+    /// The partition count, sent on every change: group drivers wait on it to take up
+    /// new partitions at once.
+    grown: watch::Sender<u32>,
+}
+
+/// What an alter may change of a topic, in one immutable value.
+pub struct Layout {
+    pub meta: TopicMeta,
+    pub settings: EffectiveSettings,
+    pub partitions: Vec<Arc<Partition>>,
 }
 
 /// Per-topic traffic totals. They live on the topic, which every publish and fetch
@@ -218,45 +281,88 @@ impl TopicCounters {
 
 impl Topic {
     pub fn new(meta: TopicMeta, settings: EffectiveSettings, partitions: Vec<Partition>) -> Topic {
+        let count = meta.partitions;
         Topic {
-            meta,
-            settings,
-            partitions,
+            name: meta.name.clone(),
+            created_ms: meta.created_ms,
+            layout: ArcSwap::from_pointee(Layout {
+                meta,
+                settings,
+                partitions: partitions.into_iter().map(Arc::new).collect(),
+            }),
             round_robin: AtomicU64::new(0),
             counters: TopicCounters::default(),
+            grown: watch::Sender::new(count),
         }
     }
 
     pub fn name(&self) -> &str {
-        &self.meta.name
+        &self.name
     }
 
-    pub fn partition(&self, id: u32) -> Result<&Partition> {
-        self.partitions
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+
+    /// The partitions, metadata and settings in force now.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.load_full()
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.layout.load().meta.partitions
+    }
+
+    /// Installs an altered layout (the registry's alter, which has made it durable).
+    pub(crate) fn set_layout(&self, layout: Layout) {
+        let count = layout.meta.partitions;
+        self.layout.store(Arc::new(layout));
+        self.grown.send_replace(count);
+    }
+
+    /// A receiver that changes whenever the topic's layout does (partitions added).
+    pub fn watch_layout(&self) -> watch::Receiver<u32> {
+        self.grown.subscribe()
+    }
+
+    pub fn partition(&self, id: u32) -> Result<Arc<Partition>> {
+        let layout = self.layout.load();
+        layout
+            .partitions
             .get(id as usize)
+            .cloned()
             .ok_or_else(|| BrokerError::PartitionNotFound {
-                topic: self.meta.name.clone(),
+                topic: self.name.clone(),
                 partition: id,
-                partitions: self.partitions.len(),
+                partitions: layout.partitions.len(),
             })
     }
 
     /// The partition a publish goes to: the explicit one, else the first record's key
-    /// hashed, else round-robin.
+    /// hashed over the partition count in force, else round-robin.
     pub fn pick_partition(
         &self,
         explicit: Option<u32>,
         first_key: Option<&[u8]>,
-    ) -> Result<&Partition> {
+    ) -> Result<Arc<Partition>> {
+        let layout = self.layout.load();
+        let count = layout.meta.partitions;
         let id = match (explicit, first_key) {
             (Some(id), _) => id,
-            (None, Some(key)) => partition_for_key(key, self.meta.partitions),
+            (None, Some(key)) => partition_for_key(key, count),
             (None, None) => {
-                (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(self.meta.partitions))
-                    as u32
+                (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32
             }
         };
-        self.partition(id)
+        layout
+            .partitions
+            .get(id as usize)
+            .cloned()
+            .ok_or_else(|| BrokerError::PartitionNotFound {
+                topic: self.name.clone(),
+                partition: id,
+                partitions: layout.partitions.len(),
+            })
     }
 }
 

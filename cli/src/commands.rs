@@ -22,7 +22,7 @@ use herald_broker::config::FsyncSetting;
 use herald_client::{
     Acked, Client, ConsumerConfig, FetchConfig, FetchedRecord, FsyncPolicy, GroupInfo,
     GroupSettings, Message, OrderingMode, Partition, PendingFilter, Position, ProducerConfig,
-    Record, TopicConfig, TopicInfo,
+    Record, TopicAlter, TopicConfig, TopicInfo,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -109,7 +109,7 @@ enum TopicCommand {
     Create {
         /// The topic's name: 1 to 249 of A-Z a-z 0-9 . _ -
         name: String,
-        /// Number of partitions (1 to 4096), fixed for the topic's lifetime.
+        /// Number of partitions (1 to 4096); `topic alter` can add more later.
         #[arg(long)]
         partitions: u32,
         /// Remove closed segments older than this (0 = no age limit).
@@ -134,6 +134,25 @@ enum TopicCommand {
         /// How long a publish's herald-msg-id is remembered, in ms (0: off).
         #[arg(long)]
         dedup_window_ms: Option<u64>,
+    },
+    /// Change a topic's retention or largest record, or add partitions, while it is in
+    /// use. Options left out keep their value. Adding partitions moves most keys to
+    /// another partition (README, "Adding partitions").
+    Alter {
+        /// The topic.
+        name: String,
+        /// Remove closed segments older than this (0 = no age limit).
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Per partition: remove the oldest segments above this size (0 = no limit).
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Largest record accepted.
+        #[arg(long)]
+        max_message_bytes: Option<u32>,
+        /// New partition count: at least the current one, at most 4096.
+        #[arg(long)]
+        partitions: Option<u32>,
     },
     /// List the topics.
     List,
@@ -682,6 +701,34 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
                     topic.partition_count,
                     plural(u64::from(topic.partition_count))
                 ))?;
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            retention_ms,
+            retention_bytes,
+            max_message_bytes,
+            partitions,
+        } => {
+            let change = TopicAlter {
+                retention_ms,
+                retention_bytes,
+                max_message_bytes,
+                partitions,
+            };
+            if change == TopicAlter::default() {
+                anyhow::bail!(
+                    "nothing to change: give --retention-ms, --retention-bytes, --max-message-bytes or --partitions"
+                );
+            }
+            let topic = admin.alter_topic(&name, change).await.map_err(CallError)?;
+            if json {
+                out.json(&topic_json(&topic))?;
+            } else {
+                out.line(format_args!("altered topic {:?}", topic.name))?;
+                for line in describe_text(&topic) {
+                    out.line(line)?;
+                }
             }
         }
         TopicCommand::List => {

@@ -161,6 +161,10 @@ struct SettingFlags {
     /// the file or environment turned on).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     log_json: Option<bool>,
+    /// Export publish and deliver spans to this OTLP/gRPC collector, e.g.
+    /// http://127.0.0.1:4317 [default: off].
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// The server certificate chain (PEM): TLS on, with --tls-key.
     #[arg(long = "tls-cert", alias = "tls-cert-file")]
     tls_cert_file: Option<PathBuf>,

@@ -378,6 +378,39 @@ fn topic_publish_fetch_describe_and_errors() {
     let stderr = fails(url, &["topic", "describe", "missing"]);
     assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
 
+    // Alter: settings and partitions, and the refusals.
+    let altered = json_lines(&ok(
+        url,
+        &[
+            "topic",
+            "alter",
+            "other",
+            "--partitions",
+            "3",
+            "--retention-bytes",
+            "1048576",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(altered[0]["partition_count"], 3);
+    assert_eq!(altered[0]["config"]["retention_bytes"], 1_048_576);
+    let text = ok(
+        url,
+        &["topic", "alter", "other", "--retention-ms", "60000"],
+        None,
+    );
+    assert!(text.starts_with("altered topic \"other\"\n"), "{text}");
+    let stderr = fails(url, &["topic", "alter", "other", "--partitions", "2"]);
+    assert!(
+        stderr.starts_with("error: INVALID_ARGUMENT: ") && stderr.contains("not removed"),
+        "{stderr}"
+    );
+    let stderr = fails(url, &["topic", "alter", "missing", "--partitions", "2"]);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+    let stderr = fails(url, &["topic", "alter", "other"]);
+    assert!(stderr.contains("nothing to change"), "{stderr}");
+
     // Delete.
     assert_eq!(
         ok(url, &["topic", "delete", "other"], None),

@@ -81,6 +81,31 @@ impl TopicConfig {
     }
 }
 
+/// What [`Admin::alter_topic`] changes on a live topic; `None` leaves a setting as it is.
+///
+/// ```
+/// use herald_client::TopicAlter;
+/// // Keep a day of records, and grow to 16 partitions.
+/// let change = TopicAlter {
+///     retention_ms: Some(24 * 3600 * 1000),
+///     partitions: Some(16),
+///     ..TopicAlter::default()
+/// };
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicAlter {
+    /// New retention by age, in ms (0: none); applied within 10 s.
+    pub retention_ms: Option<u64>,
+    /// New retention by size per partition, in bytes (0: none); applied within 10 s.
+    pub retention_bytes: Option<u64>,
+    /// New largest record, in bytes.
+    pub max_message_bytes: Option<u32>,
+    /// New partition count, at least the current one. Most keys move to another partition:
+    /// a [`Producer`](crate::Producer) reads the count once, so create producers again
+    /// after adding partitions.
+    pub partitions: Option<u32>,
+}
+
 /// One line of [`Admin::list_topics`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSummary {
@@ -404,6 +429,25 @@ impl Admin {
             config: Some(config.into_proto()),
         };
         let reply = self.client.unary(raw.create_topic(request)).await?;
+        reply
+            .topic
+            .map(TopicInfo::from_proto)
+            .ok_or_else(|| missing("topic"))
+    }
+
+    /// Changes a topic's retention and largest record and adds partitions
+    /// ([`Error::NotFound`] if absent, [`Error::InvalidArgument`] for fewer partitions than
+    /// it has). Returns the topic as it is afterwards.
+    pub async fn alter_topic(&self, name: &str, change: TopicAlter) -> Result<TopicInfo> {
+        let mut raw = self.client.raw();
+        let request = v1::AlterTopicRequest {
+            name: name.to_owned(),
+            retention_ms: change.retention_ms,
+            retention_bytes: change.retention_bytes,
+            max_message_bytes: change.max_message_bytes,
+            partitions: change.partitions,
+        };
+        let reply = self.client.unary(raw.alter_topic(request)).await?;
         reply
             .topic
             .map(TopicInfo::from_proto)

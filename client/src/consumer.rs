@@ -584,6 +584,16 @@ impl Message {
         &self.fields.headers
     }
 
+    /// The W3C `traceparent` the publisher gave the record ([`crate::Record::traceparent`]),
+    /// to continue its trace in the handler.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.fields
+            .headers
+            .iter()
+            .find(|(name, _)| name == crate::producer::TRACEPARENT)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
     /// The message's timestamp, in ms since the Unix epoch.
     pub fn timestamp_ms(&self) -> i64 {
         self.fields.timestamp_ms

@@ -46,13 +46,13 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use admin::{
     Admin, FsyncPolicy, GroupInfo, GroupMember, GroupPartition, GroupSettings, GroupSummary,
-    OrderingMode, PartitionInfo, PendingFilter, PendingMessage, Position, TopicConfig, TopicInfo,
-    TopicSummary,
+    OrderingMode, PartitionInfo, PendingFilter, PendingMessage, Position, TopicAlter, TopicConfig,
+    TopicInfo, TopicSummary,
 };
 pub use consumer::{Consumer, ConsumerConfig, Message, Subscription};
 pub use error::{Error, Result, code_name};
 pub use fetch::{Fetch, FetchConfig, FetchedRecord};
-pub use producer::{Acked, BatchDelivery, Delivery, Producer, ProducerConfig, Record};
+pub use producer::{Acked, BatchDelivery, Delivery, Producer, ProducerConfig, Record, TRACEPARENT};
 
 /// Largest gRPC message the client sends or accepts. Above the broker's batch and fetch
 /// limits (a few MiB), so those limits, with their clear errors, are what applies.

@@ -86,6 +86,17 @@ impl Record {
         self
     }
 
+    /// Carries a W3C trace context: sets the `traceparent` header (replacing one set
+    /// before) to `value`, e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`
+    /// from the caller's current span. The broker keeps it on every delivery and, when it
+    /// exports spans, makes its publish and deliver spans children of it.
+    pub fn traceparent(mut self, value: impl Into<String>) -> Record {
+        self.headers.retain(|(name, _)| name != TRACEPARENT);
+        self.headers
+            .push((TRACEPARENT.to_owned(), Bytes::from(value.into())));
+        self
+    }
+
     /// Sets the event time in ms since the Unix epoch (default, or 0: the time of
     /// [`Producer::send`]).
     pub fn timestamp(mut self, ms: i64) -> Record {
@@ -111,6 +122,9 @@ impl Record {
                 .sum::<usize>()
     }
 }
+
+/// The W3C Trace Context header ([`Record::traceparent`], [`Message::traceparent`](crate::Message::traceparent)).
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Settings of a [`Producer`].
 ///

@@ -283,7 +283,7 @@ async fn call(
     client: &mut HeraldClient<Channel>,
     u: &mut Unstructured<'_>,
 ) -> arbitrary::Result<()> {
-    match u.int_in_range(0..=17u8)? {
+    match u.int_in_range(0..=18u8)? {
         0 => {
             let mut r: v1::CreateTopicRequest = message(u)?;
             topic(&mut r.name);
@@ -357,6 +357,16 @@ async fn call(
             topic(&mut r.topic);
             group(&mut r.group);
             let _ = reply("Redrive", client.redrive(r)).await;
+        }
+        16 => {
+            let mut r: v1::AlterTopicRequest = message(u)?;
+            topic(&mut r.name);
+            // A few partitions at most (0 and fewer than the topic has are refused):
+            // thousands would make every later call of the run slow.
+            if let Some(partitions) = &mut r.partitions {
+                *partitions %= 8;
+            }
+            let _ = reply("AlterTopic", client.alter_topic(r)).await;
         }
         _ => subscribe(client, u).await?,
     }

@@ -628,6 +628,45 @@ impl Cluster {
         }
     }
 
+    /// Alters a topic cluster-wide (see `topic::TopicAlter`); returns its record after.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        change: &crate::topic::TopicAlter,
+        registry: &Registry,
+    ) -> Result<TopicRecord> {
+        // Refuse what every node would refuse before it enters the log.
+        validate_name("topic", name)?;
+        if let Some(partitions) = change.partitions
+            && !(1..=crate::config::MAX_PARTITIONS_PER_TOPIC).contains(&partitions)
+        {
+            return Err(BrokerError::InvalidSettings(format!(
+                "partitions must be within 1..={}, got {partitions}",
+                crate::config::MAX_PARTITIONS_PER_TOPIC
+            )));
+        }
+        let current = self.view.load().topics.get(name).cloned();
+        if let Some(current) = current {
+            let settings: TopicSettings =
+                toml::from_str(&current.settings_toml).unwrap_or_default();
+            change
+                .apply(&settings)
+                .effective(registry.config())
+                .validate(registry.config())?;
+        }
+        let command = MetaCommand::AlterTopic {
+            name: name.to_owned(),
+            partitions: change.partitions,
+            retention_ms: change.retention_ms,
+            retention_bytes: change.retention_bytes,
+            max_message_bytes: change.max_message_bytes.map(|v| v as u64),
+        };
+        match self.propose(command).await? {
+            MetaResponse::Altered(record) => Ok(record),
+            other => Err(refusal_error(name, other)),
+        }
+    }
+
     /// Deletes a topic cluster-wide.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         match self

@@ -29,7 +29,7 @@ use super::types::{
 };
 use crate::error::BrokerError;
 use crate::registry::Registry;
-use crate::topic::TopicSettings;
+use crate::topic::{TopicAlter, TopicSettings};
 
 /// The applied state, written after every applied batch.
 pub const STATE_FILE: &str = "state.bin";
@@ -169,7 +169,66 @@ impl StateMachine {
                 }
                 (MetaResponse::Deleted, Some(Local::Delete(name)))
             }
+            MetaCommand::AlterTopic {
+                name,
+                partitions,
+                retention_ms,
+                retention_bytes,
+                max_message_bytes,
+            } => {
+                let change = TopicAlter {
+                    retention_ms,
+                    retention_bytes,
+                    max_message_bytes: max_message_bytes.map(|v| v as usize),
+                    partitions,
+                };
+                self.alter_topic(name, &change)
+            }
         }
+    }
+
+    /// AlterTopic: the settings with the change applied, and partitions added after the
+    /// existing ones, placed as if the topic had been created with them (partition `p`
+    /// starts at the node after partition `p - 1`'s first replica).
+    fn alter_topic(&mut self, name: String, change: &TopicAlter) -> (MetaResponse, Option<Local>) {
+        let nodes: Vec<NodeId> = self.state.membership.voter_ids().collect();
+        let Some(record) = self.state.topics.get_mut(&name) else {
+            return refused(Refusal::NotFound, format!("topic {name:?} does not exist"));
+        };
+        let partitions = change.partitions.unwrap_or(record.partitions);
+        if partitions < record.partitions {
+            return refused(
+                Refusal::Invalid,
+                format!(
+                    "topic {name:?} has {} partitions; partitions can be added but not removed (asked for {partitions})",
+                    record.partitions
+                ),
+            );
+        }
+        let settings: TopicSettings = toml::from_str(&record.settings_toml).unwrap_or_default();
+        let Ok(settings_toml) = toml::to_string(&change.apply(&settings)) else {
+            return refused(
+                Refusal::Invalid,
+                "the altered settings do not encode".into(),
+            );
+        };
+        if partitions > record.partitions {
+            let first = record.replicas.first().and_then(|r| r.first());
+            let start = first
+                .and_then(|first| nodes.iter().position(|n| n == first))
+                .unwrap_or(0);
+            let placed =
+                placement::place(&nodes, partitions, record.replication_factor, start as u64);
+            record
+                .replicas
+                .extend(placed.into_iter().skip(record.partitions as usize));
+            record.partitions = partitions;
+        }
+        record.settings_toml = settings_toml;
+        let record = record.clone();
+        // Every node holds every topic locally (see CreateTopic).
+        let local = Some(Local::Alter(record.clone()));
+        (MetaResponse::Altered(record), local)
     }
 
     /// Persists the state and publishes it to readers.
@@ -214,6 +273,7 @@ fn refused(refusal: Refusal, message: String) -> (MetaResponse, Option<Local>) {
 enum Local {
     Create(TopicRecord),
     Delete(String),
+    Alter(TopicRecord),
 }
 
 /// Makes the local changes on a blocking thread. They are logged, never returned: the
@@ -239,6 +299,19 @@ async fn make_local(registry: Arc<Registry>, changes: Vec<Local>) {
                         Err(error) => {
                             tracing::error!(topic = %record.name, %error, "cannot create this node's partition logs of a topic the cluster created")
                         }
+                    }
+                }
+                Local::Alter(record) => {
+                    let settings: TopicSettings =
+                        toml::from_str(&record.settings_toml).unwrap_or_default();
+                    let change = TopicAlter {
+                        retention_ms: settings.retention_ms,
+                        retention_bytes: settings.retention_bytes,
+                        max_message_bytes: settings.max_message_bytes,
+                        partitions: Some(record.partitions),
+                    };
+                    if let Err(error) = registry.alter(&record.name, &change) {
+                        tracing::error!(topic = %record.name, %error, "cannot alter this node's copy of a topic the cluster altered")
                     }
                 }
                 Local::Delete(name) => match registry.delete(&name) {

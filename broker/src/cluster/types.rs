@@ -52,6 +52,16 @@ pub enum MetaCommand {
     },
     /// Delete a topic.
     DeleteTopic { name: String },
+    /// Change a topic's retention and largest record and grow it to `partitions` (unset
+    /// fields stay as they are; see `topic::TopicAlter`). Applied to the settings the
+    /// group holds, so concurrent alters of different settings both take effect.
+    AlterTopic {
+        name: String,
+        partitions: Option<u32>,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+        max_message_bytes: Option<u64>,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -61,6 +71,7 @@ impl fmt::Display for MetaCommand {
                 name, partitions, ..
             } => write!(f, "create topic {name:?} ({partitions} partitions)"),
             MetaCommand::DeleteTopic { name } => write!(f, "delete topic {name:?}"),
+            MetaCommand::AlterTopic { name, .. } => write!(f, "alter topic {name:?}"),
         }
     }
 }
@@ -106,6 +117,8 @@ pub enum MetaResponse {
     /// What openraft's blank and membership entries apply to.
     #[default]
     Nothing,
+    /// A topic was altered; its record afterwards.
+    Altered(TopicRecord),
 }
 
 /// A topic as the metadata group holds it.

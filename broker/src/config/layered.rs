@@ -502,6 +502,7 @@ pub fn example(key: &str) -> Option<&'static str> {
         "max_producers_per_partition" => "500",
         "dedup_window_ms" => "0",
         "log_json" => "true",
+        "otlp_endpoint" => "http://127.0.0.1:4317",
         "tls_cert_file" => "/etc/herald/server.pem",
         "tls_key_file" => "/etc/herald/server.key",
         "tls_client_ca_file" => "/etc/herald/ca.pem",

@@ -210,6 +210,30 @@ impl GroupState {
         self.members.len()
     }
 
+    /// Extends the group to `count` partitions when its topic gained some (a topic never
+    /// loses any: a smaller count changes nothing). Each new partition is consumed from
+    /// offset 0, its first record, so nothing published to it is skipped whenever the
+    /// group takes it up; the assignment is rebalanced over the members at once.
+    pub fn add_partitions(&mut self, count: usize) -> Result<()> {
+        if count <= self.partitions.len() {
+            return Ok(());
+        }
+        if count > MAX_PARTITIONS {
+            return Err(GroupError::InvalidPartitionCount {
+                count,
+                max: MAX_PARTITIONS,
+            });
+        }
+        let keyed = self.settings.ordering == OrderingMode::Key;
+        self.partitions.resize_with(count, || {
+            let mut partition = PartitionState::new(0);
+            partition.set_keyed(keyed);
+            partition
+        });
+        self.rebalance();
+        Ok(())
+    }
+
     /// Replaces the settings. In-flight deliveries keep their deadlines; a new ordering
     /// mode or attempt limit applies from the next delivery or failure on.
     pub fn update_settings(&mut self, settings: GroupSettings) -> Result<()> {

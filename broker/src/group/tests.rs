@@ -994,3 +994,33 @@ fn the_state_can_move_between_threads() {
     fn send_and_sync<T: Send + Sync>() {}
     send_and_sync::<GroupState>();
 }
+
+#[test]
+fn added_partitions_start_at_their_first_record_and_are_assigned_at_once() {
+    let mut g = group(1, settings(OrderingMode::Key));
+    assert_eq!(join(&mut g, A), [PartitionId(0)]);
+    assert_eq!(join(&mut g, B), []);
+    g.take_actions();
+    g.add_partitions(3).unwrap();
+    assert_eq!(g.partition_count(), 3);
+    // The member that had nothing gets new partitions; the change is announced.
+    let changes: Vec<AssignmentChange> = g
+        .take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::AssignmentChanged(c) => Some(c),
+            Action::DeadLetter(_) => None,
+        })
+        .collect();
+    let owned: usize = changes.iter().map(|c| c.added.len()).sum();
+    assert_eq!(owned, 2, "{changes:?}");
+    for p in 1..3 {
+        assert_eq!(g.wants(PartitionId(p)).unwrap(), Some(Offset(0)));
+        feed(&mut g, p, &[Some("k")]);
+    }
+    let delivered = g.poll(A, 0, 10).unwrap().len() + g.poll(B, 0, 10).unwrap().len();
+    assert_eq!(delivered, 2);
+    // A topic never shrinks: a smaller count changes nothing.
+    g.add_partitions(2).unwrap();
+    assert_eq!(g.partition_count(), 3);
+}

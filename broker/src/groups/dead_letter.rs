@@ -133,19 +133,24 @@ impl Group {
                     group: group.name.clone(),
                 })?;
         let dlq_topic = registry.get(&dlq)?;
+        let dlq_layout = dlq_topic.layout();
+        let dlq_partitions = dlq_layout.partitions.len();
         let mut cursor = {
             let inner = group.lock();
             if inner.redrive_topic.as_deref() == Some(dlq.as_str())
-                && inner.redrive_cursor.len() == dlq_topic.partitions.len()
+                && inner.redrive_cursor.len() <= dlq_partitions
             {
-                inner.redrive_cursor.clone()
+                // Partitions added to the dead-letter topic since are scanned from 0.
+                let mut cursor = inner.redrive_cursor.clone();
+                cursor.resize(dlq_partitions, 0);
+                cursor
             } else {
-                vec![0; dlq_topic.partitions.len()]
+                vec![0; dlq_partitions]
             }
         };
         let max = if max == 0 { u64::MAX } else { max };
         let mut count = 0u64;
-        'partitions: for (index, partition) in dlq_topic.partitions.iter().enumerate() {
+        'partitions: for (index, partition) in dlq_layout.partitions.iter().enumerate() {
             let reader = partition.reader();
             let end = reader.high_watermark();
             let mut at = cursor[index].max(reader.start_offset());
@@ -218,9 +223,7 @@ impl Group {
                         &headers,
                     )?;
                     let target = match source_partition {
-                        Some(p) if (p as usize) < group.topic.partitions.len() => {
-                            group.topic.partition(p)?
-                        }
+                        Some(p) if p < group.topic.partition_count() => group.topic.partition(p)?,
                         _ => group.topic.pick_partition(None, record.key.as_deref())?,
                     };
                     target.append(batch).await?;
@@ -346,7 +349,7 @@ mod tests {
         group
             .nack(member, NackTarget::Id(&ack_id), None, "failed")
             .unwrap();
-        let dlq_log = dlq.partition(0).unwrap().reader();
+        let dlq_log = dlq.partition(0).unwrap().reader().clone();
         for _ in 0..1_000 {
             if dlq_log.high_watermark() == 1 {
                 break;
@@ -371,7 +374,7 @@ mod tests {
             p.dead_lettering == 0 && p.dead_lettered_count == 1
         })
         .await;
-        let copied = read_records(dlq_log, &[0]).pop().flatten().unwrap();
+        let copied = read_records(&dlq_log, &[0]).pop().flatten().unwrap();
         assert_eq!(copied.value.as_ref(), b"a");
         assert!(
             copied

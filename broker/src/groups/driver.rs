@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -15,12 +15,14 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 
-use super::delivery::{MemberTx, Outgoing, shape_deliveries, skip_missing};
+use super::delivery::{MemberTx, OutDeliveries, Outgoing, shape_deliveries, skip_missing};
 use super::read::{Feed, MachineAccess, fill_partition, is_gone};
 use super::{Clock, GROUP_PERSIST_INTERVAL, GroupConfig, POLL_MAX, millis};
 use crate::error::Result;
 use crate::group::{AssignmentChange, DeadLetter, GroupState, MemberId, PartitionId};
+use crate::otel::{DeliverSpan, Otel, traceparent_of};
 use crate::registry::Registry;
+use crate::storage::batch;
 use crate::topic::Topic;
 
 /// Delay before retrying dead-letter appends that failed (dead-letter topic deleted, full).
@@ -167,9 +169,30 @@ impl Group {
         self.wake.notify_one();
     }
 
-    /// Reads the log where the machine wants records and offers them.
-    fn fill(&self, feed: &mut Feed, watches: &mut [Option<watch::Receiver<u64>>]) {
-        for (index, partition) in self.topic.partitions.iter().enumerate() {
+    /// Reads the log where the machine wants records and offers them. Partitions the
+    /// topic gained since the last pass join the machine (and the watches) first.
+    fn fill(&self, feed: &mut Feed, watches: &mut Vec<Option<watch::Receiver<u64>>>) {
+        let layout = self.topic.layout();
+        let count = layout.partitions.len();
+        {
+            // Also after a create that raced an alter, or a restore from state written
+            // before one: the machine may know fewer partitions than the watches.
+            let mut inner = self.lock();
+            if inner.state.partition_count() < count
+                && let Err(error) = inner.state.add_partitions(count)
+            {
+                tracing::error!(topic = %self.topic_name, group = %self.name, %error, "cannot take up the topic's new partitions");
+            }
+        }
+        if count > watches.len() {
+            let known = watches.len();
+            watches.extend(
+                layout.partitions[known..]
+                    .iter()
+                    .map(|p| Some(p.watch_high_watermark())),
+            );
+        }
+        for (index, partition) in layout.partitions.iter().enumerate() {
             if let Some(w) = watches[index].as_mut() {
                 w.borrow_and_update();
             }
@@ -211,7 +234,8 @@ impl Group {
 
     /// Sends what members' outboxes hold while their streams have room, then polls
     /// members with room and an empty outbox. Returns whether anything was delivered.
-    fn deliver(&self, feed: &mut Feed) -> bool {
+    fn deliver(&self, feed: &mut Feed, otel: Option<&Otel>) -> bool {
+        let started = otel.map(|_| SystemTime::now());
         let mut inner = self.lock();
         flush_all(&mut inner);
         let ready: Vec<(MemberId, bool)> = inner
@@ -241,15 +265,25 @@ impl Group {
         }
         let mut built = Vec::with_capacity(polled.len());
         let mut missing = Vec::new();
+        let layout = self.topic.layout();
         for (member, batched, deliveries) in polled {
             let (responses, gone) = shape_deliveries(
                 feed,
-                |p| self.topic.partition(p.0).ok().map(|p| p.reader()),
+                |p| layout.partitions.get(p.0 as usize).map(|p| p.reader()),
                 batched,
                 deliveries,
             );
             missing.extend(gone.into_iter().map(|id| (member, id)));
             built.push((member, responses));
+        }
+        if let (Some(otel), Some(started)) = (otel, started) {
+            for (_, responses) in &built {
+                for response in responses {
+                    if let Outgoing::Deliveries(deliveries) = response {
+                        self.trace(otel, deliveries, started);
+                    }
+                }
+            }
         }
         // A record the log still holds but cannot serve (its batch is damaged: reads answer
         // DATA_LOSS) is not done: it stays in flight unsent, expires and is retried, and
@@ -292,6 +326,39 @@ impl Group {
         true
     }
 
+    /// Ends a `deliver` span per message going out, the child of the record's
+    /// `traceparent`. Runs are decoded here only for their headers: this happens only
+    /// with span export on.
+    fn trace(&self, otel: &Otel, deliveries: &OutDeliveries, started: SystemTime) {
+        let span = |partition: u32, offset: u64, attempt: u32| DeliverSpan {
+            topic: &self.topic_name,
+            group: &self.name,
+            partition,
+            offset,
+            attempt,
+            started,
+        };
+        for single in &deliveries.singles {
+            let headers = single.record.headers.iter();
+            let parent = traceparent_of(headers.map(|(k, v)| (k.as_str(), v.as_ref())));
+            let d = &single.delivery;
+            otel.deliver(parent, span(d.partition.0, d.offset.0, d.attempt));
+        }
+        for run in &deliveries.runs {
+            let records = batch::Records::resume(
+                run.base_offset,
+                run.first_timestamp,
+                run.first_offset,
+                &run.records,
+            );
+            for record in records.into_iter().flatten().take(run.count as usize) {
+                let Ok(record) = record else { break };
+                let parent = traceparent_of(record.headers());
+                otel.deliver(parent, span(run.partition.0, record.offset, run.attempt));
+            }
+        }
+    }
+
     /// A dead letter's append came back: committed, the message is done; failed, it is
     /// retried after [`DEAD_LETTER_RETRY`].
     fn dead_letter_committed(
@@ -317,10 +384,12 @@ impl Group {
         let mut stop = self.stop.subscribe();
         let mut watches: Vec<Option<watch::Receiver<u64>>> = self
             .topic
+            .layout()
             .partitions
             .iter()
             .map(|p| Some(p.watch_high_watermark()))
             .collect();
+        let mut layout_changes = self.topic.watch_layout();
         // What the loop keeps between its passes over the logs (decoded records, fill
         // cursors): owned by this task, so reading and shaping take no lock, and a
         // restart after a panic starts from an empty one.
@@ -367,7 +436,7 @@ impl Group {
                     }
                 }
             }
-            let delivered = self.deliver(&mut feed);
+            let delivered = self.deliver(&mut feed, registry.otel().map(|o| &**o));
             if self.now_ms() >= next_persist_ms
                 && persisting.as_ref().is_none_or(|p| p.is_finished())
             {
@@ -401,6 +470,7 @@ impl Group {
             let woken = tokio::select! {
                 _ = self.wake.notified() => Woken::Other,
                 _ = tokio::time::sleep(until) => Woken::Other,
+                Ok(()) = layout_changes.changed() => Woken::Other,
                 d = any_changed(&mut watches) => d.map_or(Woken::Other, Woken::WriterGone),
                 Some((d, result)) = committing.next(), if !committing.is_empty() => {
                     Woken::DeadLetterCommitted(d, result)

@@ -226,8 +226,8 @@ impl Group {
                 j += 1;
             }
             let offsets: Vec<u64> = messages[i..j].iter().map(|m| m.offset.0).collect();
-            let reader = self.topic.partition(p.0)?.reader();
-            let records = read_records(reader, &offsets);
+            let partition = self.topic.partition(p.0)?;
+            let records = read_records(partition.reader(), &offsets);
             for (message, record) in messages[i..j].iter().zip(records) {
                 let record_key = record.and_then(|r| r.key);
                 if let Some(wanted) = key

@@ -80,7 +80,7 @@ impl Group {
             topic: self.topic_name.clone(),
             group: self.name.clone(),
             created_ms: self.created_ms,
-            topic_created_ms: self.topic.meta.created_ms,
+            topic_created_ms: self.topic.created_ms(),
             ack_deadline_ms: s.ack_deadline_ms,
             retry_backoff_min_ms: s.retry_backoff_min_ms,
             retry_backoff_max_ms: s.retry_backoff_max_ms,
@@ -145,7 +145,7 @@ pub(super) fn clamp_to_logs(
     for (index, (p, partition)) in snapshot
         .partitions
         .iter_mut()
-        .zip(&topic.partitions)
+        .zip(&topic.layout().partitions)
         .enumerate()
     {
         let end = partition.reader().high_watermark();

@@ -163,14 +163,14 @@ impl GroupRegistry {
         // `topic_created_ms` (or a damaged `topic.toml`) look alike: neither is loaded, and
         // neither is deleted on a guess. An operator deletes the group (DeleteGroup) to
         // start it fresh, or repairs the file.
-        if meta.topic_created_ms != 0 && meta.topic_created_ms != topic.meta.created_ms {
+        if meta.topic_created_ms != 0 && meta.topic_created_ms != topic.created_ms() {
             return Err(damaged(
                 &meta_path,
                 format!(
                     "it names a topic created at {} ms, but topic {} was created at {} ms: the file is damaged, or the group is left from an earlier topic of the same name (delete the group to start it fresh)",
                     meta.topic_created_ms,
-                    crate::topic::shown(&topic.meta.name),
-                    topic.meta.created_ms
+                    crate::topic::shown(topic.name()),
+                    topic.created_ms()
                 ),
             ));
         }
@@ -185,16 +185,21 @@ impl GroupRegistry {
             .map_err(|e| damaged(&state_path, format!("cannot read it: {e}")))?;
         let mut snapshot =
             GroupSnapshot::decode(&bytes).map_err(|e| damaged(&state_path, e.to_string()))?;
-        if snapshot.partitions.len() != topic.partitions.len() {
+        let partitions = topic.partition_count() as usize;
+        if snapshot.partitions.len() > partitions {
             return Err(damaged(
                 &state_path,
                 format!(
-                    "the group covers {} partitions, the topic has {}",
+                    "the group covers {} partitions, the topic has {partitions}",
                     snapshot.partitions.len(),
-                    topic.partitions.len()
                 ),
             ));
         }
+        // Partitions added to the topic after this state was written: the group consumes
+        // them from their first record, as it does when it takes them up live.
+        snapshot
+            .partitions
+            .resize_with(partitions, Default::default);
         let reset = clamp_to_logs(&mut snapshot, topic, (&meta.topic, &meta.group));
         self.offsets_reset.fetch_add(reset, Ordering::Relaxed);
         let state = GroupState::restore(settings.clone(), GroupLimits::default(), &snapshot)

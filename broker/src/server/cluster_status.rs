@@ -1,5 +1,5 @@
-//! The cluster's RPCs on the public service: ClusterStatus, and CreateTopic in cluster
-//! mode (through the metadata group, from any node).
+//! The cluster's RPCs on the public service: ClusterStatus, and CreateTopic and
+//! AlterTopic in cluster mode (through the metadata group, from any node).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use super::service::describe;
 use crate::cluster::{Cluster, TopicRecord};
 use crate::error::Result;
 use crate::registry::Registry;
-use crate::topic::TopicSettings;
+use crate::topic::{TopicAlter, TopicSettings};
 
 /// Creates a topic through the metadata group. The reply describes this node's copy when
 /// it holds the topic's partitions, else the topic as the cluster holds it (every
@@ -29,6 +29,22 @@ pub async fn create_topic(
         Err(_) => empty_description(&record),
     };
     Ok(v1::CreateTopicResponse { topic: Some(topic) })
+}
+
+/// Alters a topic through the metadata group; the reply describes this node's copy when
+/// it holds the topic, else the topic as the cluster holds it.
+pub async fn alter_topic(
+    cluster: &Arc<Cluster>,
+    registry: &Arc<Registry>,
+    name: &str,
+    change: &TopicAlter,
+) -> Result<v1::AlterTopicResponse> {
+    let record = cluster.alter_topic(name, change, registry).await?;
+    let topic = match registry.get(&record.name) {
+        Ok(topic) => describe(&topic),
+        Err(_) => empty_description(&record),
+    };
+    Ok(v1::AlterTopicResponse { topic: Some(topic) })
 }
 
 fn empty_description(record: &TopicRecord) -> v1::TopicDescription {
@@ -73,7 +89,7 @@ pub fn status(
                 .map(|t| v1::ClusterTopic {
                     name: t.name().to_owned(),
                     replication_factor: 1,
-                    partitions: (0..t.meta.partitions)
+                    partitions: (0..t.partition_count())
                         .map(|partition| v1::ClusterPartition {
                             partition,
                             replicas: vec![0],

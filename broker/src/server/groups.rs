@@ -135,7 +135,8 @@ fn resolve_config(
 
 /// The offset `kind` names in one partition; offsets are clamped into its range.
 fn resolve_position(topic: &Topic, partition: u32, kind: &PositionKind) -> Result<u64> {
-    let reader = topic.partition(partition)?.reader();
+    let partition = topic.partition(partition)?;
+    let reader = partition.reader();
     let (start, end) = (reader.start_offset(), reader.high_watermark());
     Ok(match kind {
         PositionKind::Earliest(_) => start,
@@ -159,7 +160,7 @@ fn start_offsets(topic: &Topic, position: Option<v1::Position>) -> Result<Vec<u6
         }
         Some(v1::Position { kind: Some(kind) }) => kind,
     };
-    (0..topic.meta.partitions)
+    (0..topic.partition_count())
         .map(|p| resolve_position(topic, p, &kind))
         .collect()
 }
@@ -324,7 +325,8 @@ pub async fn seek(
     let topic = &group.topic;
     let targets = match r.partition {
         Some(partition) => {
-            let reader = topic.partition(partition)?.reader();
+            let log = topic.partition(partition)?;
+            let reader = log.reader();
             if let PositionKind::Offset(offset) = kind {
                 let (start, end) = (reader.start_offset(), reader.high_watermark());
                 if offset < start || offset > end {
@@ -338,7 +340,7 @@ pub async fn seek(
             }
             vec![(partition, resolve_position(topic, partition, &kind)?)]
         }
-        None => (0..topic.meta.partitions)
+        None => (0..topic.partition_count())
             .map(|p| Ok((p, resolve_position(topic, p, &kind)?)))
             .collect::<Result<Vec<_>>>()?,
     };

@@ -182,12 +182,12 @@ impl GroupMetrics {
             let counts = group.counts();
             let (description, _, _) = group.describe();
             let (mut redeliveries, mut dead_letters, mut lag) = (0u64, 0u64, 0u64);
+            let layout = group.topic.layout();
             for p in &description.partitions {
                 redeliveries += p.redelivered_count;
                 dead_letters += p.dead_lettered_count;
                 // Read after the committed offset, so the end is never behind it.
-                let reader = group
-                    .topic
+                let reader = layout
                     .partitions
                     .get(p.partition.index())
                     .map(|partition| partition.reader());
@@ -337,6 +337,7 @@ impl TopicMetrics {
                     .inc_by(value.load(Ordering::Relaxed));
             }
             let used: u64 = topic
+                .layout()
                 .partitions
                 .iter()
                 .map(|p| p.reader().size_bytes())
@@ -701,7 +702,7 @@ impl Metrics {
         self.partitions.set(registry.partitions_total() as i64);
         let (mut flushes, mut seconds, mut duplicates) = (0u64, 0f64, 0u64);
         for topic in &topics {
-            for p in &topic.partitions {
+            for p in &topic.layout().partitions {
                 let (f, s) = p.flush_stats();
                 flushes += f;
                 seconds += s;

@@ -133,6 +133,9 @@ impl Broker {
                 cause,
             })??;
         let registry = Arc::new(registry);
+        if let Some(endpoint) = &config.otlp_endpoint {
+            registry.set_otel(Arc::new(crate::otel::Otel::start(endpoint)?));
+        }
         let groups_registry = registry.clone();
         let groups = tokio::task::spawn_blocking(move || GroupRegistry::open(groups_registry))
             .await
@@ -248,6 +251,9 @@ impl Broker {
             // checkpoint every partition.
             let closed = tokio::task::spawn_blocking(move || {
                 groups.close();
+                if let Some(otel) = server_registry.otel() {
+                    otel.shutdown();
+                }
                 server_registry.close()
             })
             .await

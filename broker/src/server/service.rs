@@ -27,7 +27,7 @@ use crate::error::{BrokerError, Limit};
 use crate::groups::GroupRegistry;
 use crate::registry::Registry;
 use crate::storage::{BatchBuilder, Record, ValidatedBatch, batch};
-use crate::topic::{Topic, TopicSettings};
+use crate::topic::{Topic, TopicAlter, TopicSettings};
 
 /// Responses a stream may have queued for tonic to send: with `FETCH_MAX_BYTES_CAP` per
 /// response, this bounds one fetch stream's memory.
@@ -314,6 +314,8 @@ impl HeraldService {
         BrokerError,
     > {
         let started = Instant::now();
+        let otel = self.registry.otel().cloned();
+        let wall_started = otel.as_ref().map(|_| std::time::SystemTime::now());
         let queued = async {
             let topic = self.registry.get(&request.topic)?;
             let batch = self.batch_for(&topic, request.payload, request.producer)?;
@@ -361,12 +363,15 @@ impl HeraldService {
                         last_offset: answer.last_offset,
                     })
                 };
-                // Counted as records where they are stored, not here too.
+                // Counted as records, and traced, where they are stored, not here too.
                 let stored_here = false;
-                return Ok((id, records, bytes, Either::Right(Box::pin(remote)), topic.clone(), stored_here));
+                return Ok((id, records, bytes, Either::Right(Box::pin(remote)), topic.clone(), stored_here, None));
             }
+            let parent = otel
+                .as_ref()
+                .and_then(|_| crate::otel::first_traceparent(batch.as_valid().bytes()));
             let committed = partition.enqueue(batch).await?;
-            Ok::<_, BrokerError>((id, records, bytes, Either::Left(committed), topic.clone(), true))
+            Ok::<_, BrokerError>((id, records, bytes, Either::Left(committed), topic.clone(), true, parent))
         }
         .await;
         let metrics = self.metrics.clone();
@@ -377,7 +382,7 @@ impl HeraldService {
                 .publish_latency
                 .observe(started.elapsed().as_secs_f64());
         };
-        let (partition, records, bytes, committed, topic, stored_here) = match queued {
+        let (partition, records, bytes, committed, topic, stored_here, parent) = match queued {
             Ok(q) => q,
             Err(e) => {
                 count(false);
@@ -393,6 +398,19 @@ impl HeraldService {
                 metrics.publish_records.inc_by(u64::from(records));
                 metrics.publish_bytes.inc_by(bytes as u64);
                 topic.counters.published(u64::from(records), bytes as u64);
+            }
+            if stored_here && let (Some(otel), Some(started)) = (otel, wall_started) {
+                otel.publish(
+                    parent,
+                    crate::otel::PublishSpan {
+                        topic: topic.name(),
+                        partition,
+                        base_offset: appended.base_offset,
+                        last_offset: appended.last_offset,
+                        records,
+                        started,
+                    },
+                );
             }
             Ok(v1::PublishResponse {
                 partition,
@@ -412,7 +430,7 @@ impl HeraldService {
     ) -> Result<ValidatedBatch, BrokerError> {
         let producer = producer.map(stamp_of).transpose()?;
         let config = self.registry.config();
-        let max_message = topic.settings.max_message_bytes;
+        let max_message = topic.layout().settings.max_message_bytes;
         // Plain records are checked against the limit as they are encoded (key + value +
         // headers); a pre-encoded batch by each record's encoded length.
         let (bytes, pre_encoded) = match payload {
@@ -556,10 +574,11 @@ impl From<FsyncSetting> for v1::FsyncPolicy {
 }
 
 pub(super) fn describe(topic: &Topic) -> v1::TopicDescription {
-    let s = &topic.settings;
+    let layout = topic.layout();
+    let s = &layout.settings;
     v1::TopicDescription {
         name: topic.name().to_owned(),
-        partition_count: topic.meta.partitions,
+        partition_count: layout.meta.partitions,
         config: Some(v1::TopicConfig {
             retention_ms: Some(s.retention_ms),
             retention_bytes: Some(s.retention_bytes),
@@ -569,7 +588,7 @@ pub(super) fn describe(topic: &Topic) -> v1::TopicDescription {
             max_message_bytes: Some(s.max_message_bytes.min(u32::MAX as usize) as u32),
             dedup_window_ms: Some(s.dedup_window_ms),
         }),
-        partitions: topic
+        partitions: layout
             .partitions
             .iter()
             .map(|p| {
@@ -667,6 +686,33 @@ impl v1::herald_server::Herald for HeraldService {
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
+    async fn alter_topic(
+        &self,
+        request: Request<v1::AlterTopicRequest>,
+    ) -> Result<Response<v1::AlterTopicResponse>, Status> {
+        self.check_running()?;
+        let access = Access::of(&request);
+        let r = request.into_inner();
+        access.authorize(Operation::Alter, Resource::topic(&r.name))?;
+        let change = TopicAlter {
+            retention_ms: r.retention_ms,
+            retention_bytes: r.retention_bytes,
+            max_message_bytes: r.max_message_bytes.map(|v| v as usize),
+            partitions: r.partitions,
+        };
+        if let Some(cluster) = &self.cluster {
+            let reply =
+                super::cluster_status::alter_topic(cluster, &self.registry, &r.name, &change)
+                    .await?;
+            return Ok(Response::new(reply));
+        }
+        let registry = self.registry.clone();
+        let topic = blocking(move || registry.alter(&r.name, &change)).await?;
+        Ok(Response::new(v1::AlterTopicResponse {
+            topic: Some(describe(&topic)),
+        }))
+    }
+
     async fn list_topics(
         &self,
         request: Request<v1::ListTopicsRequest>,
@@ -684,7 +730,7 @@ impl v1::herald_server::Herald for HeraldService {
                 .filter(|t| access.may(Operation::Describe, Resource::topic(t.name())))
                 .map(|t| v1::TopicSummary {
                     name: t.name().to_owned(),
-                    partition_count: t.meta.partitions,
+                    partition_count: t.partition_count(),
                 })
                 .collect(),
         }))

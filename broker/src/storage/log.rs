@@ -63,9 +63,37 @@ pub struct RetentionOutcome {
     pub start_offset: u64,
 }
 
+/// A log's retention limits, which an operator may change while the log is open
+/// (AlterTopic): the writer reads them at each retention pass, the owner of the log sets
+/// them through [`LogWriter::retention`]. 0 is "no limit", as in the topic settings.
+#[derive(Debug, Default)]
+pub struct RetentionLimits {
+    ms: StdAtomicU64,
+    bytes: StdAtomicU64,
+}
+
+impl RetentionLimits {
+    /// Sets both limits (`None`: no limit); the next retention pass applies them.
+    pub fn set(&self, ms: Option<u64>, bytes: Option<u64>) {
+        self.ms.store(ms.unwrap_or(0), StdOrdering::Relaxed);
+        self.bytes.store(bytes.unwrap_or(0), StdOrdering::Relaxed);
+    }
+
+    /// `(retention_ms, retention_bytes)` in force.
+    pub fn get(&self) -> (Option<u64>, Option<u64>) {
+        let limit = |v: u64| (v > 0).then_some(v);
+        (
+            limit(self.ms.load(StdOrdering::Relaxed)),
+            limit(self.bytes.load(StdOrdering::Relaxed)),
+        )
+    }
+}
+
 /// The single writer of one partition log. Not `Clone`: holding it is the right to write.
 pub struct LogWriter {
     config: LogConfig,
+    /// The retention limits in force: the config's at open, changed live by the owner.
+    retention: std::sync::Arc<RetentionLimits>,
     dir: PathBuf,
     handoff: Arc<Handoff<Segment>>,
     /// The writer's copy of the published table; the last segment is the active one.
@@ -161,8 +189,11 @@ impl LogWriter {
             .expect("recovery leaves an active segment");
         let handoff = Arc::new(Handoff::new(rec.segments.clone(), 0));
         handoff.publish_commit(active, rec.write_pos, next_offset);
+        let retention = std::sync::Arc::new(RetentionLimits::default());
+        retention.set(config.retention_ms, config.retention_bytes);
         let mut writer = LogWriter {
             config,
+            retention,
             dir,
             handoff,
             segments: rec.segments,
@@ -331,6 +362,12 @@ impl LogWriter {
 
     pub fn stats(&self) -> std::sync::Arc<WriterStats> {
         self.stats.clone()
+    }
+
+    /// The retention limits this writer applies at its next passes; setting them is how
+    /// a topic's retention changes without reopening the log.
+    pub fn retention(&self) -> std::sync::Arc<RetentionLimits> {
+        self.retention.clone()
     }
 
     /// The offset the next record will get.
@@ -849,11 +886,12 @@ impl LogWriter {
         let mut total: u64 = self.segments.iter().map(|s| s.committed_len()).sum();
         let sealed = self.segments.len() - 1;
         let mut doomed = 0;
+        let (retention_ms, retention_bytes) = self.retention.get();
         for segment in &self.segments[..sealed] {
-            let too_old = self.config.retention_ms.is_some_and(|ms| {
+            let too_old = retention_ms.is_some_and(|ms| {
                 segment.max_timestamp() < now_ms.saturating_sub(ms.min(i64::MAX as u64) as i64)
             });
-            let too_big = self.config.retention_bytes.is_some_and(|max| total > max);
+            let too_big = retention_bytes.is_some_and(|max| total > max);
             if !(too_old || too_big) {
                 break;
             }

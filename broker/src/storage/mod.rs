@@ -45,7 +45,9 @@ pub use batch::{
 };
 pub use committer::{Committer, CommitterHandle};
 pub use error::{Result, StorageError};
-pub use log::{Appended, LogReader, LogWriter, ReadChunk, RetentionOutcome, WriterStats};
+pub use log::{
+    Appended, LogReader, LogWriter, ReadChunk, RetentionLimits, RetentionOutcome, WriterStats,
+};
 pub use segment::sync_dir;
 
 /// Default segment size: big enough that rolls (and their fsyncs) are rare.
