@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use herald_broker::cluster::ClusterSettings;
@@ -24,6 +25,16 @@ pub struct ServeClusterArgs {
     /// `1=CLIENT_ADDR@PEER_ADDR,2=...,3=...`.
     #[arg(long, env = "HERALD_INITIAL_MEMBERS")]
     initial_members: Option<String>,
+    /// This node's certificate (PEM) on the peer port, from the cluster CA: mutual TLS
+    /// between nodes, with --peer-tls-key and --peer-tls-ca.
+    #[arg(long = "peer-tls-cert", env = "HERALD_PEER_TLS_CERT")]
+    peer_tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long = "peer-tls-key", env = "HERALD_PEER_TLS_KEY")]
+    peer_tls_key_file: Option<PathBuf>,
+    /// The cluster CA (PEM) every node's certificate must chain to.
+    #[arg(long = "peer-tls-ca", env = "HERALD_PEER_TLS_CA")]
+    peer_tls_ca_file: Option<PathBuf>,
 }
 
 impl ServeClusterArgs {
@@ -34,7 +45,13 @@ impl ServeClusterArgs {
     ) -> anyhow::Result<Option<ClusterSettings>> {
         let any_flag =
             self.node_id.is_some() || self.peer_listen.is_some() || self.initial_members.is_some();
-        let settings = match (from_file, any_flag) {
+        let any_tls_flag = self.peer_tls_cert_file.is_some()
+            || self.peer_tls_key_file.is_some()
+            || self.peer_tls_ca_file.is_some();
+        let mut settings = match (from_file, any_flag) {
+            (None, false) if any_tls_flag => anyhow::bail!(
+                "--peer-tls-cert, --peer-tls-key and --peer-tls-ca are for cluster mode: give --node-id, --peer-listen and --initial-members too"
+            ),
             (None, false) => return Ok(None),
             (Some(mut settings), _) => {
                 if let Some(id) = self.node_id {
@@ -56,13 +73,18 @@ impl ServeClusterArgs {
                         "cluster mode needs --node-id, --peer-listen and --initial-members together"
                     );
                 };
-                ClusterSettings {
-                    node_id,
-                    peer_listen,
-                    initial_members,
-                }
+                ClusterSettings::new(node_id, peer_listen, initial_members)
             }
         };
+        for (flag, setting) in [
+            (&self.peer_tls_cert_file, &mut settings.peer_tls_cert_file),
+            (&self.peer_tls_key_file, &mut settings.peer_tls_key_file),
+            (&self.peer_tls_ca_file, &mut settings.peer_tls_ca_file),
+        ] {
+            if flag.is_some() {
+                setting.clone_from(flag);
+            }
+        }
         settings.members()?;
         Ok(Some(settings))
     }
