@@ -626,6 +626,53 @@ mod tests {
     }
 
     #[test]
+    fn members_may_be_host_names_and_bracketed_ipv6() {
+        let members = parse_members(
+            "1=herald-1.internal:50051@herald-1.internal:7001,2=[::1]:50052@10.0.0.2:7002",
+        )
+        .unwrap();
+        assert_eq!(members[&1].peer, "herald-1.internal:7001");
+        assert_eq!(
+            network::host_and_port(&members[&2].client),
+            Some(("::1", 50052))
+        );
+        for bad in [
+            "1=host:1@-bad-:2",
+            "1=host:1@::1:2",
+            "1=host:1@host:99999",
+            "1=host:1@:2",
+            "1=host:1@a..b:2",
+            "1=host:1@host name:2",
+        ] {
+            assert!(parse_members(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn peer_tls_files_come_together_and_plaintext_peers_stay_on_loopback() {
+        let mut settings = ClusterSettings::new(
+            1,
+            "10.0.0.1:7001".parse().unwrap(),
+            "1=10.0.0.1:50051@10.0.0.1:7001".into(),
+        );
+        let error = settings.check_transport(false).unwrap_err().to_string();
+        assert!(error.contains("not a loopback address"), "{error}");
+        settings.check_transport(true).unwrap();
+        settings.peer_tls_cert_file = Some("node.pem".into());
+        settings.peer_tls_key_file = Some("node.key".into());
+        let error = settings.check_transport(true).unwrap_err().to_string();
+        assert!(error.contains("go together"), "{error}");
+        settings.peer_tls_ca_file = Some("ca.pem".into());
+        settings.check_transport(false).unwrap();
+        // And the file's [cluster] table takes them.
+        let config: crate::config::Config = toml::from_str(
+            "[cluster]\nnode_id = 1\npeer_listen = \"10.0.0.1:7001\"\ninitial_members = \"1=10.0.0.1:50051@10.0.0.1:7001\"\npeer_tls_cert_file = \"node.pem\"\npeer_tls_key_file = \"node.key\"\npeer_tls_ca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.cluster, Some(settings));
+    }
+
+    #[test]
     fn the_configuration_file_takes_a_cluster_table() {
         let config: crate::config::Config = toml::from_str(
             "listen = \"127.0.0.1:50052\"\n[cluster]\nnode_id = 2\npeer_listen = \"127.0.0.1:7002\"\ninitial_members = \"1=127.0.0.1:50051@127.0.0.1:7001,2=127.0.0.1:50052@127.0.0.1:7002\"\n",
