@@ -101,11 +101,6 @@ impl ClusterSettings {
         }
     }
 
-    /// Whether peer traffic is mutual TLS.
-    pub fn peer_tls_enabled(&self) -> bool {
-        self.peer_tls_cert_file.is_some()
-    }
-
     /// The peer TLS files come as a set of three, and a peer port off loopback needs them
     /// unless `insecure` (the client port's rule): otherwise anyone who reaches the port
     /// could vote and append to the metadata log.
