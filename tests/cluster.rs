@@ -45,11 +45,7 @@ fn free_ports(n: usize) -> Vec<SocketAddr> {
 fn config(spec: &NodeSpec, members: &str) -> herald_broker::config::Config {
     let mut config = test_config(&spec.dir);
     config.listen = spec.client;
-    config.cluster = Some(ClusterSettings {
-        node_id: spec.id,
-        peer_listen: spec.peer,
-        initial_members: members.to_owned(),
-    });
+    config.cluster = Some(ClusterSettings::new(spec.id, spec.peer, members.to_owned()));
     config
 }
 

@@ -295,6 +295,11 @@ impl Config {
                 }
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .check_transport(self.insecure)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         Ok(())
     }
 

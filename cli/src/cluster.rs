@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use herald_proto::v1;
@@ -24,6 +25,16 @@ pub struct ServeClusterArgs {
     /// `1=CLIENT_ADDR@PEER_ADDR,2=...,3=...`.
     #[arg(long)]
     initial_members: Option<String>,
+    /// This node's certificate (PEM) on the peer port, from the cluster CA: mutual TLS
+    /// between nodes, with --peer-tls-key and --peer-tls-ca.
+    #[arg(long = "peer-tls-cert")]
+    peer_tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long = "peer-tls-key")]
+    peer_tls_key_file: Option<PathBuf>,
+    /// The cluster CA (PEM) every node's certificate must chain to.
+    #[arg(long = "peer-tls-ca")]
+    peer_tls_ca_file: Option<PathBuf>,
 }
 
 /// `herald cluster ...`.

@@ -55,6 +55,23 @@ pub enum CertCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Make node certificates for mutual TLS between the nodes of a cluster, in --dir:
+    /// `node-<id>.pem`/`node-<id>.key` per --node, signed by the cluster CA
+    /// `cluster-ca.pem`/`cluster-ca.key`, which the first run makes and later runs reuse
+    /// (so nodes can be added one command at a time). The cluster CA is not the client CA
+    /// of `cert init`: any certificate it signs is a node.
+    Node {
+        /// Where the files go (created; existing node files are not overwritten).
+        #[arg(long, default_value = "herald-certs")]
+        dir: PathBuf,
+        /// `ID=HOST[,HOST...]`: a node id and the names its certificate is valid for. Give
+        /// at least the host of the node's peer address as `--initial-members` writes it
+        /// (a DNS name or an IP address): the other nodes check the certificate against it.
+        #[arg(long = "node", required = true, value_name = "ID=HOST[,HOST...]")]
+        nodes: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 pub fn auth(command: AuthCommand) -> anyhow::Result<()> {
@@ -129,37 +146,9 @@ pub fn cert(command: CertCommand) -> anyhow::Result<()> {
             days,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let (not_before, not_after) = validity(days);
-            let ca_key = rcgen::KeyPair::generate()?;
-            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "Herald CA");
-            ca_params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::CrlSign,
-            ];
-            (ca_params.not_before, ca_params.not_after) = (not_before, not_after);
-            let ca = ca_params.self_signed(&ca_key)?;
-            let issuer = rcgen::Issuer::new(ca_params, ca_key);
-            write_new(&dir.join("ca.pem"), &ca.pem())?;
-            write_new(&dir.join("ca.key"), &issuer.key().serialize_pem())?;
-            let leaf = |name: &str,
-                        sans: Vec<String>,
-                        usage: rcgen::ExtendedKeyUsagePurpose|
-             -> anyhow::Result<()> {
-                let key = rcgen::KeyPair::generate()?;
-                let mut params = rcgen::CertificateParams::new(sans)?;
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, name);
-                params.extended_key_usages = vec![usage];
-                (params.not_before, params.not_after) = (not_before, not_after);
-                let cert = params.signed_by(&key, &issuer)?;
-                write_new(&dir.join(format!("{name}.pem")), &cert.pem())?;
-                write_new(&dir.join(format!("{name}.key")), &key.serialize_pem())?;
-                Ok(())
+            let issuer = new_ca(&dir, "ca", "Herald CA", days)?;
+            let leaf = |name: &str, sans: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose| {
+                sign_leaf(&dir, &issuer, name, name, sans, vec![usage], days)
             };
             leaf(
                 "server",
@@ -193,7 +182,123 @@ pub fn cert(command: CertCommand) -> anyhow::Result<()> {
             );
             println!("keep ca.key offline; serve with --tls-cert server.pem --tls-key server.key");
         }
+        CertCommand::Node { dir, nodes, days } => {
+            let nodes = nodes
+                .iter()
+                .map(|node| parse_node(node))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let (ca_pem, ca_key) = (dir.join("cluster-ca.pem"), dir.join("cluster-ca.key"));
+            let issuer = if ca_pem.exists() || ca_key.exists() {
+                let key = std::fs::read_to_string(&ca_key)
+                    .with_context(|| format!("reading {}", ca_key.display()))?;
+                let pem = std::fs::read_to_string(&ca_pem)
+                    .with_context(|| format!("reading {}", ca_pem.display()))?;
+                let key = rcgen::KeyPair::from_pem(&key)
+                    .with_context(|| format!("reading the key {}", ca_key.display()))?;
+                let issuer = rcgen::Issuer::from_ca_cert_pem(&pem, key)
+                    .with_context(|| format!("reading the CA {}", ca_pem.display()))?;
+                println!("signing with the existing {}", ca_pem.display());
+                issuer
+            } else {
+                let issuer = new_ca(&dir, "cluster-ca", "Herald cluster CA", days)?;
+                println!("wrote {} and {}", ca_pem.display(), ca_key.display());
+                issuer
+            };
+            for (id, hosts) in &nodes {
+                let name = format!("node-{id}");
+                sign_leaf(
+                    &dir,
+                    &issuer,
+                    &name,
+                    &format!("herald-{name}"),
+                    hosts.clone(),
+                    // One certificate both ways: the node serves its peer port and calls
+                    // the other nodes' ports with it.
+                    vec![
+                        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+                    ],
+                    days,
+                )?;
+                println!(
+                    "wrote {}: {name}.pem, {name}.key (for {})",
+                    dir.display(),
+                    hosts.join(", ")
+                );
+            }
+            println!(
+                "keep cluster-ca.key offline; serve node N with --peer-tls-cert node-N.pem --peer-tls-key node-N.key --peer-tls-ca cluster-ca.pem"
+            );
+        }
     }
+    Ok(())
+}
+
+/// `ID=HOST[,HOST...]` of `cert node --node`.
+fn parse_node(text: &str) -> anyhow::Result<(u64, Vec<String>)> {
+    let usage = || format!("--node {text:?}: write ID=HOST[,HOST...], e.g. 1=10.0.0.1");
+    let (id, hosts) = text.split_once('=').with_context(usage)?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id >= 1)
+        .with_context(usage)?;
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect();
+    anyhow::ensure!(!hosts.is_empty(), usage());
+    Ok((id, hosts))
+}
+
+/// Makes a CA, writes `<file>.pem` and `<file>.key` into `dir` and returns its issuer.
+fn new_ca(
+    dir: &Path,
+    file: &str,
+    common_name: &str,
+    days: u32,
+) -> anyhow::Result<rcgen::Issuer<'static, rcgen::KeyPair>> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    (params.not_before, params.not_after) = validity(days);
+    let cert = params.self_signed(&key)?;
+    write_new(&dir.join(format!("{file}.pem")), &cert.pem())?;
+    write_new(&dir.join(format!("{file}.key")), &key.serialize_pem())?;
+    Ok(rcgen::Issuer::new(params, key))
+}
+
+/// Signs a certificate for `sans` (DNS names or IP addresses) with `issuer`; writes
+/// `<file>.pem` and `<file>.key` into `dir`.
+fn sign_leaf(
+    dir: &Path,
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    file: &str,
+    common_name: &str,
+    sans: Vec<String>,
+    usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    days: u32,
+) -> anyhow::Result<()> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(sans)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.extended_key_usages = usages;
+    (params.not_before, params.not_after) = validity(days);
+    let cert = params.signed_by(&key, issuer)?;
+    write_new(&dir.join(format!("{file}.pem")), &cert.pem())?;
+    write_new(&dir.join(format!("{file}.key")), &key.serialize_pem())?;
     Ok(())
 }
 

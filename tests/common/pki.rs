@@ -49,7 +49,7 @@ impl Ca {
         &self,
         common_name: &str,
         names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
+        usages: &[ExtendedKeyUsagePurpose],
         validity: Validity,
     ) -> Leaf {
         let key = KeyPair::generate().unwrap();
@@ -58,7 +58,7 @@ impl Ca {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         let now = OffsetDateTime::now_utc();
         (params.not_before, params.not_after) = match validity {
             Validity::Now => (now - Duration::days(1), now + Duration::days(1)),
@@ -76,7 +76,7 @@ impl Ca {
         self.leaf(
             "herald",
             names,
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
             validity,
         )
     }
@@ -86,8 +86,22 @@ impl Ca {
         self.leaf(
             principal,
             &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             validity,
+        )
+    }
+
+    /// A cluster node's certificate for `names`, used both ways on the peer port (as
+    /// `herald cert node` makes it).
+    pub fn node(&self, id: u64, names: &[&str]) -> Leaf {
+        self.leaf(
+            &format!("herald-node-{id}"),
+            names,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Validity::Now,
         )
     }
 

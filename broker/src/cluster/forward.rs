@@ -8,7 +8,7 @@
 //! FAILED_PRECONDITION, so a request can never circle between nodes.
 
 use std::pin::Pin;
-use std::sync::{OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use dashmap::DashMap;
 use futures::{Stream, StreamExt};
@@ -19,6 +19,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::network::peer_client;
+use super::peer_tls::PeerTls;
 use super::types::{NodeAddr, NodeId};
 use crate::error::BrokerError;
 
@@ -48,13 +49,16 @@ pub struct Forwarder {
     clients: DashMap<NodeId, (String, PeerClient<Channel>)>,
     /// Largest message either way: a whole publish batch or Fetch response.
     message_max: usize,
+    /// Peer TLS, when the cluster has it: forwarded requests travel like Raft's.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Forwarder {
-    pub fn new(message_max: usize) -> Forwarder {
+    pub fn new(message_max: usize, tls: Option<Arc<PeerTls>>) -> Forwarder {
         Forwarder {
             clients: DashMap::new(),
             message_max,
+            tls,
         }
     }
 
@@ -70,8 +74,8 @@ impl Forwarder {
         {
             return Ok(entry.1.clone());
         }
-        let client = peer_client(&addr.peer)
-            .map_err(|e| unreachable_node(node, addr, &e.to_string()))?
+        let client = peer_client(&addr.peer, self.tls.as_deref())
+            .map_err(|e| unreachable_node(node, addr, &e))?
             .max_decoding_message_size(self.message_max)
             .max_encoding_message_size(self.message_max);
         self.clients

@@ -19,12 +19,14 @@ pub mod forward;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
+pub mod peer_tls;
 pub mod placement;
 pub mod state_machine;
 pub mod types;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,7 @@ use herald_proto::v1;
 use log_store::LogStore;
 use network::{Health, Network, PEER_CALL_TIMEOUT, PEER_MAX_MESSAGE_BYTES};
 use peer_service::PeerService;
+use peer_tls::PeerTls;
 use state_machine::StateMachine;
 pub use types::{
     MetaCommand, MetaRequest, MetaResponse, MetaState, NodeAddr, NodeId, Refusal, TopicRecord,
@@ -81,9 +84,58 @@ pub struct ClusterSettings {
     /// Every node of the cluster at its start, this one included:
     /// `1=client_addr@peer_addr,2=...`.
     pub initial_members: String,
+    /// This node's certificate chain (PEM) on the peer port, presented to the nodes that
+    /// call it and to the nodes it calls. With the key and the CA: mutual TLS between
+    /// nodes (see [`peer_tls`]). Read again on SIGHUP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `peer_tls_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// The cluster CA (PEM): every node's certificate must chain to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tls_ca_file: Option<PathBuf>,
 }
 
 impl ClusterSettings {
+    /// A node of a cluster whose peer traffic is plaintext.
+    pub fn new(node_id: NodeId, peer_listen: SocketAddr, initial_members: String) -> Self {
+        ClusterSettings {
+            node_id,
+            peer_listen,
+            initial_members,
+            peer_tls_cert_file: None,
+            peer_tls_key_file: None,
+            peer_tls_ca_file: None,
+        }
+    }
+
+    /// The peer TLS files come as a set of three, and a peer port off loopback needs them
+    /// unless `insecure` (the client port's rule): otherwise anyone who reaches the port
+    /// could vote and append to the metadata log.
+    pub fn check_transport(&self, insecure: bool) -> Result<()> {
+        let set = [
+            &self.peer_tls_cert_file,
+            &self.peer_tls_key_file,
+            &self.peer_tls_ca_file,
+        ]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+        if set != 0 && set != 3 {
+            return Err(invalid(
+                "peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file go together: set all three or none".into(),
+            ));
+        }
+        if set == 0 && !insecure && !self.peer_listen.ip().is_loopback() {
+            return Err(invalid(format!(
+                "peer_listen = {} is not a loopback address and peer TLS is off: set peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file, or insecure = true (--insecure) to talk to the other nodes in plaintext anyway",
+                self.peer_listen
+            )));
+        }
+        Ok(())
+    }
+
     /// The initial members, parsed and checked against this node's id.
     pub fn members(&self) -> Result<BTreeMap<NodeId, NodeAddr>> {
         let members = parse_members(&self.initial_members)?;
@@ -119,9 +171,8 @@ pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, NodeAddr>> {
             .split_once('@')
             .ok_or_else(|| invalid(format!("member {item:?} is not id=client_addr@peer_addr")))?;
         for addr in [client, peer] {
-            addr.trim()
-                .parse::<SocketAddr>()
-                .map_err(|_| invalid(format!("member {item:?}: {addr:?} is not host:port")))?;
+            network::host_and_port(addr.trim())
+                .ok_or_else(|| invalid(format!("member {item:?}: {addr:?} is not host:port")))?;
         }
         if id == 0 {
             return Err(invalid(format!("member {item:?}: node ids start at 1")));
@@ -318,6 +369,7 @@ pub struct Cluster {
     raft: Raft<types::MetaTypes>,
     view: Arc<ArcSwap<MetaState>>,
     health: Arc<Health>,
+    tls: Option<Arc<PeerTls>>,
     /// The address other nodes reach this one at (useful when bound to port 0).
     pub peer_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -338,6 +390,7 @@ impl Cluster {
         registry: Arc<Registry>,
     ) -> Result<Arc<Cluster>> {
         let members = settings.members()?;
+        let tls = PeerTls::from_settings(settings)?;
         let node_id = settings.node_id;
         let dir = registry.config().data_dir.join(CLUSTER_DIR);
         let view = Arc::new(ArcSwap::from_pointee(MetaState::default()));
@@ -370,6 +423,7 @@ impl Cluster {
         let network = Network {
             node_id,
             health: health.clone(),
+            tls: tls.clone(),
         };
         let raft = Raft::new(node_id, Arc::new(config), network, log_store, state_machine)
             .await
@@ -398,20 +452,25 @@ impl Cluster {
         })
         .max_decoding_message_size(message_max)
         .max_encoding_message_size(message_max);
+        let server_tls = tls.as_ref().map(|tls| tls.server.clone());
         let server = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 .timeout(PEER_CALL_TIMEOUT)
                 .initial_stream_window_size(Some(crate::server::HTTP2_STREAM_WINDOW))
                 .initial_connection_window_size(Some(crate::server::HTTP2_CONNECTION_WINDOW))
                 .max_frame_size(Some(crate::server::HTTP2_MAX_FRAME))
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    },
-                )
-                .await;
+                .add_service(service);
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let stopped = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let served = match server_tls {
+                Some(config) => {
+                    let incoming = crate::server::tls::accept(incoming, config, None, "peer");
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, stopped).await,
+            };
             if let Err(error) = served {
                 tracing::error!(%error, "the peer server failed");
             }
@@ -428,17 +487,18 @@ impl Cluster {
                 tracing::warn!(%error, "initialising the metadata group");
             }
         }
-        tracing::info!(node_id, %peer_addr, "cluster node started");
+        tracing::info!(node_id, %peer_addr, peer_tls = tls.is_some(), "cluster node started");
         Ok(Arc::new(Cluster {
             node_id,
             members,
             raft,
             view,
             health,
+            forwarder: Forwarder::new(message_max, tls.clone()),
+            tls,
             peer_addr,
             stop,
             server: std::sync::Mutex::new(Some(server)),
-            forwarder: Forwarder::new(message_max),
             local,
         }))
     }
@@ -798,6 +858,11 @@ impl Cluster {
         }
     }
 
+    /// Reads the peer TLS files again (SIGHUP), when peer TLS is on.
+    pub fn reload_tls(&self) -> Result<()> {
+        self.tls.as_ref().map_or(Ok(()), |tls| tls.reload())
+    }
+
     /// Stops the metadata group and the peer server.
     pub async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {
@@ -869,12 +934,59 @@ mod tests {
         ] {
             assert!(parse_members(bad).is_err(), "{bad:?} was accepted");
         }
-        let settings = ClusterSettings {
-            node_id: 3,
-            peer_listen: "127.0.0.1:0".parse().unwrap(),
-            initial_members: "1=127.0.0.1:1@127.0.0.1:2".into(),
-        };
+        let settings = ClusterSettings::new(
+            3,
+            "127.0.0.1:0".parse().unwrap(),
+            "1=127.0.0.1:1@127.0.0.1:2".into(),
+        );
         assert!(settings.members().is_err());
+    }
+
+    #[test]
+    fn members_may_be_host_names_and_bracketed_ipv6() {
+        let members = parse_members(
+            "1=herald-1.internal:50051@herald-1.internal:7001,2=[::1]:50052@10.0.0.2:7002",
+        )
+        .unwrap();
+        assert_eq!(members[&1].peer, "herald-1.internal:7001");
+        assert_eq!(
+            network::host_and_port(&members[&2].client),
+            Some(("::1", 50052))
+        );
+        for bad in [
+            "1=host:1@-bad-:2",
+            "1=host:1@::1:2",
+            "1=host:1@host:99999",
+            "1=host:1@:2",
+            "1=host:1@a..b:2",
+            "1=host:1@host name:2",
+        ] {
+            assert!(parse_members(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn peer_tls_files_come_together_and_plaintext_peers_stay_on_loopback() {
+        let mut settings = ClusterSettings::new(
+            1,
+            "10.0.0.1:7001".parse().unwrap(),
+            "1=10.0.0.1:50051@10.0.0.1:7001".into(),
+        );
+        let error = settings.check_transport(false).unwrap_err().to_string();
+        assert!(error.contains("not a loopback address"), "{error}");
+        settings.check_transport(true).unwrap();
+        settings.peer_tls_cert_file = Some("node.pem".into());
+        settings.peer_tls_key_file = Some("node.key".into());
+        let error = settings.check_transport(true).unwrap_err().to_string();
+        assert!(error.contains("go together"), "{error}");
+        settings.peer_tls_ca_file = Some("ca.pem".into());
+        settings.check_transport(false).unwrap();
+        // And the file's [cluster] table takes them.
+        let config: crate::config::Config = toml::from_str(
+            "[cluster]\nnode_id = 1\npeer_listen = \"10.0.0.1:7001\"\ninitial_members = \"1=10.0.0.1:50051@10.0.0.1:7001\"\npeer_tls_cert_file = \"node.pem\"\npeer_tls_key_file = \"node.key\"\npeer_tls_ca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.cluster, Some(settings));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use super::peer_tls::PeerTls;
 use super::types::{MetaTypes, NodeAddr, NodeId};
 
 /// Largest peer message either way: a snapshot chunk (`snapshot_max_chunk_size`) or a
@@ -61,17 +62,47 @@ impl Health {
     }
 }
 
-/// A lazily connected gRPC client of a peer's `Peer` service.
-pub fn peer_client(addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+/// The host (an IP address, IPv6 in brackets, or a DNS name) and port of `addr`, given
+/// as `host:port`; the host is returned without brackets.
+pub fn host_and_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    if let Some(v6) = host.strip_prefix('[') {
+        let v6 = v6.strip_suffix(']')?;
+        return v6.parse::<std::net::Ipv6Addr>().ok().map(|_| (v6, port));
+    }
+    let dns_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    (dns_name || host.parse::<std::net::Ipv4Addr>().is_ok()).then_some((host, port))
+}
+
+/// A lazily connected gRPC client of a peer's `Peer` service, over mutual TLS when `tls`
+/// is given.
+pub fn peer_client(addr: &str, tls: Option<&PeerTls>) -> Result<PeerClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("peer address {addr:?}: {e}"))?
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .timeout(PEER_CALL_TIMEOUT)
         .tcp_nodelay(true)
         // The client port's windows: a forwarded batch or fetch response of a few MiB
         // flows without waiting for window updates at HTTP/2's 64 KiB default.
         .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW)
-        .connect_lazy();
+        .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW);
+    let channel = match tls {
+        Some(tls) => {
+            endpoint.connect_with_connector_lazy(tls.connector(addr).map_err(|e| e.to_string())?)
+        }
+        None => endpoint.connect_lazy(),
+    };
     Ok(PeerClient::new(channel)
         .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES))
@@ -81,6 +112,8 @@ pub fn peer_client(addr: &str) -> Result<PeerClient<Channel>, tonic::transport::
 pub struct Network {
     pub node_id: NodeId,
     pub health: Arc<Health>,
+    /// Mutual TLS to the other nodes, when configured.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 impl RaftNetworkFactory<MetaTypes> for Network {
@@ -90,7 +123,7 @@ impl RaftNetworkFactory<MetaTypes> for Network {
         Peer {
             from: self.node_id,
             to: target,
-            client: peer_client(&node.peer).map_err(|e| e.to_string()),
+            client: peer_client(&node.peer, self.tls.as_deref()),
             health: self.health.clone(),
         }
     }

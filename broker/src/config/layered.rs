@@ -32,6 +32,9 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("cluster.node_id", "HERALD_NODE_ID"),
     ("cluster.peer_listen", "HERALD_PEER_LISTEN"),
     ("cluster.initial_members", "HERALD_INITIAL_MEMBERS"),
+    ("cluster.peer_tls_cert_file", "HERALD_PEER_TLS_CERT"),
+    ("cluster.peer_tls_key_file", "HERALD_PEER_TLS_KEY"),
+    ("cluster.peer_tls_ca_file", "HERALD_PEER_TLS_CA"),
 ];
 
 // The names figment's metadata carries for each layer; `Origin` reads them back.
@@ -514,6 +517,9 @@ pub fn example(key: &str) -> Option<&'static str> {
         "cluster.initial_members" => {
             "1=127.0.0.1:50051@127.0.0.1:7001,2=127.0.0.1:50061@127.0.0.1:7002"
         }
+        "cluster.peer_tls_cert_file" => "/etc/herald/node2.pem",
+        "cluster.peer_tls_key_file" => "/etc/herald/node2.key",
+        "cluster.peer_tls_ca_file" => "/etc/herald/cluster-ca.pem",
         _ => return None,
     })
 }

@@ -11,7 +11,7 @@ mod request_limit;
 mod service;
 mod status;
 mod subscribe_route;
-mod tls;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -234,7 +234,7 @@ impl Broker {
                 Some((config, failures)) => {
                     router
                         .serve_with_incoming_shutdown(
-                            tls::accept(incoming, config, failures),
+                            tls::accept(incoming, config, Some(failures), "grpc"),
                             signal,
                         )
                         .await
@@ -279,13 +279,15 @@ impl Broker {
         })
     }
 
-    /// Reads the TLS certificate, key and client CA files and the ACL file again (what
-    /// SIGHUP does). New connections handshake with the new certificates; open ones keep
-    /// theirs. Each part that fails to load keeps what is in force and is reported.
+    /// Reads the TLS certificate, key and client CA files, the peer TLS files and the ACL
+    /// file again (what SIGHUP does). New connections handshake with the new
+    /// certificates; open ones keep theirs. Each part that fails to load keeps what is in
+    /// force and is reported.
     pub fn reload(&self) -> Result<()> {
         let tls = self.tls.as_ref().map_or(Ok(()), |tls| tls.reload());
+        let peer_tls = self.cluster.as_ref().map_or(Ok(()), |c| c.reload_tls());
         let acl = self.auth.as_ref().map_or(Ok(()), |auth| auth.reload_acl());
-        tls.and(acl)
+        tls.and(peer_tls).and(acl)
     }
 
     /// The ACL rules in force, when authentication is on.

@@ -83,13 +83,13 @@ impl Tls {
     }
 }
 
-fn tls_error(what: String, cause: impl std::fmt::Display) -> BrokerError {
+pub(crate) fn tls_error(what: String, cause: impl std::fmt::Display) -> BrokerError {
     BrokerError::Config(crate::config::ConfigError::Invalid(format!(
         "{what}: {cause}"
     )))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| tls_error(format!("reading certificates from {}", path.display()), e))?;
@@ -102,41 +102,56 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> 
     Ok(certs)
 }
 
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, BrokerError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| tls_error(format!("reading the private key {}", path.display()), e))
+}
+
+/// The certificates of the CA file `ca`, as trust anchors.
+pub(crate) fn read_roots(ca: &Path) -> Result<RootCertStore, BrokerError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| tls_error(format!("adding a CA from {}", ca.display()), e))?;
+    }
+    Ok(roots)
+}
+
+/// Client certificates must chain to `ca` (unless `optional`, then they may be absent).
+pub(crate) fn client_verifier(
+    ca: &Path,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, BrokerError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider.clone());
+    let verifier = if optional {
+        verifier.allow_unauthenticated()
+    } else {
+        verifier
+    };
+    verifier
+        .build()
+        .map_err(|e| tls_error(format!("client CA {}", ca.display()), e))
+}
+
 /// The gRPC (ALPN `h2`) and the metrics (ALPN `http/1.1`) configurations.
 fn build(files: &TlsFiles) -> Result<(ServerConfig, ServerConfig), BrokerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
-        tls_error(
-            format!("reading the private key {}", files.key.display()),
-            e,
-        )
-    })?;
+    let key = read_key(&files.key)?;
     let one = |alpn: &[u8]| -> Result<ServerConfig, BrokerError> {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| tls_error("TLS versions".into(), e))?;
         let builder = match &files.client_ca {
             None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for cert in read_certs(ca)? {
-                    roots.add(cert).map_err(|e| {
-                        tls_error(format!("adding a client CA from {}", ca.display()), e)
-                    })?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-                let verifier = if files.client_cert_optional {
-                    verifier.allow_unauthenticated()
-                } else {
-                    verifier
-                };
-                let verifier = verifier
-                    .build()
-                    .map_err(|e| tls_error(format!("client CA {}", ca.display()), e))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(ca) => builder.with_client_cert_verifier(client_verifier(
+                ca,
+                &provider,
+                files.client_cert_optional,
+            )?),
         };
         let mut config = builder
             .with_single_cert(certs.clone(), key.clone_key())
@@ -158,12 +173,13 @@ fn build(files: &TlsFiles) -> Result<(ServerConfig, ServerConfig), BrokerError> 
 
 /// The connections of `incoming`, each after a TLS handshake with the configuration in
 /// force when it was accepted. Failed handshakes (wrong CA, expired or missing client
-/// certificate, plaintext clients) are logged and counted under `failures`' `handshake`
-/// label, and the connection dropped.
-pub(super) fn accept<S, IO>(
+/// certificate, plaintext clients) are logged with `listener`'s name and counted under
+/// `failures`' `handshake` label (when given), and the connection dropped.
+pub(crate) fn accept<S, IO>(
     incoming: S,
     config: Arc<ArcSwap<ServerConfig>>,
-    failures: IntCounterVec,
+    failures: Option<IntCounterVec>,
+    listener: &'static str,
 ) -> ReceiverStream<io::Result<TlsStream<IO>>>
 where
     S: Stream<Item = io::Result<IO>> + Send + 'static,
@@ -194,12 +210,16 @@ where
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(error)) => {
-                        failures.with_label_values(&["handshake"]).inc();
-                        tracing::warn!(%error, "TLS handshake failed");
+                        if let Some(failures) = &failures {
+                            failures.with_label_values(&["handshake"]).inc();
+                        }
+                        tracing::warn!(%error, listener, "TLS handshake failed");
                     }
                     Err(_) => {
-                        failures.with_label_values(&["handshake"]).inc();
-                        tracing::warn!("TLS handshake timed out");
+                        if let Some(failures) = &failures {
+                            failures.with_label_values(&["handshake"]).inc();
+                        }
+                        tracing::warn!(listener, "TLS handshake timed out");
                     }
                 }
             });
@@ -223,7 +243,7 @@ impl HttpsListener {
         let local = listener.local_addr()?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         Ok(HttpsListener {
-            connections: accept(incoming, config, failures),
+            connections: accept(incoming, config, Some(failures), "metrics"),
             local,
         })
     }
