@@ -930,3 +930,93 @@ async fn alter_topic_through_any_node_reaches_every_node() {
     assert_eq!(code_of(fewer), Code::InvalidArgument);
     cluster.shutdown().await;
 }
+
+/// A node that was away while the others altered, deleted and created topics, and that
+/// catches up from a snapshot (the log it missed was purged), brings its local topics to
+/// the snapshot's state: an altered topic takes the new settings and partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_catching_up_from_a_snapshot_follows_alters_deletes_and_creates() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let away = (1..=3).find(|id| *id != leader).unwrap();
+    let mut client = cluster.client(leader).await;
+    create(&mut client, "orders", 2).await;
+    create(&mut client, "gone", 1).await;
+    eventually("every node has the topics", || {
+        cluster
+            .running()
+            .all(|b| has_topic(b, "orders") && has_topic(b, "gone"))
+    })
+    .await;
+
+    cluster.stop(away).await;
+    client
+        .alter_topic(v1::AlterTopicRequest {
+            name: "orders".into(),
+            partitions: Some(3),
+            retention_ms: Some(60_000),
+            ..Default::default()
+        })
+        .await
+        .expect("alter while a node is away");
+    client
+        .delete_topic(v1::DeleteTopicRequest {
+            name: "gone".into(),
+        })
+        .await
+        .expect("delete while a node is away");
+    create(&mut client, "fresh", 1).await;
+
+    // Compact the leader's log past everything the away node has, so it can only catch up
+    // from the snapshot.
+    let raft = cluster.brokers[cluster.index_of(leader)]
+        .as_ref()
+        .unwrap()
+        .cluster
+        .as_ref()
+        .unwrap()
+        .raft()
+        .clone();
+    raft.trigger().snapshot().await.unwrap();
+    let applied = raft.metrics().borrow().last_applied.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.snapshot.is_some_and(|s| s.index >= applied.index) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot: {metrics:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    raft.trigger().purge_log(applied.index).await.unwrap();
+    eventually("the leader purged its log", || {
+        raft.metrics()
+            .borrow()
+            .purged
+            .is_some_and(|p| p.index >= applied.index)
+    })
+    .await;
+
+    cluster.restart(away).await;
+    let node = cluster.brokers[cluster.index_of(away)].as_ref().unwrap();
+    eventually("the returning node installed the snapshot", || {
+        node.cluster
+            .as_ref()
+            .unwrap()
+            .raft()
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some_and(|s| s.index >= applied.index)
+    })
+    .await;
+    eventually("the returning node's topics follow the snapshot", || {
+        node.registry
+            .get("orders")
+            .is_ok_and(|t| t.partition_count() == 3 && t.layout().settings.retention_ms == 60_000)
+            && node.registry.get("gone").is_err()
+            && node.registry.get("fresh").is_ok()
+    })
+    .await;
+    cluster.shutdown().await;
+}

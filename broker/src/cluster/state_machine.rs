@@ -276,6 +276,34 @@ enum Local {
     Alter(TopicRecord),
 }
 
+/// The local changes that bring this node's topics from `old` to the snapshot's `new`:
+/// topics that are gone are deleted, new ones created, and changed ones altered (creating
+/// an existing topic would do nothing, and the node would keep the old shape). A topic
+/// with fewer partitions than the local copy cannot come from an alter, so it was deleted
+/// and created again while this node was away: its local copy goes and the new one comes.
+fn snapshot_changes(
+    old: &BTreeMap<String, TopicRecord>,
+    new: &BTreeMap<String, TopicRecord>,
+) -> Vec<Local> {
+    let mut changes: Vec<Local> = old
+        .keys()
+        .filter(|name| !new.contains_key(*name))
+        .map(|name| Local::Delete(name.clone()))
+        .collect();
+    for topic in new.values() {
+        match old.get(&topic.name) {
+            None => changes.push(Local::Create(topic.clone())),
+            Some(mine) if mine == topic => {}
+            Some(mine) if topic.partitions < mine.partitions => {
+                changes.push(Local::Delete(topic.name.clone()));
+                changes.push(Local::Create(topic.clone()));
+            }
+            Some(_) => changes.push(Local::Alter(topic.clone())),
+        }
+    }
+    changes
+}
+
 /// Makes the local changes on a blocking thread. They are logged, never returned: the
 /// group has committed the change, and a node that cannot follow it locally (a full disk)
 /// must not stop applying the log.
@@ -420,23 +448,7 @@ impl RaftStateMachine<MetaTypes> for StateMachine {
                 AnyError::new(&e),
             ))
         })?;
-        // The local logs follow the state: topics that are gone are deleted, hosted topics
-        // that are new are created.
-        let mut changes: Vec<Local> = self
-            .state
-            .topics
-            .keys()
-            .filter(|name| !state.topics.contains_key(*name))
-            .map(|name| Local::Delete(name.clone()))
-            .collect();
-        let old: BTreeMap<&String, &TopicRecord> = self.state.topics.iter().collect();
-        changes.extend(
-            state
-                .topics
-                .values()
-                .filter(|t| old.get(&t.name) != Some(t))
-                .map(|t| Local::Create(t.clone())),
-        );
+        let changes = snapshot_changes(&self.state.topics, &state.topics);
         self.state = state;
         make_local(self.registry.clone(), changes).await;
         self.persist().await?;
@@ -487,6 +499,62 @@ impl RaftStateMachine<MetaTypes> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn topic(name: &str, partitions: u32, settings: &str) -> TopicRecord {
+        TopicRecord {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            settings_toml: settings.into(),
+            replicas: vec![vec![1]; partitions as usize],
+        }
+    }
+
+    fn described(changes: &[Local]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Local::Create(t) => format!("create {} {}", t.name, t.partitions),
+                Local::Alter(t) => format!("alter {} {}", t.name, t.partitions),
+                Local::Delete(name) => format!("delete {name}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_alters_changed_topics_and_recreates_shrunk_ones() {
+        let old: BTreeMap<String, TopicRecord> = [
+            topic("same", 1, ""),
+            topic("grown", 2, ""),
+            topic("retuned", 1, ""),
+            topic("recreated", 4, ""),
+            topic("gone", 1, ""),
+        ]
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+        let new: BTreeMap<String, TopicRecord> = [
+            topic("same", 1, ""),
+            topic("grown", 3, ""),
+            topic("retuned", 1, "retention_ms = 60000"),
+            topic("recreated", 1, ""),
+            topic("new", 2, ""),
+        ]
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+        assert_eq!(
+            described(&snapshot_changes(&old, &new)),
+            [
+                "delete gone",
+                "alter grown 3",
+                "create new 2",
+                "delete recreated",
+                "create recreated 1",
+                "alter retuned 1",
+            ]
+        );
+    }
 
     #[test]
     fn checked_files_round_trip_and_refuse_damage() {
