@@ -208,3 +208,174 @@ fn settings_from_the_environment_alone_reach_the_broker() {
     assert!(exited.status.success());
     common::assert_no_panic(&exited.log, "herald serve");
 }
+
+/// The container image's runtime settings, read from `deploy/Dockerfile` (its last
+/// stage's `ENV`, `CMD` and `HEALTHCHECK`), start a broker that serves on every interface
+/// and that the image's health check finds ready. Only the ports (free ones, for a test
+/// on a shared machine) and the data directory (a temporary one) are replaced. The image
+/// itself is not built here; this checks what it would run.
+#[test]
+fn the_container_image_settings_start_a_broker_its_health_check_finds_ready() {
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/Dockerfile"))
+            .expect("deploy/Dockerfile");
+    let image = RuntimeStage::parse(&dockerfile);
+    assert_eq!(image.cmd, ["serve"], "the image's command");
+    assert_eq!(image.entrypoint, ["/usr/local/bin/herald"]);
+    let health = image
+        .healthcheck
+        .strip_prefix(&["/usr/local/bin/herald".to_owned()][..])
+        .expect("the health check runs herald")
+        .to_vec();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("var-lib-herald");
+    std::fs::create_dir(&data_dir).unwrap();
+    let free_port = || {
+        std::net::TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (grpc_port, metrics_port) = (free_port(), free_port());
+    let mut env = image.env.clone();
+    let mut set_port = |key: &str, port: u16| {
+        let value = env.iter_mut().find(|(k, _)| k == key).unwrap_or_else(|| {
+            panic!("the image sets {key}");
+        });
+        let (host, _) = value.1.rsplit_once(':').expect("HOST:PORT");
+        assert_eq!(
+            host, "0.0.0.0",
+            "{key}: the image listens on every interface"
+        );
+        value.1 = format!("{host}:{port}");
+    };
+    set_port("HERALD_LISTEN", grpc_port);
+    set_port("HERALD_METRICS_LISTEN", metrics_port);
+    let data = env
+        .iter_mut()
+        .find(|(k, _)| k == "HERALD_DATA_DIR")
+        .expect("the image sets HERALD_DATA_DIR");
+    assert_eq!(data.1, "/var/lib/herald");
+    data.1 = data_dir.display().to_string();
+
+    let run = |args: &[String], env: &[(String, String)]| {
+        let mut command = Command::new(HERALD);
+        command
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            // JSON lines, so the test can read the address it serves on.
+            .env("HERALD_LOG_JSON", "true")
+            .env("RUST_LOG", "info");
+        command
+    };
+
+    // Without the image's HERALD_INSECURE the same settings are refused: plaintext gRPC
+    // on every interface must be asked for.
+    let strict: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "HERALD_INSECURE")
+        .cloned()
+        .collect();
+    let mut refused = run(&image.cmd, &strict)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut refused);
+    let output = refused.wait_with_output().unwrap();
+    assert!(!status.success(), "served plaintext on 0.0.0.0 unasked");
+    assert!(
+        text(&output.stderr).contains("insecure"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let process = Process::spawn(run(&image.cmd, &env));
+    let addr = process.wait_for_line("the broker serves", serving_addr);
+    assert_eq!(addr.port(), grpc_port);
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    common::wait_for("the image's health check passes", || {
+        let out = run(&health, &env).output().unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out.stderr))
+        }
+    });
+    let created = Command::new(HERALD)
+        .args(["topic", "create", "events", "--partitions", "1", "--server"])
+        .arg(format!("http://127.0.0.1:{grpc_port}"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    assert!(data_dir.join("topics").join("events").is_dir());
+    process.signal("TERM");
+    let exited = process.wait();
+    assert!(exited.status.success());
+    common::assert_no_panic(&exited.log, "herald serve");
+}
+
+/// What a Dockerfile's last stage runs: its `ENV` pairs, `ENTRYPOINT`, `CMD` and
+/// `HEALTHCHECK ... CMD`, from the exec (JSON array) forms the Dockerfile uses.
+struct RuntimeStage {
+    env: Vec<(String, String)>,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    healthcheck: Vec<String>,
+}
+
+impl RuntimeStage {
+    fn parse(dockerfile: &str) -> RuntimeStage {
+        // Instructions: continuation lines joined, comments dropped.
+        let mut instructions: Vec<String> = Vec::new();
+        let mut current = String::new();
+        for line in dockerfile.lines() {
+            let line = line.trim();
+            if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+                continue;
+            }
+            match line.strip_suffix('\\') {
+                Some(part) => current.push_str(part),
+                None => {
+                    current.push_str(line);
+                    instructions.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        let last_from = instructions
+            .iter()
+            .rposition(|i| i.starts_with("FROM "))
+            .expect("a FROM");
+        let json = |text: &str| -> Vec<String> {
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text}: {e}"))
+        };
+        let mut stage = RuntimeStage {
+            env: Vec::new(),
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            healthcheck: Vec::new(),
+        };
+        for instruction in &instructions[last_from..] {
+            let (word, rest) = instruction.split_once(' ').unwrap_or((instruction, ""));
+            match word {
+                "ENV" => stage.env.extend(rest.split_whitespace().map(|pair| {
+                    let (k, v) = pair.split_once('=').expect("ENV KEY=VALUE");
+                    (k.to_owned(), v.to_owned())
+                })),
+                "ENTRYPOINT" => stage.entrypoint = json(rest),
+                "CMD" => stage.cmd = json(rest),
+                "HEALTHCHECK" => {
+                    let (_, command) = rest.split_once(" CMD ").expect("HEALTHCHECK ... CMD");
+                    stage.healthcheck = json(command);
+                }
+                _ => {}
+            }
+        }
+        stage
+    }
+}
