@@ -8,11 +8,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use common::cluster::{TestCluster, create, eventually, has_topic};
 use common::pki::{Ca, Leaf, Validity};
-use common::{assert_no_broker_panics, record_panics, test_config};
+use common::test_config;
 use herald_broker::cluster::ClusterSettings;
 use herald_broker::cluster::network::peer_client;
 use herald_broker::cluster::peer_tls::PeerTls;
@@ -20,19 +22,8 @@ use herald_broker::server::Broker;
 use herald_proto::HeraldClient;
 use herald_proto::peer::peer_client::PeerClient;
 use herald_proto::peer::{Group, RaftRequest};
-use herald_proto::v1;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-/// Generous: elections take about a second, but CI machines are slow and shared.
-const WAIT: Duration = Duration::from_secs(30);
-
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
 
 /// `settings` with peer TLS from `node`'s files and the cluster CA, written into `dir`.
 fn with_peer_tls(
@@ -49,108 +40,42 @@ fn with_peer_tls(
 }
 
 /// Starts `n` nodes with peer TLS. Node 1's peer address is an IP address; the others'
-/// are `localhost`, so both kinds of name are checked against the certificates.
-async fn start_cluster(root: &Path, ca: &Ca, n: u64) -> Vec<Broker> {
-    record_panics();
-    let ports = free_ports(2 * n as usize);
+/// are `localhost`, so both kinds of name are checked against the certificates. Node
+/// `id`'s certificate and key are in `tls-{id}` beside the data dirs.
+async fn start_cluster(ca: &Arc<Ca>, n: u64) -> TestCluster {
     let peer_host = |id: u64| if id == 1 { "127.0.0.1" } else { "localhost" };
-    let members = (1..=n)
-        .map(|id| {
-            let i = (id - 1) as usize * 2;
-            format!(
-                "{id}={}@{}:{}",
-                ports[i],
-                peer_host(id),
-                ports[i + 1].port()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut brokers = Vec::new();
-    for id in 1..=n {
-        let i = (id - 1) as usize * 2;
-        let dir = root.join(format!("node{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut config = test_config(&dir.join("data"));
-        config.listen = ports[i];
-        let node = ca.node(id, &[peer_host(id)]);
-        config.cluster = Some(with_peer_tls(
-            ClusterSettings::new(id, ports[i + 1], members.clone()),
-            &dir,
-            ca,
-            &node,
-        ));
-        brokers.push(Broker::start(config, false).await.expect("node starts"));
-    }
-    brokers
+    let ca = ca.clone();
+    TestCluster::start_with(
+        n,
+        peer_host,
+        Box::new(move |spec, config| {
+            let dir = tls_dir(spec.dir.parent().unwrap(), spec.id);
+            std::fs::create_dir_all(&dir).unwrap();
+            let node = ca.node(spec.id, &[peer_host(spec.id)]);
+            let settings = config.cluster.take().unwrap();
+            config.cluster = Some(with_peer_tls(settings, &dir, &ca, &node));
+        }),
+    )
+    .await
 }
 
-/// Waits until every node names the same leader.
-async fn leader(brokers: &[Broker]) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let leaders: Vec<Option<u64>> = brokers
-            .iter()
-            .map(|b| {
-                b.cluster
-                    .as_ref()
-                    .unwrap()
-                    .raft()
-                    .metrics()
-                    .borrow()
-                    .current_leader
-            })
-            .collect();
-        if let Some(Some(first)) = leaders.first()
-            && leaders.iter().all(|l| *l == Some(*first))
-        {
-            return *first;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreed leader; seen {leaders:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !probe() {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+fn tls_dir(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("tls-{id}"))
 }
 
 async fn create_topic(broker: &Broker, name: &str) {
-    HeraldClient::connect(format!("http://{}", broker.addr))
+    let mut client = HeraldClient::connect(format!("http://{}", broker.addr))
         .await
-        .unwrap()
-        .create_topic(v1::CreateTopicRequest {
-            name: name.into(),
-            partitions: 3,
-            config: None,
-        })
-        .await
-        .expect("topic created");
-}
-
-fn has_topic(broker: &Broker, topic: &str) -> bool {
-    broker
-        .cluster
-        .as_ref()
-        .unwrap()
-        .metadata()
-        .topics
-        .contains_key(topic)
+        .unwrap();
+    create(&mut client, name, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_over_mutual_tls_elect_a_leader_and_share_topics() {
-    let root = tempfile::tempdir().unwrap();
-    let ca = Ca::new("cluster CA");
-    let brokers = start_cluster(root.path(), &ca, 3).await;
-    let leader = leader(&brokers).await;
+    let ca = Arc::new(Ca::new("cluster CA"));
+    let cluster = start_cluster(&ca, 3).await;
+    let leader = cluster.leader().await;
+    let brokers: Vec<&Broker> = cluster.running().collect();
     // Through a follower: the change is forwarded to the leader over the peer port.
     let follower = brokers
         .iter()
@@ -166,11 +91,11 @@ async fn three_nodes_over_mutual_tls_elect_a_leader_and_share_topics() {
     for broker in &brokers {
         broker.reload().expect("peer TLS reloads");
     }
-    let node3 = root.path().join("node3").join("node-3.pem");
+    let node3 = tls_dir(cluster.root(), 3).join("node-3.pem");
     std::fs::write(&node3, "not a certificate").unwrap();
     let refused = brokers[2].reload().unwrap_err().to_string();
     assert!(refused.contains("node-3.pem"), "{refused}");
-    create_topic(&brokers[2], "after-reload").await;
+    create_topic(brokers[2], "after-reload").await;
     for broker in &brokers {
         eventually("every node holds the second topic", || {
             has_topic(broker, "after-reload")
@@ -178,10 +103,7 @@ async fn three_nodes_over_mutual_tls_elect_a_leader_and_share_topics() {
         .await;
     }
 
-    for broker in brokers {
-        broker.shutdown().await.expect("node stops cleanly");
-    }
-    assert_no_broker_panics();
+    cluster.shutdown().await;
 }
 
 /// A Vote carrying bytes that are not a vote: a node that reads it answers
@@ -214,13 +136,13 @@ fn tls_endpoint(addr: SocketAddr, ca: &Ca, identity: Option<&Leaf>) -> Endpoint 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_port_hears_only_nodes_of_the_cluster_ca() {
-    let root = tempfile::tempdir().unwrap();
-    let ca = Ca::new("cluster CA");
-    let brokers = start_cluster(root.path(), &ca, 1).await;
-    let peer = brokers[0].cluster.as_ref().unwrap().peer_addr;
+    let ca = Arc::new(Ca::new("cluster CA"));
+    let cluster = start_cluster(&ca, 1).await;
+    let peer = cluster.node(1).cluster.as_ref().unwrap().peer_addr;
     // A cluster of one elects itself; its term stays unless a vote gets through.
-    leader(&brokers).await;
-    let term_before = brokers[0]
+    cluster.leader().await;
+    let term_before = cluster
+        .node(1)
         .cluster
         .as_ref()
         .unwrap()
@@ -277,7 +199,7 @@ async fn the_peer_port_hears_only_nodes_of_the_cluster_ca() {
     }
     // A node's own calls check the name: node 1's certificate names 127.0.0.1, so a
     // node that dials it as `localhost` refuses the handshake.
-    let dir = root.path().join("node2");
+    let dir = tls_dir(cluster.root(), 2);
     std::fs::create_dir_all(&dir).unwrap();
     let settings = with_peer_tls(
         ClusterSettings::new(2, "127.0.0.1:0".parse().unwrap(), String::new()),
@@ -306,7 +228,8 @@ async fn the_peer_port_hears_only_nodes_of_the_cluster_ca() {
         "a certificate for another name was accepted: {status:?}"
     );
 
-    let metrics = brokers[0]
+    let metrics = cluster
+        .node(1)
         .cluster
         .as_ref()
         .unwrap()
@@ -315,11 +238,7 @@ async fn the_peer_port_hears_only_nodes_of_the_cluster_ca() {
         .borrow()
         .clone();
     assert_eq!(metrics.current_term, term_before, "no vote was counted");
-
-    for broker in brokers {
-        broker.shutdown().await.expect("node stops cleanly");
-    }
-    assert_no_broker_panics();
+    cluster.shutdown().await;
 }
 
 #[tokio::test]

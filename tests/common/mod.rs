@@ -3,6 +3,7 @@
 //! `client_*` tests).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pki;
 pub mod rpc;
 
