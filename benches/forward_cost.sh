@@ -71,26 +71,8 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK" "$ROUNDS" <<'PY'
-import json, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
-def runs(kind, mode):
-    return [json.load(open(f"{work}/{kind}-{mode}-{r}.json")) for r in range(1, rounds + 1)]
-rows = [
-    ("publish throughput (records/s)", "thr", lambda s: s["produced"]["msgs_per_s"]),
-    ("CPU of the 3 nodes (µs/record)", "thr", lambda s: s["broker_cpu"]["produce_us_per_record"]),
-    ("publish p50 at 10k/s (µs)", "lat", lambda s: s["publish_latency_us"]["p50"]),
-    ("publish p99 at 10k/s (µs)", "lat", lambda s: s["publish_latency_us"]["p99"]),
-]
-print(f"{'metric':34} {'direct':>12} {'forwarded':>12} {'fwd/direct':>10}   runs direct | forwarded")
-for name, kind, get in rows:
-    d = [get(s) for s in runs(kind, "direct")]
-    f = [get(s) for s in runs(kind, "forwarded")]
-    md, mf = statistics.median(d), statistics.median(f)
-    fmt = (lambda v: f"{v:,.2f}") if md < 100 else (lambda v: f"{v:,.0f}")
-    print(f"{name:34} {fmt(md):>12} {fmt(mf):>12} {mf / md:>10.2f}   "
-          f"{' / '.join(fmt(v) for v in d)} | {' / '.join(fmt(v) for v in f)}")
-bad = [f"{k}-{m}-{r}" for k in ("thr", "lat") for m in ("direct", "forwarded") for r, s in enumerate(runs(k, m), 1) if not s["ok"]]
-if bad:
-    print("runs with errors:", ", ".join(bad))
-PY
+python3 "$ROOT/benches/ab_table.py" "$WORK" "$ROUNDS" direct:direct forwarded:forwarded \
+  'publish throughput (records/s)|thr|produced.msgs_per_s' \
+  'CPU of the 3 nodes (µs/record)|thr|broker_cpu.produce_us_per_record' \
+  'publish p50 at 10k/s (µs)|lat|publish_latency_us.p50' \
+  'publish p99 at 10k/s (µs)|lat|publish_latency_us.p99'

@@ -59,25 +59,8 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK" "$ROUNDS" <<'PY'
-import json, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
-def runs(kind, mode):
-    return [json.load(open(f"{work}/{kind}-{mode}-{r}.json")) for r in range(1, rounds + 1)]
-rows = [
-    ("publish throughput (records/s)", "thr", lambda s: s["produced"]["msgs_per_s"]),
-    ("consume throughput (records/s)", "thr", lambda s: s["consumed"]["msgs_per_s"]),
-    ("publish p99 at 10k/s (µs)", "lat", lambda s: s["publish_latency_us"]["p99"]),
-    ("publish-to-delivery p99 at 10k/s (µs)", "lat", lambda s: s["e2e_latency_us"]["p99"]),
-]
-print(f"{'metric':40} {'plaintext':>12} {'TLS+token':>12} {'TLS/plain':>9}   runs plain | tls")
-for name, kind, get in rows:
-    plain = [get(s) for s in runs(kind, "plain")]
-    tls = [get(s) for s in runs(kind, "tls")]
-    p, t = statistics.median(plain), statistics.median(tls)
-    print(f"{name:40} {p:>12,.0f} {t:>12,.0f} {t / p:>9.2f}   "
-          f"{' / '.join(f'{v:,.0f}' for v in plain)} | {' / '.join(f'{v:,.0f}' for v in tls)}")
-bad = [f"{k}-{m}-{r}" for k in ("thr", "lat") for m in ("plain", "tls") for r, s in enumerate(runs(k, m), 1) if not s["ok"]]
-if bad:
-    print("runs with errors or lost records:", ", ".join(bad))
-PY
+python3 "$ROOT/benches/ab_table.py" "$WORK" "$ROUNDS" plain:plaintext tls:TLS+token \
+  'publish throughput (records/s)|thr|produced.msgs_per_s' \
+  'consume throughput (records/s)|thr|consumed.msgs_per_s' \
+  'publish p99 at 10k/s (µs)|lat|publish_latency_us.p99' \
+  'publish-to-delivery p99 at 10k/s (µs)|lat|e2e_latency_us.p99'
