@@ -12,10 +12,12 @@ use herald_client::{ProducerConfig, Record};
 async fn send_waits_when_the_buffer_is_full() {
     let t = common::start_with_client().await;
     t.create_topic("slow", 1).await;
-    // Nothing leaves before a flush: a long linger and a large batch.
+    // Nothing leaves before a flush: a long fixed linger (a record for an idle partition
+    // would otherwise be sent at once) and a large batch.
     let producer = t.client.producer(
         ProducerConfig::new("slow")
             .linger(Duration::from_secs(60))
+            .send_when_idle(false)
             .batch_bytes(1024 * 1024)
             .max_buffered_bytes(10_000),
     );

@@ -3,7 +3,9 @@
 //! - [`Client`]: one connection (an HTTP/2 channel) to a broker; cheap to clone.
 //! - [`Admin`]: topics and consumer groups (create, describe, list, delete, seek, redrive).
 //! - [`Producer`]: batched, pipelined publishing with bounded memory, in the storage batch
-//!   format (the broker's fast path).
+//!   format (the broker's fast path). Batching adapts to the load by default: a record for
+//!   a partition with nothing in flight is sent at once, records arriving while a batch is
+//!   in flight are batched behind it ([`ProducerConfig::send_when_idle`]).
 //! - [`Consumer`]: a member of a consumer group; its [`Subscription`] is a stream of
 //!   [`Message`]s to ack, nack or extend, rejoined automatically after a broker restart
 //!   (at-least-once delivery).

@@ -9,6 +9,14 @@
 //! `max_in_flight` batches in all at a time. When a batch is acked, its records'
 //! [`Delivery`] futures resolve and their bytes return to the budget.
 //!
+//! Adaptive batching (`send_when_idle`, the default). A partition with nothing queued or
+//! in flight has its batch sealed as soon as the task has taken the records that arrived
+//! together, so a record at a low rate costs one round trip instead of `linger` (5 ms,
+//! plus up to 1 ms of timer granularity). While a batch of the partition is in flight,
+//! later records batch behind it and are sent when it is acked (or `linger` passes, or
+//! the batch is full): the busier the partition, the bigger its batches, with no setting
+//! to tune and within the same `batch_bytes`, `max_in_flight` and byte-budget bounds.
+//!
 //! Ordering and retries. Because a partition has at most one batch in flight, a batch
 //! that fails with `UNAVAILABLE` (or whose stream breaks) is retried, with exponential
 //! backoff, before any later batch of that partition is sent: a key's records are never
