@@ -18,6 +18,7 @@
 pub mod forward;
 pub mod log_store;
 pub mod network;
+pub mod partition;
 pub mod peer_service;
 pub mod peer_tls;
 pub mod placement;
