@@ -148,6 +148,10 @@ impl ReplicaLog {
         self.writer.reader()
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn state(&self) -> &RaftState {
         &self.state
     }
