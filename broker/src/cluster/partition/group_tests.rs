@@ -414,3 +414,128 @@ async fn a_message_for_a_group_the_node_lacks_is_not_found() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     h.shutdown().await;
 }
+
+/// CPU time this process has used (user + system), from `/proc/self/stat` (clock ticks
+/// of 10 ms: Linux's USER_HZ is 100).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU used over `window` while the cluster idles, as a fraction of one core.
+async fn idle_share(window: Duration) -> f64 {
+    let (cpu, at) = (process_cpu(), Instant::now());
+    tokio::time::sleep(window).await;
+    (process_cpu() - cpu).as_secs_f64() / at.elapsed().as_secs_f64()
+}
+
+/// Measures what an idle partition replica costs: three nodes in this process, first
+/// with one partition group, then with `PARTITION_GROUPS` (default 100) more, each with
+/// a replica on every node and their leaders spread over the nodes.
+/// `cargo test --release -p herald-broker --lib idle_cpu -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn idle_cpu_of_partition_replicas() {
+    let extra: u32 = std::env::var("PARTITION_GROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let window = Duration::from_secs(10);
+    let h = Harness::new(3).await;
+    h.leader().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base = idle_share(window).await;
+
+    let mut groups = Vec::new();
+    for node in &h.nodes {
+        let (cluster, _) = node.running.as_ref().unwrap();
+        for p in 0..extra {
+            let dir = node.dir.join(format!("idle-{p}"));
+            let group =
+                PartitionGroup::start(&cluster.partition_context(), "idle", p, dir, log_config())
+                    .await
+                    .unwrap();
+            groups.push((node.id, p, group));
+        }
+    }
+    for (id, p, group) in &groups {
+        if u64::from(*p % 3) + 1 == *id {
+            group.initialize(h.members.clone()).await.unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while groups.iter().any(|(_, _, g)| g.leader().is_none()) {
+        assert!(Instant::now() < deadline, "groups without a leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let loaded = idle_share(window).await;
+    let replicas = 3 * extra as usize;
+    println!(
+        "idle CPU: base (3 nodes, 1 group) {:.2}% of a core; with {extra} more groups ({replicas} replicas) {:.2}%; per replica {:.1} µs/s ({:.4}% of a core); heartbeat {} ms",
+        base * 100.0,
+        loaded * 100.0,
+        (loaded - base) / replicas as f64 * 1e6,
+        (loaded - base) / replicas as f64 * 100.0,
+        super::group::HEARTBEAT_INTERVAL_MS
+    );
+    for (_, _, group) in groups {
+        group.shutdown().await;
+    }
+    h.shutdown().await;
+}
+
+/// Replicated append throughput of one partition group: `BATCHES` (default 1,000)
+/// batches of 1,000 records of 100 bytes, proposed to the leader `CONCURRENCY` (default
+/// 8) at a time, each answered once a quorum has it durable (fsync always on every
+/// replica) and the leader has applied it.
+/// `cargo test --release -p herald-broker --lib replicated_append -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn replicated_append_throughput() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (batches, concurrency) = (env("BATCHES", 1000), env("CONCURRENCY", 8));
+    let h = Harness::new(3).await;
+    let leader = h.leader().await;
+    let mut b = BatchBuilder::with_capacity(128 * 1024);
+    let value = [7u8; 100];
+    for _ in 0..1000 {
+        b.push(&Record {
+            timestamp: 1_000,
+            key: None,
+            value: &value,
+            headers: &[],
+        });
+    }
+    let bytes = b.finish();
+    let group = h.group(leader);
+    let started = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || async {
+        while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < batches {
+            group.append(bytes.clone()).await.unwrap();
+        }
+    };
+    futures::future::join_all((0..concurrency).map(|_| worker())).await;
+    let elapsed = started.elapsed();
+    let records = batches as f64 * 1000.0;
+    println!(
+        "replicated append: {batches} batches of 1000 x 100 B ({} B each), {concurrency} in flight, 3 replicas: {:.2} s, {:.0} batches/s, {:.0} records/s, {:.1} MB/s of batches",
+        bytes.len(),
+        elapsed.as_secs_f64(),
+        batches as f64 / elapsed.as_secs_f64(),
+        records / elapsed.as_secs_f64(),
+        (batches * bytes.len()) as f64 / elapsed.as_secs_f64() / 1e6
+    );
+    h.caught_up(group.reader().high_watermark()).await;
+    h.shutdown().await;
+}
