@@ -381,6 +381,8 @@ pub struct Cluster {
     local: Arc<LocalService>,
     /// The partition groups this node holds a replica of, for the peer port.
     partitions: Arc<partition::PartitionRafts>,
+    /// Peer connections shared by this node's partition groups.
+    partition_channels: Arc<partition::network::PeerChannels>,
 }
 
 impl Cluster {
@@ -506,6 +508,7 @@ impl Cluster {
             server: std::sync::Mutex::new(Some(server)),
             local,
             partitions,
+            partition_channels: Arc::default(),
         }))
     }
 
@@ -526,6 +529,7 @@ impl Cluster {
             health: self.health.clone(),
             tls: self.tls.clone(),
             rafts: self.partitions.clone(),
+            channels: self.partition_channels.clone(),
         }
     }
 

@@ -173,10 +173,21 @@ impl Peer {
         health: Arc<Health>,
         route: Route,
     ) -> Peer {
+        Peer::with_client(from, to, peer_client(&node.peer, tls), health, route)
+    }
+
+    /// A connection over `client`, which may be shared (a tonic channel multiplexes).
+    pub(crate) fn with_client(
+        from: NodeId,
+        to: NodeId,
+        client: Result<PeerClient<Channel>, String>,
+        health: Arc<Health>,
+        route: Route,
+    ) -> Peer {
         Peer {
             from,
             to,
-            client: peer_client(&node.peer, tls),
+            client,
             health,
             route,
         }

@@ -103,6 +103,7 @@ impl PartitionGroup {
             partition,
             health: context.health.clone(),
             tls: context.tls.clone(),
+            channels: context.channels.clone(),
         };
         let raft = Raft::new(
             context.node_id,

@@ -45,4 +45,6 @@ pub struct GroupContext {
     pub health: Arc<Health>,
     pub tls: Option<Arc<PeerTls>>,
     pub rafts: Arc<PartitionRafts>,
+    /// The node's connections to its peers, shared by its partition groups.
+    pub channels: Arc<network::PeerChannels>,
 }

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
+use herald_proto::peer::peer_client::PeerClient;
 use openraft::RPCTypes;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -14,9 +16,16 @@ use openraft::raft::{
 };
 
 use super::types::PartTypes;
-use crate::cluster::network::{Health, Peer, PeerResult, Route};
+use tonic::transport::Channel;
+
+use crate::cluster::network::{Health, Peer, PeerResult, Route, peer_client};
 use crate::cluster::peer_tls::PeerTls;
 use crate::cluster::types::{NodeAddr, NodeId};
+
+/// Peer connections shared by every partition group of a node: one HTTP/2 connection
+/// per peer address carries all their messages (a tonic channel multiplexes), instead of
+/// one per group.
+pub type PeerChannels = DashMap<String, PeerClient<Channel>>;
 
 /// Makes a [`Peer`] per target node for one partition group.
 pub struct PartNetwork {
@@ -25,17 +34,23 @@ pub struct PartNetwork {
     pub partition: u32,
     pub health: Arc<Health>,
     pub tls: Option<Arc<PeerTls>>,
+    pub channels: Arc<PeerChannels>,
 }
 
 impl RaftNetworkFactory<PartTypes> for PartNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Peer {
-        Peer::new(
+        let client = match self.channels.get(&node.peer) {
+            Some(client) => Ok(client.clone()),
+            None => peer_client(&node.peer, self.tls.as_deref()).inspect(|client| {
+                self.channels.insert(node.peer.clone(), client.clone());
+            }),
+        };
+        Peer::with_client(
             self.node_id,
             target,
-            node,
-            self.tls.as_deref(),
+            client,
             self.health.clone(),
             Route::Partition {
                 topic: self.topic.clone(),
