@@ -115,6 +115,7 @@ async fn vote(channel: Channel) -> Result<(), tonic::Status> {
             from: 2,
             group: Group::Metadata as i32,
             payload: vec![0xff; 16].into(),
+            ..Default::default()
         })
         .await
         .map(|_| ())
@@ -219,6 +220,7 @@ async fn the_peer_port_hears_only_nodes_of_the_cluster_ca() {
         from: 2,
         group: Group::Metadata as i32,
         payload: vec![0xff; 16].into(),
+        ..Default::default()
     };
     let status = by_name("127.0.0.1").vote(request()).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

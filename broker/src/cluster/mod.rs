@@ -18,6 +18,7 @@
 pub mod forward;
 pub mod log_store;
 pub mod network;
+pub mod partition;
 pub mod peer_service;
 pub mod peer_tls;
 pub mod placement;
@@ -378,6 +379,10 @@ pub struct Cluster {
     forwarder: Forwarder,
     /// This node's handling of requests forwarded to it, once the gRPC service exists.
     local: Arc<LocalService>,
+    /// The partition groups this node holds a replica of, for the peer port.
+    partitions: Arc<partition::PartitionRafts>,
+    /// Peer connections shared by this node's partition groups.
+    partition_channels: Arc<partition::network::PeerChannels>,
 }
 
 impl Cluster {
@@ -443,12 +448,14 @@ impl Cluster {
         let message_max =
             PEER_MAX_MESSAGE_BYTES.max(registry.config().max_batch_bytes + FORWARD_OVERHEAD_BYTES);
         let local: Arc<LocalService> = Arc::default();
+        let partitions: Arc<partition::PartitionRafts> = Arc::default();
         let service = PeerServer::new(PeerService {
             node_id,
             raft: raft.clone(),
             health: health.clone(),
             local: local.clone(),
             view: view.clone(),
+            partitions: partitions.clone(),
         })
         .max_decoding_message_size(message_max)
         .max_encoding_message_size(message_max);
@@ -500,6 +507,8 @@ impl Cluster {
             stop,
             server: std::sync::Mutex::new(Some(server)),
             local,
+            partitions,
+            partition_channels: Arc::default(),
         }))
     }
 
@@ -511,6 +520,17 @@ impl Cluster {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// What a partition group on this node needs to reach its peers and be reached.
+    pub fn partition_context(&self) -> partition::GroupContext {
+        partition::GroupContext {
+            node_id: self.node_id,
+            health: self.health.clone(),
+            tls: self.tls.clone(),
+            rafts: self.partitions.clone(),
+            channels: self.partition_channels.clone(),
+        }
     }
 
     /// The applied metadata, read without a lock.
@@ -636,6 +656,7 @@ impl Cluster {
             from: self.node_id,
             group: Group::Metadata as i32,
             payload: Bytes::from(payload),
+            ..Default::default()
         };
         match tokio::time::timeout(PEER_CALL_TIMEOUT, client.forward(request)).await {
             Err(_) => ForwardOutcome::Unsure(format!(

@@ -120,16 +120,29 @@ impl RaftNetworkFactory<MetaTypes> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Peer {
-        Peer {
-            from: self.node_id,
-            to: target,
-            client: peer_client(&node.peer, self.tls.as_deref()),
-            health: self.health.clone(),
-        }
+        Peer::new(
+            self.node_id,
+            target,
+            node,
+            self.tls.as_deref(),
+            self.health.clone(),
+            Route::Metadata,
+        )
     }
 }
 
-/// openraft's connection to one node.
+/// The consensus group a peer's messages are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Metadata,
+    /// The group of one partition (see `partition`).
+    Partition {
+        topic: String,
+        partition: u32,
+    },
+}
+
+/// openraft's connection to one node, for one group.
 pub struct Peer {
     from: NodeId,
     to: NodeId,
@@ -137,10 +150,11 @@ pub struct Peer {
     /// unreachable.
     client: Result<PeerClient<Channel>, String>,
     health: Arc<Health>,
+    route: Route,
 }
 
 /// Why a peer call failed before the peer answered.
-enum CallError {
+pub(crate) enum CallError {
     Unreachable(String),
     Timeout(Duration),
     Codec(String),
@@ -151,7 +165,40 @@ enum CallError {
 struct Message(String);
 
 impl Peer {
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub(crate) fn new(
+        from: NodeId,
+        to: NodeId,
+        node: &NodeAddr,
+        tls: Option<&PeerTls>,
+        health: Arc<Health>,
+        route: Route,
+    ) -> Peer {
+        Peer::with_client(from, to, peer_client(&node.peer, tls), health, route)
+    }
+
+    /// A connection over `client`, which may be shared (a tonic channel multiplexes).
+    pub(crate) fn with_client(
+        from: NodeId,
+        to: NodeId,
+        client: Result<PeerClient<Channel>, String>,
+        health: Arc<Health>,
+        route: Route,
+    ) -> Peer {
+        Peer {
+            from,
+            to,
+            client,
+            health,
+            route,
+        }
+    }
+
+    /// The node this connection reaches.
+    pub(crate) fn target(&self) -> NodeId {
+        self.to
+    }
+
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         rpc: RPCTypes,
         request: &Req,
@@ -167,11 +214,17 @@ impl Peer {
             .as_mut()
             .map_err(|e| CallError::Unreachable(e.clone()))?;
         let payload = bincode::serialize(request).map_err(|e| CallError::Codec(e.to_string()))?;
+        let (group, topic, partition) = match &self.route {
+            Route::Metadata => (Group::Metadata, String::new(), 0),
+            Route::Partition { topic, partition } => (Group::Partition, topic.clone(), *partition),
+        };
         let message = RaftRequest {
             to: self.to,
             from: self.from,
-            group: Group::Metadata as i32,
+            group: group as i32,
             payload: Bytes::from(payload),
+            topic,
+            partition,
         };
         let deadline = deadline.min(PEER_CALL_TIMEOUT);
         let call = async {
@@ -190,7 +243,7 @@ impl Peer {
         bincode::deserialize(&reply.payload).map_err(|e| CallError::Codec(e.to_string()))
     }
 
-    fn rpc_error<E: std::error::Error>(
+    pub(crate) fn rpc_error<E: std::error::Error>(
         &self,
         rpc: RPCTypes,
         error: CallError,
@@ -208,7 +261,7 @@ impl Peer {
     }
 }
 
-type PeerResult<T, E = openraft::error::Infallible> =
+pub(crate) type PeerResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
 
 impl RaftNetwork<MetaTypes> for Peer {

@@ -15,6 +15,8 @@ use tonic::{Request, Response, Status};
 
 use super::forward::{FetchStream, ForwardedRequests, LocalService};
 use super::network::Health;
+use super::partition::PartitionRafts;
+use super::partition::types::PartTypes;
 use super::types::{MetaRequest, MetaState, MetaTypes, NodeId};
 use super::{ForwardOutcome, write_locally};
 
@@ -30,13 +32,56 @@ pub struct PeerService {
     pub local: Arc<LocalService>,
     /// The applied metadata (what a removal is checked against).
     pub view: Arc<arc_swap::ArcSwap<MetaState>>,
+    /// The partition groups this node holds a replica of.
+    pub partitions: Arc<PartitionRafts>,
+}
+
+/// The Raft a request is for.
+enum Target {
+    Metadata,
+    Partition(Raft<PartTypes>),
 }
 
 impl PeerService {
+    /// Checks the envelope of a Raft message for either kind of group, finds its Raft and
+    /// returns it with the payload.
+    fn route(&self, request: Request<RaftRequest>) -> Result<(Target, Bytes), Status> {
+        self.check_reachable()?;
+        let request = request.into_inner();
+        if request.group != Group::Partition as i32 {
+            return self
+                .open_metadata(request)
+                .map(|r| (Target::Metadata, r.payload));
+        }
+        if request.to != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {}: the sender's address for node {} is stale",
+                self.node_id, request.to, request.to
+            )));
+        }
+        let raft = self
+            .partitions
+            .get(&(request.topic.clone(), request.partition))
+            .map(|r| r.value().clone())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {} holds no replica group of topic {:?} partition {}",
+                    self.node_id, request.topic, request.partition
+                ))
+            })?;
+        self.health.heard(request.from);
+        Ok((Target::Partition(raft), request.payload))
+    }
+
     /// Checks the envelope and decodes its payload.
     fn open<T: DeserializeOwned>(&self, request: Request<RaftRequest>) -> Result<T, Status> {
         self.check_reachable()?;
-        let request = request.into_inner();
+        let request = self.open_metadata(request.into_inner())?;
+        decode(&request.payload)
+    }
+
+    /// Checks the envelope of a metadata group message.
+    fn open_metadata(&self, request: RaftRequest) -> Result<RaftRequest, Status> {
         if request.to != self.node_id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {}: the sender's address for node {} is stale",
@@ -50,9 +95,13 @@ impl PeerService {
             )));
         }
         self.health.heard(request.from);
-        bincode::deserialize(&request.payload)
-            .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
+        Ok(request)
     }
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
 }
 
 impl PeerService {
@@ -116,21 +165,35 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let rpc = self.open(request)?;
-        reply(&self.raft.append_entries(rpc).await)
+        match self.route(request)? {
+            (Target::Metadata, payload) => {
+                reply(&self.raft.append_entries(decode(&payload)?).await)
+            }
+            (Target::Partition(raft), payload) => {
+                reply(&raft.append_entries(decode(&payload)?).await)
+            }
+        }
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let rpc = self.open(request)?;
-        reply(&self.raft.vote(rpc).await)
+        match self.route(request)? {
+            (Target::Metadata, payload) => reply(&self.raft.vote(decode(&payload)?).await),
+            (Target::Partition(raft), payload) => reply(&raft.vote(decode(&payload)?).await),
+        }
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let rpc = self.open(request)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        match self.route(request)? {
+            (Target::Metadata, payload) => {
+                reply(&self.raft.install_snapshot(decode(&payload)?).await)
+            }
+            (Target::Partition(raft), payload) => {
+                reply(&raft.install_snapshot(decode(&payload)?).await)
+            }
+        }
     }
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

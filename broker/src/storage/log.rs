@@ -411,9 +411,22 @@ impl LogWriter {
     /// A batch of an idempotent producer that this partition already stored is not
     /// appended again: the answer is the offsets it got the first time (see `producers`).
     pub fn append(&mut self, batch: ValidBatch<'_>) -> Result<Appended> {
+        self.append_checked(batch, true)
+    }
+
+    /// Appends the batch as it is, without the duplicate checks of idempotent producers
+    /// and message ids: those read the clock and this node's tables, and a replicated
+    /// partition's followers must store exactly what their leader stored (its leader
+    /// decides once, before it proposes). The tables still learn the batch.
+    pub fn append_verbatim(&mut self, batch: ValidBatch<'_>) -> Result<Appended> {
+        self.append_checked(batch, false)
+    }
+
+    fn append_checked(&mut self, batch: ValidBatch<'_>, dedup: bool) -> Result<Appended> {
         self.check_poisoned()?;
         let producer = batch.producer();
-        if let Some(stamp) = producer
+        if dedup
+            && let Some(stamp) = producer
             && let Check::Duplicate(first) =
                 self.producers.check(stamp, batch.header().record_count)?
         {
@@ -425,7 +438,8 @@ impl LogWriter {
             .first_msg_id()
             .filter(|_| producer.is_none() && self.msg_ids.enabled());
         let now = msg_id.map(|_| now_ms());
-        if let (Some(id), Some(now)) = (msg_id, now)
+        if dedup
+            && let (Some(id), Some(now)) = (msg_id, now)
             && let Some(first) = self.msg_ids.check(id, now)
         {
             WriterStats::add(&self.stats.duplicates, 1);
@@ -651,8 +665,15 @@ impl LogWriter {
             return Ok(());
         }
         let (i, position) = self.boundary("withhold", offset)?;
+        // A sealed segment keeps its whole length (see `publish_to`): the cut and reads
+        // from the writer's side find its batches by it.
+        let bytes = if i + 1 == self.segments.len() {
+            position
+        } else {
+            self.segments[i].committed_len()
+        };
         self.handoff
-            .publish_commit(&self.segments[i], position, offset);
+            .publish_commit(&self.segments[i], bytes, offset);
         self.committed_offset = offset;
         Ok(())
     }
@@ -764,6 +785,29 @@ impl LogWriter {
         self.rebuild_msg_ids();
         tracing::info!(dir = %self.dir.display(), offset, batches = batches.len(), segments = later.len(), "cut the log's unpublished tail");
         Ok(())
+    }
+
+    /// The bytes of the appended batch that starts at `offset`, published or not (base
+    /// offset stamped): what a replicated partition's leader sends a follower, which may
+    /// be past the high watermark. A copy, read from the writer's side.
+    pub fn batch_at(&self, offset: u64) -> Result<Vec<u8>> {
+        let (i, position) = self.boundary("read", offset)?;
+        let segment = &self.segments[i];
+        let end = if i + 1 == self.segments.len() {
+            self.write_pos
+        } else {
+            segment.committed_len()
+        };
+        match segment.header_at(position, end) {
+            Some(header)
+                if header.batch_len > 0 && position + u64::from(header.batch_len) <= end =>
+            {
+                Ok(segment
+                    .bytes(position, position + u64::from(header.batch_len))
+                    .to_vec())
+            }
+            _ => Err(self.bad_boundary("read", offset, "no appended batch starts there")),
+        }
     }
 
     /// Where a crash-safety test stops a cut (after this many zeroed batches); never in

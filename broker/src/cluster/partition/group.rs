@@ -1,0 +1,192 @@
+//! One replica of a partition group on this node: its replica thread, its openraft
+//! instance, and its place in the node's registry of partition rafts (what the peer port
+//! hands partition messages to).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, SnapshotPolicy};
+
+use super::network::PartNetwork;
+use super::replica::Replica;
+use super::store::{PartLogStore, PartStateMachine};
+use super::types::{PartAppended, PartBatch, PartTypes};
+use super::{GroupContext, PartitionRafts};
+use crate::cluster::types::{NodeAddr, NodeId};
+use crate::error::BrokerError;
+use crate::storage::{LogConfig, LogReader, batch};
+
+/// A partition group's leader heartbeat. Each idle group costs its leader one
+/// AppendEntries per follower per interval (see ARCHITECTURE for the measured cost).
+pub const HEARTBEAT_INTERVAL_MS: u64 = 200;
+/// A partition group's election timeout range: a follower stands for election 1.8 to
+/// 2.4 s after its leader's last heartbeat (openraft waits the range's maximum as the
+/// leader's lease, then a random time in the range).
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 1200);
+/// How long a leader waits for a proposed batch to commit before the caller is told the
+/// outcome is unknown.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(4);
+/// Entries one AppendEntries carries at most (their bytes are capped too, see `store`).
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
+/// Why a batch was not appended through the group.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("this replica does not lead the partition group (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+    #[error("the partition group failed: {0}")]
+    Failed(String),
+    #[error("the batch was proposed but not seen committed within {0:?}: it may still be")]
+    Unsure(Duration),
+}
+
+/// openraft's settings for partition groups.
+pub fn partition_config() -> Result<openraft::Config, BrokerError> {
+    openraft::Config {
+        cluster_name: "herald-partition".into(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MS.0,
+        election_timeout_max: ELECTION_TIMEOUT_MS.1,
+        // The state machine is the log: a snapshot would only let the log be purged,
+        // and nothing can yet send a lagging replica the segments it would then lack.
+        snapshot_policy: SnapshotPolicy::Never,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        ..openraft::Config::default()
+    }
+    .validate()
+    .map_err(|e| BrokerError::InvalidSettings(format!("partition group: {e}")))
+}
+
+/// This node's replica of one partition group.
+pub struct PartitionGroup {
+    topic: String,
+    partition: u32,
+    raft: Raft<PartTypes>,
+    replica: Arc<Replica>,
+    rafts: Arc<PartitionRafts>,
+    max_batch_bytes: usize,
+}
+
+impl PartitionGroup {
+    /// Opens the replica in `dir` (its segment log and journal, reconciled), starts its
+    /// Raft and registers it with the node's peer port.
+    pub async fn start(
+        context: &GroupContext,
+        topic: &str,
+        partition: u32,
+        dir: PathBuf,
+        config: LogConfig,
+    ) -> Result<PartitionGroup, BrokerError> {
+        let name = format!("topic {topic} partition {partition}");
+        let max_batch_bytes = config.segment_bytes as usize;
+        let (open_dir, open_name) = (dir.clone(), name.clone());
+        let replica =
+            tokio::task::spawn_blocking(move || Replica::open(open_dir, config, open_name))
+                .await
+                .map_err(|cause| BrokerError::TaskFailed {
+                    what: "opening a partition replica",
+                    cause,
+                })?
+                .map_err(|e| BrokerError::io(format!("opening the replica of {name}"), e))?;
+        let replica = Arc::new(replica);
+        let state_machine = PartStateMachine::open(replica.clone())
+            .await
+            .map_err(|e| BrokerError::io(format!("opening the replica of {name}"), e))?;
+        let network = PartNetwork {
+            node_id: context.node_id,
+            topic: topic.to_owned(),
+            partition,
+            health: context.health.clone(),
+            tls: context.tls.clone(),
+            channels: context.channels.clone(),
+        };
+        let raft = Raft::new(
+            context.node_id,
+            Arc::new(partition_config()?),
+            network,
+            PartLogStore::new(replica.clone()),
+            state_machine,
+        )
+        .await
+        .map_err(|e| {
+            BrokerError::io(
+                format!("starting the group of {name}"),
+                std::io::Error::other(e),
+            )
+        })?;
+        context
+            .rafts
+            .insert((topic.to_owned(), partition), raft.clone());
+        Ok(PartitionGroup {
+            topic: topic.to_owned(),
+            partition,
+            raft,
+            replica,
+            rafts: context.rafts.clone(),
+            max_batch_bytes,
+        })
+    }
+
+    /// Initialises the group with `members` as voters, unless it is initialised already
+    /// (one replica does this; the others learn the group from its messages).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, NodeAddr>) -> Result<(), BrokerError> {
+        let initialized =
+            self.raft.is_initialized().await.map_err(|e| {
+                BrokerError::io("reading a partition group", std::io::Error::other(e))
+            })?;
+        if !initialized {
+            self.raft.initialize(members).await.map_err(|e| {
+                BrokerError::io("initialising a partition group", std::io::Error::other(e))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Proposes `batch` (a whole storage batch, checked here) and answers where its
+    /// records are once the group has committed it and this replica applied it (so its
+    /// readers see them). Only the leader takes proposals.
+    pub async fn append(&self, batch: Vec<u8>) -> Result<PartAppended, AppendError> {
+        batch::validate(&batch, self.max_batch_bytes)
+            .map_err(|e| AppendError::Invalid(e.to_string()))?;
+        let write = self.raft.client_write(PartBatch::proposal(batch));
+        match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
+            Err(_) => Err(AppendError::Unsure(COMMIT_TIMEOUT)),
+            Ok(Ok(written)) => Ok(written.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to)))) => {
+                Err(AppendError::NotLeader {
+                    leader: to.leader_id,
+                })
+            }
+            Ok(Err(error)) => Err(AppendError::Failed(error.to_string())),
+        }
+    }
+
+    /// A lock-free reader of this replica's committed records.
+    pub fn reader(&self) -> LogReader {
+        self.replica.reader()
+    }
+
+    pub fn raft(&self) -> &Raft<PartTypes> {
+        &self.raft
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Stops the group's Raft and the replica thread (its log is synced and closed, its
+    /// directory free to open again) and unregisters it from the peer port.
+    pub async fn shutdown(&self) {
+        self.rafts.remove(&(self.topic.clone(), self.partition));
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(topic = %self.topic, partition = self.partition, %error, "stopping a partition group");
+        }
+        self.replica.stop().await;
+    }
+}

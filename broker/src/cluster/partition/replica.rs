@@ -1,0 +1,287 @@
+//! The owner of one partition replica: a thread that holds the [`ReplicaLog`] (its
+//! segment log writer and entry journal) and serves openraft's storage calls from a
+//! bounded channel, in order. Appends are group-committed: the thread writes every append
+//! it finds queued, syncs once, then calls each `LogFlushed`. Reads for replication are
+//! served in the same order, so they see every append made before them, synced or not.
+
+use std::io::{Error, ErrorKind};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use openraft::storage::LogFlushed;
+use openraft::{Entry, LogId, StoredMembership, Vote};
+use tokio::sync::{mpsc, oneshot};
+
+use super::replica_log::{RaftState, ReplicaLog};
+use super::types::{PartAppended, PartTypes};
+use crate::cluster::types::{NodeAddr, NodeId};
+use crate::storage::{LogConfig, LogReader};
+
+/// Commands queued to a replica's thread at most.
+const QUEUE: usize = 1024;
+/// How often, at most, a changed committed id is written to `raft.state` (it may lag:
+/// see [`ReplicaLog::set_committed`]).
+const COMMITTED_WRITE_EVERY: Duration = Duration::from_millis(100);
+
+type IoResult<T> = std::io::Result<T>;
+
+/// What openraft's storage asks of the replica's thread.
+pub enum Command {
+    Append {
+        entries: Vec<Entry<PartTypes>>,
+        callback: LogFlushed<PartTypes>,
+        reply: oneshot::Sender<IoResult<()>>,
+    },
+    Read {
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+        reply: oneshot::Sender<IoResult<Vec<Entry<PartTypes>>>>,
+    },
+    Truncate {
+        index: u64,
+        reply: oneshot::Sender<IoResult<()>>,
+    },
+    Purge {
+        log_id: LogId<NodeId>,
+        reply: oneshot::Sender<IoResult<()>>,
+    },
+    SaveVote {
+        vote: Vote<NodeId>,
+        reply: oneshot::Sender<IoResult<()>>,
+    },
+    SaveCommitted {
+        committed: Option<LogId<NodeId>>,
+        reply: oneshot::Sender<()>,
+    },
+    State {
+        reply: oneshot::Sender<(RaftState, Option<LogId<NodeId>>)>,
+    },
+    Apply {
+        log_ids: Vec<LogId<NodeId>>,
+        reply: oneshot::Sender<IoResult<Vec<PartAppended>>>,
+    },
+    Membership {
+        index: Option<u64>,
+        reply: oneshot::Sender<StoredMembership<NodeId, NodeAddr>>,
+    },
+    Stop,
+}
+
+/// A running replica: the channel to its thread and a reader of its committed records.
+pub struct Replica {
+    tx: mpsc::Sender<Command>,
+    reader: LogReader,
+    dir: PathBuf,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn gone() -> Error {
+    Error::new(
+        ErrorKind::BrokenPipe,
+        "the partition replica is stopped or failed",
+    )
+}
+
+impl Replica {
+    /// Opens the replica in `dir` (reconciling journal and log) and starts its thread.
+    /// Blocking.
+    pub fn open(dir: PathBuf, config: LogConfig, name: String) -> IoResult<Replica> {
+        let log = ReplicaLog::open(&dir, config)?;
+        let reader = log.reader();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name(format!("replica {name}"))
+            .spawn(move || run(log, rx))?;
+        Ok(Replica {
+            tx,
+            reader,
+            dir,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// A lock-free reader: it sees the committed records only.
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Sends `command` and waits for its answer.
+    pub async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> IoResult<T> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(command(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
+    /// Stops the thread after the commands queued before, syncing and closing the log,
+    /// and waits for it (the log's directory lock is free afterwards).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // Without a stop the thread ends once every sender is gone.
+        let _ = self.tx.try_send(Command::Stop);
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    Error::new(e.kind(), e.to_string())
+}
+
+/// The replica thread.
+struct Owner {
+    log: ReplicaLog,
+    /// Appends written but not yet synced.
+    pending: Vec<LogFlushed<PartTypes>>,
+    last_state_write: Instant,
+    /// After a failed write nothing else is written: what the log holds beyond the
+    /// journal is unknown until an open reconciles them.
+    failed: Option<String>,
+}
+
+impl Owner {
+    fn check(&self) -> IoResult<()> {
+        match &self.failed {
+            Some(why) => Err(Error::other(format!(
+                "the partition replica failed earlier: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn fail<T>(&mut self, result: IoResult<T>) -> IoResult<T> {
+        if let Err(e) = &result {
+            tracing::error!(dir = %self.log_dir(), error = %e, "a partition replica's write failed; it takes no more writes until it is reopened");
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn log_dir(&self) -> String {
+        self.log.dir().display().to_string()
+    }
+
+    /// Syncs what is pending and tells openraft; writes a changed committed id now and
+    /// then.
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let result = self.check().and_then(|()| self.log.sync());
+            let result = self.fail(result);
+            for callback in self.pending.drain(..) {
+                callback.log_io_completed(result.as_ref().map(|_| ()).map_err(clone_error));
+            }
+        }
+        if self.log.state_dirty()
+            && self.failed.is_none()
+            && self.last_state_write.elapsed() >= COMMITTED_WRITE_EVERY
+        {
+            self.last_state_write = Instant::now();
+            if let Err(error) = self.log.save_state() {
+                tracing::warn!(%error, "writing a partition replica's committed id (it is written again later)");
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append {
+                entries,
+                callback,
+                reply,
+            } => {
+                let result = self.check().and_then(|()| self.log.append(entries));
+                let result = self.fail(result);
+                match &result {
+                    Ok(()) => self.pending.push(callback),
+                    Err(e) => callback.log_io_completed(Err(clone_error(e))),
+                }
+                let _ = reply.send(result);
+            }
+            Command::Read {
+                start,
+                end,
+                max_bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.log.read(start, end, max_bytes));
+            }
+            Command::Truncate { index, reply } => {
+                self.flush();
+                let result = self.check().and_then(|()| self.log.truncate(index));
+                let result = self.fail(result);
+                let _ = reply.send(result);
+            }
+            Command::Purge { log_id, reply } => {
+                self.flush();
+                let result = self.check().and_then(|()| self.log.purge(log_id));
+                let _ = reply.send(result);
+            }
+            Command::SaveVote { vote, reply } => {
+                self.flush();
+                let result = self.check().and_then(|()| self.log.save_vote(vote));
+                let _ = reply.send(result);
+            }
+            Command::SaveCommitted { committed, reply } => {
+                self.log.set_committed(committed);
+                let _ = reply.send(());
+            }
+            Command::State { reply } => {
+                let _ = reply.send((self.log.state().clone(), self.log.last_log_id()));
+            }
+            Command::Apply { log_ids, reply } => {
+                let result = self.check().and_then(|()| self.log.apply(&log_ids));
+                let _ = reply.send(result);
+            }
+            Command::Membership { index, reply } => {
+                let _ = reply.send(self.log.membership_at(index));
+            }
+            Command::Stop => {}
+        }
+    }
+}
+
+fn run(log: ReplicaLog, mut rx: mpsc::Receiver<Command>) {
+    let mut owner = Owner {
+        log,
+        pending: Vec::new(),
+        last_state_write: Instant::now(),
+        failed: None,
+    };
+    loop {
+        let command = match rx.try_recv() {
+            Ok(command) => command,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // Nothing more queued: this group commit ends here.
+                owner.flush();
+                match rx.blocking_recv() {
+                    Some(command) => command,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        if matches!(command, Command::Stop) {
+            break;
+        }
+        owner.handle(command);
+    }
+    owner.last_state_write = Instant::now() - COMMITTED_WRITE_EVERY;
+    owner.flush();
+    if owner.failed.is_none()
+        && let Err(error) = owner.log.close()
+    {
+        tracing::warn!(%error, "closing a partition replica");
+    }
+}
