@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, oneshot, watch};
+use futures::future::Either;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::error::{BrokerError, Result};
 use crate::storage::{
@@ -88,6 +89,36 @@ impl Partition {
         })
     }
 
+    /// A partition whose log a replication group holds (cluster mode): `reader` and
+    /// `high_watermark` see the committed records only.
+    pub fn replicated(
+        id: u32,
+        log: Arc<dyn ReplicatedLog>,
+        reader: LogReader,
+        high_watermark: watch::Receiver<u64>,
+        stats: Arc<WriterStats>,
+        retention: Arc<RetentionLimits>,
+    ) -> Partition {
+        Partition {
+            id,
+            appender: Appender::Replicated(log),
+            reader,
+            stats,
+            retention,
+            owner: Mutex::new(None),
+            high_watermark,
+            queued_bytes: Arc::new(Semaphore::new(QUEUED_BYTES_MAX)),
+        }
+    }
+
+    /// The replicated log, when a group holds this partition.
+    pub fn replicated_log(&self) -> Option<&Arc<dyn ReplicatedLog>> {
+        match &self.appender {
+            Appender::Replicated(log) => Some(log),
+            _ => None,
+        }
+    }
+
     pub fn reader(&self) -> &LogReader {
         &self.reader
     }
@@ -125,22 +156,32 @@ impl Partition {
             .await
             .map_err(|_| BrokerError::PartitionClosing)?;
         let (tx, rx) = oneshot::channel();
-        let reply = move |result| {
-            // The room is given back as soon as the writer is done with the batch, whether
-            // or not anyone still waits for the answer.
-            drop(permit);
-            let _ = tx.send(result);
+        let reply = move |permit: OwnedSemaphorePermit| {
+            move |result| {
+                // The room is given back as soon as the writer is done with the batch,
+                // whether or not anyone still waits for the answer.
+                drop(permit);
+                let _ = tx.send(result);
+            }
         };
         match &self.appender {
-            Appender::Thread(handle) => handle.try_append_with(batch, reply),
-            Appender::Task(handle) => handle.try_append_with(batch, reply),
+            Appender::Thread(handle) => handle.try_append_with(batch, reply(permit)),
+            Appender::Task(handle) => handle.try_append_with(batch, reply(permit)),
+            Appender::Replicated(log) => {
+                let committed = log.propose(batch).await?;
+                return Ok(Either::Right(async move {
+                    let appended = committed.await;
+                    drop(permit);
+                    appended
+                }));
+            }
         }
-        Ok(async move {
+        Ok(Either::Left(async move {
             match rx.await {
                 Ok(result) => Ok(result?),
                 Err(_) => Err(StorageError::WriterStopped.into()),
             }
-        })
+        }))
     }
 
     /// [`enqueue`](Self::enqueue), then wait for the commit.
@@ -152,6 +193,9 @@ impl Partition {
     /// checkpoint. Blocks: call it off the async runtime.
     pub fn close(&self) -> Result<(), StorageError> {
         self.queued_bytes.close();
+        if let Appender::Replicated(log) = &self.appender {
+            return log.close();
+        }
         let owner = self.owner.lock().map(|mut c| c.take()).unwrap_or(None);
         match owner {
             Some(Owner::Thread(committer)) => committer.close(),
@@ -179,6 +223,45 @@ impl Partition {
 enum Appender {
     Thread(CommitterHandle),
     Task(TaskWriterHandle),
+    Replicated(Arc<dyn ReplicatedLog>),
+}
+
+/// Opens the partitions a cluster replicates on this node (see `cluster::partition::serving`).
+pub trait PartitionOpener: Send + Sync + 'static {
+    /// The partition `id` of `topic` in `dir` as a replicated one, or `None` when it is
+    /// not replicated on this node (the registry then opens a local log). Blocking.
+    fn open(
+        &self,
+        topic: &str,
+        id: u32,
+        dir: &Path,
+        config: LogConfig,
+        max_batch_bytes: usize,
+    ) -> Option<Result<Partition>>;
+}
+
+/// A future that resolves once a queued batch is committed.
+pub type Committed = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended>> + Send>>;
+
+/// The log of a partition replicated by a group of nodes (cluster mode): its appends are
+/// proposed to the group and answered once a majority stored them. The cluster provides
+/// it (see `cluster::partition::serving`); the partition only queues and closes.
+pub trait ReplicatedLog: Send + Sync + 'static {
+    /// Proposes `batch`; resolves once it is queued in the group (batches proposed one
+    /// after another keep their order), with the future of its commit.
+    fn propose(
+        &self,
+        batch: ValidatedBatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed>> + Send + '_>>;
+    /// The node leading the partition's group, as this replica knows it.
+    fn leader(&self) -> Option<u64>;
+    /// The leader, waiting (boundedly) while the group has none: its first election, or
+    /// a failover.
+    fn wait_for_leader(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>>;
+    /// Stops the group and the replica (their logs synced and closed). Blocking.
+    fn close(&self) -> Result<(), StorageError>;
 }
 
 /// What `close` stops.

@@ -25,7 +25,7 @@ use crate::config::{Config, MAX_PARTITIONS_PER_TOPIC};
 use crate::error::{BrokerError, Limit, Result};
 use crate::meta_file::Loaded;
 use crate::otel::Otel;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionOpener};
 use crate::producer_ids::ProducerIds;
 use crate::storage::{LogConfig, StorageError, sync_dir};
 use crate::topic::{Layout, Topic, TopicAlter, TopicMeta, TopicSettings, shown, validate_name};
@@ -58,11 +58,19 @@ pub struct Registry {
     /// The span exporter, when `otlp_endpoint` is set (see `otel`): set once at start,
     /// read by publishes and group drivers.
     otel: OnceLock<Arc<Otel>>,
+    /// In cluster mode, what opens the partitions a group replicates on this node.
+    opener: Option<Arc<dyn PartitionOpener>>,
 }
 
 impl Registry {
     /// Opens the data directory, creating it if needed, and every topic in it. Blocking.
     pub fn open(config: Config) -> Result<Registry> {
+        Registry::open_with(config, None)
+    }
+
+    /// [`open`](Self::open), with the partitions `opener` takes opened by it (cluster mode:
+    /// replicated partitions), then and whenever a topic is created or grows. Blocking.
+    pub fn open_with(config: Config, opener: Option<Arc<dyn PartitionOpener>>) -> Result<Registry> {
         let topics_dir = config.data_dir.join(TOPICS_DIR);
         let staging_dir = config.data_dir.join(STAGING_DIR);
         for dir in [&topics_dir, &staging_dir] {
@@ -86,6 +94,7 @@ impl Registry {
             admin: std::sync::Mutex::new(()),
             producer_ids: ProducerIds::open(&config.data_dir),
             otel: OnceLock::new(),
+            opener,
             config,
         };
         let entries = std::fs::read_dir(&registry.topics_dir).map_err(|e| {
@@ -166,19 +175,33 @@ impl Registry {
         self.otel.get()
     }
 
+    /// Opens one partition's log: through the opener when it replicates the partition,
+    /// locally otherwise.
+    fn open_partition(
+        &self,
+        topic: &str,
+        dir: &Path,
+        id: u32,
+        config: LogConfig,
+    ) -> Result<Partition> {
+        let max_batch_bytes = self.config.max_batch_bytes;
+        if let Some(opener) = &self.opener
+            && let Some(opened) = opener.open(topic, id, dir, config.clone(), max_batch_bytes)
+        {
+            return opened;
+        }
+        Partition::open(dir, id, config, max_batch_bytes)
+    }
+
     fn open_topic(&self, dir: &Path, meta: TopicMeta) -> Result<Topic> {
         let settings = meta.settings.effective(&self.config);
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for id in 0..meta.partitions {
-            let partition = Partition::open(
-                &dir.join(id.to_string()),
-                id,
-                LogConfig {
-                    producers: self.config.producer_limits(),
-                    ..settings.log_config()
-                },
-                self.config.max_batch_bytes,
-            );
+            let config = LogConfig {
+                producers: self.config.producer_limits(),
+                ..settings.log_config()
+            };
+            let partition = self.open_partition(&meta.name, &dir.join(id.to_string()), id, config);
             match partition {
                 Ok(p) => partitions.push(p),
                 Err(e) => {
@@ -384,12 +407,7 @@ impl Registry {
         };
         let mut added = Vec::with_capacity(adding as usize);
         for id in current..partitions {
-            match Partition::open(
-                &dir.join(id.to_string()),
-                id,
-                log_config.clone(),
-                self.config.max_batch_bytes,
-            ) {
+            match self.open_partition(name, &dir.join(id.to_string()), id, log_config.clone()) {
                 Ok(p) => added.push(Arc::new(p)),
                 Err(e) => {
                     close_partitions(&added);

@@ -394,11 +394,41 @@ impl Cluster {
         settings: &ClusterSettings,
         registry: Arc<Registry>,
     ) -> Result<Arc<Cluster>> {
+        Cluster::start_with(settings, registry, None).await
+    }
+
+    /// What opens this node's replicated partitions, for the registry: made before the
+    /// registry opens any topic, from the applied metadata on disk (placement). Blocking.
+    pub fn replicas(
+        settings: &ClusterSettings,
+        data_dir: &std::path::Path,
+    ) -> Result<Arc<partition::Replicas>> {
+        let dir = data_dir.join(CLUSTER_DIR);
+        let state: MetaState = state_machine::read_checked(&dir, state_machine::STATE_FILE)
+            .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?
+            .unwrap_or_default();
+        Ok(Arc::new(partition::Replicas::new(
+            settings.node_id,
+            Arc::new(ArcSwap::from_pointee(state)),
+            tokio::runtime::Handle::current(),
+        )))
+    }
+
+    /// [`start`](Self::start), serving the replicated partitions `replicas` opened (and
+    /// opens from now on) with partition groups.
+    pub async fn start_with(
+        settings: &ClusterSettings,
+        registry: Arc<Registry>,
+        replicas: Option<Arc<partition::Replicas>>,
+    ) -> Result<Arc<Cluster>> {
         let members = settings.members()?;
         let tls = PeerTls::from_settings(settings)?;
         let node_id = settings.node_id;
         let dir = registry.config().data_dir.join(CLUSTER_DIR);
-        let view = Arc::new(ArcSwap::from_pointee(MetaState::default()));
+        let view = replicas.as_ref().map_or_else(
+            || Arc::new(ArcSwap::from_pointee(MetaState::default())),
+            |r| r.view(),
+        );
         let (log_dir, sm_view, sm_registry) = (dir.clone(), view.clone(), registry.clone());
         let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
             let log_store = LogStore::open(&log_dir)?;
@@ -495,6 +525,16 @@ impl Cluster {
             }
         }
         tracing::info!(node_id, %peer_addr, peer_tls = tls.is_some(), "cluster node started");
+        let partition_channels: Arc<partition::network::PeerChannels> = Arc::default();
+        if let Some(replicas) = &replicas {
+            replicas.start(partition::GroupContext {
+                node_id,
+                health: health.clone(),
+                tls: tls.clone(),
+                rafts: partitions.clone(),
+                channels: partition_channels.clone(),
+            });
+        }
         Ok(Arc::new(Cluster {
             node_id,
             members,
@@ -508,7 +548,7 @@ impl Cluster {
             server: std::sync::Mutex::new(Some(server)),
             local,
             partitions,
-            partition_channels: Arc::default(),
+            partition_channels,
         }))
     }
 
@@ -770,6 +810,128 @@ impl Cluster {
         (home != self.node_id).then_some(home)
     }
 
+    /// Where a request for `partition` of `topic` is served: `None` here; otherwise the
+    /// nodes to try, in order, each of which may take it. A replicated partition (a group
+    /// of several nodes) takes publishes at its group's leader and serves reads on any
+    /// replica (each reads its committed prefix); a node that holds no replica sends
+    /// either to the replicas in turn. An unreplicated one is served by its only node.
+    pub async fn serving_nodes(
+        &self,
+        topic: &str,
+        partition: &crate::partition::Partition,
+        write: bool,
+    ) -> Result<Option<Vec<NodeId>>> {
+        let Some(log) = partition.replicated_log() else {
+            return self.read_nodes(topic, partition);
+        };
+        if !write {
+            return Ok(None);
+        }
+        let leader = match log.leader() {
+            Some(leader) => Some(leader),
+            None => log.wait_for_leader().await,
+        };
+        match leader {
+            Some(leader) if leader == self.node_id => Ok(None),
+            Some(leader) => Ok(Some(vec![leader])),
+            None => Err(BrokerError::ClusterUnavailable(format!(
+                "topic {topic} partition {}: its group has had no leader for {:?} (an election is under way, or too few of its replicas are up); retry",
+                partition.id,
+                partition::serving::LEADER_WAIT
+            ))),
+        }
+    }
+
+    /// Where reads of `partition` of `topic` are served (see
+    /// [`serving_nodes`](Self::serving_nodes)): any replica of a replicated partition.
+    pub fn read_nodes(
+        &self,
+        topic: &str,
+        partition: &crate::partition::Partition,
+    ) -> Result<Option<Vec<NodeId>>> {
+        if partition.replicated_log().is_some() {
+            return Ok(None);
+        }
+        let view = self.view.load();
+        let Some(record) = view.topics.get(topic) else {
+            return Ok(None);
+        };
+        match record.replicas.get(partition.id as usize) {
+            Some(replicas) if replicas.len() > 1 => {
+                if replicas.contains(&self.node_id) {
+                    // Its group has not opened here (the topic is being created): not here.
+                    return Err(BrokerError::ClusterUnavailable(format!(
+                        "topic {topic} partition {}: its replica on this node is opening; retry",
+                        partition.id
+                    )));
+                }
+                Ok(Some(replicas.clone()))
+            }
+            _ => Ok(self
+                .served_elsewhere(topic, partition.id)
+                .map(|home| vec![home])),
+        }
+    }
+
+    /// Sends a client's publish to the first of `nodes` that takes it (see
+    /// [`serving_nodes`](Self::serving_nodes)): a node that does not lead the partition
+    /// refuses a forwarded publish (FAILED_PRECONDITION) and a down one is UNAVAILABLE, so
+    /// the next is tried; the last refusal is the answer.
+    pub async fn forward_publish_to_any(
+        &self,
+        nodes: &[NodeId],
+        request: v1::PublishRequest,
+    ) -> Result<v1::PublishResponse> {
+        let mut last = None;
+        for node in nodes {
+            match self.forward_publish(*node, request.clone()).await {
+                Err(error) if retry_elsewhere(&error) => last = Some(error),
+                answered => return answered,
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            BrokerError::ClusterUnavailable("no node serves the partition".into())
+        }))
+    }
+
+    /// Opens a client's Fetch on the first of `nodes` that serves it.
+    pub async fn forward_fetch_to_any(
+        &self,
+        nodes: &[NodeId],
+        request: v1::FetchRequest,
+    ) -> Result<FetchStream> {
+        let mut last = None;
+        for node in nodes {
+            match self.forward_fetch(*node, request.clone()).await {
+                Err(error) if retry_elsewhere(&error) => last = Some(error),
+                answered => return answered,
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            BrokerError::ClusterUnavailable("no node serves the partition".into())
+        }))
+    }
+
+    /// The refusal of a forwarded request this node would send on to `nodes`: a replica
+    /// that does not lead its group says so as UNAVAILABLE (leadership moves; the sender
+    /// tries another replica, a client retries); otherwise the nodes disagree about
+    /// placement, FAILED_PRECONDITION naming the node this one would use.
+    pub fn refuse_forwarded(
+        &self,
+        topic: &str,
+        partition: &crate::partition::Partition,
+        nodes: &[NodeId],
+    ) -> BrokerError {
+        let first = nodes.first().copied().unwrap_or_default();
+        if partition.replicated_log().is_some() {
+            return BrokerError::ClusterUnavailable(format!(
+                "node {} does not lead topic {topic} partition {} (its leader: node {first})",
+                self.node_id, partition.id
+            ));
+        }
+        self.not_served_here(topic, partition.id, first)
+    }
+
     /// The refusal of a request for a partition `home` serves, naming where to send it.
     pub fn not_served_here(&self, topic: &str, partition: u32, home: NodeId) -> BrokerError {
         BrokerError::NotPartitionHome {
@@ -783,9 +945,22 @@ impl Cluster {
         }
     }
 
-    /// Whether this node serves `partition` of `topic`; if not, the refusal naming the
-    /// node that does.
+    /// Whether this node serves reads of `partition` of `topic` (holds a replica of a
+    /// replicated one, or is the home of an unreplicated one); if not, the refusal naming
+    /// a node that does.
     pub fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let view = self.view.load();
+        if let Some(replicas) = view
+            .topics
+            .get(topic)
+            .and_then(|t| t.replicas.get(partition as usize))
+            .filter(|r| r.len() > 1)
+        {
+            return match replicas.contains(&self.node_id) {
+                true => Ok(()),
+                false => Err(self.not_served_here(topic, partition, replicas[0])),
+            };
+        }
         match self.served_elsewhere(topic, partition) {
             Some(home) => Err(self.not_served_here(topic, partition, home)),
             None => Ok(()),
@@ -894,6 +1069,16 @@ impl Cluster {
         if let Some(server) = server {
             let _ = server.await;
         }
+    }
+}
+
+/// Whether a forwarded request's failure means "try another replica": the node is down
+/// or cut off, or it does not lead (or hold) the partition.
+fn retry_elsewhere(error: &BrokerError) -> bool {
+    match error {
+        BrokerError::ClusterUnavailable(_) => true,
+        BrokerError::Forwarded { code, .. } => *code == tonic::Code::Unavailable as i32,
+        _ => false,
     }
 }
 

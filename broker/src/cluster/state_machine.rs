@@ -420,6 +420,8 @@ impl RaftStateMachine<MetaTypes> for StateMachine {
             };
             responses.push(response);
         }
+        // The registry's partition opener reads the view to tell replicated partitions.
+        self.view.store(Arc::new(self.state.clone()));
         make_local(self.registry.clone(), local).await;
         self.persist().await?;
         Ok(responses)
@@ -450,6 +452,7 @@ impl RaftStateMachine<MetaTypes> for StateMachine {
         })?;
         let changes = snapshot_changes(&self.state.topics, &state.topics);
         self.state = state;
+        self.view.store(Arc::new(self.state.clone()));
         make_local(self.registry.clone(), changes).await;
         self.persist().await?;
         let stored = StoredSnapshot {

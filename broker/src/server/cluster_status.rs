@@ -131,12 +131,25 @@ pub fn status(
                     .map(|(p, replicas)| v1::ClusterPartition {
                         partition: p as u32,
                         replicas: replicas.clone(),
-                        leader: replicas.first().copied().unwrap_or_default(),
+                        leader: leader_of(registry, &t.name, p as u32, replicas),
                     })
                     .collect(),
             })
             .collect(),
     }
+}
+
+/// The node taking a partition's publishes, as this node knows it (see the proto).
+fn leader_of(registry: &Registry, topic: &str, partition: u32, replicas: &[u64]) -> u64 {
+    if replicas.len() < 2 {
+        return replicas.first().copied().unwrap_or_default();
+    }
+    registry
+        .get(topic)
+        .ok()
+        .and_then(|t| t.partition(partition).ok())
+        .and_then(|p| p.replicated_log().and_then(|log| log.leader()))
+        .unwrap_or_default()
 }
 
 /// The members after a membership change, as ClusterStatus lists nodes.

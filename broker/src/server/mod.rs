@@ -126,12 +126,25 @@ impl Broker {
             None
         };
         let registry_config = config.clone();
-        let registry = tokio::task::spawn_blocking(move || Registry::open(registry_config))
-            .await
-            .map_err(|cause| BrokerError::TaskFailed {
-                what: "opening the data directory",
-                cause,
-            })??;
+        // In cluster mode the registry opens the partitions this node replicates through
+        // their groups, so it needs the placement before it opens any topic.
+        let replicas = match &config.cluster {
+            Some(settings) => Some(crate::cluster::Cluster::replicas(
+                settings,
+                &config.data_dir,
+            )?),
+            None => None,
+        };
+        let opener = replicas
+            .clone()
+            .map(|r| r as Arc<dyn crate::partition::PartitionOpener>);
+        let registry =
+            tokio::task::spawn_blocking(move || Registry::open_with(registry_config, opener))
+                .await
+                .map_err(|cause| BrokerError::TaskFailed {
+                    what: "opening the data directory",
+                    cause,
+                })??;
         let registry = Arc::new(registry);
         if let Some(endpoint) = &config.otlp_endpoint {
             registry.set_otel(Arc::new(crate::otel::Otel::start(endpoint)?));
@@ -169,9 +182,9 @@ impl Broker {
         let reflection = reflection().build_v1().map_err(reflection_error)?;
         // Cluster mode only: a single node never starts openraft.
         let cluster = match &config.cluster {
-            Some(settings) => {
-                Some(crate::cluster::Cluster::start(settings, registry.clone()).await?)
-            }
+            Some(settings) => Some(
+                crate::cluster::Cluster::start_with(settings, registry.clone(), replicas).await?,
+            ),
             None => None,
         };
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;

@@ -155,9 +155,11 @@ impl HeraldService {
         let partition = topic.partition(r.partition)?;
         if forwarded
             && let Some(cluster) = &self.cluster
-            && let Some(home) = cluster.served_elsewhere(&r.topic, r.partition)
+            && let Some(nodes) = cluster.read_nodes(&r.topic, &partition)?
         {
-            return Err(cluster.not_served_here(&r.topic, r.partition, home).into());
+            return Err(cluster
+                .refuse_forwarded(&r.topic, &partition, &nodes)
+                .into());
         }
         let reader = partition.reader().clone();
         let mut high_watermark = partition.watch_high_watermark();
@@ -342,10 +344,10 @@ impl HeraldService {
             let partition = topic.pick_partition(request.partition, placement)?;
             let (id, records, bytes) = (partition.id, batch.header().record_count, batch.len());
             if let Some(cluster) = &self.cluster
-                && let Some(home) = cluster.served_elsewhere(topic.name(), partition.id)
+                && let Some(nodes) = cluster.serving_nodes(topic.name(), &partition, true).await?
             {
                 if forwarded {
-                    return Err(cluster.not_served_here(topic.name(), partition.id, home));
+                    return Err(cluster.refuse_forwarded(topic.name(), &partition, &nodes));
                 }
                 // Sent on as the checked storage batch, its partition fixed: the serving
                 // node checks it again but places nothing.
@@ -357,7 +359,7 @@ impl HeraldService {
                 };
                 let cluster = cluster.clone();
                 let remote = async move {
-                    let answer = cluster.forward_publish(home, publish).await?;
+                    let answer = cluster.forward_publish_to_any(&nodes, publish).await?;
                     Ok(crate::storage::Appended {
                         base_offset: answer.base_offset,
                         last_offset: answer.last_offset,
@@ -908,13 +910,13 @@ impl v1::herald_server::Herald for HeraldService {
         let slot = self.open_stream(&request)?;
         let r = request.into_inner();
         let topic = self.registry.get(&r.topic)?;
-        topic.partition(r.partition)?;
+        let partition = topic.partition(r.partition)?;
         if let Some(cluster) = &self.cluster
-            && let Some(home) = cluster.served_elsewhere(&r.topic, r.partition)
+            && let Some(nodes) = cluster.read_nodes(&r.topic, &partition)?
         {
             // Read where the records are; the stream counts against this connection's
             // limit for as long as it runs.
-            let remote = cluster.forward_fetch(home, r).await?;
+            let remote = cluster.forward_fetch_to_any(&nodes, r).await?;
             return Ok(Response::new(Box::pin(remote.map(move |item| {
                 let _slot = &slot;
                 item

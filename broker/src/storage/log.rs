@@ -422,14 +422,29 @@ impl LogWriter {
         self.append_checked(batch, false)
     }
 
+    /// What [`append`](Self::append) would answer without appending, when `batch` is one
+    /// this partition already stored: an idempotent producer's batch it holds, or a
+    /// message id inside its window. Errors are the producer checks' (fenced, out of
+    /// order). A replicated partition's leader decides this once, before it proposes.
+    pub fn check_duplicate(&self, batch: &ValidBatch<'_>) -> Result<Option<Appended>> {
+        self.check_poisoned()?;
+        let producer = batch.producer();
+        if let Some(stamp) = producer {
+            return Ok(
+                match self.producers.check(stamp, batch.header().record_count)? {
+                    Check::Duplicate(first) => Some(first),
+                    _ => None,
+                },
+            );
+        }
+        let msg_id = batch.first_msg_id().filter(|_| self.msg_ids.enabled());
+        Ok(msg_id.and_then(|id| self.msg_ids.check(id, now_ms())))
+    }
+
     fn append_checked(&mut self, batch: ValidBatch<'_>, dedup: bool) -> Result<Appended> {
         self.check_poisoned()?;
         let producer = batch.producer();
-        if dedup
-            && let Some(stamp) = producer
-            && let Check::Duplicate(first) =
-                self.producers.check(stamp, batch.header().record_count)?
-        {
+        if dedup && let Some(first) = self.check_duplicate(&batch)? {
             WriterStats::add(&self.stats.duplicates, 1);
             return Ok(first);
         }
@@ -438,13 +453,6 @@ impl LogWriter {
             .first_msg_id()
             .filter(|_| producer.is_none() && self.msg_ids.enabled());
         let now = msg_id.map(|_| now_ms());
-        if dedup
-            && let (Some(id), Some(now)) = (msg_id, now)
-            && let Some(first) = self.msg_ids.check(id, now)
-        {
-            WriterStats::add(&self.stats.duplicates, 1);
-            return Ok(first);
-        }
         let bytes = batch.bytes();
         let len = bytes.len() as u64;
         if len > self.config.segment_bytes {

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use futures::future::Either;
+use openraft::error::ClientWriteError;
 use openraft::{Raft, SnapshotPolicy};
 
 use super::network::PartNetwork;
-use super::replica::Replica;
+use super::replica::{Checked, Command, PendingKey, Replica};
 use super::store::{PartLogStore, PartStateMachine};
 use super::types::{PartAppended, PartBatch, PartTypes};
 use super::{GroupContext, PartitionRafts};
@@ -43,6 +44,12 @@ pub enum AppendError {
     Failed(String),
     #[error("the batch was proposed but not seen committed within {0:?}: it may still be")]
     Unsure(Duration),
+    #[error(
+        "an earlier copy of this batch (same producer sequence or message id) is being replicated; retry to learn its offsets"
+    )]
+    InFlight,
+    #[error(transparent)]
+    Refused(#[from] crate::storage::StorageError),
 }
 
 /// openraft's settings for partition groups.
@@ -64,6 +71,7 @@ pub fn partition_config() -> Result<openraft::Config, BrokerError> {
 
 /// This node's replica of one partition group.
 pub struct PartitionGroup {
+    node_id: NodeId,
     topic: String,
     partition: u32,
     raft: Raft<PartTypes>,
@@ -93,7 +101,26 @@ impl PartitionGroup {
                     cause,
                 })?
                 .map_err(|e| BrokerError::io(format!("opening the replica of {name}"), e))?;
-        let replica = Arc::new(replica);
+        Self::start_on(
+            context,
+            topic,
+            partition,
+            Arc::new(replica),
+            max_batch_bytes,
+        )
+        .await
+    }
+
+    /// Starts the Raft of a replica opened already (a partition's log opened by the
+    /// registry) and registers it with the node's peer port.
+    pub async fn start_on(
+        context: &GroupContext,
+        topic: &str,
+        partition: u32,
+        replica: Arc<Replica>,
+        max_batch_bytes: usize,
+    ) -> Result<PartitionGroup, BrokerError> {
+        let name = format!("topic {topic} partition {partition}");
         let state_machine = PartStateMachine::open(replica.clone())
             .await
             .map_err(|e| BrokerError::io(format!("opening the replica of {name}"), e))?;
@@ -123,6 +150,7 @@ impl PartitionGroup {
             .rafts
             .insert((topic.to_owned(), partition), raft.clone());
         Ok(PartitionGroup {
+            node_id: context.node_id,
             topic: topic.to_owned(),
             partition,
             raft,
@@ -151,19 +179,78 @@ impl PartitionGroup {
     /// records are once the group has committed it and this replica applied it (so its
     /// readers see them). Only the leader takes proposals.
     pub async fn append(&self, batch: Vec<u8>) -> Result<PartAppended, AppendError> {
+        self.propose(batch).await?.await
+    }
+
+    /// Proposes `batch` and returns once the proposal is queued in the group (so batches
+    /// proposed one after another keep their order); the future resolves with where its
+    /// records are once committed and applied here. The leader decides, once and before
+    /// proposing, whether the batch is a retry of one the partition holds (an idempotent
+    /// producer's sequence or a message id): a retry is answered with the first copy's
+    /// offsets and never proposed, so every replica stores the same bytes.
+    pub async fn propose(
+        &self,
+        batch: Vec<u8>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<PartAppended, AppendError>> + Send + use<>,
+        AppendError,
+    > {
         batch::validate(&batch, self.max_batch_bytes)
             .map_err(|e| AppendError::Invalid(e.to_string()))?;
-        let write = self.raft.client_write(PartBatch::proposal(batch));
-        match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
-            Err(_) => Err(AppendError::Unsure(COMMIT_TIMEOUT)),
-            Ok(Ok(written)) => Ok(written.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to)))) => {
-                Err(AppendError::NotLeader {
-                    leader: to.leader_id,
-                })
-            }
-            Ok(Err(error)) => Err(AppendError::Failed(error.to_string())),
+        let leader = self.leader();
+        if leader != Some(self.node_id) {
+            return Err(AppendError::NotLeader { leader });
         }
+        let checked = self
+            .replica
+            .ask(|reply| Command::Check { batch, reply })
+            .await
+            .map_err(|e| AppendError::Failed(e.to_string()))??;
+        let (batch, key) = match checked {
+            Checked::Stored(first) => {
+                let stored = PartAppended {
+                    base_offset: first.base_offset,
+                    count: (first.last_offset + 1 - first.base_offset) as u32,
+                };
+                return Ok(Either::Left(std::future::ready(Ok(stored))));
+            }
+            Checked::InFlight => return Err(AppendError::InFlight),
+            Checked::Fresh(batch, key) => (batch, key),
+        };
+        let release = |replica: &Replica, key: Option<PendingKey>| {
+            if let Some(key) = key {
+                replica.release(key);
+            }
+        };
+        let answer = match self.raft.client_write_ff(PartBatch::proposal(batch)).await {
+            Ok(answer) => answer,
+            Err(fatal) => {
+                release(&self.replica, key);
+                return Err(AppendError::Failed(fatal.to_string()));
+            }
+        };
+        let replica = self.replica.clone();
+        Ok(Either::Right(async move {
+            let outcome = match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+                // The outcome is unknown: the key stays pending until it shows in the log.
+                Err(_) => return Err(AppendError::Unsure(COMMIT_TIMEOUT)),
+                Ok(Err(_)) => Err(AppendError::Failed("the partition group stopped".into())),
+                Ok(Ok(Ok(written))) => Ok(written.data),
+                Ok(Ok(Err(ClientWriteError::ForwardToLeader(to)))) => Err(AppendError::NotLeader {
+                    leader: to.leader_id,
+                }),
+                Ok(Ok(Err(error))) => Err(AppendError::Failed(error.to_string())),
+            };
+            if outcome.is_err() {
+                release(&replica, key);
+            }
+            outcome
+        }))
+    }
+
+    /// Readers' signal: changes whenever applied entries move the high watermark.
+    pub fn watch_high_watermark(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.replica.watch_high_watermark()
     }
 
     /// A lock-free reader of this replica's committed records.
@@ -173,6 +260,10 @@ impl PartitionGroup {
 
     pub fn raft(&self) -> &Raft<PartTypes> {
         &self.raft
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
     }
 
     /// The leader this replica knows of.

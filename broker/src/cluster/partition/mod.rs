@@ -9,12 +9,14 @@
 //! - [`store`] — openraft's log storage and state machine over that thread.
 //! - [`network`] — the peer transport, addressed to the partition's group.
 //! - [`group`] — a replica's Raft on this node, started, proposed to, stopped.
+//! - [`serving`] — replicated partitions as the registry's partitions: opened, started.
 
 pub mod group;
 pub mod journal;
 pub mod network;
 pub mod replica;
 pub mod replica_log;
+pub mod serving;
 pub mod store;
 pub mod types;
 
@@ -32,6 +34,7 @@ use super::network::Health;
 use super::peer_tls::PeerTls;
 use super::types::NodeId;
 pub use group::{AppendError, PartitionGroup};
+pub use serving::Replicas;
 use types::PartTypes;
 
 /// The partition groups a node holds a replica of, by topic and partition: where its peer

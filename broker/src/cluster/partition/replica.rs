@@ -4,19 +4,22 @@
 //! it finds queued, syncs once, then calls each `LogFlushed`. Reads for replication are
 //! served in the same order, so they see every append made before them, synced or not.
 
+use std::collections::HashMap;
 use std::io::{Error, ErrorKind};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::storage::LogFlushed;
 use openraft::{Entry, LogId, StoredMembership, Vote};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::replica_log::{RaftState, ReplicaLog};
 use super::types::{PartAppended, PartTypes};
 use crate::cluster::types::{NodeAddr, NodeId};
-use crate::storage::{LogConfig, LogReader};
+use crate::storage::{
+    Appended, LogConfig, LogReader, RetentionLimits, StorageError, WriterStats, batch,
+};
 
 /// Commands queued to a replica's thread at most.
 const QUEUE: usize = 1024;
@@ -66,14 +69,57 @@ pub enum Command {
         index: Option<u64>,
         reply: oneshot::Sender<StoredMembership<NodeId, NodeAddr>>,
     },
+    /// The leader's duplicate check of a batch it is about to propose.
+    Check {
+        batch: Vec<u8>,
+        reply: oneshot::Sender<Result<Checked, StorageError>>,
+    },
+    /// A proposal that definitely failed: its retry need not wait (see [`Checked`]).
+    Release {
+        key: PendingKey,
+    },
     Stop,
 }
+
+/// What the leader's replica found for a batch about to be proposed.
+pub enum Checked {
+    /// Not stored and not in flight: propose it (handed back). Its key is pending until
+    /// released or [`PENDING_FOR`] has passed.
+    Fresh(Vec<u8>, Option<PendingKey>),
+    /// Stored and committed at these offsets: the answer to a retry.
+    Stored(Appended),
+    /// An earlier copy is proposed or stored but not yet committed: the retry must wait
+    /// to learn whether it commits (then it is `Stored`) or is cut (then `Fresh`).
+    InFlight,
+}
+
+/// What identifies a batch for the duplicate checks: an idempotent producer's sequence,
+/// or a message id.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum PendingKey {
+    Producer {
+        producer_id: u64,
+        epoch: u16,
+        base_sequence: u32,
+    },
+    MsgId(Box<[u8]>),
+}
+
+/// How long a proposed key stays pending without a release: past the commit timeout a
+/// proposal's outcome shows in the log (stored or not).
+pub const PENDING_FOR: Duration = Duration::from_secs(5);
+/// Pending keys held at most; past it the oldest are forgotten (their retries are then
+/// decided by the log alone, which only misses a proposal not yet appended).
+const PENDING_MAX: usize = 4096;
 
 /// A running replica: the channel to its thread and a reader of its committed records.
 pub struct Replica {
     tx: mpsc::Sender<Command>,
     reader: LogReader,
     dir: PathBuf,
+    high_watermark: watch::Receiver<u64>,
+    stats: Arc<WriterStats>,
+    retention: Arc<RetentionLimits>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -90,16 +136,40 @@ impl Replica {
     pub fn open(dir: PathBuf, config: LogConfig, name: String) -> IoResult<Replica> {
         let log = ReplicaLog::open(&dir, config)?;
         let reader = log.reader();
+        let (stats, retention) = (log.stats(), log.retention());
+        let (on_publish, high_watermark) = watch::channel(log.high_watermark());
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name(format!("replica {name}"))
-            .spawn(move || run(log, rx))?;
+            .spawn(move || run(log, rx, on_publish))?;
         Ok(Replica {
             tx,
             reader,
             dir,
+            high_watermark,
+            stats,
+            retention,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
+    }
+
+    pub fn retention(&self) -> Arc<RetentionLimits> {
+        self.retention.clone()
+    }
+
+    /// A receiver that changes whenever applied entries move the high watermark.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.high_watermark.clone()
+    }
+
+    /// Tells the thread a proposal failed for certain (best effort: a full queue leaves
+    /// the key to expire).
+    pub fn release(&self, key: PendingKey) {
+        let _ = self.tx.try_send(Command::Release { key });
     }
 
     /// A lock-free reader: it sees the committed records only.
@@ -144,11 +214,16 @@ fn clone_error(e: &Error) -> Error {
 struct Owner {
     log: ReplicaLog,
     /// Appends written but not yet synced.
-    pending: Vec<LogFlushed<PartTypes>>,
+    unsynced: Vec<LogFlushed<PartTypes>>,
     last_state_write: Instant,
     /// After a failed write nothing else is written: what the log holds beyond the
     /// journal is unknown until an open reconciles them.
     failed: Option<String>,
+    /// Keys of batches this replica (as leader) has let through to be proposed, with
+    /// when: a retry arriving before the proposal is appended must not be proposed again.
+    pending: HashMap<PendingKey, Instant>,
+    /// Told of every new high watermark (applied entries), to wake tailing readers.
+    on_publish: watch::Sender<u64>,
 }
 
 impl Owner {
@@ -176,10 +251,10 @@ impl Owner {
     /// Syncs what is pending and tells openraft; writes a changed committed id now and
     /// then.
     fn flush(&mut self) {
-        if !self.pending.is_empty() {
+        if !self.unsynced.is_empty() {
             let result = self.check().and_then(|()| self.log.sync());
             let result = self.fail(result);
-            for callback in self.pending.drain(..) {
+            for callback in self.unsynced.drain(..) {
                 callback.log_io_completed(result.as_ref().map(|_| ()).map_err(clone_error));
             }
         }
@@ -204,7 +279,7 @@ impl Owner {
                 let result = self.check().and_then(|()| self.log.append(entries));
                 let result = self.fail(result);
                 match &result {
-                    Ok(()) => self.pending.push(callback),
+                    Ok(()) => self.unsynced.push(callback),
                     Err(e) => callback.log_io_completed(Err(clone_error(e))),
                 }
                 let _ = reply.send(result);
@@ -242,7 +317,19 @@ impl Owner {
             }
             Command::Apply { log_ids, reply } => {
                 let result = self.check().and_then(|()| self.log.apply(&log_ids));
+                self.on_publish.send_if_modified(|hw| {
+                    let now = self.log.high_watermark();
+                    let moved = now != *hw;
+                    *hw = now;
+                    moved
+                });
                 let _ = reply.send(result);
+            }
+            Command::Check { batch, reply } => {
+                let _ = reply.send(self.check_duplicate(batch));
+            }
+            Command::Release { key } => {
+                self.pending.remove(&key);
             }
             Command::Membership { index, reply } => {
                 let _ = reply.send(self.log.membership_at(index));
@@ -252,12 +339,67 @@ impl Owner {
     }
 }
 
-fn run(log: ReplicaLog, mut rx: mpsc::Receiver<Command>) {
+impl Owner {
+    fn check_duplicate(&mut self, bytes: Vec<u8>) -> Result<Checked, StorageError> {
+        if self.failed.is_some() {
+            return Err(StorageError::WriterStopped);
+        }
+        let batch = batch::validate(&bytes, usize::MAX)?;
+        let key = match (batch.producer(), batch.first_msg_id()) {
+            (Some(stamp), _) => Some(PendingKey::Producer {
+                producer_id: stamp.producer_id,
+                epoch: stamp.epoch,
+                base_sequence: stamp.base_sequence,
+            }),
+            (None, Some(id)) => Some(PendingKey::MsgId(id.into())),
+            (None, None) => None,
+        };
+        let Some(key) = key else {
+            return Ok(Checked::Fresh(bytes, None));
+        };
+        if let Some(first) = self.log.check_duplicate(&batch)? {
+            return Ok(if first.last_offset < self.log.high_watermark() {
+                Checked::Stored(first)
+            } else {
+                Checked::InFlight
+            });
+        }
+        let now = Instant::now();
+        if self
+            .pending
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < PENDING_FOR)
+        {
+            return Ok(Checked::InFlight);
+        }
+        if self.pending.len() >= PENDING_MAX {
+            self.pending
+                .retain(|_, at| now.duration_since(*at) < PENDING_FOR);
+            while self.pending.len() >= PENDING_MAX {
+                let oldest = self
+                    .pending
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => self.pending.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        self.pending.insert(key.clone(), now);
+        Ok(Checked::Fresh(bytes, Some(key)))
+    }
+}
+
+fn run(log: ReplicaLog, mut rx: mpsc::Receiver<Command>, on_publish: watch::Sender<u64>) {
     let mut owner = Owner {
         log,
-        pending: Vec::new(),
+        unsynced: Vec::new(),
         last_state_write: Instant::now(),
         failed: None,
+        pending: HashMap::new(),
+        on_publish,
     };
     loop {
         let command = match rx.try_recv() {

@@ -161,6 +161,25 @@ impl ReplicaLog {
         self.writer.next_offset()
     }
 
+    /// The leader's duplicate check of a batch it is about to propose (see
+    /// `LogWriter::check_duplicate`): the offsets this log already holds it at, if any.
+    pub fn check_duplicate(
+        &self,
+        batch: &crate::storage::ValidBatch<'_>,
+    ) -> Result<Option<crate::storage::Appended>, crate::storage::StorageError> {
+        self.writer.check_duplicate(batch)
+    }
+
+    /// The segment log's counters (flushes, batches), for metrics.
+    pub fn stats(&self) -> std::sync::Arc<crate::storage::WriterStats> {
+        self.writer.stats()
+    }
+
+    /// The segment log's retention limits (not applied to a replica yet; see ARCHITECTURE).
+    pub fn retention(&self) -> std::sync::Arc<crate::storage::RetentionLimits> {
+        self.writer.retention()
+    }
+
     /// What readers see up to.
     pub fn high_watermark(&self) -> u64 {
         self.writer.high_watermark()

@@ -1,0 +1,291 @@
+//! Serving replicated partitions. The registry opens a partition this node replicates
+//! (replication factor above 1, this node among its replicas) through [`Replicas`], as a
+//! [`ReplicaPartition`]: its log is the replica's, its readers see the committed prefix,
+//! and its appends are proposed to the partition group (on the leader) and answered once
+//! a majority has them. Topics are opened by the registry before the node's peer side
+//! exists, so groups opened then wait for [`Replicas::start`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::runtime::Handle;
+
+use super::GroupContext;
+use super::group::{AppendError, PartitionGroup};
+use super::replica::Replica;
+use crate::cluster::types::{self, MetaState, NodeAddr, NodeId};
+use crate::error::{BrokerError, Result};
+use crate::partition::{Committed, Partition, PartitionOpener, ReplicatedLog};
+use crate::storage::{Appended, LogConfig, StorageError, ValidatedBatch};
+
+/// How long a replica other than the preferred leader waits before it initialises a
+/// group it has heard nothing of.
+const INITIALIZE_AFTER: Duration = Duration::from_secs(3);
+/// How long a publish waits for its partition's group to have a leader (a new topic's
+/// first election, a failover) before it is answered UNAVAILABLE.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// The node's replicated partitions: opens them for the registry and starts their
+/// groups.
+pub struct Replicas {
+    node_id: NodeId,
+    view: Arc<ArcSwap<MetaState>>,
+    runtime: Handle,
+    /// Set once the peer side exists; partitions opened before wait in `waiting`. Both
+    /// change under the lock, so none is left waiting (admin path only).
+    started: Mutex<Started>,
+}
+
+#[derive(Default)]
+struct Started {
+    context: Option<GroupContext>,
+    waiting: Vec<Arc<ReplicaPartition>>,
+}
+
+impl Replicas {
+    /// `view` is the cluster's applied metadata (placement), loaded before the registry
+    /// opens any topic.
+    pub fn new(node_id: NodeId, view: Arc<ArcSwap<MetaState>>, runtime: Handle) -> Replicas {
+        Replicas {
+            node_id,
+            view,
+            runtime,
+            started: Mutex::default(),
+        }
+    }
+
+    /// The applied metadata this node routes and places by.
+    pub fn view(&self) -> Arc<ArcSwap<MetaState>> {
+        self.view.clone()
+    }
+
+    /// Starts the groups of the partitions opened so far, and of every one opened later.
+    pub fn start(&self, context: GroupContext) {
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        for partition in std::mem::take(&mut started.waiting) {
+            self.spawn_start(partition, context.clone());
+        }
+        started.context = Some(context);
+    }
+
+    fn spawn_start(&self, partition: Arc<ReplicaPartition>, context: GroupContext) {
+        let view = self.view.clone();
+        self.runtime
+            .spawn(async move { partition.start(context, view).await });
+    }
+}
+
+impl PartitionOpener for Replicas {
+    fn open(
+        &self,
+        topic: &str,
+        id: u32,
+        dir: &Path,
+        config: LogConfig,
+        max_batch_bytes: usize,
+    ) -> Option<Result<Partition>> {
+        let view = self.view.load();
+        let replicas = view.topics.get(topic)?.replicas.get(id as usize)?;
+        if replicas.len() < 2 || !replicas.contains(&self.node_id) {
+            return None;
+        }
+        let name = format!("topic {topic} partition {id}");
+        let replica = match Replica::open(dir.to_owned(), config, name.clone()) {
+            Ok(replica) => Arc::new(replica),
+            Err(e) => {
+                return Some(Err(BrokerError::io(
+                    format!("opening the replica of {name}"),
+                    e,
+                )));
+            }
+        };
+        let log = Arc::new(ReplicaPartition {
+            topic: topic.to_owned(),
+            id,
+            replica: replica.clone(),
+            group: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            max_batch_bytes,
+            runtime: self.runtime.clone(),
+        });
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        match &started.context {
+            Some(context) => self.spawn_start(log.clone(), context.clone()),
+            None => started.waiting.push(log.clone()),
+        }
+        Some(Ok(Partition::replicated(
+            id,
+            log,
+            replica.reader(),
+            replica.watch_high_watermark(),
+            replica.stats(),
+            replica.retention(),
+        )))
+    }
+}
+
+/// A partition replicated on this node: its replica (opened with the topic) and, once
+/// started, its group.
+pub struct ReplicaPartition {
+    topic: String,
+    id: u32,
+    replica: Arc<Replica>,
+    group: OnceLock<Arc<PartitionGroup>>,
+    closed: AtomicBool,
+    max_batch_bytes: usize,
+    runtime: Handle,
+}
+
+impl ReplicaPartition {
+    async fn start(self: Arc<Self>, context: GroupContext, view: Arc<ArcSwap<MetaState>>) {
+        let started = PartitionGroup::start_on(
+            &context,
+            &self.topic,
+            self.id,
+            self.replica.clone(),
+            self.max_batch_bytes,
+        )
+        .await;
+        let group = match started {
+            Ok(group) => Arc::new(group),
+            Err(error) => {
+                tracing::error!(topic = %self.topic, partition = self.id, %error, "cannot start a partition group: the partition takes no publishes on this node");
+                return;
+            }
+        };
+        let _ = self.group.set(group.clone());
+        // A close that ran while the group started found no group to stop.
+        if self.closed.load(Ordering::Acquire) {
+            group.shutdown().await;
+            return;
+        }
+        // The first replica (the preferred leader: placement rotates it over the nodes)
+        // initialises the group at once and so stands for election first; the others
+        // wait, and initialise it themselves only if they heard nothing, so a group
+        // forms even while its first replica is down. Initialising several is safe: the
+        // first entry (log id 0, the same members) is the same everywhere.
+        let view = view.load();
+        let members = members_of(&view, &self.topic, self.id);
+        let preferred = view
+            .topics
+            .get(&self.topic)
+            .and_then(|t| t.replicas.get(self.id as usize))
+            .and_then(|r| r.first().copied());
+        if members.len() < 2 {
+            tracing::error!(topic = %self.topic, partition = self.id, "the partition's replicas are unknown to this node");
+            return;
+        }
+        if preferred != Some(group.node_id()) {
+            tokio::time::sleep(INITIALIZE_AFTER).await;
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+        }
+        if let Err(error) = group.initialize(members).await {
+            tracing::warn!(topic = %self.topic, partition = self.id, %error, "initialising a partition group");
+        }
+    }
+
+    fn unavailable(&self, why: impl std::fmt::Display) -> BrokerError {
+        BrokerError::ClusterUnavailable(format!(
+            "topic {} partition {}: {why}",
+            self.topic, self.id
+        ))
+    }
+}
+
+/// The client's status for a batch the group did not take: UNAVAILABLE (retry, here or
+/// at the leader) unless the batch or the producer's sequence is at fault.
+fn append_error(topic: &str, partition: u32, error: AppendError) -> BrokerError {
+    let why = match error {
+        AppendError::Invalid(why) => return BrokerError::InvalidRequest(why),
+        AppendError::Refused(storage) => return BrokerError::Storage(storage),
+        AppendError::NotLeader { leader } => format!(
+            "this node no longer leads the partition (leader now: {}); retry",
+            leader.map_or_else(|| "being elected".to_owned(), |l| format!("node {l}"))
+        ),
+        other => other.to_string(),
+    };
+    BrokerError::ClusterUnavailable(format!("topic {topic} partition {partition}: {why}"))
+}
+
+/// The replicas of `partition` of `topic`, with their addresses.
+fn members_of(view: &MetaState, topic: &str, partition: u32) -> BTreeMap<NodeId, NodeAddr> {
+    let addresses = types::members(view);
+    view.topics
+        .get(topic)
+        .and_then(|t| t.replicas.get(partition as usize))
+        .map(|replicas| {
+            replicas
+                .iter()
+                .filter_map(|id| addresses.get(id).map(|a| (*id, a.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl ReplicatedLog for ReplicaPartition {
+    fn propose(
+        &self,
+        batch: ValidatedBatch,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<Committed>> + Send + '_>> {
+        Box::pin(async move {
+            let Some(group) = self.group.get() else {
+                return Err(self.unavailable("its group is starting on this node; retry"));
+            };
+            // The entry owns its bytes: openraft keeps it until every replica has it.
+            let committed = group
+                .propose(batch.bytes().to_vec())
+                .await
+                .map_err(|e| append_error(&self.topic, self.id, e))?;
+            let (topic, id) = (self.topic.clone(), self.id);
+            let answer: Committed = Box::pin(async move {
+                match committed.await {
+                    Ok(at) => Ok(Appended {
+                        base_offset: at.base_offset,
+                        last_offset: (at.base_offset + u64::from(at.count)).saturating_sub(1),
+                    }),
+                    Err(error) => Err(append_error(&topic, id, error)),
+                }
+            });
+            Ok(answer)
+        })
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.group.get().and_then(|g| g.leader())
+    }
+
+    fn wait_for_leader(
+        &self,
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>> {
+        Box::pin(async move {
+            // Polled: only a publish that found no leader waits here, and at most
+            // LEADER_WAIT.
+            let deadline = Instant::now() + LEADER_WAIT;
+            loop {
+                if let Some(leader) = self.leader() {
+                    return Some(leader);
+                }
+                if Instant::now() >= deadline || self.closed.load(Ordering::Acquire) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+
+    fn close(&self) -> std::result::Result<(), StorageError> {
+        self.closed.store(true, Ordering::Release);
+        match self.group.get() {
+            Some(group) => self.runtime.block_on(group.shutdown()),
+            None => self.runtime.block_on(self.replica.stop()),
+        }
+        Ok(())
+    }
+}
