@@ -65,6 +65,7 @@ async fn create(
         name: name.into(),
         partitions,
         config,
+        replication_factor: None,
     })
     .await
     .map(tonic::Response::into_inner)

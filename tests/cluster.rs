@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{TestCluster, WAIT, create, eventually, has_topic};
+use common::cluster::{TestCluster, WAIT, create, create_with_factor, eventually, has_topic};
 use common::{assert_no_broker_panics, code_of, record, record_panics, test_config};
 use herald_broker::server::Broker;
 use herald_proto::HeraldClient;
@@ -56,19 +56,29 @@ async fn a_topic_created_on_a_follower_reaches_every_node_with_its_placement() {
             name: "orders".into(),
             partitions: 1,
             config: None,
+            replication_factor: None,
         })
         .await;
     assert_eq!(code_of(again), Code::AlreadyExists);
 
-    // Any node describes the cluster: three nodes, one leader, the topic's replicas.
+    // Any node describes the cluster: three nodes, one leader, the topic's replicas,
+    // and each partition's group led by its preferred (first) replica, so leaders
+    // spread over the nodes.
     let other = (1..=3).find(|id| *id != follower).unwrap();
-    let status = cluster
-        .client(other)
-        .await
-        .cluster_status(v1::ClusterStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut status = v1::ClusterStatusResponse::default();
+    for _ in 0..100 {
+        status = cluster
+            .client(other)
+            .await
+            .cluster_status(v1::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.topics[0].partitions.iter().all(|p| p.leader != 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(status.cluster_mode);
     assert_eq!(status.node_id, other);
     assert_eq!(status.metadata_leader, Some(leader));
@@ -94,11 +104,16 @@ async fn a_topic_created_on_a_follower_reaches_every_node_with_its_placement() {
         }
     }
 
-    // A consumer group reads its node's logs: refused on a node that does not serve
-    // every partition, naming one that serves a partition it lacks.
+    // A consumer group reads its node's logs: refused on a node that does not hold
+    // every partition (a topic with one copy of each), naming one that holds a
+    // partition it lacks.
+    create_with_factor(&mut client, "single", 3, Some(1)).await;
+    for broker in cluster.running() {
+        eventually("every node holds the topic", || has_topic(broker, "single")).await;
+    }
     let refused = client
         .create_group(v1::CreateGroupRequest {
-            topic: "orders".into(),
+            topic: "single".into(),
             group: "g".into(),
             ..Default::default()
         })
@@ -107,7 +122,7 @@ async fn a_topic_created_on_a_follower_reaches_every_node_with_its_placement() {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(v1::SubscribeRequest {
         request: Some(v1::subscribe_request::Request::Join(common::join(
-            "orders", "g", None,
+            "single", "g", None,
         ))),
     })
     .await
@@ -120,6 +135,16 @@ async fn a_topic_created_on_a_follower_reaches_every_node_with_its_placement() {
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("served by node"), "{status:?}");
+    // Every node holds a replica of every partition of "orders" (three copies on three
+    // nodes): a group works on any of them.
+    client
+        .create_group(v1::CreateGroupRequest {
+            topic: "orders".into(),
+            group: "g".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a group on a node holding every partition");
 
     client
         .delete_topic(v1::DeleteTopicRequest {
@@ -222,7 +247,9 @@ async fn any_node_takes_publishes_and_serves_reads_for_every_partition() {
     let cluster = TestCluster::start(3).await;
     cluster.leader().await;
     let mut first = cluster.client(1).await;
-    create(&mut first, "orders", 3).await;
+    // One copy of each partition: this test is about forwarding to the one node that
+    // holds a partition (replicated partitions have their own tests below).
+    create_with_factor(&mut first, "orders", 3, Some(1)).await;
     for broker in cluster.running() {
         eventually("every node holds the topic", || has_topic(broker, "orders")).await;
     }
@@ -502,7 +529,7 @@ async fn a_node_is_added_catches_up_and_is_removed() {
 
     // New topics are placed over four nodes, and the new one votes: with it the cluster
     // has four voters, so three must agree.
-    create(&mut cluster.client(new).await, "after", 4).await;
+    create_with_factor(&mut cluster.client(new).await, "after", 4, Some(1)).await;
     let status = cluster
         .client(new)
         .await
@@ -598,6 +625,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_rejoins_the_majority() {
             name: "during".into(),
             partitions: 1,
             config: None,
+            replication_factor: None,
         }),
     )
     .await
@@ -615,6 +643,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_rejoins_the_majority() {
                 name: "majority".into(),
                 partitions: 1,
                 config: None,
+                replication_factor: None,
             })
             .await;
         match created {

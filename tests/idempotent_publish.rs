@@ -452,6 +452,7 @@ async fn message_ids_are_stored_once_within_the_window() {
             dedup_window_ms: Some(WINDOW_MS),
             ..Default::default()
         }),
+        replication_factor: None,
     })
     .await
     .unwrap();

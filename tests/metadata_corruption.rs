@@ -240,6 +240,7 @@ async fn populate(dir: &Path) {
             retention_bytes: Some(1 << 30),
             ..Default::default()
         }),
+        replication_factor: None,
     })
     .await
     .unwrap();

@@ -195,6 +195,7 @@ async fn a_restarted_broker_has_every_record_topic_and_setting() {
             name: "configured".into(),
             partitions: 2,
             config: Some(configured_topic()),
+            replication_factor: None,
         })
         .await
         .unwrap()

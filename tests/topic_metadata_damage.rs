@@ -95,6 +95,7 @@ async fn expect_failed_precondition(c: &mut HeraldClient<Channel>, file: &str, w
             name: "damaged".into(),
             partitions: 1,
             config: None,
+            replication_factor: None,
         })
         .await;
     check("CreateTopic over it", created.unwrap_err());

@@ -545,6 +545,7 @@ fn fetch_answers_data_loss_or_exact_bytes() {
                     name: "t".into(),
                     partitions: 1,
                     config: None,
+                    replication_factor: None,
                 })
                 .await
                 .unwrap();

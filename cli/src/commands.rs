@@ -134,6 +134,10 @@ enum TopicCommand {
         /// How long a publish's herald-msg-id is remembered, in ms (0: off).
         #[arg(long)]
         dedup_window_ms: Option<u64>,
+        /// Cluster mode: copies of each partition, on as many nodes (default min(3,
+        /// nodes)). A publish is acknowledged once a majority of them has it.
+        #[arg(long)]
+        replication_factor: Option<u32>,
     },
     /// Change a topic's retention or largest record, or add partitions, while it is in
     /// use. Options left out keep their value. Adding partitions moves most keys to
@@ -674,6 +678,7 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
             fsync_interval_ms,
             max_message_bytes,
             dedup_window_ms,
+            replication_factor,
         } => {
             let config = TopicConfig {
                 retention_ms,
@@ -689,7 +694,7 @@ async fn topic(args: TopicArgs) -> anyhow::Result<()> {
                 dedup_window_ms,
             };
             let topic = admin
-                .create_topic(&name, partitions, config)
+                .create_replicated_topic(&name, partitions, config, replication_factor)
                 .await
                 .map_err(CallError)?;
             if json {

@@ -105,6 +105,7 @@ async fn three_processes_agree_on_topics_and_elect_a_new_leader_after_kill_9() {
             name: "payments".into(),
             partitions: 3,
             config: None,
+            replication_factor: None,
         })
         .await
         .expect("topic created through node 3");
@@ -186,6 +187,7 @@ async fn three_processes_agree_on_topics_and_elect_a_new_leader_after_kill_9() {
             name: "after-failover".into(),
             partitions: 1,
             config: None,
+            replication_factor: None,
         })
         .await
         .expect("topic created after the failover");
@@ -261,6 +263,7 @@ async fn acknowledged_publishes_forwarded_by_one_node_survive_kill_9_of_the_othe
             name: "ledger".into(),
             partitions: 3,
             config: None,
+            replication_factor: None,
         })
         .await
     {

@@ -422,11 +422,26 @@ impl Admin {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicInfo> {
+        self.create_replicated_topic(name, partitions, config, None)
+            .await
+    }
+
+    /// [`create_topic`](Self::create_topic) with the number of copies of each partition
+    /// in cluster mode (`None`: min(3, nodes); above 1 on a single node is
+    /// [`Error::InvalidArgument`]).
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        replication_factor: Option<u32>,
+    ) -> Result<TopicInfo> {
         let mut raw = self.client.raw();
         let request = v1::CreateTopicRequest {
             name: name.to_owned(),
             partitions,
             config: Some(config.into_proto()),
+            replication_factor,
         };
         let reply = self.client.unary(raw.create_topic(request)).await?;
         reply

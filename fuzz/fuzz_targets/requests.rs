@@ -169,6 +169,7 @@ async fn reset(client: &mut HeraldClient<Channel>) {
                     name: name.into(),
                     partitions,
                     config: None,
+                    replication_factor: None,
                 }),
             )
             .await

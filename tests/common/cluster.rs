@@ -245,11 +245,22 @@ pub fn has_topic(broker: &Broker, topic: &str) -> bool {
 }
 
 pub async fn create(client: &mut HeraldClient<Channel>, name: &str, partitions: u32) {
+    create_with_factor(client, name, partitions, None).await;
+}
+
+/// Creates a topic with `factor` copies of each partition (`None`: the default).
+pub async fn create_with_factor(
+    client: &mut HeraldClient<Channel>,
+    name: &str,
+    partitions: u32,
+    factor: Option<u32>,
+) {
     client
         .create_topic(v1::CreateTopicRequest {
             name: name.into(),
             partitions,
             config: None,
+            replication_factor: factor,
         })
         .await
         .expect("topic created");

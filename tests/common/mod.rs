@@ -123,6 +123,7 @@ pub async fn create_topic(client: &mut HeraldClient<Channel>, name: &str, partit
             name: name.into(),
             partitions,
             config: None,
+            replication_factor: None,
         })
         .await
         .expect("topic created");

@@ -22,7 +22,13 @@ pub async fn create_topic(
     settings: TopicSettings,
 ) -> Result<v1::CreateTopicResponse> {
     let record = cluster
-        .create_topic(&request.name, request.partitions, 0, &settings, registry)
+        .create_topic(
+            &request.name,
+            request.partitions,
+            request.replication_factor.unwrap_or(0),
+            &settings,
+            registry,
+        )
         .await?;
     let topic = match registry.get(&record.name) {
         Ok(topic) => describe(&topic),

@@ -664,6 +664,13 @@ impl v1::herald_server::Herald for HeraldService {
                 super::cluster_status::create_topic(cluster, &self.registry, r, settings).await?;
             return Ok(Response::new(topic));
         }
+        if r.replication_factor.unwrap_or(0) > 1 {
+            return Err(BrokerError::InvalidSettings(format!(
+                "replication_factor {} needs a cluster: a single node holds one copy of each partition",
+                r.replication_factor.unwrap_or(0)
+            ))
+            .into());
+        }
         let registry = self.registry.clone();
         let topic = blocking(move || registry.create(&r.name, r.partitions, settings)).await?;
         Ok(Response::new(v1::CreateTopicResponse {
