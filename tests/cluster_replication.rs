@@ -1,0 +1,290 @@
+//! Replicated partitions in one process: three brokers on 127.0.0.1, each partition a
+//! group of three replicas. Every acknowledged publish is on every replica at its
+//! acknowledged offset, through a leader's stop, a restart, and an isolated leader that
+//! must acknowledge nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::cluster::{TestCluster, WAIT, create, eventually, has_topic};
+use common::{record, record_panics};
+use herald_proto::HeraldClient;
+use herald_proto::v1;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const TOPIC: &str = "replicated";
+const PARTITIONS: u32 = 2;
+
+/// Acknowledged records: partition → offset → (key, value).
+type Acked = BTreeMap<u32, BTreeMap<u64, (String, String)>>;
+
+fn keyed(key: &str, value: &str) -> v1::PublishRequest {
+    v1::PublishRequest {
+        topic: TOPIC.into(),
+        partition: None,
+        payload: Some(v1::publish_request::Payload::Records(v1::Records {
+            records: vec![record(Some(key), value)],
+        })),
+        producer: None,
+    }
+}
+
+/// Publishes, retrying UNAVAILABLE (a failover under way) until `WAIT` has passed; any
+/// other refusal fails the test.
+async fn publish_retrying(
+    client: &mut HeraldClient<Channel>,
+    request: v1::PublishRequest,
+) -> v1::PublishResponse {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.publish(request.clone()).await {
+            Ok(answer) => return answer.into_inner(),
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("publish refused: {status:?}"),
+        }
+    }
+}
+
+async fn publish_keyed(
+    client: &mut HeraldClient<Channel>,
+    acked: &mut Acked,
+    round: &str,
+    count: usize,
+) {
+    for i in 0..count {
+        let (key, value) = (format!("k{}", i % 7), format!("{round}-{i}"));
+        let answer = publish_retrying(client, keyed(&key, &value)).await;
+        assert_eq!(answer.base_offset, answer.last_offset);
+        let previous = acked
+            .entry(answer.partition)
+            .or_default()
+            .insert(answer.base_offset, (key, value));
+        assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
+    }
+}
+
+/// Every committed record of `partition` on the node `client` talks to (a replica
+/// serves reads from its own log).
+async fn read_all(client: &mut HeraldClient<Channel>, partition: u32) -> BTreeMap<u64, (String, String)> {
+    let mut records = BTreeMap::new();
+    let mut stream = client
+        .fetch(v1::FetchRequest {
+            topic: TOPIC.into(),
+            partition,
+            start: Some(v1::Position {
+                kind: Some(v1::position::Kind::Offset(0)),
+            }),
+            follow: false,
+            ..Default::default()
+        })
+        .await
+        .expect("fetch opens")
+        .into_inner();
+    while let Some(response) = stream.message().await.expect("the fetch stays healthy") {
+        for r in response.records {
+            let key = String::from_utf8(r.key.unwrap_or_default().to_vec()).unwrap();
+            let value = String::from_utf8(r.value.to_vec()).unwrap();
+            records.insert(r.offset, (key, value));
+        }
+    }
+    records
+}
+
+/// Waits until the node `id` holds exactly the acknowledged records, at their offsets.
+async fn holds_exactly(cluster: &TestCluster, id: u64, acked: &Acked) {
+    let mut client = cluster.client(id).await;
+    let deadline = Instant::now() + WAIT;
+    for partition in 0..PARTITIONS {
+        let want = acked.get(&partition).cloned().unwrap_or_default();
+        loop {
+            let got = read_all(&mut client, partition).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} partition {partition}: holds {} records, {} acknowledged; first difference at {:?}",
+                got.len(),
+                want.len(),
+                want.iter().find(|(o, r)| got.get(o) != Some(r))
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Offsets dense from 0, and each key's records in the order they were published.
+fn check_order(acked: &Acked) {
+    for (partition, records) in acked {
+        let offsets: Vec<u64> = records.keys().copied().collect();
+        let dense: Vec<u64> = (0..offsets.len() as u64).collect();
+        assert_eq!(offsets, dense, "partition {partition}: offsets not dense");
+        let mut last: BTreeMap<&str, (&str, usize)> = BTreeMap::new();
+        for (key, value) in records.values() {
+            let (round, i) = value.rsplit_once('-').unwrap();
+            let i: usize = i.parse().unwrap();
+            if let Some((last_round, last_i)) = last.get(key.as_str())
+                && *last_round == round
+            {
+                assert!(i > *last_i, "key {key} reordered in partition {partition}");
+            }
+            last.insert(key, (round, i));
+        }
+    }
+}
+
+/// The leader of `partition` as node `id` reports it (0 while unknown).
+async fn leader_of(cluster: &TestCluster, id: u64, partition: u32) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = cluster
+            .client(id)
+            .await
+            .cluster_status(v1::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let leader = status
+            .topics
+            .iter()
+            .find(|t| t.name == TOPIC)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .map_or(0, |p| p.leader);
+        if leader != 0 {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "partition {partition} has no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_leader() {
+    record_panics();
+    let mut cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    create(&mut cluster.client(1).await, TOPIC, PARTITIONS).await;
+    for broker in cluster.running() {
+        eventually("every node holds the topic", || has_topic(broker, TOPIC)).await;
+    }
+    let mut acked = Acked::new();
+
+    // Publishes through every node (two of three forward to the group's leader); every
+    // replica holds them all.
+    for id in 1..=3 {
+        publish_keyed(&mut cluster.client(id).await, &mut acked, &format!("a{id}"), 15).await;
+    }
+    for id in 1..=3 {
+        holds_exactly(&cluster, id, &acked).await;
+    }
+
+    // The leader of partition 0 stops: the others elect a leader and go on.
+    let stopped = leader_of(&cluster, 1, 0).await;
+    let survivor = (1..=3).find(|id| *id != stopped).unwrap();
+    cluster.stop(stopped).await;
+    let stop_at = Instant::now();
+    let mut client = cluster.client(survivor).await;
+    let (key, value) = ("k0", "b-0");
+    let first = publish_retrying(&mut client, keyed(key, value)).await;
+    eprintln!(
+        "failover: partition {} acknowledged again {:?} after node {stopped} stopped",
+        first.partition,
+        stop_at.elapsed()
+    );
+    acked
+        .entry(first.partition)
+        .or_default()
+        .insert(first.base_offset, (key.into(), value.into()));
+    publish_keyed(&mut client, &mut acked, "c", 30).await;
+    for id in (1..=3).filter(|id| *id != stopped) {
+        holds_exactly(&cluster, id, &acked).await;
+    }
+
+    // It restarts and catches up from the others' logs.
+    cluster.restart(stopped).await;
+    publish_keyed(&mut cluster.client(stopped).await, &mut acked, "d", 10).await;
+    for id in 1..=3 {
+        holds_exactly(&cluster, id, &acked).await;
+    }
+
+    // An idempotent producer's retry is answered with the first offsets, never stored
+    // twice, also when it reaches the leader through another node.
+    let mut c1 = cluster.client(1).await;
+    let producer = c1
+        .init_producer(v1::InitProducerRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let stamped = v1::PublishRequest {
+        partition: Some(1),
+        producer: Some(v1::ProducerSequence {
+            producer_id: producer.producer_id,
+            epoch: producer.epoch,
+            base_sequence: 0,
+        }),
+        ..keyed("idem", "e-0")
+    };
+    let once = publish_retrying(&mut c1, stamped.clone()).await;
+    for id in 1..=3 {
+        let again = publish_retrying(&mut cluster.client(id).await, stamped.clone()).await;
+        assert_eq!(
+            (again.base_offset, again.last_offset),
+            (once.base_offset, once.last_offset),
+            "retry through node {id}"
+        );
+    }
+    acked
+        .entry(1)
+        .or_default()
+        .insert(once.base_offset, ("idem".into(), "e-0".into()));
+    for id in 1..=3 {
+        holds_exactly(&cluster, id, &acked).await;
+    }
+
+    // The leader of partition 1 is cut off from the others: a publish it takes is never
+    // acknowledged; the others elect a leader and take publishes; healed, the old leader
+    // cuts what it alone held and holds exactly what was acknowledged.
+    let isolated = leader_of(&cluster, 1, 1).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != isolated).collect();
+    cluster.node(isolated).cluster.as_ref().unwrap().set_isolated(true);
+    let refused = cluster
+        .client(isolated)
+        .await
+        .publish(v1::PublishRequest {
+            partition: Some(1),
+            ..keyed("lost", "never-acknowledged")
+        })
+        .await;
+    assert!(
+        refused.is_err(),
+        "an isolated leader acknowledged a publish: {refused:?}"
+    );
+    let mut majority = cluster.client(others[0]).await;
+    let taken = publish_retrying(
+        &mut majority,
+        v1::PublishRequest {
+            partition: Some(1),
+            ..keyed("k1", "f-0")
+        },
+    )
+    .await;
+    acked
+        .entry(1)
+        .or_default()
+        .insert(taken.base_offset, ("k1".into(), "f-0".into()));
+    for id in &others {
+        holds_exactly(&cluster, *id, &acked).await;
+    }
+    cluster.node(isolated).cluster.as_ref().unwrap().set_isolated(false);
+    for id in 1..=3 {
+        holds_exactly(&cluster, id, &acked).await;
+    }
+
+    check_order(&acked);
+    cluster.shutdown().await;
+}
