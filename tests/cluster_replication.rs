@@ -70,7 +70,10 @@ async fn publish_keyed(
 
 /// Every committed record of `partition` on the node `client` talks to (a replica
 /// serves reads from its own log).
-async fn read_all(client: &mut HeraldClient<Channel>, partition: u32) -> BTreeMap<u64, (String, String)> {
+async fn read_all(
+    client: &mut HeraldClient<Channel>,
+    partition: u32,
+) -> BTreeMap<u64, (String, String)> {
     let mut records = BTreeMap::new();
     let mut stream = client
         .fetch(v1::FetchRequest {
@@ -158,7 +161,10 @@ async fn leader_of(cluster: &TestCluster, id: u64, partition: u32) -> u64 {
         if leader != 0 {
             return leader;
         }
-        assert!(Instant::now() < deadline, "partition {partition} has no leader");
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} has no leader"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -177,7 +183,13 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
     // Publishes through every node (two of three forward to the group's leader); every
     // replica holds them all.
     for id in 1..=3 {
-        publish_keyed(&mut cluster.client(id).await, &mut acked, &format!("a{id}"), 15).await;
+        publish_keyed(
+            &mut cluster.client(id).await,
+            &mut acked,
+            &format!("a{id}"),
+            15,
+        )
+        .await;
     }
     for id in 1..=3 {
         holds_exactly(&cluster, id, &acked).await;
@@ -251,7 +263,12 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
     // cuts what it alone held and holds exactly what was acknowledged.
     let isolated = leader_of(&cluster, 1, 1).await;
     let others: Vec<u64> = (1..=3).filter(|id| *id != isolated).collect();
-    cluster.node(isolated).cluster.as_ref().unwrap().set_isolated(true);
+    cluster
+        .node(isolated)
+        .cluster
+        .as_ref()
+        .unwrap()
+        .set_isolated(true);
     let refused = cluster
         .client(isolated)
         .await
@@ -280,7 +297,12 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
     for id in &others {
         holds_exactly(&cluster, *id, &acked).await;
     }
-    cluster.node(isolated).cluster.as_ref().unwrap().set_isolated(false);
+    cluster
+        .node(isolated)
+        .cluster
+        .as_ref()
+        .unwrap()
+        .set_isolated(false);
     for id in 1..=3 {
         holds_exactly(&cluster, id, &acked).await;
     }

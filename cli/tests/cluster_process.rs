@@ -422,7 +422,11 @@ async fn partition_leader(server: SocketAddr, topic: &str, partition: u32) -> u6
 
 /// Publishes through `server`, retrying UNAVAILABLE (a failover under way) within
 /// `FAILOVER_BOUND`; returns the answer and how long it took.
-async fn publish_through(server: SocketAddr, key: &str, value: &str) -> (v1::PublishResponse, Duration) {
+async fn publish_through(
+    server: SocketAddr,
+    key: &str,
+    value: &str,
+) -> (v1::PublishResponse, Duration) {
     let started = Instant::now();
     let mut client = HeraldClient::connect(format!("http://{server}"))
         .await
@@ -464,7 +468,15 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
     let dirs: Vec<_> = (1..=3)
         .map(|id| root.path().join(format!("node{id}")))
         .collect();
-    let start = |i: usize| serve(&dirs[i], i as u64 + 1, ports[2 * i], ports[2 * i + 1], &members);
+    let start = |i: usize| {
+        serve(
+            &dirs[i],
+            i as u64 + 1,
+            ports[2 * i],
+            ports[2 * i + 1],
+            &members,
+        )
+    };
     let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(start(i))).collect();
     let client_of = |id: u64| ports[2 * (id as usize - 1)];
     let mut admin = HeraldClient::connect(format!("http://{}", client_of(1)))
@@ -488,25 +500,31 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
     let mut acked: std::collections::BTreeMap<(u32, u64), String> = Default::default();
     let mut seq = 0u64;
     let mut failovers = Vec::new();
-    let mut publish = async |server: SocketAddr, acked: &mut std::collections::BTreeMap<(u32, u64), String>| {
-        seq += 1;
-        let key = format!("account-{}", seq % 20);
-        let value = format!("{key}:{seq}");
-        let (answer, took) = publish_through(server, &key, &value).await;
-        let previous = acked.insert((answer.partition, answer.base_offset), value);
-        assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
-        (answer.partition, took)
-    };
+    let mut publish =
+        async |server: SocketAddr, acked: &mut std::collections::BTreeMap<(u32, u64), String>| {
+            seq += 1;
+            let key = format!("account-{}", seq % 20);
+            let value = format!("{key}:{seq}");
+            let (answer, took) = publish_through(server, &key, &value).await;
+            let previous = acked.insert((answer.partition, answer.base_offset), value);
+            assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
+            (answer.partition, took)
+        };
     for fault in 0..faults {
         let partition = (fault % 2) as u32;
-        let live = (1..=3u64).find(|id| processes[*id as usize - 1].is_some()).unwrap();
+        let live = (1..=3u64)
+            .find(|id| processes[*id as usize - 1].is_some())
+            .unwrap();
         let deadline = Instant::now() + FAILOVER_BOUND;
         let victim = loop {
             let leader = partition_leader(client_of(live), "replicated", partition).await;
             if leader != 0 {
                 break leader;
             }
-            assert!(Instant::now() < deadline, "partition {partition} has no leader");
+            assert!(
+                Instant::now() < deadline,
+                "partition {partition} has no leader"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         for _ in 0..20 {
@@ -556,7 +574,10 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
                 let mut stored: Vec<(u64, String)> = Vec::new();
                 while let Some(response) = stream.message().await.unwrap() {
                     for record in response.records {
-                        stored.push((record.offset, String::from_utf8(record.value.to_vec()).unwrap()));
+                        stored.push((
+                            record.offset,
+                            String::from_utf8(record.value.to_vec()).unwrap(),
+                        ));
                     }
                 }
                 if stored == want {
@@ -572,7 +593,11 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let offsets: Vec<u64> = want.iter().map(|(o, _)| *o).collect();
-            assert_eq!(offsets, (0..want.len() as u64).collect::<Vec<_>>(), "dense offsets");
+            assert_eq!(
+                offsets,
+                (0..want.len() as u64).collect::<Vec<_>>(),
+                "dense offsets"
+            );
             let mut last: std::collections::HashMap<&str, u64> = Default::default();
             for (_, value) in &want {
                 let (key, n) = value.split_once(':').unwrap();
