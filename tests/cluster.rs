@@ -207,6 +207,18 @@ async fn a_single_node_describes_itself_as_a_cluster_of_one() {
     assert_eq!(status.nodes.len(), 1);
     assert_eq!(status.nodes[0].client_address, broker.addr.to_string());
     assert_eq!(status.topics[0].partitions.len(), 2);
+    // One node holds one copy: asking for more is a clear refusal.
+    let refused = client
+        .create_topic(v1::CreateTopicRequest {
+            name: "copies".into(),
+            partitions: 1,
+            config: None,
+            replication_factor: Some(2),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("needs a cluster"), "{refused:?}");
     common::stop(broker).await;
 }
 
