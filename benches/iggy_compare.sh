@@ -41,7 +41,7 @@
 # Disk flushes per 1,000 records (fsync rows): the disk's completed cache flushes around the
 # publish run, counted machine-wide, so other processes' flushes are included.
 #
-# Sizes: RECORDS_100 (default 2000000), RECORDS_1K (500000), RECORDS_FSYNC (200000),
+# Sizes: RECORDS_100 (default 5000000), RECORDS_1K (1000000), RECORDS_FSYNC (800000),
 # multiples of 1,000 (of 8,000 for f8, rounded down). Per-run JSON and logs are kept in
 # OUT (default a new temporary directory, printed at the end).
 set -euo pipefail
@@ -52,9 +52,9 @@ fi
 IGGY_SERVER=$(realpath "$1")
 IGGY_BENCH=$(realpath "$2")
 ROUNDS=${3:-3}
-RECORDS_100=${RECORDS_100:-2000000}
-RECORDS_1K=${RECORDS_1K:-500000}
-RECORDS_FSYNC=${RECORDS_FSYNC:-200000}
+RECORDS_100=${RECORDS_100:-5000000}
+RECORDS_1K=${RECORDS_1K:-1000000}
+RECORDS_FSYNC=${RECORDS_FSYNC:-800000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HERALD=$BIN/herald
@@ -82,29 +82,48 @@ flushes() {
   awk '{ print ($16 == "" ? 0 : $16) }' "/sys/class/block/$DEV/stat" 2>/dev/null || echo 0
 }
 
-cpu_ns() { # the process's CPU time so far: all its threads, ns
-  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'
+cpu_ns() { # the process's CPU time so far: all its threads, ns (%.0f: mawk clamps %d at 2^31)
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
 
-wait_for() { # wait_for LOG TEXT
+wait_for() { # wait_for LOG TEXT: 0 once TEXT is in LOG, 1 if the broker exited first
   for _ in $(seq 300); do
-    grep -q "$2" "$1" && return
-    kill -0 "$BROKER" 2>/dev/null || break
+    grep -q "$2" "$1" && return 0
+    kill -0 "$BROKER" 2>/dev/null || return 1
     sleep 0.1
   done
   echo "broker did not start:"; tail -20 "$1"; exit 1
 }
 
-port() { echo $((40000 + RANDOM % 10000)); }
+# A port below the ephemeral range that nothing listens on (PORT + 1000 free too).
+port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 9000))
+    ss -Hltn "( sport = :$p or sport = :$((p + 1000)) )" | grep -q . || break
+  done
+  echo "$p"
+}
+
+started() { # started LOG TEXT: after a start attempt; a port taken meanwhile is retried
+  wait_for "$1" "$2" && return 0
+  wait "$BROKER" 2>/dev/null || true
+  BROKER=
+  rm -rf "$OUT/data"
+  if grep -q "in use" "$1"; then return 1; fi
+  echo "broker did not start:"; tail -20 "$1"; exit 1
+}
 
 herald_start() { # herald_start NAME
-  PORT=$(port)
-  MPORT=$((PORT + 10000))
-  : >"$OUT/$1.log"
-  "$HERALD" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" \
-    --metrics-listen "127.0.0.1:$MPORT" 2>"$OUT/$1.log" &
-  BROKER=$!
-  wait_for "$OUT/$1.log" "herald is serving"
+  while :; do
+    PORT=$(port)
+    MPORT=$((PORT + 1000))
+    : >"$OUT/$1.log"
+    "$HERALD" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" \
+      --metrics-listen "127.0.0.1:$MPORT" 2>"$OUT/$1.log" &
+    BROKER=$!
+    started "$OUT/$1.log" "herald is serving" && return
+  done
 }
 
 # run_herald KIND RUN ARGS...: one herald-load run against a fresh broker.
@@ -137,13 +156,15 @@ EOF
 }
 
 iggy_start() { # iggy_start NAME
-  PORT=$(port)
-  : >"$OUT/$1.log"
-  (cd "$OUT" && IGGY_SYSTEM_PATH="$OUT/data" IGGY_TCP_ADDRESS="127.0.0.1:$PORT" \
-    IGGY_HTTP_ENABLED=false IGGY_QUIC_ENABLED=false IGGY_WEBSOCKET_ENABLED=false \
-    exec "$IGGY_SERVER" --fresh --with-default-root-credentials >"$OUT/$1.log" 2>&1) &
-  BROKER=$!
-  wait_for "$OUT/$1.log" "Client listener (TCP) accepting on"
+  while :; do
+    PORT=$(port)
+    : >"$OUT/$1.log"
+    (cd "$OUT" && IGGY_SYSTEM_PATH="$OUT/data" IGGY_TCP_ADDRESS="127.0.0.1:$PORT" \
+      IGGY_HTTP_ENABLED=false IGGY_QUIC_ENABLED=false IGGY_WEBSOCKET_ENABLED=false \
+      exec "$IGGY_SERVER" --fresh --with-default-root-credentials >"$OUT/$1.log" 2>&1) &
+    BROKER=$!
+    started "$OUT/$1.log" "Client listener (TCP) accepting on" && return
+  done
 }
 
 # iggy_bench NAME ACTORS BATCHES ARGS...: one iggy-bench run (ARGS: options and benchmark
