@@ -7,6 +7,7 @@ mod connections;
 mod groups;
 mod metrics;
 mod policy;
+mod publish_route;
 mod request_limit;
 mod service;
 mod status;

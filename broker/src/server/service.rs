@@ -762,12 +762,7 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
-        self.check_running()?;
-        let access = Access::of(&request);
-        let publish = request.into_inner();
-        access.authorize(Operation::Publish, Resource::topic(&publish.topic))?;
-        let committed = self.publish_enqueue(publish, false).await?;
-        Ok(Response::new(committed.await?))
+        Ok(Response::new(self.publish_unary(request).await?))
     }
 
     async fn init_producer(
@@ -797,113 +792,7 @@ impl v1::herald_server::Herald for HeraldService {
         &self,
         request: Request<Streaming<v1::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let access = Access::of(&request);
-        if let Access::Unmarked = access {
-            access.authorize(Operation::Publish, Resource::cluster())?;
-        }
-        let slot = self.open_stream(&request)?;
-        // Requests above the size limit arrive as stand-ins (`publish` unset) reported
-        // here, in order; see `request_limit`.
-        let oversized = request
-            .extensions()
-            .get::<OversizedRequests>()
-            .map(|o| o.0.clone());
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let service = self.clone_for_task();
-        let idle = self.registry.config().idle_stream_timeout();
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut pending: FuturesUnordered<PendingReply> = FuturesUnordered::new();
-            let mut inbound_open = true;
-            // Index of the next request read, and the next oversized report not yet
-            // matched to its stand-in.
-            let mut index = 0u64;
-            let mut next_oversized: Option<Oversized> = None;
-            // Set when reading broke: the stream ends with it once every request read has
-            // been answered.
-            let mut broken: Option<Status> = None;
-            loop {
-                tokio::select! {
-                    // Requests are taken in order and each is queued to its partition before
-                    // the next is read, so a stream's batches to one partition keep their order.
-                    next = tokio::time::timeout(idle, inbound.next()), if inbound_open && pending.len() < PUBLISH_STREAM_IN_FLIGHT => {
-                        match next {
-                            Err(_) if pending.is_empty() => {
-                                let _ = tx.send(Err(BrokerError::PublishStreamIdle { idle }.into())).await;
-                                break;
-                            }
-                            Err(_) => {}
-                            Ok(None) => inbound_open = false,
-                            Ok(Some(Err(status))) => {
-                                // Nothing more can be read, but what was read is still
-                                // answered before the stream ends with the reason.
-                                tracing::debug!(%status, "publish stream broke");
-                                inbound_open = false;
-                                broken = Some(status);
-                            }
-                            Ok(Some(Ok(req))) => {
-                                let sequence = req.sequence;
-                                let this = index;
-                                index += 1;
-                                let queued = match req.publish {
-                                    None => {
-                                        if next_oversized.is_none() {
-                                            next_oversized = oversized.as_ref().and_then(|o| o.try_recv().ok());
-                                        }
-                                        match next_oversized {
-                                            Some(o) if o.index == this => {
-                                                next_oversized = None;
-                                                Err(BrokerError::from(o))
-                                            }
-                                            _ => Err(BrokerError::InvalidRequest("the request carries no `publish`".into())),
-                                        }
-                                    }
-                                    // Each publish names its topic: authorised one by one,
-                                    // a refusal answering that publish alone.
-                                    Some(publish) => match access.authorize(Operation::Publish, Resource::topic(&publish.topic)) {
-                                        // Waits here while the partition is full: the stream
-                                        // stops reading, and HTTP/2 flow control pushes back.
-                                        Ok(()) => service.publish_enqueue(publish, false).await,
-                                        Err(denied) => Err(denied),
-                                    },
-                                };
-                                let reply: PendingReply = match queued {
-                                    Ok(committed) => Box::pin(async move { (sequence, committed.await) }),
-                                    Err(error) => Box::pin(std::future::ready((sequence, Err(error)))),
-                                };
-                                pending.push(reply);
-                            }
-                        }
-                    }
-                    Some((sequence, result)) = pending.next(), if !pending.is_empty() => {
-                        let outcome = match result {
-                            Ok(published) => v1::publish_stream_response::Outcome::Published(published),
-                            Err(error) => {
-                                let status = Status::from(error);
-                                v1::publish_stream_response::Outcome::Error(v1::Error {
-                                    code: status.code() as i32,
-                                    message: status.message().to_owned(),
-                                })
-                            }
-                        };
-                        if tx.send(Ok(v1::PublishStreamResponse { sequence, outcome: Some(outcome) })).await.is_err() {
-                            break;
-                        }
-                    }
-                    _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if pending.is_empty() && inbound_open => {
-                        let _ = tx.send(Err(BrokerError::ShuttingDown.into())).await;
-                        break;
-                    }
-                    else => break,
-                }
-            }
-            if let Some(status) = broken {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.publish_stream_start(request)?))
     }
 
     type FetchStream = BoxStream<v1::FetchResponse>;
@@ -1083,6 +972,139 @@ impl v1::herald_server::Herald for HeraldService {
 }
 
 impl HeraldService {
+    /// A unary Publish. Both the trait method (request decoded by tonic) and the route
+    /// that decodes it itself (`publish_route`) come here.
+    pub(super) async fn publish_unary(
+        &self,
+        request: Request<v1::PublishRequest>,
+    ) -> Result<v1::PublishResponse, Status> {
+        self.check_running()?;
+        let access = Access::of(&request);
+        let publish = request.into_inner();
+        access.authorize(Operation::Publish, Resource::topic(&publish.topic))?;
+        let committed = self.publish_enqueue(publish, false).await?;
+        Ok(committed.await?)
+    }
+
+    /// Starts a PublishStream over `request`'s messages; its replies are the returned
+    /// stream. Both the trait method (messages decoded by tonic) and the route that decodes
+    /// them itself (`publish_route`) come here.
+    pub(super) fn publish_stream_start<S>(
+        &self,
+        request: Request<S>,
+    ) -> Result<BoxStream<v1::PublishStreamResponse>, Status>
+    where
+        S: Stream<Item = Result<v1::PublishStreamRequest, Status>> + Send + Unpin + 'static,
+    {
+        let access = Access::of(&request);
+        if let Access::Unmarked = access {
+            access.authorize(Operation::Publish, Resource::cluster())?;
+        }
+        let slot = self.open_stream(&request)?;
+        // Requests above the size limit arrive as stand-ins (`publish` unset) reported
+        // here, in order; see `request_limit`.
+        let oversized = request
+            .extensions()
+            .get::<OversizedRequests>()
+            .map(|o| o.0.clone());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let service = self.clone_for_task();
+        let idle = self.registry.config().idle_stream_timeout();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut pending: FuturesUnordered<PendingReply> = FuturesUnordered::new();
+            let mut inbound_open = true;
+            // Index of the next request read, and the next oversized report not yet
+            // matched to its stand-in.
+            let mut index = 0u64;
+            let mut next_oversized: Option<Oversized> = None;
+            // Set when reading broke: the stream ends with it once every request read has
+            // been answered.
+            let mut broken: Option<Status> = None;
+            loop {
+                tokio::select! {
+                    // Requests are taken in order and each is queued to its partition before
+                    // the next is read, so a stream's batches to one partition keep their order.
+                    next = tokio::time::timeout(idle, inbound.next()), if inbound_open && pending.len() < PUBLISH_STREAM_IN_FLIGHT => {
+                        match next {
+                            Err(_) if pending.is_empty() => {
+                                let _ = tx.send(Err(BrokerError::PublishStreamIdle { idle }.into())).await;
+                                break;
+                            }
+                            Err(_) => {}
+                            Ok(None) => inbound_open = false,
+                            Ok(Some(Err(status))) => {
+                                // Nothing more can be read, but what was read is still
+                                // answered before the stream ends with the reason.
+                                tracing::debug!(%status, "publish stream broke");
+                                inbound_open = false;
+                                broken = Some(status);
+                            }
+                            Ok(Some(Ok(req))) => {
+                                let sequence = req.sequence;
+                                let this = index;
+                                index += 1;
+                                let queued = match req.publish {
+                                    None => {
+                                        if next_oversized.is_none() {
+                                            next_oversized = oversized.as_ref().and_then(|o| o.try_recv().ok());
+                                        }
+                                        match next_oversized {
+                                            Some(o) if o.index == this => {
+                                                next_oversized = None;
+                                                Err(BrokerError::from(o))
+                                            }
+                                            _ => Err(BrokerError::InvalidRequest("the request carries no `publish`".into())),
+                                        }
+                                    }
+                                    // Each publish names its topic: authorised one by one,
+                                    // a refusal answering that publish alone.
+                                    Some(publish) => match access.authorize(Operation::Publish, Resource::topic(&publish.topic)) {
+                                        // Waits here while the partition is full: the stream
+                                        // stops reading, and HTTP/2 flow control pushes back.
+                                        Ok(()) => service.publish_enqueue(publish, false).await,
+                                        Err(denied) => Err(denied),
+                                    },
+                                };
+                                let reply: PendingReply = match queued {
+                                    Ok(committed) => Box::pin(async move { (sequence, committed.await) }),
+                                    Err(error) => Box::pin(std::future::ready((sequence, Err(error)))),
+                                };
+                                pending.push(reply);
+                            }
+                        }
+                    }
+                    Some((sequence, result)) = pending.next(), if !pending.is_empty() => {
+                        let outcome = match result {
+                            Ok(published) => v1::publish_stream_response::Outcome::Published(published),
+                            Err(error) => {
+                                let status = Status::from(error);
+                                v1::publish_stream_response::Outcome::Error(v1::Error {
+                                    code: status.code() as i32,
+                                    message: status.message().to_owned(),
+                                })
+                            }
+                        };
+                        if tx.send(Ok(v1::PublishStreamResponse { sequence, outcome: Some(outcome) })).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if pending.is_empty() && inbound_open => {
+                        let _ = tx.send(Err(BrokerError::ShuttingDown.into())).await;
+                        break;
+                    }
+                    else => break,
+                }
+            }
+            if let Some(status) = broken {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
     /// Starts a Subscribe member; its responses are the returned stream. Both the trait
     /// method and the route that writes Subscribe's body itself come here.
     pub(super) fn subscribe_stream(

@@ -37,6 +37,7 @@ use tonic::{Request, Status};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::publish_route;
 use super::service::{BoxStream, FETCH_SMALL_BYTES, HELD_RESPONSES, HeraldService};
 use crate::error::BrokerError;
 
@@ -54,13 +55,16 @@ const RUN_RECORDS_TAG: u32 = 9;
 /// The gRPC length prefix: a compression flag byte and a big-endian u32.
 const GRPC_PREFIX_BYTES: usize = 5;
 
-/// The generated Herald server with Subscribe answered by [`SubscribeBody`].
+/// The generated Herald server with Subscribe answered by [`SubscribeBody`], and Publish
+/// and PublishStream by `publish_route`.
 #[derive(Clone)]
 pub struct SubscribeRoute {
     inner: HeraldServer<HeraldService>,
     service: Arc<HeraldService>,
     /// Largest request message accepted, as the generated server is configured.
     max_decoding_message_size: usize,
+    /// Largest response message sent, as the generated server is configured.
+    max_encoding_message_size: usize,
 }
 
 impl SubscribeRoute {
@@ -71,6 +75,7 @@ impl SubscribeRoute {
                 .max_encoding_message_size(max_encoding),
             service,
             max_decoding_message_size: max_decoding,
+            max_encoding_message_size: max_encoding,
         }
     }
 }
@@ -89,12 +94,30 @@ impl Service<http::Request<Body>> for SubscribeRoute {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != SUBSCRIBE_PATH {
-            let future = self.inner.call(request);
-            return Box::pin(future);
-        }
         let service = self.service.clone();
-        let max = self.max_decoding_message_size;
+        let (max, max_encoding) = (
+            self.max_decoding_message_size,
+            self.max_encoding_message_size,
+        );
+        match request.uri().path() {
+            SUBSCRIBE_PATH => {}
+            publish_route::PUBLISH_PATH => {
+                return Box::pin(async move {
+                    Ok(publish_route::publish(&service, request, max, max_encoding).await)
+                });
+            }
+            publish_route::PUBLISH_STREAM_PATH => {
+                return Box::pin(async move {
+                    Ok(publish_route::publish_stream(
+                        &service,
+                        request,
+                        max,
+                        max_encoding,
+                    ))
+                });
+            }
+            _ => return Box::pin(self.inner.call(request)),
+        }
         Box::pin(async move {
             Ok(match subscribe(&service, request, max) {
                 Ok(body) => {
