@@ -310,3 +310,63 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
     check_order(&acked);
     cluster.shutdown().await;
 }
+
+/// A consumer group on any replica delivers the committed records, including those
+/// published through another node after it joined, each once, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_on_any_replica_delivers_the_committed_records() {
+    record_panics();
+    let cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    for id in 1..=3u64 {
+        let topic = format!("grouped-{id}");
+        create(&mut cluster.client(1).await, &topic, 1).await;
+        for broker in cluster.running() {
+            eventually("every node holds the topic", || has_topic(broker, &topic)).await;
+        }
+        let to_topic = |value: String| v1::PublishRequest {
+            topic: topic.clone(),
+            ..keyed("k", &value)
+        };
+        let mut publisher = cluster.client(1).await;
+        for i in 0..10 {
+            publish_retrying(&mut publisher, to_topic(format!("before-{i}"))).await;
+        }
+        let mut member = common::subscribe(
+            &mut cluster.client(id).await,
+            common::join(&topic, "g", None),
+        )
+        .await
+        .expect("joins on a replica");
+        let mut delivered: Vec<(u64, String)> = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        let mut published_after = false;
+        while delivered.len() < 15 {
+            if delivered.len() >= 10 && !published_after {
+                // Published after the group started, through another node.
+                let mut other = cluster.client(id % 3 + 1).await;
+                for i in 0..5 {
+                    publish_retrying(&mut other, to_topic(format!("after-{i}"))).await;
+                }
+                published_after = true;
+            }
+            assert!(Instant::now() < deadline, "node {id}: {delivered:?}");
+            let (deliveries, _) = member.deliveries(1, Duration::from_secs(1)).await;
+            member.ack(&deliveries).await;
+            for d in deliveries {
+                delivered.push((d.offset, String::from_utf8(d.value.to_vec()).unwrap()));
+            }
+        }
+        let want: Vec<(u64, String)> = (0..10)
+            .map(|i| format!("before-{i}"))
+            .chain((0..5).map(|i| format!("after-{i}")))
+            .enumerate()
+            .map(|(o, v)| (o as u64, v))
+            .collect();
+        assert_eq!(
+            delivered, want,
+            "node {id}: each record once, in offset order"
+        );
+    }
+    cluster.shutdown().await;
+}
