@@ -29,7 +29,7 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HERALD=$BIN/herald
 LOAD=$BIN/herald-load
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 BASE=$((52000 + RANDOM % 2000))
 MEMBERS=""

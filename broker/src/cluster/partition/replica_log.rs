@@ -56,6 +56,9 @@ pub struct ReplicaLog {
     state: RaftState,
     /// `state` as last written.
     saved: RaftState,
+    /// The topic's fsync policy, which the journal follows as the segment log does.
+    fsync: FsyncPolicy,
+    last_journal_sync: std::time::Instant,
 }
 
 fn storage(e: crate::storage::StorageError) -> Error {
@@ -68,15 +71,15 @@ fn invalid(message: String) -> Error {
 
 impl ReplicaLog {
     /// Opens (creating if needed) the replica in `dir` and reconciles its journal with its
-    /// segment log. The log's fsync policy is always `always`: a Raft log entry is
-    /// acknowledged as durable, and an acknowledged entry that a crash loses breaks the
-    /// quorum's guarantee.
+    /// segment log. The log and the journal follow the topic's fsync policy, as a single
+    /// node's log does: under `always` an entry is on disk before this replica
+    /// acknowledges it, so an acknowledged publish is on the disks of a majority; under
+    /// `never` (or between `interval` flushes) it is in a majority's page cache, which a
+    /// process crash keeps and a machine crash of a majority may not (the trade Kafka
+    /// makes by default). Votes are always written durably.
     pub fn open(dir: &Path, config: LogConfig) -> IoResult<ReplicaLog> {
         std::fs::create_dir_all(dir)?;
-        let config = LogConfig {
-            fsync: FsyncPolicy::Always,
-            ..config
-        };
+        let fsync = config.fsync;
         let mut writer = LogWriter::open(dir, config).map_err(storage)?;
         let mut journal = Journal::open(dir)?;
         let state: RaftState = read_checked(dir, STATE_FILE)?.unwrap_or_default();
@@ -140,6 +143,8 @@ impl ReplicaLog {
             members,
             saved: state.clone(),
             state,
+            fsync,
+            last_journal_sync: std::time::Instant::now(),
         })
     }
 
@@ -274,7 +279,16 @@ impl ReplicaLog {
     /// Makes every appended batch and journal record durable.
     pub fn sync(&mut self) -> IoResult<()> {
         self.writer.sync_unpublished().map_err(storage)?;
-        self.journal.sync()
+        let due = match self.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => self.last_journal_sync.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        if due {
+            self.journal.sync()?;
+            self.last_journal_sync = std::time::Instant::now();
+        }
+        Ok(())
     }
 
     /// Removes the entries from `index` on (a follower's log diverged from its leader's):
@@ -413,6 +427,8 @@ impl ReplicaLog {
     /// Flushes and closes the segment log cleanly (a clean checkpoint spares the next
     /// open a scan) and writes `raft.state`.
     pub fn close(mut self) -> IoResult<()> {
+        // Whatever the policy, a clean close leaves everything on disk.
+        self.fsync = FsyncPolicy::Always;
         self.sync()?;
         self.save_state()?;
         // A clean close publishes everything written; the next open withholds what was
