@@ -202,6 +202,61 @@ async fn three_processes_agree_on_topics_and_elect_a_new_leader_after_kill_9() {
     }
 }
 
+/// Every record of `partition` of `topic` that the node `client` talks to serves, as
+/// (offset, value).
+async fn read_partition(
+    client: &mut HeraldClient<tonic::transport::Channel>,
+    topic: &str,
+    partition: u32,
+) -> Vec<(u64, String)> {
+    let mut stream = client
+        .fetch(common::fetch_from_earliest(topic, partition))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stored = Vec::new();
+    while let Some(response) = stream.message().await.unwrap() {
+        for record in response.records {
+            stored.push((
+                record.offset,
+                String::from_utf8(record.value.to_vec()).unwrap(),
+            ));
+        }
+    }
+    stored
+}
+
+/// Offsets dense from 0, and per key (values are `key:sequence`) sequence numbers only
+/// grow along the partition.
+fn assert_dense_in_key_order(records: &[(u64, String)]) {
+    let offsets: Vec<u64> = records.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (0..records.len() as u64).collect::<Vec<_>>(),
+        "dense offsets"
+    );
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    for (_, value) in records {
+        let (key, n) = value.split_once(':').unwrap();
+        let n: u64 = n.parse().unwrap();
+        if let Some(previous) = last.insert(key, n) {
+            assert!(previous < n, "key {key} out of order: {previous} then {n}");
+        }
+    }
+}
+
+/// Stops every running node with SIGTERM: each exits cleanly, with no panic in its log.
+fn stop_all(processes: &mut [Option<Process>]) {
+    for (i, process) in processes.iter_mut().enumerate() {
+        if let Some(process) = process.take() {
+            signal(process.id(), "TERM");
+            let exited = process.wait();
+            assert_no_panic(&exited.log, &format!("node {}", i + 1));
+            assert!(exited.status.success(), "node {} exits cleanly", i + 1);
+        }
+    }
+}
+
 /// Publishes `value` with `key` through `client` (no partition: placed by the key).
 async fn publish_keyed(
     client: &mut HeraldClient<tonic::transport::Channel>,
@@ -355,26 +410,8 @@ async fn acknowledged_publishes_forwarded_by_one_node_survive_kill_9_of_the_othe
 
     // The checker: every partition read through node 1 (forwarded for two of them).
     for partition in 0..3u32 {
-        let mut stream = client
-            .fetch(common::fetch_from_earliest("ledger", partition))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut stored: Vec<(u64, String)> = Vec::new();
-        while let Some(response) = stream.message().await.unwrap() {
-            for record in response.records {
-                stored.push((
-                    record.offset,
-                    String::from_utf8(record.value.to_vec()).unwrap(),
-                ));
-            }
-        }
-        let offsets: Vec<u64> = stored.iter().map(|(o, _)| *o).collect();
-        assert_eq!(
-            offsets,
-            (0..stored.len() as u64).collect::<Vec<_>>(),
-            "dense offsets"
-        );
+        let stored = read_partition(&mut client, "ledger", partition).await;
+        assert_dense_in_key_order(&stored);
         for ((p, offset), value) in acked.iter().filter(|((p, _), _)| *p == partition) {
             assert_eq!(
                 stored.get(*offset as usize).map(|(_, v)| v),
@@ -382,25 +419,8 @@ async fn acknowledged_publishes_forwarded_by_one_node_survive_kill_9_of_the_othe
                 "acknowledged record at partition {p} offset {offset}"
             );
         }
-        // Per key, sequence numbers only grow along the partition.
-        let mut last: std::collections::HashMap<String, u64> = Default::default();
-        for (_, value) in &stored {
-            let (key, n) = value.split_once(':').unwrap();
-            let n: u64 = n.parse().unwrap();
-            if let Some(previous) = last.insert(key.to_owned(), n) {
-                assert!(previous < n, "key {key} out of order: {previous} then {n}");
-            }
-        }
     }
-
-    for (i, process) in processes.iter_mut().enumerate() {
-        if let Some(process) = process.take() {
-            signal(process.id(), "TERM");
-            let exited = process.wait();
-            assert_no_panic(&exited.log, &format!("node {}", i + 1));
-            assert!(exited.status.success(), "node {} exits cleanly", i + 1);
-        }
-    }
+    stop_all(&mut processes);
 }
 
 /// The leader of `partition` of `topic` as `server` reports it (0 while unknown).
@@ -566,20 +586,7 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
                 .collect();
             let deadline = Instant::now() + FAILOVER_BOUND;
             loop {
-                let mut stream = client
-                    .fetch(common::fetch_from_earliest("replicated", partition))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let mut stored: Vec<(u64, String)> = Vec::new();
-                while let Some(response) = stream.message().await.unwrap() {
-                    for record in response.records {
-                        stored.push((
-                            record.offset,
-                            String::from_utf8(record.value.to_vec()).unwrap(),
-                        ));
-                    }
-                }
+                let stored = read_partition(&mut client, "replicated", partition).await;
                 if stored == want {
                     break;
                 }
@@ -592,29 +599,8 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let offsets: Vec<u64> = want.iter().map(|(o, _)| *o).collect();
-            assert_eq!(
-                offsets,
-                (0..want.len() as u64).collect::<Vec<_>>(),
-                "dense offsets"
-            );
-            let mut last: std::collections::HashMap<&str, u64> = Default::default();
-            for (_, value) in &want {
-                let (key, n) = value.split_once(':').unwrap();
-                let n: u64 = n.parse().unwrap();
-                if let Some(previous) = last.insert(key, n) {
-                    assert!(previous < n, "key {key} out of order: {previous} then {n}");
-                }
-            }
+            assert_dense_in_key_order(&want);
         }
     }
-
-    for (i, process) in processes.iter_mut().enumerate() {
-        if let Some(process) = process.take() {
-            signal(process.id(), "TERM");
-            let exited = process.wait();
-            assert_no_panic(&exited.log, &format!("node {}", i + 1));
-            assert!(exited.status.success(), "node {} exits cleanly", i + 1);
-        }
-    }
+    stop_all(&mut processes);
 }
