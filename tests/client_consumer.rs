@@ -25,15 +25,22 @@ async fn next(subscription: &mut Subscription, wait: Duration) -> Option<Message
 }
 
 async fn produce(client: &Client, topic: &str, records: Vec<Record>) {
-    let producer = client.producer(ProducerConfig::new(topic));
-    let mut deliveries = Vec::new();
-    for record in records {
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    producer.close().await.unwrap();
-    for delivery in deliveries {
-        delivery.await.unwrap();
-    }
+    // Bounded: a publish that is never answered fails the test instead of hanging it
+    // (one CI run hung here once).
+    let sent = async {
+        let producer = client.producer(ProducerConfig::new(topic));
+        let mut deliveries = Vec::new();
+        for record in records {
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+        producer.close().await.unwrap();
+        for delivery in deliveries {
+            delivery.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), sent)
+        .await
+        .expect("every record published and acknowledged in time");
 }
 
 fn settings(ordering: OrderingMode) -> GroupSettings {
