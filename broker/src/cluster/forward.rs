@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use herald_proto::peer::peer_client::PeerClient;
-use herald_proto::peer::{ForwardedFetch, ForwardedPublish};
+use herald_proto::peer::{ForwardedFetch, ForwardedGroupCall, ForwardedPublish, GroupCallReply};
 use herald_proto::v1;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -25,6 +25,17 @@ use crate::error::BrokerError;
 
 /// A stream of Fetch responses, as the Fetch RPC returns it.
 pub type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+/// A stream of Subscribe responses, as the Subscribe RPC returns it.
+pub type SubscribeStream =
+    Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
+/// The requests of a Subscribe stream, as a node sends them on.
+pub type SubscribeRequests = tokio_stream::wrappers::ReceiverStream<v1::SubscribeRequest>;
+
+/// Request metadata of a forwarded Subscribe: the node ids and the metadata index that the
+/// other envelopes carry as fields.
+pub const PEER_TO: &str = "herald-peer-to";
+pub const PEER_FROM: &str = "herald-peer-from";
+pub const PEER_APPLIED: &str = "herald-peer-applied";
 
 /// What a node does with a client request another node forwarded to it: the broker's own
 /// handling of the request, minus the caller's authorization (done by the node the client
@@ -35,6 +46,13 @@ pub trait ForwardedRequests: Send + Sync + 'static {
     async fn publish(&self, request: v1::PublishRequest) -> Result<v1::PublishResponse, Status>;
     /// Serves a forwarded Fetch.
     async fn fetch(&self, request: v1::FetchRequest) -> Result<FetchStream, Status>;
+    /// Serves a member's forwarded Subscribe stream, as the group's coordinator.
+    async fn subscribe(
+        &self,
+        requests: tonic::Streaming<v1::SubscribeRequest>,
+    ) -> Result<SubscribeStream, Status>;
+    /// Serves a forwarded group admin call, as the group's coordinator.
+    async fn group_call(&self, call: ForwardedGroupCall) -> Result<GroupCallReply, Status>;
 }
 
 /// The broker's handling of forwarded requests, registered once the gRPC service exists
@@ -133,6 +151,59 @@ impl Forwarder {
             item.map_err(|status| answer_of(peer, &addr, status).into())
         })))
     }
+}
+
+impl Forwarder {
+    /// Opens a member's Subscribe stream on `node`, which coordinates its group; the
+    /// responses (and the status that ends them) pass through as they come.
+    pub async fn subscribe(
+        &self,
+        (from, metadata_applied): (NodeId, u64),
+        node: NodeId,
+        addr: &NodeAddr,
+        requests: SubscribeRequests,
+    ) -> Result<SubscribeStream, BrokerError> {
+        let mut client = self.client(node, addr)?;
+        let request = addressed(tonic::Request::new(requests), node, from, metadata_applied);
+        let stream = client
+            .subscribe(request)
+            .await
+            .map_err(|status| answer_of(node, addr, status))?
+            .into_inner();
+        let (peer, addr) = (node, addr.clone());
+        Ok(Box::pin(stream.map(move |item| {
+            item.map_err(|status| answer_of(peer, &addr, status).into())
+        })))
+    }
+
+    /// Sends a group admin call to `node`, which coordinates the group.
+    pub async fn group_call(
+        &self,
+        node: NodeId,
+        addr: &NodeAddr,
+        call: ForwardedGroupCall,
+    ) -> Result<GroupCallReply, BrokerError> {
+        let mut client = self.client(node, addr)?;
+        client
+            .group_call(call)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| answer_of(node, addr, status))
+    }
+}
+
+/// `request` with the envelope of a forwarded Subscribe in its metadata.
+fn addressed<T>(
+    mut request: tonic::Request<T>,
+    to: NodeId,
+    from: NodeId,
+    metadata_applied: u64,
+) -> tonic::Request<T> {
+    let metadata = request.metadata_mut();
+    metadata.insert(PEER_TO, to.into());
+    metadata.insert(PEER_FROM, from.into());
+    metadata.insert(PEER_APPLIED, metadata_applied.into());
+    request
 }
 
 /// The serving node's answer as the client gets it: its own status and message, except

@@ -15,6 +15,7 @@
 //! Nothing here runs unless the broker is started with cluster settings: a single node
 //! never touches openraft.
 
+pub mod coordinator;
 pub mod forward;
 pub mod log_store;
 pub mod network;
@@ -404,7 +405,7 @@ impl Cluster {
         data_dir: &std::path::Path,
     ) -> Result<Arc<partition::Replicas>> {
         let dir = data_dir.join(CLUSTER_DIR);
-        let state: MetaState = state_machine::read_checked(&dir, state_machine::STATE_FILE)
+        let state = state_machine::read_state(&dir)
             .map_err(|e| BrokerError::io(format!("reading {}", dir.display()), e))?
             .unwrap_or_default();
         Ok(Arc::new(partition::Replicas::new(
@@ -992,6 +993,43 @@ impl Cluster {
             .await
     }
 
+    /// Sends a member's Subscribe stream (its Join first) to `node`, which coordinates
+    /// the group.
+    pub async fn forward_subscribe(
+        &self,
+        node: NodeId,
+        requests: forward::SubscribeRequests,
+    ) -> Result<forward::SubscribeStream> {
+        let addr = self.peer_address(node)?;
+        self.check_reachable(node)?;
+        self.forwarder
+            .subscribe((self.node_id, self.applied_index()), node, &addr, requests)
+            .await
+    }
+
+    /// Sends a group admin call to `node`, which coordinates the group.
+    pub async fn forward_group_call(
+        &self,
+        node: NodeId,
+        call: herald_proto::peer::forwarded_group_call::Call,
+    ) -> Result<herald_proto::peer::group_call_reply::Reply> {
+        let addr = self.peer_address(node)?;
+        self.check_reachable(node)?;
+        let call = herald_proto::peer::ForwardedGroupCall {
+            to: node,
+            from: self.node_id,
+            metadata_applied: self.applied_index(),
+            call: Some(call),
+        };
+        self.forwarder
+            .group_call(node, &addr, call)
+            .await?
+            .reply
+            .ok_or_else(|| {
+                BrokerError::ClusterUnavailable(format!("node {node} sent an empty answer"))
+            })
+    }
+
     /// The highest metadata log index this node has applied.
     fn applied_index(&self) -> u64 {
         self.raft
@@ -1026,6 +1064,18 @@ impl Cluster {
             .get(topic)
             .map_or(0, |t| t.partitions);
         (0..partitions).try_for_each(|p| self.check_partition(topic, p))
+    }
+
+    /// A node that holds every partition of `topic`, so can run its consumer groups: the
+    /// lowest id among them.
+    pub fn group_host(&self, topic: &str) -> Option<NodeId> {
+        let view = self.view.load();
+        let record = view.topics.get(topic)?;
+        let mut nodes: Vec<NodeId> = record.replicas.first()?.clone();
+        for replicas in &record.replicas[1..] {
+            nodes.retain(|n| replicas.contains(n));
+        }
+        nodes.into_iter().min()
     }
 
     /// This node's view of the cluster.
@@ -1074,7 +1124,7 @@ impl Cluster {
 
 /// Whether a forwarded request's failure means "try another replica": the node is down
 /// or cut off, or it does not lead (or hold) the partition.
-fn retry_elsewhere(error: &BrokerError) -> bool {
+pub(crate) fn retry_elsewhere(error: &BrokerError) -> bool {
     match error {
         BrokerError::ClusterUnavailable(_) => true,
         BrokerError::Forwarded { code, .. } => *code == tonic::Code::Unavailable as i32,

@@ -6,14 +6,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_proto::peer::peer_server::Peer;
-use herald_proto::peer::{ForwardedFetch, ForwardedPublish, Group, RaftReply, RaftRequest};
+use herald_proto::peer::{
+    ForwardedFetch, ForwardedGroupCall, ForwardedPublish, Group, GroupCallReply, RaftReply,
+    RaftRequest,
+};
 use herald_proto::v1;
 use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
-use super::forward::{FetchStream, ForwardedRequests, LocalService};
+use super::forward::{
+    FetchStream, ForwardedRequests, LocalService, PEER_APPLIED, PEER_FROM, PEER_TO, SubscribeStream,
+};
 use super::network::Health;
 use super::partition::PartitionRafts;
 use super::partition::types::PartTypes;
@@ -229,5 +234,40 @@ impl Peer for PeerService {
             .request
             .ok_or_else(|| Status::invalid_argument("the forwarded fetch carries no request"))?;
         service.fetch(fetch).await.map(Response::new)
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<v1::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("a forwarded Subscribe needs {name}"))
+                })
+        };
+        let (to, from, applied) = (header(PEER_TO)?, header(PEER_FROM)?, header(PEER_APPLIED)?);
+        let service = self.forwarded(to, from)?;
+        self.catch_up(applied).await;
+        service
+            .subscribe(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn group_call(
+        &self,
+        request: Request<ForwardedGroupCall>,
+    ) -> Result<Response<GroupCallReply>, Status> {
+        let forwarded = request.into_inner();
+        let service = self.forwarded(forwarded.to, forwarded.from)?;
+        self.catch_up(forwarded.metadata_applied).await;
+        service.group_call(forwarded).await.map(Response::new)
     }
 }

@@ -25,7 +25,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::placement;
 use super::types::{
-    MetaCommand, MetaResponse, MetaState, MetaTypes, NodeAddr, NodeId, Refusal, TopicRecord,
+    GroupRecord, MetaCommand, MetaResponse, MetaState, MetaTypes, NodeAddr, NodeId, Refusal,
+    TopicRecord,
 };
 use crate::error::BrokerError;
 use crate::registry::Registry;
@@ -67,6 +68,19 @@ pub fn write_checked<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io
 /// checks is an error naming it: these files are only ever replaced whole, so damage is
 /// not a torn write and must not pass for an empty state.
 pub fn read_checked<T: DeserializeOwned>(dir: &Path, name: &str) -> std::io::Result<Option<T>> {
+    read_checked_with(dir, name, |body| bincode::deserialize(body))
+}
+
+/// Reads the applied state (`state.bin`), written by this version or an older one.
+pub fn read_state(dir: &Path) -> std::io::Result<Option<MetaState>> {
+    read_checked_with(dir, STATE_FILE, MetaState::decode)
+}
+
+fn read_checked_with<T>(
+    dir: &Path,
+    name: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, bincode::Error>,
+) -> std::io::Result<Option<T>> {
     let path = dir.join(name);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -86,7 +100,7 @@ pub fn read_checked<T: DeserializeOwned>(dir: &Path, name: &str) -> std::io::Res
     if crc32c::crc32c(&bytes[12..]) != crc {
         return Err(damaged("checksum mismatch"));
     }
-    bincode::deserialize(&bytes[12..])
+    decode(&bytes[12..])
         .map(Some)
         .map_err(|e| damaged(&e.to_string()))
 }
@@ -108,7 +122,7 @@ impl StateMachine {
         registry: Arc<Registry>,
         view: Arc<ArcSwap<MetaState>>,
     ) -> std::io::Result<StateMachine> {
-        let state: MetaState = read_checked(dir, STATE_FILE)?.unwrap_or_default();
+        let state = read_state(dir)?.unwrap_or_default();
         let snapshot = read_checked(dir, SNAPSHOT_FILE)?;
         view.store(Arc::new(state.clone()));
         Ok(StateMachine {
@@ -167,7 +181,98 @@ impl StateMachine {
                 if self.state.topics.remove(&name).is_none() {
                     return refused(Refusal::NotFound, format!("topic {name:?} does not exist"));
                 }
+                // A topic's groups go with it.
+                self.state.groups.retain(|(topic, _), _| *topic != name);
                 (MetaResponse::Deleted, Some(Local::Delete(name)))
+            }
+            MetaCommand::CreateGroup {
+                topic,
+                group,
+                meta,
+                state,
+            } => {
+                if !self.state.topics.contains_key(&topic) {
+                    return refused(Refusal::NotFound, format!("topic {topic:?} does not exist"));
+                }
+                let key = (topic, group);
+                if self.state.groups.contains_key(&key) {
+                    return refused(Refusal::Exists, format!("group {:?} already exists", key.1));
+                }
+                let record = GroupRecord {
+                    meta,
+                    state,
+                    coordinator: None,
+                    epoch: 0,
+                    checkpoints: 0,
+                    members: 0,
+                };
+                self.state.groups.insert(key, record.clone());
+                (MetaResponse::Group(record), None)
+            }
+            MetaCommand::DeleteGroup { topic, group } => {
+                if self.state.groups.remove(&(topic, group.clone())).is_none() {
+                    return refused(Refusal::NotFound, format!("group {group:?} does not exist"));
+                }
+                (MetaResponse::Deleted, None)
+            }
+            MetaCommand::ClaimGroup {
+                topic,
+                group,
+                node,
+                epoch,
+                checkpoints,
+            } => {
+                let Some(record) = self.state.groups.get_mut(&(topic, group.clone())) else {
+                    return refused(Refusal::NotFound, format!("group {group:?} does not exist"));
+                };
+                if record.epoch != epoch || record.checkpoints != checkpoints {
+                    return refused(
+                        Refusal::Stale,
+                        format!(
+                            "group {group:?} changed since node {node} looked (now coordinated by {:?} at epoch {})",
+                            record.coordinator, record.epoch
+                        ),
+                    );
+                }
+                record.coordinator = Some(node);
+                record.epoch += 1;
+                record.checkpoints += 1;
+                (MetaResponse::Group(record.clone()), None)
+            }
+            MetaCommand::CheckpointGroup {
+                topic,
+                group,
+                node,
+                epoch,
+                meta,
+                state,
+                members,
+                release,
+            } => {
+                let Some(record) = self.state.groups.get_mut(&(topic, group.clone())) else {
+                    return refused(Refusal::NotFound, format!("group {group:?} does not exist"));
+                };
+                if record.epoch != epoch || record.coordinator != Some(node) {
+                    return refused(
+                        Refusal::Stale,
+                        format!(
+                            "node {node} no longer coordinates group {group:?} (coordinator {:?}, epoch {})",
+                            record.coordinator, record.epoch
+                        ),
+                    );
+                }
+                if let Some(meta) = meta {
+                    record.meta = meta;
+                }
+                if let Some(state) = state {
+                    record.state = state;
+                }
+                record.members = members;
+                record.checkpoints += 1;
+                if release {
+                    record.coordinator = None;
+                }
+                (MetaResponse::Group(record.clone()), None)
             }
             MetaCommand::AlterTopic {
                 name,
@@ -444,7 +549,7 @@ impl RaftStateMachine<MetaTypes> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let state: MetaState = bincode::deserialize(&data).map_err(|e| {
+        let state = MetaState::decode(&data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 AnyError::new(&e),

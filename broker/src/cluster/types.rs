@@ -62,6 +62,41 @@ pub enum MetaCommand {
         retention_bytes: Option<u64>,
         max_message_bytes: Option<u64>,
     },
+    /// Create a consumer group of a replicated topic: its `group.toml` and `state` files
+    /// as a group's own directory holds them. No node coordinates it yet.
+    CreateGroup {
+        topic: String,
+        group: String,
+        meta: Vec<u8>,
+        state: Vec<u8>,
+    },
+    /// Delete a consumer group.
+    DeleteGroup { topic: String, group: String },
+    /// `node` takes over coordinating a group, if the group is still at `epoch` with
+    /// `checkpoints` checkpoints (what `node` saw when it judged the group free): a
+    /// compare-and-set, so of two nodes claiming at once only one wins, and a claim made
+    /// while the coordinator was still checkpointing fails.
+    ClaimGroup {
+        topic: String,
+        group: String,
+        node: NodeId,
+        epoch: u64,
+        checkpoints: u64,
+    },
+    /// The coordinator's periodic checkpoint of a group (which also renews its lease):
+    /// accepted only from the coordinator of `epoch`. `None` files are unchanged since the
+    /// last checkpoint. `release` gives the group up: no node coordinates it afterwards,
+    /// so the next node that needs it claims it at once.
+    CheckpointGroup {
+        topic: String,
+        group: String,
+        node: NodeId,
+        epoch: u64,
+        meta: Option<Vec<u8>>,
+        state: Option<Vec<u8>>,
+        members: u32,
+        release: bool,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -72,6 +107,21 @@ impl fmt::Display for MetaCommand {
             } => write!(f, "create topic {name:?} ({partitions} partitions)"),
             MetaCommand::DeleteTopic { name } => write!(f, "delete topic {name:?}"),
             MetaCommand::AlterTopic { name, .. } => write!(f, "alter topic {name:?}"),
+            MetaCommand::CreateGroup { topic, group, .. } => {
+                write!(f, "create group {group:?} of topic {topic:?}")
+            }
+            MetaCommand::DeleteGroup { topic, group } => {
+                write!(f, "delete group {group:?} of topic {topic:?}")
+            }
+            MetaCommand::ClaimGroup {
+                topic, group, node, ..
+            } => write!(f, "node {node} claims group {group:?} of topic {topic:?}"),
+            MetaCommand::CheckpointGroup {
+                topic, group, node, ..
+            } => write!(
+                f,
+                "node {node} checkpoints group {group:?} of topic {topic:?}"
+            ),
         }
     }
 }
@@ -101,6 +151,9 @@ pub enum Refusal {
     NotFound,
     /// The command cannot be applied as it is (e.g. more replicas than nodes).
     Invalid,
+    /// A group's claim or checkpoint came from a node that no longer coordinates it at
+    /// that epoch, or a claim saw an older state of the group.
+    Stale,
 }
 
 /// The outcome of applying a [`MetaCommand`].
@@ -119,6 +172,8 @@ pub enum MetaResponse {
     Nothing,
     /// A topic was altered; its record afterwards.
     Altered(TopicRecord),
+    /// A group was created, claimed or checkpointed; its record afterwards.
+    Group(GroupRecord),
 }
 
 /// A topic as the metadata group holds it.
@@ -143,6 +198,26 @@ impl TopicRecord {
     }
 }
 
+/// A consumer group of a replicated topic as the metadata group holds it: its files, as
+/// of its coordinator's last checkpoint, and who coordinates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group's `group.toml` (settings, dead-letter topic, redrive progress).
+    pub meta: Vec<u8>,
+    /// The group's `state` (committed offsets, done ranges, attempts).
+    pub state: Vec<u8>,
+    /// The node running the group, if any. `None`: released, the next node to need it
+    /// claims it at once.
+    pub coordinator: Option<NodeId>,
+    /// Counts claims: a coordinator's checkpoints carry the epoch it claimed at.
+    pub epoch: u64,
+    /// Counts accepted claims and checkpoints: a node sees a coordinator is alive by this
+    /// moving.
+    pub checkpoints: u64,
+    /// Members at the last checkpoint (for ListGroups on other nodes).
+    pub members: u32,
+}
+
 /// The metadata state machine's data: what every node agrees on once it has applied the
 /// log up to `last_applied`. Small: it is written whole after every applied batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +228,42 @@ pub struct MetaState {
     /// Topics created so far: where the next topic's placement starts, so that topics'
     /// first replicas rotate over the nodes.
     pub topics_created: u64,
+    /// Consumer groups of replicated topics, by (topic, group).
+    pub groups: BTreeMap<(String, String), GroupRecord>,
+}
+
+/// [`MetaState`] as nodes before consumer groups went through the cluster wrote it: read
+/// from an older `state.bin` or snapshot, which has no groups.
+#[derive(Deserialize)]
+pub struct MetaStateWithoutGroups {
+    pub last_applied: Option<openraft::LogId<NodeId>>,
+    pub membership: openraft::StoredMembership<NodeId, NodeAddr>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    pub topics_created: u64,
+}
+
+impl From<MetaStateWithoutGroups> for MetaState {
+    fn from(old: MetaStateWithoutGroups) -> MetaState {
+        MetaState {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            topics: old.topics,
+            topics_created: old.topics_created,
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+impl MetaState {
+    /// Decodes a state encoded by this version or by one before groups went through the
+    /// cluster.
+    pub fn decode(bytes: &[u8]) -> Result<MetaState, bincode::Error> {
+        bincode::deserialize::<MetaState>(bytes).or_else(|error| {
+            bincode::deserialize::<MetaStateWithoutGroups>(bytes)
+                .map(MetaState::from)
+                .map_err(|_| error)
+        })
+    }
 }
 
 /// The cluster's nodes as the membership holds them, by id.

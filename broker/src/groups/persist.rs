@@ -58,6 +58,11 @@ pub(super) fn ordering_from_name(name: &str) -> OrderingMode {
 }
 
 /// Writes `bytes` to `dir/name` through a temporary file, fsync and rename.
+pub(super) fn write_raw(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_atomic(dir, name, bytes)
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file, fsync and rename.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
@@ -115,6 +120,17 @@ impl Group {
         write_atomic(dir, META_FILE, meta_file::seal(&text).as_bytes())?;
         *last = bytes;
         Ok(())
+    }
+
+    /// The group's files as they would be written now: `group.toml` (sealed) and `state`.
+    pub fn files(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        let (state, meta) = {
+            let inner = self.lock();
+            (inner.state.snapshot().encode(), self.meta(&inner))
+        };
+        let text = toml::to_string(&meta)
+            .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
+        Ok((meta_file::seal(&text).into_bytes(), state))
     }
 
     /// Writes the state if it changed since the last write. Blocking.

@@ -369,7 +369,7 @@ impl GroupRegistry {
                 });
             }
             // A group of a deleted topic with the same name.
-            self.remove_locked(&key).await;
+            self.remove_locked(&key, None).await;
         }
         if self.groups.len() >= MAX_GROUPS {
             return Err(BrokerError::limit(
@@ -451,7 +451,7 @@ impl GroupRegistry {
                 topic_deleted: false,
             });
         }
-        self.remove_locked(&key).await;
+        self.remove_locked(&key, None).await;
         Ok(())
     }
 
@@ -465,11 +465,14 @@ impl GroupRegistry {
             .get(&key)
             .is_some_and(|g| Arc::ptr_eq(&g, group));
         if same {
-            self.remove_locked(&key).await;
+            self.remove_locked(&key, None).await;
         }
     }
 
-    async fn remove_locked(&self, key: &(String, String)) {
+    /// Stops the group and removes its files. Its members' streams end with UNAVAILABLE
+    /// saying `reason` (the group runs elsewhere now: reconnect), or NOT_FOUND (the group
+    /// was deleted) without one.
+    async fn remove_locked(&self, key: &(String, String), reason: Option<&str>) {
         let Some((_, group)) = self.groups.remove(key) else {
             return;
         };
@@ -477,9 +480,12 @@ impl GroupRegistry {
         {
             let mut inner = group.lock();
             for (_, slot) in inner.members.drain() {
-                let _ = slot.tx.try_send(Err(BrokerError::GroupDeleted {
-                    topic: key.0.clone(),
-                    group: key.1.clone(),
+                let _ = slot.tx.try_send(Err(match reason {
+                    Some(reason) => BrokerError::ClusterUnavailable(reason.to_owned()),
+                    None => BrokerError::GroupDeleted {
+                        topic: key.0.clone(),
+                        group: key.1.clone(),
+                    },
                 }));
             }
         }
@@ -493,6 +499,121 @@ impl GroupRegistry {
             tracing::error!(topic = %key.0, group = %key.1, %error, "removing a deleted group's files failed");
         }
         tracing::info!(topic = %key.0, group = %key.1, "deleted group");
+    }
+
+    /// A new group's files (`group.toml`, `state`) without making the group: what a
+    /// cluster records for a group that any node may run.
+    pub fn new_group_files(
+        &self,
+        topic: Arc<Topic>,
+        name: &str,
+        config: GroupConfig,
+        start_offsets: Vec<u64>,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        validate_name("group", name)?;
+        let offsets: Vec<Offset> = start_offsets.into_iter().map(Offset).collect();
+        let state = GroupState::new(config.settings.clone(), GroupLimits::default(), &offsets)?;
+        let group = self.make_group(
+            topic,
+            name.to_owned(),
+            i64::try_from(self.clock.now_ms()).unwrap_or(i64::MAX),
+            state,
+            config,
+            (None, Vec::new()),
+            Vec::new(),
+        );
+        group.files()
+    }
+
+    /// Runs the group whose files are `meta` and `state` on this node, in place of any
+    /// local group of that name (whose members' streams end with UNAVAILABLE saying
+    /// `displaced`): written
+    /// whole in the staging directory, renamed into place and loaded as at start. How a
+    /// cluster node takes over coordinating a group.
+    pub async fn adopt(
+        self: &Arc<Self>,
+        topic: Arc<Topic>,
+        name: &str,
+        meta: Vec<u8>,
+        state: Vec<u8>,
+        displaced: &str,
+    ) -> Result<Arc<Group>> {
+        validate_name("group", name)?;
+        let _admin = self.admin.lock().await;
+        let key = (topic.name().to_owned(), name.to_owned());
+        self.remove_locked(&key, Some(displaced)).await;
+        self.damaged.remove(&key);
+        if self.groups.len() >= MAX_GROUPS {
+            return Err(BrokerError::limit(
+                Limit::Groups,
+                self.groups.len() + 1,
+                MAX_GROUPS,
+            ));
+        }
+        // Each node made its own copy of the topic, at its own time: the group belongs to
+        // this node's copy (the cluster deletes a topic's groups with the topic, so no
+        // group outlives its topic there).
+        let mut parsed = meta_file::parse::<GroupMeta>(&meta)
+            .map_err(|e| BrokerError::GroupDamaged {
+                topic: key.0.clone(),
+                group: key.1.clone(),
+                reason: format!("the cluster's group.toml: {e}"),
+            })?
+            .value;
+        parsed.topic_created_ms = topic.created_ms();
+        let text = toml::to_string(&parsed)
+            .map_err(|e| BrokerError::io("encoding group.toml", std::io::Error::other(e)))?;
+        let meta = meta_file::seal(&text).into_bytes();
+        let groups_dir = self.dir.clone();
+        let dir = groups_dir.join(topic.name()).join(name);
+        let topic_name = topic.name().to_owned();
+        let now_ms = self.clock.now_ms();
+        let target = dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let staging = groups_dir.join(STAGING_DIR).join(format!(
+                "adopt-{now_ms}-{}",
+                NEXT_ASIDE.fetch_add(1, Ordering::Relaxed)
+            ));
+            let topic_dir = groups_dir.join(&topic_name);
+            for d in [&staging, &topic_dir] {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| BrokerError::io(format!("creating {}", d.display()), e))?;
+            }
+            super::persist::write_raw(&staging, META_FILE, &meta)?;
+            super::persist::write_raw(&staging, STATE_FILE, &state)?;
+            remove_group_dir(&target, &groups_dir.join(STAGING_DIR), now_ms)?;
+            std::fs::rename(&staging, &target).map_err(|e| {
+                BrokerError::io(format!("renaming {} into place", staging.display()), e)
+            })?;
+            crate::storage::sync_dir(&topic_dir)?;
+            crate::storage::sync_dir(&groups_dir.join(STAGING_DIR))?;
+            Ok(())
+        })
+        .await
+        .map_err(|cause| BrokerError::TaskFailed {
+            what: "adopting a group",
+            cause,
+        })??;
+        let group = self
+            .load(&topic, &dir)
+            .map_err(|LoadFailure::Damaged(why)| BrokerError::GroupDamaged {
+                topic: key.0.clone(),
+                group: key.1.clone(),
+                reason: why,
+            })?;
+        self.groups.insert(key, group.clone());
+        tokio::spawn(supervise(group.clone(), self.clone()));
+        tracing::info!(topic = %topic.name(), group = %name, "running group");
+        Ok(group)
+    }
+
+    /// Stops running the group on this node and removes its local files, if it runs here:
+    /// its members' streams end with UNAVAILABLE saying `reason` (a client reconnects, to whichever node
+    /// runs the group now). How a cluster node gives a group up.
+    pub async fn release(&self, topic: &str, group: &str, reason: &str) {
+        let _admin = self.admin.lock().await;
+        self.remove_locked(&(topic.to_owned(), group.to_owned()), Some(reason))
+            .await;
     }
 
     /// Every group (of `topic` if given), sorted by topic then name.

@@ -16,6 +16,8 @@ use super::auth::Access;
 use super::request_limit::Oversized;
 
 use crate::auth::{Operation, Resource};
+use crate::cluster::NodeId;
+use crate::cluster::coordinator::{Coordinator, Route};
 use crate::error::BrokerError;
 use crate::group::{
     AckId, DEFAULT_MEMBER_IN_FLIGHT_BYTES, DEFAULT_MEMBER_IN_FLIGHT_MESSAGES, GroupSettings,
@@ -27,6 +29,8 @@ use crate::groups::{
 };
 use crate::registry::Registry;
 use crate::topic::{Topic, validate_name};
+use herald_proto::peer::forwarded_group_call::Call;
+use herald_proto::peer::group_call_reply::Reply;
 
 type Result<T, E = BrokerError> = std::result::Result<T, E>;
 
@@ -226,12 +230,10 @@ pub async fn create_group(
     })
 }
 
-pub async fn update_group(
+async fn update_group(
     groups: &Arc<GroupRegistry>,
-    access: &Access,
     r: v1::UpdateGroupRequest,
 ) -> Result<v1::UpdateGroupResponse> {
-    access.authorize(Operation::Alter, Resource::group(&r.group))?;
     let group = groups.get(&r.topic, &r.group).await?;
     let config = resolve_config(
         groups.registry(),
@@ -266,15 +268,10 @@ pub async fn delete_group(
     Ok(v1::DeleteGroupResponse {})
 }
 
-pub async fn describe_group(
+async fn describe_group(
     groups: &Arc<GroupRegistry>,
-    access: &Access,
     r: v1::DescribeGroupRequest,
 ) -> Result<v1::DescribeGroupResponse> {
-    // A group's description shows its topic's partitions, offsets and lag: it takes the
-    // right to describe both.
-    access.authorize(Operation::Describe, Resource::group(&r.group))?;
-    access.authorize(Operation::Describe, Resource::topic(&r.topic))?;
     let group = groups.get(&r.topic, &r.group).await?;
     Ok(v1::DescribeGroupResponse {
         group: Some(describe(&group)),
@@ -283,36 +280,45 @@ pub async fn describe_group(
 
 pub async fn list_groups(
     groups: &Arc<GroupRegistry>,
+    coordinator: Option<&Coordinator>,
     access: &Access,
     r: v1::ListGroupsRequest,
 ) -> Result<v1::ListGroupsResponse> {
     if let Access::Unmarked = access {
         access.authorize(Operation::Describe, Resource::cluster())?;
     }
+    // This node's groups, except those of replicated topics, which the cluster lists
+    // wherever they run (member counts as of their last checkpoint).
+    let managed = |topic: &str| coordinator.is_some_and(|c| c.manages(topic));
+    let mut summaries: Vec<v1::GroupSummary> = groups
+        .list(r.topic.as_deref())
+        .iter()
+        .filter(|g| !managed(&g.topic_name))
+        .map(|g| v1::GroupSummary {
+            topic: g.topic_name.clone(),
+            group: g.name.clone(),
+            member_count: g.member_count() as u32,
+        })
+        .collect();
+    if let Some(coordinator) = coordinator {
+        summaries.extend(coordinator.records(r.topic.as_deref()).into_iter().map(
+            |(topic, group, members)| v1::GroupSummary {
+                topic,
+                group,
+                member_count: members,
+            },
+        ));
+        summaries.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+    }
     // Only the groups the caller may describe, on topics it may describe.
-    Ok(v1::ListGroupsResponse {
-        groups: groups
-            .list(r.topic.as_deref())
-            .iter()
-            .filter(|g| {
-                access.may(Operation::Describe, Resource::group(&g.name))
-                    && access.may(Operation::Describe, Resource::topic(&g.topic_name))
-            })
-            .map(|g| v1::GroupSummary {
-                topic: g.topic_name.clone(),
-                group: g.name.clone(),
-                member_count: g.member_count() as u32,
-            })
-            .collect(),
-    })
+    summaries.retain(|g| {
+        access.may(Operation::Describe, Resource::group(&g.group))
+            && access.may(Operation::Describe, Resource::topic(&g.topic))
+    });
+    Ok(v1::ListGroupsResponse { groups: summaries })
 }
 
-pub async fn seek(
-    groups: &Arc<GroupRegistry>,
-    access: &Access,
-    r: v1::SeekRequest,
-) -> Result<v1::SeekResponse> {
-    access.authorize(Operation::Seek, Resource::group(&r.group))?;
+async fn seek(groups: &Arc<GroupRegistry>, r: v1::SeekRequest) -> Result<v1::SeekResponse> {
     let group = groups.get(&r.topic, &r.group).await?;
     let kind = match r.position {
         None | Some(v1::Position { kind: None }) => {
@@ -353,12 +359,10 @@ pub async fn seek(
     })
 }
 
-pub async fn list_pending(
+async fn list_pending(
     groups: &Arc<GroupRegistry>,
-    access: &Access,
     r: v1::ListPendingRequest,
 ) -> Result<v1::ListPendingResponse> {
-    access.authorize(Operation::Describe, Resource::group(&r.group))?;
     let group = groups.get(&r.topic, &r.group).await?;
     if let Some(partition) = r.partition {
         group.topic.partition(partition)?;
@@ -406,18 +410,94 @@ pub async fn list_pending(
     })
 }
 
-pub async fn redrive(
+async fn redrive(
     groups: &Arc<GroupRegistry>,
-    access: &Access,
     r: v1::RedriveRequest,
 ) -> Result<v1::RedriveResponse> {
-    // Redrive reads the group's dead letters and writes them back to its topic: the
-    // right on both.
-    access.authorize(Operation::Redrive, Resource::group(&r.group))?;
-    access.authorize(Operation::Redrive, Resource::topic(&r.topic))?;
     let group = groups.get(&r.topic, &r.group).await?;
     let redriven_count = groups.redrive(&group, r.max_messages).await?;
     Ok(v1::RedriveResponse { redriven_count })
+}
+
+// ---- Admin calls that run where the group runs ----
+
+/// The topic and group a group admin call names.
+pub fn call_names(call: &Call) -> (&str, &str) {
+    match call {
+        Call::Describe(r) => (&r.topic, &r.group),
+        Call::Update(r) => (&r.topic, &r.group),
+        Call::Seek(r) => (&r.topic, &r.group),
+        Call::Pending(r) => (&r.topic, &r.group),
+        Call::Redrive(r) => (&r.topic, &r.group),
+    }
+}
+
+/// The rights a group admin call takes. Checked by the node the client called: a call
+/// sent on to the group's coordinator is not checked again.
+pub fn authorize_call(access: &Access, call: &Call) -> Result<()> {
+    match call {
+        // A group's description shows its topic's partitions, offsets and lag: it takes
+        // the right to describe both.
+        Call::Describe(r) => {
+            access.authorize(Operation::Describe, Resource::group(&r.group))?;
+            access.authorize(Operation::Describe, Resource::topic(&r.topic))
+        }
+        Call::Update(r) => access.authorize(Operation::Alter, Resource::group(&r.group)),
+        Call::Seek(r) => access.authorize(Operation::Seek, Resource::group(&r.group)),
+        Call::Pending(r) => access.authorize(Operation::Describe, Resource::group(&r.group)),
+        // Redrive reads the group's dead letters and writes them back to its topic: the
+        // right on both.
+        Call::Redrive(r) => {
+            access.authorize(Operation::Redrive, Resource::group(&r.group))?;
+            access.authorize(Operation::Redrive, Resource::topic(&r.topic))
+        }
+    }
+}
+
+/// Whether a call changes the group's durable state or settings (so a cluster
+/// checkpoints the group before it answers).
+pub fn call_changes(call: &Call) -> bool {
+    matches!(call, Call::Update(_) | Call::Seek(_) | Call::Redrive(_))
+}
+
+/// Runs an (authorized) group admin call on this node's group.
+pub async fn run_call(groups: &Arc<GroupRegistry>, call: Call) -> Result<Reply> {
+    Ok(match call {
+        Call::Describe(r) => Reply::Describe(describe_group(groups, r).await?),
+        Call::Update(r) => Reply::Update(update_group(groups, r).await?),
+        Call::Seek(r) => Reply::Seek(seek(groups, r).await?),
+        Call::Pending(r) => Reply::Pending(list_pending(groups, r).await?),
+        Call::Redrive(r) => Reply::Redrive(redrive(groups, r).await?),
+    })
+}
+
+/// CreateGroup of a replicated topic's group: created through the cluster, then run by
+/// the node that claims it first (this one, if it holds every partition).
+pub async fn create_managed_group(
+    groups: &Arc<GroupRegistry>,
+    coordinator: &Coordinator,
+    access: &Access,
+    r: v1::CreateGroupRequest,
+) -> Result<()> {
+    access.authorize(Operation::Create, Resource::group(&r.group))?;
+    let topic = groups.registry().get(&r.topic)?;
+    validate_name("group", &r.group)?;
+    let config = resolve_config(groups.registry(), &r.topic, None, r.settings)?;
+    let offsets = start_offsets(&topic, r.start_position)?;
+    coordinator
+        .create(&r.topic, &r.group, config, offsets, false)
+        .await
+}
+
+/// DeleteGroup of a replicated topic's group: deleted through the cluster.
+pub async fn delete_managed_group(
+    coordinator: &Coordinator,
+    access: &Access,
+    r: v1::DeleteGroupRequest,
+) -> Result<v1::DeleteGroupResponse> {
+    access.authorize(Operation::Delete, Resource::group(&r.group))?;
+    coordinator.delete(&r.topic, &r.group).await?;
+    Ok(v1::DeleteGroupResponse {})
 }
 
 // ---- Subscribe ----
@@ -426,6 +506,9 @@ pub async fn redrive(
 /// the group's driver (the queue has room again); dropping it ends the member.
 struct MemberStream {
     rx: mpsc::Receiver<MemberItem>,
+    /// Responses of the group's coordinator on another node, when the stream was sent on
+    /// to it.
+    forwarded: mpsc::Receiver<Result<v1::SubscribeResponse, Status>>,
     group: Arc<OnceLock<Arc<Group>>>,
     _gone: oneshot::Sender<()>,
 }
@@ -435,6 +518,11 @@ impl Stream for MemberStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        let forwarded_done = match this.forwarded.poll_recv(cx) {
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+            Poll::Ready(None) => true,
+            Poll::Pending => false,
+        };
         match this.rx.poll_recv(cx) {
             Poll::Ready(Some(item)) => {
                 if let Some(group) = this.group.get() {
@@ -442,8 +530,9 @@ impl Stream for MemberStream {
                 }
                 Poll::Ready(Some(item.map(response).map_err(Status::from)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            // Both senders are gone once the member's task ended.
+            Poll::Ready(None) if forwarded_done => Poll::Ready(None),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -518,30 +607,41 @@ fn response(message: Outgoing) -> v1::SubscribeResponse {
     }
 }
 
-/// Starts a Subscribe stream. `slot` is held until the stream's task ends.
+/// What a member's stream needs of the broker besides its group registry.
+pub struct MemberContext<S> {
+    /// Held until the member's task ends (the stream's place in the connection limits).
+    pub slot: S,
+    pub malformed_ack_ids: prometheus::IntCounter,
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub coordinator: Option<Arc<Coordinator>>,
+    pub access: Access,
+    /// Sent on by another node: served here or refused, never sent on again.
+    pub forwarded: bool,
+}
+
+/// Starts a Subscribe stream. `context.slot` is held until the stream's task ends.
 pub fn subscribe<S: Send + 'static>(
     groups: Arc<GroupRegistry>,
-    access: Access,
     inbound: Streaming<v1::SubscribeRequest>,
-    slot: S,
     shutdown: watch::Receiver<bool>,
-    malformed_ack_ids: prometheus::IntCounter,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    context: MemberContext<S>,
 ) -> Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>> {
     let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
+    let (forwarded_tx, forwarded) = mpsc::channel(MEMBER_QUEUE);
     let (gone_tx, gone_rx) = oneshot::channel();
     let group = Arc::new(OnceLock::new());
     tokio::spawn(run_member(
         groups,
         inbound,
-        tx,
+        (tx, forwarded_tx),
         shutdown,
         gone_rx,
         group.clone(),
-        (slot, malformed_ack_ids, cluster, access),
+        context,
     ));
     Box::pin(MemberStream {
         rx,
+        forwarded,
         group,
         _gone: gone_tx,
     })
@@ -551,11 +651,19 @@ async fn join_group(
     groups: &Arc<GroupRegistry>,
     join: v1::Join,
     tx: MemberTx,
+    create_here: bool,
 ) -> Result<(Arc<Group>, crate::group::MemberId), BrokerError> {
     let topic = groups.registry().get(&join.topic)?;
     validate_name("group", &join.group)?;
     let group = match groups.get(&join.topic, &join.group).await {
         Ok(group) => group,
+        // A cluster's group runs where the cluster says; this node just gave it up.
+        Err(BrokerError::GroupNotFound { .. }) if !create_here => {
+            return Err(BrokerError::ClusterUnavailable(format!(
+                "group {:?} moved to another node while joining; join again",
+                join.group
+            )));
+        }
         Err(BrokerError::GroupNotFound { .. }) => {
             let config = resolve_config(groups.registry(), &join.topic, None, join.settings)?;
             let offsets = start_offsets(&topic, join.start_position)?;
@@ -589,20 +697,26 @@ async fn join_group(
     Ok((group, member))
 }
 
+/// Sends responses of a stream sent on to another node.
+type ForwardedTx = mpsc::Sender<Result<v1::SubscribeResponse, Status>>;
+
 async fn run_member<S>(
     groups: Arc<GroupRegistry>,
     mut inbound: Streaming<v1::SubscribeRequest>,
-    tx: MemberTx,
+    (tx, forwarded_tx): (MemberTx, ForwardedTx),
     mut shutdown: watch::Receiver<bool>,
     mut gone: oneshot::Receiver<()>,
     shared: Arc<OnceLock<Arc<Group>>>,
-    (_slot, malformed_ack_ids, cluster, access): (
-        S,
-        prometheus::IntCounter,
-        Option<Arc<crate::cluster::Cluster>>,
-        Access,
-    ),
+    context: MemberContext<S>,
 ) {
+    let MemberContext {
+        slot: _slot,
+        malformed_ack_ids,
+        cluster,
+        coordinator,
+        access,
+        forwarded,
+    } = context;
     use v1::subscribe_request::Request;
     let idle = groups.registry().config().idle_stream_timeout();
     let first = tokio::select! {
@@ -645,12 +759,50 @@ async fn run_member<S>(
         let _ = tx.try_send(Err(denied));
         return;
     }
-    // In cluster mode a group reads this node's logs, so it must serve every partition.
-    if let Some(Err(error)) = cluster.map(|c| c.check_topic(&join.topic)) {
+    // A group of a replicated topic runs on one node of the cluster at a time: here, or
+    // the stream goes on to that node.
+    let managed = coordinator
+        .as_ref()
+        .filter(|c| c.manages(&join.topic))
+        .cloned();
+    if let (Some(coordinator), Some(cluster)) = (&managed, &cluster) {
+        let joining = Joining {
+            coordinator: coordinator.clone(),
+            cluster: cluster.clone(),
+            groups: groups.clone(),
+            forwarded,
+        };
+        let routed = tokio::select! {
+            routed = joining.route(join.clone()) => routed,
+            _ = &mut gone => return,
+        };
+        match routed {
+            Ok(None) => {}
+            Ok(Some(node)) => {
+                let exchange = Exchange {
+                    inbound,
+                    forwarded_tx: forwarded_tx.clone(),
+                    gone,
+                    shutdown,
+                };
+                if let Err(error) = exchange.run(joining, node, join).await {
+                    let _ = forwarded_tx.send(Err(Status::from(error))).await;
+                }
+                return;
+            }
+            Err(error) => {
+                let _ = tx.try_send(Err(error));
+                return;
+            }
+        }
+    } else if let Some(Err(error)) = cluster.map(|c| c.check_topic(&join.topic)) {
+        // A group of a one-copy topic reads this node's logs: it must serve every
+        // partition.
         let _ = tx.try_send(Err(error));
         return;
     }
-    let (group, member) = match join_group(&groups, join, tx.clone()).await {
+    let create_here = managed.is_none();
+    let (group, member) = match join_group(&groups, join, tx.clone(), create_here).await {
         Ok(joined) => joined,
         Err(error) => {
             let _ = tx.try_send(Err(error));
@@ -739,6 +891,151 @@ async fn run_member<S>(
         }
     }
     group.leave(member);
+}
+
+/// A Join of a group of a replicated topic, on its way to the group's coordinator.
+struct Joining {
+    coordinator: Arc<Coordinator>,
+    cluster: Arc<crate::cluster::Cluster>,
+    groups: Arc<GroupRegistry>,
+    forwarded: bool,
+}
+
+impl Joining {
+    /// Creates the group if the Join may and it is missing, then finds its coordinator:
+    /// `None` when it is this node (the group now runs here), else the node to send the
+    /// stream on to.
+    async fn route(&self, join: v1::Join) -> Result<Option<NodeId>, BrokerError> {
+        validate_name("group", &join.group)?;
+        if self.coordinator.record(&join.topic, &join.group).is_none() && !self.forwarded {
+            let topic = self.groups.registry().get(&join.topic)?;
+            let config = resolve_config(self.groups.registry(), &join.topic, None, join.settings)?;
+            let offsets = start_offsets(&topic, join.start_position)?;
+            self.coordinator
+                .create(&join.topic, &join.group, config, offsets, true)
+                .await?;
+        }
+        match self
+            .coordinator
+            .route(&join.topic, &join.group, self.forwarded)
+            .await?
+        {
+            Route::Local(_) => Ok(None),
+            Route::Remote(node) => Ok(Some(node)),
+        }
+    }
+}
+
+/// A member's stream sent on to the node that coordinates its group: requests go there,
+/// responses come back, unchanged.
+struct Exchange {
+    inbound: Streaming<v1::SubscribeRequest>,
+    forwarded_tx: ForwardedTx,
+    gone: oneshot::Receiver<()>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Exchange {
+    /// Runs the exchange until either side ends. Until the coordinator has answered the
+    /// Join, a refusal that means "not here (any more)" (UNAVAILABLE: it died, or gave the
+    /// group up) sends the Join again wherever the group is then, for up to
+    /// `coordinator::ROUTE_WAIT`.
+    async fn run(
+        mut self,
+        joining: Joining,
+        mut node: NodeId,
+        join: v1::Join,
+    ) -> Result<(), BrokerError> {
+        use crate::cluster::coordinator::ROUTE_WAIT;
+        let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
+        loop {
+            let (requests_tx, requests_rx) = mpsc::channel::<v1::SubscribeRequest>(MEMBER_QUEUE);
+            let _ = requests_tx
+                .send(v1::SubscribeRequest {
+                    request: Some(v1::subscribe_request::Request::Join(join.clone())),
+                })
+                .await;
+            let requests = tokio_stream::wrappers::ReceiverStream::new(requests_rx);
+            let opened = joining.cluster.forward_subscribe(node, requests).await;
+            let mut responses = match opened {
+                Ok(responses) => responses,
+                Err(error) if tokio::time::Instant::now() < deadline && again(&error) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    node = match joining.route(join.clone()).await? {
+                        None => return Err(moved_here()),
+                        Some(node) => node,
+                    };
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let mut answered = false;
+            let mut requests_tx = Some(requests_tx);
+            loop {
+                enum Next {
+                    Request(Option<Result<v1::SubscribeRequest, Status>>),
+                    Response(Option<Result<v1::SubscribeResponse, Status>>),
+                    Gone,
+                    ShuttingDown,
+                }
+                let next = tokio::select! {
+                    request = self.inbound.next(), if requests_tx.is_some() => Next::Request(request),
+                    response = responses.next() => Next::Response(response),
+                    _ = &mut self.gone => Next::Gone,
+                    () = async { let _ = self.shutdown.wait_for(|s| *s).await; } => Next::ShuttingDown,
+                };
+                match next {
+                    Next::Request(Some(Ok(request))) => {
+                        if let Some(sender) = requests_tx.clone()
+                            && sender.send(request).await.is_err()
+                        {
+                            requests_tx = None;
+                        }
+                    }
+                    // The member half-closed (or sent something unreadable): the
+                    // coordinator sees the end of its stream and ends the member.
+                    Next::Request(_) => requests_tx = None,
+                    Next::Response(Some(Ok(response))) => {
+                        answered = true;
+                        if self.forwarded_tx.send(Ok(response)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Next::Response(Some(Err(status)))
+                        if !answered
+                            && status.code() == tonic::Code::Unavailable
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        break;
+                    }
+                    Next::Response(Some(Err(status))) => {
+                        let _ = self.forwarded_tx.send(Err(status)).await;
+                        return Ok(());
+                    }
+                    Next::Response(None) | Next::Gone => return Ok(()),
+                    Next::ShuttingDown => return Err(BrokerError::ShuttingDown),
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            node = match joining.route(join.clone()).await? {
+                None => return Err(moved_here()),
+                Some(node) => node,
+            };
+        }
+    }
+}
+
+/// Whether a failed forward is worth sending again once the group's coordinator is found
+/// anew: the node was unreachable, or no longer coordinates.
+fn again(error: &BrokerError) -> bool {
+    crate::cluster::retry_elsewhere(error)
+}
+
+/// The group came to this node while its member's stream was being sent elsewhere.
+fn moved_here() -> BrokerError {
+    BrokerError::ClusterUnavailable(
+        "the group moved to the node this member called while it joined; join again".into(),
+    )
 }
 
 /// `ids` without the malformed ones, which are counted; borrowed when all are well formed.

@@ -189,11 +189,22 @@ impl Broker {
             None => None,
         };
         let message_max = config.max_batch_bytes + REQUEST_OVERHEAD_BYTES;
+        // Before the local groups start: the coordinator stops those of replicated topics
+        // left from before a restart (the cluster holds their state, and runs them where
+        // it says).
+        let coordinator = match &cluster {
+            Some(cluster) => Some(
+                crate::cluster::coordinator::Coordinator::start(cluster.clone(), groups.clone())
+                    .await,
+            ),
+            None => None,
+        };
         groups.start();
         // The generated server, with Subscribe's responses written by the route itself.
         let service = Arc::new(
             HeraldService::new(registry.clone(), groups.clone(), metrics.clone(), stop_rx)
-                .with_cluster(cluster.clone(), addr),
+                .with_cluster(cluster.clone(), addr)
+                .with_coordinator(coordinator.clone()),
         );
         if let Some(cluster) = &cluster {
             // Requests other nodes forward here are served by this same service.
@@ -257,6 +268,11 @@ impl Broker {
             };
             if let Err(error) = &served {
                 tracing::error!(%error, "gRPC server failed");
+            }
+            // Groups this node runs are released while the cluster still listens, so
+            // other nodes take them over at once.
+            if let Some(coordinator) = &coordinator {
+                coordinator.shutdown().await;
             }
             if let Some(cluster) = &server_cluster {
                 cluster.shutdown().await;

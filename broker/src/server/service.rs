@@ -2,6 +2,9 @@
 //! `groups`.
 
 use crate::cluster::Cluster;
+use crate::cluster::coordinator::{Coordinator, Route};
+use herald_proto::peer::forwarded_group_call::Call as GroupCall;
+use herald_proto::peer::group_call_reply::Reply as GroupReply;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -60,6 +63,8 @@ pub struct HeraldService {
     response_budget: Arc<Semaphore>,
     /// Cluster mode; `None` on a single node, which then never consults it.
     cluster: Option<Arc<Cluster>>,
+    /// Cluster mode: where the groups of replicated topics run.
+    coordinator: Option<Arc<Coordinator>>,
     /// The gRPC address clients reach this broker at, for ClusterStatus.
     client_addr: Option<SocketAddr>,
 }
@@ -99,6 +104,7 @@ impl HeraldService {
             shutdown,
             streams: Arc::new(DashMap::new()),
             cluster: None,
+            coordinator: None,
             client_addr: None,
         }
     }
@@ -109,6 +115,47 @@ impl HeraldService {
         self.cluster = cluster;
         self.client_addr = Some(client_addr);
         self
+    }
+
+    /// Runs the groups of replicated topics through `coordinator` (cluster mode).
+    pub fn with_coordinator(mut self, coordinator: Option<Arc<Coordinator>>) -> Self {
+        self.coordinator = coordinator;
+        self
+    }
+
+    /// The coordinator, when `topic`'s groups go through the cluster.
+    fn managing(&self, topic: &str) -> Option<&Arc<Coordinator>> {
+        self.coordinator.as_ref().filter(|c| c.manages(topic))
+    }
+
+    /// A group admin call: run here when this node runs the group (or the topic's groups
+    /// are local), else sent on to the node that does. `access` is checked here; a
+    /// `forwarded` call was checked by the node the client called.
+    async fn group_admin(
+        &self,
+        access: &Access,
+        call: GroupCall,
+        forwarded: bool,
+    ) -> Result<GroupReply, BrokerError> {
+        if !forwarded {
+            super::groups::authorize_call(access, &call)?;
+        }
+        let (topic, group) = super::groups::call_names(&call);
+        let (topic, group) = (topic.to_owned(), group.to_owned());
+        let managing = self.managing(&topic).cloned();
+        if let (Some(coordinator), Some(cluster)) = (&managing, &self.cluster)
+            && let Route::Remote(node) = coordinator.route(&topic, &group, forwarded).await?
+        {
+            return cluster.forward_group_call(node, call).await;
+        }
+        let changes = super::groups::call_changes(&call);
+        let reply = super::groups::run_call(&self.groups, call).await?;
+        if let Some(coordinator) = managing
+            && changes
+        {
+            coordinator.checkpoint_now(&topic, &group).await?;
+        }
+        Ok(reply)
     }
 
     fn check_running(&self) -> Result<(), BrokerError> {
@@ -827,6 +874,26 @@ impl v1::herald_server::Herald for HeraldService {
     ) -> Result<Response<v1::CreateGroupResponse>, Status> {
         self.check_running()?;
         let access = Access::of(&request);
+        if let Some(coordinator) = self.managing(&request.get_ref().topic).cloned() {
+            let r = request.into_inner();
+            let describe = v1::DescribeGroupRequest {
+                topic: r.topic.clone(),
+                group: r.group.clone(),
+            };
+            super::groups::create_managed_group(&self.groups, &coordinator, &access, r).await?;
+            // Its description comes from wherever it runs (this node claims it if it can).
+            return match self
+                .group_admin(&Access::Open, GroupCall::Describe(describe), false)
+                .await?
+            {
+                GroupReply::Describe(d) => {
+                    Ok(Response::new(v1::CreateGroupResponse { group: d.group }))
+                }
+                _ => Err(Status::internal(
+                    "a group call answered with another call's reply",
+                )),
+            };
+        }
         if let Some(cluster) = &self.cluster {
             cluster.check_topic(&request.get_ref().topic)?;
         }
@@ -842,10 +909,15 @@ impl v1::herald_server::Herald for HeraldService {
     ) -> Result<Response<v1::UpdateGroupResponse>, Status> {
         self.check_running()?;
         let access = Access::of(&request);
-        super::groups::update_group(&self.groups, &access, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        match self
+            .group_admin(&access, GroupCall::Update(request.into_inner()), false)
+            .await?
+        {
+            GroupReply::Update(reply) => Ok(Response::new(reply)),
+            _ => Err(Status::internal(
+                "a group call answered with another call's reply",
+            )),
+        }
     }
 
     async fn delete_group(
@@ -854,6 +926,12 @@ impl v1::herald_server::Herald for HeraldService {
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
         self.check_running()?;
         let access = Access::of(&request);
+        if let Some(coordinator) = self.managing(&request.get_ref().topic) {
+            return super::groups::delete_managed_group(coordinator, &access, request.into_inner())
+                .await
+                .map(Response::new)
+                .map_err(Status::from);
+        }
         super::groups::delete_group(&self.groups, &access, request.into_inner())
             .await
             .map(Response::new)
@@ -865,10 +943,15 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
         let access = Access::of(&request);
-        super::groups::describe_group(&self.groups, &access, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        match self
+            .group_admin(&access, GroupCall::Describe(request.into_inner()), false)
+            .await?
+        {
+            GroupReply::Describe(reply) => Ok(Response::new(reply)),
+            _ => Err(Status::internal(
+                "a group call answered with another call's reply",
+            )),
+        }
     }
 
     async fn list_groups(
@@ -876,10 +959,15 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
         let access = Access::of(&request);
-        super::groups::list_groups(&self.groups, &access, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        super::groups::list_groups(
+            &self.groups,
+            self.coordinator.as_deref(),
+            &access,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn seek(
@@ -888,10 +976,15 @@ impl v1::herald_server::Herald for HeraldService {
     ) -> Result<Response<v1::SeekResponse>, Status> {
         self.check_running()?;
         let access = Access::of(&request);
-        super::groups::seek(&self.groups, &access, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        match self
+            .group_admin(&access, GroupCall::Seek(request.into_inner()), false)
+            .await?
+        {
+            GroupReply::Seek(reply) => Ok(Response::new(reply)),
+            _ => Err(Status::internal(
+                "a group call answered with another call's reply",
+            )),
+        }
     }
 
     async fn list_pending(
@@ -899,10 +992,15 @@ impl v1::herald_server::Herald for HeraldService {
         request: Request<v1::ListPendingRequest>,
     ) -> Result<Response<v1::ListPendingResponse>, Status> {
         let access = Access::of(&request);
-        super::groups::list_pending(&self.groups, &access, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        match self
+            .group_admin(&access, GroupCall::Pending(request.into_inner()), false)
+            .await?
+        {
+            GroupReply::Pending(reply) => Ok(Response::new(reply)),
+            _ => Err(Status::internal(
+                "a group call answered with another call's reply",
+            )),
+        }
     }
 
     async fn redrive(
@@ -911,10 +1009,15 @@ impl v1::herald_server::Herald for HeraldService {
     ) -> Result<Response<v1::RedriveResponse>, Status> {
         self.check_running()?;
         let access = Access::of(&request);
-        super::groups::redrive(&self.groups, &access, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        match self
+            .group_admin(&access, GroupCall::Redrive(request.into_inner()), false)
+            .await?
+        {
+            GroupReply::Redrive(reply) => Ok(Response::new(reply)),
+            _ => Err(Status::internal(
+                "a group call answered with another call's reply",
+            )),
+        }
     }
 
     async fn cluster_status(
@@ -1118,12 +1221,16 @@ impl HeraldService {
         let slot = self.open_stream(&request)?;
         Ok(super::groups::subscribe(
             self.groups.clone(),
-            access,
             request.into_inner(),
-            slot,
             self.shutdown.clone(),
-            self.metrics.malformed_ack_ids.clone(),
-            self.cluster.clone(),
+            super::groups::MemberContext {
+                slot,
+                malformed_ack_ids: self.metrics.malformed_ack_ids.clone(),
+                cluster: self.cluster.clone(),
+                coordinator: self.coordinator.clone(),
+                access,
+                forwarded: false,
+            },
         ))
     }
 }
@@ -1144,6 +1251,7 @@ impl HeraldService {
             streams: self.streams.clone(),
             response_budget: self.response_budget.clone(),
             cluster: self.cluster.clone(),
+            coordinator: self.coordinator.clone(),
             client_addr: self.client_addr,
         })
     }
@@ -1334,5 +1442,36 @@ impl crate::cluster::forward::ForwardedRequests for HeraldService {
     ) -> Result<crate::cluster::forward::FetchStream, Status> {
         self.check_running()?;
         self.fetch_stream(None, request, true)
+    }
+
+    async fn subscribe(
+        &self,
+        requests: Streaming<v1::SubscribeRequest>,
+    ) -> Result<crate::cluster::forward::SubscribeStream, Status> {
+        self.check_running()?;
+        Ok(super::groups::subscribe(
+            self.groups.clone(),
+            requests,
+            self.shutdown.clone(),
+            super::groups::MemberContext {
+                slot: (),
+                malformed_ack_ids: self.metrics.malformed_ack_ids.clone(),
+                cluster: self.cluster.clone(),
+                coordinator: self.coordinator.clone(),
+                access: Access::Open,
+                forwarded: true,
+            },
+        ))
+    }
+
+    async fn group_call(
+        &self,
+        call: herald_proto::peer::ForwardedGroupCall,
+    ) -> Result<herald_proto::peer::GroupCallReply, Status> {
+        let call = call
+            .call
+            .ok_or_else(|| Status::invalid_argument("the forwarded group call carries no call"))?;
+        let reply = self.group_admin(&Access::Open, call, true).await?;
+        Ok(herald_proto::peer::GroupCallReply { reply: Some(reply) })
     }
 }
