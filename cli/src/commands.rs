@@ -1866,6 +1866,7 @@ fn group_json(group: &GroupInfo) -> Value {
     json!({
         "topic": group.topic,
         "group": group.group,
+        "coordinator": group.coordinator,
         "settings": {
             "ack_deadline_ms": millis(s.ack_deadline),
             "retry_backoff_min_ms": millis(s.retry_backoff_min),
@@ -1895,7 +1896,7 @@ fn group_json(group: &GroupInfo) -> Value {
 fn group_text(group: &GroupInfo) -> Vec<String> {
     let s = &group.settings;
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
-    let settings = vec![
+    let mut settings = vec![
         vec!["topic".to_owned(), group.topic.clone()],
         vec!["group".to_owned(), group.group.clone()],
         vec!["ack_deadline_ms".to_owned(), opt(millis(s.ack_deadline))],
@@ -1923,6 +1924,9 @@ fn group_text(group: &GroupInfo) -> Vec<String> {
         ],
         vec!["ordering".to_owned(), ordering_name(s.ordering).to_owned()],
     ];
+    if let Some(node) = group.coordinator {
+        settings.insert(2, vec!["coordinator".to_owned(), format!("node {node}")]);
+    }
     let mut lines = table(&settings);
     lines.push(String::new());
     if group.members.is_empty() {
@@ -2136,6 +2140,7 @@ mod tests {
                 dead_lettered_count: 0,
                 member_id: "17".into(),
             }],
+            coordinator: None,
         };
         let text = group_text(&group);
         assert!(text.contains(&"max_delivery_attempts  0 (retry forever)".to_owned()));

@@ -604,3 +604,286 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
     }
     stop_all(&mut processes);
 }
+
+/// One consumer-group member that joins through any live node and joins again through
+/// the next when its stream ends: every delivery it gets, in order, as
+/// ((partition, offset), value), acked as it comes.
+struct Roaming {
+    servers: Vec<SocketAddr>,
+    next: usize,
+    stream: Option<(
+        tokio::sync::mpsc::Sender<v1::SubscribeRequest>,
+        tonic::Streaming<v1::SubscribeResponse>,
+    )>,
+    log: Vec<((u32, u64), String)>,
+    /// When the stream last ended, until the next delivery: how long the group was away
+    /// (from the member's side: its stream's end to its next delivery).
+    lost_at: Option<Instant>,
+    gaps: Vec<Duration>,
+}
+
+impl Roaming {
+    async fn join(&mut self) {
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the member could not join any node"
+            );
+            let server = self.servers[self.next % self.servers.len()];
+            self.next += 1;
+            let Ok(mut client) = HeraldClient::connect(format!("http://{server}")).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let join = v1::Join {
+                topic: "grouped".into(),
+                group: "workers".into(),
+                client_id: "roaming".into(),
+                start_position: Some(v1::Position {
+                    kind: Some(v1::position::Kind::Earliest(v1::Earliest {})),
+                }),
+                ..Default::default()
+            };
+            tx.send(v1::SubscribeRequest {
+                request: Some(v1::subscribe_request::Request::Join(join)),
+            })
+            .await
+            .unwrap();
+            let Ok(response) = client
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut stream = response.into_inner();
+            match stream.message().await {
+                Ok(Some(v1::SubscribeResponse {
+                    response: Some(v1::subscribe_response::Response::Joined(_)),
+                })) => {
+                    self.stream = Some((tx, stream));
+                    return;
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => panic!("expected Joined, got {other:?}"),
+            }
+        }
+    }
+
+    /// Receives for up to `wait`, acking what comes; joins again when the stream ends.
+    async fn poll(&mut self, wait: Duration) {
+        if self.stream.is_none() {
+            self.join().await;
+        }
+        let (tx, rx) = self.stream.as_mut().unwrap();
+        match tokio::time::timeout(wait, rx.message()).await {
+            Err(_) => {}
+            Ok(Ok(Some(v1::SubscribeResponse {
+                response: Some(v1::subscribe_response::Response::Deliveries(d)),
+            }))) => {
+                let _ = tx
+                    .send(v1::SubscribeRequest {
+                        request: Some(v1::subscribe_request::Request::Ack(v1::Ack {
+                            ack_ids: d.deliveries.iter().map(|d| d.ack_id.clone()).collect(),
+                            ..Default::default()
+                        })),
+                    })
+                    .await;
+                if let Some(lost) = self.lost_at.take() {
+                    self.gaps.push(lost.elapsed());
+                }
+                for d in d.deliveries {
+                    self.log.push((
+                        (d.partition, d.offset),
+                        String::from_utf8(d.value.to_vec()).unwrap(),
+                    ));
+                }
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                self.stream = None;
+                self.lost_at.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    fn seen(&self) -> std::collections::BTreeSet<(u32, u64)> {
+        self.log.iter().map(|(at, _)| *at).collect()
+    }
+}
+
+/// The node that runs `group` of `topic`, as DescribeGroup through `server` reports it.
+async fn group_coordinator(server: SocketAddr, topic: &str, group: &str) -> u64 {
+    let Ok(mut client) = HeraldClient::connect(format!("http://{server}")).await else {
+        return 0;
+    };
+    client
+        .describe_group(v1::DescribeGroupRequest {
+            topic: topic.into(),
+            group: group.into(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().group)
+        .map_or(0, |g| g.coordinator)
+}
+
+/// A consumer group of a replicated topic under kill -9 of the node that runs it: one
+/// member consumes (acking everything) through whichever node is up, joining again
+/// through the next when its stream ends, while keyed publishing goes on and the group's
+/// coordinator is killed with SIGKILL and restarted, `HERALD_CLUSTER_FAULTS` times (3 by
+/// default). The group drains: every acknowledged record is delivered, and each key's
+/// records are first delivered in the order they were published. Prints how long the
+/// group was away after each kill and how many deliveries were repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
+    let faults: usize = std::env::var("HERALD_CLUSTER_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let root = tempfile::tempdir().unwrap();
+    let ports = free_ports(6);
+    let members = (0..3)
+        .map(|i| format!("{}={}@{}", i + 1, ports[2 * i], ports[2 * i + 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dirs: Vec<_> = (1..=3)
+        .map(|id| root.path().join(format!("node{id}")))
+        .collect();
+    let start = |i: usize| {
+        serve(
+            &dirs[i],
+            i as u64 + 1,
+            ports[2 * i],
+            ports[2 * i + 1],
+            &members,
+        )
+    };
+    let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(start(i))).collect();
+    let client_of = |id: u64| ports[2 * (id as usize - 1)];
+    let mut admin = HeraldClient::connect(format!("http://{}", client_of(1)))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    while let Err(status) = admin
+        .create_topic(v1::CreateTopicRequest {
+            name: "grouped".into(),
+            partitions: 2,
+            config: None,
+            replication_factor: Some(3),
+        })
+        .await
+    {
+        assert!(Instant::now() < deadline, "topic not created: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut acked: std::collections::BTreeSet<(u32, u64)> = Default::default();
+    let mut seq = 0u64;
+    let mut publish =
+        async |server: SocketAddr, acked: &mut std::collections::BTreeSet<(u32, u64)>| {
+            seq += 1;
+            let key = format!("account-{}", seq % 10);
+            let value = format!("{key}:{seq}");
+            let started = Instant::now();
+            let mut client = HeraldClient::connect(format!("http://{server}"))
+                .await
+                .expect("connects");
+            loop {
+                match publish_keyed(&mut client, "grouped", &key, &value).await {
+                    Ok(answer) => {
+                        acked.insert((answer.partition, answer.base_offset));
+                        return;
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                        assert!(started.elapsed() < FAILOVER_BOUND, "{status:?}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        };
+    for _ in 0..100 {
+        publish(client_of(1), &mut acked).await;
+    }
+    let mut member = Roaming {
+        servers: (1..=3).map(client_of).collect(),
+        next: 0,
+        stream: None,
+        log: Vec::new(),
+        lost_at: None,
+        gaps: Vec::new(),
+    };
+    for fault in 0..faults {
+        // Consume a while, then find the node that runs the group and kill it.
+        let target = member.log.len() + 30;
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        while member.log.len() < target && member.seen().len() < acked.len() {
+            assert!(
+                Instant::now() < deadline,
+                "the group stalled before fault {fault}"
+            );
+            member.poll(Duration::from_millis(100)).await;
+        }
+        let live = (1..=3u64)
+            .find(|id| processes[*id as usize - 1].is_some())
+            .unwrap();
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        let victim = loop {
+            let node = group_coordinator(client_of(live), "grouped", "workers").await;
+            if node != 0 {
+                break node;
+            }
+            assert!(Instant::now() < deadline, "the group has no coordinator");
+            member.poll(Duration::from_millis(50)).await;
+        };
+        let log = processes[victim as usize - 1].take().unwrap().kill9();
+        assert_no_panic(&log, &format!("node {victim}"));
+        let entry = client_of(victim % 3 + 1);
+        for _ in 0..30 {
+            publish(entry, &mut acked).await;
+            member.poll(Duration::from_millis(10)).await;
+        }
+        processes[victim as usize - 1] = Some(start(victim as usize - 1));
+    }
+    // Drain: every acknowledged record is delivered.
+    let deadline = Instant::now() + FAILOVER_BOUND * 2;
+    while !acked.is_subset(&member.seen()) {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not drain: {} of {} delivered",
+            acked.intersection(&member.seen()).count(),
+            acked.len()
+        );
+        member.poll(Duration::from_millis(100)).await;
+    }
+    // Each key's first deliveries come in publish order.
+    let mut highest: std::collections::HashMap<String, u64> = Default::default();
+    let mut first_seen = std::collections::BTreeSet::new();
+    for (at, value) in &member.log {
+        if !first_seen.insert(*at) {
+            continue;
+        }
+        let (key, n) = value.split_once(':').unwrap();
+        let n: u64 = n.parse().unwrap();
+        if let Some(previous) = highest.insert(key.to_owned(), n) {
+            assert!(
+                previous < n,
+                "key {key}: {n} first delivered after {previous}"
+            );
+        }
+    }
+    let repeats = member.log.len() - first_seen.len();
+    println!(
+        "{} records, {} deliveries ({repeats} repeats) over {faults} coordinator kills; the group was away for {:?}",
+        acked.len(),
+        member.log.len(),
+        member.gaps
+    );
+    drop(member);
+    stop_all(&mut processes);
+}

@@ -276,6 +276,9 @@ pub struct GroupInfo {
     pub members: Vec<GroupMember>,
     /// The group's progress, one entry per partition.
     pub partitions: Vec<GroupPartition>,
+    /// In a cluster, the node that runs the group (for a replicated topic); `None` on a
+    /// single node.
+    pub coordinator: Option<u64>,
 }
 
 /// One connected member of a group.
@@ -339,6 +342,7 @@ impl GroupInfo {
                     member_id: p.member_id,
                 })
                 .collect(),
+            coordinator: (g.coordinator != 0).then_some(g.coordinator),
         }
     }
 }

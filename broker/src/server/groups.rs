@@ -184,6 +184,7 @@ fn describe(group: &Group) -> v1::GroupDescription {
                 partitions: m.partitions.iter().map(|p| p.0).collect(),
             })
             .collect(),
+        coordinator: 0,
         partitions: description
             .partitions
             .iter()

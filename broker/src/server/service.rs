@@ -149,11 +149,17 @@ impl HeraldService {
             return cluster.forward_group_call(node, call).await;
         }
         let changes = super::groups::call_changes(&call);
-        let reply = super::groups::run_call(&self.groups, call).await?;
-        if let Some(coordinator) = managing
-            && changes
-        {
-            coordinator.checkpoint_now(&topic, &group).await?;
+        let mut reply = super::groups::run_call(&self.groups, call).await?;
+        if let (Some(coordinator), Some(cluster)) = (managing, &self.cluster) {
+            if changes {
+                coordinator.checkpoint_now(&topic, &group).await?;
+            }
+            if let GroupReply::Describe(v1::DescribeGroupResponse {
+                group: Some(description),
+            }) = &mut reply
+            {
+                description.coordinator = cluster.node_id();
+            }
         }
         Ok(reply)
     }
