@@ -466,10 +466,59 @@ async fn publish_through(
     }
 }
 
+/// Leaves a stopped replica's partition as a crash in the middle of writing leaves it:
+/// garbage where its log's next batch would start and half a record at the end of its
+/// entry journal. (`herald log check` finds where the log's valid batches end.) Neither
+/// was acknowledged, so the replica must cut both on open and catch up from the others.
+fn tear_tail(partition_dir: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let out = Command::new(HERALD)
+        .args(["log", "check"])
+        .arg(partition_dir)
+        .output()
+        .expect("herald runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "log check: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "...: offsets A..B, N batches, BYTES bytes in S segments"
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = |suffix: &str| -> u64 {
+        let i = words
+            .iter()
+            .position(|w| w.trim_end_matches(',') == suffix)
+            .unwrap();
+        words[i - 1].parse().unwrap()
+    };
+    let (bytes, segments) = (at("bytes"), at("segments"));
+    assert_eq!(segments, 1, "a small test log has one segment: {text}");
+    let mut log = std::fs::OpenOptions::new()
+        .write(true)
+        .open(partition_dir.join("00000000000000000000.log"))
+        .unwrap();
+    log.seek(SeekFrom::Start(bytes)).unwrap();
+    log.write_all(&[0xA5; 64]).unwrap();
+    let mut journal = std::fs::OpenOptions::new()
+        .append(true)
+        .open(partition_dir.join("raft.journal"))
+        .unwrap();
+    journal.write_all(&[0x5A; 20]).unwrap();
+    let again = Command::new(HERALD)
+        .args(["log", "check"])
+        .arg(partition_dir)
+        .output()
+        .expect("herald runs");
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("torn tail"), "the garbage reads as a torn tail: {text}");
+}
+
 /// Replicated partitions (three copies) under kill -9 of their leaders: keyed publishes
 /// go through a live node while the leader of a partition is killed with SIGKILL and
 /// restarted, `HERALD_CLUSTER_FAULTS` times (3 by default; the README gives the command
-/// that runs hundreds). The checker reads every partition from each node's own log:
+/// that runs hundreds); every other restart finds torn tails in the killed node's log and
+/// entry journal. The checker reads every partition from each node's own log:
 /// every node holds exactly the acknowledged records at their acknowledged offsets,
 /// offsets are dense, each key's records keep their order. Prints the failover times
 /// (kill to the next acknowledged publish of that partition).
@@ -562,6 +611,16 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
             }
         }
         failovers.extend(recovered);
+        if fault % 2 == 1 {
+            // Every other restart finds a torn tail, as a crash in mid-write leaves it.
+            for partition in 0..2 {
+                tear_tail(
+                    &dirs[victim as usize - 1]
+                        .join("topics/replicated")
+                        .join(partition.to_string()),
+                );
+            }
+        }
         processes[victim as usize - 1] = Some(start(victim as usize - 1));
         for _ in 0..20 {
             publish(client_of(victim), &mut acked).await;
