@@ -1,7 +1,8 @@
 //! The owner of one partition replica: a thread that holds the [`ReplicaLog`] (its
 //! segment log writer and entry journal) and serves openraft's storage calls from a
 //! bounded channel, in order. Appends are group-committed: the thread writes every append
-//! it finds queued, syncs once, then calls each `LogFlushed`. Reads for replication are
+//! it finds queued (within a bound: see `GROUP_COMMIT_MAX_WAIT`), syncs once, then calls
+//! each `LogFlushed`. Reads for replication are
 //! served in the same order, so they see every append made before them, synced or not.
 
 use std::collections::HashMap;
@@ -26,6 +27,11 @@ const QUEUE: usize = 1024;
 /// How often, at most, a changed committed id is written to `raft.state` (it may lag:
 /// see [`ReplicaLog::set_committed`]).
 const COMMITTED_WRITE_EVERY: Duration = Duration::from_millis(100);
+/// A group commit ends when the queue is empty, or once its first append has waited this
+/// long, or after this many appends: a queue that never empties (replication reads and
+/// appends arriving back to back) must not hold acknowledgements back without bound.
+const GROUP_COMMIT_MAX_WAIT: Duration = Duration::from_millis(2);
+const GROUP_COMMIT_MAX_APPENDS: usize = 256;
 
 type IoResult<T> = std::io::Result<T>;
 
@@ -215,6 +221,8 @@ struct Owner {
     log: ReplicaLog,
     /// Appends written but not yet synced.
     unsynced: Vec<LogFlushed<PartTypes>>,
+    /// When the first of `unsynced` was written.
+    unsynced_since: Option<Instant>,
     last_state_write: Instant,
     /// After a failed write nothing else is written: what the log holds beyond the
     /// journal is unknown until an open reconciles them.
@@ -251,6 +259,7 @@ impl Owner {
     /// Syncs what is pending and tells openraft; writes a changed committed id now and
     /// then.
     fn flush(&mut self) {
+        self.unsynced_since = None;
         if !self.unsynced.is_empty() {
             let result = self.check().and_then(|()| self.log.sync());
             let result = self.fail(result);
@@ -279,7 +288,10 @@ impl Owner {
                 let result = self.check().and_then(|()| self.log.append(entries));
                 let result = self.fail(result);
                 match &result {
-                    Ok(()) => self.unsynced.push(callback),
+                    Ok(()) => {
+                        self.unsynced_since.get_or_insert_with(Instant::now);
+                        self.unsynced.push(callback);
+                    }
                     Err(e) => callback.log_io_completed(Err(clone_error(e))),
                 }
                 let _ = reply.send(result);
@@ -396,6 +408,7 @@ fn run(log: ReplicaLog, mut rx: mpsc::Receiver<Command>, on_publish: watch::Send
     let mut owner = Owner {
         log,
         unsynced: Vec::new(),
+        unsynced_since: None,
         last_state_write: Instant::now(),
         failed: None,
         pending: HashMap::new(),
@@ -418,6 +431,13 @@ fn run(log: ReplicaLog, mut rx: mpsc::Receiver<Command>, on_publish: watch::Send
             break;
         }
         owner.handle(command);
+        if owner.unsynced.len() >= GROUP_COMMIT_MAX_APPENDS
+            || owner
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= GROUP_COMMIT_MAX_WAIT)
+        {
+            owner.flush();
+        }
     }
     owner.last_state_write = Instant::now() - COMMITTED_WRITE_EVERY;
     owner.flush();
