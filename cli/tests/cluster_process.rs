@@ -797,8 +797,8 @@ async fn group_coordinator(server: SocketAddr, topic: &str, group: &str) -> u64 
 /// A consumer group of a replicated topic under kill -9 of the node that runs it: one
 /// member consumes (acking everything) through whichever node is up, joining again
 /// through the next when its stream ends, while keyed publishing goes on and the group's
-/// coordinator is killed with SIGKILL and restarted, `HERALD_CLUSTER_FAULTS` times (3 by
-/// default). The group drains: every acknowledged record is delivered, and each key's
+/// coordinator is killed with SIGKILL and restarted, or (every other fault) paused with
+/// SIGSTOP for 6 s, `HERALD_CLUSTER_FAULTS` times (3 by default). The group drains: every acknowledged record is delivered, and each key's
 /// records are first delivered in the order they were published. Prints how long the
 /// group was away after each kill and how many deliveries were repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -903,9 +903,25 @@ async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
             assert!(Instant::now() < deadline, "the group has no coordinator");
             member.poll(Duration::from_millis(50)).await;
         };
+        let entry = client_of(victim % 3 + 1);
+        if fault % 2 == 1 {
+            // A pause instead (SIGSTOP, as a long stall would): another node takes the
+            // group over meanwhile, and the paused node, woken after its lease ran out,
+            // must deliver nothing before it learns it lost the group.
+            let pid = processes[victim as usize - 1].as_ref().unwrap().id();
+            signal(pid, "STOP");
+            let paused = Instant::now();
+            for _ in 0..30 {
+                publish(entry, &mut acked).await;
+            }
+            while paused.elapsed() < Duration::from_secs(6) {
+                member.poll(Duration::from_millis(50)).await;
+            }
+            signal(pid, "CONT");
+            continue;
+        }
         let log = processes[victim as usize - 1].take().unwrap().kill9();
         assert_no_panic(&log, &format!("node {victim}"));
-        let entry = client_of(victim % 3 + 1);
         for _ in 0..30 {
             publish(entry, &mut acked).await;
             member.poll(Duration::from_millis(10)).await;
@@ -941,7 +957,7 @@ async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
     }
     let repeats = member.log.len() - first_seen.len();
     println!(
-        "{} records, {} deliveries ({repeats} repeats) over {faults} coordinator kills; the group was away for {:?}",
+        "{} records, {} deliveries ({repeats} repeats) over {faults} coordinator kills and pauses; the group was away for {:?}",
         acked.len(),
         member.log.len(),
         member.gaps

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use super::Cluster;
 use super::types::{GroupRecord, MetaCommand, MetaResponse, NodeId, Refusal};
 use crate::error::{BrokerError, Result};
-use crate::groups::{Group, GroupConfig, GroupRegistry};
+use crate::groups::{Group, GroupConfig, GroupRegistry, Lease};
 
 /// How often a coordinator checkpoints its groups (and renews its lease).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -307,6 +307,7 @@ impl Coordinator {
         // This node's replicas may not have applied every commit the old coordinator read
         // up to yet: wait (briefly) so positions are not cut to a shorter committed log.
         wait_for_positions(&topic, &claimed.state).await;
+        let lease = Lease::until(sent + LEASE);
         let group = self
             .groups
             .adopt(
@@ -315,6 +316,7 @@ impl Coordinator {
                 claimed.meta.clone(),
                 claimed.state.clone(),
                 "the group's coordination moved",
+                lease.clone(),
             )
             .await?;
         let (stop, stopped) = watch::channel(false);
@@ -336,6 +338,7 @@ impl Coordinator {
             checkpointing,
             files: (claimed.meta, claimed.state),
             lease_from: sent,
+            lease,
         };
         if let Some(me) = self.me.upgrade() {
             tokio::spawn(keeper.run(me, stopped));
@@ -481,6 +484,8 @@ struct Keeper {
     files: (Vec<u8>, Vec<u8>),
     /// When the last accepted checkpoint (or the claim) was sent: the lease runs from it.
     lease_from: Instant,
+    /// The same, for the group's driver.
+    lease: Arc<Lease>,
 }
 
 impl Keeper {
@@ -526,6 +531,7 @@ impl Keeper {
             let reason = match outcome {
                 Ok(Ok(MetaResponse::Group(_))) => {
                     self.lease_from = sent;
+                    self.lease.extend_to(sent + LEASE);
                     self.files = files;
                     if !release {
                         continue;

@@ -87,12 +87,23 @@ pub fn host_and_port(addr: &str) -> Option<(&str, u16)> {
 
 /// A lazily connected gRPC client of a peer's `Peer` service, over mutual TLS when `tls`
 /// is given.
+/// HTTP/2 pings on peer connections, and how long an answer may take.
+const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub fn peer_client(addr: &str, tls: Option<&PeerTls>) -> Result<PeerClient<Channel>, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("peer address {addr:?}: {e}"))?
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .timeout(PEER_CALL_TIMEOUT)
         .tcp_nodelay(true)
+        // A node that stops answering without closing its connections (paused, or cut
+        // off by the network) ends the calls open to it within seconds: a Subscribe
+        // stream sent on to a group's coordinator then ends, and its member joins again
+        // wherever the group is.
+        .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         // The client port's windows: a forwarded batch or fetch response of a few MiB
         // flows without waiting for window updates at HTTP/2's 64 KiB default.
         .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW)

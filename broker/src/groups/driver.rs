@@ -96,6 +96,10 @@ pub struct Group {
     /// dead-letter retries, the persist timer, the supervisor's backoff reset): the wall
     /// clock in the broker, a clock a test moves by hand in tests.
     pub(super) clock: Arc<dyn Clock>,
+    /// In a cluster, the coordinator's lease on the group: past it, the driver delivers
+    /// nothing and writes no dead letter (another node may run the group by then). Unset
+    /// on a single node and for a one-copy topic's group.
+    pub(super) lease: std::sync::OnceLock<Arc<Lease>>,
     /// Tests set it to hold back the commits of dead-letter appends, as a slow fsync of
     /// the dead-letter topic would.
     #[cfg(test)]
@@ -103,6 +107,42 @@ pub struct Group {
     /// Tests set it to make the next pass of the driver panic, as a bug would.
     #[cfg(test)]
     pub(super) panic_next: std::sync::atomic::AtomicBool,
+}
+
+/// How long a cluster's coordinator may still run a group: moved forward by each of its
+/// accepted checkpoints, read by the group's driver before it delivers. Counted on the
+/// monotonic clock, which runs on while a process is paused (SIGSTOP, a long stall), so a
+/// coordinator that wakes up after its lease ran out delivers nothing before it learns
+/// that it lost the group.
+#[derive(Debug)]
+pub struct Lease {
+    start: std::time::Instant,
+    /// Milliseconds after `start` the lease runs until.
+    until_ms: AtomicU64,
+}
+
+impl Lease {
+    /// A lease running until `until`.
+    pub fn until(until: std::time::Instant) -> Arc<Lease> {
+        let start = std::time::Instant::now();
+        let lease = Lease {
+            start,
+            until_ms: AtomicU64::new(0),
+        };
+        lease.extend_to(until);
+        Arc::new(lease)
+    }
+
+    /// Moves the lease's end to `until` (never back).
+    pub fn extend_to(&self, until: std::time::Instant) {
+        let ms = until.saturating_duration_since(self.start).as_millis() as u64;
+        self.until_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Whether the lease still runs.
+    pub fn valid(&self) -> bool {
+        (self.start.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
+    }
 }
 
 /// A group's running totals, kept outside the state's lock so reading them is free; the
@@ -425,7 +465,11 @@ impl Group {
             if !retry.is_empty() && self.now_ms() >= retry_at_ms {
                 dead_letters.extend(retry.drain(..));
             }
-            while committing.len() < DEAD_LETTERS_IN_FLIGHT_MAX
+            // Past a cluster coordinator's lease, nothing leaves the group: the checkpoint
+            // task stops it next.
+            let leased = self.lease.get().is_none_or(|lease| lease.valid());
+            while leased
+                && committing.len() < DEAD_LETTERS_IN_FLIGHT_MAX
                 && let Some(d) = dead_letters.pop_front()
             {
                 match self.send_dead_letter(&registry, &d).await {
@@ -436,7 +480,7 @@ impl Group {
                     }
                 }
             }
-            let delivered = self.deliver(&mut feed, registry.otel().map(|o| &**o));
+            let delivered = leased && self.deliver(&mut feed, registry.otel().map(|o| &**o));
             if self.now_ms() >= next_persist_ms
                 && persisting.as_ref().is_none_or(|p| p.is_finished())
             {

@@ -82,7 +82,7 @@ pub use delivery::{
     AckRange, MAX_ACK_RANGE, MemberItem, MemberTx, NackTarget, OutDeliveries, OutDelivery, OutRun,
     Outgoing, RESPONSE_MAX_BYTES,
 };
-pub use driver::{Group, GroupCounts, PendingWithKey};
+pub use driver::{Group, GroupCounts, Lease, PendingWithKey};
 pub use read::{RecordRef, StoredRecord, read_records};
 pub use registry::{GroupRegistry, MAX_GROUPS};
 #[cfg(test)]

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 
-use super::driver::{Group, GroupCounters, GroupHome, Inner};
+use super::driver::{Group, GroupCounters, GroupHome, Inner, Lease};
 use super::persist::{GroupMeta, META_FILE, STATE_FILE, clamp_to_logs, ordering_from_name};
 use super::supervisor::supervise;
 use super::{Clock, GroupConfig, WallClock};
@@ -254,6 +254,7 @@ impl GroupRegistry {
             redrive: tokio::sync::Mutex::new(()),
             counters: GroupCounters::default(),
             clock: self.clock.clone(),
+            lease: std::sync::OnceLock::new(),
             #[cfg(test)]
             hold_dead_letters: watch::channel(false).0,
             #[cfg(test)]
@@ -529,7 +530,8 @@ impl GroupRegistry {
     /// local group of that name (whose members' streams end with UNAVAILABLE saying
     /// `displaced`): written
     /// whole in the staging directory, renamed into place and loaded as at start. How a
-    /// cluster node takes over coordinating a group.
+    /// cluster node takes over coordinating a group. The group delivers only while `lease`
+    /// runs.
     pub async fn adopt(
         self: &Arc<Self>,
         topic: Arc<Topic>,
@@ -537,6 +539,7 @@ impl GroupRegistry {
         meta: Vec<u8>,
         state: Vec<u8>,
         displaced: &str,
+        lease: Arc<Lease>,
     ) -> Result<Arc<Group>> {
         validate_name("group", name)?;
         let _admin = self.admin.lock().await;
@@ -601,6 +604,8 @@ impl GroupRegistry {
                 group: key.1.clone(),
                 reason: why,
             })?;
+        // Before its driver starts: it never runs without the lease.
+        let _ = group.lease.set(lease);
         self.groups.insert(key, group.clone());
         tokio::spawn(supervise(group.clone(), self.clone()));
         tracing::info!(topic = %topic.name(), group = %name, "running group");
