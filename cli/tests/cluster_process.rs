@@ -511,7 +511,10 @@ fn tear_tail(partition_dir: &Path) {
         .output()
         .expect("herald runs");
     let text = String::from_utf8_lossy(&again.stdout);
-    assert!(text.contains("torn tail"), "the garbage reads as a torn tail: {text}");
+    assert!(
+        text.contains("torn tail"),
+        "the garbage reads as a torn tail: {text}"
+    );
 }
 
 /// Replicated partitions (three copies) under kill -9 of their leaders: keyed publishes
