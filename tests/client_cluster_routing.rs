@@ -2,14 +2,17 @@
 //! three partitions with three copies each. A producer given node 1's address sends each
 //! partition's batches to that partition's leader (no node forwards a publish), keeps
 //! every key's records in order and exactly once through a leader's stop, and follows
-//! the new leaders after it.
+//! the new leaders after it. Over TLS too: the connections to the other nodes check
+//! their certificates against their own addresses.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{TestCluster, WAIT, create_with_factor, eventually, has_topic};
+use common::pki::{Ca, Validity, https_get, with_tls};
 use common::{http_get, metric_value};
 use futures::StreamExt;
 use herald_client::{Acked, Client, Delivery, FetchConfig, Producer, ProducerConfig, Record};
@@ -21,16 +24,24 @@ const KEYS: usize = 12;
 
 /// Every partition's leader, once every running node reports the same, known leaders.
 async fn agreed_leaders(cluster: &TestCluster) -> Vec<u64> {
+    let mut clients = Vec::new();
+    for spec in &cluster.specs {
+        if cluster.brokers[cluster.index_of(spec.id)].is_some() {
+            let url = format!("http://{}", spec.client);
+            clients.push(Client::connect(url).await.unwrap());
+        }
+    }
+    agreed_leaders_via(&clients).await
+}
+
+/// [`agreed_leaders`], asking each of `clients` (one per running node).
+async fn agreed_leaders_via(clients: &[Client]) -> Vec<u64> {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut views = Vec::new();
-        for spec in &cluster.specs {
-            if cluster.brokers[cluster.index_of(spec.id)].is_none() {
-                continue;
-            }
-            let status = cluster
-                .client(spec.id)
-                .await
+        for client in clients {
+            let status = client
+                .raw()
                 .cluster_status(v1::ClusterStatusRequest {})
                 .await
                 .unwrap()
@@ -57,12 +68,22 @@ async fn agreed_leaders(cluster: &TestCluster) -> Vec<u64> {
 
 /// `herald_forwarded_publishes_total` of each running node, by id.
 async fn forwards(cluster: &TestCluster) -> BTreeMap<u64, f64> {
+    forwards_tls(cluster, None).await
+}
+
+/// [`forwards`], over HTTPS trusting `ca` when given (a broker with TLS on serves its
+/// metrics over TLS too).
+async fn forwards_tls(cluster: &TestCluster, ca: Option<&Ca>) -> BTreeMap<u64, f64> {
     let mut by_node = BTreeMap::new();
     for spec in &cluster.specs {
         let Some(broker) = &cluster.brokers[cluster.index_of(spec.id)] else {
             continue;
         };
-        let (_, exposition) = http_get(broker.metrics_addr.expect("metrics"), "/metrics").await;
+        let addr = broker.metrics_addr.expect("metrics");
+        let (_, exposition) = match ca {
+            None => http_get(addr, "/metrics").await,
+            Some(ca) => https_get(addr, ca, None, "/metrics").await.unwrap(),
+        };
         let n = metric_value(&exposition, "herald_forwarded_publishes_total")
             .expect("the broker exports herald_forwarded_publishes_total");
         by_node.insert(spec.id, n);
@@ -159,6 +180,10 @@ async fn start() -> TestCluster {
 async fn the_producer_sends_each_partition_to_its_leader_and_follows_a_failover() {
     let mut cluster = start().await;
     let leaders = agreed_leaders(&cluster).await;
+    assert!(
+        leaders.iter().any(|&l| l != 1),
+        "another node leads a partition"
+    );
     let address = cluster.specs[cluster.index_of(1)].client;
     let client = Client::connect(format!("http://{address}")).await.unwrap();
     let producer = client.producer(ProducerConfig::new(TOPIC).max_retries(30));
@@ -265,5 +290,73 @@ async fn the_producer_keeps_sending_while_the_node_it_was_given_is_down() {
     let other = cluster.specs[cluster.index_of(2)].client;
     let reader = Client::connect(format!("http://{other}")).await.unwrap();
     check_stored(&reader, &sent).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_producer_checks_each_nodes_certificate_by_its_address() {
+    // Every node's client port speaks TLS with a certificate naming localhost and
+    // 127.0.0.1. The producer is given node 1 as `localhost`; the cluster names the
+    // other nodes by IP address, which their certificates must name.
+    let ca = Arc::new(Ca::new("routing CA"));
+    let server = Arc::new(ca.server(&["localhost", "127.0.0.1"], Validity::Now));
+    let cluster = TestCluster::start_with(
+        3,
+        |_| "127.0.0.1",
+        Box::new(move |spec, config| {
+            let dir = spec
+                .dir
+                .parent()
+                .unwrap()
+                .join(format!("client-tls-{}", spec.id));
+            std::fs::create_dir_all(&dir).unwrap();
+            *config = with_tls(std::mem::take(config), &dir, &server, None);
+        }),
+    )
+    .await;
+    cluster.leader().await;
+    let connect = |host: &str, id: u64| {
+        let port = cluster.specs[cluster.index_of(id)].client.port();
+        Client::builder(format!("https://{host}:{port}"))
+            .tls_ca_pem(&ca.pem)
+            .connect()
+    };
+    let client = connect("localhost", 1).await.unwrap();
+    client
+        .raw()
+        .create_topic(v1::CreateTopicRequest {
+            name: TOPIC.into(),
+            partitions: PARTITIONS,
+            config: None,
+            replication_factor: Some(3),
+        })
+        .await
+        .unwrap();
+    eventually("every node has the topic", || {
+        cluster.running().all(|b| has_topic(b, TOPIC))
+    })
+    .await;
+    let mut clients = vec![client.clone()];
+    for id in [2, 3] {
+        clients.push(connect("127.0.0.1", id).await.unwrap());
+    }
+    let leaders = agreed_leaders_via(&clients).await;
+    assert!(
+        leaders.iter().any(|&l| l != 1),
+        "another node leads a partition"
+    );
+
+    let producer = client.producer(ProducerConfig::new(TOPIC));
+    let mut sent = Sent::default();
+    let before = forwards_tls(&cluster, Some(&ca)).await;
+    sent.send(&producer, 20).await;
+    sent.settle().await;
+    producer.close().await.unwrap();
+    assert_eq!(
+        forwards_tls(&cluster, Some(&ca)).await,
+        before,
+        "no publish was forwarded: the producer reached every leader over TLS (leaders {leaders:?})"
+    );
+    check_stored(&client, &sent).await;
     cluster.shutdown().await;
 }
