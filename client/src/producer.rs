@@ -6,8 +6,8 @@
 //! (`max_buffered_bytes`, a fair semaphore), waiting only when the budget is spent, and
 //! hands the record to a background task. That task encodes records into one open batch
 //! per partition, seals a batch when it reaches `batch_bytes` or has waited `linger`,
-//! and sends sealed batches on one `PublishStream`, at most one batch per partition and
-//! `max_in_flight` batches in all at a time. When a batch is acked, its records'
+//! and sends sealed batches on a `PublishStream` (one per node it sends to; see routing
+//! below), at most one batch per partition and `max_in_flight` batches in all at a time. When a batch is acked, its records'
 //! [`Delivery`] futures resolve and their bytes return to the budget.
 //!
 //! Adaptive batching (`send_when_idle`, the default). A partition with nothing queued or
@@ -945,7 +945,8 @@ struct Driver {
     /// The partition dispatch starts from, rotated so no partition is always last
     /// when `max_in_flight` is reached.
     dispatch_from: usize,
-    /// Replies and stream ends, from the task that reads the current stream.
+    /// Replies and stream ends, from the tasks that read the streams, and the answers of
+    /// `InitProducer` and `ClusterStatus`.
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     retries: Arc<AtomicU64>,
