@@ -39,6 +39,7 @@ mod producer;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::HeraldClient;
@@ -140,6 +141,10 @@ impl tonic::service::Interceptor for Credentials {
 pub struct Client {
     raw: RawClient,
     request_timeout: Option<Duration>,
+    /// The settings it was made with, for connections to the cluster's other nodes (the
+    /// producer's per-partition routing) with the same TLS, token, keep-alive and
+    /// timeouts.
+    settings: Arc<ClientBuilder>,
 }
 
 impl Client {
@@ -272,6 +277,20 @@ impl Client {
         self.raw.clone()
     }
 
+    /// A client for the node at `address` (`host:port`, as `ClusterStatus` names a node's
+    /// client address), with this client's settings: its URL scheme, TLS (the certificate
+    /// check names `address`'s host, unless [`ClientBuilder::tls_domain`] set a name),
+    /// token, keep-alive and timeouts. Connects on first use.
+    pub(crate) fn to_address(&self, address: &str) -> Result<Client> {
+        let scheme = match self.settings.url.split_once("://") {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
+        };
+        let mut settings = (*self.settings).clone();
+        settings.url = format!("{scheme}://{address}");
+        settings.connect_lazy()
+    }
+
     /// Runs one unary call under the request timeout and maps its status.
     pub(crate) async fn unary<T, F>(&self, call: F) -> Result<T>
     where
@@ -292,7 +311,7 @@ impl Client {
 /// TLS needs the crate's `tls` feature (tonic's rustls with ring), off by default so
 /// plaintext users do not compile a TLS stack: then [`ClientBuilder::tls_ca_pem`],
 /// [`ClientBuilder::tls_identity_pem`] (mutual TLS) and [`ClientBuilder::tls_domain`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     url: String,
     connect_timeout: Option<Duration>,
@@ -302,6 +321,21 @@ pub struct ClientBuilder {
     token: Option<String>,
     #[cfg(feature = "tls")]
     tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    // Never the token itself: a client (which keeps its settings) may be logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ClientBuilder");
+        d.field("url", &self.url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"));
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.is_some());
+        d.finish()
+    }
 }
 
 impl ClientBuilder {
@@ -405,7 +439,8 @@ impl ClientBuilder {
     }
 
     /// Connects through `endpoint` (e.g. from [`ClientBuilder::endpoint`] with TLS added),
-    /// keeping this builder's request timeout.
+    /// keeping this builder's request timeout. Connections the producer opens to a
+    /// cluster's other nodes use this builder's settings, not `endpoint`'s.
     pub async fn connect_with_endpoint(self, endpoint: Endpoint) -> Result<Client> {
         let credentials = self.credentials()?;
         let channel = endpoint.connect().await?;
@@ -440,6 +475,7 @@ impl ClientBuilder {
         Client {
             raw,
             request_timeout: self.request_timeout,
+            settings: Arc::new(self),
         }
     }
 }

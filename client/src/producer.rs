@@ -1,12 +1,13 @@
-//! The producer: batches records per partition and pipelines the batches over one
-//! `PublishStream`, in the storage batch format.
+//! The producer: batches records per partition and pipelines the batches over a
+//! `PublishStream`, in the storage batch format: one to the node the client was given,
+//! and in a cluster one to each node that leads a partition it sends to.
 //!
 //! How it works. [`Producer::send`] reserves the record's size in a byte budget
 //! (`max_buffered_bytes`, a fair semaphore), waiting only when the budget is spent, and
 //! hands the record to a background task. That task encodes records into one open batch
 //! per partition, seals a batch when it reaches `batch_bytes` or has waited `linger`,
-//! and sends sealed batches on one `PublishStream`, at most one batch per partition and
-//! `max_in_flight` batches in all at a time. When a batch is acked, its records'
+//! and sends sealed batches on a `PublishStream` (one per node it sends to; see routing
+//! below), at most one batch per partition and `max_in_flight` batches in all at a time. When a batch is acked, its records'
 //! [`Delivery`] futures resolve and their bytes return to the budget.
 //!
 //! Adaptive batching (`send_when_idle`, the default). A partition with nothing queued or
@@ -29,8 +30,23 @@
 //! stream or a broker restart) is answered with the first offsets instead of being stored
 //! again: exactly once per record, in order. Without it (`idempotent(false)`), such a
 //! retry stores the batch twice (at-least-once).
+//!
+//! Routing in a cluster. Any node takes any publish and forwards it to the partition's
+//! leader, at the cost of a second hop. So before its first batch the producer asks the
+//! node it was given for `ClusterStatus` (alongside `InitProducer`); a broker not in
+//! cluster mode says so, and the producer never asks again: one stream, as before. In a
+//! cluster it keeps a route per partition (the client address of its leader) and sends
+//! each batch on a stream to that node, one stream per node. A partition whose leader is
+//! unknown (an election), the answering node itself, or a node whose stream could not be
+//! opened (it is skipped for a while, longer after each failure) goes to the given
+//! node, which forwards it. The routes are asked for again when a batch fails with
+//! `UNAVAILABLE` or its stream ends (one call at a time, at most every 200 ms; through
+//! another known node if the given one does not answer), soon while a partition has no
+//! leader, and every 10 s while batches are being sent, so leadership moves are
+//! followed. Sequence numbers stay per partition whichever node a batch goes to, and one
+//! batch per partition in flight keeps a key's order when its partition moves.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,6 +68,18 @@ const MAX_BATCH_RECORDS: u32 = 50_000;
 const INITIAL_BATCH_CAPACITY: usize = 64 * 1024;
 /// Bytes counted per record on top of its key, value and headers (framing, bookkeeping).
 const RECORD_OVERHEAD: usize = 32;
+/// Shortest time between two `ClusterStatus` calls asked for by failures.
+const ROUTE_REFRESH_MIN: Duration = Duration::from_millis(200);
+/// How often the routes are asked for while batches are being sent.
+const ROUTE_REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How soon they are asked for again while a partition's group elects a leader.
+const ROUTE_REFRESH_ELECTING: Duration = Duration::from_secs(1);
+/// How long one node may take to answer `ClusterStatus` before the next is asked.
+const ROUTE_ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node whose stream failed before any reply is skipped, at first; doubled
+/// on each failure in a row, up to `UNREACHABLE_MAX`.
+const UNREACHABLE_FIRST: Duration = Duration::from_millis(500);
+const UNREACHABLE_MAX: Duration = Duration::from_secs(10);
 
 /// A record to publish.
 ///
@@ -402,7 +430,7 @@ impl Producer {
             closed: AtomicBool::new(false),
             retries: retries.clone(),
         });
-        let driver = Driver::new(client.raw(), config, retries);
+        let driver = Driver::new(client, config, retries);
         tokio::spawn(driver.run(command_rx));
         Producer { shared }
     }
@@ -664,6 +692,8 @@ enum Event {
     Ended(u64, Option<tonic::Status>),
     /// The answer to `InitProducer`.
     Identity(Result<(u64, u16)>),
+    /// The answer to `ClusterStatus`.
+    Routes(Result<RouteTable>),
 }
 
 /// Where an idempotent producer's identity stands.
@@ -683,11 +713,200 @@ enum Identity {
 struct OpenStream {
     generation: u64,
     requests: mpsc::UnboundedSender<v1::PublishStreamRequest>,
+    /// Whether the node has answered anything on it (a stream that ends before any reply
+    /// marks its node unreachable for a while).
+    replied: bool,
+}
+
+/// Where a batch goes: `None` the node the client was given, or another node by its
+/// client address (`host:port`).
+type Target = Option<Arc<str>>;
+
+/// A batch in flight: its partition and the stream it went on.
+#[derive(Clone, Copy)]
+struct InFlight {
+    partition: u32,
+    generation: u64,
+}
+
+/// What the producer knows of where partitions are led.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum RouteState {
+    /// Not asked yet: the first dispatch asks.
+    Unasked,
+    /// The first `ClusterStatus` is on its way; batches wait for it.
+    Waiting,
+    /// Not a cluster (or the broker will not say): every batch goes to the given node,
+    /// and nobody asks again.
+    Single,
+    /// A cluster: batches follow `Routes::leaders`, which are refreshed.
+    Routed,
+}
+
+/// One `ClusterStatus` answer, as far as this producer's topic goes.
+struct RouteTable {
+    cluster: bool,
+    /// By partition: the client address of its leader; `None` for the given node (it
+    /// leads, or the leader is unknown).
+    leaders: Vec<Target>,
+    /// Client addresses of the other nodes, to ask when the given one does not answer.
+    nodes: Vec<Arc<str>>,
+    /// Whether a partition of the topic is electing a leader (reported 0 by a replica).
+    electing: bool,
+}
+
+impl RouteTable {
+    /// Reads `status`, answered by the given node (`via_default`) or by another.
+    fn read(status: v1::ClusterStatusResponse, topic: &str, via_default: bool) -> RouteTable {
+        let answering = status.node_id;
+        let addresses: HashMap<u64, Arc<str>> = status
+            .nodes
+            .iter()
+            .filter(|n| usable_address(&n.client_address))
+            .map(|n| (n.node_id, Arc::from(n.client_address.as_str())))
+            .collect();
+        let nodes = status
+            .nodes
+            .iter()
+            .filter(|n| !(via_default && n.node_id == answering))
+            .filter_map(|n| addresses.get(&n.node_id).cloned())
+            .collect();
+        let mut leaders = Vec::new();
+        let mut electing = false;
+        if let Some(t) = status.topics.iter().find(|t| t.name == topic) {
+            for p in &t.partitions {
+                let i = p.partition as usize;
+                if i >= leaders.len() {
+                    // Bounded by the topic's partition count (and a partition number at
+                    // most 2^16 or so in practice): ignore anything absurd.
+                    if i > 1 << 20 {
+                        continue;
+                    }
+                    leaders.resize(i + 1, None);
+                }
+                leaders[i] = match p.leader {
+                    0 => {
+                        electing |= p.replicas.contains(&answering);
+                        None
+                    }
+                    leader if via_default && leader == answering => None,
+                    leader => addresses.get(&leader).cloned(),
+                };
+            }
+        }
+        RouteTable {
+            cluster: status.cluster_mode,
+            leaders,
+            nodes,
+            electing,
+        }
+    }
+}
+
+/// Whether a node's client address can be dialled from elsewhere: not empty, and not
+/// an unspecified IP (`0.0.0.0`, `[::]`) a node listening on every interface reports.
+fn usable_address(address: &str) -> bool {
+    if address.is_empty() {
+        return false;
+    }
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(addr) => !addr.ip().is_unspecified() && addr.port() != 0,
+        Err(_) => true,
+    }
+}
+
+/// The producer's routes and its connections to the cluster's nodes; all bounded by
+/// the number of nodes.
+struct Routes {
+    state: RouteState,
+    /// See [`RouteTable::leaders`].
+    leaders: Vec<Target>,
+    /// See [`RouteTable::nodes`].
+    nodes: Vec<Arc<str>>,
+    /// A `ClusterStatus` call is under way.
+    refreshing: bool,
+    /// When the last one started.
+    last_asked: Option<Instant>,
+    /// A failure asked for a refresh, made once `ROUTE_REFRESH_MIN` has passed.
+    wanted: bool,
+    /// A batch was sent since the last refresh (periodic refreshes only while sending).
+    sent_since: bool,
+    /// The last answer had a partition without a leader.
+    electing: bool,
+    /// Clients of other nodes, by address, connected on first use.
+    clients: HashMap<Arc<str>, RawClient>,
+    /// Nodes whose stream failed before any reply: skipped until the time, and how many
+    /// times in a row it happened.
+    unreachable: HashMap<Arc<str>, (Instant, u32)>,
+}
+
+impl Routes {
+    fn new() -> Routes {
+        Routes {
+            state: RouteState::Unasked,
+            leaders: Vec::new(),
+            nodes: Vec::new(),
+            refreshing: false,
+            last_asked: None,
+            wanted: false,
+            sent_since: false,
+            electing: false,
+            clients: HashMap::new(),
+            unreachable: HashMap::new(),
+        }
+    }
+
+    /// When the next refresh is due, if one is.
+    fn next_refresh(&self) -> Option<Instant> {
+        if self.state != RouteState::Routed || self.refreshing {
+            return None;
+        }
+        let last = self.last_asked?;
+        let mut due = None::<Instant>;
+        let mut at = |t: Instant| due = Some(due.map_or(t, |d| d.min(t)));
+        if self.wanted {
+            at(last + ROUTE_REFRESH_MIN);
+        }
+        if self.sent_since {
+            at(last
+                + if self.electing {
+                    ROUTE_REFRESH_ELECTING
+                } else {
+                    ROUTE_REFRESH_EVERY
+                });
+        }
+        due
+    }
+
+    /// Where partition `p`'s batches go now.
+    fn target(&self, p: usize, now: Instant) -> Target {
+        let address = self.leaders.get(p)?.as_ref()?;
+        match self.unreachable.get(address) {
+            Some((until, _)) if *until > now => None,
+            _ => Some(address.clone()),
+        }
+    }
+
+    /// The stream to `address` ended before any reply: skip it for a while.
+    fn mark_unreachable(&mut self, address: Arc<str>) {
+        let entry = self
+            .unreachable
+            .entry(address)
+            .or_insert((Instant::now(), 0));
+        let wait = UNREACHABLE_FIRST
+            .saturating_mul(1 << entry.1.min(8))
+            .min(UNREACHABLE_MAX);
+        entry.0 = Instant::now() + wait;
+        entry.1 += 1;
+    }
 }
 
 /// The background task that owns every batch: it alone touches the partitions' state, so
 /// none of it needs a lock.
 struct Driver {
+    /// The node the client was given: `InitProducer`, `ClusterStatus`, and the batches
+    /// of partitions without a (reachable) leader elsewhere.
+    client: Client,
     raw: RawClient,
     config: ProducerConfig,
     /// One per partition, made on the first record (when the count is known).
@@ -712,18 +931,22 @@ struct Driver {
     closes: Vec<oneshot::Sender<()>>,
     /// Set by `close` or when every `Producer` is dropped: end once everything is acked.
     closing: bool,
-    /// The current `PublishStream`, opened when a batch is ready and none is open.
-    stream: Option<OpenStream>,
+    /// The open `PublishStream`s, by node (at most one per node), each opened when a
+    /// batch is ready for a node with none open.
+    streams: HashMap<Target, OpenStream>,
     /// Numbers the streams, so events of an abandoned stream are recognised and ignored.
     generation: u64,
     /// Sequence numbers of `PublishStreamRequest`s; unique across streams.
     next_sequence: u64,
-    /// Sequence number -> partition of the batches in flight on the current stream.
-    in_flight: HashMap<u64, u32>,
+    /// Sequence number -> partition and stream of the batches in flight.
+    in_flight: HashMap<u64, InFlight>,
+    /// Where each partition's batches go, in a cluster.
+    routes: Routes,
     /// The partition dispatch starts from, rotated so no partition is always last
     /// when `max_in_flight` is reached.
     dispatch_from: usize,
-    /// Replies and stream ends, from the task that reads the current stream.
+    /// Replies and stream ends, from the tasks that read the streams, and the answers of
+    /// `InitProducer` and `ClusterStatus`.
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     retries: Arc<AtomicU64>,
@@ -733,11 +956,12 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(raw: RawClient, config: ProducerConfig, retries: Arc<AtomicU64>) -> Driver {
+    fn new(client: Client, config: ProducerConfig, retries: Arc<AtomicU64>) -> Driver {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let config_idempotent = config.idempotent;
         Driver {
-            raw,
+            raw: client.raw(),
+            client,
             config,
             parts: Vec::new(),
             sticky: 0,
@@ -749,10 +973,11 @@ impl Driver {
             flushes: Vec::new(),
             closes: Vec::new(),
             closing: false,
-            stream: None,
+            streams: HashMap::new(),
             generation: 0,
             next_sequence: 0,
             in_flight: HashMap::new(),
+            routes: Routes::new(),
             dispatch_from: 0,
             events_tx,
             events_rx,
@@ -771,6 +996,13 @@ impl Driver {
         loop {
             if self.config.send_when_idle {
                 self.seal_idle();
+            }
+            if self
+                .routes
+                .next_refresh()
+                .is_some_and(|t| t <= Instant::now())
+            {
+                self.refresh_routes();
             }
             self.dispatch();
             self.resolve_flushes();
@@ -803,8 +1035,8 @@ impl Driver {
                 () = sleep_until(wake), if wake.is_some() => self.seal_expired(),
             }
         }
-        // Half-close the stream; the broker has answered everything.
-        self.stream = None;
+        // Half-close the streams; the brokers have answered everything.
+        self.streams.clear();
         for (_, waiter) in self.flushes.drain(..) {
             let _ = waiter.send(());
         }
@@ -1079,6 +1311,7 @@ impl Driver {
             })
             .flatten()
             .chain(identity_retry)
+            .chain(self.routes.next_refresh())
             .min()
     }
 
@@ -1090,6 +1323,19 @@ impl Driver {
             return;
         }
         let now = Instant::now();
+        // Where the batches go is asked once before the first, alongside `InitProducer`;
+        // the batches wait for the answer.
+        let routed = match self.routes.state {
+            RouteState::Unasked => {
+                if self.parts.iter().any(|p| !p.queue.is_empty()) {
+                    self.routes.state = RouteState::Waiting;
+                    self.refresh_routes();
+                }
+                false
+            }
+            RouteState::Waiting => false,
+            RouteState::Single | RouteState::Routed => true,
+        };
         let (producer_id, epoch) = match self.identity {
             Identity::Off => (0, 0),
             Identity::Known { producer_id, epoch } => (producer_id, epoch),
@@ -1102,6 +1348,9 @@ impl Driver {
             }
             Identity::Asking => return,
         };
+        if !routed {
+            return;
+        }
         let start = self.dispatch_from;
         self.dispatch_from = (self.dispatch_from + 1) % n;
         for i in 0..n {
@@ -1113,7 +1362,8 @@ impl Driver {
             if part.in_flight || part.queue.is_empty() || part.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
-            let requests = self.stream_sender();
+            let target = self.routes.target(p, now);
+            let (generation, requests) = self.stream_sender(target);
             let part = &mut self.parts[p];
             let batch = part.queue.front_mut().expect("checked non-empty");
             if producer_id != 0 && batch.stamp.is_none() {
@@ -1143,7 +1393,14 @@ impl Driver {
             };
             part.in_flight = true;
             part.retry_at = None;
-            self.in_flight.insert(sequence, p as u32);
+            self.routes.sent_since = true;
+            self.in_flight.insert(
+                sequence,
+                InFlight {
+                    partition: p as u32,
+                    generation,
+                },
+            );
             // If the stream's task is gone, its `Ended` event fails this batch over.
             let _ = requests.send(request);
         }
@@ -1207,15 +1464,127 @@ impl Driver {
         }
     }
 
-    /// The request channel of the current stream, opening one if needed.
-    fn stream_sender(&mut self) -> mpsc::UnboundedSender<v1::PublishStreamRequest> {
-        if let Some(stream) = &self.stream {
-            return stream.requests.clone();
+    /// Asks for `ClusterStatus`, from the given node and, if it does not answer, from the
+    /// other nodes it named; the answer comes as an event.
+    fn refresh_routes(&mut self) {
+        let routes = &mut self.routes;
+        routes.refreshing = true;
+        routes.wanted = false;
+        routes.sent_since = false;
+        routes.last_asked = Some(Instant::now());
+        let mut askers = vec![(true, self.raw.clone())];
+        for address in routes.nodes.clone() {
+            if let Some(raw) = self.node_client(&address) {
+                askers.push((false, raw));
+            }
         }
+        let topic = self.config.topic.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let mut last = Error::Unavailable("no node answered ClusterStatus".into());
+            for (via_default, mut raw) in askers {
+                let call = raw.cluster_status(v1::ClusterStatusRequest {});
+                match tokio::time::timeout(ROUTE_ASK_TIMEOUT, call).await {
+                    Ok(Ok(status)) => {
+                        let table = RouteTable::read(status.into_inner(), &topic, via_default);
+                        let _ = events.send(Event::Routes(Ok(table)));
+                        return;
+                    }
+                    Ok(Err(status)) => last = Error::from(status),
+                    Err(_) => last = Error::Timeout,
+                }
+                // A refusal (not a transport failure) the others would repeat.
+                if !is_transient(&last) {
+                    break;
+                }
+            }
+            let _ = events.send(Event::Routes(Err(last)));
+        });
+    }
+
+    fn on_routes(&mut self, answer: Result<RouteTable>) {
+        let routes = &mut self.routes;
+        routes.refreshing = false;
+        match answer {
+            Ok(table) if !table.cluster => {
+                // Not a cluster: one stream to the given node, as always; never asked again.
+                routes.state = RouteState::Single;
+                routes.leaders.clear();
+                routes.nodes.clear();
+            }
+            Ok(table) => {
+                routes.state = RouteState::Routed;
+                routes.leaders = table.leaders;
+                routes.nodes = table.nodes;
+                routes.electing = table.electing;
+                // Forget connections to nodes no longer in the cluster, and close idle
+                // streams to nodes that lead none of the partitions now.
+                let known: HashSet<&Arc<str>> = routes.nodes.iter().collect();
+                routes.clients.retain(|address, _| known.contains(address));
+                routes
+                    .unreachable
+                    .retain(|address, _| known.contains(address));
+                let leading: HashSet<&Arc<str>> = routes.leaders.iter().flatten().collect();
+                let busy: HashSet<u64> = self.in_flight.values().map(|f| f.generation).collect();
+                self.streams.retain(|target, stream| match target {
+                    None => true,
+                    Some(address) => leading.contains(address) || busy.contains(&stream.generation),
+                });
+            }
+            Err(error) if is_transient(&error) => {
+                // Kept as they were (the given node's route for every partition at
+                // first); asked again later.
+                if routes.state == RouteState::Waiting {
+                    routes.state = RouteState::Routed;
+                }
+            }
+            Err(_) => {
+                // The broker does not say (an older broker, or a principal that may not
+                // describe the cluster): the given node forwards.
+                routes.state = RouteState::Single;
+                routes.leaders.clear();
+            }
+        }
+    }
+
+    /// The client of the node at `address`, made on first use (`None` if the address
+    /// cannot be used; the node is then skipped for a while).
+    fn node_client(&mut self, address: &Arc<str>) -> Option<RawClient> {
+        if let Some(raw) = self.routes.clients.get(address) {
+            return Some(raw.clone());
+        }
+        match self.client.to_address(address) {
+            Ok(client) => {
+                let raw = client.raw();
+                self.routes.clients.insert(address.clone(), raw.clone());
+                Some(raw)
+            }
+            Err(_) => {
+                self.routes.mark_unreachable(address.clone());
+                None
+            }
+        }
+    }
+
+    /// The generation and request channel of the stream to `target`, opening one if
+    /// needed.
+    fn stream_sender(
+        &mut self,
+        target: Target,
+    ) -> (u64, mpsc::UnboundedSender<v1::PublishStreamRequest>) {
+        if let Some(stream) = self.streams.get(&target) {
+            return (stream.generation, stream.requests.clone());
+        }
+        let (target, mut raw) = match &target {
+            None => (None, self.raw.clone()),
+            Some(address) => match self.node_client(address) {
+                Some(raw) => (target, raw),
+                None => return self.stream_sender(None),
+            },
+        };
         self.generation += 1;
         let generation = self.generation;
         let (requests, rx) = mpsc::unbounded_channel();
-        let mut raw = self.raw.clone();
         let events = self.events_tx.clone();
         tokio::spawn(async move {
             let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
@@ -1244,32 +1613,70 @@ impl Driver {
                 }
             }
         });
-        self.stream = Some(OpenStream {
-            generation,
-            requests: requests.clone(),
-        });
-        requests
+        self.streams.insert(
+            target,
+            OpenStream {
+                generation,
+                requests: requests.clone(),
+                replied: false,
+            },
+        );
+        (generation, requests)
+    }
+
+    /// The node of the open stream numbered `generation`, if it is still open.
+    fn stream_of(&self, generation: u64) -> Option<Target> {
+        self.streams
+            .iter()
+            .find(|(_, s)| s.generation == generation)
+            .map(|(target, _)| target.clone())
     }
 
     fn on_event(&mut self, event: Event) {
-        let current = self.stream.as_ref().map(|s| s.generation);
         match event {
-            Event::Reply(generation, reply) if Some(generation) == current => {
-                let Some(p) = self.in_flight.remove(&reply.sequence) else {
+            Event::Reply(generation, reply) => {
+                let Some(target) = self.stream_of(generation) else {
+                    return; // from a stream already abandoned
+                };
+                if let Some(stream) = self.streams.get_mut(&target)
+                    && !stream.replied
+                {
+                    stream.replied = true;
+                    if let Some(address) = &target {
+                        self.routes.unreachable.remove(address);
+                    }
+                }
+                let Some(sent) = self.in_flight.remove(&reply.sequence) else {
                     return;
                 };
+                let p = sent.partition;
                 match reply.outcome {
                     Some(v1::publish_stream_response::Outcome::Published(published)) => {
                         self.acked(p, published);
                     }
                     Some(v1::publish_stream_response::Outcome::Error(error)) => {
-                        self.failed(p, Error::from_code(error.code, error.message));
+                        let error = Error::from_code(error.code, error.message);
+                        if matches!(error, Error::Unavailable(_)) {
+                            // Its leader may have moved.
+                            self.routes.wanted = true;
+                        }
+                        self.failed(p, error);
                     }
                     None => self.failed(p, Error::Protocol("a reply without outcome".into())),
                 }
             }
-            Event::Ended(generation, status) if Some(generation) == current => {
-                self.stream = None;
+            Event::Ended(generation, status) => {
+                let Some(target) = self.stream_of(generation) else {
+                    return; // from a stream already abandoned
+                };
+                let stream = self.streams.remove(&target).expect("found above");
+                if let Some(address) = target
+                    && !stream.replied
+                {
+                    // Not reached (or gone): its partitions go to the given node for a while.
+                    self.routes.mark_unreachable(address);
+                }
+                self.routes.wanted = true;
                 let error = match status {
                     Some(status) => Error::from(status),
                     None => Error::Unavailable("the publish stream ended".into()),
@@ -1280,13 +1687,20 @@ impl Driver {
                     Error::Status { message, .. } => Error::Unavailable(message),
                     other => other,
                 };
-                let stranded: Vec<u32> = self.in_flight.drain().map(|(_, p)| p).collect();
+                let mut stranded = Vec::new();
+                self.in_flight.retain(|_, sent| {
+                    let on_it = sent.generation == generation;
+                    if on_it {
+                        stranded.push(sent.partition);
+                    }
+                    !on_it
+                });
                 for p in stranded {
                     self.failed(p, error.clone());
                 }
             }
             Event::Identity(answer) => self.on_identity(answer),
-            _ => {} // from a stream already abandoned
+            Event::Routes(answer) => self.on_routes(answer),
         }
     }
 
@@ -1466,4 +1880,120 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, address: &str) -> v1::ClusterNode {
+        v1::ClusterNode {
+            node_id: id,
+            client_address: address.into(),
+            ..v1::ClusterNode::default()
+        }
+    }
+
+    fn partition(p: u32, leader: u64) -> v1::ClusterPartition {
+        v1::ClusterPartition {
+            partition: p,
+            replicas: vec![1, 2, 3],
+            leader,
+        }
+    }
+
+    fn status(answering: u64, leaders: &[u64]) -> v1::ClusterStatusResponse {
+        v1::ClusterStatusResponse {
+            node_id: answering,
+            cluster_mode: true,
+            nodes: vec![
+                node(1, "10.0.0.1:50051"),
+                node(2, "10.0.0.2:50051"),
+                node(3, "0.0.0.0:50051"),
+            ],
+            topics: vec![v1::ClusterTopic {
+                name: "t".into(),
+                replication_factor: 3,
+                partitions: leaders
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &l)| partition(p as u32, l))
+                    .collect(),
+            }],
+            ..v1::ClusterStatusResponse::default()
+        }
+    }
+
+    fn addresses(table: &RouteTable) -> Vec<Option<&str>> {
+        table.leaders.iter().map(|t| t.as_deref()).collect()
+    }
+
+    #[test]
+    fn routes_name_leaders_by_address_and_fall_back_to_the_given_node() {
+        // Asked through the given node (1): its own partitions and unknown leaders stay
+        // with it, as does a leader with an address nobody can dial.
+        let table = RouteTable::read(status(1, &[1, 2, 0, 3]), "t", true);
+        assert!(table.cluster);
+        assert_eq!(
+            addresses(&table),
+            [None, Some("10.0.0.2:50051"), None, None]
+        );
+        assert!(table.electing, "partition 2 has no leader");
+        assert_eq!(table.nodes, vec![Arc::from("10.0.0.2:50051")]);
+
+        // Asked through another node: node 1's partitions go to node 1 by address.
+        let table = RouteTable::read(status(2, &[1, 2, 2, 3]), "t", false);
+        assert_eq!(
+            addresses(&table),
+            [
+                Some("10.0.0.1:50051"),
+                Some("10.0.0.2:50051"),
+                Some("10.0.0.2:50051"),
+                None
+            ]
+        );
+        assert!(!table.electing);
+
+        // Another topic, or a single broker: everything to the given node.
+        assert!(
+            RouteTable::read(status(1, &[2]), "other", true)
+                .leaders
+                .is_empty()
+        );
+        let single = v1::ClusterStatusResponse {
+            cluster_mode: false,
+            ..status(0, &[0])
+        };
+        assert!(!RouteTable::read(single, "t", true).cluster);
+    }
+
+    #[test]
+    fn unusable_addresses_are_recognised() {
+        assert!(usable_address("10.0.0.1:50051"));
+        assert!(usable_address("broker-2.internal:50051"));
+        assert!(usable_address("[::1]:50051"));
+        assert!(!usable_address(""));
+        assert!(!usable_address("0.0.0.0:50051"));
+        assert!(!usable_address("[::]:50051"));
+        assert!(!usable_address("10.0.0.1:0"));
+    }
+
+    #[test]
+    fn an_unreachable_node_is_skipped_for_longer_each_time() {
+        let mut routes = Routes::new();
+        let address: Arc<str> = Arc::from("10.0.0.2:50051");
+        routes.leaders = vec![Some(address.clone())];
+        let now = Instant::now();
+        assert_eq!(routes.target(0, now), Some(address.clone()));
+        routes.mark_unreachable(address.clone());
+        assert_eq!(routes.target(0, Instant::now()), None);
+        let first = routes.unreachable[&address].0;
+        routes.mark_unreachable(address.clone());
+        assert!(routes.unreachable[&address].0 > first);
+        assert_eq!(
+            routes.target(0, Instant::now() + UNREACHABLE_MAX + Duration::from_secs(1)),
+            Some(address)
+        );
+        assert_eq!(routes.target(5, now), None, "a partition without a route");
+    }
 }

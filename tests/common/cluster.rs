@@ -121,7 +121,7 @@ impl TestCluster {
     }
 
     async fn boot(&self, i: usize) -> Broker {
-        Broker::start(self.config(&self.specs[i], &self.members), false)
+        Broker::start(self.config(&self.specs[i], &self.members), true)
             .await
             .expect("node starts")
     }

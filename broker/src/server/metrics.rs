@@ -52,6 +52,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Authenticated requests refused by the ACL.
     pub auth_denied: IntCounter,
+    /// Publishes this node sent on to the node that serves their partition (cluster mode).
+    pub forwarded_publishes: IntCounter,
     topics: IntGauge,
     /// Topics not loaded because their metadata or a partition log is damaged (see `registry`).
     damaged_topics: IntGauge,
@@ -611,6 +613,11 @@ impl Metrics {
                 "Authenticated requests refused as PERMISSION_DENIED by the ACL",
             )
             .expect("valid metric"),
+            forwarded_publishes: IntCounter::new(
+                "forwarded_publishes_total",
+                "Publishes (batches) this node sent on to the node that serves their partition, in cluster mode",
+            )
+            .expect("valid metric"),
             topics: IntGauge::new("topics", "Topics").expect("valid metric"),
             damaged_topics: IntGauge::new(
                 "damaged_topics",
@@ -659,6 +666,7 @@ impl Metrics {
             Box::new(m.malformed_ack_ids.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.auth_denied.clone()),
+            Box::new(m.forwarded_publishes.clone()),
             Box::new(m.topics.clone()),
             Box::new(m.damaged_topics.clone()),
             Box::new(m.partitions.clone()),

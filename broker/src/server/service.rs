@@ -411,6 +411,7 @@ impl HeraldService {
                     payload: Some(Payload::StorageBatch(batch.bytes().clone())),
                 };
                 let cluster = cluster.clone();
+                self.metrics.forwarded_publishes.inc();
                 let remote = async move {
                     let answer = cluster.forward_publish_to_any(&nodes, publish).await?;
                     Ok(crate::storage::Appended {
