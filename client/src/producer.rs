@@ -13,10 +13,13 @@
 //! Adaptive batching (`send_when_idle`, the default). A partition with nothing queued or
 //! in flight has its batch sealed as soon as the task has taken the records that arrived
 //! together, so a record at a low rate costs one round trip instead of `linger` (5 ms,
-//! plus up to 1 ms of timer granularity). While a batch of the partition is in flight,
-//! later records batch behind it and are sent when it is acked (or `linger` passes, or
-//! the batch is full): the busier the partition, the bigger its batches, with no setting
-//! to tune and within the same `batch_bytes`, `max_in_flight` and byte-budget bounds.
+//! plus up to 1 ms of timer granularity). While a batch of the partition is in flight
+//! (or waits to be retried), later records batch behind it and are sent when it is acked
+//! (or the batch is full): the busier the partition, the bigger its batches, with no
+//! setting to tune and within the same `batch_bytes`, `max_in_flight` and byte-budget
+//! bounds. Sealing at `linger` meanwhile would only queue small batches behind the one
+//! in flight, each costing a round trip of its own: at a rate whose round trips took
+//! longer than `linger` (three replicas on a busy machine), the queue grew without end.
 //!
 //! Ordering and retries. Because a partition has at most one batch in flight, a batch
 //! that fails with `UNAVAILABLE` (or whose stream breaks) is retried, with exponential
@@ -181,15 +184,15 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// How long a batch waits for more records before it is sealed (default 5 ms). Zero
     /// sends at once whatever was queued together, for the lowest latency. With
-    /// [`ProducerConfig::send_when_idle`] (the default) a batch only waits while its
-    /// partition has a batch in flight.
+    /// [`ProducerConfig::send_when_idle`] (the default) it does not apply: a batch waits
+    /// exactly while its partition has a batch in flight.
     pub linger: Duration,
     /// Adaptive batching (default true): records for a partition with nothing in flight
     /// are sent at once; records that arrive while a batch is in flight are batched until
-    /// it is acked, `linger` passes or the batch is full. A producer at a low rate then
-    /// pays one round trip per record instead of `linger`, and one at a high rate still
-    /// sends full batches, because its partitions are always busy. False: every batch
-    /// waits `linger` (or fills) before it is sent.
+    /// it is acked or the batch is full. A producer at a low rate then pays one round
+    /// trip per record instead of `linger`, and one at a high rate sends batches as big
+    /// as one round trip's worth of records, because its partitions are always busy.
+    /// False: every batch waits `linger` (or fills) before it is sent.
     pub send_when_idle: bool,
     /// Bytes of records held by the producer (buffered or in flight) at most; `send`
     /// waits while the budget is spent (default 32 MiB).
@@ -1278,6 +1281,9 @@ impl Driver {
     fn seal_expired(&mut self) {
         let now = Instant::now();
         for p in 0..self.parts.len() as u32 {
+            if self.held(p as usize) {
+                continue;
+            }
             if self.parts[p as usize]
                 .open
                 .as_ref()
@@ -1286,6 +1292,13 @@ impl Driver {
                 self.seal(p);
             }
         }
+    }
+
+    /// Whether partition `p`'s open batch waits for its batch on the way (adaptive
+    /// batching) rather than for `linger`: `seal_idle` seals it once that one is acked.
+    fn held(&self, p: usize) -> bool {
+        let part = &self.parts[p];
+        self.config.send_when_idle && (part.in_flight || !part.queue.is_empty())
     }
 
     fn all_open_empty(&self) -> bool {
@@ -1303,11 +1316,18 @@ impl Driver {
         };
         self.parts
             .iter()
-            .flat_map(|p| {
+            .enumerate()
+            .flat_map(|(i, p)| {
                 let retry = p
                     .retry_at
                     .filter(|t| *t > now && !p.in_flight && !p.queue.is_empty());
-                [p.open.as_ref().map(|o| o.deadline), retry]
+                // A held batch has no deadline: an ack (an event) wakes the task for it.
+                let linger = p
+                    .open
+                    .as_ref()
+                    .filter(|_| !self.held(i))
+                    .map(|o| o.deadline);
+                [linger, retry]
             })
             .flatten()
             .chain(identity_retry)
