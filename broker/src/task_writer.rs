@@ -22,6 +22,10 @@ use crate::clock::now_ms;
 use crate::storage::writer_core::{CommitMode, QUEUE_DEPTH, Request, WriterCore};
 use crate::storage::{Appended, LogWriter, Result, StorageError, ValidatedBatch};
 
+/// How long `close` waits for the writer task's answer: far longer than a close takes
+/// (answer what is queued, flush, write the checkpoint).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Appends to a partition whose writer is a task. Cheap to clone.
 #[derive(Clone)]
 pub struct TaskWriterHandle {
@@ -66,8 +70,18 @@ impl TaskWriter {
         }));
         match self.handle.tx.try_send(request) {
             // If the task ends without answering (its runtime shut down), the log was
-            // dropped unclosed; the next open recovers it by scanning.
-            Ok(()) => rx.recv().unwrap_or(Ok(())),
+            // dropped unclosed; the next open recovers it by scanning. Bounded: a runtime
+            // shutting down while this waits can leave the task queued but never run,
+            // neither answering nor dropped (seen once in ~150 test runs, the test's
+            // process then waited forever for this thread).
+            Ok(()) => match rx.recv_timeout(CLOSE_WAIT) {
+                Ok(result) => result,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Ok(()),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    tracing::error!(wait = ?CLOSE_WAIT, "a partition writer did not answer its close; its log is left for the next open to recover");
+                    Ok(())
+                }
+            },
             Err(_) => Ok(()),
         }
     }
