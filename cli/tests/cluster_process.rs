@@ -466,6 +466,78 @@ async fn publish_through(
     }
 }
 
+/// `HERALD_CLUSTER_FAULTS` (3 by default): how many faults the kill -9 tests inject.
+fn cluster_faults() -> usize {
+    std::env::var("HERALD_CLUSTER_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Three nodes' fixed ports, data dirs and initial members, for tests that start, kill and
+/// restart `herald serve` processes.
+struct ThreeNodes {
+    root: tempfile::TempDir,
+    ports: Vec<SocketAddr>,
+    members: String,
+}
+
+impl ThreeNodes {
+    fn new() -> ThreeNodes {
+        let ports = free_ports(6);
+        let members = (0..3)
+            .map(|i| format!("{}={}@{}", i + 1, ports[2 * i], ports[2 * i + 1]))
+            .collect::<Vec<_>>()
+            .join(",");
+        ThreeNodes {
+            root: tempfile::tempdir().unwrap(),
+            ports,
+            members,
+        }
+    }
+
+    /// Node `i + 1`'s data dir.
+    fn dir(&self, i: usize) -> std::path::PathBuf {
+        self.root.path().join(format!("node{}", i + 1))
+    }
+
+    /// Starts node `i + 1` (same ports and data dir every time).
+    fn start(&self, i: usize) -> Process {
+        serve(
+            &self.dir(i),
+            i as u64 + 1,
+            self.ports[2 * i],
+            self.ports[2 * i + 1],
+            &self.members,
+        )
+    }
+
+    fn client_of(&self, id: u64) -> SocketAddr {
+        self.ports[2 * (id as usize - 1)]
+    }
+
+    /// Creates `name` with 2 partitions of 3 copies through node 1, retrying until the
+    /// cluster has elected its metadata leader.
+    async fn create_replicated(&self, name: &str) {
+        let mut admin = HeraldClient::connect(format!("http://{}", self.client_of(1)))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        while let Err(status) = admin
+            .create_topic(v1::CreateTopicRequest {
+                name: name.into(),
+                partitions: 2,
+                config: None,
+                replication_factor: Some(3),
+            })
+            .await
+        {
+            assert!(Instant::now() < deadline, "topic not created: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Leaves a stopped replica's partition as a crash in the middle of writing leaves it:
 /// garbage where its log's next batch would start and half a record at the end of its
 /// entry journal. (`herald log check` finds where the log's valid batches end.) Neither
@@ -527,46 +599,12 @@ fn tear_tail(partition_dir: &Path) {
 /// (kill to the next acknowledged publish of that partition).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
-    let faults: usize = std::env::var("HERALD_CLUSTER_FAULTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let root = tempfile::tempdir().unwrap();
-    let ports = free_ports(6);
-    let members = (0..3)
-        .map(|i| format!("{}={}@{}", i + 1, ports[2 * i], ports[2 * i + 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let dirs: Vec<_> = (1..=3)
-        .map(|id| root.path().join(format!("node{id}")))
-        .collect();
-    let start = |i: usize| {
-        serve(
-            &dirs[i],
-            i as u64 + 1,
-            ports[2 * i],
-            ports[2 * i + 1],
-            &members,
-        )
-    };
+    let faults = cluster_faults();
+    let nodes = ThreeNodes::new();
+    let start = |i: usize| nodes.start(i);
+    let client_of = |id: u64| nodes.client_of(id);
     let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(start(i))).collect();
-    let client_of = |id: u64| ports[2 * (id as usize - 1)];
-    let mut admin = HeraldClient::connect(format!("http://{}", client_of(1)))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + FAILOVER_BOUND;
-    while let Err(status) = admin
-        .create_topic(v1::CreateTopicRequest {
-            name: "replicated".into(),
-            partitions: 2,
-            config: None,
-            replication_factor: Some(3),
-        })
-        .await
-    {
-        assert!(Instant::now() < deadline, "topic not created: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    nodes.create_replicated("replicated").await;
 
     // (partition, offset) -> value, for every acknowledged publish.
     let mut acked: std::collections::BTreeMap<(u32, u64), String> = Default::default();
@@ -618,7 +656,8 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
             // Every other restart finds a torn tail, as a crash in mid-write leaves it.
             for partition in 0..2 {
                 tear_tail(
-                    &dirs[victim as usize - 1]
+                    &nodes
+                        .dir(victim as usize - 1)
                         .join("topics/replicated")
                         .join(partition.to_string()),
                 );
@@ -686,7 +725,7 @@ struct Roaming {
 
 impl Roaming {
     async fn join(&mut self) {
-        let deadline = Instant::now() + FAILOVER_BOUND;
+        let deadline = Instant::now() + FAILOVER_BOUND * 3;
         loop {
             assert!(
                 Instant::now() < deadline,
@@ -694,45 +733,56 @@ impl Roaming {
             );
             let server = self.servers[self.next % self.servers.len()];
             self.next += 1;
-            let Ok(mut client) = HeraldClient::connect(format!("http://{server}")).await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let join = v1::Join {
-                topic: "grouped".into(),
-                group: "workers".into(),
-                client_id: "roaming".into(),
-                start_position: Some(v1::Position {
-                    kind: Some(v1::position::Kind::Earliest(v1::Earliest {})),
-                }),
-                ..Default::default()
-            };
-            tx.send(v1::SubscribeRequest {
-                request: Some(v1::subscribe_request::Request::Join(join)),
-            })
-            .await
-            .unwrap();
-            let Ok(response) = client
-                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let mut stream = response.into_inner();
-            match stream.message().await {
-                Ok(Some(v1::SubscribeResponse {
-                    response: Some(v1::subscribe_response::Response::Joined(_)),
-                })) => {
-                    self.stream = Some((tx, stream));
+            // Bounded: a paused node accepts the connection and never answers. Long
+            // enough for a Join that waits out a takeover (the broker routes it for 8 s).
+            match tokio::time::timeout(Duration::from_secs(12), Roaming::join_through(server)).await
+            {
+                Ok(Some(stream)) => {
+                    self.stream = Some(stream);
                     return;
                 }
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => panic!("expected Joined, got {other:?}"),
+                Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
+        }
+    }
+
+    /// One attempt to join through `server`: the stream once Joined arrives, or `None`
+    /// when the node cannot take the member now (unreachable, UNAVAILABLE).
+    async fn join_through(
+        server: SocketAddr,
+    ) -> Option<(
+        tokio::sync::mpsc::Sender<v1::SubscribeRequest>,
+        tonic::Streaming<v1::SubscribeResponse>,
+    )> {
+        let mut client = HeraldClient::connect(format!("http://{server}"))
+            .await
+            .ok()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let join = v1::Join {
+            topic: "grouped".into(),
+            group: "workers".into(),
+            client_id: "roaming".into(),
+            start_position: Some(v1::Position {
+                kind: Some(v1::position::Kind::Earliest(v1::Earliest {})),
+            }),
+            ..Default::default()
+        };
+        tx.send(v1::SubscribeRequest {
+            request: Some(v1::subscribe_request::Request::Join(join)),
+        })
+        .await
+        .unwrap();
+        let mut stream = client
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .ok()?
+            .into_inner();
+        match stream.message().await {
+            Ok(Some(v1::SubscribeResponse {
+                response: Some(v1::subscribe_response::Response::Joined(_)),
+            })) => Some((tx, stream)),
+            Err(status) if status.code() == tonic::Code::Unavailable => None,
+            other => panic!("expected Joined, got {other:?}"),
         }
     }
 
@@ -803,46 +853,12 @@ async fn group_coordinator(server: SocketAddr, topic: &str, group: &str) -> u64 
 /// group was away after each kill and how many deliveries were repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
-    let faults: usize = std::env::var("HERALD_CLUSTER_FAULTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let root = tempfile::tempdir().unwrap();
-    let ports = free_ports(6);
-    let members = (0..3)
-        .map(|i| format!("{}={}@{}", i + 1, ports[2 * i], ports[2 * i + 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let dirs: Vec<_> = (1..=3)
-        .map(|id| root.path().join(format!("node{id}")))
-        .collect();
-    let start = |i: usize| {
-        serve(
-            &dirs[i],
-            i as u64 + 1,
-            ports[2 * i],
-            ports[2 * i + 1],
-            &members,
-        )
-    };
+    let faults = cluster_faults();
+    let nodes = ThreeNodes::new();
+    let start = |i: usize| nodes.start(i);
+    let client_of = |id: u64| nodes.client_of(id);
     let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(start(i))).collect();
-    let client_of = |id: u64| ports[2 * (id as usize - 1)];
-    let mut admin = HeraldClient::connect(format!("http://{}", client_of(1)))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + FAILOVER_BOUND;
-    while let Err(status) = admin
-        .create_topic(v1::CreateTopicRequest {
-            name: "grouped".into(),
-            partitions: 2,
-            config: None,
-            replication_factor: Some(3),
-        })
-        .await
-    {
-        assert!(Instant::now() < deadline, "topic not created: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    nodes.create_replicated("grouped").await;
 
     let mut acked: std::collections::BTreeSet<(u32, u64)> = Default::default();
     let mut seq = 0u64;
@@ -911,13 +927,21 @@ async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
             let pid = processes[victim as usize - 1].as_ref().unwrap().id();
             signal(pid, "STOP");
             let paused = Instant::now();
-            for _ in 0..30 {
-                publish(entry, &mut acked).await;
-            }
-            while paused.elapsed() < Duration::from_secs(6) {
-                member.poll(Duration::from_millis(50)).await;
-            }
+            // Bounded, so the node is woken whatever happens meanwhile.
+            let phase = tokio::time::timeout(FAILOVER_BOUND * 3, async {
+                for _ in 0..30 {
+                    publish(entry, &mut acked).await;
+                }
+                while paused.elapsed() < Duration::from_secs(6) {
+                    member.poll(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
             signal(pid, "CONT");
+            assert!(
+                phase.is_ok(),
+                "publishing and consuming hung while node {victim} was paused"
+            );
             continue;
         }
         let log = processes[victim as usize - 1].take().unwrap().kill9();
