@@ -350,25 +350,11 @@ impl Coordinator {
     /// an admin change does before it answers, so a failover keeps it.
     pub async fn checkpoint_now(&self, topic: &str, group: &str) -> Result<()> {
         let key = (topic.to_owned(), group.to_owned());
-        let Some((epoch, group, checkpointing)) = self
-            .running
-            .get(&key)
-            .map(|r| (r.epoch, r.group.clone(), r.checkpointing.clone()))
-        else {
+        let Some(running) = self.running_copy(&key) else {
             return Ok(());
         };
-        let _checkpointing = checkpointing.lock().await;
-        let (meta, state) = group.files()?;
-        let command = MetaCommand::CheckpointGroup {
-            topic: key.0.clone(),
-            group: key.1.clone(),
-            node: self.cluster.node_id(),
-            epoch,
-            meta: Some(meta),
-            state: Some(state),
-            members: group.member_count() as u32,
-            release: false,
-        };
+        let _checkpointing = running.checkpointing.lock().await;
+        let command = whole_checkpoint(&key, self.cluster.node_id(), &running, false)?;
         match self.cluster.propose(command).await? {
             MetaResponse::Group(_) => Ok(()),
             other => Err(refusal(topic, &key.1, other)),
@@ -444,34 +430,63 @@ impl Coordinator {
         self.shutting_down.send_replace(true);
         let keys: Vec<Key> = self.running.iter().map(|r| r.key().clone()).collect();
         let releases = keys.into_iter().map(|key| async move {
-            let Some((epoch, group, checkpointing)) = self
-                .running
-                .get(&key)
-                .map(|r| (r.epoch, r.group.clone(), r.checkpointing.clone()))
-            else {
+            let Some(running) = self.running_copy(&key) else {
                 return;
             };
-            let _checkpointing = checkpointing.lock().await;
-            if let Ok((meta, state)) = group.files() {
-                let command = MetaCommand::CheckpointGroup {
-                    topic: key.0.clone(),
-                    group: key.1.clone(),
-                    node: self.cluster.node_id(),
-                    epoch,
-                    meta: Some(meta),
-                    state: Some(state),
-                    members: 0,
-                    release: true,
-                };
+            let checkpointing = running.checkpointing.lock().await;
+            if let Ok(command) = whole_checkpoint(&key, self.cluster.node_id(), &running, true) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.cluster.propose(command))
                     .await;
             }
-            drop(_checkpointing);
-            self.stop_local(&key, Some(epoch), Some("the node is shutting down"))
+            drop(checkpointing);
+            self.stop_local(&key, Some(running.epoch), Some("the node is shutting down"))
                 .await;
         });
         futures::future::join_all(releases).await;
     }
+}
+
+/// What a caller needs of a group this node runs, copied out of the map (whose guard must
+/// not be held across an `.await`).
+struct RunningCopy {
+    epoch: u64,
+    group: Arc<Group>,
+    checkpointing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Coordinator {
+    fn running_copy(&self, key: &Key) -> Option<RunningCopy> {
+        self.running.get(key).map(|r| RunningCopy {
+            epoch: r.epoch,
+            group: r.group.clone(),
+            checkpointing: r.checkpointing.clone(),
+        })
+    }
+}
+
+/// A checkpoint carrying both of the group's files as they are now; `release` gives the
+/// group up (its member count is then 0).
+fn whole_checkpoint(
+    key: &Key,
+    node: NodeId,
+    running: &RunningCopy,
+    release: bool,
+) -> Result<MetaCommand> {
+    let (meta, state) = running.group.files()?;
+    Ok(MetaCommand::CheckpointGroup {
+        topic: key.0.clone(),
+        group: key.1.clone(),
+        node,
+        epoch: running.epoch,
+        meta: Some(meta),
+        state: Some(state),
+        members: if release {
+            0
+        } else {
+            running.group.member_count() as u32
+        },
+        release,
+    })
 }
 
 /// The checkpoint task of one group this node runs.

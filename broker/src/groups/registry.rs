@@ -393,27 +393,10 @@ impl GroupRegistry {
         let writer = group.clone();
         let groups_dir = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            // Written whole in the staging directory, then renamed into place: a crash
-            // leaves either no group or a complete one (and a staging leftover that the
-            // next start removes), never a half-written group to mistake for damage.
-            let staging = groups_dir.join(STAGING_DIR).join(format!(
-                "create-{}-{}",
-                writer.created_ms,
-                std::process::id()
-            ));
-            let topic_dir = groups_dir.join(&writer.topic_name);
-            for d in [&staging, &topic_dir] {
-                std::fs::create_dir_all(d)
-                    .map_err(|e| BrokerError::io(format!("creating {}", d.display()), e))?;
-            }
-            writer.write_files(&staging)?;
-            std::fs::rename(&staging, &writer.dir).map_err(|e| {
-                BrokerError::io(format!("renaming {} into place", staging.display()), e)
-            })?;
-            crate::storage::sync_dir(&topic_dir)?;
-            crate::storage::sync_dir(&groups_dir.join(STAGING_DIR))?;
-            crate::storage::sync_dir(&groups_dir)?;
-            Ok(())
+            let staging = format!("create-{}-{}", writer.created_ms, std::process::id());
+            place_group_dir(&groups_dir, &staging, &writer.dir, |dir| {
+                writer.write_files(dir)
+            })
         })
         .await
         .map_err(|cause| BrokerError::TaskFailed {
@@ -477,7 +460,9 @@ impl GroupRegistry {
         let Some((_, group)) = self.groups.remove(key) else {
             return;
         };
-        group.stop.send_replace(true);
+        // The members' streams get their reason before the group stops: a member task that
+        // saw the stop first would leave the group, taking its slot, and its stream would
+        // end with OK instead of the reason.
         {
             let mut inner = group.lock();
             for (_, slot) in inner.members.drain() {
@@ -490,6 +475,7 @@ impl GroupRegistry {
                 }));
             }
         }
+        group.stop.send_replace(true);
         group.wake();
         let dir = group.dir.clone();
         let staging = self.dir.join(STAGING_DIR);
@@ -569,28 +555,17 @@ impl GroupRegistry {
         let meta = meta_file::seal(&text).into_bytes();
         let groups_dir = self.dir.clone();
         let dir = groups_dir.join(topic.name()).join(name);
-        let topic_name = topic.name().to_owned();
-        let now_ms = self.clock.now_ms();
+        let staging = format!(
+            "adopt-{}-{}",
+            self.clock.now_ms(),
+            NEXT_ASIDE.fetch_add(1, Ordering::Relaxed)
+        );
         let target = dir.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let staging = groups_dir.join(STAGING_DIR).join(format!(
-                "adopt-{now_ms}-{}",
-                NEXT_ASIDE.fetch_add(1, Ordering::Relaxed)
-            ));
-            let topic_dir = groups_dir.join(&topic_name);
-            for d in [&staging, &topic_dir] {
-                std::fs::create_dir_all(d)
-                    .map_err(|e| BrokerError::io(format!("creating {}", d.display()), e))?;
-            }
-            super::persist::write_raw(&staging, META_FILE, &meta)?;
-            super::persist::write_raw(&staging, STATE_FILE, &state)?;
-            remove_group_dir(&target, &groups_dir.join(STAGING_DIR), now_ms)?;
-            std::fs::rename(&staging, &target).map_err(|e| {
-                BrokerError::io(format!("renaming {} into place", staging.display()), e)
-            })?;
-            crate::storage::sync_dir(&topic_dir)?;
-            crate::storage::sync_dir(&groups_dir.join(STAGING_DIR))?;
-            Ok(())
+            place_group_dir(&groups_dir, &staging, &target, |dir| {
+                super::persist::write_raw(dir, META_FILE, &meta)?;
+                super::persist::write_raw(dir, STATE_FILE, &state)
+            })
         })
         .await
         .map_err(|cause| BrokerError::TaskFailed {
@@ -649,6 +624,34 @@ impl GroupRegistry {
             }
         }
     }
+}
+
+/// Puts a group's directory at `target` (`<groups>/<topic>/<group>`): `write` fills a new
+/// directory named `staging` in the staging directory, which then replaces whatever is at
+/// `target` by a rename. A crash leaves either the old group or the complete new one (and
+/// a staging leftover that the next start removes), never a half-written group to mistake
+/// for damage. Blocking.
+fn place_group_dir(
+    groups_dir: &Path,
+    staging: &str,
+    target: &Path,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let staging_dir = groups_dir.join(STAGING_DIR);
+    let staging = staging_dir.join(staging);
+    let topic_dir = target.parent().unwrap_or(groups_dir);
+    for d in [&staging, topic_dir] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| BrokerError::io(format!("creating {}", d.display()), e))?;
+    }
+    write(&staging)?;
+    remove_group_dir(target, &staging_dir, crate::clock::now_ms().max(0) as u64)?;
+    std::fs::rename(&staging, target)
+        .map_err(|e| BrokerError::io(format!("renaming {} into place", staging.display()), e))?;
+    crate::storage::sync_dir(topic_dir)?;
+    crate::storage::sync_dir(&staging_dir)?;
+    crate::storage::sync_dir(groups_dir)?;
+    Ok(())
 }
 
 /// Removes a group's directory: first moved into the staging directory (one rename), so
