@@ -786,10 +786,19 @@ async fn run_member<S>(
                     gone,
                     shutdown,
                 };
-                if let Err(error) = exchange.run(joining, node, join).await {
-                    let _ = forwarded_tx.send(Err(Status::from(error))).await;
+                match exchange.run(joining, node, join.clone()).await {
+                    Ok(None) => return,
+                    // The group came to this node meanwhile: the member is served here.
+                    Ok(Some(back)) => {
+                        inbound = back.inbound;
+                        gone = back.gone;
+                        shutdown = back.shutdown;
+                    }
+                    Err(error) => {
+                        let _ = forwarded_tx.send(Err(Status::from(error))).await;
+                        return;
+                    }
                 }
-                return;
             }
             Err(error) => {
                 let _ = tx.try_send(Err(error));
@@ -940,13 +949,14 @@ impl Exchange {
     /// Runs the exchange until either side ends. Until the coordinator has answered the
     /// Join, a refusal that means "not here (any more)" (UNAVAILABLE: it died, or gave the
     /// group up) sends the Join again wherever the group is then, for up to
-    /// `coordinator::ROUTE_WAIT`.
+    /// `coordinator::ROUTE_WAIT`; if that is this node now, the exchange is handed back
+    /// (`Some`) and the member is served here.
     async fn run(
         mut self,
         joining: Joining,
         mut node: NodeId,
         join: v1::Join,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<Exchange>, BrokerError> {
         use crate::cluster::coordinator::ROUTE_WAIT;
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         loop {
@@ -963,7 +973,7 @@ impl Exchange {
                 Err(error) if tokio::time::Instant::now() < deadline && again(&error) => {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     node = match joining.route(join.clone()).await? {
-                        None => return Err(moved_here()),
+                        None => return Ok(Some(self)),
                         Some(node) => node,
                     };
                     continue;
@@ -999,7 +1009,7 @@ impl Exchange {
                     Next::Response(Some(Ok(response))) => {
                         answered = true;
                         if self.forwarded_tx.send(Ok(response)).await.is_err() {
-                            return Ok(());
+                            return Ok(None);
                         }
                     }
                     Next::Response(Some(Err(status)))
@@ -1011,15 +1021,15 @@ impl Exchange {
                     }
                     Next::Response(Some(Err(status))) => {
                         let _ = self.forwarded_tx.send(Err(status)).await;
-                        return Ok(());
+                        return Ok(None);
                     }
-                    Next::Response(None) | Next::Gone => return Ok(()),
+                    Next::Response(None) | Next::Gone => return Ok(None),
                     Next::ShuttingDown => return Err(BrokerError::ShuttingDown),
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             node = match joining.route(join.clone()).await? {
-                None => return Err(moved_here()),
+                None => return Ok(Some(self)),
                 Some(node) => node,
             };
         }
@@ -1030,13 +1040,6 @@ impl Exchange {
 /// anew: the node was unreachable, or no longer coordinates.
 fn again(error: &BrokerError) -> bool {
     crate::cluster::retry_elsewhere(error)
-}
-
-/// The group came to this node while its member's stream was being sent elsewhere.
-fn moved_here() -> BrokerError {
-    BrokerError::ClusterUnavailable(
-        "the group moved to the node this member called while it joined; join again".into(),
-    )
 }
 
 /// `ids` without the malformed ones, which are counted; borrowed when all are well formed.
