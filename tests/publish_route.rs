@@ -92,10 +92,15 @@ async fn raw_call(
         .body(())
         .unwrap();
     let (response, mut stream) = send.send_request(request, false).unwrap();
+    // The broker may refuse (and end the stream) before the whole body is sent: a refusal
+    // does not wait for the rest, so a send to the ended stream is not an error here; the
+    // response below carries the status either way.
     for chunk in chunks {
-        stream.send_data(chunk, false).unwrap();
+        if stream.send_data(chunk, false).is_err() {
+            break;
+        }
     }
-    stream.send_data(Bytes::new(), true).unwrap();
+    let _ = stream.send_data(Bytes::new(), true);
     let response = response.await.unwrap();
     let (parts, mut body) = response.into_parts();
     // A trailers-only response carries the status in its headers.
