@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{HERALD, Process, Server, TIMEOUT, Text, signal, wait_for};
+use common::{HERALD, Process, Server, TIMEOUT, Text, free_ports, signal, wait_for};
 
 /// Runs `herald ARGS` against `server` (through HERALD_SERVER), feeding `stdin`.
 fn herald(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -742,10 +742,7 @@ fn serve_at(data_dir: &std::path::Path, addr: std::net::SocketAddr) -> Process {
 fn fetch_follow_reconnects_when_the_broker_restarts() {
     let dir = tempfile::tempdir().unwrap();
     // A fixed address, so the restarted broker is where the follower looks.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = free_ports(1)[0];
     let url = format!("http://{addr}");
     let broker = serve_at(dir.path(), addr);
     ok(

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{HERALD, Process, assert_no_panic, serving_addr, signal, wait_for};
+use common::{HERALD, Process, assert_no_panic, free_ports, serving_addr, signal, wait_for};
 use herald_proto::HeraldClient;
 use herald_proto::v1;
 use serde_json::Value;
@@ -19,13 +19,6 @@ use serde_json::Value;
 /// The bound on electing a new leader after a kill -9: far above the ~1-2 s it takes, so
 /// only a broken failover fails it.
 const FAILOVER_BOUND: Duration = Duration::from_secs(20);
-
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
 
 struct Node {
     id: u64,

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 mod common;
 
-use common::{HERALD, Process, serving_addr, wait_timeout};
+use common::{HERALD, Process, free_ports, serving_addr, wait_timeout};
 
 /// `herald serve ARGS` with only `env` in its environment, to its exit.
 fn serve(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -231,14 +231,8 @@ fn the_container_image_settings_start_a_broker_its_health_check_finds_ready() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("var-lib-herald");
     std::fs::create_dir(&data_dir).unwrap();
-    let free_port = || {
-        std::net::TcpListener::bind("0.0.0.0:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (grpc_port, metrics_port) = (free_port(), free_port());
+    let ports = free_ports(2);
+    let (grpc_port, metrics_port) = (ports[0].port(), ports[1].port());
     let mut env = image.env.clone();
     let mut set_port = |key: &str, port: u16| {
         let value = env.iter_mut().find(|(k, _)| k == key).unwrap_or_else(|| {

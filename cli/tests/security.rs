@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 mod common;
 
-use common::{HERALD, Process, Server, serve_command, serving_addr, signal, wait_for};
+use common::{HERALD, Process, Server, free_ports, serve_command, serving_addr, signal, wait_for};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(HERALD);
@@ -170,13 +170,7 @@ fn node_certificates_from_cert_node_make_a_cluster_over_peer_tls() {
     let bad = run(&["cert", "node", "--dir", certs_arg, "--node", "x"], &[]);
     assert!(text(&bad).contains("ID=HOST"), "{}", text(&bad));
 
-    // Free loopback ports, found by binding and releasing them.
-    let ports: Vec<_> = {
-        let listeners: Vec<_> = (0..4)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-    };
+    let ports = free_ports(4);
     let members = format!("1={}@{},2={}@{}", ports[0], ports[1], ports[2], ports[3]);
     let plain_off_loopback = run(
         &[

@@ -55,13 +55,10 @@ pub struct TestCluster {
     configure: Configure,
 }
 
-/// Free loopback ports, found by binding and releasing them.
-pub fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
+#[path = "../support/ports.rs"]
+mod ports;
+#[allow(unused_imports)] // not every test crate needs it
+pub use ports::free_ports;
 
 impl TestCluster {
     /// `n` nodes with the test configuration, peers dialled by IP address.

@@ -16,6 +16,11 @@ use herald_proto::v1;
 use serde_json::Value;
 use tonic::transport::Channel;
 
+#[path = "../../../tests/support/ports.rs"]
+mod ports;
+#[allow(unused_imports)] // not every test crate needs it
+pub use ports::free_ports;
+
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 /// Longest a broker may take to start or stop, or a CLI command to run, or the broker to
 /// reach a state a test waits for.

@@ -36,12 +36,9 @@ struct Harness {
     members_text: String,
 }
 
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
+#[path = "../../../../tests/support/ports.rs"]
+mod ports;
+use ports::free_ports;
 
 fn log_config() -> LogConfig {
     LogConfig {
