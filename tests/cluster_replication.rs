@@ -370,3 +370,72 @@ async fn a_consumer_group_on_any_replica_delivers_the_committed_records() {
     }
     cluster.shutdown().await;
 }
+
+/// Replacing a node: node 4 is started and added, then node 3 removed. Node 3's replicas
+/// move to node 4 (placement keeps three copies), each partition's leader adds node 4's
+/// empty replica, which catches up from the log, and drops node 3; node 3 is stopped.
+/// Publishing goes on throughout; afterwards nodes 1, 2 and 4 each hold exactly the
+/// acknowledged records at their offsets, node 4 serves reads from its own log, and the
+/// two partitions still take publishes with node 3 gone and then with node 1 stopped too
+/// (nodes 2 and 4 are a majority of each group only if node 4 votes in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_node_hands_its_replicas_to_the_new_one_which_catches_up() {
+    let mut cluster = TestCluster::start(3).await;
+    create(&mut cluster.client(1).await, TOPIC, PARTITIONS).await;
+    let mut acked = Acked::new();
+    let mut client = cluster.client(1).await;
+    publish_keyed(&mut client, &mut acked, "before", 200).await;
+
+    let new = cluster.start_joiner().await;
+    let spec = &cluster.specs[cluster.index_of(new)];
+    let (client_address, peer_address) = (spec.client.to_string(), spec.peer.to_string());
+    let mut admin = cluster.client(2).await;
+    admin
+        .add_node(v1::AddNodeRequest {
+            node_id: new,
+            client_address,
+            peer_address,
+        })
+        .await
+        .expect("node added");
+    let joined = cluster.brokers[cluster.index_of(new)].as_ref().unwrap();
+    eventually("the new node has the topic", || has_topic(joined, TOPIC)).await;
+    publish_keyed(&mut client, &mut acked, "added", 50).await;
+
+    let removed = admin
+        .remove_node(v1::RemoveNodeRequest { node_id: 3 })
+        .await
+        .expect("node 3 removed")
+        .into_inner();
+    let ids: Vec<u64> = removed.nodes.iter().map(|n| n.node_id).collect();
+    assert_eq!(ids, vec![1, 2, new]);
+    let status = admin
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = status.topics.iter().find(|t| t.name == TOPIC).unwrap();
+    for partition in &topic.partitions {
+        let mut replicas = partition.replicas.clone();
+        replicas.sort();
+        assert_eq!(replicas, vec![1, 2, new], "{topic:?}");
+    }
+    publish_keyed(&mut client, &mut acked, "moving", 50).await;
+
+    // The new replica catches up from its group's log.
+    holds_exactly(&cluster, new, &acked).await;
+    cluster.stop(3).await;
+    publish_keyed(&mut client, &mut acked, "replaced", 50).await;
+    for id in [1, 2, new] {
+        holds_exactly(&cluster, id, &acked).await;
+    }
+    // With node 3 gone, nodes 2 and 4 are a majority of each group only if node 4 votes.
+    cluster.stop(1).await;
+    let mut client = cluster.client(2).await;
+    publish_keyed(&mut client, &mut acked, "without-1", 20).await;
+    for id in [2, new] {
+        holds_exactly(&cluster, id, &acked).await;
+    }
+    check_order(&acked);
+    cluster.shutdown().await;
+}

@@ -238,6 +238,9 @@ pub trait PartitionOpener: Send + Sync + 'static {
         config: LogConfig,
         max_batch_bytes: usize,
     ) -> Option<Result<Partition>>;
+    /// Whether this node holds a replica of partition `id` of `topic` now (its placement
+    /// may have changed since the partition was opened).
+    fn replicates(&self, topic: &str, id: u32) -> bool;
 }
 
 /// A future that resolves once a queued batch is committed.
@@ -260,6 +263,13 @@ pub trait ReplicatedLog: Send + Sync + 'static {
     fn wait_for_leader(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>>;
+    /// Resolves once this replica knows a leader other than `from`: a publish sent on to
+    /// `from` is then cut short instead of waiting out a call to a node the others no
+    /// longer follow (one cut off from them answers nothing until the call times out).
+    fn leader_moved(
+        &self,
+        from: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
     /// Stops the group and the replica (their logs synced and closed). Blocking.
     fn close(&self) -> Result<(), StorageError>;
 }

@@ -441,6 +441,58 @@ impl Registry {
         Ok(topic)
     }
 
+    /// Opens, as replicas, the partitions of `name` that moved to this node (cluster mode:
+    /// a node left and its replicas were placed here) and that this node kept only an
+    /// empty local copy of until now. Each such copy is closed and its files removed, so
+    /// the replica starts from an empty log and catches up from its group. A local copy
+    /// holding records is never removed (it is logged and left alone). Blocking.
+    pub fn open_moved_replicas(&self, name: &str) -> Result<()> {
+        let Some(opener) = &self.opener else {
+            return Ok(());
+        };
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(topic) = self.topics.get(name).map(|t| t.clone()) else {
+            return Ok(());
+        };
+        let layout = topic.layout();
+        let mut partitions = layout.partitions.clone();
+        let dir = self.topics_dir.join(name);
+        let mut changed = false;
+        for (i, partition) in layout.partitions.iter().enumerate() {
+            let id = i as u32;
+            if partition.replicated_log().is_some() || !opener.replicates(name, id) {
+                continue;
+            }
+            let held = *partition.watch_high_watermark().borrow();
+            if held != 0 {
+                tracing::error!(topic = %name, partition = id, records = held, "a replica moved here, but this node's local copy of the partition holds records: left as it is");
+                continue;
+            }
+            if let Err(error) = partition.close() {
+                tracing::warn!(topic = %name, partition = id, %error, "closing the local copy of a partition whose replica moved here");
+            }
+            let partition_dir = dir.join(id.to_string());
+            std::fs::remove_dir_all(&partition_dir)
+                .and_then(|()| std::fs::create_dir_all(&partition_dir))
+                .map_err(|e| BrokerError::io(format!("emptying {}", partition_dir.display()), e))?;
+            let config = LogConfig {
+                producers: self.config.producer_limits(),
+                ..layout.settings.log_config()
+            };
+            partitions[i] = Arc::new(self.open_partition(name, &partition_dir, id, config)?);
+            changed = true;
+            tracing::info!(topic = %name, partition = id, "opened a replica moved to this node");
+        }
+        if changed {
+            topic.set_layout(Layout {
+                meta: layout.meta.clone(),
+                settings: layout.settings.clone(),
+                partitions,
+            });
+        }
+        Ok(())
+    }
+
     /// Deletes a topic and its data. Blocking. Publishes already in flight to it fail;
     /// fetches already reading keep their mapped bytes until they finish.
     pub fn delete(&self, name: &str) -> Result<()> {

@@ -277,27 +277,25 @@ pub(crate) async fn write_locally(
                     "it is the cluster's last voting node".into(),
                 );
             }
-            // Until partitions are replicated, a partition's records live on its first
-            // replica only: removing that node would lose them.
-            let held: Vec<String> = view
-                .topics
-                .values()
-                .flat_map(|t| {
-                    (0..t.partitions)
-                        .filter(|p| t.home(*p) == Some(id))
-                        .map(|p| format!("{} partition {p}", t.name))
-                })
-                .collect();
-            if !held.is_empty() {
-                return refused_change(
-                    Refusal::Invalid,
-                    format!(
-                        "it holds the only copy of {} partition(s) ({}{}); delete those topics first",
-                        held.len(),
-                        held.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-                        if held.len() > 5 { ", ..." } else { "" }
-                    ),
-                );
+            // Its replicas move to the other nodes first (refused if a partition would be
+            // left with one copy or none); each partition group's leader then adds the
+            // new replica, which catches up from the log, and drops this node.
+            if let Err(message) = placement::replace_node(&view.topics, &voters, id) {
+                return refused_change(Refusal::Invalid, message);
+            }
+            let moved = tokio::time::timeout(
+                COMMIT_TIMEOUT,
+                raft.client_write(MetaCommand::ReplaceNode { node: id }),
+            )
+            .await;
+            match moved {
+                Err(_) => return not_committed(),
+                Ok(Err(error)) => return failed_write(error),
+                Ok(Ok(written)) => {
+                    if let MetaResponse::Refused { refusal, message } = written.data {
+                        return refused_change(refusal, message);
+                    }
+                }
             }
             let change = openraft::ChangeMembers::RemoveVoters([id].into_iter().collect());
             match tokio::time::timeout(COMMIT_TIMEOUT, raft.change_membership(change, false)).await

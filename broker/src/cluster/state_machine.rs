@@ -183,6 +183,7 @@ impl StateMachine {
                 }
                 // A topic's groups go with it.
                 self.state.groups.retain(|(topic, _), _| *topic != name);
+                self.state.joined.retain(|(topic, _), _| *topic != name);
                 (MetaResponse::Deleted, Some(Local::Delete(name)))
             }
             MetaCommand::CreateGroup {
@@ -273,6 +274,34 @@ impl StateMachine {
                     record.coordinator = None;
                 }
                 (MetaResponse::Group(record.clone()), None)
+            }
+            MetaCommand::ReplaceNode { node } => {
+                let voters: Vec<NodeId> = self.state.membership.voter_ids().collect();
+                let moves = match placement::replace_node(&self.state.topics, &voters, node) {
+                    Ok(moves) => moves,
+                    Err(message) => return refused(Refusal::Invalid, message),
+                };
+                let mut moved: Vec<String> = Vec::new();
+                for (topic, partition, after) in moves {
+                    let Some(record) = self.state.topics.get_mut(&topic) else {
+                        continue;
+                    };
+                    let before = &record.replicas[partition as usize];
+                    let arrived = after.iter().filter(|n| !before.contains(n));
+                    let joined = self
+                        .state
+                        .joined
+                        .entry((topic.clone(), partition))
+                        .or_default();
+                    joined.extend(arrived);
+                    joined.remove(&node);
+                    record.replicas[partition as usize] = after;
+                    if moved.last() != Some(&topic) {
+                        moved.push(topic);
+                    }
+                }
+                // A node that now holds a replica opens it (and its group) at once.
+                (MetaResponse::Nothing, Some(Local::Moved(moved)))
             }
             MetaCommand::AlterTopic {
                 name,
@@ -379,6 +408,8 @@ enum Local {
     Create(TopicRecord),
     Delete(String),
     Alter(TopicRecord),
+    /// These topics' placement changed: open the replicas that moved to this node.
+    Moved(Vec<String>),
 }
 
 /// The local changes that bring this node's topics from `old` to the snapshot's `new`:
@@ -445,6 +476,17 @@ async fn make_local(registry: Arc<Registry>, changes: Vec<Local>) {
                     };
                     if let Err(error) = registry.alter(&record.name, &change) {
                         tracing::error!(topic = %record.name, %error, "cannot alter this node's copy of a topic the cluster altered")
+                    }
+                    // A snapshot may also carry replicas moved to this node.
+                    if let Err(error) = registry.open_moved_replicas(&record.name) {
+                        tracing::error!(topic = %record.name, %error, "cannot open a replica moved to this node")
+                    }
+                }
+                Local::Moved(topics) => {
+                    for name in topics {
+                        if let Err(error) = registry.open_moved_replicas(&name) {
+                            tracing::error!(topic = %name, %error, "cannot open a replica moved to this node")
+                        }
                     }
                 }
                 Local::Delete(name) => match registry.delete(&name) {
@@ -625,6 +667,7 @@ mod tests {
                 Local::Create(t) => format!("create {} {}", t.name, t.partitions),
                 Local::Alter(t) => format!("alter {} {}", t.name, t.partitions),
                 Local::Delete(name) => format!("delete {name}"),
+                Local::Moved(names) => format!("moved {}", names.join(" ")),
             })
             .collect()
     }

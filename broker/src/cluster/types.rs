@@ -1,7 +1,7 @@
 //! The metadata group's types: openraft's type configuration, a node's addresses, the
 //! commands the group's log carries and the state they build.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Cursor;
 
@@ -97,6 +97,10 @@ pub enum MetaCommand {
         members: u32,
         release: bool,
     },
+    /// Move every replica `node` holds to other nodes (`placement::replace_node`), before
+    /// `node` leaves the cluster. Each partition group's leader then changes the group's
+    /// membership to match (the new replica catching up from the log first).
+    ReplaceNode { node: NodeId },
 }
 
 impl fmt::Display for MetaCommand {
@@ -122,6 +126,7 @@ impl fmt::Display for MetaCommand {
                 f,
                 "node {node} checkpoints group {group:?} of topic {topic:?}"
             ),
+            MetaCommand::ReplaceNode { node } => write!(f, "move node {node}'s replicas"),
         }
     }
 }
@@ -230,6 +235,33 @@ pub struct MetaState {
     pub topics_created: u64,
     /// Consumer groups of replicated topics, by (topic, group).
     pub groups: BTreeMap<(String, String), GroupRecord>,
+    /// The nodes a replica moved to, by (topic, partition): they joined a group that
+    /// formed without them, so they never initialise it (only its first replicas do, with
+    /// the first members), but wait for its leader to add them.
+    pub joined: BTreeMap<(String, u32), BTreeSet<NodeId>>,
+}
+
+/// [`MetaState`] as nodes before replicas could move wrote it.
+#[derive(Deserialize)]
+pub struct MetaStateWithoutMoves {
+    pub last_applied: Option<openraft::LogId<NodeId>>,
+    pub membership: openraft::StoredMembership<NodeId, NodeAddr>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    pub topics_created: u64,
+    pub groups: BTreeMap<(String, String), GroupRecord>,
+}
+
+impl From<MetaStateWithoutMoves> for MetaState {
+    fn from(old: MetaStateWithoutMoves) -> MetaState {
+        MetaState {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            topics: old.topics,
+            topics_created: old.topics_created,
+            groups: old.groups,
+            joined: BTreeMap::new(),
+        }
+    }
 }
 
 /// [`MetaState`] as nodes before consumer groups went through the cluster wrote it: read
@@ -250,6 +282,7 @@ impl From<MetaStateWithoutGroups> for MetaState {
             topics: old.topics,
             topics_created: old.topics_created,
             groups: BTreeMap::new(),
+            joined: BTreeMap::new(),
         }
     }
 }
@@ -259,8 +292,11 @@ impl MetaState {
     /// cluster.
     pub fn decode(bytes: &[u8]) -> Result<MetaState, bincode::Error> {
         bincode::deserialize::<MetaState>(bytes).or_else(|error| {
-            bincode::deserialize::<MetaStateWithoutGroups>(bytes)
+            bincode::deserialize::<MetaStateWithoutMoves>(bytes)
                 .map(MetaState::from)
+                .or_else(|_| {
+                    bincode::deserialize::<MetaStateWithoutGroups>(bytes).map(MetaState::from)
+                })
                 .map_err(|_| error)
         })
     }
@@ -273,4 +309,86 @@ pub fn members(state: &MetaState) -> BTreeMap<NodeId, NodeAddr> {
         .nodes()
         .map(|(id, node)| (*id, node.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> GroupRecord {
+        GroupRecord {
+            meta: b"meta".to_vec(),
+            state: b"state".to_vec(),
+            coordinator: Some(2),
+            epoch: 3,
+            checkpoints: 4,
+            members: 1,
+        }
+    }
+
+    fn record() -> TopicRecord {
+        TopicRecord {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 3,
+            settings_toml: String::new(),
+            replicas: vec![vec![1, 2, 3]],
+        }
+    }
+
+    /// `state.bin` files and snapshots written by earlier versions still decode: the
+    /// fields added since come out empty.
+    #[test]
+    fn states_of_earlier_versions_decode() {
+        let topics: BTreeMap<String, TopicRecord> = [("t".to_owned(), record())].into();
+        let groups: BTreeMap<(String, String), GroupRecord> =
+            [(("t".to_owned(), "g".to_owned()), group())].into();
+        let now = MetaState {
+            topics: topics.clone(),
+            topics_created: 7,
+            groups: groups.clone(),
+            joined: [(("t".to_owned(), 0), [4].into())].into(),
+            ..MetaState::default()
+        };
+        let bytes = bincode::serialize(&now).unwrap();
+        assert_eq!(MetaState::decode(&bytes).unwrap(), now);
+
+        #[derive(Serialize)]
+        struct BeforeMoves {
+            last_applied: Option<openraft::LogId<NodeId>>,
+            membership: openraft::StoredMembership<NodeId, NodeAddr>,
+            topics: BTreeMap<String, TopicRecord>,
+            topics_created: u64,
+            groups: BTreeMap<(String, String), GroupRecord>,
+        }
+        let before_moves = bincode::serialize(&BeforeMoves {
+            last_applied: None,
+            membership: Default::default(),
+            topics: topics.clone(),
+            topics_created: 7,
+            groups: groups.clone(),
+        })
+        .unwrap();
+        let decoded = MetaState::decode(&before_moves).unwrap();
+        assert_eq!(decoded.groups, groups);
+        assert!(decoded.joined.is_empty());
+
+        #[derive(Serialize)]
+        struct BeforeGroups {
+            last_applied: Option<openraft::LogId<NodeId>>,
+            membership: openraft::StoredMembership<NodeId, NodeAddr>,
+            topics: BTreeMap<String, TopicRecord>,
+            topics_created: u64,
+        }
+        let before_groups = bincode::serialize(&BeforeGroups {
+            last_applied: None,
+            membership: Default::default(),
+            topics: topics.clone(),
+            topics_created: 7,
+        })
+        .unwrap();
+        let decoded = MetaState::decode(&before_groups).unwrap();
+        assert_eq!((decoded.topics, decoded.topics_created), (topics, 7));
+        assert!(decoded.groups.is_empty() && decoded.joined.is_empty());
+    }
 }

@@ -404,6 +404,7 @@ impl HeraldService {
                 }
                 // Sent on as the checked storage batch, its partition fixed: the serving
                 // node checks it again but places nothing.
+                let cluster_topic = topic.name().to_owned();
                 let publish = v1::PublishRequest {
                     topic: topic.name().to_owned(),
                     partition: Some(partition.id),
@@ -412,8 +413,25 @@ impl HeraldService {
                 };
                 let cluster = cluster.clone();
                 self.metrics.forwarded_publishes.inc();
+                // A replica sends a publish to its group's leader; if the group elects
+                // another while the call is out, the answer is UNAVAILABLE at once (outcome
+                // unknown, as a timeout's), so the client retries to the new leader.
+                let group = partition.replicated_log().cloned();
                 let remote = async move {
-                    let answer = cluster.forward_publish_to_any(&nodes, publish).await?;
+                    let forward = cluster.forward_publish_to_any(&nodes, publish);
+                    let answer = match (group, nodes.first().copied()) {
+                        (Some(group), Some(leader)) => tokio::select! {
+                            biased;
+                            answer = forward => answer?,
+                            () = group.leader_moved(leader) => {
+                                return Err(BrokerError::ClusterUnavailable(format!(
+                                    "topic {} partition {id}: leadership moved from node {leader} while the publish was sent to it; it may or may not be stored (retry, or publish idempotently)",
+                                    cluster_topic
+                                )));
+                            }
+                        },
+                        _ => forward.await?,
+                    };
                     Ok(crate::storage::Appended {
                         base_offset: answer.base_offset,
                         last_offset: answer.last_offset,

@@ -16,6 +16,8 @@ use herald_proto::v1;
 use serde_json::Value;
 use tonic::transport::Channel;
 
+pub mod proxy;
+
 #[path = "../../../tests/support/ports.rs"]
 mod ports;
 #[allow(unused_imports)] // not every test crate needs it

@@ -26,6 +26,12 @@ use crate::storage::{Appended, LogConfig, StorageError, ValidatedBatch};
 /// How long a replica other than the preferred leader waits before it initialises a
 /// group it has heard nothing of.
 const INITIALIZE_AFTER: Duration = Duration::from_secs(3);
+/// How often a partition group's leader compares the group's voters with the
+/// partition's placement.
+const PLACEMENT_CHECK: Duration = Duration::from_millis(500);
+/// How long the leader waits for a new replica to catch up before it checks again
+/// (the replica keeps catching up meanwhile).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 /// How long a publish waits for its partition's group to have a leader (a new topic's
 /// first election, a failover) before it is answered UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -127,6 +133,14 @@ impl PartitionOpener for Replicas {
             replica.retention(),
         )))
     }
+
+    fn replicates(&self, topic: &str, id: u32) -> bool {
+        let view = self.view.load();
+        view.topics
+            .get(topic)
+            .and_then(|t| t.replicas.get(id as usize))
+            .is_some_and(|r| r.len() > 1 && r.contains(&self.node_id))
+    }
 }
 
 /// A partition replicated on this node: its replica (opened with the topic) and, once
@@ -169,6 +183,7 @@ impl ReplicaPartition {
         // wait, and initialise it themselves only if they heard nothing, so a group
         // forms even while its first replica is down. Initialising several is safe: the
         // first entry (log id 0, the same members) is the same everywhere.
+        let placement = view.clone();
         let view = view.load();
         let members = members_of(&view, &self.topic, self.id);
         let preferred = view
@@ -180,6 +195,16 @@ impl ReplicaPartition {
             tracing::error!(topic = %self.topic, partition = self.id, "the partition's replicas are unknown to this node");
             return;
         }
+        tokio::spawn(self.clone().follow_placement(group.clone(), placement));
+        let joined = view
+            .joined
+            .get(&(self.topic.clone(), self.id))
+            .is_some_and(|nodes| nodes.contains(&group.node_id()));
+        if joined {
+            // A replica moved here joins a group that formed without it: its leader adds
+            // it. Initialising it here would make a second, different first entry.
+            return;
+        }
         if preferred != Some(group.node_id()) {
             tokio::time::sleep(INITIALIZE_AFTER).await;
             if self.closed.load(Ordering::Acquire) {
@@ -188,6 +213,80 @@ impl ReplicaPartition {
         }
         if let Err(error) = group.initialize(members).await {
             tracing::warn!(topic = %self.topic, partition = self.id, %error, "initialising a partition group");
+        }
+    }
+
+    /// On the group's leader, makes the group's voters the partition's placement
+    /// whenever they differ (a node left and its replica moved): each new replica is added
+    /// as a learner and caught up from the log first, then the voters are replaced in one
+    /// membership change. Checked every [`PLACEMENT_CHECK`] until the partition closes;
+    /// only the leader acts, and a change cut short is taken up again by whichever node
+    /// leads next.
+    async fn follow_placement(
+        self: Arc<Self>,
+        group: Arc<PartitionGroup>,
+        view: Arc<ArcSwap<MetaState>>,
+    ) {
+        while !self.closed.load(Ordering::Acquire) {
+            tokio::time::sleep(PLACEMENT_CHECK).await;
+            if group.leader() != Some(group.node_id()) {
+                continue;
+            }
+            let state = view.load();
+            let Some(placed) = state
+                .topics
+                .get(&self.topic)
+                .and_then(|t| t.replicas.get(self.id as usize))
+            else {
+                continue;
+            };
+            let wanted: std::collections::BTreeSet<NodeId> = placed.iter().copied().collect();
+            let voters: std::collections::BTreeSet<NodeId> = group
+                .raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            if wanted == voters || wanted.len() < 2 {
+                continue;
+            }
+            let addresses = members_of(&state, &self.topic, self.id);
+            let mut caught_up = true;
+            for node in wanted.difference(&voters) {
+                let Some(addr) = addresses.get(node) else {
+                    caught_up = false;
+                    continue;
+                };
+                let started = Instant::now();
+                let added = tokio::time::timeout(
+                    CATCH_UP_WAIT,
+                    group.raft().add_learner(*node, addr.clone(), true),
+                )
+                .await;
+                match added {
+                    Ok(Ok(_)) => {
+                        tracing::info!(topic = %self.topic, partition = self.id, node, took = ?started.elapsed(), "a new replica caught up");
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(topic = %self.topic, partition = self.id, node, %error, "adding a replica");
+                        caught_up = false;
+                    }
+                    Err(_) => caught_up = false,
+                }
+            }
+            if !caught_up {
+                continue;
+            }
+            match group.raft().change_membership(wanted.clone(), false).await {
+                Ok(_) => {
+                    tracing::info!(topic = %self.topic, partition = self.id, replicas = ?wanted, "the partition's group now has its placement's replicas");
+                }
+                Err(error) => {
+                    tracing::warn!(topic = %self.topic, partition = self.id, %error, "changing a partition group's replicas");
+                }
+            }
         }
     }
 
@@ -276,6 +375,26 @@ impl ReplicatedLog for ReplicaPartition {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+
+    fn leader_moved(
+        &self,
+        from: u64,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let Some(group) = self.group.get() else {
+                return std::future::pending().await;
+            };
+            let mut metrics = group.raft().metrics();
+            let moved = metrics
+                .wait_for(|m| m.current_leader.is_some_and(|leader| leader != from))
+                .await
+                .is_ok();
+            if !moved {
+                // The group stopped: the forwarded call ends on its own.
+                std::future::pending::<()>().await;
             }
         })
     }
