@@ -692,7 +692,12 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
     );
 
     // The checker: each node's own log of each partition.
-    assert_every_node_holds(&nodes, &acked, 2).await;
+    assert_nodes_hold(
+        &(1..=3).map(|id| nodes.client_of(id)).collect::<Vec<_>>(),
+        &acked,
+        2,
+    )
+    .await;
     stop_all(&mut processes);
 }
 
@@ -823,23 +828,29 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_loses_nothing(
         0,
         "every peer connection came from a node, so each cut cut"
     );
-    assert_every_node_holds(&nodes, &acked, 2).await;
+    assert_nodes_hold(
+        &(1..=3).map(|id| nodes.client_of(id)).collect::<Vec<_>>(),
+        &acked,
+        2,
+    )
+    .await;
     for (i, process) in processes.iter_mut().enumerate() {
         let log = process.take().unwrap().kill9();
         assert_no_panic(&log, &format!("node {}", i + 1));
     }
 }
 
-/// The checker of the replicated tests: each node's own log of each of `partitions`
-/// holds exactly the `acked` records, at their acknowledged offsets (waiting up to
-/// [`FAILOVER_BOUND`] for a node to catch up), offsets dense and each key in order.
-async fn assert_every_node_holds(
-    nodes: &ThreeNodes,
+/// The checker of the replicated tests: the own log of each of `partitions` on each node
+/// at `servers` holds exactly the `acked` records, at their acknowledged offsets (waiting
+/// up to [`FAILOVER_BOUND`] for a node to catch up), offsets dense and each key in order.
+async fn assert_nodes_hold(
+    servers: &[SocketAddr],
     acked: &std::collections::BTreeMap<(u32, u64), String>,
     partitions: u32,
 ) {
-    for id in 1..=3u64 {
-        let mut client = HeraldClient::connect(format!("http://{}", nodes.client_of(id)))
+    for (id, server) in servers.iter().enumerate() {
+        let id = format!("{} (at {server})", id + 1);
+        let mut client = HeraldClient::connect(format!("http://{server}"))
             .await
             .unwrap();
         for partition in 0..partitions {
@@ -866,6 +877,99 @@ async fn assert_every_node_holds(
             assert_dense_in_key_order(&want);
         }
     }
+}
+
+/// Replacing a node with the real binary and the README's commands: a fourth `herald
+/// serve` starts, `herald cluster add-node` adds it and `herald cluster remove-node`
+/// removes node 3, whose replicas move to node 4; node 3 is then killed. Publishing goes
+/// on between the steps. Node 4 catches up from the groups' logs: nodes 1, 2 and 4 each
+/// hold exactly the acknowledged records. Then node 1 is killed too, and the partitions
+/// still take publishes: nodes 2 and 4 are a majority of each group only if node 4 votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replaced_through_the_cli_hands_its_replicas_to_the_new_one() {
+    let nodes = ThreeNodes::new();
+    let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(nodes.start(i))).collect();
+    nodes.create_replicated("replicated").await;
+    let mut acked: std::collections::BTreeMap<(u32, u64), String> = Default::default();
+    let mut seq = 0u64;
+    let mut publish =
+        async |server: SocketAddr,
+               count: usize,
+               acked: &mut std::collections::BTreeMap<(u32, u64), String>| {
+            for _ in 0..count {
+                seq += 1;
+                let key = format!("account-{}", seq % 20);
+                let value = format!("{key}:{seq}");
+                let (answer, _) = publish_through(server, &key, &value).await;
+                let previous = acked.insert((answer.partition, answer.base_offset), value);
+                assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
+            }
+        };
+    let (one, two) = (nodes.client_of(1), nodes.client_of(2));
+    publish(one, 100, &mut acked).await;
+
+    let ports = free_ports(2);
+    let (client4, peer4) = (ports[0], ports[1]);
+    let dir4 = nodes.root.path().join("node4");
+    let four = serve(
+        &dir4,
+        4,
+        client4,
+        peer4,
+        &format!("{},4={client4}@{peer4}", nodes.members),
+    );
+    let cli = |args: &[&str]| {
+        let out = Command::new(HERALD)
+            .args(args)
+            .args(["--server", &one.to_string()])
+            .env_remove("HERALD_SERVER")
+            .output()
+            .expect("herald runs");
+        assert!(
+            out.status.success(),
+            "herald {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&[
+        "cluster",
+        "add-node",
+        "4",
+        "--client",
+        &client4.to_string(),
+        "--peer",
+        &peer4.to_string(),
+    ]);
+    publish(one, 50, &mut acked).await;
+    cli(&["cluster", "remove-node", "3"]);
+    let status = cluster_status(one).unwrap();
+    for topic in status["topics"].as_array().unwrap() {
+        for partition in topic["partitions"].as_array().unwrap() {
+            let mut replicas: Vec<u64> = partition["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap())
+                .collect();
+            replicas.sort();
+            assert_eq!(replicas, vec![1, 2, 4], "{partition}");
+        }
+    }
+    publish(one, 50, &mut acked).await;
+    // Node 4 has every record before node 3 goes.
+    assert_nodes_hold(&[client4], &acked, 2).await;
+    let log = processes[2].take().unwrap().kill9();
+    assert_no_panic(&log, "node 3");
+    publish(one, 50, &mut acked).await;
+    assert_nodes_hold(&[one, two, client4], &acked, 2).await;
+
+    let log = processes[0].take().unwrap().kill9();
+    assert_no_panic(&log, "node 1");
+    publish(two, 50, &mut acked).await;
+    assert_nodes_hold(&[two, client4], &acked, 2).await;
+    processes.push(Some(four));
+    stop_all(&mut processes);
 }
 
 /// One consumer-group member that joins through any live node and joins again through
