@@ -422,8 +422,58 @@ async fn a_replaced_node_hands_its_replicas_to_the_new_one_which_catches_up() {
     }
     publish_keyed(&mut client, &mut acked, "moving", 50).await;
 
-    // The new replica catches up from its group's log.
+    // The new replica catches up from its group's log, and each partition's leader
+    // reports every replica a voter with nothing left to send.
     holds_exactly(&cluster, new, &acked).await;
+    for partition in 0..PARTITIONS {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = leader_of(&cluster, 1, partition).await;
+            let lag = cluster
+                .client(leader)
+                .await
+                .cluster_status(v1::ClusterStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .topics
+                .into_iter()
+                .find(|t| t.name == TOPIC)
+                .unwrap()
+                .partitions[partition as usize]
+                .lag
+                .clone();
+            let seen: Vec<(u64, u64, bool)> = lag
+                .iter()
+                .map(|l| (l.node, l.entries_behind, l.voter))
+                .collect();
+            if seen == [(1, 0, true), (2, 0, true), (new, 0, true)] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partition {partition}'s leader {leader} reports {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A node that does not lead a partition leaves its lag empty.
+    let status = cluster
+        .client(new)
+        .await
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for p in &status
+        .topics
+        .iter()
+        .find(|t| t.name == TOPIC)
+        .unwrap()
+        .partitions
+    {
+        assert_eq!(p.lag.is_empty(), p.leader != new, "{p:?}");
+    }
     cluster.stop(3).await;
     publish_keyed(&mut client, &mut acked, "replaced", 50).await;
     for id in [1, 2, new] {

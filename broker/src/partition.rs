@@ -270,6 +270,9 @@ pub trait ReplicatedLog: Send + Sync + 'static {
         &self,
         from: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+    /// Each replica's progress as (node, entries behind, votes), when this replica leads
+    /// the group; `None` otherwise.
+    fn progress(&self) -> Option<Vec<(u64, u64, bool)>>;
     /// Stops the group and the replica (their logs synced and closed). Blocking.
     fn close(&self) -> Result<(), StorageError>;
 }

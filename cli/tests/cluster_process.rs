@@ -957,8 +957,23 @@ async fn a_node_replaced_through_the_cli_hands_its_replicas_to_the_new_one() {
         }
     }
     publish(one, 50, &mut acked).await;
-    // Node 4 has every record before node 3 goes.
+    // Node 4 has every record before node 3 goes, and partition 0's leader shows each
+    // replica's progress.
     assert_nodes_hold(&[client4], &acked, 2).await;
+    let leader = partition_leader(one, "replicated", 0).await;
+    let at = [one, two, nodes.client_of(3), client4][leader as usize - 1];
+    let text = Command::new(HERALD)
+        .args(["cluster", "status", "--server", &at.to_string()])
+        .env_remove("HERALD_SERVER")
+        .output()
+        .expect("herald runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("partition 0:")
+            && l.contains("entries behind: ")
+            && l.contains(" 4=")),
+        "{text}"
+    );
     let log = processes[2].take().unwrap().kill9();
     assert_no_panic(&log, "node 3");
     publish(one, 50, &mut acked).await;

@@ -1919,6 +1919,7 @@ mod tests {
             partition: p,
             replicas: vec![1, 2, 3],
             leader,
+            lag: Vec::new(),
         }
     }
 

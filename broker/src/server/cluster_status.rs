@@ -100,6 +100,7 @@ pub fn status(
                             partition,
                             replicas: vec![0],
                             leader: 0,
+                            lag: Vec::new(),
                         })
                         .collect(),
                 })
@@ -138,6 +139,7 @@ pub fn status(
                         partition: p as u32,
                         replicas: replicas.clone(),
                         leader: leader_of(registry, &t.name, p as u32, replicas),
+                        lag: lag_of(registry, &t.name, p as u32),
                     })
                     .collect(),
             })
@@ -171,6 +173,23 @@ pub fn nodes(
             peer_address: addr.peer,
             is_self: id == cluster.node_id(),
             last_heard_ms_ago: None,
+        })
+        .collect()
+}
+
+/// Each replica's progress, when this node leads the partition's group (see the proto).
+fn lag_of(registry: &Registry, topic: &str, partition: u32) -> Vec<v1::ReplicaLag> {
+    registry
+        .get(topic)
+        .ok()
+        .and_then(|t| t.partition(partition).ok())
+        .and_then(|p| p.replicated_log().and_then(|log| log.progress()))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(node, entries_behind, voter)| v1::ReplicaLag {
+            node,
+            entries_behind,
+            voter,
         })
         .collect()
 }

@@ -399,6 +399,31 @@ impl ReplicatedLog for ReplicaPartition {
         })
     }
 
+    fn progress(&self) -> Option<Vec<(u64, u64, bool)>> {
+        let group = self.group.get()?;
+        let metrics = group.raft().metrics().borrow().clone();
+        let replication = metrics.replication.as_ref()?;
+        let last = metrics.last_log_index.unwrap_or_default();
+        let voters: std::collections::BTreeSet<NodeId> =
+            metrics.membership_config.membership().voter_ids().collect();
+        let mut progress: Vec<(u64, u64, bool)> = replication
+            .iter()
+            .map(|(node, matched)| {
+                let matched = matched.map_or(0, |m| m.index + 1);
+                (
+                    *node,
+                    (last + 1).saturating_sub(matched),
+                    voters.contains(node),
+                )
+            })
+            .collect();
+        if !replication.contains_key(&group.node_id()) {
+            progress.push((group.node_id(), 0, voters.contains(&group.node_id())));
+        }
+        progress.sort_unstable();
+        Some(progress)
+    }
+
     fn close(&self) -> std::result::Result<(), StorageError> {
         self.closed.store(true, Ordering::Release);
         match self.group.get() {
