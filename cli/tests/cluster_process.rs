@@ -1128,15 +1128,21 @@ async fn group_coordinator(server: SocketAddr, topic: &str, group: &str) -> u64 
 /// A consumer group of a replicated topic under kill -9 of the node that runs it: one
 /// member consumes (acking everything) through whichever node is up, joining again
 /// through the next when its stream ends, while keyed publishing goes on and the group's
-/// coordinator is killed with SIGKILL and restarted, or (every other fault) paused with
-/// SIGSTOP for 6 s, `HERALD_CLUSTER_FAULTS` times (3 by default). The group drains: every acknowledged record is delivered, and each key's
+/// coordinator is killed with SIGKILL and restarted, paused with SIGSTOP for 6 s, or cut
+/// off from the other nodes for 6 s by the peer proxy (in turn), `HERALD_CLUSTER_FAULTS`
+/// times (3 by default: one of each). The group drains: every acknowledged record is delivered, and each key's
 /// records are first delivered in the order they were published. Prints how long the
 /// group was away after each kill and how many deliveries were repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
     let faults = cluster_faults();
-    let nodes = ThreeNodes::new();
-    let start = |i: usize| nodes.start(i);
+    let nodes = ThreeNodes::behind_proxies();
+    let proxy = PeerProxy::start(&nodes.proxied, &nodes.peer_ports()).await;
+    let start = |i: usize| {
+        let process = nodes.start(i);
+        proxy.set_pid(i as u64 + 1, process.id());
+        process
+    };
     let client_of = |id: u64| nodes.client_of(id);
     let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(start(i))).collect();
     nodes.create_replicated("grouped").await;
@@ -1201,7 +1207,28 @@ async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
             member.poll(Duration::from_millis(50)).await;
         };
         let entry = client_of(victim % 3 + 1);
-        if fault % 2 == 1 {
+        if fault % 3 == 2 {
+            // Cut off from the other nodes (clients still reach it): its lease runs out,
+            // it stops the group, and another node takes it over from the checkpoint.
+            proxy.isolate(Some(victim));
+            let cut = Instant::now();
+            let phase = tokio::time::timeout(FAILOVER_BOUND * 3, async {
+                for _ in 0..30 {
+                    publish(entry, &mut acked).await;
+                }
+                while cut.elapsed() < Duration::from_secs(6) {
+                    member.poll(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            proxy.isolate(None);
+            assert!(
+                phase.is_ok(),
+                "publishing and consuming hung while node {victim} was cut off"
+            );
+            continue;
+        }
+        if fault % 3 == 1 {
             // A pause instead (SIGSTOP, as a long stall would): another node takes the
             // group over meanwhile, and the paused node, woken after its lease ran out,
             // must deliver nothing before it learns it lost the group.
@@ -1262,7 +1289,7 @@ async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
     }
     let repeats = member.log.len() - first_seen.len();
     println!(
-        "{} records, {} deliveries ({repeats} repeats) over {faults} coordinator kills and pauses; the group was away for {:?}",
+        "{} records, {} deliveries ({repeats} repeats) over {faults} coordinator kills, pauses and cuts; the group was away for {:?}",
         acked.len(),
         member.log.len(),
         member.gaps

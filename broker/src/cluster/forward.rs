@@ -208,9 +208,16 @@ fn addressed<T>(
 
 /// The serving node's answer as the client gets it: its own status and message, except
 /// UNAVAILABLE, which also says which node was tried (it is what a transport failure
-/// looks like too, and then the message comes from the connection, not the node).
+/// looks like too, and then the message comes from the connection, not the node). A
+/// status made by this side's transport (a connection reset or closed mid-call:
+/// `Unknown` "transport error", `Cancelled` "operation was canceled"...) has the
+/// transport's error as its source, which a node's own answers never carry: it is
+/// UNAVAILABLE too, since the node may or may not have taken the request, and the caller
+/// retries, as after a timeout.
 fn answer_of(node: NodeId, addr: &NodeAddr, status: Status) -> BrokerError {
-    if status.code() == tonic::Code::Unavailable {
+    use std::error::Error;
+    let from_transport = status.source().is_some();
+    if status.code() == tonic::Code::Unavailable || from_transport {
         return unreachable_node(node, addr, status.message());
     }
     BrokerError::Forwarded {
@@ -225,4 +232,39 @@ fn unreachable_node(node: NodeId, addr: &NodeAddr, problem: &str) -> BrokerError
         "node {node} (peer address {}), which serves the partition, is unavailable: {problem}",
         addr.peer
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> NodeAddr {
+        NodeAddr {
+            client: "127.0.0.1:1".into(),
+            peer: "127.0.0.1:2".into(),
+        }
+    }
+
+    #[test]
+    fn a_transport_failure_is_unavailable_and_a_nodes_answer_passes_through() {
+        let reset = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(reset.code(), tonic::Code::Unknown);
+        assert!(matches!(
+            answer_of(2, &addr(), reset),
+            BrokerError::ClusterUnavailable(_)
+        ));
+
+        // The same code as a node's own answer (decoded from its response) passes through.
+        let answered = Status::unknown("the node's own words");
+        match answer_of(2, &addr(), answered) {
+            BrokerError::Forwarded { code, message, .. } => {
+                assert_eq!(code, tonic::Code::Unknown as i32);
+                assert_eq!(message, "the node's own words");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
