@@ -146,10 +146,7 @@ impl Forwarder {
             .await
             .map_err(|status| answer_of(node, addr, status))?
             .into_inner();
-        let (peer, addr) = (node, addr.clone());
-        Ok(Box::pin(stream.map(move |item| {
-            item.map_err(|status| answer_of(peer, &addr, status).into())
-        })))
+        Ok(relayed(node, addr, stream))
     }
 }
 
@@ -170,10 +167,7 @@ impl Forwarder {
             .await
             .map_err(|status| answer_of(node, addr, status))?
             .into_inner();
-        let (peer, addr) = (node, addr.clone());
-        Ok(Box::pin(stream.map(move |item| {
-            item.map_err(|status| answer_of(peer, &addr, status).into())
-        })))
+        Ok(relayed(node, addr, stream))
     }
 
     /// Sends a group admin call to `node`, which coordinates the group.
@@ -190,6 +184,17 @@ impl Forwarder {
             .map(tonic::Response::into_inner)
             .map_err(|status| answer_of(node, addr, status))
     }
+}
+
+/// A stream from `node` as this node passes it on: its items as they come, and the status
+/// that ends it as [`answer_of`] makes it.
+fn relayed<T: Send + 'static>(
+    node: NodeId,
+    addr: &NodeAddr,
+    stream: tonic::Streaming<T>,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    let addr = addr.clone();
+    Box::pin(stream.map(move |item| item.map_err(|status| answer_of(node, &addr, status).into())))
 }
 
 /// `request` with the envelope of a forwarded Subscribe in its metadata.

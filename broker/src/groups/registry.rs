@@ -379,17 +379,7 @@ impl GroupRegistry {
                 MAX_GROUPS,
             ));
         }
-        let offsets: Vec<Offset> = start_offsets.into_iter().map(Offset).collect();
-        let state = GroupState::new(config.settings.clone(), GroupLimits::default(), &offsets)?;
-        let group = self.make_group(
-            topic.clone(),
-            name.to_owned(),
-            i64::try_from(self.clock.now_ms()).unwrap_or(i64::MAX),
-            state,
-            config,
-            (None, Vec::new()),
-            Vec::new(),
-        );
+        let group = self.fresh_group(topic.clone(), name, config, start_offsets)?;
         let writer = group.clone();
         let groups_dir = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -498,9 +488,21 @@ impl GroupRegistry {
         start_offsets: Vec<u64>,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         validate_name("group", name)?;
+        self.fresh_group(topic, name, config, start_offsets)?.files()
+    }
+
+    /// A new group created now, nothing delivered yet, starting at `start_offsets`: not
+    /// written anywhere, not running.
+    fn fresh_group(
+        &self,
+        topic: Arc<Topic>,
+        name: &str,
+        config: GroupConfig,
+        start_offsets: Vec<u64>,
+    ) -> Result<Arc<Group>> {
         let offsets: Vec<Offset> = start_offsets.into_iter().map(Offset).collect();
         let state = GroupState::new(config.settings.clone(), GroupLimits::default(), &offsets)?;
-        let group = self.make_group(
+        Ok(self.make_group(
             topic,
             name.to_owned(),
             i64::try_from(self.clock.now_ms()).unwrap_or(i64::MAX),
@@ -508,8 +510,7 @@ impl GroupRegistry {
             config,
             (None, Vec::new()),
             Vec::new(),
-        );
-        group.files()
+        ))
     }
 
     /// Runs the group whose files are `meta` and `state` on this node, in place of any
