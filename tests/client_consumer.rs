@@ -363,3 +363,70 @@ async fn subscribing_to_a_missing_topic_fails() {
         "{error}"
     );
 }
+
+/// A first join that meets a broker not up yet (as during a restart or a cluster's
+/// failover) is tried again within `first_join_retry`; with a zero bound the transient
+/// error comes back at once, and a refusal (a missing topic) is never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_join_waits_out_a_broker_that_is_not_up_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = broker.addr;
+    let client = Client::connect(format!("http://{addr}")).await.unwrap();
+    client
+        .admin()
+        .create_topic("jobs", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&client, "jobs", vec![Record::new("one")]).await;
+    broker.shutdown().await.unwrap();
+
+    let config = ConsumerConfig::new("jobs", "g")
+        .start_position(Position::Earliest)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let at_once = client
+        .consumer(config.clone().first_join_retry(Duration::ZERO))
+        .subscribe()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            at_once,
+            herald_client::Error::Unavailable(_) | herald_client::Error::Transport(_)
+        ),
+        "{at_once}"
+    );
+
+    let consumer = client.consumer(config);
+    let joining = tokio::spawn(async move { consumer.subscribe().await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !joining.is_finished(),
+        "still trying while the broker is down"
+    );
+    let broker = common::start_at(dir.path(), addr).await;
+    let mut subscription = tokio::time::timeout(WAIT, joining)
+        .await
+        .expect("joined once the broker is up")
+        .unwrap()
+        .expect("the retried first join succeeds");
+    let m = next(&mut subscription, WAIT).await.expect("a delivery");
+    assert_eq!(&m.value()[..], b"one");
+    m.ack().unwrap();
+
+    let missing = tokio::time::timeout(
+        Duration::from_secs(5),
+        client
+            .consumer(ConsumerConfig::new("nope", "g"))
+            .subscribe(),
+    )
+    .await
+    .expect("a refusal is not retried")
+    .unwrap_err();
+    assert!(
+        matches!(missing, herald_client::Error::NotFound(_)),
+        "{missing}"
+    );
+    drop(subscription);
+    broker.shutdown().await.unwrap();
+}

@@ -99,6 +99,12 @@ pub struct ConsumerConfig {
     /// message is taken from the group (using up one of its delivery attempts) only to be
     /// left unread. Redeliveries count. `None` (default): no limit.
     pub max_messages: Option<u64>,
+    /// How long [`Consumer::subscribe`] keeps trying a first join that fails with a
+    /// transient error (`UNAVAILABLE`, a transport failure, a timeout: a cluster
+    /// electing a leader, a group moving to another node, a broker restarting), with the
+    /// reconnect backoff between attempts, before it returns the error (default 10 s;
+    /// zero: the first error is returned at once). Other errors are returned at once.
+    pub first_join_retry: Duration,
 }
 
 impl ConsumerConfig {
@@ -118,7 +124,14 @@ impl ConsumerConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             batched_deliveries: true,
             max_messages: None,
+            first_join_retry: Duration::from_secs(10),
         }
+    }
+
+    /// Sets [`ConsumerConfig::first_join_retry`].
+    pub fn first_join_retry(mut self, bound: Duration) -> Self {
+        self.first_join_retry = bound;
+        self
     }
 
     /// Sets [`ConsumerConfig::max_messages`].
@@ -285,7 +298,9 @@ impl Consumer {
     /// Joins the group and returns the stream of its deliveries.
     ///
     /// Fails with the broker's error if the first join fails (for example
-    /// [`Error::NotFound`] when the topic does not exist). Once joined, a broken stream
+    /// [`Error::NotFound`] when the topic does not exist); a transient failure
+    /// (`UNAVAILABLE`, transport) is tried again for up to
+    /// [`ConsumerConfig::first_join_retry`] first. Once joined, a broken stream
     /// (`UNAVAILABLE`, a transport error, or the broker ending the stream) is joined again
     /// after a backoff, as often as needed; other errors end the [`Subscription`] after
     /// yielding the error. The stream task is spawned on the current Tokio runtime.
@@ -775,7 +790,7 @@ struct StreamTask {
 
 impl StreamTask {
     async fn run(mut self, joined_tx: oneshot::Sender<Result<String>>) {
-        let mut stream = match self.join().await {
+        let mut stream = match self.first_join().await {
             Ok(stream) => {
                 let _ = joined_tx.send(Ok(stream.member_id.clone()));
                 stream
@@ -834,6 +849,26 @@ impl StreamTask {
                     }
                 }
             };
+        }
+    }
+
+    /// The first join, tried again after transient errors for up to
+    /// `first_join_retry` (the backoff's last sleep is cut to the bound).
+    async fn first_join(&mut self) -> Result<Joined> {
+        let deadline = tokio::time::Instant::now() + self.config.first_join_retry;
+        let mut delays = crate::backoff::delays(
+            self.config.reconnect_backoff,
+            self.config.reconnect_backoff_max,
+        );
+        loop {
+            match self.join().await {
+                Err(error) if retryable(&error) && tokio::time::Instant::now() < deadline => {
+                    let backoff = delays.next().unwrap_or(self.config.reconnect_backoff_max);
+                    let until = (tokio::time::Instant::now() + backoff).min(deadline);
+                    tokio::time::sleep_until(until).await;
+                }
+                answer => return answer,
+            }
         }
     }
 

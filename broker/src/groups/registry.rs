@@ -488,7 +488,8 @@ impl GroupRegistry {
         start_offsets: Vec<u64>,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         validate_name("group", name)?;
-        self.fresh_group(topic, name, config, start_offsets)?.files()
+        self.fresh_group(topic, name, config, start_offsets)?
+            .files()
     }
 
     /// A new group created now, nothing delivered yet, starting at `start_offsets`: not
