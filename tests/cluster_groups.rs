@@ -8,39 +8,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::cluster::{TestCluster, WAIT, create, eventually, has_topic};
-use common::{join, record, record_panics};
+use common::cluster::{TestCluster, WAIT, create, eventually, has_topic, keyed, publish_retrying};
+use common::{join, record_panics};
 use herald_proto::HeraldClient;
 use herald_proto::v1;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const TOPIC: &str = "orders";
-
-fn keyed(key: &str, value: &str) -> v1::PublishRequest {
-    v1::PublishRequest {
-        topic: TOPIC.into(),
-        partition: None,
-        payload: Some(v1::publish_request::Payload::Records(v1::Records {
-            records: vec![record(Some(key), value)],
-        })),
-        producer: None,
-    }
-}
-
-/// Publishes, retrying UNAVAILABLE (a failover under way) until `WAIT` has passed.
-async fn publish_retrying(client: &mut HeraldClient<Channel>, request: v1::PublishRequest) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match client.publish(request.clone()).await {
-            Ok(_) => return,
-            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("publish refused: {status:?}"),
-        }
-    }
-}
 
 /// Publishes `count` records over keys k0..k4, values `"{key}:{seq}"` with a per-key
 /// sequence starting at `from[key]`.
@@ -49,7 +24,7 @@ async fn publish_keyed(client: &mut HeraldClient<Channel>, next: &mut [u64; 5], 
         let k = i % 5;
         publish_retrying(
             client,
-            keyed(&format!("k{k}"), &format!("k{k}:{}", next[k])),
+            keyed(TOPIC, &format!("k{k}"), &format!("k{k}:{}", next[k])),
         )
         .await;
         next[k] += 1;

@@ -8,11 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{TestCluster, WAIT, create, eventually, has_topic};
-use common::{record, record_panics};
+use common::cluster::{TestCluster, WAIT, create, eventually, has_topic, keyed, publish_retrying};
+use common::record_panics;
 use herald_proto::HeraldClient;
 use herald_proto::v1;
-use tonic::Code;
 use tonic::transport::Channel;
 
 const TOPIC: &str = "replicated";
@@ -20,35 +19,6 @@ const PARTITIONS: u32 = 2;
 
 /// Acknowledged records: partition → offset → (key, value).
 type Acked = BTreeMap<u32, BTreeMap<u64, (String, String)>>;
-
-fn keyed(key: &str, value: &str) -> v1::PublishRequest {
-    v1::PublishRequest {
-        topic: TOPIC.into(),
-        partition: None,
-        payload: Some(v1::publish_request::Payload::Records(v1::Records {
-            records: vec![record(Some(key), value)],
-        })),
-        producer: None,
-    }
-}
-
-/// Publishes, retrying UNAVAILABLE (a failover under way) until `WAIT` has passed; any
-/// other refusal fails the test.
-async fn publish_retrying(
-    client: &mut HeraldClient<Channel>,
-    request: v1::PublishRequest,
-) -> v1::PublishResponse {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match client.publish(request.clone()).await {
-            Ok(answer) => return answer.into_inner(),
-            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("publish refused: {status:?}"),
-        }
-    }
-}
 
 async fn publish_keyed(
     client: &mut HeraldClient<Channel>,
@@ -58,7 +28,7 @@ async fn publish_keyed(
 ) {
     for i in 0..count {
         let (key, value) = (format!("k{}", i % 7), format!("{round}-{i}"));
-        let answer = publish_retrying(client, keyed(&key, &value)).await;
+        let answer = publish_retrying(client, keyed(TOPIC, &key, &value)).await;
         assert_eq!(answer.base_offset, answer.last_offset);
         let previous = acked
             .entry(answer.partition)
@@ -202,7 +172,7 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
     let stop_at = Instant::now();
     let mut client = cluster.client(survivor).await;
     let (key, value) = ("k0", "b-0");
-    let first = publish_retrying(&mut client, keyed(key, value)).await;
+    let first = publish_retrying(&mut client, keyed(TOPIC, key, value)).await;
     eprintln!(
         "failover: partition {} acknowledged again {:?} after node {stopped} stopped",
         first.partition,
@@ -239,7 +209,7 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
             epoch: producer.epoch,
             base_sequence: 0,
         }),
-        ..keyed("idem", "e-0")
+        ..keyed(TOPIC, "idem", "e-0")
     };
     let once = publish_retrying(&mut c1, stamped.clone()).await;
     for id in 1..=3 {
@@ -274,7 +244,7 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
         .await
         .publish(v1::PublishRequest {
             partition: Some(1),
-            ..keyed("lost", "never-acknowledged")
+            ..keyed(TOPIC, "lost", "never-acknowledged")
         })
         .await;
     assert!(
@@ -286,7 +256,7 @@ async fn acknowledged_records_survive_a_leader_stop_a_restart_and_an_isolated_le
         &mut majority,
         v1::PublishRequest {
             partition: Some(1),
-            ..keyed("k1", "f-0")
+            ..keyed(TOPIC, "k1", "f-0")
         },
     )
     .await;
@@ -326,7 +296,7 @@ async fn a_consumer_group_on_any_replica_delivers_the_committed_records() {
         }
         let to_topic = |value: String| v1::PublishRequest {
             topic: topic.clone(),
-            ..keyed("k", &value)
+            ..keyed(TOPIC, "k", &value)
         };
         let mut publisher = cluster.client(1).await;
         for i in 0..10 {

@@ -14,7 +14,7 @@ use herald_proto::HeraldClient;
 use herald_proto::v1;
 use tonic::transport::Channel;
 
-use super::{assert_no_broker_panics, record_panics, test_config};
+use super::{assert_no_broker_panics, record, record_panics, test_config};
 
 /// Generous: elections take about a second, but CI machines are slow and shared.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -261,4 +261,36 @@ pub async fn create_with_factor(
         })
         .await
         .expect("topic created");
+}
+
+/// A publish of one record with `key` to `topic`, placed by its key.
+pub fn keyed(topic: &str, key: &str, value: &str) -> v1::PublishRequest {
+    v1::PublishRequest {
+        topic: topic.into(),
+        partition: None,
+        payload: Some(v1::publish_request::Payload::Records(v1::Records {
+            records: vec![record(Some(key), value)],
+        })),
+        producer: None,
+    }
+}
+
+/// Publishes, retrying UNAVAILABLE (a failover under way) until `WAIT` has passed; any
+/// other refusal fails the test.
+pub async fn publish_retrying(
+    client: &mut HeraldClient<Channel>,
+    request: v1::PublishRequest,
+) -> v1::PublishResponse {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.publish(request.clone()).await {
+            Ok(answer) => return answer.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("publish refused: {status:?}"),
+        }
+    }
 }
