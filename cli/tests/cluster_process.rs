@@ -606,6 +606,53 @@ fn tear_tail(partition_dir: &Path) {
     );
 }
 
+/// The keyed publishes of the replicated-partition tests, and every acknowledgement:
+/// (partition, offset) -> value, values `account-K:SEQ` over 20 keys.
+#[derive(Default)]
+struct Ledger {
+    acked: std::collections::BTreeMap<(u32, u64), String>,
+    seq: u64,
+}
+
+impl Ledger {
+    /// One keyed publish through `server` (see [`publish_through`]): its partition and how
+    /// long it took. An offset acknowledged twice fails the test.
+    async fn publish(&mut self, server: SocketAddr) -> (u32, Duration) {
+        self.seq += 1;
+        let key = format!("account-{}", self.seq % 20);
+        let value = format!("{key}:{}", self.seq);
+        let (answer, took) = publish_through(server, &key, &value).await;
+        let previous = self
+            .acked
+            .insert((answer.partition, answer.base_offset), value);
+        assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
+        (answer.partition, took)
+    }
+
+    async fn publish_many(&mut self, server: SocketAddr, count: usize) {
+        for _ in 0..count {
+            self.publish(server).await;
+        }
+    }
+}
+
+/// The leader of `partition` of `replicated` as `server` reports it, waiting up to
+/// [`FAILOVER_BOUND`] while it has none.
+async fn await_leader(server: SocketAddr, partition: u32) -> u64 {
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    loop {
+        let leader = partition_leader(server, "replicated", partition).await;
+        if leader != 0 {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} has no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Replicated partitions (three copies) under kill -9 of their leaders: keyed publishes
 /// go through a live node while the leader of a partition is killed with SIGKILL and
 /// restarted, `HERALD_CLUSTER_FAULTS` times (3 by default; the README gives the command
@@ -623,39 +670,16 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
     let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(start(i))).collect();
     nodes.create_replicated("replicated").await;
 
-    // (partition, offset) -> value, for every acknowledged publish.
-    let mut acked: std::collections::BTreeMap<(u32, u64), String> = Default::default();
-    let mut seq = 0u64;
+    let mut ledger = Ledger::default();
     let mut failovers = Vec::new();
-    let mut publish =
-        async |server: SocketAddr, acked: &mut std::collections::BTreeMap<(u32, u64), String>| {
-            seq += 1;
-            let key = format!("account-{}", seq % 20);
-            let value = format!("{key}:{seq}");
-            let (answer, took) = publish_through(server, &key, &value).await;
-            let previous = acked.insert((answer.partition, answer.base_offset), value);
-            assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
-            (answer.partition, took)
-        };
     for fault in 0..faults {
         let partition = (fault % 2) as u32;
         let live = (1..=3u64)
             .find(|id| processes[*id as usize - 1].is_some())
             .unwrap();
-        let deadline = Instant::now() + FAILOVER_BOUND;
-        let victim = loop {
-            let leader = partition_leader(client_of(live), "replicated", partition).await;
-            if leader != 0 {
-                break leader;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "partition {partition} has no leader"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let victim = await_leader(client_of(live), partition).await;
         for _ in 0..20 {
-            publish(client_of(victim % 3 + 1), &mut acked).await;
+            ledger.publish(client_of(victim % 3 + 1)).await;
         }
         let log = processes[victim as usize - 1].take().unwrap().kill9();
         assert_no_panic(&log, &format!("node {victim}"));
@@ -663,7 +687,7 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
         let entry = client_of(victim % 3 + 1);
         let mut recovered = None;
         for _ in 0..40 {
-            let (p, _) = publish(entry, &mut acked).await;
+            let (p, _) = ledger.publish(entry).await;
             if p == partition && recovered.is_none() {
                 recovered = Some(killed.elapsed());
             }
@@ -682,19 +706,19 @@ async fn replicated_partitions_lose_nothing_when_their_leaders_are_killed_9() {
         }
         processes[victim as usize - 1] = Some(start(victim as usize - 1));
         for _ in 0..20 {
-            publish(client_of(victim), &mut acked).await;
+            ledger.publish(client_of(victim)).await;
         }
     }
     failovers.sort();
     println!(
         "{} publishes acknowledged over {faults} leader kills; failover (kill to the partition's next acknowledgement): {failovers:?}",
-        acked.len()
+        ledger.acked.len()
     );
 
     // The checker: each node's own log of each partition.
     assert_nodes_hold(
         &(1..=3).map(|id| nodes.client_of(id)).collect::<Vec<_>>(),
-        &acked,
+        &ledger.acked,
         2,
     )
     .await;
@@ -725,37 +749,14 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_loses_nothing(
     let client_of = |id: u64| nodes.client_of(id);
     nodes.create_replicated("replicated").await;
 
-    // (partition, offset) -> value, for every acknowledged publish.
-    let mut acked: std::collections::BTreeMap<(u32, u64), String> = Default::default();
-    let mut seq = 0u64;
+    let mut ledger = Ledger::default();
     let mut failovers = Vec::new();
     let mut refused_by_isolated = 0;
-    let mut publish =
-        async |server: SocketAddr, acked: &mut std::collections::BTreeMap<(u32, u64), String>| {
-            seq += 1;
-            let key = format!("account-{}", seq % 20);
-            let value = format!("{key}:{seq}");
-            let (answer, took) = publish_through(server, &key, &value).await;
-            let previous = acked.insert((answer.partition, answer.base_offset), value);
-            assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
-            (answer.partition, took)
-        };
     for fault in 0..faults {
         let partition = (fault % 2) as u32;
-        let deadline = Instant::now() + FAILOVER_BOUND;
-        let victim = loop {
-            let leader = partition_leader(client_of(1), "replicated", partition).await;
-            if leader != 0 {
-                break leader;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "partition {partition} has no leader"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let victim = await_leader(client_of(1), partition).await;
         for _ in 0..20 {
-            publish(client_of(victim), &mut acked).await;
+            ledger.publish(client_of(victim)).await;
         }
         proxy.isolate(Some(victim));
         let cut = Instant::now();
@@ -783,7 +784,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_loses_nothing(
         let entry = client_of(victim % 3 + 1);
         let mut recovered = None;
         for _ in 0..40 {
-            let (p, _) = publish(entry, &mut acked).await;
+            let (p, _) = ledger.publish(entry).await;
             if p == partition && recovered.is_none() {
                 recovered = Some(cut.elapsed());
             }
@@ -815,13 +816,13 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_loses_nothing(
         }
         proxy.isolate(None);
         for _ in 0..20 {
-            publish(client_of(victim), &mut acked).await;
+            ledger.publish(client_of(victim)).await;
         }
     }
     failovers.sort();
     println!(
         "{} publishes acknowledged over {faults} leader isolations, {refused_by_isolated} refused by the isolated leader; failover (cut to the partition's next acknowledgement): {failovers:?}",
-        acked.len()
+        ledger.acked.len()
     );
     assert_eq!(
         proxy.unknown_sources(),
@@ -830,7 +831,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_loses_nothing(
     );
     assert_nodes_hold(
         &(1..=3).map(|id| nodes.client_of(id)).collect::<Vec<_>>(),
-        &acked,
+        &ledger.acked,
         2,
     )
     .await;
@@ -890,23 +891,9 @@ async fn a_node_replaced_through_the_cli_hands_its_replicas_to_the_new_one() {
     let nodes = ThreeNodes::new();
     let mut processes: Vec<Option<Process>> = (0..3).map(|i| Some(nodes.start(i))).collect();
     nodes.create_replicated("replicated").await;
-    let mut acked: std::collections::BTreeMap<(u32, u64), String> = Default::default();
-    let mut seq = 0u64;
-    let mut publish =
-        async |server: SocketAddr,
-               count: usize,
-               acked: &mut std::collections::BTreeMap<(u32, u64), String>| {
-            for _ in 0..count {
-                seq += 1;
-                let key = format!("account-{}", seq % 20);
-                let value = format!("{key}:{seq}");
-                let (answer, _) = publish_through(server, &key, &value).await;
-                let previous = acked.insert((answer.partition, answer.base_offset), value);
-                assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
-            }
-        };
+    let mut ledger = Ledger::default();
     let (one, two) = (nodes.client_of(1), nodes.client_of(2));
-    publish(one, 100, &mut acked).await;
+    ledger.publish_many(one, 100).await;
 
     let ports = free_ports(2);
     let (client4, peer4) = (ports[0], ports[1]);
@@ -941,7 +928,7 @@ async fn a_node_replaced_through_the_cli_hands_its_replicas_to_the_new_one() {
         "--peer",
         &peer4.to_string(),
     ]);
-    publish(one, 50, &mut acked).await;
+    ledger.publish_many(one, 50).await;
     cli(&["cluster", "remove-node", "3"]);
     let status = cluster_status(one).unwrap();
     for topic in status["topics"].as_array().unwrap() {
@@ -956,10 +943,10 @@ async fn a_node_replaced_through_the_cli_hands_its_replicas_to_the_new_one() {
             assert_eq!(replicas, vec![1, 2, 4], "{partition}");
         }
     }
-    publish(one, 50, &mut acked).await;
+    ledger.publish_many(one, 50).await;
     // Node 4 has every record before node 3 goes, and partition 0's leader shows each
     // replica's progress.
-    assert_nodes_hold(&[client4], &acked, 2).await;
+    assert_nodes_hold(&[client4], &ledger.acked, 2).await;
     let leader = partition_leader(one, "replicated", 0).await;
     let at = [one, two, nodes.client_of(3), client4][leader as usize - 1];
     let text = Command::new(HERALD)
@@ -976,13 +963,13 @@ async fn a_node_replaced_through_the_cli_hands_its_replicas_to_the_new_one() {
     );
     let log = processes[2].take().unwrap().kill9();
     assert_no_panic(&log, "node 3");
-    publish(one, 50, &mut acked).await;
-    assert_nodes_hold(&[one, two, client4], &acked, 2).await;
+    ledger.publish_many(one, 50).await;
+    assert_nodes_hold(&[one, two, client4], &ledger.acked, 2).await;
 
     let log = processes[0].take().unwrap().kill9();
     assert_no_panic(&log, "node 1");
-    publish(two, 50, &mut acked).await;
-    assert_nodes_hold(&[two, client4], &acked, 2).await;
+    ledger.publish_many(two, 50).await;
+    assert_nodes_hold(&[two, client4], &ledger.acked, 2).await;
     processes.push(Some(four));
     stop_all(&mut processes);
 }
