@@ -271,17 +271,26 @@ async fn credit_bounds_deliveries_and_auto_extend_keeps_held_messages() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejoins_after_a_broker_restart_and_gets_only_the_unacked() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = common::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let addr = broker.addr;
-    let client = Client::connect(format!("http://{addr}")).await.unwrap();
+/// A broker with its data in `dir` (so it can be restarted at the same address) and a
+/// one-partition topic `jobs`, with a client connected to it.
+async fn jobs_broker(dir: &std::path::Path) -> (herald_broker::server::Broker, Client) {
+    let broker = common::start_at(dir, "127.0.0.1:0".parse().unwrap()).await;
+    let client = Client::connect(format!("http://{}", broker.addr))
+        .await
+        .unwrap();
     client
         .admin()
         .create_topic("jobs", 1, TopicConfig::default())
         .await
         .unwrap();
+    (broker, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoins_after_a_broker_restart_and_gets_only_the_unacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, client) = jobs_broker(dir.path()).await;
+    let addr = broker.addr;
     produce(
         &client,
         "jobs",
@@ -370,14 +379,8 @@ async fn subscribing_to_a_missing_topic_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_join_waits_out_a_broker_that_is_not_up_yet() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = common::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let (broker, client) = jobs_broker(dir.path()).await;
     let addr = broker.addr;
-    let client = Client::connect(format!("http://{addr}")).await.unwrap();
-    client
-        .admin()
-        .create_topic("jobs", 1, TopicConfig::default())
-        .await
-        .unwrap();
     produce(&client, "jobs", vec![Record::new("one")]).await;
     broker.shutdown().await.unwrap();
 

@@ -67,13 +67,7 @@ async fn a_topic_created_on_a_follower_reaches_every_node_with_its_placement() {
     let other = (1..=3).find(|id| *id != follower).unwrap();
     let mut status = v1::ClusterStatusResponse::default();
     for _ in 0..100 {
-        status = cluster
-            .client(other)
-            .await
-            .cluster_status(v1::ClusterStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        status = cluster.status(other).await;
         if status.topics[0].partitions.iter().all(|p| p.leader != 0) {
             break;
         }
@@ -542,13 +536,7 @@ async fn a_node_is_added_catches_up_and_is_removed() {
     // New topics are placed over four nodes, and the new one votes: with it the cluster
     // has four voters, so three must agree.
     create_with_factor(&mut cluster.client(new).await, "after", 4, Some(1)).await;
-    let status = cluster
-        .client(new)
-        .await
-        .cluster_status(v1::ClusterStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = cluster.status(new).await;
     assert_eq!(status.nodes.len(), 4);
     let after = status.topics.iter().find(|t| t.name == "after").unwrap();
     assert!(

@@ -115,13 +115,7 @@ fn check_order(acked: &Acked) {
 async fn leader_of(cluster: &TestCluster, id: u64, partition: u32) -> u64 {
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = cluster
-            .client(id)
-            .await
-            .cluster_status(v1::ClusterStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let status = cluster.status(id).await;
         let leader = status
             .topics
             .iter()
@@ -400,12 +394,8 @@ async fn a_replaced_node_hands_its_replicas_to_the_new_one_which_catches_up() {
         loop {
             let leader = leader_of(&cluster, 1, partition).await;
             let lag = cluster
-                .client(leader)
+                .status(leader)
                 .await
-                .cluster_status(v1::ClusterStatusRequest {})
-                .await
-                .unwrap()
-                .into_inner()
                 .topics
                 .into_iter()
                 .find(|t| t.name == TOPIC)
@@ -428,13 +418,7 @@ async fn a_replaced_node_hands_its_replicas_to_the_new_one_which_catches_up() {
         }
     }
     // A node that does not lead a partition leaves its lag empty.
-    let status = cluster
-        .client(new)
-        .await
-        .cluster_status(v1::ClusterStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = cluster.status(new).await;
     for p in &status
         .topics
         .iter()

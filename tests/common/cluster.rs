@@ -162,6 +162,16 @@ impl TestCluster {
             .unwrap()
     }
 
+    /// Node `id`'s ClusterStatus.
+    pub async fn status(&self, id: u64) -> v1::ClusterStatusResponse {
+        self.client(id)
+            .await
+            .cluster_status(v1::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub fn running(&self) -> impl Iterator<Item = &Broker> {
         self.brokers.iter().flatten()
     }
