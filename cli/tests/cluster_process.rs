@@ -1281,6 +1281,11 @@ async fn consumer_groups_drain_when_their_coordinators_are_killed_9() {
         member.log.len(),
         member.gaps
     );
+    assert_eq!(
+        proxy.unknown_sources(),
+        0,
+        "every peer connection came from a node, so each cut cut"
+    );
     drop(member);
     stop_all(&mut processes);
 }

@@ -6,8 +6,9 @@
 //! `n` off means: no connection from `n` or to `n` carries another byte. A proxy in front
 //! of node 2 sees connections from nodes 1 and 3 alike, so it tells them apart by who owns
 //! the other end: the connecting socket (found in `/proc/net/tcp` by its port) belongs to
-//! one node process's file descriptors. A connection whose source it cannot name is let
-//! through.
+//! one node process's file descriptors (looked up again for a while, since a node dials
+//! before the test knows its process id). A connection whose source it cannot name is
+//! let through, and counted: the tests check that none was.
 //!
 //! A cut blackholes, as a network partition does: bytes are neither forwarded nor
 //! refused, open connections hang, new ones are accepted and then hang, until the node's
@@ -53,11 +54,14 @@ impl PeerProxy {
                     let Ok((inbound, from)) = listener.accept().await else {
                         continue;
                     };
-                    let source = owner_of(from, inbound.local_addr().ok(), &pids);
-                    if source.is_none() {
-                        unknown.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tokio::spawn(relay(inbound, target, source, destination, cut.clone()));
+                    let (pids, unknown, cut) = (pids.clone(), unknown.clone(), cut.clone());
+                    tokio::spawn(async move {
+                        let source = identify(from, inbound.local_addr().ok(), &pids).await;
+                        if source.is_none() {
+                            unknown.fetch_add(1, Ordering::Relaxed);
+                        }
+                        relay(inbound, target, source, destination, cut).await;
+                    });
                 }
             }));
         }
@@ -121,6 +125,23 @@ async fn relay(
         // Hold both ends, carrying nothing, until the heal; then close them.
         let _ = cut.wait_for(|c| !severed(c)).await;
     }
+}
+
+/// [`owner_of`], looked up again for up to 2 s: a node dials its peers as soon as it
+/// starts, before the test, which waits for its "serving" line, has told the proxy its
+/// process id. Bytes wait meanwhile, so nothing passes before its source is known.
+async fn identify(
+    from: SocketAddr,
+    to: Option<SocketAddr>,
+    pids: &Mutex<HashMap<u64, u32>>,
+) -> Option<u64> {
+    for _ in 0..100 {
+        if let Some(node) = owner_of(from, to, pids) {
+            return Some(node);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// The node whose process owns the socket connected from `from` to `to`, found through
