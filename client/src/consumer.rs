@@ -326,7 +326,7 @@ impl Consumer {
         match joined_rx.await {
             Ok(Ok(member_id)) => Ok(Subscription {
                 rx: out_rx,
-                received: std::vec::IntoIter::default(),
+                received: None,
                 link,
                 member_id,
                 pacing: self.config.pacing(),
@@ -365,9 +365,9 @@ impl Consumer {
 /// ```
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::Receiver<Result<Vec<Message>>>,
-    /// The rest of the last batch taken from `rx`.
-    received: std::vec::IntoIter<Message>,
+    rx: mpsc::Receiver<Result<Arc<Delivered>>>,
+    /// The last batch taken from `rx` and the index of its next message to yield.
+    received: Option<(Arc<Delivered>, usize)>,
     link: Arc<Link>,
     member_id: String,
     pacing: Pacing,
@@ -433,10 +433,24 @@ impl Stream for Subscription {
             {
                 return Poll::Ready(None);
             }
-            let Some(message) = self.received.next() else {
+            let next = match &mut self.received {
+                Some((delivered, index)) if *index < delivered.messages.len() => {
+                    let message = Message {
+                        delivered: delivered.clone(),
+                        index: *index,
+                        settled: false,
+                    };
+                    *index += 1;
+                    Some(message)
+                }
+                _ => None,
+            };
+            let Some(message) = next else {
+                // The batch is used up: let it go before waiting for the next.
+                self.received = None;
                 match self.rx.poll_recv(cx) {
                     Poll::Ready(Some(Ok(batch))) => {
-                        self.received = batch.into_iter();
+                        self.received = Some((batch, 0));
                         continue;
                     }
                     Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
@@ -449,11 +463,12 @@ impl Stream for Subscription {
                 continue;
             }
             let taken = self.link.taken.fetch_add(1, Ordering::AcqRel) + 1;
-            if let Some((messages, bytes)) =
-                self.pacing.credit_after_take(taken, message.size as u64)
+            if let Some((messages, bytes)) = self
+                .pacing
+                .credit_after_take(taken, message.entry().size as u64)
             {
                 let _ = self.link.cmd_tx.send(Command::Credit {
-                    generation: message.generation,
+                    generation: message.delivered.generation,
                     messages,
                     bytes,
                 });
@@ -474,14 +489,49 @@ impl Drop for Subscription {
 /// Settle it with [`Message::ack`] or one of the nacks. A message dropped unsettled is
 /// neither acked nor extended any more: it is delivered again once its ack deadline
 /// passes.
-#[derive(Debug)]
+///
+/// A message is a reference into the batch of deliveries it arrived in (one allocation
+/// per broker response, shared by its messages), so yielding and passing it around moves
+/// a few words rather than every field; the batch's memory is freed when the last of its
+/// messages is dropped.
 pub struct Message {
+    delivered: Arc<Delivered>,
+    index: usize,
+    settled: bool,
+}
+
+// Yielding a message moves it through `poll_next`, `Option` and `Result` into the caller;
+// it stays a few words, whatever the fields grow to.
+const _: () = assert!(std::mem::size_of::<Message>() <= 3 * std::mem::size_of::<usize>());
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entry = self.entry();
+        f.debug_struct("Message")
+            .field("fields", &entry.fields)
+            .field("ack", &entry.ack)
+            .field("generation", &self.delivered.generation)
+            .field("settled", &self.settled)
+            .finish()
+    }
+}
+
+/// The messages of one broker response, with what they share: the link to the stream
+/// task and the stream generation they came on.
+#[derive(Debug)]
+struct Delivered {
+    link: Arc<Link>,
+    generation: u64,
+    messages: Vec<Entry>,
+}
+
+/// One message of a [`Delivered`] batch.
+#[derive(Debug)]
+struct Entry {
     fields: MessageFields,
     ack: AckRef,
+    /// Key, value and header bytes: what the message counts against a byte credit.
     size: usize,
-    generation: u64,
-    link: Arc<Link>,
-    settled: bool,
 }
 
 /// How a message is named when it is settled: by the opaque ack id of its `Delivery`, or,
@@ -576,33 +626,34 @@ struct Link {
 impl Message {
     /// The message's partition.
     pub fn partition(&self) -> Partition {
-        Partition(self.fields.partition)
+        Partition(self.entry().fields.partition)
     }
 
     /// The message's offset in its partition.
     pub fn offset(&self) -> Offset {
-        Offset(self.fields.offset)
+        Offset(self.entry().fields.offset)
     }
 
     /// The message's key, if it has one.
     pub fn key(&self) -> Option<&Bytes> {
-        self.fields.key.as_ref()
+        self.entry().fields.key.as_ref()
     }
 
     /// The message's payload.
     pub fn value(&self) -> &Bytes {
-        &self.fields.value
+        &self.entry().fields.value
     }
 
     /// The message's headers, in published order.
     pub fn headers(&self) -> &[(String, Bytes)] {
-        &self.fields.headers
+        &self.entry().fields.headers
     }
 
     /// The W3C `traceparent` the publisher gave the record ([`crate::Record::traceparent`]),
     /// to continue its trace in the handler.
     pub fn traceparent(&self) -> Option<&str> {
-        self.fields
+        self.entry()
+            .fields
             .headers
             .iter()
             .find(|(name, _)| name == crate::producer::TRACEPARENT)
@@ -611,25 +662,25 @@ impl Message {
 
     /// The message's timestamp, in ms since the Unix epoch.
     pub fn timestamp_ms(&self) -> i64 {
-        self.fields.timestamp_ms
+        self.entry().fields.timestamp_ms
     }
 
     /// 1 for the first delivery of this message to the group, 2 for the first
     /// redelivery, and so on.
     pub fn attempt(&self) -> u32 {
-        self.fields.attempt
+        self.entry().fields.attempt
     }
 
     /// The ack deadline given by the broker, in ms since the Unix epoch (broker clock),
     /// as of this delivery (extensions are not reflected).
     pub fn deadline_ms(&self) -> i64 {
-        self.fields.deadline_ms
+        self.entry().fields.deadline_ms
     }
 
     /// Whether this message came on a stream that has since been replaced (after a
     /// reconnect). Settling a stale message does nothing: the broker delivers it again.
     pub fn is_stale(&self) -> bool {
-        self.generation != self.link.generation.load(Ordering::Acquire)
+        self.delivered.generation != self.delivered.link.generation.load(Ordering::Acquire)
     }
 
     /// Acknowledges the message: it is done for the group. Sent asynchronously on the
@@ -639,8 +690,8 @@ impl Message {
     pub fn ack(mut self) -> Result<()> {
         self.settled = true;
         self.send(Command::Ack {
-            generation: self.generation,
-            ack: self.ack.clone(),
+            generation: self.delivered.generation,
+            ack: self.entry().ack.clone(),
         })
     }
 
@@ -661,8 +712,8 @@ impl Message {
     pub fn nack_with(mut self, delay: Option<Duration>, reason: impl Into<String>) -> Result<()> {
         self.settled = true;
         self.send(Command::Nack {
-            generation: self.generation,
-            ack: self.ack.clone(),
+            generation: self.delivered.generation,
+            ack: self.entry().ack.clone(),
             delay_ms: delay.map(millis),
             reason: reason.into(),
         })
@@ -672,23 +723,31 @@ impl Message {
     /// working on it.
     pub fn extend(&self, extra: Duration) -> Result<()> {
         self.send(Command::Extend {
-            generation: self.generation,
-            acks: vec![self.ack.clone()],
+            generation: self.delivered.generation,
+            acks: vec![self.entry().ack.clone()],
             extra_ms: millis(extra),
         })
     }
 
+    fn entry(&self) -> &Entry {
+        &self.delivered.messages[self.index]
+    }
+
     fn send(&self, command: Command) -> Result<()> {
-        self.link.cmd_tx.send(command).map_err(|_| Error::Closed)
+        self.delivered
+            .link
+            .cmd_tx
+            .send(command)
+            .map_err(|_| Error::Closed)
     }
 }
 
 impl Drop for Message {
     fn drop(&mut self) {
         if !self.settled {
-            let _ = self.link.cmd_tx.send(Command::Release {
-                generation: self.generation,
-                ack: self.ack.clone(),
+            let _ = self.delivered.link.cmd_tx.send(Command::Release {
+                generation: self.delivered.generation,
+                ack: self.entry().ack.clone(),
             });
         }
     }
@@ -780,10 +839,10 @@ struct StreamTask {
     config: ConsumerConfig,
     link: Arc<Link>,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
-    out_tx: mpsc::Sender<Result<Vec<Message>>>,
+    out_tx: mpsc::Sender<Result<Arc<Delivered>>>,
     /// Batches of deliveries received but not yet in the channel (bounded by the
     /// broker's in-flight window or credit).
-    queue: VecDeque<Vec<Message>>,
+    queue: VecDeque<Arc<Delivered>>,
     /// The current stream's deliveries not yet settled (for auto-extend).
     held: HashSet<AckRef>,
 }
@@ -957,7 +1016,7 @@ impl StreamTask {
                 response = stream.responses.message() => match response {
                     Ok(Some(v1::SubscribeResponse { response: Some(response) })) => {
                         if let Response::Deliveries(deliveries) = response {
-                            let batch = match self.messages(deliveries, generation) {
+                            let batch = match self.messages(deliveries) {
                                 Ok(batch) => batch,
                                 Err(error) => return Ended::Failed(error),
                             };
@@ -965,7 +1024,11 @@ impl StreamTask {
                                 self.held.extend(batch.iter().map(|m| m.ack.clone()));
                             }
                             if !batch.is_empty() {
-                                self.queue.push_back(batch);
+                                self.queue.push_back(Arc::new(Delivered {
+                                    link: self.link.clone(),
+                                    generation,
+                                    messages: batch,
+                                }));
                             }
                         }
                         // Joined again or an AssignmentChange: nothing to do.
@@ -1091,13 +1154,13 @@ impl StreamTask {
 
     /// The messages of one response: its single deliveries, then its runs decoded from
     /// their stored batches. A run whose batch does not decode is a protocol error.
-    fn messages(&self, deliveries: v1::Deliveries, generation: u64) -> Result<Vec<Message>> {
+    fn messages(&self, deliveries: v1::Deliveries) -> Result<Vec<Entry>> {
         let runs_messages: usize = deliveries.runs.iter().map(|r| r.count as usize).sum();
         let mut out = Vec::with_capacity(deliveries.deliveries.len() + runs_messages);
         for d in deliveries.deliveries {
             let headers: Vec<(String, Bytes)> =
                 d.headers.into_iter().map(|h| (h.key, h.value)).collect();
-            out.push(self.message(
+            out.push(Self::message(
                 MessageFields {
                     partition: d.partition,
                     offset: d.offset,
@@ -1109,22 +1172,16 @@ impl StreamTask {
                     deadline_ms: d.deadline_ms,
                 },
                 AckRef::Id(d.ack_id),
-                generation,
             ));
         }
         for run in deliveries.runs {
-            self.run_messages(&run, generation, &mut out)?;
+            Self::run_messages(&run, &mut out)?;
         }
         Ok(out)
     }
 
     /// Decodes the records of `run` (slices of its bytes, no copy).
-    fn run_messages(
-        &self,
-        run: &v1::DeliveryRun,
-        generation: u64,
-        out: &mut Vec<Message>,
-    ) -> Result<()> {
+    fn run_messages(run: &v1::DeliveryRun, out: &mut Vec<Entry>) -> Result<()> {
         let bad = |what: String| {
             Error::Protocol(format!(
                 "a delivery run of partition {} at offset {}: {what}",
@@ -1148,7 +1205,7 @@ impl StreamTask {
                 .headers()
                 .map(|(k, v)| (k.to_owned(), run.records.slice_ref(v)))
                 .collect();
-            out.push(self.message(
+            out.push(Self::message(
                 MessageFields {
                     partition: run.partition,
                     offset: r.offset,
@@ -1164,7 +1221,6 @@ impl StreamTask {
                     offset: r.offset,
                     delivery: run.first_delivery + u64::from(taken),
                 },
-                generation,
             ));
             taken += 1;
         }
@@ -1174,7 +1230,7 @@ impl StreamTask {
         Ok(())
     }
 
-    fn message(&self, fields: MessageFields, ack: AckRef, generation: u64) -> Message {
+    fn message(fields: MessageFields, ack: AckRef) -> Entry {
         let size = fields.key.as_ref().map_or(0, Bytes::len)
             + fields.value.len()
             + fields
@@ -1182,14 +1238,7 @@ impl StreamTask {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
-        Message {
-            fields,
-            ack,
-            size,
-            generation,
-            link: self.link.clone(),
-            settled: false,
-        }
+        Entry { fields, ack, size }
     }
 }
 
