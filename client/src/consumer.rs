@@ -10,7 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -517,12 +517,57 @@ impl std::fmt::Debug for Message {
 }
 
 /// The messages of one broker response, with what they share: the link to the stream
-/// task and the stream generation they came on.
+/// task, the stream generation they came on, and their acks.
+///
+/// Acks are gathered here rather than sent to the stream task one by one: an ack sets its
+/// message's bit in `acked`, and only the ack that finds `unreported` at 0 sends the batch
+/// to the task ([`Command::Acked`]), which takes every bit set by then. A channel message
+/// per ack cost a cache-line transfer between the consumer's core and the task's, and
+/// most of the task's time. No ack is missed: an ack sets its bit before it counts
+/// itself, and the task zeroes the count before it takes the bits, so an ack either
+/// counted before the zeroing (its bit is taken in that pass) or after it (it finds the
+/// count at 0 and sends the batch again).
 #[derive(Debug)]
 struct Delivered {
     link: Arc<Link>,
     generation: u64,
     messages: Vec<Entry>,
+    /// A bit per message, set by its ack until the stream task takes it.
+    acked: Box<[AtomicU64]>,
+    /// Acks set in `acked` since the stream task last took them.
+    unreported: AtomicU32,
+}
+
+impl Delivered {
+    fn new(link: Arc<Link>, generation: u64, messages: Vec<Entry>) -> Delivered {
+        let acked = (0..messages.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Delivered {
+            link,
+            generation,
+            messages,
+            acked,
+            unreported: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes the acks set so far, in message order (so consecutive run messages merge
+    /// into one range).
+    fn take_acked(&self, mut each: impl FnMut(&AckRef)) {
+        self.unreported.swap(0, Ordering::AcqRel);
+        for (word, bits) in self.acked.iter().enumerate() {
+            if bits.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut taken = bits.swap(0, Ordering::AcqRel);
+            while taken != 0 {
+                let bit = taken.trailing_zeros() as usize;
+                taken &= taken - 1;
+                each(&self.messages[word * 64 + bit].ack);
+            }
+        }
+    }
 }
 
 /// One message of a [`Delivered`] batch.
@@ -689,10 +734,17 @@ impl Message {
     /// subscription has ended.
     pub fn ack(mut self) -> Result<()> {
         self.settled = true;
-        self.send(Command::Ack {
-            generation: self.delivered.generation,
-            ack: self.entry().ack.clone(),
-        })
+        let delivered = &self.delivered;
+        if delivered.link.cmd_tx.is_closed() {
+            return Err(Error::Closed);
+        }
+        // See `Delivered`: set the bit, then count it; the first count since the task
+        // last looked tells the task.
+        delivered.acked[self.index / 64].fetch_or(1 << (self.index % 64), Ordering::AcqRel);
+        if delivered.unreported.fetch_add(1, Ordering::AcqRel) == 0 {
+            return self.send(Command::Acked(delivered.clone()));
+        }
+        Ok(())
     }
 
     /// Rejects the message: it is delivered again after the group's retry backoff (or
@@ -761,10 +813,8 @@ fn millis(d: Duration) -> u32 {
 /// stream generation it belongs to; commands of an older generation are dropped.
 #[derive(Debug)]
 enum Command {
-    Ack {
-        generation: u64,
-        ack: AckRef,
-    },
+    /// Messages of this batch were acked (see [`Delivered`]).
+    Acked(Arc<Delivered>),
     Nack {
         generation: u64,
         ack: AckRef,
@@ -777,10 +827,7 @@ enum Command {
         extra_ms: u32,
     },
     /// The message was dropped unsettled: stop extending it.
-    Release {
-        generation: u64,
-        ack: AckRef,
-    },
+    Release { generation: u64, ack: AckRef },
     Credit {
         generation: u64,
         messages: u32,
@@ -794,8 +841,8 @@ enum Command {
 impl Command {
     fn generation(&self) -> Option<u64> {
         match self {
-            Command::Ack { generation, .. }
-            | Command::Nack { generation, .. }
+            Command::Acked(delivered) => Some(delivered.generation),
+            Command::Nack { generation, .. }
             | Command::Extend { generation, .. }
             | Command::Release { generation, .. }
             | Command::Credit { generation, .. } => Some(*generation),
@@ -1024,11 +1071,11 @@ impl StreamTask {
                                 self.held.extend(batch.iter().map(|m| m.ack.clone()));
                             }
                             if !batch.is_empty() {
-                                self.queue.push_back(Arc::new(Delivered {
-                                    link: self.link.clone(),
+                                self.queue.push_back(Arc::new(Delivered::new(
+                                    self.link.clone(),
                                     generation,
-                                    messages: batch,
-                                }));
+                                    batch,
+                                )));
                             }
                         }
                         // Joined again or an AssignmentChange: nothing to do.
@@ -1075,12 +1122,16 @@ impl StreamTask {
             }
             if command.generation() == Some(generation) {
                 match command {
-                    Command::Ack { ack, .. } => {
-                        // `held` is only filled with auto-extend; skip hashing otherwise.
-                        if !self.held.is_empty() {
-                            self.held.remove(&ack);
-                        }
-                        acks.push(ack);
+                    Command::Acked(delivered) => {
+                        let held = &mut self.held;
+                        delivered.take_acked(|ack| {
+                            // `held` is only filled with auto-extend; skip hashing
+                            // otherwise.
+                            if !held.is_empty() {
+                                held.remove(ack);
+                            }
+                            acks.push(ack.clone());
+                        });
                     }
                     Command::Nack {
                         ack,
@@ -1315,3 +1366,101 @@ const _: fn() = || {
     assert_send_sync::<Subscription>();
     assert_send_sync::<Consumer>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(link: &Arc<Link>, messages: u64) -> Arc<Delivered> {
+        let entries = (0..messages)
+            .map(|offset| Entry {
+                fields: MessageFields {
+                    partition: 0,
+                    offset,
+                    key: None,
+                    value: Bytes::new(),
+                    headers: Vec::new(),
+                    timestamp_ms: 0,
+                    attempt: 1,
+                    deadline_ms: 0,
+                },
+                ack: AckRef::Run {
+                    partition: 0,
+                    offset,
+                    delivery: offset,
+                },
+                size: 0,
+            })
+            .collect();
+        Arc::new(Delivered::new(link.clone(), 0, entries))
+    }
+
+    /// Threads ack every message of two batches while the taker takes what each
+    /// notification finds: every ack is taken exactly once, and the notifications are no
+    /// more than the acks.
+    #[test]
+    fn every_ack_is_taken_once_while_acks_race_the_taker() {
+        for round in 0..50u64 {
+            let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+            let link = Arc::new(Link {
+                cmd_tx,
+                generation: AtomicU64::new(0),
+                taken: AtomicU64::new(0),
+            });
+            let batches = [batch(&link, 1000), batch(&link, 130)];
+            let threads: Vec<_> = (0..3usize)
+                .map(|thread| {
+                    let batches = batches.clone();
+                    std::thread::spawn(move || {
+                        for delivered in &batches {
+                            let messages = (0..delivered.messages.len())
+                                .filter(|index| (index + round as usize) % 3 == thread);
+                            for index in messages {
+                                let message = Message {
+                                    delivered: delivered.clone(),
+                                    index,
+                                    settled: false,
+                                };
+                                message.ack().unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut seen = std::collections::HashMap::new();
+            let mut notifications = 0;
+            let mut take = |command: Command| {
+                let Command::Acked(delivered) = command else {
+                    panic!("only acks were sent");
+                };
+                notifications += 1;
+                delivered.take_acked(|ack| {
+                    let AckRef::Run { offset, .. } = ack else {
+                        unreachable!()
+                    };
+                    *seen
+                        .entry((delivered.messages.len(), *offset))
+                        .or_insert(0u32) += 1;
+                });
+            };
+            while threads.iter().any(|t| !t.is_finished()) {
+                if let Ok(command) = cmd_rx.try_recv() {
+                    take(command);
+                }
+            }
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            while let Ok(command) = cmd_rx.try_recv() {
+                take(command);
+            }
+            assert_eq!(seen.len(), 1130, "round {round}: acks taken");
+            assert!(seen.values().all(|&n| n == 1), "round {round}: taken twice");
+            assert!(notifications <= 1130);
+            for b in &batches {
+                assert_eq!(b.unreported.load(Ordering::Acquire), 0);
+                assert!(b.acked.iter().all(|w| w.load(Ordering::Acquire) == 0));
+            }
+        }
+    }
+}
