@@ -169,3 +169,39 @@ async fn fetch_follow_yields_records_published_later() {
         .unwrap();
     assert_eq!(offsets(&collect(limited).await), [0, 1]);
 }
+
+/// Records come as stored batches decoded by the client: a start inside a batch skips the
+/// records before it, and responses of one batch each (a 1-byte response limit) add up to
+/// every record once, in order, whatever batch each start falls in.
+#[tokio::test]
+async fn fetch_starts_inside_batches_and_reads_each_record_once() {
+    let t = common::start_with_client().await;
+    t.create_topic("batches", 1).await;
+    let producer = t.client.producer(ProducerConfig::new("batches"));
+    // Three batches of 4, 1 and 5 records: offsets 0-3, 4, 5-9.
+    for size in [4, 1, 5] {
+        let records = (0..size).map(|i| Record::new(format!("r{size}-{i}")).key("k"));
+        producer.send_all(records).await.unwrap().await.unwrap();
+    }
+    producer.close().await.unwrap();
+    for start in 0..10u64 {
+        for limit in [0, 1] {
+            let config = FetchConfig::new("batches", 0)
+                .start(Position::Offset(start))
+                .max_response_bytes(limit);
+            let got = read(&t.client, config).await;
+            assert_eq!(
+                offsets(&got),
+                (start..10).collect::<Vec<_>>(),
+                "from {start}, response limit {limit}"
+            );
+            assert!(got.iter().all(|r| r.key.as_deref() == Some(&b"k"[..])));
+        }
+    }
+    // Earliest reads everything once, one batch per response.
+    let config = FetchConfig::new("batches", 0).max_response_bytes(1);
+    assert_eq!(
+        offsets(&read(&t.client, config).await),
+        (0..10).collect::<Vec<_>>()
+    );
+}

@@ -9,9 +9,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
+use herald_format::batch::BatchView;
 use herald_proto::v1;
 
-use crate::{Client, Offset, Partition, Position, Result};
+use crate::{Client, Error, Offset, Partition, Position, Result};
 
 /// Settings of a [`Client::fetch`]; made by [`FetchConfig::new`] and adjusted with its
 /// builder methods.
@@ -108,15 +109,29 @@ pub struct Fetch {
     /// The call; `None` once it has ended, failed or is no longer wanted.
     responses: Option<tonic::Streaming<v1::FetchResponse>>,
     /// The rest of the last response's records.
-    buffered: std::vec::IntoIter<v1::FetchedRecord>,
+    buffered: std::vec::IntoIter<FetchedRecord>,
     partition: Partition,
     /// Records still to yield before `max_records` is reached.
     remaining: Option<u64>,
+    /// With stored batches: the lowest offset still to yield. A batch is sent whole, so
+    /// the first may begin before the start offset, and one cut short by the end of a
+    /// response comes again at the start of the next.
+    from: Option<u64>,
 }
 
 impl Fetch {
     pub(crate) async fn start(client: &Client, config: FetchConfig) -> Result<Fetch> {
         let mut raw = client.raw();
+        // Stored batches, decoded here, unless the start is a time: the broker then
+        // resolves it to an offset the client does not learn, which may fall inside the
+        // first batch. Decoding here spares the broker a protobuf message per record and
+        // this side as many decodes (about half the CPU of an offset read on each side).
+        let raw_batches = !matches!(config.start, Position::Timestamp(_));
+        let from = match config.start {
+            Position::Offset(offset) => Some(offset),
+            // The log's start and end are batch boundaries: no record to skip.
+            Position::Earliest | Position::Latest | Position::Timestamp(_) => None,
+        };
         let request = v1::FetchRequest {
             topic: config.topic,
             partition: config.partition.0,
@@ -124,8 +139,7 @@ impl Fetch {
             max_bytes: config.max_response_bytes,
             follow: config.follow,
             max_wait_ms: 0,
-            // Decoded records: the stored-batch form would need the storage codec here.
-            raw_batches: false,
+            raw_batches,
         };
         let responses = raw.fetch(request).await?.into_inner();
         Ok(Fetch {
@@ -133,18 +147,57 @@ impl Fetch {
             buffered: Vec::new().into_iter(),
             partition: config.partition,
             remaining: config.max_records,
+            from,
         })
     }
 
-    fn record(&self, r: v1::FetchedRecord) -> FetchedRecord {
-        FetchedRecord {
-            partition: self.partition,
-            offset: Offset(r.offset),
-            timestamp_ms: r.timestamp_ms,
-            key: r.key,
-            value: r.value,
-            headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+    /// The records of one response, decoded here from stored batches (slices of the
+    /// received bytes, no copy) or taken from the broker's per-record messages.
+    fn records(&mut self, response: v1::FetchResponse) -> Result<Vec<FetchedRecord>> {
+        let partition = self.partition;
+        let mut out: Vec<FetchedRecord> = response
+            .records
+            .into_iter()
+            .map(|r| FetchedRecord {
+                partition,
+                offset: Offset(r.offset),
+                timestamp_ms: r.timestamp_ms,
+                key: r.key,
+                value: r.value,
+                headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+            })
+            .collect();
+        for bytes in &response.batches {
+            let bad = |what: String| {
+                Error::Protocol(format!(
+                    "a stored batch of partition {} in a fetch response: {what}",
+                    partition.0
+                ))
+            };
+            let view = BatchView::new(bytes).map_err(|e| bad(e.to_string()))?;
+            out.reserve(view.header.record_count as usize);
+            for record in view.records() {
+                let r = record.map_err(|e| bad(e.to_string()))?;
+                if self.from.is_some_and(|from| r.offset < from) {
+                    continue;
+                }
+                out.push(FetchedRecord {
+                    partition,
+                    offset: Offset(r.offset),
+                    timestamp_ms: r.timestamp,
+                    key: r.key.map(|k| bytes.slice_ref(k)),
+                    value: bytes.slice_ref(r.value),
+                    headers: r
+                        .headers()
+                        .map(|(k, v)| (k.to_owned(), bytes.slice_ref(v)))
+                        .collect(),
+                });
+            }
         }
+        if self.from.is_some() || !response.batches.is_empty() {
+            self.from = self.from.max(Some(response.next_offset));
+        }
+        Ok(out)
     }
 }
 
@@ -162,13 +215,19 @@ impl Stream for Fetch {
                 if let Some(remaining) = &mut self.remaining {
                     *remaining -= 1;
                 }
-                return Poll::Ready(Some(Ok(self.record(record))));
+                return Poll::Ready(Some(Ok(record)));
             }
             let Some(responses) = self.responses.as_mut() else {
                 return Poll::Ready(None);
             };
             match Pin::new(responses).poll_next(cx) {
-                Poll::Ready(Some(Ok(response))) => self.buffered = response.records.into_iter(),
+                Poll::Ready(Some(Ok(response))) => match self.records(response) {
+                    Ok(records) => self.buffered = records.into_iter(),
+                    Err(error) => {
+                        self.responses = None;
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                },
                 Poll::Ready(Some(Err(status))) => {
                     self.responses = None;
                     return Poll::Ready(Some(Err(status.into())));
