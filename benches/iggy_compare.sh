@@ -23,12 +23,19 @@
 #               message, group ordering `none`.
 #   k100 / k1k  Herald only: the same with group ordering `key` (1,000 keys). The Iggy
 #               figures in these rows are the s100 / s1k runs' (copied, not re-run).
+#   fe100 / fe1k  offset reads on both sides: Herald `herald-load --preload
+#               --consume-mode fetch` (one following Fetch call on the partition from the
+#               earliest offset, no group, nothing acked), against Iggy's `pinned-consumer`
+#               above. The Iggy figures are the s100 / s1k runs' when those rows run in
+#               the same round, else Iggy runs its s100 / s1k workload for this row.
 #   f1          publish RECORDS_FSYNC x 1 KiB, fsync on every write: Iggy `--enforce-fsync`
 #               (a topic option), Herald topic fsync `always` (the ack waits for the flush).
 #   f8          the same with 8 producers and 2 partitions: iggy-bench cannot put 8
 #               producers on 1 partition (`pinned-producer` needs a stream per producer,
 #               `balanced-producer` at least 2 partitions), so both use 2.
-# Herald has no offset-read (Fetch) mode in herald-load, so no row measures it.
+#
+# ROWS (default all: "s100 k100 s1k k1k fe100 fe1k f1 f8") selects the workloads, e.g.
+# ROWS="fe100 fe1k" benches/iggy_compare.sh ... for the offset-read rows alone.
 #
 # Broker CPU per record: the broker's threads' CPU time (first field of
 # /proc/PID/task/*/schedstat, ns, summed) before and after the measured phase, divided by
@@ -55,6 +62,12 @@ ROUNDS=${3:-3}
 RECORDS_100=${RECORDS_100:-5000000}
 RECORDS_1K=${RECORDS_1K:-1000000}
 RECORDS_FSYNC=${RECORDS_FSYNC:-800000}
+ROWS=${ROWS:-s100 k100 s1k k1k fe100 fe1k f1 f8}
+for kind in $ROWS; do
+  case "$kind" in s100 | k100 | s1k | k1k | fe100 | fe1k | f1 | f8) ;;
+    *) echo "unknown row in ROWS: $kind"; exit 2 ;;
+  esac
+done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HERALD=$BIN/herald
@@ -232,6 +245,8 @@ one() { # one SYSTEM KIND RUN: the workload KIND on SYSTEM
     iggy-s1k) run_iggy s1k "$3" 1024 1 "$B1K" 1 pinned-producer --streams 1 --producers 1 ;;
     iggy-k100) cp "$OUT/s100-iggy-$3.json" "$OUT/k100-iggy-$3.json" ;;
     iggy-k1k) cp "$OUT/s1k-iggy-$3.json" "$OUT/k1k-iggy-$3.json" ;;
+    iggy-fe100) run_iggy fe100 "$3" 100 1 "$B100" 1 pinned-producer --streams 1 --producers 1 ;;
+    iggy-fe1k) run_iggy fe1k "$3" 1024 1 "$B1K" 1 pinned-producer --streams 1 --producers 1 ;;
     iggy-f1) run_iggy f1 "$3" 1024 1 "$BF1" 0 --enforce-fsync \
       pinned-producer --streams 1 --producers 1 ;;
     iggy-f8) run_iggy f8 "$3" 1024 8 "$BF8" 0 --enforce-fsync \
@@ -244,6 +259,10 @@ one() { # one SYSTEM KIND RUN: the workload KIND on SYSTEM
       --preload "$RECORDS_1K" --consumers 1 --ordering none ;;
     herald-k1k) run_herald k1k "$3" "${ONE[@]}" --record-size 1024 --fsync never \
       --preload "$RECORDS_1K" --consumers 1 --ordering key --keys 1000 ;;
+    herald-fe100) run_herald fe100 "$3" "${ONE[@]}" --record-size 100 --fsync never \
+      --preload "$RECORDS_100" --consumers 1 --consume-mode fetch ;;
+    herald-fe1k) run_herald fe1k "$3" "${ONE[@]}" --record-size 1024 --fsync never \
+      --preload "$RECORDS_1K" --consumers 1 --consume-mode fetch ;;
     herald-f1) run_herald f1 "$3" "${ONE[@]}" --record-size 1024 --fsync always \
       --records "$((BF1 * 1000))" --consumers 0 ;;
     herald-f8) run_herald f8 "$3" --partitions 2 --producers 8 --record-size 1024 --fsync always \
@@ -255,40 +274,62 @@ for round in $(seq "$ROUNDS"); do
   start=$SECONDS
   order=(iggy herald)
   if [ $((round % 2)) = 0 ]; then order=(herald iggy); fi
-  for kind in s100 k100 s1k k1k f1 f8; do
+  for kind in $ROWS; do
     for system in "${order[@]}"; do
-      case "$system-$kind" in iggy-k*) continue ;; esac
+      case "$system-$kind" in
+        iggy-k*) continue ;;
+        # The same Iggy workload as s100 / s1k: copied when that row ran this round.
+        iggy-fe*) if [ -f "$OUT/s${kind#fe}-iggy-$round.json" ]; then continue; fi ;;
+      esac
       one "$system" "$kind" "$round"
     done
   done
-  one iggy k100 "$round"
-  one iggy k1k "$round"
+  for kind in $ROWS; do
+    case "$kind" in
+      k*) one iggy "$kind" "$round" ;;
+      fe*) [ -f "$OUT/$kind-iggy-$round.json" ] ||
+        cp "$OUT/s${kind#fe}-iggy-$round.json" "$OUT/$kind-iggy-$round.json" ;;
+    esac
+  done
   echo "round $round took $((SECONDS - start)) s" >>"$OUT/loadavg.txt"
 done
 
-python3 "$ROOT/benches/ab_table.py" "$OUT" "$ROUNDS" iggy:Iggy herald:Herald \
-  'publish 100 B (records/s)|s100|produced.msgs_per_s' \
-  '  broker CPU (µs/record)|s100|broker_cpu.produce_us_per_record' \
-  '  records per request|s100|requests.publish_records_per_request' \
-  'publish 1 KiB (records/s)|s1k|produced.msgs_per_s' \
-  '  broker CPU (µs/record)|s1k|broker_cpu.produce_us_per_record' \
-  '  records per request|s1k|requests.publish_records_per_request' \
-  'consume 100 B, Herald ordering none (records/s)|s100|consumed.msgs_per_s' \
-  '  broker CPU (µs/record)|s100|broker_cpu.consume_us_per_record' \
-  'consume 100 B, Herald ordering key (records/s)|k100|consumed.msgs_per_s' \
-  '  broker CPU (µs/record)|k100|broker_cpu.consume_us_per_record' \
-  'consume 1 KiB, Herald ordering none (records/s)|s1k|consumed.msgs_per_s' \
-  '  broker CPU (µs/record)|s1k|broker_cpu.consume_us_per_record' \
-  'consume 1 KiB, Herald ordering key (records/s)|k1k|consumed.msgs_per_s' \
-  '  broker CPU (µs/record)|k1k|broker_cpu.consume_us_per_record' \
-  'publish 1 KiB fsync, 1 producer (records/s)|f1|produced.msgs_per_s' \
-  '  broker CPU (µs/record)|f1|broker_cpu.produce_us_per_record' \
-  '  records per request|f1|requests.publish_records_per_request' \
-  '  disk flushes per 1,000 records|f1|requests.disk_flushes_per_1000_records' \
-  'publish 1 KiB fsync, 8 producers (records/s)|f8|produced.msgs_per_s' \
-  '  broker CPU (µs/record)|f8|broker_cpu.produce_us_per_record' \
-  '  records per request|f8|requests.publish_records_per_request' \
+# The table's rows (NAME|KIND|PATH, see benches/ab_table.py), those of the ROWS run.
+TABLE=(
+  'publish 100 B (records/s)|s100|produced.msgs_per_s'
+  '  broker CPU (µs/record)|s100|broker_cpu.produce_us_per_record'
+  '  records per request|s100|requests.publish_records_per_request'
+  'publish 1 KiB (records/s)|s1k|produced.msgs_per_s'
+  '  broker CPU (µs/record)|s1k|broker_cpu.produce_us_per_record'
+  '  records per request|s1k|requests.publish_records_per_request'
+  'consume 100 B, Herald ordering none (records/s)|s100|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|s100|broker_cpu.consume_us_per_record'
+  'consume 100 B, Herald ordering key (records/s)|k100|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|k100|broker_cpu.consume_us_per_record'
+  'consume 1 KiB, Herald ordering none (records/s)|s1k|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|s1k|broker_cpu.consume_us_per_record'
+  'consume 1 KiB, Herald ordering key (records/s)|k1k|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|k1k|broker_cpu.consume_us_per_record'
+  'offset reads 100 B, Herald Fetch (records/s)|fe100|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|fe100|broker_cpu.consume_us_per_record'
+  'offset reads 1 KiB, Herald Fetch (records/s)|fe1k|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|fe1k|broker_cpu.consume_us_per_record'
+  'publish 1 KiB fsync, 1 producer (records/s)|f1|produced.msgs_per_s'
+  '  broker CPU (µs/record)|f1|broker_cpu.produce_us_per_record'
+  '  records per request|f1|requests.publish_records_per_request'
+  '  disk flushes per 1,000 records|f1|requests.disk_flushes_per_1000_records'
+  'publish 1 KiB fsync, 8 producers (records/s)|f8|produced.msgs_per_s'
+  '  broker CPU (µs/record)|f8|broker_cpu.produce_us_per_record'
+  '  records per request|f8|requests.publish_records_per_request'
   '  disk flushes per 1,000 records|f8|requests.disk_flushes_per_1000_records'
+)
+SELECTED=()
+for row in "${TABLE[@]}"; do
+  kind=${row#*|}
+  kind=${kind%%|*}
+  case " $ROWS " in *" $kind "*) SELECTED+=("$row") ;; esac
+done
+python3 "$ROOT/benches/ab_table.py" "$OUT" "$ROUNDS" iggy:Iggy herald:Herald "${SELECTED[@]}"
 echo
 cat "$OUT/loadavg.txt"
 echo "per-run JSON and logs: $OUT"

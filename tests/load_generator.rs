@@ -147,3 +147,108 @@ async fn publishes_and_consumes_every_record_once_in_key_order() {
 
     broker.shutdown().await.unwrap();
 }
+
+/// `--consume-mode fetch`: consumers read their partitions by offset (3 partitions over 2
+/// consumers, so one reads two), with the same checks; concurrently with the producers,
+/// after a preload, and with `--consume-only`; no consumer group is ever created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_mode_reads_every_record_once_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(common::test_config(dir.path())).await;
+    let target = format!("herald://{}", broker.addr);
+    let base = [
+        "--target",
+        &target,
+        "--consume-mode",
+        "fetch",
+        "--partitions",
+        "3",
+        "--keys",
+        "30",
+        "--record-size",
+        "64",
+        "--linger-ms",
+        "1",
+    ];
+    let check = |summary: &Value, consumed: u64| {
+        assert_eq!(summary["settings"]["consume_mode"], "fetch", "{summary:#}");
+        assert_eq!(summary["consumed"]["records"], consumed, "{summary:#}");
+        assert_eq!(summary["check"]["unique_consumed"], consumed, "{summary:#}");
+        assert_eq!(summary["check"]["duplicates"], 0, "{summary:#}");
+        assert_eq!(summary["check"]["out_of_order"], 0, "{summary:#}");
+        assert_eq!(summary["errors"]["total"], 0, "{summary:#}");
+        assert_eq!(summary["ok"], true, "{summary:#}");
+    };
+
+    // Producing and fetching together: end-to-end latency is measured.
+    let (output, summary) = run_load(
+        args(&base)
+            .into_iter()
+            .chain(args(&[
+                "--records",
+                "10000",
+                "--producers",
+                "2",
+                "--consumers",
+                "2",
+            ]))
+            .collect(),
+        &dir.path().join("concurrent.json"),
+    )
+    .await;
+    assert!(output.status.success(), "{summary:#}");
+    check(&summary, 10_000);
+    assert_eq!(summary["check"]["lost"], 0, "{summary:#}");
+    assert_eq!(summary["e2e_latency_us"]["count"], 10_000, "{summary:#}");
+
+    // Preloaded: the consumers start after producing ended and stop at the count.
+    let (output, summary) = run_load(
+        args(&base)
+            .into_iter()
+            .chain(args(&[
+                "--topic",
+                "preloaded",
+                "--preload",
+                "10000",
+                "--consumers",
+                "2",
+            ]))
+            .collect(),
+        &dir.path().join("preload.json"),
+    )
+    .await;
+    assert!(output.status.success(), "{summary:#}");
+    check(&summary, 10_000);
+    assert_eq!(summary["check"]["lost"], 0, "{summary:#}");
+
+    // The same topic again, consume only, one consumer reading all three partitions.
+    let (output, summary) = run_load(
+        args(&base)
+            .into_iter()
+            .chain(args(&[
+                "--topic",
+                "preloaded",
+                "--consume-only",
+                "--records",
+                "10000",
+                "--consumers",
+                "1",
+            ]))
+            .collect(),
+        &dir.path().join("consume-only.json"),
+    )
+    .await;
+    assert!(output.status.success(), "{summary:#}");
+    check(&summary, 10_000);
+
+    let mut client = common::client(&broker).await;
+    let groups = client
+        .list_groups(herald_proto::v1::ListGroupsRequest { topic: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .groups;
+    assert!(groups.is_empty(), "fetch mode made groups: {groups:?}");
+
+    common::stop(broker).await;
+}

@@ -1,8 +1,9 @@
 //! `herald-load`: a load generator for Herald, NATS JetStream and Redis Streams.
 //!
 //! N producer tasks publish records whose payload carries (key, sequence, send time); M
-//! consumer tasks consume them in a group, check every key's sequence (duplicates, gaps,
-//! losses) and measure end-to-end latency. Publish-ack latency is measured per record.
+//! consumer tasks consume them in a group (or, for Herald with `--consume-mode fetch`, read
+//! the partitions by offset), check every key's sequence (duplicates, gaps, losses) and
+//! measure end-to-end latency. Publish-ack latency is measured per record.
 //! A progress line goes to stderr every second; a summary table to stdout at the end,
 //! and with `--json FILE` the same as JSON. See `docs/load-generator.md`.
 
@@ -25,7 +26,7 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::stats::{Check, Errors, Latency, Summary, Throughput, Totals};
-use crate::workload::{Fsync, Generator, GroupOrdering, Quota, Settings, Workload};
+use crate::workload::{ConsumeMode, Fsync, Generator, GroupOrdering, Quota, Settings, Workload};
 
 /// Load generator for Herald, NATS JetStream and Redis Streams.
 #[derive(Parser, Debug, Clone)]
@@ -76,6 +77,11 @@ struct Args {
     /// does not decode the storage format gets.
     #[arg(long)]
     single_deliveries: bool,
+    /// Herald consumers: `group` (members of --group, acking every message) or `fetch`
+    /// (the Fetch RPC: each consumer reads its partitions, `partition % consumers ==
+    /// index`, by offset from the earliest record; no group, no acks).
+    #[arg(long, value_enum, default_value_t = ConsumeMode::Group)]
+    consume_mode: ConsumeMode,
     /// Records per second over all producers (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -325,9 +331,14 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         eprintln!("note: --keys raised to {keys} so that every producer owns a key");
     }
     let partitions = args.partitions.max(1);
-    if target != Target::Herald && args.consumers > partitions {
+    if target != Target::Herald && args.consume_mode == ConsumeMode::Fetch {
+        anyhow::bail!("--consume-mode fetch is for Herald targets only");
+    }
+    if (target != Target::Herald || args.consume_mode == ConsumeMode::Fetch)
+        && args.consumers > partitions
+    {
         eprintln!(
-            "note: {} consumers but {partitions} streams/subjects: {} consumers stay idle",
+            "note: {} consumers but {partitions} partitions (streams/subjects): {} consumers stay idle",
             args.consumers,
             args.consumers - partitions
         );
@@ -357,6 +368,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         consumer_window: args.consumer_window.max(1),
         ordering: args.ordering,
         single_deliveries: args.single_deliveries,
+        consume_mode: args.consume_mode,
         keys,
         fsync: args.fsync,
         reuse: args.reuse || args.consume_only,
@@ -377,6 +389,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         "consumer_window": settings.consumer_window,
         "ordering": format!("{:?}", args.ordering).to_lowercase(),
         "single_deliveries": args.single_deliveries,
+        "consume_mode": format!("{:?}", args.consume_mode).to_lowercase(),
         "rate": args.rate,
         "duration_s": args.duration,
         "records": args.records,

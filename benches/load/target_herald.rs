@@ -1,5 +1,6 @@
 //! Herald through the `herald-client` crate: `Producer` (batched, pipelined over one
-//! `PublishStream` per producer task) and group `Consumer`s with per-message acks.
+//! `PublishStream` per producer task), and group `Consumer`s with per-message acks or
+//! (`--consume-mode fetch`) offset reads with `Fetch`, one call per partition.
 //!
 //! All Herald-specific code is here, so switching to another producer API touches only
 //! this file.
@@ -12,13 +13,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use herald_client::{
-    BatchDelivery, Client, ConsumerConfig, Error, FsyncPolicy, GroupSettings, OrderingMode,
-    Position, ProducerConfig, Record, TopicConfig,
+    BatchDelivery, Client, ConsumerConfig, Error, FetchConfig, FsyncPolicy, GroupSettings,
+    OrderingMode, Position, ProducerConfig, Record, TopicConfig,
 };
 use tokio::sync::mpsc;
 
 use crate::stats::TaskStats;
-use crate::workload::{Fsync, Generator, GroupOrdering, Workload, next_or_idle};
+use crate::workload::{ConsumeMode, Fsync, Generator, GroupOrdering, Workload, next_or_idle};
 
 /// Batches a producer task awaits at once at most (beyond the client's own byte budget).
 const MAX_PENDING_BATCHES: usize = 4096;
@@ -197,8 +198,75 @@ async fn drain(
     stats.latencies(latencies);
 }
 
-/// One consumer task: a group member acking every message after checking it.
+/// One consumer task, as `--consume-mode` says.
 pub async fn consume(wl: Arc<Workload>, index: u32, stats: Arc<TaskStats>) -> anyhow::Result<()> {
+    match wl.settings.consume_mode {
+        ConsumeMode::Group => consume_group(wl, index, stats).await,
+        ConsumeMode::Fetch => consume_fetch(wl, index, stats).await,
+    }
+}
+
+/// One consumer task reading its partitions (`partition % consumers == index`) with one
+/// following `Fetch` each, from the earliest offset, over one connection. Following, so
+/// that it also reads what producers publish while it runs; like a group consumer it
+/// stops when the run says so (the target count reached, or nothing new for the drain
+/// timeout). A key lives in one partition, so per-key order holds within each call.
+async fn consume_fetch(wl: Arc<Workload>, index: u32, stats: Arc<TaskStats>) -> anyhow::Result<()> {
+    let client = connect(&wl).await?;
+    // A reused topic is read with the partitions it has, not those asked for.
+    let partitions = client
+        .admin()
+        .describe_topic(&wl.settings.topic)
+        .await
+        .context("describing the topic")?
+        .partition_count;
+    let mut calls = Vec::new();
+    for partition in wl.partitions_of_consumer_in(index, partitions) {
+        let config = FetchConfig::new(wl.settings.topic.clone(), partition)
+            .start(Position::Earliest)
+            .follow(true);
+        let fetch = client
+            .fetch(config)
+            .await
+            .with_context(|| format!("fetching partition {partition}"))?;
+        calls.push(read_partition(&wl, &stats, partition, fetch));
+    }
+    // One loop per call, joined rather than merged into one stream: a merged stream
+    // (`select_all`) re-queues its source after every record, an allocation per record.
+    futures::future::try_join_all(calls).await?;
+    Ok(())
+}
+
+/// Checks every record of one partition's `Fetch` until the run stops consuming.
+async fn read_partition(
+    wl: &Workload,
+    stats: &TaskStats,
+    partition: u32,
+    mut fetch: herald_client::Fetch,
+) -> anyhow::Result<()> {
+    let mut e2e = Vec::with_capacity(1024);
+    while !wl.consuming_stopped() {
+        let record = match next_or_idle(&mut fetch).await {
+            None => continue, // idle: look at the stop flag again
+            // A following Fetch ends only after an error (yielded first): the partition
+            // cannot be read further, which fails the run (`consume` counts the error).
+            Some(None) => anyhow::bail!("the Fetch of partition {partition} ended"),
+            Some(Some(Err(e))) => {
+                return Err(e).with_context(|| format!("fetching partition {partition}"));
+            }
+            Some(Some(Ok(record))) => record,
+        };
+        wl.on_message(stats, &record.value, &mut e2e);
+        if e2e.len() >= 1024 {
+            stats.latencies(e2e.drain(..));
+        }
+    }
+    stats.latencies(e2e);
+    Ok(())
+}
+
+/// One consumer task: a group member acking every message after checking it.
+async fn consume_group(wl: Arc<Workload>, index: u32, stats: Arc<TaskStats>) -> anyhow::Result<()> {
     let client = connect(&wl).await?;
     let config = ConsumerConfig::new(wl.settings.topic.clone(), wl.settings.group.clone())
         .client_id(format!("herald-load-{index}"))

@@ -19,6 +19,16 @@ pub enum GroupOrdering {
     None,
 }
 
+/// How Herald consumers read the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsumeMode {
+    /// Members of one consumer group, acking every message.
+    Group,
+    /// The `Fetch` RPC: each consumer reads its share of the partitions by offset from the
+    /// earliest record, with no group and nothing acked or committed.
+    Fetch,
+}
+
 /// Fsync setting asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
@@ -80,6 +90,8 @@ pub struct Settings {
     pub ordering: GroupOrdering,
     /// Herald consumers take one Delivery per message instead of batched deliveries.
     pub single_deliveries: bool,
+    /// Herald consumers: a group, or offset reads (`Fetch`).
+    pub consume_mode: ConsumeMode,
     pub keys: u32,
     pub fsync: Fsync,
     pub reuse: bool,
@@ -144,7 +156,13 @@ impl Workload {
     /// The partitions consumer `index` reads on targets without group rebalancing
     /// (Redis, NATS): a static assignment, `partition % consumers == index`.
     pub fn partitions_of_consumer(&self, index: u32) -> Vec<u32> {
-        (0..self.settings.partitions)
+        self.partitions_of_consumer_in(index, self.settings.partitions)
+    }
+
+    /// The same assignment over a topic of `partitions` partitions (Herald's Fetch mode
+    /// reads a reused topic with the partition count it really has).
+    pub fn partitions_of_consumer_in(&self, index: u32, partitions: u32) -> Vec<u32> {
+        (0..partitions)
             .filter(|p| p % self.settings.consumers.max(1) == index)
             .collect()
     }
