@@ -52,9 +52,14 @@ impl TaskStats {
 
     /// Adds `n` records of `bytes` in total, at `now_ns`.
     pub fn add(&self, n: u64, bytes: u64, now_ns: u64) {
+        self.add_undated(n, bytes);
+        self.last_ns.fetch_max(now_ns, Ordering::Relaxed);
+    }
+
+    /// Counts `n` records of `bytes` without moving the time of the last one.
+    pub fn add_undated(&self, n: u64, bytes: u64) {
         self.records.fetch_add(n, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.last_ns.fetch_max(now_ns, Ordering::Relaxed);
     }
 
     /// Counts `n` errors.
