@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::Either;
 use openraft::error::ClientWriteError;
-use openraft::{LogId, Raft, SnapshotPolicy};
+use openraft::{Raft, SnapshotPolicy};
 
 use super::network::PartNetwork;
 use super::replica::{Checked, Command, PendingKey, Replica};
@@ -93,24 +93,6 @@ pub struct PartitionGroup {
     /// hand-over holds it exclusively, so that nothing is proposed while leadership moves
     /// (proposals wait, in order, then find the new leader and are refused UNAVAILABLE).
     proposing: tokio::sync::RwLock<()>,
-    /// Proposals queued in openraft and not yet answered, and the highest log id any
-    /// proposal was answered at: what a hand-over waits for and must see replicated.
-    in_flight: Arc<tokio::sync::watch::Sender<InFlight>>,
-}
-
-#[derive(Debug, Default)]
-struct InFlight {
-    count: usize,
-    last_answered: Option<LogId<NodeId>>,
-}
-
-/// Counts one proposal in flight until dropped (answered, failed or abandoned).
-struct InFlightGuard(Arc<tokio::sync::watch::Sender<InFlight>>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|f| f.count -= 1);
-    }
 }
 
 /// How a hand-over of leadership ended.
@@ -202,7 +184,6 @@ impl PartitionGroup {
             max_batch_bytes,
             network,
             proposing: tokio::sync::RwLock::new(()),
-            in_flight: Arc::new(tokio::sync::watch::Sender::new(InFlight::default())),
         })
     }
 
@@ -269,8 +250,6 @@ impl PartitionGroup {
                 replica.release(key);
             }
         };
-        self.in_flight.send_modify(|f| f.count += 1);
-        let in_flight = InFlightGuard(self.in_flight.clone());
         let answer = match self.raft.client_write_ff(PartBatch::proposal(batch)).await {
             Ok(answer) => answer,
             Err(fatal) => {
@@ -284,12 +263,7 @@ impl PartitionGroup {
                 // The outcome is unknown: the key stays pending until it shows in the log.
                 Err(_) => return Err(AppendError::Unsure(COMMIT_TIMEOUT)),
                 Ok(Err(_)) => Err(AppendError::Failed("the partition group stopped".into())),
-                Ok(Ok(Ok(written))) => {
-                    in_flight.0.send_modify(|f| {
-                        f.last_answered = f.last_answered.max(Some(written.log_id));
-                    });
-                    Ok(written.data)
-                }
+                Ok(Ok(Ok(written))) => Ok(written.data),
                 Ok(Ok(Err(ClientWriteError::ForwardToLeader(to)))) => Err(AppendError::NotLeader {
                     leader: to.leader_id,
                 }),
@@ -298,7 +272,6 @@ impl PartitionGroup {
             if outcome.is_err() {
                 release(&replica, key);
             }
-            drop(in_flight);
             outcome
         }))
     }
@@ -325,28 +298,28 @@ impl PartitionGroup {
         if self.leader() != Some(self.node_id) {
             return given_up("this replica no longer leads".into());
         }
-        // Every proposal queued before the pause answered (so none is left with an
-        // unknown outcome), then every entry this leader holds (those, and its own blank
-        // or membership entries) applied here and held by `to`.
+        // The last entry: read from a metrics report made after openraft has taken every
+        // proposal queued before the pause (a call through its request queue, behind
+        // them, then the next report: one is made each turn of its loop).
         let me = self.node_id;
-        let mut in_flight = self.in_flight.subscribe();
         let mut metrics = self.raft.metrics();
         let mut last = None;
         let drained = tokio::time::timeout(HAND_OVER_DRAIN, async {
-            let answered = in_flight
-                .wait_for(|f| f.count == 0)
-                .await
-                .ok()?
-                .last_answered;
+            self.raft.with_raft_state(|_| ()).await.ok()?;
+            metrics.borrow_and_update();
+            metrics.changed().await.ok()?;
+            last = self.raft.data_metrics().borrow().last_log;
+            let last_index = last.map(|l| l.index);
+            // Every entry applied here (so every proposal answered: none is left with
+            // an unknown outcome) and held by `to`.
             let caught_up = metrics
                 .wait_for(|m| {
-                    last = answered.max(m.last_applied);
                     m.current_leader == Some(me)
-                        && m.last_log_index == m.last_applied.map(|l| l.index)
+                        && m.last_applied.map(|l| l.index) >= last_index
                         && m.replication
                             .as_ref()
                             .and_then(|r| r.get(&to))
-                            .is_some_and(|matched| *matched >= last)
+                            .is_some_and(|matched| matched.map(|l| l.index) >= last_index)
                 })
                 .await;
             caught_up.ok().map(|_| ())
