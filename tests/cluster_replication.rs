@@ -632,13 +632,13 @@ async fn leadership_returns_to_the_preferred_replicas_when_a_node_comes_back() {
     let count: usize = acked.values().map(BTreeMap::len).sum();
     let slowest = |from: Instant, to: Instant| {
         took.iter()
-            .filter(|(at, _)| *at >= from && *at < to)
+            .filter(|(at, took)| *at + *took >= from && *at + *took < to)
             .map(|(_, took)| *took)
             .max()
             .unwrap_or_default()
     };
     eprintln!(
-        "rebalance: {count} records acknowledged; the slowest publish took {:?} before the stop, {:?} around the failover, {:?} from the restart on",
+        "rebalance: {count} records acknowledged; the slowest publish answered before the stop took {:?}, until the restart {:?}, from the restart on {:?}",
         slowest(started, stopped_at),
         slowest(stopped_at, restarted),
         slowest(restarted, Instant::now())
