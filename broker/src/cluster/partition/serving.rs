@@ -37,6 +37,8 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 /// this node heard from within [`HAND_OVER_HEARD`] (a replica that is down is not
 /// behind by much either, while publishes are few)...
 const HAND_OVER_MAX_LAG: u64 = 64;
+/// How recently the preferred replica's node must have answered or sent a peer message
+/// (heartbeats go every 150 ms).
 const HAND_OVER_HEARD: Duration = Duration::from_millis(500);
 /// ...and has been for this long (a replica that just returned is still catching up,
 /// and one that comes and goes must not move leadership each time)...
