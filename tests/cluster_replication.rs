@@ -42,12 +42,13 @@ async fn publish_keyed(
 /// serves reads from its own log).
 async fn read_all(
     client: &mut HeraldClient<Channel>,
+    topic: &str,
     partition: u32,
 ) -> BTreeMap<u64, (String, String)> {
     let mut records = BTreeMap::new();
     let mut stream = client
         .fetch(v1::FetchRequest {
-            topic: TOPIC.into(),
+            topic: topic.into(),
             partition,
             start: Some(v1::Position {
                 kind: Some(v1::position::Kind::Offset(0)),
@@ -70,12 +71,24 @@ async fn read_all(
 
 /// Waits until the node `id` holds exactly the acknowledged records, at their offsets.
 async fn holds_exactly(cluster: &TestCluster, id: u64, acked: &Acked) {
+    holds_exactly_in(cluster, id, TOPIC, PARTITIONS, acked).await;
+}
+
+/// Waits until the node `id` holds exactly the acknowledged records of `topic`'s
+/// `partitions` partitions, at their offsets.
+async fn holds_exactly_in(
+    cluster: &TestCluster,
+    id: u64,
+    topic: &str,
+    partitions: u32,
+    acked: &Acked,
+) {
     let mut client = cluster.client(id).await;
     let deadline = Instant::now() + WAIT;
-    for partition in 0..PARTITIONS {
+    for partition in 0..partitions {
         let want = acked.get(&partition).cloned().unwrap_or_default();
         loop {
-            let got = read_all(&mut client, partition).await;
+            let got = read_all(&mut client, topic, partition).await;
             if got == want {
                 break;
             }
@@ -439,6 +452,199 @@ async fn a_replaced_node_hands_its_replicas_to_the_new_one_which_catches_up() {
     publish_keyed(&mut client, &mut acked, "without-1", 20).await;
     for id in [2, new] {
         holds_exactly(&cluster, id, &acked).await;
+    }
+    check_order(&acked);
+    cluster.shutdown().await;
+}
+
+/// Each partition's replicas as placed (the preferred leader first) and its leader, as
+/// node `id` reports them.
+async fn placement(cluster: &TestCluster, id: u64, topic: &str) -> Vec<(Vec<u64>, u64)> {
+    cluster
+        .status(id)
+        .await
+        .topics
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(|t| {
+            t.partitions
+                .into_iter()
+                .map(|p| (p.replicas, p.leader))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether every running node reports each partition of `topic` led by its preferred
+/// replica.
+async fn preferred_leaders(cluster: &TestCluster, topic: &str, partitions: u32) -> bool {
+    for broker in cluster.running() {
+        let id = broker.cluster.as_ref().unwrap().node_id();
+        let seen = placement(cluster, id, topic).await;
+        if seen.len() != partitions as usize
+            || seen
+                .iter()
+                .any(|(replicas, leader)| replicas.first() != Some(leader))
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Publishes keyed records, one per partition in turn, through one node as an idempotent
+/// producer (a retry after an unknown outcome is stored once), until `stop` is set;
+/// returns what was acknowledged and when each publish started and how long it took,
+/// retries included.
+async fn publish_until(
+    mut client: HeraldClient<Channel>,
+    topic: &'static str,
+    partitions: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Acked, Vec<(Instant, Duration)>) {
+    let producer = client
+        .init_producer(v1::InitProducerRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sequences = vec![0u32; partitions as usize];
+    let mut acked = Acked::new();
+    let mut took = Vec::new();
+    let mut i = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let partition = (i % partitions as usize) as u32;
+        let (key, value) = (format!("k{}", i % 7), format!("r-{i}"));
+        let request = v1::PublishRequest {
+            partition: Some(partition),
+            producer: Some(v1::ProducerSequence {
+                producer_id: producer.producer_id,
+                epoch: producer.epoch,
+                base_sequence: sequences[partition as usize],
+            }),
+            ..keyed(topic, &key, &value)
+        };
+        let started = Instant::now();
+        let answer = publish_retrying(&mut client, request).await;
+        took.push((started, started.elapsed()));
+        sequences[partition as usize] += 1;
+        let previous = acked
+            .entry(answer.partition)
+            .or_default()
+            .insert(answer.base_offset, (key, value));
+        assert!(previous.is_none(), "offset acknowledged twice: {answer:?}");
+        i += 1;
+    }
+    (acked, took)
+}
+
+/// A node that led some partitions stops; the others take its partitions over. When it
+/// returns and has caught up, each partition's leadership goes back to its preferred
+/// replica (spreading leaders over the nodes again) and stays there, while publishes go
+/// on; every node holds exactly the acknowledged records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_preferred_replicas_when_a_node_comes_back() {
+    const REBALANCED: &str = "rebalanced";
+    const PARTS: u32 = 6;
+    /// How soon after the node's restart every partition must be led by its preferred
+    /// replica again.
+    const REBALANCE_WAIT: Duration = Duration::from_secs(15);
+    record_panics();
+    // RUST_LOG=herald_broker=info shows each hand-over and the pause it cost.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    create(&mut cluster.client(1).await, REBALANCED, PARTS).await;
+    for broker in cluster.running() {
+        eventually("every node holds the topic", || {
+            has_topic(broker, REBALANCED)
+        })
+        .await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while !preferred_leaders(&cluster, REBALANCED, PARTS).await {
+        assert!(
+            Instant::now() < deadline,
+            "partitions are first led by their preferred replicas: {:?}",
+            placement(&cluster, 1, REBALANCED).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The preferred leader of partition 0 (placement gives each node two of the six).
+    let stopped = placement(&cluster, 1, REBALANCED).await[0].0[0];
+    let through = (1..=3).find(|id| *id != stopped).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = tokio::spawn(publish_until(
+        cluster.client(through).await,
+        REBALANCED,
+        PARTS,
+        stop.clone(),
+    ));
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let stopped_at = Instant::now();
+    cluster.stop(stopped).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = placement(&cluster, through, REBALANCED).await;
+        if seen
+            .iter()
+            .all(|(_, leader)| *leader != 0 && *leader != stopped)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failover: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let led_by_others = placement(&cluster, through, REBALANCED).await;
+
+    cluster.restart(stopped).await;
+    let restarted = Instant::now();
+    while !preferred_leaders(&cluster, REBALANCED, PARTS).await {
+        assert!(
+            restarted.elapsed() < REBALANCE_WAIT,
+            "node {stopped} restarted {REBALANCE_WAIT:?} ago, leaders are still {:?} (before: {led_by_others:?})",
+            placement(&cluster, through, REBALANCED).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "rebalance: every partition led by its preferred replica {:?} after node {stopped} restarted",
+        restarted.elapsed()
+    );
+    // And it stays so: nothing hands leadership on again.
+    let steady = Instant::now();
+    while steady.elapsed() < Duration::from_secs(3) {
+        assert!(
+            preferred_leaders(&cluster, REBALANCED, PARTS).await,
+            "leadership moved again: {:?}",
+            placement(&cluster, through, REBALANCED).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (acked, took) = publisher.await.expect("the publisher does not panic");
+    let count: usize = acked.values().map(BTreeMap::len).sum();
+    let slowest = |from: Instant, to: Instant| {
+        took.iter()
+            .filter(|(at, took)| *at + *took >= from && *at + *took < to)
+            .map(|(_, took)| *took)
+            .max()
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "rebalance: {count} records acknowledged; the slowest publish answered before the stop took {:?}, until the restart {:?}, from the restart on {:?}",
+        slowest(started, stopped_at),
+        slowest(stopped_at, restarted),
+        slowest(restarted, Instant::now())
+    );
+    for id in 1..=3 {
+        holds_exactly_in(&cluster, id, REBALANCED, PARTS, &acked).await;
     }
     check_order(&acked);
     cluster.shutdown().await;

@@ -164,11 +164,28 @@ pub struct Peer {
     route: Route,
 }
 
+/// The peer RPC a [`Peer`] call is.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Raft(RPCTypes),
+    TakeLeadership,
+}
+
 /// Why a peer call failed before the peer answered.
 pub(crate) enum CallError {
     Unreachable(String),
     Timeout(Duration),
     Codec(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(why) => write!(f, "unreachable: {why}"),
+            CallError::Timeout(after) => write!(f, "no answer within {after:?}"),
+            CallError::Codec(why) => write!(f, "undecodable: {why}"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +232,26 @@ impl Peer {
         request: &Req,
         deadline: Duration,
     ) -> Result<Resp, CallError> {
+        self.send(Method::Raft(rpc), request, deadline).await
+    }
+
+    /// Asks the node to stand for election in this connection's partition group (see
+    /// `TakeLeadership` in the peer protocol): `last` is this leader's last log id, which
+    /// the node must hold. The inner result is the node's refusal, if it refused.
+    pub(crate) async fn take_leadership(
+        &mut self,
+        last: &Option<openraft::LogId<NodeId>>,
+        deadline: Duration,
+    ) -> Result<Result<(), String>, CallError> {
+        self.send(Method::TakeLeadership, last, deadline).await
+    }
+
+    async fn send<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        request: &Req,
+        deadline: Duration,
+    ) -> Result<Resp, CallError> {
         if self.health.isolated() {
             return Err(CallError::Unreachable(
                 "this node is cut off (fault injection)".into(),
@@ -239,10 +276,11 @@ impl Peer {
         };
         let deadline = deadline.min(PEER_CALL_TIMEOUT);
         let call = async {
-            match rpc {
-                RPCTypes::AppendEntries => client.append_entries(message).await,
-                RPCTypes::Vote => client.vote(message).await,
-                RPCTypes::InstallSnapshot => client.install_snapshot(message).await,
+            match method {
+                Method::Raft(RPCTypes::AppendEntries) => client.append_entries(message).await,
+                Method::Raft(RPCTypes::Vote) => client.vote(message).await,
+                Method::Raft(RPCTypes::InstallSnapshot) => client.install_snapshot(message).await,
+                Method::TakeLeadership => client.take_leadership(message).await,
             }
         };
         let reply: RaftReply = match tokio::time::timeout(deadline, call).await {

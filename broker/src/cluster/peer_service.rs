@@ -156,6 +156,48 @@ impl PeerService {
     }
 }
 
+/// A partition group's leader `from` asks this replica to stand for election, having
+/// stopped taking publishes once this replica held its last log id `last`. Refused
+/// unless this replica is a voter, follows `from` (a request from a deposed leader, or
+/// one delayed past another election, is stale) and holds `last`: a candidate without it
+/// would lose, and its higher term would still unseat the leader.
+async fn stand_for_election(
+    me: NodeId,
+    from: NodeId,
+    raft: Raft<PartTypes>,
+    last: Option<openraft::LogId<NodeId>>,
+) -> Result<(), String> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(from) {
+        return Err(format!(
+            "node {me} follows {:?}, not node {from}",
+            metrics.current_leader
+        ));
+    }
+    if !metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == me)
+    {
+        return Err(format!("node {me} is not a voter"));
+    }
+    // The leader saw this replica's answer that it holds `last`; its metrics follow
+    // within a moment. The leader's log matches this one up to an entry both hold, so the
+    // index says it.
+    let held = raft
+        .wait(Some(std::time::Duration::from_millis(500)))
+        .log_index_at_least(last.map(|l| l.index), "the leader's last entry")
+        .await;
+    if held.is_err() {
+        return Err(format!(
+            "node {me} holds up to index {:?}, not {last:?}",
+            raft.metrics().borrow().last_log_index
+        ));
+    }
+    raft.trigger().elect().await.map_err(|e| e.to_string())
+}
+
 fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
     let payload = bincode::serialize(value)
         .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?;
@@ -199,6 +241,25 @@ impl Peer for PeerService {
                 reply(&raft.install_snapshot(decode(&payload)?).await)
             }
         }
+    }
+
+    async fn take_leadership(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let from = request.get_ref().from;
+        let raft = match self.route(request)? {
+            (Target::Partition(raft), payload) => {
+                let last: Option<openraft::LogId<NodeId>> = decode(&payload)?;
+                (raft, last)
+            }
+            (Target::Metadata, _) => {
+                return Err(Status::invalid_argument(
+                    "only a partition group's leadership is handed over",
+                ));
+            }
+        };
+        reply(&stand_for_election(self.node_id, from, raft.0, raft.1).await)
     }
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

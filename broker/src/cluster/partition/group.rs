@@ -33,6 +33,14 @@ pub const ELECTION_TIMEOUT_MS: (u64, u64) = (450, 900);
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(4);
 /// Entries one AppendEntries carries at most (their bytes are capped too, see `store`).
 const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// How long a hand-over waits, publishes paused, for the successor to hold and this
+/// replica to have applied every entry proposed before the pause. Past it the hand-over
+/// is given up and publishes resume here.
+const HAND_OVER_DRAIN: Duration = Duration::from_secs(1);
+/// How long a hand-over waits for the successor's election once it was asked to stand.
+/// A vote this leader granted has made it a follower already; past it, publishes resume
+/// here if this replica still leads.
+const HAND_OVER_ELECTION: Duration = Duration::from_secs(2);
 
 /// Why a batch was not appended through the group.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +87,22 @@ pub struct PartitionGroup {
     replica: Arc<Replica>,
     rafts: Arc<PartitionRafts>,
     max_batch_bytes: usize,
+    /// The group's connections to its peers, for a hand-over's request.
+    network: PartNetwork,
+    /// Proposals hold it shared from their leader check until openraft has queued them; a
+    /// hand-over holds it exclusively, so that nothing is proposed while leadership moves
+    /// (proposals wait, in order, then find the new leader and are refused UNAVAILABLE).
+    proposing: tokio::sync::RwLock<()>,
+}
+
+/// How a hand-over of leadership ended.
+#[derive(Debug)]
+pub enum HandOver {
+    /// The successor leads; publishes were held for this long.
+    Done { paused: Duration },
+    /// This replica leads still (or, having granted the successor's vote, an election is
+    /// under way): publishes were held for `paused`.
+    GivenUp { why: String, paused: Duration },
 }
 
 impl PartitionGroup {
@@ -136,7 +160,7 @@ impl PartitionGroup {
         let raft = Raft::new(
             context.node_id,
             Arc::new(partition_config()?),
-            network,
+            network.clone(),
             PartLogStore::new(replica.clone()),
             state_machine,
         )
@@ -158,6 +182,8 @@ impl PartitionGroup {
             replica,
             rafts: context.rafts.clone(),
             max_batch_bytes,
+            network,
+            proposing: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -198,6 +224,7 @@ impl PartitionGroup {
     > {
         batch::validate(&batch, self.max_batch_bytes)
             .map_err(|e| AppendError::Invalid(e.to_string()))?;
+        let _proposing = self.proposing.read().await;
         let leader = self.leader();
         if leader != Some(self.node_id) {
             return Err(AppendError::NotLeader { leader });
@@ -249,6 +276,86 @@ impl PartitionGroup {
         }))
     }
 
+    /// On the leader, moves leadership to the voter `to` (at `addr`), which should be
+    /// caught up already. openraft 0.9 has no leadership transfer, so: publishes are held
+    /// (see `proposing`); once `to` holds every entry this leader has and this replica has
+    /// applied (answered) them all, `to` is asked to stand for election. Its log is then
+    /// at least as long as every voter's, and this leader grants its vote (a leader's own
+    /// vote is not refreshed by its heartbeats, so its lease has run out), which with
+    /// `to`'s own makes a majority of three; larger groups need one more voter, whose
+    /// lease runs out 900 ms after the last append. Nothing acknowledged is at risk:
+    /// only a candidate holding every committed entry can win, as in any election. Nothing
+    /// is left unanswered either: entries are answered before the vote is asked for, and
+    /// publishes held meanwhile are refused UNAVAILABLE once they find another leader (or
+    /// proposed here if the hand-over is given up and this replica leads still).
+    pub async fn hand_over(&self, to: NodeId, addr: &NodeAddr) -> HandOver {
+        let _paused = self.proposing.write().await;
+        let started = std::time::Instant::now();
+        let given_up = |why: String| HandOver::GivenUp {
+            why,
+            paused: started.elapsed(),
+        };
+        if self.leader() != Some(self.node_id) {
+            return given_up("this replica no longer leads".into());
+        }
+        // The last entry: read from a metrics report made after openraft has taken every
+        // proposal queued before the pause (a call through its request queue, behind
+        // them, then the next report: one is made each turn of its loop).
+        let me = self.node_id;
+        let mut metrics = self.raft.metrics();
+        let mut last = None;
+        let drained = tokio::time::timeout(HAND_OVER_DRAIN, async {
+            self.raft.with_raft_state(|_| ()).await.ok()?;
+            metrics.borrow_and_update();
+            metrics.changed().await.ok()?;
+            last = self.raft.data_metrics().borrow().last_log;
+            let last_index = last.map(|l| l.index);
+            // Every entry applied here (so every proposal answered: none is left with
+            // an unknown outcome) and held by `to`.
+            let caught_up = metrics
+                .wait_for(|m| {
+                    m.current_leader == Some(me)
+                        && m.last_applied.map(|l| l.index) >= last_index
+                        && m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(&to))
+                            .is_some_and(|matched| matched.map(|l| l.index) >= last_index)
+                })
+                .await;
+            caught_up.ok().map(|_| ())
+        })
+        .await;
+        match drained {
+            Ok(Some(())) => {}
+            Ok(None) => return given_up("the group stopped".into()),
+            Err(_) => {
+                return given_up(format!(
+                    "node {to} did not reach {last:?} within {HAND_OVER_DRAIN:?}"
+                ));
+            }
+        }
+        let mut peer = self.network.peer(to, addr);
+        match peer.take_leadership(&last, HAND_OVER_ELECTION).await {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => return given_up(format!("node {to} refused: {refused}")),
+            Err(error) => return given_up(format!("asking node {to}: {error}")),
+        }
+        let elected = tokio::time::timeout(
+            HAND_OVER_ELECTION,
+            metrics.wait_for(|m| m.current_leader == Some(to)),
+        )
+        .await;
+        match elected {
+            Ok(Ok(_)) => HandOver::Done {
+                paused: started.elapsed(),
+            },
+            Ok(Err(_)) => given_up("the group stopped".into()),
+            Err(_) => given_up(format!(
+                "node {to} was not elected within {HAND_OVER_ELECTION:?}"
+            )),
+        }
+    }
+
     /// Readers' signal: changes whenever applied entries move the high watermark.
     pub fn watch_high_watermark(&self) -> tokio::sync::watch::Receiver<u64> {
         self.replica.watch_high_watermark()
@@ -265,6 +372,11 @@ impl PartitionGroup {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// How long ago this node last exchanged a peer message with `node` (any group's).
+    pub fn heard_from(&self, node: NodeId) -> Option<Duration> {
+        self.network.health.since(node)
     }
 
     /// The leader this replica knows of.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::group::HandOver;
 use super::types::PartAppended;
 use super::{AppendError, PartitionGroup};
 use crate::cluster::{Cluster, ClusterSettings, NodeAddr, NodeId};
@@ -377,6 +378,58 @@ async fn every_acknowledged_batch_survives_random_leader_stops_and_restarts() {
         if !h.live().contains(&id) {
             h.start(id).await;
         }
+    }
+    h.caught_up(end_of(&acked)).await;
+    h.check(&acked);
+    h.shutdown().await;
+}
+
+/// Leadership handed to another caught-up replica: a batch proposed before, whose answer
+/// nobody polls yet (as a PublishStream's, while the stream waits to queue its next
+/// publish), is committed and answered; one proposed during the hand-over is held, then
+/// refused as no longer the leader's (or, proposed before it, committed); every replica
+/// holds every acknowledged batch, and the new leader takes appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_is_handed_over_without_losing_a_batch() {
+    let h = Harness::new(3).await;
+    let mut acked = Vec::new();
+    let mut tag = 0u32;
+    for _ in 0..10 {
+        tag += 1;
+        let appended = h.append(batch_of(tag, 3)).await;
+        acked.push((tag, appended, 3));
+    }
+    let from = h.leader().await;
+    let to = (1..=3).find(|id| *id != from).unwrap();
+    // A leader grants a vote only once its own lease (900 ms from its election) is over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old = h.group(from);
+    tag += 1;
+    let unpolled_tag = tag;
+    let unpolled = old.propose(batch_of(tag, 2)).await.expect("proposed");
+    tag += 1;
+    let held_tag = tag;
+    let (handed, held) = tokio::join!(old.hand_over(to, &h.members[&to]), async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        match old.propose(batch_of(held_tag, 2)).await {
+            Ok(answer) => Some(answer.await.expect("a batch proposed is committed")),
+            Err(AppendError::NotLeader { .. }) => None,
+            Err(error) => panic!("a publish held by a hand-over: {error}"),
+        }
+    });
+    assert!(matches!(handed, HandOver::Done { .. }), "{handed:?}");
+    if let Some(appended) = held {
+        acked.push((held_tag, appended, 2));
+    }
+    let appended = unpolled
+        .await
+        .expect("the batch proposed before is answered");
+    acked.push((unpolled_tag, appended, 2));
+    assert_eq!(h.leader().await, to);
+    for _ in 0..5 {
+        tag += 1;
+        let appended = h.append(batch_of(tag, 3)).await;
+        acked.push((tag, appended, 3));
     }
     h.caught_up(end_of(&acked)).await;
     h.check(&acked);

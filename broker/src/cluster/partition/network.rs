@@ -28,6 +28,7 @@ use crate::cluster::types::{NodeAddr, NodeId};
 pub type PeerChannels = DashMap<String, PeerClient<Channel>>;
 
 /// Makes a [`Peer`] per target node for one partition group.
+#[derive(Clone)]
 pub struct PartNetwork {
     pub node_id: NodeId,
     pub topic: String,
@@ -41,6 +42,14 @@ impl RaftNetworkFactory<PartTypes> for PartNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Peer {
+        self.peer(target, node)
+    }
+}
+
+impl PartNetwork {
+    /// A connection to `target` for this group's messages, over the node's shared channel
+    /// to its address.
+    pub fn peer(&self, target: NodeId, node: &NodeAddr) -> Peer {
         let client = match self.channels.get(&node.peer) {
             Some(client) => Ok(client.clone()),
             None => peer_client(&node.peer, self.tls.as_deref()).inspect(|client| {

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::runtime::Handle;
 
 use super::GroupContext;
-use super::group::{AppendError, PartitionGroup};
+use super::group::{AppendError, HandOver, PartitionGroup};
 use super::replica::Replica;
 use crate::cluster::types::{self, MetaState, NodeAddr, NodeId};
 use crate::error::{BrokerError, Result};
@@ -32,6 +32,23 @@ const PLACEMENT_CHECK: Duration = Duration::from_millis(500);
 /// How long the leader waits for a new replica to catch up before it checks again
 /// (the replica keeps catching up meanwhile).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// A leader hands leadership to the partition's preferred replica (the placement's
+/// first) only once that replica is a voter less than this many entries behind, that
+/// this node heard from within [`HAND_OVER_HEARD`] (a replica that is down is not
+/// behind by much either, while publishes are few)...
+const HAND_OVER_MAX_LAG: u64 = 64;
+/// How recently the preferred replica's node must have answered or sent a peer message
+/// (heartbeats go every 150 ms).
+const HAND_OVER_HEARD: Duration = Duration::from_millis(500);
+/// ...and has been for this long (a replica that just returned is still catching up,
+/// and one that comes and goes must not move leadership each time)...
+const HAND_OVER_STEADY: Duration = Duration::from_secs(1);
+/// ...and only after leading this long itself: a leader's vote, which a hand-over needs,
+/// is granted only once its lease (the election timeout's maximum, 900 ms) has run out.
+const HAND_OVER_LED: Duration = Duration::from_secs(2);
+/// At most one hand-over attempt per partition in this long, so a hand-over that fails
+/// (or a preferred replica that keeps losing leadership) cannot pause publishes often.
+const HAND_OVER_EVERY: Duration = Duration::from_secs(10);
 /// How long a publish waits for its partition's group to have a leader (a new topic's
 /// first election, a failover) before it is answered UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -219,19 +236,23 @@ impl ReplicaPartition {
     /// On the group's leader, makes the group's voters the partition's placement
     /// whenever they differ (a node left and its replica moved): each new replica is added
     /// as a learner and caught up from the log first, then the voters are replaced in one
-    /// membership change. Checked every [`PLACEMENT_CHECK`] until the partition closes;
-    /// only the leader acts, and a change cut short is taken up again by whichever node
-    /// leads next.
+    /// membership change. Once they agree, hands leadership back to the preferred replica
+    /// when it is caught up (see [`Self::prefer_leader`]). Checked every
+    /// [`PLACEMENT_CHECK`] until the partition closes; only the leader acts, and a change
+    /// cut short is taken up again by whichever node leads next.
     async fn follow_placement(
         self: Arc<Self>,
         group: Arc<PartitionGroup>,
         view: Arc<ArcSwap<MetaState>>,
     ) {
+        let mut preferring = Preferring::default();
         while !self.closed.load(Ordering::Acquire) {
             tokio::time::sleep(PLACEMENT_CHECK).await;
             if group.leader() != Some(group.node_id()) {
+                preferring.led_since = None;
                 continue;
             }
+            let led_since = *preferring.led_since.get_or_insert_with(Instant::now);
             let state = view.load();
             let Some(placed) = state
                 .topics
@@ -249,7 +270,13 @@ impl ReplicaPartition {
                 .membership()
                 .voter_ids()
                 .collect();
-            if wanted == voters || wanted.len() < 2 {
+            if wanted.len() < 2 {
+                continue;
+            }
+            if wanted == voters {
+                let preferred = placed[0];
+                self.prefer_leader(&group, &state, preferred, led_since, &mut preferring)
+                    .await;
                 continue;
             }
             let addresses = members_of(&state, &self.topic, self.id);
@@ -290,12 +317,86 @@ impl ReplicaPartition {
         }
     }
 
+    /// On the leader, with the group's voters as placed: hands leadership to `preferred`
+    /// once it has been a voter less than [`HAND_OVER_MAX_LAG`] entries behind (and heard
+    /// from) for
+    /// [`HAND_OVER_STEADY`], this replica has led for [`HAND_OVER_LED`] and made no
+    /// attempt for [`HAND_OVER_EVERY`] (see [`PartitionGroup::hand_over`]). Placement
+    /// rotates preferred replicas over the nodes, so this spreads leadership again after
+    /// a node returns. Only a non-preferred leader hands over, and only to the preferred
+    /// replica, so leadership cannot go back and forth.
+    async fn prefer_leader(
+        &self,
+        group: &PartitionGroup,
+        state: &MetaState,
+        preferred: NodeId,
+        led_since: Instant,
+        preferring: &mut Preferring,
+    ) {
+        if preferred == group.node_id() {
+            preferring.caught_up_since = None;
+            return;
+        }
+        let metrics = group.raft().metrics().borrow().clone();
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == preferred);
+        let last = metrics.last_log_index.map_or(0, |i| i + 1);
+        let held = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&preferred).copied())
+            .flatten()
+            .map_or(0, |m| m.index + 1);
+        let heard = group
+            .heard_from(preferred)
+            .is_some_and(|ago| ago < HAND_OVER_HEARD);
+        if !is_voter || !heard || last.saturating_sub(held) >= HAND_OVER_MAX_LAG {
+            preferring.caught_up_since = None;
+            return;
+        }
+        let caught_up_since = *preferring.caught_up_since.get_or_insert_with(Instant::now);
+        if caught_up_since.elapsed() < HAND_OVER_STEADY
+            || led_since.elapsed() < HAND_OVER_LED
+            || preferring
+                .attempted
+                .is_some_and(|at| at.elapsed() < HAND_OVER_EVERY)
+        {
+            return;
+        }
+        let Some(addr) = members_of(state, &self.topic, self.id).remove(&preferred) else {
+            return;
+        };
+        preferring.attempted = Some(Instant::now());
+        match group.hand_over(preferred, &addr).await {
+            HandOver::Done { paused } => {
+                tracing::info!(topic = %self.topic, partition = self.id, to = preferred, ?paused, "leadership handed back to the preferred replica");
+            }
+            HandOver::GivenUp { why, paused } => {
+                tracing::warn!(topic = %self.topic, partition = self.id, to = preferred, ?paused, %why, "handing leadership to the preferred replica failed; trying again later");
+            }
+        }
+    }
+
     fn unavailable(&self, why: impl std::fmt::Display) -> BrokerError {
         BrokerError::ClusterUnavailable(format!(
             "topic {} partition {}: {why}",
             self.topic, self.id
         ))
     }
+}
+
+/// What a partition's leader tracks to hand leadership back to the preferred replica.
+#[derive(Default)]
+struct Preferring {
+    /// Since when this replica has led (as this loop saw it).
+    led_since: Option<Instant>,
+    /// Since when the preferred replica has been a caught-up voter.
+    caught_up_since: Option<Instant>,
+    /// The last hand-over attempt.
+    attempted: Option<Instant>,
 }
 
 /// The client's status for a batch the group did not take: UNAVAILABLE (retry, here or
