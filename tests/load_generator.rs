@@ -180,66 +180,45 @@ async fn fetch_mode_reads_every_record_once_in_key_order() {
         assert_eq!(summary["ok"], true, "{summary:#}");
     };
 
+    // One run: the common arguments and `extra`, its summary written to `name`; it
+    // must succeed and pass the checks.
+    let run = async |extra: &[&str], name: &str, consumed: u64| {
+        let all = args(&base).into_iter().chain(args(extra)).collect();
+        let (output, summary) = run_load(all, &dir.path().join(name)).await;
+        assert!(output.status.success(), "{summary:#}");
+        check(&summary, consumed);
+        summary
+    };
+
     // Producing and fetching together: end-to-end latency is measured.
-    let (output, summary) = run_load(
-        args(&base)
-            .into_iter()
-            .chain(args(&[
-                "--records",
-                "10000",
-                "--producers",
-                "2",
-                "--consumers",
-                "2",
-            ]))
-            .collect(),
-        &dir.path().join("concurrent.json"),
-    )
-    .await;
-    assert!(output.status.success(), "{summary:#}");
-    check(&summary, 10_000);
+    let extra = ["--records", "10000", "--producers", "2", "--consumers", "2"];
+    let summary = run(&extra, "concurrent.json", 10_000).await;
     assert_eq!(summary["check"]["lost"], 0, "{summary:#}");
     assert_eq!(summary["e2e_latency_us"]["count"], 10_000, "{summary:#}");
 
     // Preloaded: the consumers start after producing ended and stop at the count.
-    let (output, summary) = run_load(
-        args(&base)
-            .into_iter()
-            .chain(args(&[
-                "--topic",
-                "preloaded",
-                "--preload",
-                "10000",
-                "--consumers",
-                "2",
-            ]))
-            .collect(),
-        &dir.path().join("preload.json"),
-    )
-    .await;
-    assert!(output.status.success(), "{summary:#}");
-    check(&summary, 10_000);
+    let extra = [
+        "--topic",
+        "preloaded",
+        "--preload",
+        "10000",
+        "--consumers",
+        "2",
+    ];
+    let summary = run(&extra, "preload.json", 10_000).await;
     assert_eq!(summary["check"]["lost"], 0, "{summary:#}");
 
     // The same topic again, consume only, one consumer reading all three partitions.
-    let (output, summary) = run_load(
-        args(&base)
-            .into_iter()
-            .chain(args(&[
-                "--topic",
-                "preloaded",
-                "--consume-only",
-                "--records",
-                "10000",
-                "--consumers",
-                "1",
-            ]))
-            .collect(),
-        &dir.path().join("consume-only.json"),
-    )
-    .await;
-    assert!(output.status.success(), "{summary:#}");
-    check(&summary, 10_000);
+    let extra = [
+        "--topic",
+        "preloaded",
+        "--consume-only",
+        "--records",
+        "10000",
+        "--consumers",
+        "1",
+    ];
+    run(&extra, "consume-only.json", 10_000).await;
 
     let mut client = common::client(&broker).await;
     let groups = client
