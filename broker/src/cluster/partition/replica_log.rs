@@ -81,7 +81,7 @@ impl ReplicaLog {
         std::fs::create_dir_all(dir)?;
         let fsync = config.fsync;
         let mut writer = LogWriter::open(dir, config).map_err(storage)?;
-        let mut journal = Journal::open(dir)?;
+        let mut journal = Journal::open(dir, None)?;
         let state: RaftState = read_checked(dir, STATE_FILE)?.unwrap_or_default();
         let mut members: BTreeMap<u64, Membership<NodeId, NodeAddr>> =
             read_checked(dir, MEMBERS_FILE)?.unwrap_or_default();
