@@ -678,6 +678,23 @@ async fn retention_deletes_old_segments_on_every_replica_and_a_restart_keeps_the
     }
     let mut client = cluster.client(follower).await;
     publish_retained(&mut client, &mut acked, "third", 30).await;
+
+    // A follower that was stopped while retention moved past everything it held gets
+    // the leader's snapshot and catches up from there.
+    let leader = leader_of_retained(&cluster, follower).await;
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    let publisher = (1..=3).find(|id| *id != behind).unwrap();
+    cluster.stop(behind).await;
+    let mut client = cluster.client(publisher).await;
+    publish_retained(&mut client, &mut acked, "while-down", 80).await;
+    let start = retention_moved(&cluster, start).await;
+    cluster.restart(behind).await;
+    let node = cluster.node(behind);
+    eventually("the restarted node has the topic", || {
+        has_topic(node, RETAINED)
+    })
+    .await;
+    retains_exactly(&cluster, behind, start, &acked).await;
     let end = *acked.keys().last().unwrap();
     let offsets: Vec<u64> = acked.keys().copied().collect();
     assert_eq!(offsets, (0..=end).collect::<Vec<_>>(), "offsets are dense");
