@@ -509,3 +509,37 @@ fn a_crash_during_an_install_starts_the_log_again_at_the_pointer_on_open() {
     assert_eq!(rl.last_log_id(), Some(pointer.last_log_id));
     assert!(rl.record(2).is_none());
 }
+
+#[test]
+fn installing_a_snapshot_whose_entry_the_log_holds_keeps_the_entries_after_it() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = retained_log(leader_dir.path(), 40, 2);
+    let pointer = leader.retention_pointer(crate::clock::now_ms()).unwrap();
+    leader.purge(pointer.last_log_id).unwrap();
+    let next = pointer.last_log_id.index + 1;
+
+    // A follower that holds every entry the leader appended (the same bytes at the same
+    // offsets) but applied none of them.
+    let dir = tempfile::tempdir().unwrap();
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = retained_log(full_dir.path(), 40, 2);
+    let mut rl = ReplicaLog::open(dir.path(), config()).unwrap();
+    rl.append(full.read(0, 40, usize::MAX).unwrap()).unwrap();
+    rl.sync().unwrap();
+    assert_eq!(rl.high_watermark(), 0);
+    rl.install(pointer.clone()).unwrap();
+    // Readers see up to the pointer's offset, the segments below it are gone, and the
+    // entries after it stay, unapplied.
+    assert_eq!(rl.high_watermark(), pointer.next_offset);
+    assert_eq!(rl.start_offset(), pointer.next_offset);
+    assert_eq!(rl.last_log_id(), full.last_log_id());
+    assert_eq!(entry_ids(&rl, next, 40), entry_ids(&leader, next, 40));
+    let ids: Vec<_> = (next..40).map(|i| rl.record(i).unwrap().log_id).collect();
+    rl.set_committed(ids.last().copied());
+    rl.apply(&ids).unwrap();
+    assert_eq!(readable(&rl.reader()), readable(&leader.reader()));
+    // A later purge up to the same pointer, as openraft sends after an install, is a
+    // no-op.
+    rl.purge(pointer.last_log_id).unwrap();
+    assert_eq!(readable(&rl.reader()), readable(&leader.reader()));
+}
