@@ -459,16 +459,16 @@ async fn small_batch_cluster() -> TestCluster {
     .await
 }
 
-/// Creates `RETAINED`, one partition on all three nodes, in 4 KiB segments of which
-/// retention keeps about two.
-async fn create_retained(client: &mut HeraldClient<Channel>) {
+/// Creates `RETAINED`, one partition on all three nodes, in 4 KiB segments, with
+/// `retention_bytes` (8 KiB keeps about two).
+async fn create_retained(client: &mut HeraldClient<Channel>, retention_bytes: Option<u64>) {
     client
         .create_topic(v1::CreateTopicRequest {
             name: RETAINED.into(),
             partitions: 1,
             config: Some(v1::TopicConfig {
                 segment_bytes: Some(4096),
-                retention_bytes: Some(8192),
+                retention_bytes,
                 ..Default::default()
             }),
             replication_factor: Some(3),
@@ -634,14 +634,28 @@ async fn retention_deletes_old_segments_on_every_replica_and_a_restart_keeps_the
     record_panics();
     let mut cluster = small_batch_cluster().await;
     let mut client = cluster.client(1).await;
-    create_retained(&mut client).await;
+    create_retained(&mut client, None).await;
     for id in 1..=3 {
         let node = cluster.node(id);
         eventually("every node has the topic", || has_topic(node, RETAINED)).await;
     }
     let mut acked = BTreeMap::new();
-    // About 40 KiB: ten segments, of which retention keeps two or three.
+    // About 40 KiB: ten segments. Without a limit nothing goes.
     publish_retained(&mut client, &mut acked, "first", 120).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for id in 1..=3 {
+        assert_eq!(start_offset(&cluster, id), 0, "node {id} deleted records");
+    }
+    // A limit set on the live topic applies on every replica, which keep two or three
+    // segments.
+    client
+        .alter_topic(v1::AlterTopicRequest {
+            name: RETAINED.into(),
+            retention_bytes: Some(8192),
+            ..Default::default()
+        })
+        .await
+        .expect("topic altered");
     let start = retention_moved(&cluster, 0).await;
     for id in 1..=3 {
         retains_exactly(&cluster, id, start, &acked).await;
@@ -730,7 +744,7 @@ async fn a_replica_that_lost_its_directory_rejoins_by_snapshot_and_holds_what_th
     record_panics();
     let mut cluster = small_batch_cluster().await;
     let mut client = cluster.client(1).await;
-    create_retained(&mut client).await;
+    create_retained(&mut client, Some(8192)).await;
     for id in 1..=3 {
         let node = cluster.node(id);
         eventually("every node has the topic", || has_topic(node, RETAINED)).await;
