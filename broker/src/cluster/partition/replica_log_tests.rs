@@ -1,6 +1,7 @@
 //! A replica's Raft log against a model: random appends (data, blank, membership),
-//! syncs, commits, truncations and reopens, clean or as after a crash that lost any
-//! unsynced part of the journal (a torn record included) and of the segment log.
+//! syncs, commits, truncations, purges where retention wants them, and reopens, clean or
+//! as after a crash that lost any unsynced part of the journal (a torn record included)
+//! and of the segment log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -20,6 +21,8 @@ fn config() -> LogConfig {
         segment_bytes: 4096,
         index_interval_bytes: 256,
         fsync: FsyncPolicy::Always,
+        // Only a purge applies it (`Op::Purge`): any sealed segment may go.
+        retention_bytes: Some(1),
         ..LogConfig::default()
     }
 }
@@ -75,6 +78,7 @@ enum Op {
     Sync,
     Commit(usize),
     Truncate(usize),
+    Purge,
     Crash {
         journal: usize,
         torn: bool,
@@ -92,6 +96,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Sync),
         2 => any::<usize>().prop_map(Op::Commit),
         2 => any::<usize>().prop_map(Op::Truncate),
+        2 => Just(Op::Purge),
         1 => (any::<usize>(), any::<bool>(), any::<usize>()).prop_map(|(journal, torn, log)| Op::Crash { journal, torn, log }),
         1 => Just(Op::Reopen),
     ]
@@ -114,6 +119,8 @@ struct Model {
     /// Entries committed (a prefix).
     committed: usize,
     published: u64,
+    /// Entries purged (a prefix of the committed ones).
+    purged: usize,
 }
 
 impl Model {
@@ -139,11 +146,26 @@ fn check(rl: &ReplicaLog, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(rl.last_log_id(), model.entries.last().map(|e| e.log_id));
     prop_assert_eq!(rl.next_offset(), model.end_of(model.entries.len()));
     prop_assert_eq!(rl.high_watermark(), model.published);
-    prop_assert_eq!(readable(&rl.reader()), model.readable());
-    let got = rl.read(0, model.entries.len() as u64, usize::MAX).unwrap();
-    prop_assert_eq!(got.len(), model.entries.len());
-    let mut at = 0;
-    for (entry, want) in got.iter().zip(&model.entries) {
+    // Nothing at or above the purge point is ever deleted; below it, whole segments.
+    let start = rl.reader().start_offset();
+    prop_assert!(start <= model.end_of(model.purged));
+    let want: Vec<(u64, u8)> = model
+        .readable()
+        .into_iter()
+        .filter(|(o, _)| *o >= start)
+        .collect();
+    prop_assert_eq!(readable(&rl.reader()), want);
+    prop_assert!(
+        rl.read(0, model.purged as u64, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let got = rl
+        .read(model.purged as u64, model.entries.len() as u64, usize::MAX)
+        .unwrap();
+    prop_assert_eq!(got.len(), model.entries.len() - model.purged);
+    let mut at = model.end_of(model.purged);
+    for (entry, want) in got.iter().zip(&model.entries[model.purged..]) {
         prop_assert_eq!(entry.log_id, want.log_id);
         match &entry.payload {
             EntryPayload::Normal(b) => {
@@ -164,10 +186,10 @@ fn check(rl: &ReplicaLog, model: &Model) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_raft_log_survives_cuts_and_crashes_as_the_model_says(ops in proptest::collection::vec(op(), 1..50)) {
+    fn the_raft_log_survives_cuts_and_crashes_as_the_model_says(ops in proptest::collection::vec(op(), 1..70)) {
         let dir = tempfile::tempdir().unwrap();
         let mut rl = Some(ReplicaLog::open(dir.path(), config()).unwrap());
         let mut model = Model::default();
@@ -226,12 +248,23 @@ proptest! {
                         model.synced = model.synced.min(from);
                     }
                 }
+                Op::Purge => {
+                    if let Some(pointer) = log.retention_pointer(crate::clock::now_ms()) {
+                        let upto = pointer.last_log_id.index as usize + 1;
+                        prop_assert!(upto <= model.committed && upto > model.purged);
+                        prop_assert_eq!(pointer.last_log_id, model.entries[upto - 1].log_id);
+                        prop_assert_eq!(pointer.next_offset, model.end_of(upto));
+                        log.purge(pointer.last_log_id).unwrap();
+                        model.purged = upto;
+                    }
+                }
                 Op::Crash { journal, torn, log: log_keep } => {
                     drop(rl.take());
                     // The journal keeps its synced records and any part of the rest.
                     let unsynced = model.entries.len() - model.synced;
                     let keep_records = model.synced + journal % (unsynced + 1);
-                    let mut keep_bytes = (keep_records * RECORD_BYTES) as u64;
+                    // The journal file holds the records after the purged ones.
+                    let mut keep_bytes = ((keep_records - model.purged) * RECORD_BYTES) as u64;
                     if torn && keep_records < model.entries.len() {
                         keep_bytes += (RECORD_BYTES / 2) as u64;
                     }
