@@ -649,3 +649,352 @@ async fn leadership_returns_to_the_preferred_replicas_when_a_node_comes_back() {
     check_order(&acked);
     cluster.shutdown().await;
 }
+
+const RETAINED: &str = "retained";
+
+/// Three nodes whose batches fit 4 KiB segments.
+async fn small_batch_cluster() -> TestCluster {
+    TestCluster::start_with(
+        3,
+        |_| "127.0.0.1",
+        Box::new(|_, config| {
+            config.max_batch_bytes = 4096;
+            config.max_message_bytes = 4096;
+        }),
+    )
+    .await
+}
+
+/// Creates `RETAINED`, one partition on all three nodes, in 4 KiB segments, with
+/// `retention_bytes` (8 KiB keeps about two).
+async fn create_retained(client: &mut HeraldClient<Channel>, retention_bytes: Option<u64>) {
+    client
+        .create_topic(v1::CreateTopicRequest {
+            name: RETAINED.into(),
+            partitions: 1,
+            config: Some(v1::TopicConfig {
+                segment_bytes: Some(4096),
+                retention_bytes,
+                ..Default::default()
+            }),
+            replication_factor: Some(3),
+        })
+        .await
+        .expect("topic created");
+}
+
+/// Publishes `count` records of about 300 bytes to `RETAINED`, recording each
+/// acknowledged offset.
+async fn publish_retained(
+    client: &mut HeraldClient<Channel>,
+    acked: &mut BTreeMap<u64, String>,
+    round: &str,
+    count: usize,
+) {
+    for i in 0..count {
+        let value = format!("{round}-{i}-{}", "x".repeat(300));
+        let request = v1::PublishRequest {
+            topic: RETAINED.into(),
+            partition: Some(0),
+            payload: Some(v1::publish_request::Payload::Records(v1::Records {
+                records: vec![common::record(None, &value)],
+            })),
+            producer: None,
+        };
+        let answer = publish_retrying(client, request).await;
+        assert!(
+            acked.insert(answer.base_offset, value).is_none(),
+            "offset acknowledged twice: {answer:?}"
+        );
+    }
+}
+
+/// The first offset node `id`'s replica of `RETAINED` holds.
+fn start_offset(cluster: &TestCluster, id: u64) -> u64 {
+    cluster
+        .node(id)
+        .registry
+        .get(RETAINED)
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .reader()
+        .start_offset()
+}
+
+/// Every record node `id` serves of `RETAINED`, from its start offset; `None` if
+/// retention moved the start while they were read (then the caller reads again).
+async fn retained_records(cluster: &TestCluster, id: u64) -> Option<BTreeMap<u64, String>> {
+    let mut client = cluster.client(id).await;
+    let from = start_offset(cluster, id);
+    let mut records = BTreeMap::new();
+    let below_start = |status: &tonic::Status| status.code() == tonic::Code::OutOfRange;
+    let mut stream = match client
+        .fetch(v1::FetchRequest {
+            topic: RETAINED.into(),
+            partition: 0,
+            start: Some(v1::Position {
+                kind: Some(v1::position::Kind::Offset(from)),
+            }),
+            follow: false,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if below_start(&status) => return None,
+        Err(status) => panic!("fetch refused: {status:?}"),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(response)) => {
+                for r in response.records {
+                    records.insert(r.offset, String::from_utf8(r.value.to_vec()).unwrap());
+                }
+            }
+            Ok(None) => return Some(records),
+            Err(status) if below_start(&status) => return None,
+            Err(status) => panic!("the fetch failed: {status:?}"),
+        }
+    }
+}
+
+/// Waits until node `id` starts at `start` and holds exactly the acknowledged records
+/// from there.
+async fn retains_exactly(
+    cluster: &TestCluster,
+    id: u64,
+    start: u64,
+    acked: &BTreeMap<u64, String>,
+) {
+    let want: BTreeMap<u64, String> = acked.range(start..).map(|(o, v)| (*o, v.clone())).collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got_start = start_offset(cluster, id);
+        let got = retained_records(cluster, id).await.unwrap_or_default();
+        if got_start == start && got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id}: starts at {got_start} (want {start}), holds {} records ({} acknowledged from {start}); first difference at {:?}",
+            got.len(),
+            want.len(),
+            want.iter().find(|(o, v)| got.get(o) != Some(v))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every running node's replica of `RETAINED` starts at the same offset,
+/// above `above`, and retention has settled there (nothing moved for 2.5 s, in which
+/// each replica checks its retention twice), and returns that offset.
+async fn retention_moved(cluster: &TestCluster, above: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    let seen = || -> Vec<(u64, usize)> {
+        cluster
+            .specs
+            .iter()
+            .filter(|s| cluster.brokers[cluster.index_of(s.id)].is_some())
+            .map(|s| (start_offset(cluster, s.id), segment_files(cluster, s.id)))
+            .collect()
+    };
+    loop {
+        let before = seen();
+        if before
+            .iter()
+            .all(|(start, _)| *start > above && *start == before[0].0)
+        {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            if seen() == before {
+                return before[0].0;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention did not move every replica's start past {above} (start, segment files): {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Segment files in node `id`'s directory of `RETAINED`'s partition.
+fn segment_files(cluster: &TestCluster, id: u64) -> usize {
+    let dir = cluster.specs[cluster.index_of(id)]
+        .dir
+        .join("topics")
+        .join(RETAINED)
+        .join("0");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".log") && !name.starts_with("next") && !name.starts_with("recycled")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_segments_on_every_replica_and_a_restart_keeps_the_start() {
+    record_panics();
+    let mut cluster = small_batch_cluster().await;
+    let mut client = cluster.client(1).await;
+    create_retained(&mut client, None).await;
+    for id in 1..=3 {
+        let node = cluster.node(id);
+        eventually("every node has the topic", || has_topic(node, RETAINED)).await;
+    }
+    let mut acked = BTreeMap::new();
+    // About 40 KiB: ten segments. Without a limit nothing goes.
+    publish_retained(&mut client, &mut acked, "first", 120).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for id in 1..=3 {
+        assert_eq!(start_offset(&cluster, id), 0, "node {id} deleted records");
+    }
+    // A limit set on the live topic applies on every replica, which keep two or three
+    // segments.
+    client
+        .alter_topic(v1::AlterTopicRequest {
+            name: RETAINED.into(),
+            retention_bytes: Some(8192),
+            ..Default::default()
+        })
+        .await
+        .expect("topic altered");
+    let start = retention_moved(&cluster, 0).await;
+    for id in 1..=3 {
+        retains_exactly(&cluster, id, start, &acked).await;
+        // The active segment and at most two sealed ones (of about 4 KiB) are left.
+        let files = segment_files(&cluster, id);
+        assert!(files <= 3, "node {id} keeps {files} segment files");
+    }
+
+    // Publishes and reads go on, and retention keeps moving.
+    publish_retained(&mut client, &mut acked, "second", 60).await;
+    let start = retention_moved(&cluster, start).await;
+    for id in 1..=3 {
+        retains_exactly(&cluster, id, start, &acked).await;
+    }
+
+    // A restarted follower and a restarted leader come back at the same start, with
+    // every acknowledged record after it.
+    let leader = leader_of_retained(&cluster, 1).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    for id in [follower, leader] {
+        cluster.stop(id).await;
+        cluster.restart(id).await;
+        let node = cluster.node(id);
+        eventually("the restarted node has the topic", || {
+            has_topic(node, RETAINED)
+        })
+        .await;
+        assert_eq!(
+            start_offset(&cluster, id),
+            start,
+            "node {id} after its restart"
+        );
+        retains_exactly(&cluster, id, start, &acked).await;
+    }
+    let mut client = cluster.client(follower).await;
+    publish_retained(&mut client, &mut acked, "third", 30).await;
+
+    // A follower that was stopped while retention moved past everything it held gets
+    // the leader's snapshot and catches up from there.
+    let leader = leader_of_retained(&cluster, follower).await;
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    let publisher = (1..=3).find(|id| *id != behind).unwrap();
+    cluster.stop(behind).await;
+    let mut client = cluster.client(publisher).await;
+    publish_retained(&mut client, &mut acked, "while-down", 80).await;
+    let start = retention_moved(&cluster, start).await;
+    cluster.restart(behind).await;
+    let node = cluster.node(behind);
+    eventually("the restarted node has the topic", || {
+        has_topic(node, RETAINED)
+    })
+    .await;
+    retains_exactly(&cluster, behind, start, &acked).await;
+    let end = *acked.keys().last().unwrap();
+    let offsets: Vec<u64> = acked.keys().copied().collect();
+    assert_eq!(offsets, (0..=end).collect::<Vec<_>>(), "offsets are dense");
+    let start = retention_moved(&cluster, 0).await;
+    for id in 1..=3 {
+        retains_exactly(&cluster, id, start, &acked).await;
+    }
+    cluster.shutdown().await;
+}
+
+/// The leader of `RETAINED`'s partition as node `id` reports it.
+async fn leader_of_retained(cluster: &TestCluster, id: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = cluster
+            .status(id)
+            .await
+            .topics
+            .iter()
+            .find(|t| t.name == RETAINED)
+            .and_then(|t| t.partitions.first())
+            .map_or(0, |p| p.leader);
+        if leader != 0 {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_directory_rejoins_by_snapshot_and_holds_what_the_leader_holds() {
+    record_panics();
+    let mut cluster = small_batch_cluster().await;
+    let mut client = cluster.client(1).await;
+    create_retained(&mut client, Some(8192)).await;
+    for id in 1..=3 {
+        let node = cluster.node(id);
+        eventually("every node has the topic", || has_topic(node, RETAINED)).await;
+    }
+    let mut acked = BTreeMap::new();
+    publish_retained(&mut client, &mut acked, "first", 80).await;
+    let start = retention_moved(&cluster, 0).await;
+
+    // A follower stops and loses its partition directory; the others go on, and
+    // retention moves past everything it ever held.
+    let leader = leader_of_retained(&cluster, 1).await;
+    let lost = (1..=3).find(|id| *id != leader).unwrap();
+    let publisher = (1..=3).find(|id| *id != lost).unwrap();
+    cluster.stop(lost).await;
+    let dir = cluster.specs[cluster.index_of(lost)]
+        .dir
+        .join("topics")
+        .join(RETAINED)
+        .join("0");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut client = cluster.client(publisher).await;
+    publish_retained(&mut client, &mut acked, "without", 80).await;
+    let start = retention_moved(&cluster, start).await;
+
+    // Restarted with nothing, it installs the leader's snapshot and catches up: the same
+    // records at the same offsets as the leader, nothing below the leader's start.
+    cluster.restart(lost).await;
+    let node = cluster.node(lost);
+    eventually("the restarted node has the topic", || {
+        has_topic(node, RETAINED)
+    })
+    .await;
+    retains_exactly(&cluster, lost, start, &acked).await;
+    publish_retained(&mut client, &mut acked, "after", 40).await;
+    let start = retention_moved(&cluster, 0).await;
+    for id in 1..=3 {
+        retains_exactly(&cluster, id, start, &acked).await;
+    }
+    // It also serves as a voter: with the other follower stopped, publishes still commit.
+    let other = (1..=3).find(|id| *id != lost && *id != leader).unwrap();
+    cluster.stop(other).await;
+    let mut client = cluster.client(lost).await;
+    publish_retained(&mut client, &mut acked, "two-of-three", 10).await;
+    let start = retention_moved(&cluster, 0).await;
+    retains_exactly(&cluster, lost, start, &acked).await;
+    cluster.shutdown().await;
+}

@@ -942,6 +942,123 @@ impl LogWriter {
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome> {
         self.producers.expire(now_ms);
         self.msg_ids.expire(now_ms);
+        let doomed = self.past_retention(now_ms);
+        self.retire_first(doomed)
+    }
+
+    /// The log's first offset.
+    pub fn start_offset(&self) -> u64 {
+        self.segments[0].base_offset()
+    }
+
+    /// Whether an appended batch starts at `offset`, or `offset` is the log's end.
+    pub fn is_boundary(&self, offset: u64) -> bool {
+        self.boundary("check", offset).is_ok()
+    }
+
+    /// Where the retention limits would start the log at `now_ms`: the base offset of the
+    /// first segment they keep (the log's start when they keep every segment). Nothing is
+    /// deleted: a replicated partition deletes only once its group lets it forget the
+    /// entries below (see [`delete_below`](Self::delete_below)).
+    pub fn retention_point(&self, now_ms: i64) -> u64 {
+        self.segments[self.past_retention(now_ms)].base_offset()
+    }
+
+    /// Deletes the sealed segments that lie wholly below `offset` (each one whose successor
+    /// starts at or below it), oldest first, as retention does.
+    pub fn delete_below(&mut self, offset: u64) -> Result<RetentionOutcome> {
+        let doomed = self.segments[1..].partition_point(|s| s.base_offset() <= offset);
+        self.retire_first(doomed)
+    }
+
+    /// Discards the whole log and starts it again, empty, at `offset`: a replica that
+    /// installs its group's snapshot holds none of the records below it and must take the
+    /// next entry at exactly that offset. Only what was never published may be lost
+    /// (`offset` is at or above the high watermark); readers see the log start at
+    /// `offset`, and those holding an old segment keep its mapping.
+    ///
+    /// Crash safety: first a checkpoint that vouches for nothing past the first segment's
+    /// start (so recovery scans and trusts only what it finds), then the segments at or
+    /// past `offset` are deleted, newest first; then the new segment is made and a durable
+    /// checkpoint naming it as the start is written, after which recovery deletes every
+    /// older segment as retention's leftovers. A crash at any point opens a prefix of the
+    /// old log or the new empty one; the caller (which recorded the snapshot first)
+    /// repeats the restart.
+    pub fn restart_at(&mut self, offset: u64) -> Result<()> {
+        self.check_poisoned()?;
+        if offset < self.committed_offset {
+            return Err(self.bad_boundary(
+                "restart",
+                offset,
+                &format!(
+                    "readers may already have offsets up to {}",
+                    self.committed_offset
+                ),
+            ));
+        }
+        if let Some(growth) = self.growth.take() {
+            let _ = growth.recv();
+        }
+        let first = self.segments[0].base_offset();
+        let vouch_nothing = Checkpoint {
+            segment_base: first,
+            position: 0,
+            next_offset: first,
+            clean: false,
+            durable: false,
+            start_offset: Some(first),
+        };
+        vouch_nothing.write(&self.dir, true)?;
+        self.checkpoint = vouch_nothing;
+        let at = self.segments.partition_point(|s| s.base_offset() < offset);
+        // Only their files go here; the table keeps them (mapped) until the new one replaces
+        // it, so the writer's state stays whole if a step fails.
+        for doomed in self.segments[at..].to_vec().iter().rev() {
+            let result = doomed.delete_files();
+            self.guard(result)?;
+        }
+        let result = super::segment::sync_dir(&self.dir);
+        self.guard(result)?;
+        let prepared = self.preparer.take();
+        let prepared = self.guard(prepared)?;
+        let segment = prepared.activate(self.preparer.shape(), offset);
+        let segment = Arc::new(self.guard(segment)?);
+        let checkpoint = Checkpoint {
+            segment_base: offset,
+            position: 0,
+            next_offset: offset,
+            clean: false,
+            durable: true,
+            start_offset: Some(offset),
+        };
+        let result = checkpoint.write(&self.dir, true);
+        self.guard(result)?;
+        self.checkpoint = checkpoint;
+        let mut older = std::mem::replace(&mut self.segments, vec![segment.clone()]);
+        older.truncate(at);
+        self.handoff.publish_segments(self.segments.clone());
+        self.handoff.publish_commit(&segment, 0, offset);
+        self.write_pos = 0;
+        self.flushed_pos = 0;
+        self.next_offset = offset;
+        self.committed_offset = offset;
+        self.indexer = IndexCursor::new(self.config.index_interval_bytes);
+        for doomed in older.iter().rev() {
+            let result = doomed.delete_files();
+            self.guard(result)?;
+        }
+        let result = super::segment::sync_dir(&self.dir);
+        self.guard(result)?;
+        // The tables described the discarded log.
+        self.producers = Producers::new(self.config.producers);
+        self.msg_ids = MsgIds::new(self.config.msg_id_window_ms);
+        self.write_producer_snapshot(true)?;
+        tracing::info!(dir = %self.dir.display(), offset, "the log was discarded and starts again, empty, at this offset");
+        Ok(())
+    }
+
+    /// How many of the oldest sealed segments are past the retention limits at `now_ms`.
+    fn past_retention(&self, now_ms: i64) -> usize {
         let mut total: u64 = self.segments.iter().map(|s| s.committed_len()).sum();
         let sealed = self.segments.len() - 1;
         let mut doomed = 0;
@@ -957,6 +1074,12 @@ impl LogWriter {
             total -= segment.committed_len();
             doomed += 1;
         }
+        doomed
+    }
+
+    /// Deletes the first `doomed` segments (all sealed).
+    fn retire_first(&mut self, doomed: usize) -> Result<RetentionOutcome> {
+        let doomed = doomed.min(self.segments.len() - 1);
         let mut outcome = RetentionOutcome {
             start_offset: self.segments[doomed].base_offset(),
             ..Default::default()
@@ -1780,6 +1903,84 @@ mod tests {
         let w = LogWriter::open(dir.path(), cfg).unwrap();
         assert_eq!(w.next_offset(), i as u64);
         check(&w.reader());
+    }
+
+    #[test]
+    fn retention_point_and_delete_below_remove_only_whole_segments_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(4096, FsyncPolicy::Always);
+        cfg.retention_bytes = Some(3 * 4096);
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        let r = w.reader();
+        for i in 0..100 {
+            append(&mut w, &batch(i, 1, &[0; 500]));
+        }
+        let segments = r.segment_count();
+        // Asking deletes nothing.
+        let point = w.retention_point(0);
+        assert!(point > 0);
+        assert_eq!(r.segment_count(), segments);
+        assert_eq!(r.start_offset(), 0);
+        // An offset inside a segment deletes only the segments wholly below it.
+        let out = w.delete_below(point - 1).unwrap();
+        assert!(out.start_offset < point);
+        assert_eq!(w.delete_below(point).unwrap().start_offset, point);
+        assert_eq!(r.start_offset(), point);
+        assert_eq!(read_all(&r, point).len() as u64, 100 - point);
+        // Never the active segment.
+        let out = w.delete_below(u64::MAX).unwrap();
+        assert_eq!(r.segment_count(), 1);
+        assert_eq!(r.start_offset(), out.start_offset);
+        drop(w);
+        let w = LogWriter::open(dir.path(), cfg).unwrap();
+        assert_eq!(w.reader().start_offset(), out.start_offset);
+        assert_eq!(w.next_offset(), 100);
+    }
+
+    #[test]
+    fn restart_at_discards_the_log_and_goes_on_empty_from_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4096, FsyncPolicy::Always);
+        let mut w = LogWriter::open(dir.path(), cfg.clone()).unwrap();
+        let r = w.reader();
+        for i in 0..30 {
+            append(&mut w, &batch(i, 1, &[0; 500]));
+        }
+        let held = r.read(0, 10).unwrap().unwrap();
+        // Not below what readers may have seen.
+        assert!(w.restart_at(10).is_err());
+        // At any offset at or past the high watermark, again and again.
+        for at in [40, 500] {
+            w.restart_at(at).unwrap();
+            assert_eq!(w.next_offset(), at);
+            assert_eq!(r.start_offset(), at);
+            assert_eq!(r.high_watermark(), at);
+            assert_eq!(r.segment_count(), 1);
+            assert!(read_all(&r, at).is_empty());
+        }
+        // A chunk read before still reads, though its file is gone.
+        assert_eq!(batch::batches(&held.bytes).count(), 1);
+        for i in 0..3 {
+            append(&mut w, &batch(i, 1, &[1; 10]));
+        }
+        w.flush().unwrap();
+        assert_eq!(
+            read_all(&r, 500).iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![500, 501, 502]
+        );
+        drop(w);
+        let w = LogWriter::open(dir.path(), cfg).unwrap();
+        assert_eq!(w.reader().start_offset(), 500);
+        assert_eq!(w.next_offset(), 503);
+        let segments = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".log") && name.starts_with(|c: char| c.is_ascii_digit())
+            })
+            .count();
+        assert_eq!(segments, 1);
     }
 
     #[test]

@@ -68,9 +68,12 @@ pub fn partition_config() -> Result<openraft::Config, BrokerError> {
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
         election_timeout_min: ELECTION_TIMEOUT_MS.0,
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
-        // The state machine is the log: a snapshot would only let the log be purged,
-        // and nothing can yet send a lagging replica the segments it would then lack.
+        // The state machine is the log: a snapshot is built only when retention wants
+        // segments deleted (`ReplicaPartition` triggers it), and then the whole log it
+        // covers is purged at once, so the segments below it can go.
         snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..openraft::Config::default()
     }

@@ -16,7 +16,14 @@
 //! | 44..48 | CRC-32C of bytes 0..44 |
 //!
 //! Offsets stay dense: only data entries take offsets, so each record's base offset is
-//! the previous record's end. A membership entry's configuration is kept beside the
+//! the previous record's end.
+//!
+//! The journal may have a *base*: the last entry its group's snapshot covers (its index,
+//! and the offset after its records). Records up to the base are forgotten (the group
+//! purged them, and retention deleted their segments); the first record kept is the
+//! base's successor, at the base's offset. The base itself is kept by the owner (in
+//! `raft.snapshot`, written before the journal is rewritten without those records), so
+//! records at or below it that a crash left in the file are skipped on open. A membership entry's configuration is kept beside the
 //! journal (see `replica_log`). The journal is written with the batches and synced in
 //! the same group commit; a kill -9 can leave a torn or unsynced tail, which an open cuts
 //! at the first record that is short, fails its CRC, or does not follow its predecessor.
@@ -31,6 +38,15 @@ use crate::cluster::types::NodeId;
 
 /// The journal's file name in the partition's directory.
 pub const JOURNAL_FILE: &str = "raft.journal";
+const JOURNAL_TMP: &str = "raft.journal.tmp";
+
+/// Where a journal starts: the last entry forgotten (by a purge or a snapshot install) and
+/// the offset after its records, which the next data entry takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalBase {
+    pub index: u64,
+    pub next_offset: u64,
+}
 /// Bytes of one record.
 pub const RECORD_BYTES: usize = 48;
 const CRC_AT: usize = 44;
@@ -109,6 +125,24 @@ impl JournalRecord {
     fn follows(&self, prev: &JournalRecord) -> bool {
         self.log_id.index == prev.log_id.index + 1 && self.base_offset == prev.end_offset()
     }
+
+    /// Whether `self` may be the first record after `base`.
+    fn follows_base(&self, base: &JournalBase) -> bool {
+        self.log_id.index == base.index + 1 && self.base_offset == base.next_offset
+    }
+}
+
+/// Whether `record` may come next, after `prev` or (with none) after `base`.
+fn may_follow(
+    record: &JournalRecord,
+    prev: Option<&JournalRecord>,
+    base: Option<&JournalBase>,
+) -> bool {
+    match (prev, base) {
+        (Some(prev), _) => record.follows(prev),
+        (None, Some(base)) => record.follows_base(base),
+        (None, None) => true,
+    }
 }
 
 /// The open journal and its records (all of them in memory: 48 bytes per entry).
@@ -116,49 +150,130 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     records: Vec<JournalRecord>,
+    base: Option<JournalBase>,
 }
 
 fn context(what: &str, path: &Path, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| context("opening", path, e))
+}
+
 impl Journal {
-    /// Opens (or creates) the journal in `dir`, cutting (durably) a tail that is torn,
-    /// damaged or out of sequence. Blocking.
-    pub fn open(dir: &Path) -> std::io::Result<Journal> {
+    /// Opens (or creates) the journal in `dir`, based at `base` (none: from the group's
+    /// first entry), cutting (durably) a tail that is torn, damaged or out of sequence.
+    /// Records at or below the base are dropped (a crash left them after the base was
+    /// recorded). Blocking.
+    pub fn open(dir: &Path, base: Option<JournalBase>) -> std::io::Result<Journal> {
         let path = dir.join(JOURNAL_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| context("opening", &path, e))?;
+        let mut file = open_append(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| context("reading", &path, e))?;
         let mut records: Vec<JournalRecord> = Vec::with_capacity(bytes.len() / RECORD_BYTES);
+        let mut forgotten = 0usize;
+        let mut valid = 0usize;
         for chunk in bytes.chunks(RECORD_BYTES) {
             let Some(record) = JournalRecord::decode(chunk) else {
                 break;
             };
-            if records.last().is_some_and(|prev| !record.follows(prev)) {
+            if records.is_empty()
+                && let Some(base) = &base
+                && record.log_id.index <= base.index
+            {
+                // Still in sequence with what precedes it, but covered by the base.
+                forgotten += 1;
+                valid += RECORD_BYTES;
+                continue;
+            }
+            if !may_follow(&record, records.last(), base.as_ref()) {
                 break;
             }
             records.push(record);
+            valid += RECORD_BYTES;
         }
         let mut journal = Journal {
             path,
             file,
             records,
+            base,
         };
-        let valid = journal.records.len() * RECORD_BYTES;
         if valid < bytes.len() {
             tracing::warn!(path = %journal.path.display(), valid, cut = bytes.len() - valid,
                 "a partition's entry journal ends in a torn or damaged record; cut after the last whole record");
+        }
+        if forgotten > 0 {
+            journal.rewrite()?;
+        } else if valid < bytes.len() {
             journal.cut_file(journal.records.len())?;
         }
         Ok(journal)
+    }
+
+    /// Where the journal starts (see [`JournalBase`]).
+    pub fn base(&self) -> Option<JournalBase> {
+        self.base
+    }
+
+    /// Forgets the records up to `base.index` (they must be in the journal, or the
+    /// journal must end before them: then every record goes), durably: the file is
+    /// rewritten with the rest and replaced atomically. `base` must be where the record
+    /// at its index ends, if the journal holds it.
+    pub fn rebase(&mut self, base: JournalBase) -> std::io::Result<()> {
+        if let Some(record) = self.get(base.index)
+            && record.end_offset() != base.next_offset
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "journal base {base:?} does not match record {record:?} ({})",
+                    self.path.display()
+                ),
+            ));
+        }
+        let keep = self
+            .records
+            .partition_point(|r| r.log_id.index <= base.index);
+        self.records.drain(..keep);
+        if self
+            .records
+            .first()
+            .is_some_and(|first| !first.follows_base(&base))
+        {
+            // The kept records do not continue from the base (a snapshot past a log that
+            // diverged): none of them can stay.
+            self.records.clear();
+        }
+        self.base = Some(base);
+        self.rewrite()
+    }
+
+    /// Writes the records held to a new file and puts it in place of the journal.
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(JOURNAL_TMP);
+        let mut bytes = Vec::with_capacity(self.records.len() * RECORD_BYTES);
+        for record in &self.records {
+            bytes.extend_from_slice(&record.encode());
+        }
+        let write = || -> std::io::Result<()> {
+            let mut out = File::create(&tmp)?;
+            out.write_all(&bytes)?;
+            out.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| context("rewriting", &self.path, e))?;
+        self.file = open_append(&self.path)?;
+        Ok(())
     }
 
     pub fn records(&self) -> &[JournalRecord] {
@@ -177,8 +292,9 @@ impl Journal {
     }
 
     /// The offset after the data of the entries up to `index` (none: no entry): the end
-    /// of the last record at or below it, or `start` if there is none.
+    /// of the last record at or below it, or else the base's offset, or else `start`.
     pub fn end_offset_at(&self, index: Option<u64>, start: u64) -> u64 {
+        let start = self.base.map_or(start, |b| b.next_offset);
         let upto = index.map_or(0, |index| {
             self.records.partition_point(|r| r.log_id.index <= index)
         });
@@ -186,8 +302,10 @@ impl Journal {
             .map_or(start, |i| self.records[i].end_offset())
     }
 
-    /// The offset after the data of every entry, or `start` if there is none.
+    /// The offset after the data of every entry, or else the base's offset, or else
+    /// `start`.
     pub fn end_offset(&self, start: u64) -> u64 {
+        let start = self.base.map_or(start, |b| b.next_offset);
         self.records.last().map_or(start, JournalRecord::end_offset)
     }
 
@@ -197,14 +315,14 @@ impl Journal {
         let mut prev = self.records.last().copied();
         let mut bytes = Vec::with_capacity(records.len() * RECORD_BYTES);
         for record in records {
-            if let Some(p) = prev
-                && !record.follows(&p)
-            {
+            if !may_follow(record, prev.as_ref(), self.base.as_ref()) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!(
-                        "journal record {:?} does not follow {p:?} ({})",
+                        "journal record {:?} does not follow {:?} (base {:?}) ({})",
                         record,
+                        prev,
+                        self.base,
                         self.path.display()
                     ),
                 ));
@@ -272,7 +390,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_last_record_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::open(dir.path()).unwrap();
+        let mut journal = Journal::open(dir.path(), None).unwrap();
         journal
             .append(&[record(0, 0, 0), record(1, 0, 5), record(2, 5, 3)])
             .unwrap();
@@ -286,7 +404,7 @@ mod tests {
         file.write_all(&record(3, 8, 2).encode()[..30]).unwrap();
         drop(file);
 
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = Journal::open(dir.path(), None).unwrap();
         assert_eq!(journal.records().len(), 3);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
@@ -302,7 +420,90 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[RECORD_BYTES + 3] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = Journal::open(dir.path(), None).unwrap();
         assert_eq!(journal.records().len(), 1);
+    }
+
+    #[test]
+    fn a_base_forgets_the_records_below_it_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let mut journal = Journal::open(dir.path(), None).unwrap();
+        let all = [
+            record(0, 0, 0),
+            record(1, 0, 5),
+            record(2, 5, 3),
+            record(3, 8, 0),
+            record(4, 8, 2),
+        ];
+        journal.append(&all).unwrap();
+        journal.sync().unwrap();
+        let old_file = std::fs::read(&path).unwrap();
+        // A base that does not end the record at its index is refused.
+        assert!(
+            journal
+                .rebase(JournalBase {
+                    index: 2,
+                    next_offset: 7
+                })
+                .is_err()
+        );
+        let base = JournalBase {
+            index: 2,
+            next_offset: 8,
+        };
+        journal.rebase(base).unwrap();
+        assert_eq!(journal.records(), &all[3..]);
+        assert_eq!(journal.get(2), None);
+        assert_eq!(journal.end_offset_at(Some(2), 0), 8);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            2 * RECORD_BYTES as u64
+        );
+        drop(journal);
+
+        // Reopened at its base: the same records.
+        let mut journal = Journal::open(dir.path(), Some(base)).unwrap();
+        assert_eq!(journal.records(), &all[3..]);
+        assert_eq!(journal.base(), Some(base));
+        journal.append(&[record(5, 10, 1)]).unwrap();
+        drop(journal);
+
+        // A crash after the base was recorded, before the rewrite: the old file's
+        // records at or below the base are dropped (and the file rewritten).
+        std::fs::write(&path, &old_file).unwrap();
+        let journal = Journal::open(dir.path(), Some(base)).unwrap();
+        assert_eq!(journal.records(), &all[3..]);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            2 * RECORD_BYTES as u64
+        );
+        drop(journal);
+
+        // An empty journal at a base takes only the base's successor, at its offset;
+        // a file whose first record does not go on from the base is cut.
+        let mut journal = Journal::open(
+            dir.path(),
+            Some(JournalBase {
+                index: 4,
+                next_offset: 10,
+            }),
+        )
+        .unwrap();
+        assert!(journal.records().is_empty());
+        assert!(journal.append(&[record(5, 9, 1)]).is_err());
+        assert!(journal.append(&[record(6, 10, 1)]).is_err());
+        journal.append(&[record(5, 10, 1)]).unwrap();
+        drop(journal);
+        let journal = Journal::open(
+            dir.path(),
+            Some(JournalBase {
+                index: 4,
+                next_offset: 11,
+            }),
+        )
+        .unwrap();
+        assert!(journal.records().is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 }

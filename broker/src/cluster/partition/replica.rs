@@ -15,7 +15,7 @@ use openraft::storage::LogFlushed;
 use openraft::{Entry, LogId, StoredMembership, Vote};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::replica_log::{RaftState, ReplicaLog};
+use super::replica_log::{RaftState, ReplicaLog, SnapshotPointer};
 use super::types::{PartAppended, PartTypes};
 use crate::cluster::types::{NodeAddr, NodeId};
 use crate::storage::{
@@ -74,6 +74,19 @@ pub enum Command {
     Membership {
         index: Option<u64>,
         reply: oneshot::Sender<StoredMembership<NodeId, NodeAddr>>,
+    },
+    /// The snapshot retention wants now (see `ReplicaLog::retention_pointer`).
+    RetentionPointer {
+        reply: oneshot::Sender<Option<SnapshotPointer>>,
+    },
+    /// The snapshot the replica holds.
+    Snapshot {
+        reply: oneshot::Sender<Option<SnapshotPointer>>,
+    },
+    /// Installs a snapshot from the group's leader.
+    Install {
+        pointer: SnapshotPointer,
+        reply: oneshot::Sender<IoResult<()>>,
     },
     /// The leader's duplicate check of a batch it is about to propose.
     Check {
@@ -313,6 +326,7 @@ impl Owner {
             Command::Purge { log_id, reply } => {
                 self.flush();
                 let result = self.check().and_then(|()| self.log.purge(log_id));
+                let result = self.fail(result);
                 let _ = reply.send(result);
             }
             Command::SaveVote { vote, reply } => {
@@ -329,12 +343,24 @@ impl Owner {
             }
             Command::Apply { log_ids, reply } => {
                 let result = self.check().and_then(|()| self.log.apply(&log_ids));
-                self.on_publish.send_if_modified(|hw| {
-                    let now = self.log.high_watermark();
-                    let moved = now != *hw;
-                    *hw = now;
-                    moved
-                });
+                self.announce_high_watermark();
+                let _ = reply.send(result);
+            }
+            Command::RetentionPointer { reply } => {
+                let pointer = match self.failed {
+                    Some(_) => None,
+                    None => self.log.retention_pointer(crate::clock::now_ms()),
+                };
+                let _ = reply.send(pointer);
+            }
+            Command::Snapshot { reply } => {
+                let _ = reply.send(self.log.snapshot().cloned());
+            }
+            Command::Install { pointer, reply } => {
+                self.flush();
+                let result = self.check().and_then(|()| self.log.install(pointer));
+                let result = self.fail(result);
+                self.announce_high_watermark();
                 let _ = reply.send(result);
             }
             Command::Check { batch, reply } => {
@@ -352,6 +378,16 @@ impl Owner {
 }
 
 impl Owner {
+    /// Wakes tailing readers if the high watermark moved.
+    fn announce_high_watermark(&mut self) {
+        let now = self.log.high_watermark();
+        self.on_publish.send_if_modified(|hw| {
+            let moved = now != *hw;
+            *hw = now;
+            moved
+        });
+    }
+
     fn check_duplicate(&mut self, bytes: Vec<u8>) -> Result<Checked, StorageError> {
         if self.failed.is_some() {
             return Err(StorageError::WriterStopped);

@@ -4,6 +4,11 @@
 //!
 //! - `raft.members`: the configuration of each membership entry still in the log.
 //! - `raft.state`: the vote, the committed log id and the last purged log id.
+//! - `raft.snapshot`: the group's snapshot as this replica holds it, a pointer (see
+//!   [`SnapshotPointer`]): the last entry it covers, the offset after that entry's
+//!   records, and the membership then. It is also the journal's base: the records below
+//!   it are gone from this replica (retention deleted them after the group purged its
+//!   log up to the pointer, or the replica installed the pointer from its leader).
 //!
 //! Both are written whole (magic, CRC-32C, bincode; temporary file, sync, rename,
 //! directory sync). Blocking: one thread owns a `ReplicaLog` (see `replica`).
@@ -26,7 +31,7 @@ use std::path::{Path, PathBuf};
 use openraft::{Entry, EntryPayload, LogId, Membership, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 
-use super::journal::{EntryKind, Journal, JournalRecord};
+use super::journal::{EntryKind, Journal, JournalBase, JournalRecord};
 use super::types::{PartAppended, PartBatch, PartTypes};
 use crate::cluster::state_machine::{read_checked, write_checked};
 use crate::cluster::types::{NodeAddr, NodeId};
@@ -36,6 +41,36 @@ use crate::storage::{FsyncPolicy, LogConfig, LogReader, LogWriter, batch};
 pub const STATE_FILE: &str = "raft.state";
 /// The membership entries' configurations.
 pub const MEMBERS_FILE: &str = "raft.members";
+/// The snapshot pointer, which is the journal's base.
+pub const SNAPSHOT_FILE: &str = "raft.snapshot";
+
+/// A partition group's snapshot: no data, because the state machine's state is the log
+/// itself; what a snapshot covers is the records retention deleted. It says where the
+/// log goes on: after entry `last_log_id`, at offset `next_offset`, with `membership`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPointer {
+    pub last_log_id: LogId<NodeId>,
+    pub next_offset: u64,
+    pub membership: StoredMembership<NodeId, NodeAddr>,
+}
+
+impl SnapshotPointer {
+    fn journal_base(&self) -> JournalBase {
+        JournalBase {
+            index: self.last_log_id.index,
+            next_offset: self.next_offset,
+        }
+    }
+
+    /// The snapshot's bytes as sent to a replica.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> IoResult<SnapshotPointer> {
+        bincode::deserialize(bytes).map_err(|e| invalid(format!("a snapshot pointer: {e}")))
+    }
+}
 
 type IoResult<T> = std::io::Result<T>;
 
@@ -59,6 +94,10 @@ pub struct ReplicaLog {
     /// The topic's fsync policy, which the journal follows as the segment log does.
     fsync: FsyncPolicy,
     last_journal_sync: std::time::Instant,
+    /// The snapshot this replica holds, if any (see [`SnapshotPointer`]).
+    snapshot: Option<SnapshotPointer>,
+    /// The last entry applied.
+    applied: Option<LogId<NodeId>>,
 }
 
 fn storage(e: crate::storage::StorageError) -> Error {
@@ -81,12 +120,31 @@ impl ReplicaLog {
         std::fs::create_dir_all(dir)?;
         let fsync = config.fsync;
         let mut writer = LogWriter::open(dir, config).map_err(storage)?;
-        let mut journal = Journal::open(dir)?;
-        let state: RaftState = read_checked(dir, STATE_FILE)?.unwrap_or_default();
+        let snapshot: Option<SnapshotPointer> = read_checked(dir, SNAPSHOT_FILE)?;
+        let mut journal = Journal::open(dir, snapshot.as_ref().map(|s| s.journal_base()))?;
+        let mut state: RaftState = read_checked(dir, STATE_FILE)?.unwrap_or_default();
         let mut members: BTreeMap<u64, Membership<NodeId, NodeAddr>> =
             read_checked(dir, MEMBERS_FILE)?.unwrap_or_default();
-        let committed = state.committed.map(|c| c.index);
         let name = dir.display();
+        if let Some(snapshot) = &snapshot {
+            let at = snapshot.next_offset;
+            // The log must go on from the snapshot's offset. A crash during an install (or
+            // a purge) can leave the old log: start it again there, as the install would.
+            if !(writer.start_offset() <= at && writer.is_boundary(at)) {
+                tracing::warn!(dir = %name, offset = at, "the segment log does not go on from the snapshot's offset; starting it again, empty, there");
+                journal.rebase(JournalBase {
+                    index: snapshot.last_log_id.index,
+                    next_offset: at,
+                })?;
+                let start = writer.start_offset();
+                writer.withhold_from(start).map_err(storage)?;
+                writer.restart_at(at).map_err(storage)?;
+            }
+            // `raft.state` is written after the pointer: bring it up to it.
+            state.last_purged = state.last_purged.max(Some(snapshot.last_log_id));
+            state.committed = state.committed.max(Some(snapshot.last_log_id));
+        }
+        let committed = state.committed.map(|c| c.index);
 
         // Entries whose batches the log lost, or whose configuration is missing, were
         // never acknowledged: cut them (and what follows).
@@ -99,12 +157,15 @@ impl ReplicaLog {
         {
             keep = missing;
         }
-        if let (Some(committed), Some(last)) = (committed, journal.last())
-            && last.log_id.index < committed
+        let journal_end = journal
+            .last()
+            .map(|r| r.log_id.index)
+            .or(snapshot.as_ref().map(|s| s.last_log_id.index));
+        if let (Some(committed), Some(last)) = (committed, journal_end)
+            && last < committed
         {
             return Err(invalid(format!(
-                "{name}: the entry journal ends at index {} but index {committed} was committed: committed entries are missing",
-                last.log_id.index
+                "{name}: the entry journal ends at index {last} but index {committed} was committed: committed entries are missing"
             )));
         }
         if let Some(cut) = records.get(keep).copied() {
@@ -132,6 +193,11 @@ impl ReplicaLog {
         let data_end = journal.end_offset(0);
         let commit_offset = journal.end_offset_at(committed, 0);
         writer.withhold_from(commit_offset).map_err(storage)?;
+        // Whatever the purge was doing when the replica stopped: the segments below the
+        // snapshot go.
+        if let Some(snapshot) = &snapshot {
+            writer.delete_below(snapshot.next_offset).map_err(storage)?;
+        }
         if log_end > data_end {
             tracing::warn!(dir = %name, from_offset = data_end, to_offset = log_end, "cutting the segment log's tail that the entry journal does not list (it was never acknowledged)");
             writer.truncate(data_end).map_err(storage)?;
@@ -142,9 +208,11 @@ impl ReplicaLog {
             journal,
             members,
             saved: state.clone(),
+            applied: state.committed,
             state,
             fsync,
             last_journal_sync: std::time::Instant::now(),
+            snapshot,
         })
     }
 
@@ -180,7 +248,8 @@ impl ReplicaLog {
         self.writer.stats()
     }
 
-    /// The segment log's retention limits (not applied to a replica yet; see ARCHITECTURE).
+    /// The segment log's retention limits (applied through the group's snapshots, see
+    /// [`retention_pointer`](Self::retention_pointer)).
     pub fn retention(&self) -> std::sync::Arc<crate::storage::RetentionLimits> {
         self.writer.retention()
     }
@@ -194,7 +263,49 @@ impl ReplicaLog {
         self.journal
             .last()
             .map(|r| r.log_id)
+            .or(self.snapshot.as_ref().map(|s| s.last_log_id))
             .or(self.state.last_purged)
+    }
+
+    /// The snapshot this replica holds.
+    pub fn snapshot(&self) -> Option<&SnapshotPointer> {
+        self.snapshot.as_ref()
+    }
+
+    /// The first offset the segment log holds.
+    pub fn start_offset(&self) -> u64 {
+        self.writer.start_offset()
+    }
+
+    /// The snapshot that would let retention go as far as its limits allow at `now_ms`:
+    /// the last applied entry whose records end at or below the first segment the limits
+    /// keep. None if that deletes nothing beyond what the replica's snapshot covers.
+    /// Only sealed, applied (so committed) segments are ever covered.
+    pub fn retention_pointer(&self, now_ms: i64) -> Option<SnapshotPointer> {
+        let target = self
+            .writer
+            .retention_point(now_ms)
+            .min(self.writer.high_watermark());
+        if target <= self.writer.start_offset() {
+            return None;
+        }
+        let applied = self.applied?.index;
+        let records = self.journal.records();
+        let upto =
+            records.partition_point(|r| r.log_id.index <= applied && r.end_offset() <= target);
+        let record = records.get(upto.checked_sub(1)?)?;
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.last_log_id >= record.log_id)
+        {
+            return None;
+        }
+        Some(SnapshotPointer {
+            last_log_id: record.log_id,
+            next_offset: record.end_offset(),
+            membership: self.membership_at(Some(record.log_id.index)),
+        })
     }
 
     /// The journal record of the entry at `index`.
@@ -222,7 +333,11 @@ impl ReplicaLog {
         entries: impl IntoIterator<Item = Entry<PartTypes>>,
         records: &mut Vec<JournalRecord>,
     ) -> IoResult<()> {
-        let mut next_index = self.journal.last().map(|r| r.log_id.index + 1);
+        let mut next_index = self
+            .journal
+            .last()
+            .map(|r| r.log_id.index + 1)
+            .or(self.journal.base().map(|b| b.index + 1));
         for entry in entries {
             let index = entry.log_id.index;
             if next_index.is_some_and(|n| n != index) {
@@ -311,12 +426,97 @@ impl ReplicaLog {
         self.writer.truncate(cut.base_offset).map_err(storage)
     }
 
-    /// Records that entries up to `log_id` may be forgotten. Nothing is deleted: the
-    /// segment log's retention is not yet tied to what followers still need, so a
-    /// replicated partition keeps its whole log (see ARCHITECTURE, "Cluster").
+    /// Forgets the entries up to `log_id`, which the group's snapshot covers: the pointer
+    /// is written first (it is the journal's base from then on), then the journal without
+    /// them, then the segments wholly below the pointer's offset are deleted (retention).
+    /// An entry this replica does not hold is left to the snapshot's install, which comes
+    /// with it (openraft purges a replica's log when it installs a snapshot).
     pub fn purge(&mut self, log_id: LogId<NodeId>) -> IoResult<()> {
-        self.state.last_purged = Some(log_id);
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.last_log_id >= log_id)
+        {
+            return Ok(());
+        }
+        let Some(record) = self.journal.get(log_id.index).copied() else {
+            tracing::debug!(dir = %self.dir.display(), %log_id, "purge of entries this replica does not hold; the snapshot's install rebases the log");
+            return Ok(());
+        };
+        if record.log_id != log_id {
+            return Err(invalid(format!(
+                "{}: purging up to {log_id}, but the journal holds {} there",
+                self.dir.display(),
+                record.log_id
+            )));
+        }
+        let pointer = SnapshotPointer {
+            last_log_id: log_id,
+            next_offset: record.end_offset(),
+            membership: self.membership_at(Some(log_id.index)),
+        };
+        self.rebase(pointer)?;
+        let outcome = self
+            .writer
+            .delete_below(record.end_offset())
+            .map_err(storage)?;
+        tracing::debug!(dir = %self.dir.display(), %log_id, deleted = outcome.segments_deleted, start_offset = outcome.start_offset, "purged a partition replica's log");
+        Ok(())
+    }
+
+    /// Makes `pointer` this replica's snapshot and the journal's base: written before
+    /// the journal forgets anything, so an open finds the journal's records at or below
+    /// it as leftovers.
+    fn rebase(&mut self, pointer: SnapshotPointer) -> IoResult<()> {
+        write_checked(&self.dir, SNAPSHOT_FILE, &pointer)?;
+        let index = pointer.last_log_id.index;
+        self.journal.rebase(pointer.journal_base())?;
+        let before = self.members.len();
+        self.members.retain(|at, _| *at > index);
+        if self.members.len() != before {
+            write_checked(&self.dir, MEMBERS_FILE, &self.members)?;
+        }
+        self.state.last_purged = self.state.last_purged.max(Some(pointer.last_log_id));
+        self.state.committed = self.state.committed.max(Some(pointer.last_log_id));
+        self.applied = self.applied.max(Some(pointer.last_log_id));
+        self.snapshot = Some(pointer);
         self.save_state()
+    }
+
+    /// Installs the leader's snapshot: this replica was too far behind (the leader no
+    /// longer holds the entries it lacks) or lost its directory. If the log holds the
+    /// pointer's entry, it is only purged up to there; otherwise the whole local log is
+    /// discarded and starts again, empty, at the pointer's offset, and the entries after
+    /// it come by replication. What the pointer covers is what retention deleted on the
+    /// leader: the replica ends holding the records the leader holds.
+    pub fn install(&mut self, pointer: SnapshotPointer) -> IoResult<()> {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.last_log_id >= pointer.last_log_id)
+        {
+            return Ok(());
+        }
+        let at = pointer.next_offset;
+        let holds = self
+            .journal
+            .get(pointer.last_log_id.index)
+            .is_some_and(|r| r.log_id == pointer.last_log_id && r.end_offset() == at);
+        self.rebase(pointer)?;
+        if holds {
+            self.writer.publish_to(at).map_err(storage)?;
+            self.writer.delete_below(at).map_err(storage)?;
+        } else {
+            // `rebase` dropped every record that does not go on from the pointer; the
+            // log's batches go with them.
+            if !self.members.is_empty() && self.journal.records().is_empty() {
+                self.members.clear();
+                write_checked(&self.dir, MEMBERS_FILE, &self.members)?;
+            }
+            self.writer.restart_at(at).map_err(storage)?;
+        }
+        tracing::info!(dir = %self.dir.display(), offset = at, kept_log = holds, "installed the partition group's snapshot");
+        Ok(())
     }
 
     pub fn save_vote(&mut self, vote: Vote<NodeId>) -> IoResult<()> {
@@ -403,6 +603,7 @@ impl ReplicaLog {
                     .publish_to(record.end_offset())
                     .map_err(storage)?;
             }
+            self.applied = Some(*log_id);
             out.push(PartAppended {
                 base_offset: record.base_offset,
                 count: record.count,
@@ -420,7 +621,12 @@ impl ReplicaLog {
             Some((at, m)) => {
                 StoredMembership::new(self.journal.get(*at).map(|r| r.log_id), m.clone())
             }
-            None => StoredMembership::default(),
+            // The configuration in force at the journal's base.
+            None => self
+                .snapshot
+                .as_ref()
+                .map(|s| s.membership.clone())
+                .unwrap_or_default(),
         }
     }
 

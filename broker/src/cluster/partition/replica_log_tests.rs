@@ -1,6 +1,7 @@
 //! A replica's Raft log against a model: random appends (data, blank, membership),
-//! syncs, commits, truncations and reopens, clean or as after a crash that lost any
-//! unsynced part of the journal (a torn record included) and of the segment log.
+//! syncs, commits, truncations, purges where retention wants them, and reopens, clean or
+//! as after a crash that lost any unsynced part of the journal (a torn record included)
+//! and of the segment log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -20,6 +21,8 @@ fn config() -> LogConfig {
         segment_bytes: 4096,
         index_interval_bytes: 256,
         fsync: FsyncPolicy::Always,
+        // Only a purge applies it (`Op::Purge`): any sealed segment may go.
+        retention_bytes: Some(1),
         ..LogConfig::default()
     }
 }
@@ -75,6 +78,7 @@ enum Op {
     Sync,
     Commit(usize),
     Truncate(usize),
+    Purge,
     Crash {
         journal: usize,
         torn: bool,
@@ -92,6 +96,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Sync),
         2 => any::<usize>().prop_map(Op::Commit),
         2 => any::<usize>().prop_map(Op::Truncate),
+        2 => Just(Op::Purge),
         1 => (any::<usize>(), any::<bool>(), any::<usize>()).prop_map(|(journal, torn, log)| Op::Crash { journal, torn, log }),
         1 => Just(Op::Reopen),
     ]
@@ -114,6 +119,8 @@ struct Model {
     /// Entries committed (a prefix).
     committed: usize,
     published: u64,
+    /// Entries purged (a prefix of the committed ones).
+    purged: usize,
 }
 
 impl Model {
@@ -139,11 +146,26 @@ fn check(rl: &ReplicaLog, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(rl.last_log_id(), model.entries.last().map(|e| e.log_id));
     prop_assert_eq!(rl.next_offset(), model.end_of(model.entries.len()));
     prop_assert_eq!(rl.high_watermark(), model.published);
-    prop_assert_eq!(readable(&rl.reader()), model.readable());
-    let got = rl.read(0, model.entries.len() as u64, usize::MAX).unwrap();
-    prop_assert_eq!(got.len(), model.entries.len());
-    let mut at = 0;
-    for (entry, want) in got.iter().zip(&model.entries) {
+    // Nothing at or above the purge point is ever deleted; below it, whole segments.
+    let start = rl.reader().start_offset();
+    prop_assert!(start <= model.end_of(model.purged));
+    let want: Vec<(u64, u8)> = model
+        .readable()
+        .into_iter()
+        .filter(|(o, _)| *o >= start)
+        .collect();
+    prop_assert_eq!(readable(&rl.reader()), want);
+    prop_assert!(
+        rl.read(0, model.purged as u64, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let got = rl
+        .read(model.purged as u64, model.entries.len() as u64, usize::MAX)
+        .unwrap();
+    prop_assert_eq!(got.len(), model.entries.len() - model.purged);
+    let mut at = model.end_of(model.purged);
+    for (entry, want) in got.iter().zip(&model.entries[model.purged..]) {
         prop_assert_eq!(entry.log_id, want.log_id);
         match &entry.payload {
             EntryPayload::Normal(b) => {
@@ -164,10 +186,10 @@ fn check(rl: &ReplicaLog, model: &Model) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_raft_log_survives_cuts_and_crashes_as_the_model_says(ops in proptest::collection::vec(op(), 1..50)) {
+    fn the_raft_log_survives_cuts_and_crashes_as_the_model_says(ops in proptest::collection::vec(op(), 1..70)) {
         let dir = tempfile::tempdir().unwrap();
         let mut rl = Some(ReplicaLog::open(dir.path(), config()).unwrap());
         let mut model = Model::default();
@@ -226,12 +248,23 @@ proptest! {
                         model.synced = model.synced.min(from);
                     }
                 }
+                Op::Purge => {
+                    if let Some(pointer) = log.retention_pointer(crate::clock::now_ms()) {
+                        let upto = pointer.last_log_id.index as usize + 1;
+                        prop_assert!(upto <= model.committed && upto > model.purged);
+                        prop_assert_eq!(pointer.last_log_id, model.entries[upto - 1].log_id);
+                        prop_assert_eq!(pointer.next_offset, model.end_of(upto));
+                        log.purge(pointer.last_log_id).unwrap();
+                        model.purged = upto;
+                    }
+                }
                 Op::Crash { journal, torn, log: log_keep } => {
                     drop(rl.take());
                     // The journal keeps its synced records and any part of the rest.
                     let unsynced = model.entries.len() - model.synced;
                     let keep_records = model.synced + journal % (unsynced + 1);
-                    let mut keep_bytes = (keep_records * RECORD_BYTES) as u64;
+                    // The journal file holds the records after the purged ones.
+                    let mut keep_bytes = ((keep_records - model.purged) * RECORD_BYTES) as u64;
                     if torn && keep_records < model.entries.len() {
                         keep_bytes += (RECORD_BYTES / 2) as u64;
                     }
@@ -323,4 +356,223 @@ fn an_open_refuses_a_journal_that_lost_committed_entries() {
         .unwrap();
     let error = ReplicaLog::open(dir.path(), config()).err().unwrap();
     assert!(error.to_string().contains("committed"), "{error}");
+}
+
+/// A log of `entries` data entries of 2 records (~1 KiB) each, all synced, committed and
+/// applied, with retention keeping about 8 KiB (two 4 KiB segments).
+fn retained_log(dir: &std::path::Path, entries: u64, term: u64) -> ReplicaLog {
+    let config = LogConfig {
+        retention_bytes: Some(8192),
+        ..config()
+    };
+    let mut rl = ReplicaLog::open(dir, config).unwrap();
+    let id = |i| LogId::new(CommittedLeaderId::new(term, 1), i);
+    let ids: Vec<_> = (0..entries).map(id).collect();
+    for (i, log_id) in ids.iter().enumerate() {
+        let payload = if i % 5 == 4 {
+            EntryPayload::Blank
+        } else {
+            EntryPayload::Normal(PartBatch::proposal(batch_of(i as u32, 2, 500)))
+        };
+        rl.append([Entry::<PartTypes> {
+            log_id: *log_id,
+            payload,
+        }])
+        .unwrap();
+    }
+    rl.sync().unwrap();
+    rl.set_committed(ids.last().copied());
+    rl.apply(&ids).unwrap();
+    rl
+}
+
+fn entry_ids(rl: &ReplicaLog, from: u64, to: u64) -> Vec<(LogId<NodeId>, Option<u64>)> {
+    rl.read(from, to, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let offset = match &e.payload {
+                EntryPayload::Normal(b) => b.offset,
+                _ => None,
+            };
+            (e.log_id, offset)
+        })
+        .collect()
+}
+
+#[test]
+fn retention_purges_whole_segments_below_its_snapshot_and_a_reopen_starts_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rl = retained_log(dir.path(), 40, 1);
+    let before = readable(&rl.reader());
+    let last = rl.last_log_id();
+    assert_eq!(rl.start_offset(), 0);
+    let pointer = rl.retention_pointer(crate::clock::now_ms()).unwrap();
+    assert!(pointer.next_offset > 0);
+    // The pointer ends an entry exactly where a segment starts.
+    let record = rl.record(pointer.last_log_id.index).unwrap();
+    assert_eq!(record.end_offset(), pointer.next_offset);
+
+    rl.purge(pointer.last_log_id).unwrap();
+    assert_eq!(rl.start_offset(), pointer.next_offset);
+    assert_eq!(rl.reader().start_offset(), pointer.next_offset);
+    assert_eq!(rl.snapshot(), Some(&pointer));
+    assert_eq!(rl.state().last_purged, Some(pointer.last_log_id));
+    assert_eq!(rl.last_log_id(), last);
+    let kept: Vec<_> = before
+        .iter()
+        .copied()
+        .filter(|(o, _)| *o >= pointer.next_offset)
+        .collect();
+    assert_eq!(readable(&rl.reader()), kept);
+    // Nothing more to delete until the log grows.
+    assert_eq!(rl.retention_pointer(crate::clock::now_ms()), None);
+    let next = pointer.last_log_id.index + 1;
+    let entries = entry_ids(&rl, next, 40);
+    assert_eq!(entries.len() as u64, 40 - next);
+    assert!(rl.read(0, next, usize::MAX).unwrap().is_empty());
+
+    // A reopen recovers the same start, snapshot, entries and records, and goes on.
+    rl.close().unwrap();
+    let mut rl = ReplicaLog::open(dir.path(), config()).unwrap();
+    assert_eq!(rl.start_offset(), pointer.next_offset);
+    assert_eq!(rl.snapshot(), Some(&pointer));
+    assert_eq!(rl.state().last_purged, Some(pointer.last_log_id));
+    assert_eq!(rl.last_log_id(), last);
+    assert_eq!(entry_ids(&rl, next, 40), entries);
+    assert_eq!(readable(&rl.reader()), kept);
+    let id = LogId::new(CommittedLeaderId::new(1, 1), 40);
+    rl.append([Entry::<PartTypes> {
+        log_id: id,
+        payload: EntryPayload::Normal(PartBatch::proposal(batch_of(99, 1, 10))),
+    }])
+    .unwrap();
+    rl.sync().unwrap();
+    rl.apply(&[id]).unwrap();
+    assert_eq!(readable(&rl.reader()).last().unwrap().1, 99);
+}
+
+#[test]
+fn a_crash_between_the_snapshot_pointer_and_the_journal_rewrite_opens_at_the_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rl = retained_log(dir.path(), 40, 1);
+    let pointer = rl.retention_pointer(crate::clock::now_ms()).unwrap();
+    let journal = std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
+    let kept: Vec<_> = readable(&rl.reader())
+        .into_iter()
+        .filter(|(o, _)| *o >= pointer.next_offset)
+        .collect();
+    rl.purge(pointer.last_log_id).unwrap();
+    rl.close().unwrap();
+    // As if the purge stopped after writing the pointer: the whole old journal is back.
+    std::fs::write(dir.path().join(JOURNAL_FILE), &journal).unwrap();
+    let rl = ReplicaLog::open(dir.path(), config()).unwrap();
+    assert_eq!(rl.snapshot(), Some(&pointer));
+    assert!(rl.record(pointer.last_log_id.index).is_none());
+    assert!(rl.record(pointer.last_log_id.index + 1).is_some());
+    assert_eq!(readable(&rl.reader()), kept);
+    // The file was rewritten without the forgotten records.
+    let len = std::fs::metadata(dir.path().join(JOURNAL_FILE))
+        .unwrap()
+        .len();
+    assert_eq!(len, (39 - pointer.last_log_id.index) * RECORD_BYTES as u64);
+}
+
+#[test]
+fn installing_a_snapshot_discards_a_lagging_log_and_goes_on_at_its_offset() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = retained_log(leader_dir.path(), 40, 2);
+    let pointer = leader.retention_pointer(crate::clock::now_ms()).unwrap();
+    leader.purge(pointer.last_log_id).unwrap();
+    let next = pointer.last_log_id.index + 1;
+
+    // A follower that holds only the first entries (of an older term, so they diverge
+    // from the leader's), and one that lost its directory.
+    let lagging = tempfile::tempdir().unwrap();
+    drop(retained_log(lagging.path(), 3, 1));
+    let empty = tempfile::tempdir().unwrap();
+    for dir in [lagging.path(), empty.path()] {
+        let mut rl = ReplicaLog::open(dir, config()).unwrap();
+        rl.install(pointer.clone()).unwrap();
+        assert_eq!(rl.next_offset(), pointer.next_offset);
+        assert_eq!(rl.start_offset(), pointer.next_offset);
+        assert_eq!(rl.high_watermark(), pointer.next_offset);
+        assert_eq!(rl.last_log_id(), Some(pointer.last_log_id));
+        assert_eq!(rl.state().last_purged, Some(pointer.last_log_id));
+        assert_eq!(
+            rl.membership_at(Some(pointer.last_log_id.index)),
+            pointer.membership
+        );
+        assert!(readable(&rl.reader()).is_empty());
+        // The rest comes by replication, stamped with the leader's offsets.
+        let entries = leader.read(next, 40, usize::MAX).unwrap();
+        let ids: Vec<_> = entries.iter().map(|e| e.log_id).collect();
+        rl.append(entries).unwrap();
+        rl.sync().unwrap();
+        rl.set_committed(ids.last().copied());
+        rl.apply(&ids).unwrap();
+        assert_eq!(readable(&rl.reader()), readable(&leader.reader()));
+        assert_eq!(entry_ids(&rl, next, 40), entry_ids(&leader, next, 40));
+        rl.close().unwrap();
+        let rl = ReplicaLog::open(dir, config()).unwrap();
+        assert_eq!(rl.start_offset(), pointer.next_offset);
+        assert_eq!(readable(&rl.reader()), readable(&leader.reader()));
+        assert_eq!(entry_ids(&rl, next, 40), entry_ids(&leader, next, 40));
+    }
+}
+
+#[test]
+fn a_crash_during_an_install_starts_the_log_again_at_the_pointer_on_open() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = retained_log(leader_dir.path(), 40, 2);
+    let pointer = leader.retention_pointer(crate::clock::now_ms()).unwrap();
+    leader.purge(pointer.last_log_id).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    retained_log(dir.path(), 3, 1).close().unwrap();
+    // The install wrote its pointer, then stopped.
+    crate::cluster::state_machine::write_checked(
+        dir.path(),
+        super::replica_log::SNAPSHOT_FILE,
+        &pointer,
+    )
+    .unwrap();
+    let rl = ReplicaLog::open(dir.path(), config()).unwrap();
+    assert_eq!(rl.start_offset(), pointer.next_offset);
+    assert_eq!(rl.next_offset(), pointer.next_offset);
+    assert_eq!(rl.last_log_id(), Some(pointer.last_log_id));
+    assert!(rl.record(2).is_none());
+}
+
+#[test]
+fn installing_a_snapshot_whose_entry_the_log_holds_keeps_the_entries_after_it() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = retained_log(leader_dir.path(), 40, 2);
+    let pointer = leader.retention_pointer(crate::clock::now_ms()).unwrap();
+    leader.purge(pointer.last_log_id).unwrap();
+    let next = pointer.last_log_id.index + 1;
+
+    // A follower that holds every entry the leader appended (the same bytes at the same
+    // offsets) but applied none of them.
+    let dir = tempfile::tempdir().unwrap();
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = retained_log(full_dir.path(), 40, 2);
+    let mut rl = ReplicaLog::open(dir.path(), config()).unwrap();
+    rl.append(full.read(0, 40, usize::MAX).unwrap()).unwrap();
+    rl.sync().unwrap();
+    assert_eq!(rl.high_watermark(), 0);
+    rl.install(pointer.clone()).unwrap();
+    // Readers see up to the pointer's offset, the segments below it are gone, and the
+    // entries after it stay, unapplied.
+    assert_eq!(rl.high_watermark(), pointer.next_offset);
+    assert_eq!(rl.start_offset(), pointer.next_offset);
+    assert_eq!(rl.last_log_id(), full.last_log_id());
+    assert_eq!(entry_ids(&rl, next, 40), entry_ids(&leader, next, 40));
+    let ids: Vec<_> = (next..40).map(|i| rl.record(i).unwrap().log_id).collect();
+    rl.set_committed(ids.last().copied());
+    rl.apply(&ids).unwrap();
+    assert_eq!(readable(&rl.reader()), readable(&leader.reader()));
+    // A later purge up to the same pointer, as openraft sends after an install, is a
+    // no-op.
+    rl.purge(pointer.last_log_id).unwrap();
+    assert_eq!(readable(&rl.reader()), readable(&leader.reader()));
 }

@@ -29,6 +29,9 @@ const INITIALIZE_AFTER: Duration = Duration::from_secs(3);
 /// How often a partition group's leader compares the group's voters with the
 /// partition's placement.
 const PLACEMENT_CHECK: Duration = Duration::from_millis(500);
+/// How often each replica asks whether retention wants segments deleted (a channel round
+/// trip to the replica thread, which looks at its segment table).
+pub const RETENTION_CHECK: Duration = Duration::from_secs(1);
 /// How long the leader waits for a new replica to catch up before it checks again
 /// (the replica keeps catching up meanwhile).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
@@ -213,6 +216,7 @@ impl ReplicaPartition {
             return;
         }
         tokio::spawn(self.clone().follow_placement(group.clone(), placement));
+        tokio::spawn(self.clone().follow_retention(group.clone()));
         let joined = view
             .joined
             .get(&(self.topic.clone(), self.id))
@@ -376,6 +380,34 @@ impl ReplicaPartition {
             }
             HandOver::GivenUp { why, paused } => {
                 tracing::warn!(topic = %self.topic, partition = self.id, to = preferred, ?paused, %why, "handing leadership to the preferred replica failed; trying again later");
+            }
+        }
+    }
+
+    /// Applies the topic's retention to this replica: when the limits would delete
+    /// segments below what the replica's snapshot covers, it asks its Raft to build a
+    /// snapshot (a pointer where retention wants the log to start, see `store`), after
+    /// which openraft purges the log up to it and the segments below are deleted. Every
+    /// replica does this on its own; on the leader openraft purges only once no
+    /// replication still reads the entries, and a replica that needs them later gets
+    /// the snapshot instead.
+    async fn follow_retention(self: Arc<Self>, group: Arc<PartitionGroup>) {
+        while !self.closed.load(Ordering::Acquire) {
+            tokio::time::sleep(RETENTION_CHECK).await;
+            let wanted = self
+                .replica
+                .ask(|reply| super::replica::Command::RetentionPointer { reply })
+                .await;
+            let Ok(Some(wanted)) = wanted else {
+                continue;
+            };
+            let built = group.raft().metrics().borrow().snapshot;
+            if built.is_some_and(|b| b >= wanted.last_log_id) {
+                continue;
+            }
+            tracing::debug!(topic = %self.topic, partition = self.id, upto = %wanted.last_log_id, offset = wanted.next_offset, "retention: building a snapshot so the log below it can go");
+            if group.raft().trigger().snapshot().await.is_err() {
+                return;
             }
         }
     }

@@ -2,11 +2,14 @@
 //! `RaftLogReader` (the Raft log is the segment log plus the entry journal) and
 //! `RaftStateMachine` (applying an entry publishes its records to readers).
 //!
-//! Snapshots are pointers: the last applied log id and membership, no data, because the
-//! state machine's state *is* the log up to there. The log is never purged (snapshots are
-//! never built on a policy), so a follower, however far behind, catches up from the log;
-//! a replica refuses to install a snapshot. Streaming sealed segments to a node that lost
-//! its log is a later stage (see ARCHITECTURE, "Cluster").
+//! Snapshots are pointers (`SnapshotPointer`: last log id, next offset, membership), no
+//! data, because the state machine's state *is* the log: what a snapshot covers is the
+//! records retention deleted. A snapshot is built only when retention wants to delete
+//! segments (the partition triggers it, see `serving`); it points at the end of the
+//! last applied entry below the first segment retention keeps, so once openraft purges
+//! the log up to it, the segments below are deleted. A replica too far behind (or one
+//! that lost its directory) installs the leader's pointer: it discards its log, starts
+//! it again at the pointer's offset and receives the rest by AppendEntries.
 
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -20,6 +23,7 @@ use openraft::{
 };
 
 use super::replica::{Command, Replica};
+use super::replica_log::SnapshotPointer;
 use super::types::{PartAppended, PartTypes};
 use crate::cluster::types::{NodeAddr, NodeId};
 
@@ -198,13 +202,14 @@ pub struct PartStateMachine {
     replica: Arc<Replica>,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, NodeAddr>,
-    /// The last snapshot built (a pointer; see the module docs).
-    snapshot: Option<SnapshotMeta<NodeId, NodeAddr>>,
+    /// The last snapshot built or installed (shared with the builders), or the one the
+    /// replica held at open.
+    snapshot: Arc<std::sync::Mutex<Option<SnapshotPointer>>>,
 }
 
 impl PartStateMachine {
     /// The state machine of `replica`: applied up to its saved commit, which its open
-    /// published.
+    /// published (at least up to its snapshot).
     pub async fn open(replica: Arc<Replica>) -> std::io::Result<PartStateMachine> {
         let (state, _) = replica.ask(|reply| Command::State { reply }).await?;
         let applied = state.committed;
@@ -212,40 +217,70 @@ impl PartStateMachine {
         let membership = replica
             .ask(|reply| Command::Membership { index, reply })
             .await?;
+        let snapshot = replica.ask(|reply| Command::Snapshot { reply }).await?;
         Ok(PartStateMachine {
             replica,
             applied,
             membership,
-            snapshot: None,
+            snapshot: Arc::new(std::sync::Mutex::new(snapshot)),
         })
     }
 
-    fn pointer(&self) -> SnapshotMeta<NodeId, NodeAddr> {
-        let snapshot_id = match self.applied {
-            Some(id) => format!(
-                "{}-{}-{}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
-            None => "empty".to_owned(),
-        };
-        SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        }
+    fn current(&self) -> Option<SnapshotPointer> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
-/// Builds a pointer snapshot.
+fn meta_of(pointer: &SnapshotPointer) -> SnapshotMeta<NodeId, NodeAddr> {
+    let id = pointer.last_log_id;
+    SnapshotMeta {
+        last_log_id: Some(id),
+        last_membership: pointer.membership.clone(),
+        snapshot_id: format!(
+            "{}-{}-{}-at-{}",
+            id.leader_id.term, id.leader_id.node_id, id.index, pointer.next_offset
+        ),
+    }
+}
+
+fn snapshot_of(pointer: &SnapshotPointer) -> Snapshot<PartTypes> {
+    Snapshot {
+        meta: meta_of(pointer),
+        snapshot: Box::new(Cursor::new(pointer.encode())),
+    }
+}
+
+/// Builds a pointer snapshot where retention wants one.
 pub struct PointerBuilder {
-    meta: SnapshotMeta<NodeId, NodeAddr>,
+    replica: Arc<Replica>,
+    snapshot: Arc<std::sync::Mutex<Option<SnapshotPointer>>>,
 }
 
 impl RaftSnapshotBuilder<PartTypes> for PointerBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<PartTypes>> {
-        Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(Vec::new())),
+        let wanted = self
+            .replica
+            .ask(|reply| Command::RetentionPointer { reply })
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
+        let mut current = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(wanted) = wanted
+            && current
+                .as_ref()
+                .is_none_or(|c| c.last_log_id < wanted.last_log_id)
+        {
+            *current = Some(wanted);
+        }
+        Ok(match current.as_ref() {
+            Some(pointer) => snapshot_of(pointer),
+            // Nothing to cover: openraft keeps a snapshot only if it is newer than its own.
+            None => Snapshot {
+                meta: SnapshotMeta::default(),
+                snapshot: Box::new(Cursor::new(Vec::new())),
+            },
         })
     }
 }
@@ -285,9 +320,10 @@ impl RaftStateMachine<PartTypes> for PartStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let meta = self.pointer();
-        self.snapshot = Some(meta.clone());
-        PointerBuilder { meta }
+        PointerBuilder {
+            replica: self.replica.clone(),
+            snapshot: self.snapshot.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
@@ -297,20 +333,34 @@ impl RaftStateMachine<PartTypes> for PartStateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeAddr>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        let why = std::io::Error::other(format!(
-            "partition replica {}: cannot install snapshot {} — a replica catches up from the log only (streaming segments to a replica that lost its log is not built yet)",
-            self.replica.dir().display(),
-            meta.snapshot_id
-        ));
-        Err(StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&why)).into())
+        let failed = |e: std::io::Error| -> StorageError<NodeId> {
+            StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)).into()
+        };
+        let pointer = SnapshotPointer::decode(snapshot.get_ref()).map_err(failed)?;
+        if Some(pointer.last_log_id) != meta.last_log_id {
+            return Err(failed(std::io::Error::other(format!(
+                "snapshot {} points at {} but its metadata says {:?}",
+                meta.snapshot_id, pointer.last_log_id, meta.last_log_id
+            ))));
+        }
+        let install = pointer.clone();
+        self.replica
+            .ask(|reply| Command::Install {
+                pointer: install,
+                reply,
+            })
+            .await
+            .and_then(|r| r)
+            .map_err(failed)?;
+        self.applied = Some(pointer.last_log_id);
+        self.membership = meta.last_membership.clone();
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(pointer);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<PartTypes>>> {
-        Ok(self.snapshot.clone().map(|meta| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
-        }))
+        Ok(self.current().as_ref().map(snapshot_of))
     }
 }
