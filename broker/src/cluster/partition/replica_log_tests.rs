@@ -10,7 +10,7 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 use proptest::prelude::*;
 
 use super::journal::{JOURNAL_FILE, RECORD_BYTES};
-use super::replica_log::ReplicaLog;
+use super::replica_log::{ReplicaLog, SnapshotPointer};
 use super::types::{PartBatch, PartTypes};
 use crate::cluster::types::{NodeAddr, NodeId};
 use crate::storage::batch::{self, BatchBuilder, Record};
@@ -478,12 +478,19 @@ fn a_crash_between_the_snapshot_pointer_and_the_journal_rewrite_opens_at_the_poi
     assert_eq!(len, (39 - pointer.last_log_id.index) * RECORD_BYTES as u64);
 }
 
-#[test]
-fn installing_a_snapshot_discards_a_lagging_log_and_goes_on_at_its_offset() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let mut leader = retained_log(leader_dir.path(), 40, 2);
+/// A leader's log of 40 entries (term 2) purged where retention wants it to start, with
+/// its directory and the snapshot pointer it purged to: what the install tests install.
+fn purged_leader() -> (tempfile::TempDir, ReplicaLog, SnapshotPointer) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = retained_log(dir.path(), 40, 2);
     let pointer = leader.retention_pointer(crate::clock::now_ms()).unwrap();
     leader.purge(pointer.last_log_id).unwrap();
+    (dir, leader, pointer)
+}
+
+#[test]
+fn installing_a_snapshot_discards_a_lagging_log_and_goes_on_at_its_offset() {
+    let (_leader_dir, leader, pointer) = purged_leader();
     let next = pointer.last_log_id.index + 1;
 
     // A follower that holds only the first entries (of an older term, so they diverge
@@ -523,10 +530,7 @@ fn installing_a_snapshot_discards_a_lagging_log_and_goes_on_at_its_offset() {
 
 #[test]
 fn a_crash_during_an_install_starts_the_log_again_at_the_pointer_on_open() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let mut leader = retained_log(leader_dir.path(), 40, 2);
-    let pointer = leader.retention_pointer(crate::clock::now_ms()).unwrap();
-    leader.purge(pointer.last_log_id).unwrap();
+    let (_leader_dir, _leader, pointer) = purged_leader();
     let dir = tempfile::tempdir().unwrap();
     retained_log(dir.path(), 3, 1).close().unwrap();
     // The install wrote its pointer, then stopped.
@@ -545,10 +549,7 @@ fn a_crash_during_an_install_starts_the_log_again_at_the_pointer_on_open() {
 
 #[test]
 fn installing_a_snapshot_whose_entry_the_log_holds_keeps_the_entries_after_it() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let mut leader = retained_log(leader_dir.path(), 40, 2);
-    let pointer = leader.retention_pointer(crate::clock::now_ms()).unwrap();
-    leader.purge(pointer.last_log_id).unwrap();
+    let (_leader_dir, leader, pointer) = purged_leader();
     let next = pointer.last_log_id.index + 1;
 
     // A follower that holds every entry the leader appended (the same bytes at the same
