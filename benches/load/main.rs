@@ -68,6 +68,10 @@ struct Args {
     /// Unacked messages per consumer (Herald max_in_flight_messages, NATS max_ack_pending).
     #[arg(long, default_value_t = 1000)]
     consumer_window: u32,
+    /// Herald key ordering: messages of one key a consumer may hold unacked at once
+    /// (max_in_flight_per_key; it processes each key's messages in the order received).
+    #[arg(long, default_value_t = 1)]
+    per_key: u32,
     /// Herald group ordering when the run creates the group: `key` (a key's messages one
     /// at a time, in order), `partition` (a partition's one at a time) or `none`.
     #[arg(long, value_enum, default_value_t = GroupOrdering::Key)]
@@ -366,6 +370,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         batch_size: args.batch_size.max(1),
         in_flight: args.in_flight.max(1),
         consumer_window: args.consumer_window.max(1),
+        per_key: args.per_key.max(1),
         ordering: args.ordering,
         single_deliveries: args.single_deliveries,
         consume_mode: args.consume_mode,
@@ -387,6 +392,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         "batch_size": settings.batch_size,
         "in_flight": settings.in_flight,
         "consumer_window": settings.consumer_window,
+        "per_key": settings.per_key,
         "ordering": format!("{:?}", args.ordering).to_lowercase(),
         "single_deliveries": args.single_deliveries,
         "consume_mode": format!("{:?}", args.consume_mode).to_lowercase(),

@@ -272,6 +272,7 @@ async fn consume_group(wl: Arc<Workload>, index: u32, stats: Arc<TaskStats>) -> 
         .client_id(format!("herald-load-{index}"))
         .start_position(Position::Earliest)
         .max_in_flight_messages(wl.settings.consumer_window)
+        .max_in_flight_per_key(wl.settings.per_key)
         .batched_deliveries(!wl.settings.single_deliveries)
         .group_settings(GroupSettings {
             ordering: Some(match wl.settings.ordering {

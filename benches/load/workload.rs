@@ -86,6 +86,8 @@ pub struct Settings {
     pub in_flight: usize,
     /// Unacked messages a consumer may hold (Herald window, NATS max_ack_pending).
     pub consumer_window: u32,
+    /// Herald key ordering: messages of one key a consumer may hold unacked at once.
+    pub per_key: u32,
     /// Herald group ordering (when the run creates the group).
     pub ordering: GroupOrdering,
     /// Herald consumers take one Delivery per message instead of batched deliveries.

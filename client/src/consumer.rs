@@ -71,6 +71,14 @@ pub struct ConsumerConfig {
     /// Most bytes (key, value and headers) this member may hold unacked at once
     /// (0: the broker's default).
     pub max_in_flight_bytes: u64,
+    /// With the group's `key` ordering: most messages of one key this consumer may hold
+    /// unacked at once, received in offset order (0 or 1, the default: a key's next
+    /// message comes only once the previous one is acked or dead-lettered, so messages may
+    /// be processed concurrently). Raise it only if each key's messages are processed in
+    /// the order received: more of a busy key then flows per round trip. A nacked or
+    /// expired message then takes the key's later unacked messages back with it: they
+    /// come again after it, and acking them before that has no effect.
+    pub max_in_flight_per_key: u32,
     /// Where the group starts if this consumer creates it (`None`: the end, `Latest`).
     /// Ignored for an existing group.
     pub start_position: Option<Position>,
@@ -116,6 +124,7 @@ impl ConsumerConfig {
             client_id: String::new(),
             max_in_flight_messages: 0,
             max_in_flight_bytes: 0,
+            max_in_flight_per_key: 0,
             start_position: None,
             group_settings: GroupSettings::default(),
             credit_window: None,
@@ -164,6 +173,12 @@ impl ConsumerConfig {
         self
     }
 
+    /// Sets [`ConsumerConfig::max_in_flight_per_key`].
+    pub fn max_in_flight_per_key(mut self, messages: u32) -> Self {
+        self.max_in_flight_per_key = messages;
+        self
+    }
+
     /// Sets [`ConsumerConfig::start_position`].
     pub fn start_position(mut self, position: Position) -> Self {
         self.start_position = Some(position);
@@ -207,6 +222,7 @@ impl ConsumerConfig {
             start_position: self.start_position.map(Position::into_proto),
             credit_flow_control: self.pacing().credit_flow_control(),
             batched_deliveries: self.batched_deliveries,
+            max_in_flight_per_key: self.max_in_flight_per_key,
         }
     }
 

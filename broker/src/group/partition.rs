@@ -62,6 +62,9 @@ pub(crate) struct Meta {
     pub timestamp_ms: i64,
 }
 
+/// The `last_delivery` of a message taken back by `revoke_after`: no ack matches it.
+pub(crate) const NO_DELIVERY: u64 = u64::MAX;
+
 /// Fetched and not yet delivered (`attempts` > 0 only for offsets restored from a
 /// snapshot that were delivered before the restart).
 #[derive(Debug, Clone)]
@@ -100,13 +103,39 @@ pub(crate) struct DeadPending {
     pub attempts: u32,
 }
 
-/// The not-done tracked offsets of one key, and how many of them are in flight or waiting
-/// for a dead-letter confirmation. Key mode delivers a key's message only when `busy` is 0
-/// and the message is the key's lowest tracked offset, which is the whole of per-key order.
+/// The not-done tracked offsets of one key, and where its deliveries stand.
+///
+/// A key's in-flight messages are always its lowest tracked offsets: a message is
+/// delivered only when every earlier tracked message of its key is in flight (to the
+/// partition's holder, the only member with anything in flight), and when one of them
+/// fails, the later ones are taken back (see `revoke_after`). `floor` separates the two:
+/// tracked offsets below it are in flight, those at or above it are not. Acks may come in
+/// any order without moving it, since an acked offset leaves the set. With the member's
+/// `max_in_flight_per_key` of 1 (the default) one message of a key is in flight at most,
+/// the strict order of key mode: nothing more of a key is delivered while any of it is
+/// unacked.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KeyTrack {
     pub offsets: BTreeSet<u64>,
-    pub busy: u32,
+    /// In flight.
+    pub flying: u32,
+    /// Waiting for a dead-letter confirmation; the key delivers nothing meanwhile.
+    pub held: u32,
+    /// See the type's documentation.
+    pub floor: u64,
+    /// Set when key mode starts while the key's in-flight messages are not its lowest
+    /// (delivered in another mode): the key delivers nothing until they are all settled.
+    pub mixed: bool,
+}
+
+impl KeyTrack {
+    /// The key's next deliverable offset, with at most `per_key_limit` in flight.
+    fn next(&self, per_key_limit: u32) -> Option<u64> {
+        if self.held > 0 || self.flying >= per_key_limit || (self.mixed && self.flying > 0) {
+            return None;
+        }
+        self.offsets.range(self.floor..).next().copied()
+    }
 }
 
 /// A message `candidates` picked for delivery.
@@ -277,20 +306,44 @@ impl PartitionState {
         if !keyed {
             return;
         }
-        let mut entries: Vec<(Option<KeyHash>, u64, bool)> = Vec::with_capacity(self.tracked());
-        entries.extend(self.buffer.iter().map(|(o, b)| (b.meta.key, o, false)));
-        entries.extend(self.in_flight.iter().map(|(&o, f)| (f.meta.key, o, true)));
-        entries.extend(self.waiting.iter().map(|(&o, w)| (w.meta.key, o, false)));
-        entries.extend(
-            self.dead_pending
-                .iter()
-                .map(|(&o, d)| (d.meta.key, o, true)),
-        );
-        for (key, offset, busy) in entries {
+        let mut entries: Vec<(Option<KeyHash>, u64)> = Vec::with_capacity(self.tracked());
+        entries.extend(self.buffer.iter().map(|(o, b)| (b.meta.key, o)));
+        entries.extend(self.in_flight.iter().map(|(&o, f)| (f.meta.key, o)));
+        entries.extend(self.waiting.iter().map(|(&o, w)| (w.meta.key, o)));
+        entries.extend(self.dead_pending.iter().map(|(&o, d)| (d.meta.key, o)));
+        for (key, offset) in entries {
             self.track_key(key, offset);
-            if busy {
-                self.set_busy(key, true);
+        }
+        let flying: Vec<(KeyHash, u64)> = self
+            .in_flight
+            .iter()
+            .filter_map(|(&o, f)| f.meta.key.map(|k| (k, o)))
+            .collect();
+        for (key, offset) in flying {
+            if let Some(track) = self.keys.get_mut(&key) {
+                track.flying += 1;
+                track.floor = track.floor.max(offset + 1);
             }
+        }
+        let held: Vec<KeyHash> = self
+            .dead_pending
+            .values()
+            .filter_map(|d| d.meta.key)
+            .collect();
+        for key in held {
+            if let Some(track) = self.keys.get_mut(&key) {
+                track.held += 1;
+            }
+        }
+        // A key whose in-flight messages are not its lowest (another mode delivered them)
+        // waits for them to settle before delivering anything more.
+        let in_flight = &self.in_flight;
+        for track in self.keys.values_mut() {
+            track.mixed = track.flying > 0
+                && track
+                    .offsets
+                    .range(..track.floor)
+                    .any(|o| !in_flight.contains_key(o));
         }
     }
 
@@ -312,43 +365,148 @@ impl PartitionState {
         {
             track.offsets.remove(&offset);
             if track.offsets.is_empty() {
-                debug_assert_eq!(track.busy, 0, "a busy key must track its busy offset");
+                debug_assert_eq!(
+                    (track.flying, track.held),
+                    (0, 0),
+                    "a busy key must track its busy offsets"
+                );
                 self.keys.remove(&key);
             }
         }
     }
 
-    fn set_busy(&mut self, key: Option<KeyHash>, busy: bool) {
+    /// A message of `key` at `offset` went in flight.
+    fn key_started(&mut self, key: Option<KeyHash>, offset: u64) {
         if !self.keyed {
             return;
         }
         if let Some(key) = key
             && let Some(track) = self.keys.get_mut(&key)
         {
-            if busy {
-                track.busy += 1;
-            } else {
-                track.busy = track.busy.saturating_sub(1);
+            track.flying += 1;
+            track.floor = track.floor.max(offset.saturating_add(1));
+        }
+    }
+
+    /// An in-flight message of `key` was acked, failed or taken back.
+    fn key_landed(&mut self, key: Option<KeyHash>) {
+        if !self.keyed {
+            return;
+        }
+        if let Some(key) = key
+            && let Some(track) = self.keys.get_mut(&key)
+        {
+            track.flying = track.flying.saturating_sub(1);
+            if track.flying == 0 {
+                // Nothing in flight: every tracked offset is at or above any floor.
+                track.floor = 0;
+                track.mixed = false;
             }
         }
     }
 
-    /// In key mode: whether `offset` (of `key`) may be delivered now.
-    fn key_ready(&self, key: Option<KeyHash>, offset: u64) -> bool {
+    /// A failed message of `key` at `offset` is no longer in flight and waits (for a
+    /// redelivery or a dead-letter confirmation): the key's next delivery starts there.
+    fn key_failed(&mut self, key: Option<KeyHash>, offset: u64, held: bool) {
+        if !self.keyed {
+            return;
+        }
+        if let Some(key) = key
+            && let Some(track) = self.keys.get_mut(&key)
+        {
+            if held {
+                track.held += 1;
+            }
+            if track.flying > 0 {
+                track.floor = track.floor.min(offset);
+            }
+        }
+    }
+
+    /// A dead-lettered message of `key` was confirmed.
+    fn key_released(&mut self, key: Option<KeyHash>) {
+        if !self.keyed {
+            return;
+        }
+        if let Some(key) = key
+            && let Some(track) = self.keys.get_mut(&key)
+        {
+            track.held = track.held.saturating_sub(1);
+        }
+    }
+
+    /// In key mode: whether `offset` (of `key`) may be delivered now, with at most
+    /// `per_key_limit` messages of a key in flight.
+    fn key_ready(&self, key: Option<KeyHash>, offset: u64, per_key_limit: u32) -> bool {
         match key {
             // Keyless messages are not ordered among themselves.
             None => true,
             Some(key) => self
                 .keys
                 .get(&key)
-                .is_some_and(|track| track.busy == 0 && track.offsets.first() == Some(&offset)),
+                .is_some_and(|track| track.next(per_key_limit) == Some(offset)),
         }
+    }
+
+    /// Takes back the in-flight messages of `key` above `offset`, whose delivery failed
+    /// (only a member with `max_in_flight_per_key` above 1 has any):
+    /// each waits again, due at `due_ms`, so the key's messages are delivered again in
+    /// offset order after it. A message taken back keeps its attempt count from before
+    /// this delivery (the failure was not its own) and its late ack is not honoured: the
+    /// member may have processed it after the failed one, which per-key order forbids.
+    /// Returns the entries taken back, for the caller to free their window room.
+    pub(crate) fn revoke_after(
+        &mut self,
+        key: Option<KeyHash>,
+        offset: u64,
+        due_ms: u64,
+    ) -> Vec<InFlight> {
+        let Some(key) = key.filter(|_| self.keyed) else {
+            return Vec::new();
+        };
+        let Some(track) = self.keys.get(&key) else {
+            return Vec::new();
+        };
+        if track.flying == 0 {
+            return Vec::new();
+        }
+        let later: Vec<u64> = track
+            .offsets
+            .range(offset.saturating_add(1)..)
+            .copied()
+            .filter(|o| self.in_flight.contains_key(o))
+            .collect();
+        let mut revoked = Vec::with_capacity(later.len());
+        for o in later {
+            if let Some(entry) = self.take_in_flight(o) {
+                self.key_failed(Some(key), o, false);
+                self.due.insert((due_ms, o));
+                self.waiting.insert(
+                    o,
+                    Waiting {
+                        meta: entry.meta,
+                        attempts: entry.attempts.saturating_sub(1),
+                        due_ms,
+                        last_delivery: NO_DELIVERY,
+                        last_member: entry.member,
+                    },
+                );
+                revoked.push(entry);
+            }
+        }
+        revoked
     }
 
     /// Up to `limit` messages that may be delivered at `now` under `mode`: due
     /// redeliveries first (in due order), then buffered messages (in offset order). Nothing
     /// changes; the caller delivers the ones its budget allows.
-    pub(crate) fn candidates(&self, mode: OrderingMode, now: u64, limit: usize) -> Vec<Candidate> {
+    pub(crate) fn candidates(
+        &self,
+        mode: OrderingMode,
+        now: u64,
+        limit: usize,
+        per_key_limit: u32,
+    ) -> Vec<Candidate> {
         let mut out = Vec::new();
         if limit == 0 {
             return out;
@@ -379,13 +537,14 @@ impl PartitionState {
                 out.extend(pick.map(|offset| Candidate { offset }));
             }
             OrderingMode::Key => {
-                // Only a key's lowest tracked offset can pass `key_ready`, so one pass never
-                // picks two messages of a key.
+                // Only one offset of a key passes `key_ready` (the first at or above its
+                // floor), so one pass picks at most one message of a key: what a key has in
+                // flight grows by one message per poll.
                 for (offset, meta) in due.chain(buffered) {
                     if out.len() >= limit {
                         break;
                     }
-                    if self.key_ready(meta.key, offset) {
+                    if self.key_ready(meta.key, offset, per_key_limit) {
                         out.push(Candidate { offset });
                     }
                 }
@@ -420,7 +579,7 @@ impl PartitionState {
         if attempts > 1 {
             self.redelivered_count += 1;
         }
-        self.set_busy(meta.key, true);
+        self.key_started(meta.key, offset);
         let entry = InFlight {
             meta,
             attempts,
@@ -448,19 +607,20 @@ impl PartitionState {
             return None;
         }
         let entry = slot.remove();
-        self.set_busy(entry.meta.key, false);
+        self.key_landed(entry.meta.key);
         Some(entry)
     }
 
     /// Removes an in-flight entry (acked, failed or stale); the key stops being busy.
     pub(crate) fn take_in_flight(&mut self, offset: u64) -> Option<InFlight> {
         let entry = self.in_flight.remove(&offset)?;
-        self.set_busy(entry.meta.key, false);
+        self.key_landed(entry.meta.key);
         Some(entry)
     }
 
     /// Puts a failed delivery in the redelivery queue, due at `due_ms`.
     pub(crate) fn park(&mut self, offset: u64, failed: InFlight, due_ms: u64) {
+        self.key_failed(failed.meta.key, offset, false);
         self.due.insert((due_ms, offset));
         self.waiting.insert(
             offset,
@@ -477,7 +637,7 @@ impl PartitionState {
     /// Holds a failed delivery until the driver confirms its dead letter. The key stays
     /// busy meanwhile, so a later message of the key cannot overtake it.
     pub(crate) fn hold_dead_letter(&mut self, offset: u64, failed: InFlight) {
-        self.set_busy(failed.meta.key, true);
+        self.key_failed(failed.meta.key, offset, true);
         self.dead_pending.insert(
             offset,
             DeadPending {
@@ -510,7 +670,7 @@ impl PartitionState {
         let Some(entry) = self.dead_pending.remove(&offset) else {
             return false;
         };
-        self.set_busy(entry.meta.key, false);
+        self.key_released(entry.meta.key);
         self.complete(offset, entry.meta.key);
         self.dead_lettered_count += 1;
         true

@@ -12,7 +12,10 @@
 //! - no message is delivered while an earlier delivery of it is live (no duplicates, even
 //!   across handovers), and each delivery's attempt number is right;
 //! - key mode: a key's message is delivered only when every earlier message of the key is
-//!   done, so no key is ever in flight twice and redeliveries come before later offsets;
+//!   done, or in flight to the same member when its `max_in_flight_per_key` allows more
+//!   than one (members of two slots do), never more of a key than that limit, so
+//!   redeliveries come before later offsets; a failed message takes the key's later
+//!   in-flight messages back (the model does the same and expects the same outcomes);
 //!   partition mode: the same for the whole partition;
 //! - the committed offset is the lowest not-done offset and never decreases except by seek;
 //! - `next_wakeup` is the earliest deadline or future redelivery time;
@@ -30,6 +33,8 @@ use super::*;
 const PARTITIONS: usize = 3;
 const SLOTS: usize = 4;
 const KEYS: u8 = 4;
+/// Each slot's `max_in_flight_per_key`.
+const PER_KEY: [u32; SLOTS] = [1, 3, 2, 1];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -183,6 +188,7 @@ impl Harness {
                     max_in_flight_messages: 2 * slot as u32 + 1,
                     max_in_flight_bytes: 1_000,
                     credit_flow_control: slot == 3,
+                    max_in_flight_per_key: PER_KEY[slot],
                 };
                 let partitions = self.g.join(member, options, self.now).unwrap();
                 self.slots[slot] = Some(member);
@@ -206,6 +212,7 @@ impl Harness {
                         {
                             let state = self.failed_state(message.attempts, now);
                             self.messages[p].get_mut(&o).unwrap().state = state;
+                            self.revoke_after(p, o, now);
                         }
                     }
                 }
@@ -270,12 +277,13 @@ impl Harness {
                     _ => NackOutcome::Stale,
                 };
                 assert_eq!(outcome, expected, "nack of {d:?} in {:?}", message.state);
-                let state = match outcome {
-                    NackOutcome::Retry { due_ms } => State::Waiting { due_ms },
-                    NackOutcome::DeadLetter => State::DeadPending,
+                let (state, due_ms) = match outcome {
+                    NackOutcome::Retry { due_ms } => (State::Waiting { due_ms }, due_ms),
+                    NackOutcome::DeadLetter => (State::DeadPending, self.now),
                     NackOutcome::Stale => return,
                 };
                 self.msg(d.partition, d.offset).state = state;
+                self.revoke_after(d.partition.index(), d.offset.0, due_ms);
             }
             Op::Extend(slot, pick, extra) => {
                 let Some((member, d)) = self.pick(slot, pick) else {
@@ -389,38 +397,60 @@ impl Harness {
             .map(|e| (e.partition, e.offset, e.member, e.attempts, e.dead_lettered))
             .collect();
         expired.sort_unstable();
-        let mut expected = Vec::new();
+        // The machine expires in (deadline, partition, offset) order, and an expiry takes
+        // the key's later in-flight messages back before their own deadlines come up.
+        let mut live = Vec::new();
         for p in 0..PARTITIONS {
             for (&o, message) in &self.messages[p] {
-                if let State::Live {
-                    member,
-                    deadline_ms,
-                    ..
-                } = message.state
+                if let State::Live { deadline_ms, .. } = message.state
                     && deadline_ms <= now
                 {
-                    let due = deadline_ms + self.settings.backoff_ms(message.attempts);
-                    let dead = self.failed_state(message.attempts, due) == State::DeadPending;
-                    expected.push((
-                        PartitionId(p as u32),
-                        Offset(o),
-                        member,
-                        message.attempts,
-                        dead,
-                    ));
+                    live.push((deadline_ms, p, o));
                 }
             }
         }
+        live.sort_unstable();
+        let mut expected = Vec::new();
+        for (deadline_ms, p, o) in live {
+            let message = self.messages[p][&o].clone();
+            let State::Live { member, .. } = message.state else {
+                continue; // taken back by an earlier expiry
+            };
+            let due = deadline_ms + self.settings.backoff_ms(message.attempts);
+            let next = self.failed_state(message.attempts, due);
+            let dead = next == State::DeadPending;
+            expected.push((
+                PartitionId(p as u32),
+                Offset(o),
+                member,
+                message.attempts,
+                dead,
+            ));
+            self.messages[p].get_mut(&o).unwrap().state = next;
+            self.revoke_after(p, o, if dead { deadline_ms } else { due });
+        }
         expected.sort_unstable();
         assert_eq!(expired, expected, "expiries at {now}");
-        for (p, o, _, attempts, _) in expired {
-            let Message { state, .. } = self.msg(p, o).clone();
-            let State::Live { deadline_ms, .. } = state else {
-                unreachable!()
-            };
-            let due = deadline_ms + self.settings.backoff_ms(attempts);
-            let next = self.failed_state(attempts, due);
-            self.msg(p, o).state = next;
+    }
+
+    /// In key mode, after the message at `o` of partition `p` failed: the key's later
+    /// in-flight messages wait again, due at `due_ms`, with the attempt of their taken-back
+    /// delivery not counted and no late ack honoured.
+    fn revoke_after(&mut self, p: usize, o: u64, due_ms: u64) {
+        if self.settings.ordering != OrderingMode::Key {
+            return;
+        }
+        let Some(key) = self.logs[p][o as usize] else {
+            return;
+        };
+        for (&later, message) in self.messages[p].range_mut(o + 1..) {
+            if self.logs[p][later as usize] == Some(key)
+                && matches!(message.state, State::Live { .. })
+            {
+                message.state = State::Waiting { due_ms };
+                message.attempts -= 1;
+                message.last = None;
+            }
         }
     }
 
@@ -481,15 +511,28 @@ impl Harness {
         match self.settings.ordering {
             OrderingMode::Key => {
                 if let Some(key) = d.key {
+                    let slot = self.slots.iter().position(|s| *s == Some(member));
+                    let limit = PER_KEY[slot.expect("a live member")];
+                    let mut flying = 1;
                     for earlier in self.base[p]..o {
                         if self.logs[p][earlier as usize] == Some(key) {
                             let state = self.messages[p].get(&earlier).map(|m| m.state);
-                            assert_eq!(state, Some(State::Done), "key order: {earlier} before {o}");
+                            match state {
+                                Some(State::Done) => {}
+                                Some(State::Live { member: m, .. }) if m == member => {
+                                    flying += 1;
+                                }
+                                _ => panic!("key order: {earlier} ({state:?}) before {o}"),
+                            }
                         }
                     }
-                    for (&other, m) in &self.messages[p] {
-                        if other != o && self.logs[p][other as usize] == Some(key) {
-                            assert!(!busy(m), "key in flight twice: {other} and {o}");
+                    assert!(
+                        flying <= limit,
+                        "{flying} of a key in flight, limit {limit}"
+                    );
+                    for (&other, m) in self.messages[p].range(o + 1..) {
+                        if self.logs[p][other as usize] == Some(key) {
+                            assert!(!busy(m), "{other} in flight before {o} of its key");
                         }
                     }
                 }

@@ -288,6 +288,9 @@ impl GroupState {
                 .clamp(1, MAX_MEMBER_IN_FLIGHT_MESSAGES),
             max_in_flight_bytes: options.max_in_flight_bytes.max(1),
             credit_flow_control: options.credit_flow_control,
+            max_in_flight_per_key: options
+                .max_in_flight_per_key
+                .clamp(1, MAX_MEMBER_IN_FLIGHT_MESSAGES),
         };
         self.members.insert(
             member,
@@ -554,7 +557,12 @@ impl GroupState {
         out: &mut Vec<Delivery>,
     ) -> usize {
         let index = partition.index();
-        let candidates = self.partitions[index].candidates(self.settings.ordering, now, want);
+        let per_key_limit = self
+            .members
+            .get(&member)
+            .map_or(1, |m| m.options.max_in_flight_per_key);
+        let candidates =
+            self.partitions[index].candidates(self.settings.ordering, now, want, per_key_limit);
         // Sized for them once: grown by doubling, a poll of thousands of deliveries copied
         // them over and over.
         out.reserve(candidates.len());
@@ -646,7 +654,8 @@ impl GroupState {
         delay: Option<u64>,
     ) -> NackOutcome {
         let max_attempts = self.settings.max_delivery_attempts;
-        if max_attempts > 0 && failed.attempts >= max_attempts {
+        let key = failed.meta.key;
+        let outcome = if max_attempts > 0 && failed.attempts >= max_attempts {
             self.dead_letters.push(DeadLetter {
                 partition: PartitionId(index as u32),
                 offset: Offset(offset),
@@ -660,7 +669,19 @@ impl GroupState {
             let due_ms = base_ms.saturating_add(delay);
             self.partitions[index].park(offset, failed, due_ms);
             NackOutcome::Retry { due_ms }
+        };
+        // The key may have later messages in flight (see `KeyTrack`): they are taken back
+        // and follow the failed one. A dead-lettered key delivers nothing until
+        // the dead letter is confirmed, so theirs are due at once.
+        let due_ms = match outcome {
+            NackOutcome::Retry { due_ms } => due_ms,
+            _ => base_ms,
+        };
+        for revoked in self.partitions[index].revoke_after(key, offset, due_ms) {
+            self.deadlines.remove();
+            self.release(revoked.member, revoked.meta.size_bytes);
         }
+        outcome
     }
 
     /// The member processed the delivery: its message is done. A late ack for a delivery
@@ -1106,30 +1127,48 @@ impl GroupState {
                 ranges_below_cursor <= p.tracked(),
                 "p{index}: too many done ranges"
             );
-            // The key index is exactly the keyed tracked offsets; busy = in flight + dead.
-            let mut keys: HashMap<KeyHash, (BTreeSet<u64>, u32)> = HashMap::new();
-            let mut add = |key: Option<KeyHash>, offset: u64, busy: bool| {
+            // The key index is exactly the keyed tracked offsets, with how many are in
+            // flight and how many wait for a dead-letter confirmation.
+            let mut keys: HashMap<KeyHash, (BTreeSet<u64>, u32, u32)> = HashMap::new();
+            let mut add = |key: Option<KeyHash>, offset: u64, flying: bool, held: bool| {
                 if let Some(key) = key {
                     let entry = keys.entry(key).or_default();
                     entry.0.insert(offset);
-                    entry.1 += u32::from(busy);
+                    entry.1 += u32::from(flying);
+                    entry.2 += u32::from(held);
                 }
             };
-            p.buffer.iter().for_each(|(o, b)| add(b.meta.key, o, false));
+            p.buffer
+                .iter()
+                .for_each(|(o, b)| add(b.meta.key, o, false, false));
             p.in_flight
                 .iter()
-                .for_each(|(&o, f)| add(f.meta.key, o, true));
+                .for_each(|(&o, f)| add(f.meta.key, o, true, false));
             p.waiting
                 .iter()
-                .for_each(|(&o, w)| add(w.meta.key, o, false));
+                .for_each(|(&o, w)| add(w.meta.key, o, false, false));
             p.dead_pending
                 .iter()
-                .for_each(|(&o, d)| add(d.meta.key, o, true));
-            let actual: HashMap<KeyHash, (BTreeSet<u64>, u32)> = p
+                .for_each(|(&o, d)| add(d.meta.key, o, false, true));
+            let actual: HashMap<KeyHash, (BTreeSet<u64>, u32, u32)> = p
                 .keys
                 .iter()
-                .map(|(&k, t)| (k, (t.offsets.clone(), t.busy)))
+                .map(|(&k, t)| (k, (t.offsets.clone(), t.flying, t.held)))
                 .collect();
+            // A key's in-flight messages are its tracked offsets below its floor.
+            for (key, track) in &p.keys {
+                if track.mixed {
+                    continue;
+                }
+                for &o in &track.offsets {
+                    assert_eq!(
+                        p.in_flight.contains_key(&o),
+                        o < track.floor,
+                        "p{index}: key {key:?}: offset {o} against floor {}",
+                        track.floor
+                    );
+                }
+            }
             if p.keyed {
                 assert_eq!(actual, keys, "p{index}: key index out of step");
             } else {

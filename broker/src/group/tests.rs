@@ -297,6 +297,124 @@ fn key_mode_a_dead_letter_blocks_its_key_until_confirmed() {
     assert_eq!(offsets(&g.poll(A, 0, 10).unwrap()), vec![1]);
 }
 
+fn join_per_key(g: &mut GroupState, member: MemberId, per_key: u32) {
+    let options = MemberOptions {
+        max_in_flight_per_key: per_key,
+        ..MemberOptions::default()
+    };
+    g.join(member, options, 0).unwrap();
+}
+
+#[test]
+fn key_mode_a_member_may_hold_several_messages_of_a_key_in_order() {
+    let mut g = group(1, settings(OrderingMode::Key));
+    join_per_key(&mut g, A, 3);
+    feed(
+        &mut g,
+        0,
+        &[Some("a"), Some("a"), Some("b"), Some("a"), Some("a")],
+    );
+    // One more of a key per poll, in offset order, up to three of "a" at once.
+    assert_eq!(offsets(&g.poll(A, 0, 100).unwrap()), vec![0, 2]);
+    let second = g.poll(A, 0, 100).unwrap();
+    assert_eq!(offsets(&second), vec![1]);
+    assert_eq!(offsets(&g.poll(A, 0, 100).unwrap()), vec![3]);
+    assert!(
+        g.poll(A, 0, 100).unwrap().is_empty(),
+        "three of \"a\" in flight"
+    );
+    // An ack out of order frees room; the key's next message follows its last delivered.
+    ack(&mut g, A, &second[0]);
+    assert_eq!(offsets(&g.poll(A, 0, 100).unwrap()), vec![4]);
+    g.check_invariants();
+}
+
+#[test]
+fn key_mode_a_failed_message_takes_the_later_ones_of_its_key_back() {
+    let mut g = group(1, settings(OrderingMode::Key));
+    join_per_key(&mut g, A, 4);
+    feed(&mut g, 0, &[Some("a"), Some("a"), Some("a"), Some("b")]);
+    let mut d = g.poll(A, 0, 100).unwrap();
+    d.extend(g.poll(A, 0, 100).unwrap());
+    d.extend(g.poll(A, 0, 100).unwrap());
+    assert_eq!(offsets(&d), vec![0, 3, 1, 2]);
+    assert_eq!(g.describe().members[0].in_flight_messages, 4);
+    // Message 1 fails: 2 is taken back with it (its window room freed), 0 and "b" stay.
+    assert_eq!(
+        g.nack(A, &d[2].ack_id, Some(500), "later", 0).unwrap(),
+        NackOutcome::Retry { due_ms: 500 }
+    );
+    assert_eq!(g.describe().members[0].in_flight_messages, 2);
+    assert_eq!(
+        ack(&mut g, A, &d[3]),
+        AckOutcome::Stale,
+        "a taken-back delivery's ack is not honoured"
+    );
+    assert!(
+        g.poll(A, 499, 100).unwrap().is_empty(),
+        "nothing overtakes 1"
+    );
+    // Due again: 1 (attempt 2), then 2 (still its first attempt: the failure was not its).
+    let again = g.poll(A, 500, 100).unwrap();
+    assert_eq!((offsets(&again), again[0].attempt), (vec![1], 2));
+    let then = g.poll(A, 500, 100).unwrap();
+    assert_eq!((offsets(&then), then[0].attempt), (vec![2], 1));
+    // The lowest failing takes everything after it back, and expiry does the same.
+    ack(&mut g, A, &d[0]);
+    g.check_invariants();
+    let expired = g.tick(30_500);
+    assert_eq!(
+        expired.iter().map(|e| e.offset.0).collect::<Vec<_>>(),
+        vec![3, 1],
+        "by deadline; 2 is taken back by 1's expiry, not expired itself"
+    );
+    assert_eq!(g.describe().members[0].in_flight_messages, 0);
+    g.check_invariants();
+}
+
+#[test]
+fn key_mode_a_dead_letter_takes_the_later_ones_of_its_key_back() {
+    let mut s = settings(OrderingMode::Key);
+    s.max_delivery_attempts = 1;
+    let mut g = group(1, s);
+    join_per_key(&mut g, A, 2);
+    feed(&mut g, 0, &[Some("a"), Some("a")]);
+    let mut d = g.poll(A, 0, 10).unwrap();
+    d.extend(g.poll(A, 0, 10).unwrap());
+    assert_eq!(offsets(&d), vec![0, 1]);
+    assert_eq!(
+        g.nack(A, &d[0].ack_id, None, "bad", 0).unwrap(),
+        NackOutcome::DeadLetter
+    );
+    assert!(
+        g.poll(A, 0, 10).unwrap().is_empty(),
+        "held by the dead letter"
+    );
+    g.dead_lettered(PartitionId(0), Offset(0)).unwrap();
+    let again = g.poll(A, 0, 10).unwrap();
+    assert_eq!((offsets(&again), again[0].attempt), (vec![1], 1));
+    g.check_invariants();
+}
+
+#[test]
+fn key_mode_a_leaving_member_s_messages_come_back_in_key_order() {
+    let mut g = group(1, settings(OrderingMode::Key));
+    join_per_key(&mut g, A, 3);
+    feed(&mut g, 0, &[Some("a"), Some("a"), Some("a")]);
+    for _ in 0..3 {
+        g.poll(A, 0, 10).unwrap();
+    }
+    g.leave(A, 0).unwrap();
+    join(&mut g, B);
+    // B takes one of a key at a time; the first comes back as a redelivery.
+    let d = g.poll(B, 0, 10).unwrap();
+    assert_eq!((offsets(&d), d[0].attempt), (vec![0], 2));
+    ack(&mut g, B, &d[0]);
+    let d = g.poll(B, 0, 10).unwrap();
+    assert_eq!((offsets(&d), d[0].attempt), (vec![1], 1));
+    g.check_invariants();
+}
+
 #[test]
 fn partition_mode_is_strict_order() {
     let mut g = group(1, settings(OrderingMode::Partition));
@@ -372,6 +490,23 @@ fn switching_to_key_mode_waits_for_a_busy_key() {
     let next = g.poll(A, 0, 10).unwrap();
     assert_eq!((offsets(&next), next[0].attempt), (vec![0], 2));
     ack(&mut g, A, &next[0]);
+    assert_eq!(offsets(&g.poll(A, 0, 10).unwrap()), vec![2]);
+    g.check_invariants();
+}
+
+#[test]
+fn switching_to_key_mode_waits_for_a_busy_key_whatever_the_member_may_hold() {
+    let mut g = group(1, settings(OrderingMode::None));
+    join_per_key(&mut g, A, 3);
+    feed(&mut g, 0, &[Some("k"), Some("k"), Some("k")]);
+    let d = g.poll(A, 0, 2).unwrap();
+    g.nack(A, &d[0].ack_id, Some(0), "", 0).unwrap();
+    g.update_settings(settings(OrderingMode::Key)).unwrap();
+    g.check_invariants();
+    // 1 is in flight above the waiting 0: nothing of the key goes until 1 is settled.
+    assert!(g.poll(A, 0, 10).unwrap().is_empty());
+    ack(&mut g, A, &d[1]);
+    assert_eq!(offsets(&g.poll(A, 0, 10).unwrap()), vec![0]);
     assert_eq!(offsets(&g.poll(A, 0, 10).unwrap()), vec![2]);
     g.check_invariants();
 }
@@ -823,6 +958,7 @@ fn the_member_window_limits_deliveries() {
         max_in_flight_messages: 2,
         max_in_flight_bytes: 1_000,
         credit_flow_control: false,
+        max_in_flight_per_key: 1,
     };
     g.join(A, options, 0).unwrap();
     feed(&mut g, 0, &[None; 5]);
@@ -837,6 +973,7 @@ fn the_member_window_limits_deliveries() {
         max_in_flight_messages: 100,
         max_in_flight_bytes: 15,
         credit_flow_control: false,
+        max_in_flight_per_key: 1,
     };
     g.join(A, options, 0).unwrap();
     feed(&mut g, 0, &[None; 5]);

@@ -111,6 +111,11 @@ pub struct MemberOptions {
     pub max_in_flight_bytes: u64,
     /// When true, deliveries also spend credit granted by `credit`, which starts at zero.
     pub credit_flow_control: bool,
+    /// In key ordering: most messages of one key this member holds unacked at once
+    /// (delivered in offset order); clamped to 1..=`MAX_MEMBER_IN_FLIGHT_MESSAGES`.
+    /// 1 keeps a key's next message back until the previous one is settled. Above 1, a
+    /// failed message takes the key's later in-flight messages back with it.
+    pub max_in_flight_per_key: u32,
 }
 
 impl Default for MemberOptions {
@@ -119,6 +124,7 @@ impl Default for MemberOptions {
             max_in_flight_messages: DEFAULT_MEMBER_IN_FLIGHT_MESSAGES,
             max_in_flight_bytes: DEFAULT_MEMBER_IN_FLIGHT_BYTES,
             credit_flow_control: false,
+            max_in_flight_per_key: 1,
         }
     }
 }

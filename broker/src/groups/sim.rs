@@ -26,7 +26,7 @@ use super::read::{Feed, MachineAccess, fill_partition};
 use super::{Clock, LogSource, MemLog, Outgoing};
 use crate::group::{
     AckId, AckOutcome, Action, GroupLimits, GroupSettings, GroupSnapshot, GroupState, MemberId,
-    MemberOptions, NackOutcome, Offset, OrderingMode, PartitionId, PendingFilter,
+    MemberOptions, NackOutcome, Offset, OrderingMode, PartitionId, PendingFilter, PendingState,
 };
 use crate::storage::batch;
 
@@ -84,6 +84,8 @@ struct ModelRecord {
 /// A member and the deliveries it holds (not yet acked or nacked).
 struct SimMember {
     batched: bool,
+    /// Its `max_in_flight_per_key`.
+    per_key: u32,
     held: Vec<AckId>,
 }
 
@@ -197,8 +199,15 @@ impl Sim {
         }
         let member = MemberId(self.next_member);
         self.next_member += 1;
+        // Half the members take one message of a key at a time, the others up to 2-4.
+        let per_key = if self.rng.chance(50) {
+            1
+        } else {
+            2 + self.rng.below(3) as u32
+        };
         let options = MemberOptions {
             max_in_flight_messages: 1 + self.rng.below(20) as u32,
+            max_in_flight_per_key: per_key,
             ..MemberOptions::default()
         };
         let now = self.now();
@@ -210,6 +219,7 @@ impl Sim {
             member,
             SimMember {
                 batched,
+                per_key,
                 held: Vec::new(),
             },
         );
@@ -345,12 +355,39 @@ impl Sim {
             );
             match mode {
                 OrderingMode::Key if model[o].key.is_some() => {
-                    if let Some(before) =
-                        (0..o).find(|&b| !model[b].done && model[b].key == model[o].key)
-                    {
-                        panic!(
-                            "partition {p}: offset {o} delivered before {before} of its key was done"
+                    // Every earlier not-done message of the key is in flight to this member,
+                    // and no more of the key than the member's limit.
+                    let earlier: Vec<usize> = (0..o)
+                        .filter(|&b| !model[b].done && model[b].key == model[o].key)
+                        .collect();
+                    if !earlier.is_empty() {
+                        let limit = self.members[&member].per_key as usize;
+                        assert!(
+                            earlier.len() < limit,
+                            "partition {p}: offset {o} delivered with {} earlier of its key \
+                             not done, limit {limit}",
+                            earlier.len()
                         );
+                        let filter = PendingFilter {
+                            partition: Some(ack_id.partition),
+                            key: None,
+                            limit: crate::group::MAX_PENDING_LIMIT,
+                        };
+                        let pending = self
+                            .state
+                            .with_machine(|s| s.pending(&filter))
+                            .expect("pending");
+                        for b in earlier {
+                            let state = pending
+                                .messages
+                                .iter()
+                                .find(|m| m.offset.0 == b as u64)
+                                .map(|m| m.state);
+                            assert!(
+                                matches!(state, Some(PendingState::InFlight { member: m, .. }) if m == member),
+                                "partition {p}: offset {o} delivered while {b} of its key is {state:?}"
+                            );
+                        }
                     }
                 }
                 OrderingMode::Partition => {

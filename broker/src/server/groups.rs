@@ -685,6 +685,7 @@ async fn join_group(
             n => n,
         },
         credit_flow_control: join.credit_flow_control,
+        max_in_flight_per_key: join.max_in_flight_per_key.max(1),
     };
     let mut client_id = join.client_id;
     if client_id.len() > MAX_CLIENT_ID_BYTES {
