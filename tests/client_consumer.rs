@@ -433,3 +433,78 @@ async fn the_first_join_waits_out_a_broker_that_is_not_up_yet() {
     drop(subscription);
     broker.shutdown().await.unwrap();
 }
+
+/// Key ordering with `max_in_flight_per_key`: a consumer holds up to that many of a key
+/// at once, in offset order; a nack takes the later ones back, and they come again after
+/// the nacked one. Without it a key has one message out at a time.
+#[tokio::test]
+async fn max_in_flight_per_key_lets_a_consumer_hold_a_key_s_messages_in_order() {
+    let t = common::start_with_client().await;
+    t.create_topic("jobs", 1).await;
+    let records = (0..6)
+        .map(|i| Record::new(i.to_string()).key("k"))
+        .collect();
+    produce(&t.client, "jobs", records).await;
+    let config = |group: &str| {
+        ConsumerConfig::new("jobs", group)
+            .start_position(Position::Earliest)
+            .group_settings(settings(OrderingMode::Key))
+    };
+    let value = |m: &Message| std::str::from_utf8(m.value()).unwrap().to_owned();
+    let quiet = Duration::from_millis(300);
+
+    // The default: one at a time.
+    let mut strict = t
+        .client
+        .consumer(config("strict"))
+        .subscribe()
+        .await
+        .unwrap();
+    let first = next(&mut strict, WAIT).await.expect("a delivery");
+    assert_eq!(value(&first), "0");
+    assert!(
+        next(&mut strict, quiet).await.is_none(),
+        "one of a key at a time"
+    );
+    drop((first, strict));
+
+    let mut sub = t
+        .client
+        .consumer(config("runs").max_in_flight_per_key(3))
+        .subscribe()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for expected in ["0", "1", "2"] {
+        let m = next(&mut sub, WAIT).await.expect("a delivery");
+        assert_eq!((value(&m), m.attempt()), (expected.to_owned(), 1));
+        held.push(m);
+    }
+    assert!(next(&mut sub, quiet).await.is_none(), "at most 3 of a key");
+    // "0" fails: "1" and "2" are taken back and come again after it, and acking the
+    // taken-back "1" has no effect. (The client may send an ack ahead of an earlier nack,
+    // so "1" is acked only once "0" is back, when it is surely taken back.)
+    let mut held = held.into_iter();
+    held.next()
+        .unwrap()
+        .nack_with(Some(Duration::from_millis(50)), "later")
+        .unwrap();
+    let again = next(&mut sub, WAIT).await.expect("a redelivery");
+    assert_eq!((value(&again), again.attempt()), ("0".to_owned(), 2));
+    held.next().unwrap().ack().unwrap();
+    again.ack().unwrap();
+    for expected in ["1", "2"] {
+        let m = next(&mut sub, WAIT).await.expect("a redelivery");
+        assert_eq!((value(&m), m.attempt()), (expected.to_owned(), 1));
+        m.ack().unwrap();
+    }
+    for expected in ["3", "4", "5"] {
+        let m = next(&mut sub, WAIT).await.expect("a delivery");
+        assert_eq!(value(&m), expected);
+        m.ack().unwrap();
+    }
+    common::wait_for_client_group(&t.client, "jobs", "runs", |info| {
+        info.partitions[0].committed_offset.0 == 6 && info.partitions[0].in_flight_count == 0
+    })
+    .await;
+}
