@@ -23,6 +23,8 @@
 #               message, group ordering `none`.
 #   k100 / k1k  Herald only: the same with group ordering `key` (1,000 keys). The Iggy
 #               figures in these rows are the s100 / s1k runs' (copied, not re-run).
+#   kp100 / kp1k  Herald only: k100 / k1k with each consumer's max_in_flight_per_key at
+#               16 (up to 16 unacked messages of a key, in order). Iggy figures as k100.
 #   fe100 / fe1k  offset reads on both sides: Herald `herald-load --preload
 #               --consume-mode fetch` (one following Fetch call on the partition from the
 #               earliest offset, no group, nothing acked), against Iggy's `pinned-consumer`
@@ -64,7 +66,7 @@ RECORDS_1K=${RECORDS_1K:-1000000}
 RECORDS_FSYNC=${RECORDS_FSYNC:-800000}
 ROWS=${ROWS:-s100 k100 s1k k1k fe100 fe1k f1 f8}
 for kind in $ROWS; do
-  case "$kind" in s100 | k100 | s1k | k1k | fe100 | fe1k | f1 | f8) ;;
+  case "$kind" in s100 | k100 | kp100 | s1k | k1k | kp1k | fe100 | fe1k | f1 | f8) ;;
     *) echo "unknown row in ROWS: $kind"; exit 2 ;;
   esac
 done
@@ -245,6 +247,8 @@ one() { # one SYSTEM KIND RUN: the workload KIND on SYSTEM
     iggy-s1k) run_iggy s1k "$3" 1024 1 "$B1K" 1 pinned-producer --streams 1 --producers 1 ;;
     iggy-k100) cp "$OUT/s100-iggy-$3.json" "$OUT/k100-iggy-$3.json" ;;
     iggy-k1k) cp "$OUT/s1k-iggy-$3.json" "$OUT/k1k-iggy-$3.json" ;;
+    iggy-kp100) cp "$OUT/s100-iggy-$3.json" "$OUT/kp100-iggy-$3.json" ;;
+    iggy-kp1k) cp "$OUT/s1k-iggy-$3.json" "$OUT/kp1k-iggy-$3.json" ;;
     iggy-fe100) run_iggy fe100 "$3" 100 1 "$B100" 1 pinned-producer --streams 1 --producers 1 ;;
     iggy-fe1k) run_iggy fe1k "$3" 1024 1 "$B1K" 1 pinned-producer --streams 1 --producers 1 ;;
     iggy-f1) run_iggy f1 "$3" 1024 1 "$BF1" 0 --enforce-fsync \
@@ -257,6 +261,10 @@ one() { # one SYSTEM KIND RUN: the workload KIND on SYSTEM
       --preload "$RECORDS_100" --consumers 1 --ordering key --keys 1000 ;;
     herald-s1k) run_herald s1k "$3" "${ONE[@]}" --record-size 1024 --fsync never \
       --preload "$RECORDS_1K" --consumers 1 --ordering none ;;
+    herald-kp100) run_herald kp100 "$3" "${ONE[@]}" --record-size 100 --fsync never \
+      --preload "$RECORDS_100" --consumers 1 --ordering key --keys 1000 --per-key 16 ;;
+    herald-kp1k) run_herald kp1k "$3" "${ONE[@]}" --record-size 1024 --fsync never \
+      --preload "$RECORDS_1K" --consumers 1 --ordering key --keys 1000 --per-key 16 ;;
     herald-k1k) run_herald k1k "$3" "${ONE[@]}" --record-size 1024 --fsync never \
       --preload "$RECORDS_1K" --consumers 1 --ordering key --keys 1000 ;;
     herald-fe100) run_herald fe100 "$3" "${ONE[@]}" --record-size 100 --fsync never \
@@ -306,10 +314,14 @@ TABLE=(
   '  broker CPU (µs/record)|s100|broker_cpu.consume_us_per_record'
   'consume 100 B, Herald ordering key (records/s)|k100|consumed.msgs_per_s'
   '  broker CPU (µs/record)|k100|broker_cpu.consume_us_per_record'
+  'consume 100 B, Herald key, 16 per key (records/s)|kp100|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|kp100|broker_cpu.consume_us_per_record'
   'consume 1 KiB, Herald ordering none (records/s)|s1k|consumed.msgs_per_s'
   '  broker CPU (µs/record)|s1k|broker_cpu.consume_us_per_record'
   'consume 1 KiB, Herald ordering key (records/s)|k1k|consumed.msgs_per_s'
   '  broker CPU (µs/record)|k1k|broker_cpu.consume_us_per_record'
+  'consume 1 KiB, Herald key, 16 per key (records/s)|kp1k|consumed.msgs_per_s'
+  '  broker CPU (µs/record)|kp1k|broker_cpu.consume_us_per_record'
   'offset reads 100 B, Herald Fetch (records/s)|fe100|consumed.msgs_per_s'
   '  broker CPU (µs/record)|fe100|broker_cpu.consume_us_per_record'
   'offset reads 1 KiB, Herald Fetch (records/s)|fe1k|consumed.msgs_per_s'

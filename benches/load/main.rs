@@ -65,8 +65,9 @@ struct Args {
     /// Batches in flight per producer (Redis, NATS; Herald: the client's max_in_flight).
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
-    /// Unacked messages per consumer (Herald max_in_flight_messages, NATS max_ack_pending).
-    #[arg(long, default_value_t = 1000)]
+    /// Unacked messages per consumer (Herald max_in_flight_messages, NATS max_ack_pending);
+    /// the default is Herald's.
+    #[arg(long, default_value_t = 4096)]
     consumer_window: u32,
     /// Herald key ordering: messages of one key a consumer may hold unacked at once
     /// (max_in_flight_per_key; it processes each key's messages in the order received).
