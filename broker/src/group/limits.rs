@@ -46,7 +46,7 @@ pub use herald_format::limits::MAX_MEMBER_IN_FLIGHT_MESSAGES;
 /// Default member window when the driver has no other value, in messages: four full
 /// responses (`POLL_MAX`), so the broker keeps sending while the acks of the first come
 /// back. A window of one response (1,000, as NATS JetStream's `max_ack_pending`) made a
-/// single consumer work stop-and-go: 0.65-0.75x the rate of this one (docs/benchmarks.md).
+/// single consumer work stop-and-go: 0.63-0.77x the rate of this one (docs/benchmarks.md).
 pub const DEFAULT_MEMBER_IN_FLIGHT_MESSAGES: u32 = 4096;
 /// Default member window when the driver has no other value, in bytes.
 pub const DEFAULT_MEMBER_IN_FLIGHT_BYTES: u64 = 64 * 1024 * 1024;
