@@ -619,6 +619,7 @@ async fn consume(
             start_position: None,
             credit_flow_control: false,
             batched_deliveries: kind.batched,
+            max_in_flight_per_key: 0,
         })),
     })
     .await
