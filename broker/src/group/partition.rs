@@ -320,10 +320,7 @@ impl PartitionState {
             .filter_map(|(&o, f)| f.meta.key.map(|k| (k, o)))
             .collect();
         for (key, offset) in flying {
-            if let Some(track) = self.keys.get_mut(&key) {
-                track.flying += 1;
-                track.floor = track.floor.max(offset + 1);
-            }
+            self.key_started(Some(key), offset);
         }
         let held: Vec<KeyHash> = self
             .dead_pending
@@ -331,7 +328,7 @@ impl PartitionState {
             .filter_map(|d| d.meta.key)
             .collect();
         for key in held {
-            if let Some(track) = self.keys.get_mut(&key) {
+            if let Some(track) = self.track_mut(Some(key)) {
                 track.held += 1;
             }
         }
@@ -375,14 +372,17 @@ impl PartitionState {
         }
     }
 
+    /// The key index's entry of `key`, in key mode.
+    fn track_mut(&mut self, key: Option<KeyHash>) -> Option<&mut KeyTrack> {
+        if !self.keyed {
+            return None;
+        }
+        self.keys.get_mut(&key?)
+    }
+
     /// A message of `key` at `offset` went in flight.
     fn key_started(&mut self, key: Option<KeyHash>, offset: u64) {
-        if !self.keyed {
-            return;
-        }
-        if let Some(key) = key
-            && let Some(track) = self.keys.get_mut(&key)
-        {
+        if let Some(track) = self.track_mut(key) {
             track.flying += 1;
             track.floor = track.floor.max(offset.saturating_add(1));
         }
@@ -390,12 +390,7 @@ impl PartitionState {
 
     /// An in-flight message of `key` was acked, failed or taken back.
     fn key_landed(&mut self, key: Option<KeyHash>) {
-        if !self.keyed {
-            return;
-        }
-        if let Some(key) = key
-            && let Some(track) = self.keys.get_mut(&key)
-        {
+        if let Some(track) = self.track_mut(key) {
             track.flying = track.flying.saturating_sub(1);
             if track.flying == 0 {
                 // Nothing in flight: every tracked offset is at or above any floor.
@@ -408,12 +403,7 @@ impl PartitionState {
     /// A failed message of `key` at `offset` is no longer in flight and waits (for a
     /// redelivery or a dead-letter confirmation): the key's next delivery starts there.
     fn key_failed(&mut self, key: Option<KeyHash>, offset: u64, held: bool) {
-        if !self.keyed {
-            return;
-        }
-        if let Some(key) = key
-            && let Some(track) = self.keys.get_mut(&key)
-        {
+        if let Some(track) = self.track_mut(key) {
             if held {
                 track.held += 1;
             }
@@ -425,12 +415,7 @@ impl PartitionState {
 
     /// A dead-lettered message of `key` was confirmed.
     fn key_released(&mut self, key: Option<KeyHash>) {
-        if !self.keyed {
-            return;
-        }
-        if let Some(key) = key
-            && let Some(track) = self.keys.get_mut(&key)
-        {
+        if let Some(track) = self.track_mut(key) {
             track.held = track.held.saturating_sub(1);
         }
     }
@@ -479,18 +464,12 @@ impl PartitionState {
         let mut revoked = Vec::with_capacity(later.len());
         for o in later {
             if let Some(entry) = self.take_in_flight(o) {
-                self.key_failed(Some(key), o, false);
-                self.due.insert((due_ms, o));
-                self.waiting.insert(
-                    o,
-                    Waiting {
-                        meta: entry.meta,
-                        attempts: entry.attempts.saturating_sub(1),
-                        due_ms,
-                        last_delivery: NO_DELIVERY,
-                        last_member: entry.member,
-                    },
-                );
+                let taken_back = InFlight {
+                    attempts: entry.attempts.saturating_sub(1),
+                    delivery: NO_DELIVERY,
+                    ..entry
+                };
+                self.park(o, taken_back, due_ms);
                 revoked.push(entry);
             }
         }
