@@ -9,7 +9,7 @@
 // Every unsettled message of the current stream, queued or being handled, has its
 // deadline extended before it expires, so a slow handler is never raced by a redelivery
 // of its own message. The broker's in-flight window (`maxInFlightMessages`) bounds what is
-// held; it defaults to a few times the handler concurrency rather than the broker's 1000.
+// held; it defaults to a few times the handler concurrency rather than the broker's 4096.
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import type { Client } from './client';
