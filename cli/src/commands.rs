@@ -309,6 +309,10 @@ pub struct ConsumeArgs {
     /// Most deliveries held unacked at once [default: the broker's].
     #[arg(long, value_name = "N")]
     max_in_flight: Option<u32>,
+    /// With the group's `key` ordering: most messages of one key held unacked at once, in
+    /// offset order [default: 1]. Safe here: this command settles messages one by one.
+    #[arg(long, value_name = "N")]
+    max_in_flight_per_key: Option<u32>,
     /// A label for this member, shown by `group describe` [default: herald-cli-PID].
     #[arg(long)]
     client_id: Option<String>,
@@ -1487,6 +1491,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut config = ConsumerConfig::new(args.topic.clone(), args.group.clone())
         .client_id(client_id)
         .max_in_flight_messages(args.max_in_flight.unwrap_or(0))
+        .max_in_flight_per_key(args.max_in_flight_per_key.unwrap_or(0))
         // The CLI prints each message on its own; one Delivery per message suits it.
         .batched_deliveries(false);
     if let Some(from) = args.from {

@@ -888,9 +888,18 @@ fn consume_acks_and_groups_are_administered() {
     assert_eq!(ok(url, &["group", "list"], None), "no groups\n");
 
     // The first consume creates the group at the earliest offsets and gets every message
-    // once, then leaves.
+    // once, then leaves (holding up to two of key "k" at once).
     let consume = [
-        "consume", "jobs", "--group", "g", "--from", "earliest", "--max", "5",
+        "consume",
+        "jobs",
+        "--group",
+        "g",
+        "--from",
+        "earliest",
+        "--max",
+        "5",
+        "--max-in-flight-per-key",
+        "2",
     ];
     let got = deliveries(&ok(url, &consume, None));
     assert_eq!(sorted_values(&got), ["a", "b", "c", "d", "e"]);
