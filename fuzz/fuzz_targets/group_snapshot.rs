@@ -30,6 +30,9 @@ use libfuzzer_sys::fuzz_target;
 const SLOTS: usize = 4;
 /// Most partitions of a fuzzed group; a few are enough to reach every code path.
 const PARTITIONS_MAX: u8 = 4;
+/// Each slot's `max_in_flight_per_key`: the strict key order and two looser limits, so the
+/// take-backs (a failure taking a key's later in-flight messages back) reach snapshots.
+const PER_KEY: [u32; SLOTS] = [1, 3, 2, 1];
 /// Most operations per input, so one input stays fast.
 const OPS_MAX: usize = 256;
 
@@ -168,6 +171,7 @@ impl Harness {
                     self.next_member += 1;
                     let options = MemberOptions {
                         max_in_flight_messages: 8,
+                        max_in_flight_per_key: PER_KEY[slot],
                         ..MemberOptions::default()
                     };
                     if self.group.join(member, options, self.now).is_ok() {
