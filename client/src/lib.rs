@@ -36,6 +36,7 @@ mod consumer;
 mod error;
 mod fetch;
 mod producer;
+mod publish_stream;
 
 use std::fmt;
 use std::future::Future;
@@ -140,6 +141,8 @@ impl tonic::service::Interceptor for Credentials {
 #[derive(Clone, Debug)]
 pub struct Client {
     raw: RawClient,
+    /// What `raw` calls through; the producer's `PublishStream` uses it directly.
+    service: publish_stream::GrpcService,
     request_timeout: Option<Duration>,
     /// The settings it was made with, for connections to the cluster's other nodes (the
     /// producer's per-partition routing) with the same TLS, token, keep-alive and
@@ -275,6 +278,11 @@ impl Client {
     /// (e.g. `ListPending`).
     pub fn raw(&self) -> RawClient {
         self.raw.clone()
+    }
+
+    /// The service every call goes through, for the calls the client encodes itself.
+    pub(crate) fn grpc_service(&self) -> publish_stream::GrpcService {
+        self.service.clone()
     }
 
     /// A client for the node at `address` (`host:port`, as `ClusterStatus` names a node's
@@ -469,11 +477,13 @@ impl ClientBuilder {
     }
 
     fn with_channel(self, channel: Channel, credentials: Credentials) -> Client {
-        let raw = HeraldClient::with_interceptor(channel, credentials)
+        let service = InterceptedService::new(channel, credentials);
+        let raw = HeraldClient::new(service.clone())
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
         Client {
             raw,
+            service,
             request_timeout: self.request_timeout,
             settings: Arc::new(self),
         }
