@@ -10,6 +10,15 @@
 // deadline extended before it expires, so a slow handler is never raced by a redelivery
 // of its own message. The broker's in-flight window (`maxInFlightMessages`) bounds what is
 // held; it defaults to a few times the handler concurrency rather than the broker's 4096.
+//
+// Several of a key at once (`maxInFlightPerKey` > 1, `key` ordering): the broker may have
+// up to N unacked messages of a key with this member, in offset order, and `run()` queues
+// the later ones behind the one being handled (one handler per key at a time). When a
+// message of the key fails, the broker takes the key's later unacked messages back: they
+// come again after the failed one, and acks for the deliveries it took back are ignored.
+// So a nack drops the key's later messages still queued here: handing them to the
+// handler would process them before the failed message's redelivery, for nothing (see
+// `dropTakenBack`).
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import type { Client } from './client';
@@ -20,6 +29,9 @@ import type { SubscribeRequest } from './generated/herald/v1/SubscribeRequest';
 import type { SubscribeResponse__Output } from './generated/herald/v1/SubscribeResponse';
 import type { Delivery__Output } from './generated/herald/v1/Delivery';
 
+/** The broker's largest `max_in_flight_per_key` (it clamps larger values to it). */
+const MAX_IN_FLIGHT_PER_KEY = 65_536;
+
 export interface ConsumerOptions {
   /** A label shown by DescribeGroup (default `node-<pid>`). */
   clientId?: string;
@@ -29,6 +41,22 @@ export interface ConsumerOptions {
   maxInFlightMessages?: number;
   /** Most bytes held unacked (default: the broker's). */
   maxInFlightBytes?: number;
+  /**
+   * Most messages of one key held unacked at once, when the group's ordering is `key`: an
+   * integer from 1 to 65536 (default: unset, the broker's default of 1, strict key order).
+   * Above 1 the broker sends up to that many of a busy key, in offset order, without
+   * waiting for each ack; `run()` still handles a key's messages one after another, in
+   * the order received. When one of them fails (nacked, its deadline expired, this
+   * consumer left, dead-lettered), the broker takes the key's later unacked messages back:
+   * they are delivered again after the failed one, acks for the taken-back deliveries are
+   * ignored, and the take-back does not count toward `maxDeliveryAttempts`. `run()` drops
+   * the key's later messages it still queued when it nacks one; a later one the broker sent
+   * before it saw the nack but which arrives after it may still be handled, and then comes
+   * again after the failed one. Either way a key's messages are processed again in offset
+   * order from the failed one on. With the iterator, after nacking a message, ack or skip
+   * the key's later messages already received: they come again either way.
+   */
+  maxInFlightPerKey?: number;
   /** Where the group starts if this consumer creates it (default 'earliest'). */
   start?: Position;
   /** The group's settings if this consumer creates it. */
@@ -132,6 +160,8 @@ export class Consumer extends EventEmitter {
     concurrency: number;
     maxInFlightMessages: number;
     maxInFlightBytes: number;
+    /** 0: unset, the broker's default (1). */
+    maxInFlightPerKey: number;
     start: Position;
     settings: GroupSettings;
     autoExtend: boolean;
@@ -168,11 +198,19 @@ export class Consumer extends EventEmitter {
     this.topic = topic;
     this.group = group;
     const concurrency = options.concurrency ?? 16;
+    const perKey = options.maxInFlightPerKey;
+    if (perKey !== undefined && (!Number.isInteger(perKey) || perKey < 1 || perKey > MAX_IN_FLIGHT_PER_KEY)) {
+      throw errorFor(
+        grpc.status.INVALID_ARGUMENT,
+        `maxInFlightPerKey must be an integer from 1 to ${MAX_IN_FLIGHT_PER_KEY}, not ${String(perKey)}`,
+      );
+    }
     this.o = {
       clientId: options.clientId ?? `node-${process.pid}`,
       concurrency,
       maxInFlightMessages: options.maxInFlightMessages ?? concurrency * 4,
       maxInFlightBytes: options.maxInFlightBytes ?? 0,
+      maxInFlightPerKey: perKey ?? 0,
       start: options.start ?? 'earliest',
       settings: options.settings ?? {},
       autoExtend: options.autoExtend ?? true,
@@ -280,7 +318,32 @@ export class Consumer extends EventEmitter {
       this.flushAcks();
       const delay = how.delayMs ?? this.o.nackDelayMs;
       this.call.write({ nack: { ack_id: m.ackId, delay_ms: delay, reason: how.reason ?? '' } });
+      if (this.handler && this.o.maxInFlightPerKey > 1) this.dropTakenBack(m);
     }
+  }
+
+  /**
+   * After nacking `failed` (with `maxInFlightPerKey` above 1): drops the later messages
+   * of its key still queued for the handler. The broker takes a failed message's later
+   * in-flight messages of the same key back when it processes the nack; it delivers them
+   * again after the failed one and ignores acks for the deliveries it took back. Handling
+   * them now would only process them out of order (before the failed message's
+   * redelivery) and then again. So they are dropped, as a message of an old stream is:
+   * not settled (there is nothing to settle) and no longer extended. Only the messages
+   * queued now are dropped: one the broker sent before it read the nack but which arrives
+   * after it is still handled, and comes again after the failed one. With 1 (the
+   * default) the broker never has a later message of a key out while one is unacked.
+   */
+  private dropTakenBack(failed: Message): void {
+    if (this.ordering !== 'key' || failed.key === undefined) return;
+    const lane = this.lane(failed);
+    let kept = 0;
+    for (const m of this.waiting) {
+      const takenBack = m.generation === failed.generation && m.offset > failed.offset && this.lane(m) === lane;
+      if (takenBack) this.unsettled.delete(m);
+      else this.waiting[kept++] = m;
+    }
+    this.waiting.length = kept;
   }
 
   /** @internal */
@@ -333,6 +396,7 @@ export class Consumer extends EventEmitter {
         client_id: this.o.clientId,
         max_in_flight_messages: this.o.maxInFlightMessages,
         max_in_flight_bytes: String(this.o.maxInFlightBytes),
+        max_in_flight_per_key: this.o.maxInFlightPerKey,
         settings: groupSettingsToWire(this.o.settings),
         start_position: positionToWire(this.o.start),
       },
