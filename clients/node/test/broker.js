@@ -6,6 +6,7 @@
 'use strict';
 
 const { spawn } = require('node:child_process');
+const { randomUUID } = require('node:crypto');
 const { mkdtempSync, rmSync, existsSync } = require('node:fs');
 const { tmpdir } = require('node:os');
 const path = require('node:path');
@@ -151,4 +152,17 @@ async function eventually(check, timeoutMs = 10_000, what = 'condition') {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-module.exports = { startBroker, Broker, eventually, sleep };
+/** A name unique to this run: `prefix-` and 8 random hex digits. */
+function uniqueName(prefix) {
+  return `${prefix}-${randomUUID().slice(0, 8)}`;
+}
+
+/** Waits until `group` on `topic` has no lag and nothing in flight; returns its description. */
+function drained(admin, topic, group) {
+  return eventually(async () => {
+    const g = await admin.describeGroup(topic, group);
+    return g.partitions.every((p) => p.lag === 0n && p.inFlight === 0) && g;
+  }, 15_000, `group ${group} to drain`);
+}
+
+module.exports = { startBroker, Broker, eventually, sleep, uniqueName, drained };

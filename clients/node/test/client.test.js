@@ -3,7 +3,6 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { randomUUID } = require('node:crypto');
 const {
   Client,
   AlreadyExistsError,
@@ -13,7 +12,7 @@ const {
   partitionForKey,
   status,
 } = require('..');
-const { startBroker, eventually, sleep } = require('./broker');
+const { startBroker, sleep, uniqueName: name, drained: groupDrained } = require('./broker');
 
 let broker;
 let client;
@@ -30,15 +29,6 @@ test.after(async () => {
   await broker?.destroy();
 });
 
-const name = (prefix) => `${prefix}-${randomUUID().slice(0, 8)}`;
-
-/** Waits until the group has no lag and nothing in flight; returns its description. */
-function drained(topic, group) {
-  return eventually(async () => {
-    const g = await admin.describeGroup(topic, group);
-    return g.partitions.every((p) => p.lag === 0n && p.inFlight === 0) && g;
-  }, 15_000, `group ${group} to drain`);
-}
 
 test('admin: topics and groups, with typed errors carrying the gRPC code', async () => {
   const topic = name('admin');
@@ -127,7 +117,7 @@ test('publish and consume round trip: keys, headers, bigint offsets, placement b
   await consumer.close();
   assert.equal(seen.size, 300);
   assert.ok([...seen.values()].every((n) => n === 1));
-  const group = await drained(topic, 'reader');
+  const group = await groupDrained(admin, topic, 'reader');
   assert.equal(group.members.length, 0, 'closing left the group');
 });
 
@@ -169,7 +159,7 @@ test('key order under concurrency: a key is never handled twice at once, and in 
   assert.ok(maxRunning > 1, `handlers ran concurrently (at most ${maxRunning})`);
   assert.ok(maxRunning <= 8);
   for (let k = 0; k < KEYS; k++) assert.equal(next.get(`k${k}`), PER_KEY);
-  await drained(topic, 'workers');
+  await groupDrained(admin, topic, 'workers');
 });
 
 test('a failing handler: nack, redelivery after backoff, then the dead-letter topic', async () => {
@@ -206,7 +196,7 @@ test('a failing handler: nack, redelivery after backoff, then the dead-letter to
   assert.equal(letter.header('herald-dlq-topic'), topic);
   assert.equal(letter.header('herald-dlq-attempts'), '3');
   assert.equal(letter.header('herald-dlq-reason'), 'cannot process');
-  const g = await drained(topic, 'strict');
+  const g = await groupDrained(admin, topic, 'strict');
   assert.equal(g.partitions[0].deadLettered, 1n);
 
   // Redrive gives the dead letter another chance: it comes back to the group.
@@ -246,7 +236,7 @@ test('a handler slower than the ack deadline is not redelivered while it runs', 
   await run;
   assert.equal(handled.length, COUNT, `each message handled once: ${JSON.stringify(handled)}`);
   assert.ok(handled.every((h) => h.attempt === 1));
-  const g = await drained(topic, 'email');
+  const g = await groupDrained(admin, topic, 'email');
   assert.ok(g.partitions.every((p) => p.redelivered === 0n), 'nothing redelivered');
 });
 

@@ -7,9 +7,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
-const { randomUUID } = require('node:crypto');
 const { Client, FailedPreconditionError, HeraldError, status } = require('..');
-const { startBroker, sleep } = require('./broker');
+const { startBroker, sleep, uniqueName: name } = require('./broker');
 
 let broker;
 let client;
@@ -29,7 +28,6 @@ test.after(async () => {
 /** Connections the proxy cuts while the records are published. */
 const CUTS = 30;
 
-const name = (prefix) => `${prefix}-${randomUUID().slice(0, 8)}`;
 
 /** Every record of a partition, read with Fetch from the start to the current end. */
 function fetchPartition(c, topic, partition) {

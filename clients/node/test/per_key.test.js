@@ -4,9 +4,8 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { randomUUID } = require('node:crypto');
 const { Client, InvalidArgumentError, status } = require('..');
-const { startBroker, eventually, sleep } = require('./broker');
+const { startBroker, eventually, uniqueName: name, drained: groupDrained } = require('./broker');
 
 let broker;
 let client;
@@ -23,15 +22,6 @@ test.after(async () => {
   await broker?.destroy();
 });
 
-const name = (prefix) => `${prefix}-${randomUUID().slice(0, 8)}`;
-
-/** Waits until the group has no lag and nothing in flight; returns its description. */
-function drained(topic, group) {
-  return eventually(async () => {
-    const g = await admin.describeGroup(topic, group);
-    return g.partitions.every((p) => p.lag === 0n && p.inFlight === 0) && g;
-  }, 15_000, `group ${group} to drain`);
-}
 
 /** The offsets the broker has in flight for `group`, ascending. */
 async function inFlight(topic, group) {
@@ -97,7 +87,7 @@ test('maxInFlightPerKey 3: three messages of one key are held unacked at once, i
   assert.ok(got.every((m) => m.key.toString() === 'k' && m.attempt === 1 && !m.settled));
   assert.deepEqual(await inFlight(topic, 'wide'), [0n, 1n, 2n], 'the broker holds all three out');
   for (const m of got) m.ack();
-  await drained(topic, 'wide');
+  await groupDrained(admin, topic, 'wide');
   await consumer.close();
 });
 
@@ -114,7 +104,7 @@ test('by default one message of a key is in flight until it is acked', async () 
     assert.deepEqual(await inFlight(topic, 'narrow'), [BigInt(i)]);
     m.ack();
   }
-  await drained(topic, 'narrow');
+  await groupDrained(admin, topic, 'narrow');
   await consumer.close();
 });
 
@@ -172,6 +162,6 @@ test('run() with maxInFlightPerKey 3: a failed message takes its key\'s later on
   assert.deepEqual(between, [], `"1" and "2" were not handled before "0" came again: ${JSON.stringify(calls)}`);
   assert.deepEqual(calls.map((c) => [c.value, c.attempt]), [['0', 1], ['0', 2], ['1', 1], ['2', 1]],
     'the take-back does not count as an attempt of "1" and "2"');
-  const g = await drained(topic, 'workers');
+  const g = await groupDrained(admin, topic, 'workers');
   assert.equal(g.partitions[0].deadLettered, 0n);
 });
